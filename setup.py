@@ -1,0 +1,47 @@
+"Packaging for mlkit. All metadata lives in settings.ini (nbdev's config); edit it there, not here."
+from configparser import ConfigParser
+from pathlib import Path
+
+import setuptools
+
+cfg = ConfigParser(delimiters=["="])
+cfg.read(Path(__file__).with_name("settings.ini"), encoding="utf-8")
+cfg = cfg["DEFAULT"]
+
+licenses = {"apache2": "Apache-2.0"}
+statuses = ["1 - Planning", "2 - Pre-Alpha", "3 - Alpha", "4 - Beta", "5 - Production/Stable"]
+extras = {
+    "dev": cfg.get("dev_requirements", "").split(),
+    "mlflow": ["mlflow-skinny>=2.10"],
+    "tensorboard": ["tensorboard>=2.14"],
+    "wandb": ["wandb>=0.16"],
+}
+
+setuptools.setup(
+    name=cfg["lib_name"],
+    version=cfg["version"],
+    description=cfg["description"],
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    author=cfg["author"],
+    author_email=cfg["author_email"],
+    url=cfg["git_url"],
+    license=licenses[cfg["license"]],
+    keywords=cfg["keywords"],
+    classifiers=[
+        "Development Status :: " + statuses[int(cfg["status"]) - 1],
+        "Intended Audience :: " + cfg["audience"],
+        "Natural Language :: " + cfg["language"],
+        "Programming Language :: Python :: 3",
+    ],
+    packages=setuptools.find_packages(include=[cfg["lib_name"], cfg["lib_name"] + ".*"]),
+    include_package_data=True,
+    python_requires=">=" + cfg["min_python"],
+    install_requires=cfg.get("requirements", "").split(),
+    extras_require=extras,
+    entry_points={
+        "console_scripts": cfg.get("console_scripts", "").split(),
+        "nbdev": [f"{cfg['lib_name']}={cfg['lib_name']}._modidx:d"],
+    },
+    zip_safe=False,
+)
