@@ -44,7 +44,7 @@ install: ## Create or sync the environment from the locks; register the kernel, 
 	$(PY) -m pip install --quiet --no-deps --retries 1 $(if $(TORCH_INDEX_$(TORCH)),--extra-index-url $(TORCH_INDEX_$(TORCH))) \
 	  "$$(grep -E '^torch==' requirements-$(TORCH).txt)"
 	$(BIN)/pip-sync --quiet requirements.txt requirements-$(TORCH).txt
-	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	PYTHONWARNINGS=ignore $(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	$(PY) -m ipykernel install --sys-prefix --name mlkit --display-name "Python (mlkit)" >/dev/null
 	@$(MAKE) --no-print-directory hooks
 	@touch "$(STAMP)"
