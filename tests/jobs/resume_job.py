@@ -1,0 +1,59 @@
+"""A small training run that can kill itself with SIGKILL at a given step, or in the middle of a checkpoint save.
+
+usage: resume_job.py OUT CKPT_DIR [--kill-at STEP] [--kill-event after_step|after_batch] [--kill-in-save STEP] [--resume]
+Writes OUT/final.pt (weights) and OUT/history.json when training finishes.
+"""
+import argparse
+import json
+import os
+import signal
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import mlkit.checkpoint
+from mlkit.callbacks import Checkpoint
+from mlkit.core import seed_everything
+from mlkit.train import Callback, Trainer, one_cycle
+
+ap = argparse.ArgumentParser()
+ap.add_argument("out"); ap.add_argument("ckpt_dir")
+ap.add_argument("--kill-at", type=int); ap.add_argument("--kill-event", default="after_step")
+ap.add_argument("--kill-in-save", type=int); ap.add_argument("--resume", action="store_true")
+args = ap.parse_args()
+
+
+def die(): os.kill(os.getpid(), signal.SIGKILL)
+
+
+class Killer(Callback):
+    order = 100  # after Checkpoint (50): with after_batch the step's checkpoint is already written
+    def after_step(self):
+        if args.kill_event == "after_step" and self.trainer.step == args.kill_at: die()
+    def after_batch(self):
+        if args.kill_event == "after_batch" and self.trainer.training and self.trainer.step == args.kill_at: die()
+
+
+if args.kill_in_save is not None:  # die after the temporary file is written, before it is renamed into place
+    real_replace = os.replace
+    def replace_then_die(src, dst):
+        if Path(dst).name == mlkit.checkpoint.checkpoint_name(args.kill_in_save): die()
+        real_replace(src, dst)
+    mlkit.checkpoint.os.replace = replace_then_die
+
+seed_everything(0)
+g = torch.Generator().manual_seed(0)
+y = torch.randint(0, 3, (512,), generator=g)
+x = torch.randn(512, 16, generator=g) + y[:, None].float()
+train = TensorDataset(x[:384], y[:384]); valid = TensorDataset(x[384:], y[384:])
+model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Dropout(0.2), nn.Linear(32, 3))
+trainer = Trainer(model, DataLoader(train, batch_size=24, shuffle=True), DataLoader(valid, batch_size=50),
+                  metrics={"accuracy": lambda p, t: (p.argmax(-1) == t).float().mean()},
+                  lr=3e-3, grad_accum=2, scheduler=one_cycle(), progress=False,
+                  cbs=[Checkpoint(args.ckpt_dir, every_n_steps=2, keep_last=2), Killer()])
+trainer.fit(3, resume="latest" if args.resume else None)
+out = Path(args.out); out.mkdir(parents=True, exist_ok=True)
+torch.save(trainer.module.state_dict(), out/"final.pt")
+(out/"history.json").write_text(json.dumps(trainer.history))
