@@ -28,7 +28,7 @@ NOTEBOOKS = $(shell find nbs -name '*.ipynb' -not -path '*/.ipynb_checkpoints/*'
 PIP_COMPILE := $(BIN)/pip-compile --quiet --strip-extras --no-emit-find-links --no-emit-index-url
 TORCH_PIN := $(shell grep -E '^torch[=<>~!]' requirements.in)
 
-.PHONY: help install hooks lock upgrade conda-lock export lint test check lab bench train clean \
+.PHONY: help install hooks lock upgrade conda-lock export lint test check lab bench gpu-check train clean \
         check-notebooks check-export check-lock check-workflows
 
 help: ## List the targets
@@ -123,6 +123,9 @@ lab: $(INSTALLED) ## Start JupyterLab on localhost with the project's kernel (LA
 bench: $(INSTALLED) ## Run the benchmarks in bench/ (baseline and mlkit interleaved; medians and ratios)
 	@shopt -s nullglob; files=(bench/*.py); [ $${#files[@]} -gt 0 ] || { echo "no benchmarks in bench/ yet"; exit 0; }; \
 	  for f in "$${files[@]}"; do echo "== $$f"; $(PY) "$$f" || exit 1; done
+
+gpu-check: $(INSTALLED) ## On a CUDA machine (make install TORCH=cuda): check GPU utilities and Trainer speed, one table
+	$(PY) scripts/gpu_check.py
 
 train: ## The main job, a papermill training run: arrives with the training-loop issue
 	@echo "error: 'make train' arrives with the training-run work; see README" >&2; exit 1
