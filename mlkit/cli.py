@@ -13,32 +13,146 @@ from dataclasses import asdict
 from .core import MlkitError
 
 # %% auto #0
-__all__ = ['gpus_table', 'cmd_gpus', 'parser', 'main']
+__all__ = ['gpus_table', 'cmd_gpus', 'runs_table', 'cmd_runs_ls', 'cmd_runs_show', 'cmd_runs_compare', 'cmd_runs_plot', 'parser',
+           'main']
 
-# %% ../nbs/07_cli.ipynb #62a20ef9
+# %% ../nbs/07_cli.ipynb #81cb1951
+def _table(head:tuple, rows:list[tuple]) -> str:
+    "Left-aligned columns, two spaces apart."
+    rows = [tuple(map(str, r)) for r in rows]
+    widths = [max(len(x) for x in col) for col in zip(head, *rows, strict=True)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in [head, *rows])
+
 def _gib(n:int|None) -> str: return "-" if n is None else f"{n / 2**30:.1f}"
+
+def _holder(h:dict|None) -> str:
+    if h is None: return "-"
+    return (f"{h.get('user', '?')} pid {h.get('pid', '?')}" + (f" run {h['run_id']}" if h.get("run_id") else "")
+            + f" since {h.get('since', '?')}")
 
 def gpus_table(rows:list[dict]) -> str:
     "The `mlkit gpus` table, from records of `gpus()` joined with their lock holders."
     if not rows: return "no GPUs visible (no NVIDIA driver, or CUDA_VISIBLE_DEVICES hides them)"
-    head = ("GPU", "name", "memory used/total GiB", "util", "procs", "locked by")
-    lines = []
-    for r in rows:
-        h = r["lock"]
-        holder = "-" if h is None else (f"{h.get('user', '?')} pid {h.get('pid', '?')}"
-                                         + (f" run {h['run_id']}" if h.get("run_id") else "") + f" since {h.get('since', '?')}")
-        used = None if r["total_memory"] is None else r["total_memory"] - r["free_memory"]
-        lines.append((str(r["physical_index"]), r["name"], f"{_gib(used)}/{_gib(r['total_memory'])}",
-                      "-" if r["utilization"] is None else f"{r['utilization']}%", str(len(r["processes"])), holder))
-    widths = [max(len(x) for x in col) for col in zip(head, *lines, strict=False)]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in [head, *lines])
+    return _table(("GPU", "name", "memory used/total GiB", "util", "procs", "locked by"),
+                  [(r["physical_index"], r["name"], f"{_gib(r['total_memory'] - r['free_memory'])}/{_gib(r['total_memory'])}",
+                    "-" if r["utilization"] is None else f"{r['utilization']}%", len(r["processes"]), _holder(r["lock"]))
+                   for r in rows])
 
 def cmd_gpus(args):
     from mlkit.gpu import gpus, lock_holder
     rows = [{**asdict(g), "lock": lock_holder(g)} for g in gpus()]
     print(json.dumps(rows, indent=1) if args.json else gpus_table(rows))
 
-# %% ../nbs/07_cli.ipynb #749e23f0
+# %% ../nbs/07_cli.ipynb #cb9a8aa9
+def _fmt(v) -> str:
+    if v is None: return "-"
+    if isinstance(v, float): return f"{v:.4g}"
+    return str(v)
+
+def _duration(seconds) -> str:
+    if seconds is None: return "-"
+    s = int(seconds)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+def _key_params(runs, limit=3) -> list[str]:
+    from mlkit.runs import _flat
+    flats = [_flat(r.params) for r in runs if not r.error]
+    keys = sorted(set().union(*flats)) if flats else []
+    varying = [k for k in keys if len({json.dumps(f.get(k), default=str) for f in flats}) > 1]
+    return varying[:limit]
+
+def _key_metrics(runs, sort:str|None, limit=3) -> list[str]:
+    names = sorted(set().union(*(r.summary().keys() for r in runs))) if runs else []
+    preferred = [m for m in names if m.startswith("valid")] + [m for m in names if not m.startswith("valid")]
+    chosen = ([sort] if sort else []) + [m for m in preferred if m != sort]
+    return chosen[:limit]
+
+def runs_table(runs, sort:str|None=None) -> str:
+    "The `mlkit runs ls` table."
+    if not runs: return "no runs"
+    params, metrics = _key_params(runs), _key_metrics(runs, sort)
+    rows = []
+    for r in runs:
+        if r.error:
+            rows.append((r.id, f"({r.error})", "broken", "-", "-", *["-"] * (len(params) + len(metrics))))
+            continue
+        from mlkit.runs import _flat
+        flat, summary = _flat(r.params), r.summary()
+        start = (r.meta.get("start") or "-")[:16].replace("T", " ")
+        rows.append((r.id, r.name or "-", r.status, start, _duration(r.meta.get("duration_s")),
+                     *[_fmt(flat.get(k)) for k in params], *[_fmt(summary.get(m, {}).get("last")) for m in metrics]))
+    return _table(("id", "name", "status", "start", "duration", *params, *metrics), rows)
+
+def _sorted_by(runs, metric:str):
+    from mlkit.runs import best_is_min
+    sign = 1 if best_is_min(metric) else -1
+    def key(r):
+        v = r.summary().get(metric, {}).get("last") if not r.error else None
+        return (v is None or v != v, sign * v if v is not None and v == v else 0)
+    return sorted(runs, key=key)
+
+def _params_filter(pairs:list[str]) -> dict:
+    out = {}
+    for p in pairs or []:
+        if "=" not in p: raise MlkitError(f"--param takes NAME=VALUE, got {p!r}")
+        k, v = p.split("=", 1)
+        out[k] = v
+    return out
+
+def cmd_runs_ls(args):
+    from mlkit.runs import filter_runs, list_runs
+    runs = filter_runs(list_runs(args.root), status=args.status, name=args.name, params=_params_filter(args.param))
+    if args.sort: runs = _sorted_by(runs, args.sort)
+    if args.limit: runs = runs[:args.limit]
+    print(runs_table(runs, args.sort))
+
+def cmd_runs_show(args):
+    from mlkit.runs import _flat, find_run
+    r = find_run(args.run, args.root)
+    print(f"run {r.id}" + (f" ({r.name})" if r.name else "") + f"  status {r.status}  {r.path}")
+    if r.error:
+        print(f"broken: {r.error}")
+        return
+    m = r.meta
+    git = m.get("git") or {}
+    for k, v in [("start", m.get("start")), ("end", m.get("end")), ("duration", _duration(m.get("duration_s"))),
+                 ("host", m.get("host")), ("command", " ".join(m.get("command") or []) or m.get("notebook")),
+                 ("git", f"{git.get('commit', '-')[:12]} on {git.get('branch')}{' (dirty)' if git.get('dirty') else ''}"
+                  if git else None),
+                 ("python/torch/cuda", f"{m.get('python')} / {m.get('torch') or '-'} / {m.get('cuda') or '-'}"),
+                 ("gpus", ", ".join(m.get("gpus") or []) or None), ("seed", m.get("seed")), ("error", m.get("error"))]:
+        if v not in (None, ""): print(f"  {k:18s} {v}")
+    print("parameters")
+    for k, v in _flat(r.params).items(): print(f"  {k:18s} {_fmt(v)}")
+    print(_table(("metric", "last", "best", "at step", "points"),
+                 [(k, _fmt(s["last"]), _fmt(s["best"]), s["best_step"], s["steps"]) for k, s in r.summary().items()]))
+    if r.artifacts: print("artifacts\n" + "\n".join(f"  {p.relative_to(r.path)}" for p in r.artifacts))
+
+def cmd_runs_compare(args):
+    from mlkit.runs import compare_runs, find_run
+    if len(args.runs) < 2: raise MlkitError("compare needs at least two runs")
+    runs = [find_run(ref, args.root) for ref in args.runs]
+    c = compare_runs(runs)
+    head = ("", *[r.name or r.id for r in runs])
+    print(_table(("parameter", *head[1:]), [(k, *map(_fmt, vs)) for k, vs in c["differ"].items()]) if c["differ"]
+          else "parameters: all the same")
+    if c["same"]: print(f"({len(c['same'])} parameters the same in all)")
+    print(_table(("metric (last / best)", *head[1:]),
+                 [(k, *[f"{_fmt(a)} / {_fmt(b)}" for a, b in vs]) for k, vs in c["metrics"].items()]))
+
+def cmd_runs_plot(args):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from mlkit.runs import find_run, plot_runs
+    runs = [find_run(ref, args.root) for ref in args.runs]
+    ax = plot_runs(runs, args.metric)
+    out = args.output or f"{args.metric}.png"
+    ax.figure.savefig(out, dpi=120, bbox_inches="tight")
+    plt.close(ax.figure)
+    print(out)
+
+# %% ../nbs/07_cli.ipynb #12269740
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mlkit", description="Notebook-first, reproducible ML projects.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -47,6 +161,30 @@ def parser() -> argparse.ArgumentParser:
                                    "each mlkit GPU lock (MLKIT_LOCK_DIR).")
     g.add_argument("--json", action="store_true", help="print JSON records instead of a table")
     g.set_defaults(func=cmd_gpus)
+
+    runs = sub.add_parser("runs", help="list, show, compare and plot tracked runs",
+                          description="Runs recorded by mlkit.track.LocalTracker under the runs folder.")
+    rsub = runs.add_subparsers(dest="runs_command", metavar="SUBCOMMAND", required=True)
+    root = argparse.ArgumentParser(add_help=False)
+    root.add_argument("--root", help="the runs folder (default: runs/ at the project root, or $MLKIT_RUNS_DIR)")
+    ls = rsub.add_parser("ls", parents=[root], help="a table of runs")
+    ls.add_argument("--status", help="only runs with this status (running, finished, failed, interrupted, pruned, broken)")
+    ls.add_argument("--name", help="only runs whose name matches this glob")
+    ls.add_argument("--param", action="append", metavar="NAME=VALUE", help="only runs with this parameter value (repeatable)")
+    ls.add_argument("--sort", metavar="METRIC", help="sort by the final value of METRIC, best first")
+    ls.add_argument("--limit", type=int, help="show at most this many runs")
+    ls.set_defaults(func=cmd_runs_ls)
+    show = rsub.add_parser("show", parents=[root], help="one run: metadata, parameters, metrics, artifacts")
+    show.add_argument("run", help="run id, unique prefix, or name")
+    show.set_defaults(func=cmd_runs_show)
+    cmp = rsub.add_parser("compare", parents=[root], help="parameters that differ and metrics side by side")
+    cmp.add_argument("runs", nargs="+", metavar="RUN")
+    cmp.set_defaults(func=cmd_runs_compare)
+    plot = rsub.add_parser("plot", parents=[root], help="learning curves of a metric to a PNG")
+    plot.add_argument("runs", nargs="+", metavar="RUN")
+    plot.add_argument("--metric", required=True, help="the metric to plot, e.g. valid_loss")
+    plot.add_argument("-o", "--output", help="the PNG to write (default: METRIC.png)")
+    plot.set_defaults(func=cmd_runs_plot)
     return p
 
 def main(argv:list[str]|None=None) -> int:

@@ -52,7 +52,7 @@ def seed_everything(seed:int|None=None, # The seed; drawn at random when None
     if seed is None: seed = int.from_bytes(os.urandom(4), "little")
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
         raise MlkitError(f"seed must be an integer in [0, {MAX_SEED}], got {seed!r}")
-    os.environ["PYTHONHASHSEED"] = str(seed)
+    os.environ["PYTHONHASHSEED"] = os.environ["MLKIT_SEED"] = str(seed)
     random.seed(seed)
     try:
         import numpy as np
