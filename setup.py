@@ -12,9 +12,9 @@ licenses = {"apache2": "Apache-2.0"}
 statuses = ["1 - Planning", "2 - Pre-Alpha", "3 - Alpha", "4 - Beta", "5 - Production/Stable"]
 extras = {
     "dev": cfg.get("dev_requirements", "").split(),
-    "mlflow": ["mlflow-skinny>=2.10"],
-    "tensorboard": ["tensorboard>=2.14"],
-    "wandb": ["wandb>=0.16"],
+    "mlflow": ["mlflow-skinny>=2.16", "sqlalchemy>=2", "alembic>=1.13"],  # SQLite tracking store
+    "tensorboard": ["tensorboard>=2.15"],
+    "wandb": ["wandb>=0.17"],
 }
 
 setuptools.setup(

@@ -77,6 +77,8 @@ def write_json_atomic(path:Path, obj):
         f.flush(); os.fsync(f.fileno())
     os.replace(tmp, path)
 
+_time_ns = time.time_ns
+
 def _csv_name(name) -> str:
     name = str(name)
     return '"' + name.replace('"', '""') + '"' if any(c in name for c in ',"\n\r') else name
@@ -128,9 +130,9 @@ class LocalTracker(Tracker):
     def log_metrics(self, metrics:dict, step:int|None=None):
         if step is None: step = self._step
         self._step = step + 1
-        ms = time.time_ns() // 1_000_000
-        rows = self._rows
-        for k, v in metrics.items(): rows.extend((step, ms, k, v))  # one C call: never half a record in the list
+        ms = _time_ns() // 1_000_000
+        extend = self._rows.extend
+        for k, v in metrics.items(): extend((step, ms, k, v))  # one C call: never half a record in the list
 
     def flush(self):
         "Write the buffered metrics now."
@@ -141,19 +143,24 @@ class LocalTracker(Tracker):
             chunk = rows[:n]
             del rows[:n]  # the logging thread only appends: what arrived meanwhile stays for the next flush
             names, lines = self._names, []
+            append, get = lines.append, names.get
             it = iter(chunk)
             for step, ms, k, v in zip(it, it, it, it, strict=True):
-                try: v = float(v)
-                except (TypeError, ValueError):
-                    if k not in self._warned:
-                        self._warned.add(k)
-                        print(f"mlkit: metric {k!r} is not a number ({type(v).__name__}); not recorded", file=sys.stderr)
-                    continue
-                name = names.get(k)
+                if type(v) is not float:
+                    try: v = float(v)
+                    except (TypeError, ValueError):
+                        self._not_a_number(k, v)
+                        continue
+                name = get(k)
                 if name is None: name = names[k] = _csv_name(k)
-                lines.append("%d,%d,%s,%r\n" % (step, ms, name, v))  # noqa: UP031 (%-formatting is the fastest here)
+                append("%d,%d,%s,%r\n" % (step, ms, name, v))  # noqa: UP031 (%-formatting is the fastest here)
             self._file.write("".join(lines).encode())
             self._file.flush()
+
+    def _not_a_number(self, name, value):
+        if name not in self._warned:
+            self._warned.add(name)
+            print(f"mlkit: metric {name!r} is not a number ({type(value).__name__}); not recorded", file=sys.stderr)
 
     def _flush_loop(self, every:float):
         while not self._closed.wait(every): self.flush()
@@ -225,7 +232,7 @@ def _install_handlers():
         signal.signal(signal.SIGINT, on_int)
     except ValueError: pass
 
-# %% ../nbs/10_track.ipynb #932b0159
+# %% ../nbs/10_track.ipynb #0ae05e5e
 def _require(module:str, extra:str, tracker:str):
     import importlib
     try: return importlib.import_module(module)
@@ -238,7 +245,7 @@ def _flat_params(params:dict, prefix:str="") -> dict:
         else: out[f"{prefix}{k}"] = v
     return out
 
-# %% ../nbs/10_track.ipynb #15b6e842
+# %% ../nbs/10_track.ipynb #e4a31b66
 class TensorBoardTracker(Tracker):
     "Scalars as TensorBoard event files (torch.utils.tensorboard), parameters as a text summary."
     def __init__(self, log_dir:str|Path|None=None, # Event file folder; runs/_tensorboard/<name or id> when None
@@ -271,7 +278,7 @@ class TensorBoardTracker(Tracker):
         self.writer.add_text("status", status + (f": {error}" if error else ""), self._step)
         self.writer.close()
 
-# %% ../nbs/10_track.ipynb #35d65e28
+# %% ../nbs/10_track.ipynb #2beef1b7
 _MLFLOW_STATUS = {"finished": "FINISHED", "failed": "FAILED", "interrupted": "KILLED", "pruned": "KILLED"}
 
 class MLflowTracker(Tracker):
@@ -320,7 +327,7 @@ class MLflowTracker(Tracker):
         self.flush()
         self.client.set_terminated(self.run_id, _MLFLOW_STATUS[status])
 
-# %% ../nbs/10_track.ipynb #8d89be25
+# %% ../nbs/10_track.ipynb #2aba512d
 class WandbTracker(Tracker):
     "A Weights & Biases run (mode='offline' records locally and needs no account; `wandb sync` uploads later)."
     def __init__(self, project:str="mlkit", name:str|None=None,
@@ -356,7 +363,7 @@ class WandbTracker(Tracker):
         self.run.summary["mlkit_status"] = status
         self.run.finish(exit_code=0 if status == "finished" else 1)
 
-# %% ../nbs/10_track.ipynb #e5ca3073
+# %% ../nbs/10_track.ipynb #0e82df8b
 class MultiTracker(Tracker):
     "Fan every call out to several trackers (e.g. the local store and the team's MLflow)."
     def __init__(self, *trackers:Tracker):
@@ -380,14 +387,14 @@ class MultiTracker(Tracker):
             except Exception as e: errors.append(f"{type(t).__name__}: {e}")
         if errors: raise MlkitError("some trackers failed to finish: " + "; ".join(errors))
 
-# %% ../nbs/10_track.ipynb #e77300f3
+# %% ../nbs/10_track.ipynb #d5043053
 class TrackingCallback(Callback):
     "Log a Trainer's configuration, per-step loss and lr, per-epoch metrics, speed and memory, and checkpoints."
     order = 80
     def __init__(self, run:Tracker, # Where to log
                  hparams:dict|None=None, # Your hyperparameters, logged with the trainer's configuration
                 ):
-        self.run, self.hparams = run, dict(hparams or {})
+        self.run, self.hparams, self._logged = run, dict(hparams or {}), None
 
     def before_fit(self):
         from mlkit.distributed import is_main_process
@@ -395,16 +402,18 @@ class TrackingCallback(Callback):
         if not self.active: return
         t = self.trainer
         sched = type(t.scheduler).__name__ if t.scheduler is not None else None
-        self.run.log_params({**self.hparams, "trainer": {
+        params = {**self.hparams, "trainer": {
             "model": type(t.module).__name__, "parameters": sum(p.numel() for p in t.module.parameters()),
             "optimizer": type(t.opt).__name__, "lr": t.lr, "precision": t.precision, "grad_accum": t.grad_accum,
             "grad_clip": t.grad_clip, "scheduler": sched, "batch_size": getattr(t.train_dl, "batch_size", None),
             "epochs": t.n_epochs, "device": str(t.device), "world_size": t.dist.world_size,
-            "metrics": list(t.metric_fns), "callbacks": [cb.name for cb in t.cbs]}})
+            "metrics": list(t.metric_fns), "callbacks": [cb.name for cb in t.cbs]}}
+        if params != self._logged: self.run.log_params(params)  # a second fit() with the same setup rewrites nothing
+        self._logged = params
 
     def before_epoch(self):
         if not self.active: return
-        self._t0, self._samples, self._last_step = time.perf_counter(), 0, self.trainer.step
+        self._t0, self._last_step = time.perf_counter(), self.trainer.step
         if self.trainer.device.type == "cuda":
             import torch
             torch.cuda.reset_peak_memory_stats(self.trainer.device)
@@ -412,7 +421,6 @@ class TrackingCallback(Callback):
     def after_batch(self):
         t = self.trainer
         if not self.active or not t.training: return
-        self._samples += len(t.yb[0])
         if t.step != self._last_step:
             self._last_step = t.step
             self.run.log_metrics({"train_loss_step": t.last_loss, "lr": t.opt.param_groups[0]["lr"]}, t.step)
@@ -423,7 +431,7 @@ class TrackingCallback(Callback):
         t, elapsed = self.trainer, time.perf_counter() - self._t0
         world = t.dist.world_size
         self.run.log_metrics({"epoch": t.epoch, **t.metrics, "epoch_time_s": elapsed,
-                              "samples_per_s": self._samples * world / elapsed if elapsed > 0 else 0.0,
+                              "samples_per_s": t.epoch_samples * world / elapsed if elapsed > 0 else 0.0,
                               "peak_memory_bytes": memory_stats(t.device if t.device.type == "cuda" else None)["peak"]},
                              t.step)
         self.run.flush()

@@ -298,6 +298,11 @@ class Trainer:
         "The latest training loss already brought to the host (NaN before the first)."
         return self._losses.last
 
+    @property
+    def epoch_samples(self) -> int:
+        "Training samples of this epoch counted so far on this rank (exact at the epoch's end)."
+        return self._losses.count
+
     # -- validation and prediction ------------------------------------------------------------------------
     def _with_validate(self, dl) -> dict:
         self._validation = {}
