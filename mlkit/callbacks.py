@@ -11,8 +11,8 @@ import sys
 import time
 from pathlib import Path
 
-from .checkpoint import TMP_PREFIX, checkpoint_name, list_checkpoints, save_checkpoint
-from .core import MlkitError
+from .checkpoint import checkpoint_name, list_checkpoints, save_checkpoint
+from .core import TMP_PREFIX, MlkitError, link_or_copy
 from .distributed import is_main_process
 from .train import Callback, CancelFit
 
@@ -130,7 +130,7 @@ class Checkpoint(Callback):
         path = self._save(epoch_done=True) if self.every_epoch else None
         if improved and is_main_process():
             if path is None: save_checkpoint(self.trainer.checkpoint_state(epoch_done=True), self.best_path)
-            else: _link_or_copy(path, self.best_path)
+            else: link_or_copy(path, self.best_path)
 
     def _monitored(self) -> float:
         metrics = self.trainer.metrics
@@ -151,16 +151,6 @@ class Checkpoint(Callback):
 
     def state_dict(self) -> dict: return {"best": self.best}
     def load_state_dict(self, state:dict): self.best = state["best"]
-
-def _link_or_copy(src:Path, dst:Path):
-    "Point `dst` at `src`'s content atomically: a hard link where the filesystem allows, else a copy."
-    tmp = dst.with_name(f"{TMP_PREFIX}{dst.name}.{os.getpid()}")
-    tmp.unlink(missing_ok=True)
-    try: os.link(src, tmp)
-    except OSError:
-        import shutil
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
 
 # %% ../nbs/06_callbacks.ipynb #3197973f
 class EarlyStopping(Callback):

@@ -5,7 +5,6 @@
 # %% ../nbs/02_checkpoint.ipynb #277e48ca
 from __future__ import annotations
 
-import os
 import pickle
 import random
 import re
@@ -15,42 +14,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from .core import MlkitError
+from .core import MlkitError, atomic_write
 
 # %% auto #0
-__all__ = ['TMP_PREFIX', 'CKPT_RE', 'CheckpointError', 'save_checkpoint', 'load_checkpoint', 'load_model_state', 'rng_states',
-           'set_rng_states', 'checkpoint_name', 'list_checkpoints', 'latest_checkpoint']
+__all__ = ['CKPT_RE', 'CheckpointError', 'save_checkpoint', 'load_checkpoint', 'load_model_state', 'rng_states', 'set_rng_states',
+           'checkpoint_name', 'list_checkpoints', 'latest_checkpoint']
 
 # %% ../nbs/02_checkpoint.ipynb #5e126603
 class CheckpointError(MlkitError):
     "A checkpoint that is missing, truncated, unsafe or from another model."
 
-# %% ../nbs/02_checkpoint.ipynb #f73eef15
-TMP_PREFIX = ".tmp-"
-
-def _fsync_dir(folder:Path):
-    fd = os.open(folder, os.O_RDONLY)
-    try: os.fsync(fd)
-    finally: os.close(fd)
-
+# %% ../nbs/02_checkpoint.ipynb #45265fb9
 def save_checkpoint(state:dict, # Tensors and plain Python data only (what `weights_only` loading accepts)
                     path:str|Path, # Where the checkpoint goes; its folder is created
                    ) -> Path:
-    "Write `state` to `path` atomically: temporary file, fsync, rename, fsync the folder."
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
+    "Write `state` to `path` atomically (`mlkit.core.atomic_write`): a kill never leaves a torn checkpoint."
+    return atomic_write(path, lambda f: torch.save(state, f))
 
 # %% ../nbs/02_checkpoint.ipynb #7cd65efe
 def _first_line(e:BaseException) -> str: return (str(e).strip().splitlines() or [type(e).__name__])[0]

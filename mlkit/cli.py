@@ -55,8 +55,8 @@ def _duration(seconds) -> str:
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 def _key_params(runs, limit=3) -> list[str]:
-    from mlkit.runs import _flat
-    flats = [_flat(r.params) for r in runs if not r.error]
+    from mlkit.runs import flatten
+    flats = [flatten(r.params) for r in runs if not r.error]
     keys = sorted(set().union(*flats)) if flats else []
     varying = [k for k in keys if len({json.dumps(f.get(k), default=str) for f in flats}) > 1]
     return varying[:limit]
@@ -76,8 +76,8 @@ def runs_table(runs, sort:str|None=None) -> str:
         if r.error:
             rows.append((r.id, f"({r.error})", "broken", "-", "-", *["-"] * (len(params) + len(metrics))))
             continue
-        from mlkit.runs import _flat
-        flat, summary = _flat(r.params), r.summary()
+        from mlkit.runs import flatten
+        flat, summary = flatten(r.params), r.summary()
         start = (r.meta.get("start") or "-")[:16].replace("T", " ")
         rows.append((r.id, r.name or "-", r.status, start, _duration(r.meta.get("duration_s")),
                      *[_fmt(flat.get(k)) for k in params], *[_fmt(summary.get(m, {}).get("last")) for m in metrics]))
@@ -107,7 +107,7 @@ def cmd_runs_ls(args):
     print(runs_table(runs, args.sort))
 
 def cmd_runs_show(args):
-    from mlkit.runs import _flat, find_run
+    from mlkit.runs import find_run, flatten
     r = find_run(args.run, args.root)
     print(f"run {r.id}" + (f" ({r.name})" if r.name else "") + f"  status {r.status}  {r.path}")
     if r.error:
@@ -123,7 +123,7 @@ def cmd_runs_show(args):
                  ("gpus", ", ".join(m.get("gpus") or []) or None), ("seed", m.get("seed")), ("error", m.get("error"))]:
         if v not in (None, ""): print(f"  {k:18s} {v}")
     print("parameters")
-    for k, v in _flat(r.params).items(): print(f"  {k:18s} {_fmt(v)}")
+    for k, v in flatten(r.params).items(): print(f"  {k:18s} {_fmt(v)}")
     print(_table(("metric", "last", "best", "at step", "points"),
                  [(k, _fmt(s["last"]), _fmt(s["best"]), s["best_step"], s["steps"]) for k, s in r.summary().items()]))
     if r.artifacts: print("artifacts\n" + "\n".join(f"  {p.relative_to(r.path)}" for p in r.artifacts))

@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['ROOT_MARKERS', 'MAX_SEED', 'MlkitError', 'ProjectNotFoundError', 'project_root', 'runs_dir', 'seed_everything']
+__all__ = ['ROOT_MARKERS', 'MAX_SEED', 'TMP_PREFIX', 'MlkitError', 'ProjectNotFoundError', 'project_root', 'runs_dir',
+           'seed_everything', 'atomic_write', 'link_or_copy']
 
 # %% ../nbs/00_core.ipynb #d446f051
 class MlkitError(Exception):
@@ -67,3 +71,41 @@ def seed_everything(seed:int|None=None, # The seed; drawn at random when None
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
     return seed
+
+# %% ../nbs/00_core.ipynb #c232a277
+TMP_PREFIX = ".tmp-"
+
+def _tmp_beside(path:Path) -> Path:
+    return path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}.{threading.get_ident()}")  # unique per writer
+
+def atomic_write(path:str|Path, # The file to (re)write
+                 write:Callable, # write(f) fills the open temporary file
+                 mode:str="wb", # "wb" or "w"
+                ) -> Path:
+    "Write `path` through `write(f)` atomically: temporary file, fsync, rename, fsync the folder."
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_beside(path)
+    try:
+        with open(tmp, mode) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fd = os.open(path.parent, os.O_RDONLY)
+    try: os.fsync(fd)  # make the rename itself durable
+    finally: os.close(fd)
+    return path
+
+def link_or_copy(src:str|Path, dst:str|Path) -> Path:
+    "Put `src`'s content at `dst` atomically: a hard link where possible, else a copy."
+    src, dst = Path(src), Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_beside(dst)
+    try: os.link(src, tmp)
+    except OSError: shutil.copy2(src, tmp)
+    os.replace(tmp, dst)
+    return dst

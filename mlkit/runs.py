@@ -18,8 +18,8 @@ from .core import MlkitError, runs_dir
 
 # %% auto #0
 __all__ = ['META', 'PARAMS', 'METRICS', 'ARTIFACTS', 'METRICS_HEADER', 'STATUSES', 'RunNotFoundError', 'read_metrics',
-           'best_is_min', 'Run', 'open_run', 'list_runs', 'find_run', 'filter_runs', 'load_runs', 'compare_runs',
-           'plot_runs']
+           'best_is_min', 'Run', 'open_run', 'list_runs', 'find_run', 'filter_runs', 'flatten', 'load_runs',
+           'compare_runs', 'plot_runs']
 
 # %% ../nbs/09_runs.ipynb #2f3f5938
 META, PARAMS, METRICS, ARTIFACTS = "meta.json", "params.json", "metrics.csv", "artifacts"
@@ -146,15 +146,15 @@ def filter_runs(runs:list[Run], status:str|None=None, name:str|None=None, params
     for r in runs:
         if status and r.status != status: continue
         if name and not fnmatch(r.name or "", name): continue
-        if params and any(str(_flat(r.params).get(k)) != str(v) for k, v in params.items()): continue
+        if params and any(str(flatten(r.params).get(k)) != str(v) for k, v in params.items()): continue
         out.append(r)
     return out
 
-def _flat(d:dict, prefix:str="") -> dict:
+def flatten(d:dict, prefix:str="") -> dict:
     "Nested parameters as dotted keys: {'opt': {'lr': 1}} -> {'opt.lr': 1}."
     out = {}
     for k, v in d.items():
-        if isinstance(v, dict): out.update(_flat(v, f"{prefix}{k}."))
+        if isinstance(v, dict): out.update(flatten(v, f"{prefix}{k}."))
         else: out[f"{prefix}{k}"] = v
     return out
 
@@ -167,7 +167,7 @@ def load_runs(root:str|Path|None=None, # The runs folder; runs_dir() when None
     for r in list_runs(root):
         row = {"id": r.id, "name": r.name, "status": r.status, "start": r.meta.get("start"), "end": r.meta.get("end"),
                "duration_s": r.meta.get("duration_s"), "error": r.error}
-        row.update({f"param.{k}": v for k, v in _flat(r.params).items()})
+        row.update({f"param.{k}": v for k, v in flatten(r.params).items()})
         for m, s in r.summary().items(): row[m], row[f"best.{m}"] = s["last"], s["best"]
         rows.append(row)
     df = pd.DataFrame(rows)
@@ -178,7 +178,7 @@ def load_runs(root:str|Path|None=None, # The runs folder; runs_dir() when None
 # %% ../nbs/09_runs.ipynb #d40f8e0c
 def compare_runs(runs:list[Run]) -> dict:
     "{'differ': {param: [value per run]}, 'same': {param: value}, 'metrics': {metric: [(last, best) per run]}}."
-    flats = [_flat(r.params) for r in runs]
+    flats = [flatten(r.params) for r in runs]
     keys = sorted(set().union(*flats)) if flats else []
     differ, same = {}, {}
     for k in keys:

@@ -19,9 +19,9 @@ import weakref
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .core import MlkitError, runs_dir
+from .core import TMP_PREFIX, MlkitError, atomic_write, link_or_copy, runs_dir
 from .runmeta import mask, redact, run_metadata, secret_env_values
-from .runs import ARTIFACTS, META, METRICS, METRICS_HEADER, PARAMS, STATUSES, load_runs
+from .runs import ARTIFACTS, META, METRICS, METRICS_HEADER, PARAMS, STATUSES, flatten, load_runs
 from .train import Callback
 
 _all_ = ["load_runs"]
@@ -71,11 +71,7 @@ def new_run_id() -> str:
 
 def write_json_atomic(path:Path, obj):
     "Write `obj` as JSON to `path` so that readers see the old file or the new one, never a part."
-    tmp = path.with_name(f".tmp-{path.name}.{os.getpid()}.{threading.get_ident()}")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, default=str)
-        f.flush(); os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: json.dump(obj, f, indent=1, default=str), mode="w")
 
 _time_ns = time.time_ns
 
@@ -104,7 +100,7 @@ class LocalTracker(Tracker):
         diff = git.pop("diff", "")
         self.meta = {"id": self.id, "name": name, "status": "running", **meta, "end": None, "duration_s": None, "error": None}
         self._t0 = time.time()
-        tmp = root/f".tmp-{self.id}"  # assembled here, renamed into place whole
+        tmp = root/f"{TMP_PREFIX}{self.id}"  # assembled here, renamed into place whole
         (tmp/ARTIFACTS).mkdir(parents=True)
         if diff:
             (tmp/ARTIFACTS/"git.diff").write_text(mask(diff, self._secrets))
@@ -169,15 +165,10 @@ class LocalTracker(Tracker):
         src = Path(path)
         if not src.is_file(): raise MlkitError(f"cannot log artifact {src}: no such file")
         dst = self.path/ARTIFACTS/(name or src.name)
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dst.with_name(f".tmp-{dst.name}")
-        tmp.unlink(missing_ok=True)
-        if link:
-            try: os.link(src, tmp)
-            except OSError: shutil.copy2(src, tmp)
-        else: shutil.copy2(src, tmp)
-        os.replace(tmp, dst)
-        return dst
+        if link: return link_or_copy(src, dst)
+        def copy(f):
+            with open(src, "rb") as s: shutil.copyfileobj(s, f)
+        return atomic_write(dst, copy)
 
     def finish(self, status:str="finished", error:str|None=None):
         if self._closed.is_set(): return
@@ -238,13 +229,6 @@ def _require(module:str, extra:str, tracker:str):
     try: return importlib.import_module(module)
     except ImportError: raise MlkitError(f"{tracker} needs the {extra} package: pip install 'mlkit[{extra}]'") from None
 
-def _flat_params(params:dict, prefix:str="") -> dict:
-    out = {}
-    for k, v in params.items():
-        if isinstance(v, dict): out.update(_flat_params(v, f"{prefix}{k}."))
-        else: out[f"{prefix}{k}"] = v
-    return out
-
 # %% ../nbs/10_track.ipynb #e4a31b66
 class TensorBoardTracker(Tracker):
     "Scalars as TensorBoard event files (torch.utils.tensorboard), parameters as a text summary."
@@ -258,7 +242,7 @@ class TensorBoardTracker(Tracker):
 
     def log_params(self, params:dict):
         self.params.update(redact(dict(params)))
-        table = "\n".join(f"| {k} | {v} |" for k, v in _flat_params(self.params).items())
+        table = "\n".join(f"| {k} | {v} |" for k, v in flatten(self.params).items())
         self.writer.add_text("params", "| parameter | value |\n|---|---|\n" + table, 0)
 
     def log_metrics(self, metrics:dict, step:int|None=None):
@@ -303,7 +287,7 @@ class MLflowTracker(Tracker):
 
     def log_params(self, params:dict):
         from mlflow.entities import Param
-        flat = _flat_params(redact(dict(params)))
+        flat = flatten(redact(dict(params)))
         self.client.log_batch(self.run_id, params=[Param(k, str(v)[:6000]) for k, v in flat.items()])
 
     def log_metrics(self, metrics:dict, step:int|None=None):

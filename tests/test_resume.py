@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mlkit.checkpoint import TMP_PREFIX, list_checkpoints, load_checkpoint
+from mlkit.checkpoint import list_checkpoints, load_checkpoint
+from mlkit.core import TMP_PREFIX
 
 JOB = Path(__file__).parent/"jobs"/"resume_job.py"
 STEPS = 3 * 8  # 3 epochs of 16 batches with grad_accum=2

@@ -41,7 +41,7 @@ if args.kill_in_save is not None:  # die after the temporary file is written, be
     def replace_then_die(src, dst):
         if Path(dst).name == mlkit.checkpoint.checkpoint_name(args.kill_in_save): die()
         real_replace(src, dst)
-    mlkit.checkpoint.os.replace = replace_then_die
+    os.replace = replace_then_die  # atomic_write renames with os.replace
 
 seed_everything(0)
 g = torch.Generator().manual_seed(0)
