@@ -24,7 +24,7 @@ STAMP := $(ENV)/.mlkit-installed-$(TORCH)
 # NO_INSTALL=1 runs a target in the environment as it is (the drift tests use it on copies of the repo).
 INSTALLED := $(if $(NO_INSTALL),,$(STAMP))
 
-NOTEBOOKS = $(shell find nbs -name '*.ipynb' -not -path '*/.ipynb_checkpoints/*' | sort)
+NOTEBOOKS = $(shell find nbs tests/notebooks -name '*.ipynb' -not -path '*/.ipynb_checkpoints/*' 2>/dev/null | sort)
 PIP_COMPILE := $(BIN)/pip-compile --quiet --strip-extras --no-emit-find-links --no-emit-index-url
 TORCH_PIN := $(shell grep -E '^torch[=<>~!]' requirements.in)
 

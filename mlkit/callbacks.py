@@ -17,14 +17,30 @@ from .distributed import is_main_process
 from .train import Callback, CancelFit
 
 # %% auto #0
-__all__ = ['ProgressBar', 'Checkpoint', 'EarlyStopping']
+__all__ = ['HEADLESS_RUNNERS', 'ProgressBar', 'Checkpoint', 'EarlyStopping']
 
-# %% ../nbs/06_callbacks.ipynb #0d116dea
+# %% ../nbs/06_callbacks.ipynb #c94d83bb
+HEADLESS_RUNNERS = ("papermill", "nbconvert", "nbclient", "nbval", "nbdev_test", "pytest")
+
+def _headless_kernel() -> bool:
+    "Whether this notebook kernel was started by a program that executes notebooks (papermill, nbconvert, ...)."
+    try: import psutil
+    except ImportError: return False
+    try:
+        proc = psutil.Process().parent()
+        for _ in range(3):  # the runner, or a launcher between it and the kernel
+            if proc is None: return False
+            if any(r in " ".join(proc.cmdline()) for r in HEADLESS_RUNNERS): return True
+            proc = proc.parent()
+    except psutil.Error: pass
+    return False
+
 def _interactive() -> bool:
+    "Whether a person is watching: a notebook front end, or a terminal on stderr."
     try:
         from IPython import get_ipython
         shell = get_ipython()
-        if shell is not None and "IPKernelApp" in shell.config: return True
+        if shell is not None and "IPKernelApp" in shell.config: return not _headless_kernel()
     except ImportError: pass
     return sys.stderr.isatty()
 
