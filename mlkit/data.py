@@ -86,6 +86,7 @@ def resumable_loader(dl:DataLoader, # The user's loader
                      pad:bool=True, # Equal-length shards (training); False for evaluation, each item once
                     ) -> tuple[DataLoader, ResumableSampler|None]:
     "`dl` rebuilt around a `ResumableSampler`, or `(dl, None)` when it cannot be."
+    if not isinstance(dl, DataLoader): return dl, None  # any iterable of batches with a len() will do, as it is
     bs = dl.batch_sampler
     if dl._dataset_kind != 0 or bs is None or type(bs) is not BatchSampler: return dl, None
     try: n = len(dl.dataset)

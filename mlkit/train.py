@@ -83,6 +83,7 @@ def _split(batch):
 
 def _batch_size(yb) -> int:
     t = yb[0]
+    if isinstance(t, torch.Tensor): return t.shape[0] if t.dim() else 1
     return len(t) if hasattr(t, "__len__") else 1
 
 # %% ../nbs/05_train.ipynb #139d8f07
@@ -138,6 +139,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
         self._autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
         self._non_blocking = self.device.type == "cuda"
+        self._move = self.device.type != "cpu"  # CPU batches stay where they are: no per-batch .to()
         self._sync_every = 1 if self.device.type == "cpu" else 32  # host syncs to check the loss
         self.epoch, self.step, self.iter, self.n_epochs, self.n_batches = 0, 0, 0, 0, 0
         self.training = False
@@ -235,7 +237,8 @@ class Trainer:
         self.training = False
 
     def _train_batch(self):
-        xb, yb = _split(_to_device(self.batch, self.device, self._non_blocking))
+        batch = _to_device(self.batch, self.device, self._non_blocking) if self._move else self.batch
+        xb, yb = _split(batch)
         self.xb, self.yb = xb, yb
         window = self.iter // self.grad_accum * self.grad_accum
         window_size = min(self.grad_accum, self.n_batches - window)
@@ -250,7 +253,7 @@ class Trainer:
                     self.pred = self.model(*xb); self._call("after_pred")
                     self.loss = self.loss_fn(self.pred, *yb)
             self._call("after_loss")
-            self._track_loss(self.loss.detach(), _batch_size(yb))
+            self._track_loss(self.loss, _batch_size(yb))
             self._call("before_backward")
             loss = self.loss / window_size if window_size > 1 else self.loss
             if self.scaler is not None: self.scaler.scale(loss).backward()
@@ -274,8 +277,19 @@ class Trainer:
 
     # -- loss bookkeeping: one host sync per batch on the CPU, every 32 batches on accelerators -----------
     def _track_loss(self, loss:torch.Tensor, n:int):
-        self._losses.pending.append((self.iter, self.step, loss, n))
-        if len(self._losses.pending) >= self._sync_every: self._check_losses()
+        tally = self._losses
+        if self._sync_every == 1:  # CPU: .item() costs nothing, so check and count at once
+            v = loss.item()
+            if not math.isfinite(v): self._non_finite(v, self.iter, self.step)
+            tally.total += v * n; tally.count += n; tally.last = v
+            return
+        tally.pending.append((self.iter, self.step, loss.detach(), n))
+        if len(tally.pending) >= self._sync_every: self._check_losses()
+
+    def _non_finite(self, v:float, it:int, step:int):
+        self._losses.pending.clear()
+        raise NonFiniteLossError(f"loss is {v} at epoch {self.epoch}, batch {it} (optimizer step {step}): "
+                                 "training stopped; lower the learning rate, set grad_clip, or check that batch's data")
 
     def _check_losses(self):
         "Fold pending losses into the epoch's mean; raise `NonFiniteLossError` naming the first bad step."
@@ -284,10 +298,7 @@ class Trainer:
         values = ([tally.pending[0][2].item()] if len(tally.pending) == 1
                   else torch.stack([p[2] for p in tally.pending]).float().tolist())
         for (it, step, _, n), v in zip(tally.pending, values, strict=True):
-            if not math.isfinite(v):
-                tally.pending.clear()
-                raise NonFiniteLossError(f"loss is {v} at epoch {self.epoch}, batch {it} (optimizer step {step}): "
-                                         "training stopped; lower the learning rate, set grad_clip, or check that batch's data")
+            if not math.isfinite(v): self._non_finite(v, it, step)
             tally.total += v * n
             tally.count += n
         tally.last = values[-1]
