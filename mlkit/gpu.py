@@ -28,8 +28,8 @@ os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
 
 # %% auto #0
 __all__ = ['GIB', 'PRECISIONS', 'HELD_ENV', 'PEAK_TFLOPS', 'GPUProcess', 'GPU', 'gpus', 'pick_device', 'auto_precision',
-           'GPULockTimeout', 'lock_dir', 'lock_holder', 'gpu_lock', 'memory_stats', 'free_memory', 'find_batch_size',
-           'peak_tflops', 'Throughput', 'throughput']
+           'autocast_dtype', 'GPULockTimeout', 'lock_dir', 'lock_holder', 'gpu_lock', 'memory_stats', 'free_memory',
+           'find_batch_size', 'peak_tflops', 'Throughput', 'throughput']
 
 # %% ../nbs/01_gpu.ipynb #a4edf0b2
 @dataclass(frozen=True)
@@ -151,7 +151,14 @@ def auto_precision(device="auto", # The device that will train
     if major >= 7: return "fp16"
     return "fp32"
 
-# %% ../nbs/01_gpu.ipynb #4cced1a1
+# %% ../nbs/01_gpu.ipynb #122a0953
+def autocast_dtype(precision:str):
+    "The torch dtype to autocast to for `precision` ('bf16', 'fp16'), or None for 'fp32'."
+    import torch
+    if precision not in PRECISIONS: raise MlkitError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+
+# %% ../nbs/01_gpu.ipynb #0b3986f4
 class GPULockTimeout(MlkitError):
     "No n GPUs became free within the timeout."
 
@@ -208,7 +215,7 @@ def _describe_holders(candidates:list[GPU]) -> str:
                            + (f", run {h['run_id']}" if h.get("run_id") else "") + f") since {h.get('since', '?')}")
     return "; ".join(parts)
 
-# %% ../nbs/01_gpu.ipynb #d1b5a9c6
+# %% ../nbs/01_gpu.ipynb #038a9c71
 @contextmanager
 def gpu_lock(n:int=1, # How many GPUs to hold
              min_free_memory:int|None=None, # Only GPUs with at least this many bytes free
@@ -264,7 +271,7 @@ def _visible_as(ids:list[int]):
             if v is None: os.environ.pop(k, None)
             else: os.environ[k] = v
 
-# %% ../nbs/01_gpu.ipynb #753583c0
+# %% ../nbs/01_gpu.ipynb #86524e98
 def _rss() -> tuple[int, int]:
     "(current, peak) resident set size of this process in bytes."
     import resource
@@ -291,7 +298,7 @@ def free_memory():
         import torch
         if torch.cuda.is_available() and torch.cuda.is_initialized(): torch.cuda.empty_cache()
 
-# %% ../nbs/01_gpu.ipynb #3fbaf32c
+# %% ../nbs/01_gpu.ipynb #932b0ff5
 def _is_oom(e:BaseException) -> bool:
     import torch
     return isinstance(e, torch.cuda.OutOfMemoryError) or (isinstance(e, RuntimeError) and "out of memory" in str(e).lower())
@@ -302,7 +309,7 @@ def _tile(batch, n:int):
 
 def _one_step(model, batch, loss_fn, opt, precision):
     import torch
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    dtype = autocast_dtype(precision)
     dev = next(model.parameters()).device
     with torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None):
         loss = loss_fn(model(*batch[:-1]), batch[-1])
@@ -356,7 +363,7 @@ def find_batch_size(model, # The model, on the device to measure
         return good
     finally: model.load_state_dict(saved)
 
-# %% ../nbs/01_gpu.ipynb #fcbf055c
+# %% ../nbs/01_gpu.ipynb #ef734eab
 # TFLOP/s, dense. A10G: AWS publishes no peaks; these are the A10's, its datasheet sibling.
 PEAK_TFLOPS = {
     "H200":      {"bf16": 989.0, "fp16": 989.0, "tf32": 494.5, "fp32": 66.9},
@@ -381,7 +388,7 @@ def peak_tflops(gpu_name:str, # As torch or NVML names it, e.g. "NVIDIA H100 80G
         if all(part in name for part in key.upper().split()): return peaks.get(precision)
     return None
 
-# %% ../nbs/01_gpu.ipynb #a8c5e865
+# %% ../nbs/01_gpu.ipynb #e8136c9f
 @dataclass
 class Throughput:
     "What `throughput` measured."

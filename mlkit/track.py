@@ -34,6 +34,13 @@ __all__ = ['Tracker', 'new_run_id', 'write_json_atomic', 'LocalTracker', 'Tensor
 class Tracker:
     "What every tracker does; use it as a context manager."
     name: str|None = None
+    _step: int = 0
+
+    def _next_step(self, step:int|None) -> int:
+        "`step`, or one more than the last step logged; remembered for the next call."
+        if step is None: step = self._step
+        self._step = step + 1
+        return step
 
     def log_params(self, params:dict):
         "Record hyperparameters and configuration (merged with what was logged before; secrets redacted)."
@@ -112,7 +119,7 @@ class LocalTracker(Tracker):
         (tmp/METRICS).write_text(METRICS_HEADER)
         os.replace(tmp, self.path)
         self._file = open(self.path/METRICS, "ab")
-        self._rows, self._names, self._step, self._warned = [], {}, 0, set()
+        self._rows, self._names, self._warned = [], {}, set()
         self._lock, self._closed = threading.Lock(), threading.Event()
         self._flusher = threading.Thread(target=self._flush_loop, args=(flush_every,), name=f"mlkit-flush-{self.id}", daemon=True)
         self._flusher.start()
@@ -124,8 +131,7 @@ class LocalTracker(Tracker):
         write_json_atomic(self.path/PARAMS, self.params)
 
     def log_metrics(self, metrics:dict, step:int|None=None):
-        if step is None: step = self._step
-        self._step = step + 1
+        step = self._next_step(step)
         ms = _time_ns() // 1_000_000
         extend = self._rows.extend
         for k, v in metrics.items(): extend((step, ms, k, v))  # one C call: never half a record in the list
@@ -238,7 +244,7 @@ class TensorBoardTracker(Tracker):
         from torch.utils.tensorboard import SummaryWriter
         self.name, self.id = name, new_run_id()
         self.log_dir = Path(log_dir) if log_dir is not None else runs_dir()/"_tensorboard"/(name or self.id)
-        self.writer, self.params, self._step = SummaryWriter(str(self.log_dir)), {}, 0
+        self.writer, self.params = SummaryWriter(str(self.log_dir)), {}
 
     def log_params(self, params:dict):
         self.params.update(redact(dict(params)))
@@ -246,8 +252,7 @@ class TensorBoardTracker(Tracker):
         self.writer.add_text("params", "| parameter | value |\n|---|---|\n" + table, 0)
 
     def log_metrics(self, metrics:dict, step:int|None=None):
-        if step is None: step = self._step
-        self._step = step + 1
+        step = self._next_step(step)
         for k, v in metrics.items(): self.writer.add_scalar(k, v, step)
 
     def log_artifact(self, path, name=None, link=False):
@@ -282,7 +287,7 @@ class MLflowTracker(Tracker):
         exp = self.client.get_experiment_by_name(experiment)
         exp_id = exp.experiment_id if exp else self.client.create_experiment(
             experiment, artifact_location=(store/"artifacts").as_uri() if tracking_uri.startswith("sqlite") else None)
-        self.name, self.synchronous, self._step = name, synchronous, 0
+        self.name, self.synchronous = name, synchronous
         self.run_id = self.id = self.client.create_run(exp_id, run_name=name).info.run_id
 
     def log_params(self, params:dict):
@@ -292,8 +297,7 @@ class MLflowTracker(Tracker):
 
     def log_metrics(self, metrics:dict, step:int|None=None):
         from mlflow.entities import Metric
-        if step is None: step = self._step
-        self._step = step + 1
+        step = self._next_step(step)
         ms = time.time_ns() // 1_000_000
         self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), ms, step) for k, v in metrics.items()],
                               synchronous=self.synchronous)
@@ -327,13 +331,12 @@ class WandbTracker(Tracker):
         settings = wandb.Settings(silent=True, console="off", save_code=False, disable_git=True, x_disable_meta=True)
         self.run = wandb.init(project=project, name=name, mode=mode, dir=str(folder), settings=settings,
                               reinit="create_new", **init_kwargs)
-        self.name, self.id, self._step = name, self.run.id, 0
+        self.name, self.id = name, self.run.id
 
     def log_params(self, params:dict): self.run.config.update(redact(dict(params)), allow_val_change=True)
 
     def log_metrics(self, metrics:dict, step:int|None=None):
-        if step is None: step = self._step
-        self._step = step + 1
+        step = self._next_step(step)
         self.run.log({k: float(v) for k, v in metrics.items()}, step=step)
 
     def log_artifact(self, path, name=None, link=False):

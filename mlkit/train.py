@@ -20,7 +20,7 @@ from .checkpoint import (CheckpointError, latest_checkpoint, load_checkpoint, lo
 from .core import MlkitError
 from .data import resumable_loader
 from .distributed import all_reduce_sum, broadcast_int, init_distributed
-from .gpu import PRECISIONS, auto_precision, pick_device
+from .gpu import PRECISIONS, auto_precision, autocast_dtype, pick_device
 
 # %% auto #0
 __all__ = ['EVENTS', 'CancelBatch', 'CancelEpoch', 'CancelFit', 'CallbackError', 'NonFiniteLossError', 'Callback', 'Trainer',
@@ -137,7 +137,7 @@ class Trainer:
         self.grad_accum, self.grad_clip = grad_accum, grad_clip
         self.scheduler_fn, self.sched_interval, self.scheduler = scheduler, sched_interval, None
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
-        self._autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        self._autocast_dtype = autocast_dtype(self.precision)
         self._non_blocking = self.device.type == "cuda"
         self._move = self.device.type != "cpu"  # CPU batches stay where they are: no per-batch .to()
         self._sync_every = 1 if self.device.type == "cpu" else 32  # host syncs to check the loss
@@ -161,10 +161,6 @@ class Trainer:
             self.cbs.append(cb)
         self.cbs.sort(key=lambda cb: cb.order)
         self._handlers = {e: [(cb.name, getattr(cb, e)) for cb in self.cbs if callable(getattr(cb, e, None))] for e in EVENTS}
-
-    def cb(self, kind:type) -> Callback|None:
-        "The first callback of type `kind`, or None."
-        return next((cb for cb in self.cbs if isinstance(cb, kind)), None)
 
     def _call(self, event:str):
         for name, f in self._handlers[event]:
@@ -237,21 +233,16 @@ class Trainer:
         self.training = False
 
     def _train_batch(self):
-        batch = _to_device(self.batch, self.device, self._non_blocking) if self._move else self.batch
-        xb, yb = _split(batch)
+        xb, yb = _split(self._on_device(self.batch))
         self.xb, self.yb = xb, yb
         window = self.iter // self.grad_accum * self.grad_accum
         window_size = min(self.grad_accum, self.n_batches - window)
         boundary = self.iter + 1 == window + window_size
         sync = nullcontext() if boundary or not self.dist.is_distributed else self.model.no_sync()
         with sync:
-            if self._autocast_dtype is None:
+            with self._autocast():
                 self.pred = self.model(*xb); self._call("after_pred")
                 self.loss = self.loss_fn(self.pred, *yb)
-            else:
-                with torch.autocast(self.device.type, dtype=self._autocast_dtype):
-                    self.pred = self.model(*xb); self._call("after_pred")
-                    self.loss = self.loss_fn(self.pred, *yb)
             self._call("after_loss")
             self._track_loss(self.loss, _batch_size(yb))
             self._call("before_backward")
@@ -330,6 +321,10 @@ class Trainer:
     def _autocast(self):
         return nullcontext() if self._autocast_dtype is None else torch.autocast(self.device.type, dtype=self._autocast_dtype)
 
+    def _on_device(self, batch):
+        "`batch` moved to the training device (CPU batches on the CPU are left alone: no per-batch .to())."
+        return _to_device(batch, self.device, self._non_blocking) if self._move else batch
+
     def _validate_epoch(self):
         was_training, self.training = self.training, False
         self.module.eval()
@@ -337,7 +332,7 @@ class Trainer:
         with torch.no_grad():
             for i, batch in enumerate(self._valid_dl):
                 self.iter, self.batch = i, batch
-                self.xb, self.yb = _split(_to_device(self.batch, self.device, self._non_blocking))
+                self.xb, self.yb = _split(self._on_device(self.batch))
                 self._call("before_batch")
                 with self._autocast():
                     self.pred = self.module(*self.xb); self._call("after_pred")
@@ -359,7 +354,7 @@ class Trainer:
         outs = []
         with torch.no_grad(), self._autocast():
             for batch in dl:
-                batch = _to_device(batch, self.device, self._non_blocking)
+                batch = self._on_device(batch)
                 xb = (batch,) if isinstance(batch, torch.Tensor) else tuple(batch) if len(batch) == 1 else _split(batch)[0]
                 outs.append(self.module(*xb).float().cpu())
         return torch.cat(outs)
@@ -432,7 +427,7 @@ class Trainer:
                 except StopIteration: batches = iter(self.train_dl); batch = next(batches)
                 lr = start_lr * (end_lr / start_lr) ** (i / max(num_iter - 1, 1))
                 for g in self.opt.param_groups: g["lr"] = lr
-                xb, yb = _split(_to_device(batch, self.device, self._non_blocking))
+                xb, yb = _split(self._on_device(batch))
                 with self._autocast(): loss = self.loss_fn(self.model(*xb), *yb)
                 (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
                 if self.scaler is not None: self.scaler.step(self.opt); self.scaler.update()

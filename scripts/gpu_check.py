@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from mlkit.gpu import auto_precision, find_batch_size, gpus, pick_device, throughput
+from mlkit.gpu import auto_precision, autocast_dtype, find_batch_size, gpus, pick_device, throughput
 from mlkit.train import Trainer
 
 
@@ -47,7 +47,7 @@ def sync(device):
 
 def raw_samples_per_s(model, dl, precision, device):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    dtype = autocast_dtype(precision)
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
     sync(device); t0 = time.perf_counter(); n = 0
     for x, y in dl:
