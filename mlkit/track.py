@@ -6,22 +6,25 @@
 from __future__ import annotations
 
 import atexit
+import importlib.util
 import json
 import os
 import secrets
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
-import weakref
 from datetime import datetime, timezone
 from pathlib import Path
 
 from .core import TMP_PREFIX, MlkitError, atomic_write, link_or_copy, runs_dir
+from .distributed import dist_env
 from .runmeta import mask, redact, run_metadata, secret_env_values
-from .runs import ARTIFACTS, META, METRICS, METRICS_HEADER, PARAMS, STATUSES, flatten, load_runs
+from .runs import (ARTIFACTS, META, METRICS, METRICS_HEADER, PARAMS, STATUSES, Run, find_run, flatten, open_run,
+                        load_runs)
 from .train import Callback
 
 _all_ = ["load_runs"]
@@ -32,9 +35,18 @@ __all__ = ['Tracker', 'new_run_id', 'write_json_atomic', 'LocalTracker', 'Tensor
 
 # %% ../nbs/10_track.ipynb #f2e5e844
 class Tracker:
-    "What every tracker does; use it as a context manager."
-    name: str|None = None
-    _step: int = 0
+    "What every tracker does: buffer metrics, write them from a background thread, finish once; a context manager."
+    def __init__(self, name:str|None=None, flush_every:float=1.0):
+        self.name, self.id, self.flush_every, self._flusher = name, None, flush_every, None
+        self.active = dist_env().rank == 0  # under torchrun only rank 0 records; the others write nothing
+        self._step, self._rows, self._warned = 0, [], set()
+        self._lock, self._closed, self._wake = threading.Lock(), threading.Event(), threading.Event()
+
+    def _start(self):
+        "Begin background writing and join the trackers finished at exit and on signals (subclasses call it once open)."
+        self._flusher = threading.Thread(target=self._flush_loop, name=f"mlkit-flush-{self.id}", daemon=True)
+        self._flusher.start()
+        _register(self)
 
     def _next_step(self, step:int|None) -> int:
         "`step`, or one more than the last step logged; remembered for the next call."
@@ -45,21 +57,94 @@ class Tracker:
     def log_params(self, params:dict):
         "Record hyperparameters and configuration (merged with what was logged before; secrets redacted)."
         raise NotImplementedError
+
     def log_metrics(self, metrics:dict, # name -> number
                     step:int|None=None, # The step these values belong to; one more than the last when None
                    ):
-        "Record scalar metrics at `step`."
-        raise NotImplementedError
+        "Record scalar metrics at `step`: buffered, written by the background thread."
+        if not self.active: return
+        step = self._next_step(step)
+        ms = _time_ns() // 1_000_000
+        extend = self._rows.extend
+        for k, v in metrics.items(): extend((step, ms, k, v))  # one C call: never half a record in the list
+
     def log_artifact(self, path:str|Path, # A file to keep with the run
                      name:str|None=None, # Its name in the run (the file's name by default)
                      link:bool=False, # Hard-link instead of copying, for large immutable files (checkpoints)
                     ):
         "Keep a file with the run."
         raise NotImplementedError
-    def flush(self): pass
+
+    def flush(self, wait:bool=True, # False: hand the metrics to the background writer and return at once
+             ):
+        "Write the buffered metrics now."
+        if not self.active or self._closed.is_set(): return
+        if not wait:
+            self._wake.set()
+            return
+        with _deferral, self._lock: self._write_buffered()
+
+    def _write_buffered(self):
+        "Hand what is buffered to `_write` (the caller holds the lock)."
+        rows = self._rows
+        n = len(rows)
+        if not n: return
+        chunk = rows[:n]
+        del rows[:n]  # loggers only append: what arrived meanwhile stays for the next flush
+        it = iter(chunk)
+        self._write(list(zip(it, it, it, it, strict=True)))
+
+    def _write(self, rows:list[tuple]):
+        "Store (step, time_ms, name, value) rows in the backend."
+        raise NotImplementedError
+
+    def _numbers(self, rows:list[tuple]) -> list[tuple]:
+        "`rows` with values as floats; a value float() refuses is dropped, with one warning per name."
+        out = []
+        for step, ms, k, v in rows:
+            if type(v) is not float:
+                try: v = float(v)
+                except (TypeError, ValueError):
+                    if k not in self._warned:
+                        self._warned.add(k)
+                        print(f"mlkit: metric {k!r} is not a number ({type(v).__name__}); not recorded", file=sys.stderr)
+                    continue
+            out.append((step, ms, k, v))
+        return out
+
+    def _flush_loop(self):
+        while not self._closed.is_set():
+            self._wake.wait(self.flush_every)
+            self._wake.clear()
+            if self._closed.is_set(): return
+            try: self.flush()
+            except Exception as e: print(f"mlkit: {type(self).__name__} could not write metrics: {e}", file=sys.stderr)
+
     def finish(self, status:str="finished", error:str|None=None):
-        "End the run with `status` (finished, failed, interrupted or pruned)."
-        pass
+        "End the run with `status` (finished, failed, interrupted or pruned): write what is buffered, close the store."
+        _check_status(status)
+        with _deferral:  # a signal handler that finishes trackers must not land halfway through this
+            if not self.active or self._closed.is_set(): return
+            self._closed.set()
+            self._wake.set()
+            if self._flusher not in (None, threading.current_thread()): self._flusher.join()
+            try:
+                with self._lock: self._write_buffered()
+            finally:
+                self._end(status, error)
+                _open_trackers.discard(self)
+
+    def _end(self, status:str, error:str|None):
+        "Close the backend's run with `status`."
+
+    def run_ids(self) -> dict:
+        "What identifies this run in its store, saved in checkpoints so that a resumed fit continues the same run."
+        return {type(self).__name__: self.id} if self.active else {}
+
+    def resume_run(self, ids:dict, # run_ids() of the run to continue
+                   step:int|None=None, # Continue after this step: records of later steps are dropped
+                  ):
+        "Continue the run `ids` names instead of this fresh one (a resumed fit)."
 
     def __enter__(self): return self
     def __exit__(self, exc_type, exc, tb):
@@ -93,81 +178,123 @@ class LocalTracker(Tracker):
     "A run recorded in a folder under the runs folder: params.json, metrics.csv, meta.json, artifacts/."
     def __init__(self, root:str|Path|None=None, # The runs folder; runs_dir() (runs/ at the project root) when None
                  name:str|None=None, # A human name for the run (ids are generated)
-                 capture:bool=True, # Capture git state, versions, host, command and seed in meta.json
+                 capture:bool=True, # Capture git state, code, versions, host, command and seed in meta.json
                  flush_every:float=1.0, # Seconds between background writes of buffered metrics
+                 resume:str|None=None, # Continue this run (an id, unique prefix or name) instead of starting one
                 ):
-        root = Path(root) if root is not None else runs_dir()
-        root.mkdir(parents=True, exist_ok=True)
-        self.id, self.name, self.params = new_run_id(), name, {}
-        self.path = root/self.id
+        super().__init__(name, flush_every)
+        self.path, self.params, self._names = None, {}, {}
+        if not self.active: return
+        self.root = Path(root) if root is not None else runs_dir()
+        self.root.mkdir(parents=True, exist_ok=True)
         self._secrets = secret_env_values()
+        if resume is not None: self._open(find_run(resume, self.root), step=None, capture=capture)
+        else: self._create(capture)
+        self._start()
+
+    def _create(self, capture:bool):
+        self.id = new_run_id()
+        self.path = self.root/self.id
         # host and pid always: they let readers tell a live run from one whose process was killed
         meta = {"start": _now(), "host": socket.gethostname(), "pid": os.getpid(), **(run_metadata() if capture else {})}
-        git = meta.get("git") or {}
-        diff = git.pop("diff", "")
-        self.meta = {"id": self.id, "name": name, "status": "running", **meta, "end": None, "duration_s": None, "error": None}
+        self.meta = {"id": self.id, "name": self.name, "status": "running", **meta, "end": None, "duration_s": None,
+                     "error": None}
         self._t0 = time.time()
-        tmp = root/f"{TMP_PREFIX}{self.id}"  # assembled here, renamed into place whole
-        (tmp/ARTIFACTS).mkdir(parents=True)
-        if diff:
-            (tmp/ARTIFACTS/"git.diff").write_text(mask(diff, self._secrets))
-            git["diff_artifact"] = f"{ARTIFACTS}/git.diff"
-        reqs = Path(meta.get("project") or ".")/"requirements.txt"
-        if capture and reqs.is_file(): (tmp/ARTIFACTS/"requirements.txt").write_text(mask(reqs.read_text(), self._secrets))
+        tmp = self.root/f"{TMP_PREFIX}{self.id}"  # assembled here, renamed into place whole
+        self._write_code(tmp/ARTIFACTS, self.meta.get("git"), self.meta.get("project"))
         write_json_atomic(tmp/META, self.meta)
         write_json_atomic(tmp/PARAMS, {})
         (tmp/METRICS).write_text(METRICS_HEADER)
         os.replace(tmp, self.path)
         self._file = open(self.path/METRICS, "ab")
-        self._rows, self._names, self._warned = [], {}, set()
-        self._lock, self._closed = threading.Lock(), threading.Event()
-        self._flusher = threading.Thread(target=self._flush_loop, args=(flush_every,), name=f"mlkit-flush-{self.id}", daemon=True)
-        self._flusher.start()
-        _open_trackers.add(self)
-        _install_handlers()
+
+    def _write_code(self, folder:Path, git:dict|None, project:str|None):
+        "The uncommitted diff, untracked source files and requirements.txt, as artifacts under `folder`."
+        folder.mkdir(parents=True, exist_ok=True)
+        git = git if git is not None else {}
+        if diff := git.pop("diff", ""):
+            (folder/"git.diff").write_text(mask(diff, self._secrets))
+            git["diff_artifact"] = f"{ARTIFACTS}/git.diff"
+        if untracked := git.pop("untracked", None):
+            for rel, text in untracked.items():
+                (folder/"untracked"/rel).parent.mkdir(parents=True, exist_ok=True)
+                (folder/"untracked"/rel).write_text(text)
+            git["untracked_artifact"] = f"{ARTIFACTS}/untracked"
+        reqs = Path(project or ".")/"requirements.txt"
+        if project and reqs.is_file(): (folder/"requirements.txt").write_text(mask(reqs.read_text(), self._secrets))
+
+    def _open(self, run:Run, step:int|None, capture:bool):
+        "Make `run`'s folder this tracker's again: status running, a note of the resume, metrics after `step` dropped."
+        if run.error: raise MlkitError(f"cannot continue run {run.id}: {run.error}")
+        if run.status == "running" and run.meta.get("host") == socket.gethostname():
+            mine = [t for t in list(_open_trackers) if isinstance(t, LocalTracker) and t.path == run.path]
+            if not mine: raise MlkitError(f"cannot continue run {run.id}: it is still running (pid {run.meta.get('pid')})")
+            for t in mine: t.finish("interrupted", "continued by a new tracker")  # e.g. a notebook cell run again
+            run = open_run(run.path)
+        elif run.status == "running":  # another host's process: this one cannot tell whether it is alive
+            print(f"mlkit: run {run.id} was last seen running on {run.meta.get('host')}; continuing it here",
+                  file=sys.stderr)
+        self.id, self.path, self.meta, self.params = run.id, run.path, run.meta, run.params
+        self.name = self.name or run.name
+        resumes = self.meta.setdefault("resumes", [])
+        note = {"at": _now(), "after_step": step, "host": socket.gethostname(), "pid": os.getpid()}
+        if capture:  # the code may have changed since: keep what this process runs next to the original
+            meta = run_metadata()
+            self._write_code(self.path/ARTIFACTS/f"resume-{len(resumes) + 1}", meta.get("git"), meta.get("project"))
+            note["git"] = meta.get("git")
+        resumes.append(note)
+        self.meta.update(status="running", host=note["host"], pid=note["pid"], end=None, error=None)
+        self._t0 = time.time() - (self.meta.get("duration_s") or 0)  # durations add up over the pieces
+        kept = _metrics_up_to(self.path/METRICS, step)
+        if step is not None: atomic_write(self.path/METRICS, lambda f: f.write(kept), mode="w")
+        write_json_atomic(self.path/META, self.meta)
+        self._file = open(self.path/METRICS, "ab")
+        self._step = _last_step(kept) + 1
+
+    def resume_run(self, ids:dict, step:int|None=None):
+        run_id = ids.get("LocalTracker")
+        if not self.active or run_id is None or run_id == self.id: return
+        with _deferral, self._lock:
+            if self._rows or self._step: raise MlkitError(f"cannot continue run {run_id}: this tracker has logged metrics")
+            old = find_run(run_id, self.root)
+            self._file.close()
+            fresh = self.path
+            self._open(old, step, capture=False)
+            if (fresh/ARTIFACTS).is_dir():  # this process's code snapshot goes along with the run
+                os.replace(fresh/ARTIFACTS, self.path/ARTIFACTS/f"resume-{len(self.meta['resumes'])}")
+                self.meta["resumes"][-1]["git"] = json.loads((fresh/META).read_text()).get("git")
+                write_json_atomic(self.path/META, self.meta)
+            if self.params: write_json_atomic(self.path/PARAMS, self.params)
+            shutil.rmtree(fresh, ignore_errors=True)
 
     def log_params(self, params:dict):
-        self.params.update(redact(dict(params), self._secrets))
+        if not self.active: return
+        new = redact(dict(params), self._secrets)
+        changed = {k: [v, w] for k, w in flatten(new).items() if (v := flatten(self.params).get(k, w)) != w}
+        if changed:  # kept in the record: a later fit() of the same run with another setup
+            self.meta.setdefault("param_changes", []).append({"step": self._step, "changed": changed})
+            write_json_atomic(self.path/META, self.meta)
+        _merge(self.params, new)
         write_json_atomic(self.path/PARAMS, self.params)
 
-    def log_metrics(self, metrics:dict, step:int|None=None):
-        step = self._next_step(step)
-        ms = _time_ns() // 1_000_000
-        extend = self._rows.extend
-        for k, v in metrics.items(): extend((step, ms, k, v))  # one C call: never half a record in the list
+    def flush(self, wait:bool=True):
+        "Write the buffered metrics to metrics.csv now (always at once: it costs microseconds)."
+        if not self.active or self._closed.is_set(): return
+        with _deferral, self._lock: self._write_buffered()
 
-    def flush(self):
-        "Write the buffered metrics now."
-        with self._lock:
-            rows = self._rows
-            n = len(rows)
-            if not n or self._file.closed: return
-            chunk = rows[:n]
-            del rows[:n]  # the logging thread only appends: what arrived meanwhile stays for the next flush
-            names, lines = self._names, []
-            append, get = lines.append, names.get
-            it = iter(chunk)
-            for step, ms, k, v in zip(it, it, it, it, strict=True):
-                if type(v) is not float:
-                    try: v = float(v)
-                    except (TypeError, ValueError):
-                        self._not_a_number(k, v)
-                        continue
-                name = get(k)
-                if name is None: name = names[k] = _csv_name(k)
-                append("%d,%d,%s,%r\n" % (step, ms, name, v))  # noqa: UP031 (%-formatting is the fastest here)
-            self._file.write("".join(lines).encode())
-            self._file.flush()
+    def _write(self, rows):
+        if self._file.closed: return
+        names, lines = self._names, []
+        append, get = lines.append, names.get
+        for step, ms, k, v in self._numbers(rows):
+            name = get(k)
+            if name is None: name = names[k] = _csv_name(k)
+            append("%d,%d,%s,%r\n" % (step, ms, name, v))  # noqa: UP031 (%-formatting is the fastest here)
+        self._file.write("".join(lines).encode())
+        self._file.flush()
 
-    def _not_a_number(self, name, value):
-        if name not in self._warned:
-            self._warned.add(name)
-            print(f"mlkit: metric {name!r} is not a number ({type(value).__name__}); not recorded", file=sys.stderr)
-
-    def _flush_loop(self, every:float):
-        while not self._closed.wait(every): self.flush()
-
-    def log_artifact(self, path:str|Path, name:str|None=None, link:bool=False) -> Path:
+    def log_artifact(self, path:str|Path, name:str|None=None, link:bool=False) -> Path|None:
+        if not self.active: return None
         src = Path(path)
         if not src.is_file(): raise MlkitError(f"cannot log artifact {src}: no such file")
         dst = self.path/ARTIFACTS/(name or src.name)
@@ -176,58 +303,100 @@ class LocalTracker(Tracker):
             with open(src, "rb") as s: shutil.copyfileobj(s, f)
         return atomic_write(dst, copy)
 
-    def finish(self, status:str="finished", error:str|None=None):
-        if self._closed.is_set(): return
-        _check_status(status)
-        self._closed.set()
-        self._flusher.join()
-        self.flush()
+    def _end(self, status:str, error:str|None):
         self._file.close()
         self.meta.update(status=status, end=_now(), duration_s=round(time.time() - self._t0, 3), error=error)
         write_json_atomic(self.path/META, self.meta)
-        _open_trackers.discard(self)
 
     def __repr__(self): return f"LocalTracker({self.path})"
 
+def _merge(into:dict, new:dict):
+    "Merge nested dicts: `new`'s values win, sub-dicts merge."
+    for k, v in new.items():
+        if isinstance(v, dict) and isinstance(into.get(k), dict): _merge(into[k], v)
+        else: into[k] = v
+
+def _metrics_up_to(path:Path, step:int|None) -> str:
+    "metrics.csv's whole lines, without those of steps after `step` (all of them when None)."
+    data = path.read_bytes().decode("utf-8", errors="replace")
+    lines = data[:data.rfind("\n") + 1].splitlines(keepends=True)  # a torn last line is dropped
+    if step is None: return "".join(lines)
+    kept = [lines[0]] if lines else [METRICS_HEADER]
+    for line in lines[1:]:
+        head = line.split(",", 1)[0]
+        if head.isdigit() and int(head) <= step: kept.append(line)
+    return "".join(kept)
+
+def _last_step(metrics_csv:str) -> int:
+    steps = [int(h) for line in metrics_csv.splitlines()[1:] if (h := line.split(",", 1)[0]).isdigit()]
+    return max(steps, default=-1)
+
 # %% ../nbs/10_track.ipynb #856affd0
-_open_trackers: weakref.WeakSet = weakref.WeakSet()
-_handlers_installed = False
+_open_trackers: set = set()  # strong references: an open run is finished at exit even if its tracker was dropped
+_hooks_installed = _signals_installed = False
 _uncaught: list = []
+_MAIN_THREAD = threading.main_thread().ident
+
+class _Deferral:
+    "While the main thread holds a tracker's lock, SIGTERM and SIGINT wait: their handlers take that lock too."
+    def __init__(self): self.depth, self.pending = 0, None
+    def __enter__(self):
+        if threading.get_ident() == _MAIN_THREAD: self.depth += 1
+    def __exit__(self, *exc):
+        if threading.get_ident() != _MAIN_THREAD: return False
+        self.depth -= 1
+        if self.depth == 0 and self.pending is not None:
+            signum, self.pending = self.pending, None
+            _on_signal(signum, None)  # the lock is free now: act on the signal that arrived meanwhile
+        return False
+
+_deferral = _Deferral()
+_previous_handlers: dict = {}
+
+def _register(tracker:Tracker):
+    with _deferral: _open_trackers.add(tracker)
+    _install_handlers()
 
 def _finish_all(status:str, error:str|None=None):
     for t in list(_open_trackers):
         try: t.finish(status, error)
-        except Exception: pass
+        except Exception as e: print(f"mlkit: could not finish {type(t).__name__}: {e}", file=sys.stderr)
+
+def _on_signal(signum, frame):
+    if _deferral.depth:  # the interrupted code is inside a tracker's critical section: act when it leaves
+        _deferral.pending = signum
+        return
+    previous = _previous_handlers.get(signum)
+    if signum == signal.SIGINT:
+        for t in list(_open_trackers): t.flush(wait=False)
+        if callable(previous): return previous(signum, frame)
+        raise KeyboardInterrupt
+    _finish_all("interrupted", signal.Signals(signum).name)
+    if callable(previous): return previous(signum, frame)
+    signal.signal(signum, signal.SIG_DFL)  # then die of the signal, as without mlkit
+    os.kill(os.getpid(), signum)
 
 def _on_exit(): _finish_all("failed" if _uncaught else "finished", _uncaught[0] if _uncaught else None)
 
 def _install_handlers():
-    global _handlers_installed
-    if _handlers_installed: return
-    _handlers_installed = True
-    atexit.register(_on_exit)
-    previous_hook = sys.excepthook
-    def hook(kind, value, tb):
-        _uncaught.append(f"{kind.__name__}: {mask(str(value))}"[:2000])
-        if issubclass(kind, KeyboardInterrupt): _finish_all("interrupted", "KeyboardInterrupt")
-        previous_hook(kind, value, tb)
-    sys.excepthook = hook
-    if threading.current_thread() is not threading.main_thread(): return  # signals can only be set from there
-    previous_term = signal.getsignal(signal.SIGTERM)
-    def on_term(signum, frame):
-        _finish_all("interrupted", "SIGTERM")
-        if callable(previous_term): return previous_term(signum, frame)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGTERM)
-    previous_int = signal.getsignal(signal.SIGINT)
-    def on_int(signum, frame):
-        for t in list(_open_trackers): t.flush()
-        if callable(previous_int): return previous_int(signum, frame)
-        raise KeyboardInterrupt
-    try:
-        signal.signal(signal.SIGTERM, on_term)
-        signal.signal(signal.SIGINT, on_int)
-    except ValueError: pass
+    "Finish open trackers at exit, on an uncaught exception, SIGTERM and SIGINT (chaining to handlers set before)."
+    global _hooks_installed, _signals_installed
+    if not _hooks_installed:
+        _hooks_installed = True
+        atexit.register(_on_exit)
+        previous_hook = sys.excepthook
+        def hook(kind, value, tb):
+            _uncaught.append(f"{kind.__name__}: {mask(str(value))}"[:2000])
+            if issubclass(kind, KeyboardInterrupt): _finish_all("interrupted", "KeyboardInterrupt")
+            previous_hook(kind, value, tb)
+        sys.excepthook = hook
+    if _signals_installed or threading.get_ident() != _MAIN_THREAD: return  # only the main thread may set them
+    _signals_installed = True
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        try:
+            _previous_handlers[signum] = signal.getsignal(signum)
+            signal.signal(signum, _on_signal)
+        except ValueError: pass
 
 # %% ../nbs/10_track.ipynb #0ae05e5e
 def _require(module:str, extra:str, tracker:str):
@@ -239,81 +408,143 @@ def _require(module:str, extra:str, tracker:str):
 class TensorBoardTracker(Tracker):
     "Scalars as TensorBoard event files (torch.utils.tensorboard), parameters as a text summary."
     def __init__(self, log_dir:str|Path|None=None, # Event file folder; runs/_tensorboard/<name or id> when None
-                 name:str|None=None):
+                 name:str|None=None, flush_every:float=1.0):
+        super().__init__(name, flush_every)
+        self.params, self.log_dir = {}, None
+        if not self.active: return
         _require("tensorboard", "tensorboard", "TensorBoardTracker")
-        from torch.utils.tensorboard import SummaryWriter
-        self.name, self.id = name, new_run_id()
+        self.id = new_run_id()
         self.log_dir = Path(log_dir) if log_dir is not None else runs_dir()/"_tensorboard"/(name or self.id)
-        self.writer, self.params = SummaryWriter(str(self.log_dir)), {}
+        self._open_writer()
+        self._start()
+
+    def _open_writer(self):
+        from torch.utils.tensorboard import SummaryWriter
+        self.writer = SummaryWriter(str(self.log_dir))
 
     def log_params(self, params:dict):
-        self.params.update(redact(dict(params)))
-        table = "\n".join(f"| {k} | {v} |" for k, v in flatten(self.params).items())
-        self.writer.add_text("params", "| parameter | value |\n|---|---|\n" + table, 0)
+        if not self.active: return
+        with self._lock:
+            _merge(self.params, redact(dict(params)))
+            table = "\n".join(f"| {k} | {v} |" for k, v in flatten(self.params).items())
+            self.writer.add_text("params", "| parameter | value |\n|---|---|\n" + table, self._step)
 
-    def log_metrics(self, metrics:dict, step:int|None=None):
-        step = self._next_step(step)
-        for k, v in metrics.items(): self.writer.add_scalar(k, v, step)
+    def _write(self, rows):
+        for step, ms, k, v in self._numbers(rows): self.writer.add_scalar(k, v, step, walltime=ms / 1000)
+        self.writer.flush()
 
     def log_artifact(self, path, name=None, link=False):
+        if not self.active: return None
         dst = self.log_dir/"artifacts"/(name or Path(path).name)
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(path, dst)
-        return dst
+        return link_or_copy(path, dst) if link else Path(shutil.copy2(path, _mkparent(dst)))
 
-    def flush(self): self.writer.flush()
-    def finish(self, status="finished", error=None):
-        _check_status(status)
+    def run_ids(self) -> dict: return {"TensorBoardTracker": str(self.log_dir)} if self.active else {}
+
+    def resume_run(self, ids:dict, step:int|None=None):
+        old = ids.get("TensorBoardTracker")
+        if not self.active or old is None or old == str(self.log_dir): return
+        with _deferral, self._lock:  # TensorBoard shows the latest value of a step: the resumed ones win
+            self.writer.close()
+            if self.log_dir.is_dir() and not any(self.log_dir.glob("*/*")): shutil.rmtree(self.log_dir, ignore_errors=True)
+            self.log_dir = Path(old)
+            self._open_writer()
+
+    def _end(self, status, error):
         self.writer.add_text("status", status + (f": {error}" if error else ""), self._step)
         self.writer.close()
 
+def _mkparent(path:Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
 # %% ../nbs/10_track.ipynb #2beef1b7
-_MLFLOW_STATUS = {"finished": "FINISHED", "failed": "FAILED", "interrupted": "KILLED", "pruned": "KILLED"}
+_WRITER = "import sys; from mlkit.mlflow_writer import main; sys.exit(main())"
 
 class MLflowTracker(Tracker):
-    "A run in an MLflow tracking store; by default a local SQLite one (runs/_mlflow/mlflow.db), no server needed."
+    "A run in an MLflow tracking store (local SQLite by default, no server needed), written by a helper process."
     def __init__(self, tracking_uri:str|None=None, # sqlite:///... or http://server; $MLFLOW_TRACKING_URI or local SQLite if None
                  experiment:str="mlkit", name:str|None=None,
-                 synchronous:bool=True, # False queues metric writes (MLflow's async logging)
+                 flush_every:float=1.0, # Seconds between background writes of buffered metrics
+                 resume:str|None=None, # The MLflow run id of a run to continue
+                 timeout:float=60.0, # Seconds to wait for MLflow when creating the run and when finishing
                 ):
-        _require("mlflow", "mlflow", "MLflowTracker")
-        from mlflow.tracking import MlflowClient
-        store = runs_dir()/"_mlflow"
+        super().__init__(name, flush_every)
+        self.run_id = self.tracking_uri = None
+        if not self.active: return
+        if importlib.util.find_spec("mlflow") is None: _require("mlflow", "mlflow", "MLflowTracker")
+        store, artifacts = runs_dir()/"_mlflow", None
         if tracking_uri is None and not os.environ.get("MLFLOW_TRACKING_URI"):
-            store.mkdir(parents=True, exist_ok=True)
-            tracking_uri = f"sqlite:///{store/'mlflow.db'}"
-        self.client = MlflowClient(tracking_uri)
-        self.tracking_uri = mask(self.client.tracking_uri)  # never keep credentials around
-        exp = self.client.get_experiment_by_name(experiment)
-        exp_id = exp.experiment_id if exp else self.client.create_experiment(
-            experiment, artifact_location=(store/"artifacts").as_uri() if tracking_uri.startswith("sqlite") else None)
-        self.name, self.synchronous = name, synchronous
-        self.run_id = self.id = self.client.create_run(exp_id, run_name=name).info.run_id
+            tracking_uri, artifacts = f"sqlite:///{store/'mlflow.db'}", (store/"artifacts").as_uri()
+        self.timeout = timeout
+        # MLflow's store costs ~70 us of Python per metric; in a process of its own it costs the training loop nothing.
+        # Its own session: Ctrl-C in the terminal reaches the trainer, which then ends the run through it.
+        store.mkdir(parents=True, exist_ok=True)  # the writer's working directory: MLflow leaves nothing elsewhere
+        self._proc = subprocess.Popen([sys.executable, "-c", _WRITER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                      text=True, start_new_session=True, cwd=store)
+        self._send({"uri": tracking_uri, "experiment": experiment, "run_name": name, "artifact_location": artifacts,
+                    "resume": resume})  # the URI travels on a pipe: credentials in it never show in `ps`
+        reply = self._reply("creating the MLflow run")
+        if "error" in reply: raise MlkitError(f"MLflowTracker: {mask(reply['error'])}")
+        self.run_id = self.id = reply["run_id"]
+        self.tracking_uri = mask(reply["tracking_uri"])  # never keep credentials around
+        self._start()
+
+    def _send(self, msg:dict):
+        try:
+            self._proc.stdin.write(json.dumps(msg, default=str) + "\n")
+            self._proc.stdin.flush()
+        except (BrokenPipeError, ValueError, OSError) as e:
+            raise MlkitError(f"MLflowTracker: its writer process has stopped (exit code {self._proc.poll()}): {e}") from None
+
+    def _reply(self, doing:str) -> dict:
+        ready = [None]
+        reader = threading.Thread(target=lambda: ready.__setitem__(0, self._proc.stdout.readline()), daemon=True)
+        reader.start()
+        reader.join(self.timeout)
+        if not ready[0]:
+            raise MlkitError(f"MLflowTracker: no answer from MLflow after {self.timeout:g} s while {doing} "
+                             f"(writer exit code {self._proc.poll()}); is the tracking server reachable?")
+        return json.loads(ready[0])
 
     def log_params(self, params:dict):
-        from mlflow.entities import Param
+        if not self.active: return
         flat = flatten(redact(dict(params)))
-        self.client.log_batch(self.run_id, params=[Param(k, str(v)[:6000]) for k, v in flat.items()])
+        with self._lock: self._send({"params": {k: str(v)[:6000] for k, v in flat.items()}})
 
-    def log_metrics(self, metrics:dict, step:int|None=None):
-        from mlflow.entities import Metric
-        step = self._next_step(step)
-        ms = time.time_ns() // 1_000_000
-        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), ms, step) for k, v in metrics.items()],
-                              synchronous=self.synchronous)
+    def _write(self, rows):
+        self._send({"metrics": self._numbers(rows)})
+
+    def flush(self, wait:bool=True):
+        "Hand the buffered metrics to MLflow's writer; with `wait`, return once MLflow has them."
+        super().flush(wait)
+        if wait and self.active and not self._closed.is_set():
+            with _deferral, self._lock:
+                self._send({"sync": 1})
+                self._reply("flushing")
 
     def log_artifact(self, path, name=None, link=False):
-        self.client.log_artifact(self.run_id, str(path))
+        if not self.active: return
+        with _deferral, self._lock:
+            folder = str(Path(name).parent) if name and Path(name).parent != Path(".") else None
+            self._send({"artifact": [str(Path(path).resolve()), folder]})
+            self._reply("uploading an artifact")
 
-    def flush(self):
-        if not self.synchronous:
-            import mlflow
-            mlflow.flush_async_logging()  # wait for the queued writes
+    def run_ids(self) -> dict: return {"MLflowTracker": self.run_id} if self.active else {}
 
-    def finish(self, status="finished", error=None):
-        _check_status(status)
-        self.flush()
-        self.client.set_terminated(self.run_id, _MLFLOW_STATUS[status])
+    def resume_run(self, ids:dict, step:int|None=None):
+        old = ids.get("MLflowTracker")
+        if not self.active or old is None or old == self.run_id: return
+        with _deferral, self._lock:
+            self._send({"switch": old})
+            self._reply("switching to the resumed run")
+            self.run_id = self.id = old
+
+    def _end(self, status, error):
+        try:
+            self._send({"end": status})
+            self._proc.stdin.close()
+            self._reply("ending the run")  # the writer ends the run even if this process dies meanwhile
+        except MlkitError as e: print(f"mlkit: {e}", file=sys.stderr)
 
 # %% ../nbs/10_track.ipynb #2aba512d
 class WandbTracker(Tracker):
@@ -321,8 +552,11 @@ class WandbTracker(Tracker):
     def __init__(self, project:str="mlkit", name:str|None=None,
                  mode:str|None=None, # "online", "offline" or "disabled"; W&B's own default (WANDB_MODE, login) when None
                  dir:str|Path|None=None, # Where W&B writes its files; runs/_wandb when None
-                 **init_kwargs, # Passed to wandb.init
+                 flush_every:float=1.0, # Seconds between background writes of buffered metrics
+                 **init_kwargs, # Passed to wandb.init (e.g. id=..., resume="allow" to continue a run by hand)
                 ):
+        super().__init__(name, flush_every)
+        if not self.active: return
         wandb = _require("wandb", "wandb", "WandbTracker")
         folder = Path(dir) if dir is not None else runs_dir()/"_wandb"
         folder.mkdir(parents=True, exist_ok=True)
@@ -331,22 +565,26 @@ class WandbTracker(Tracker):
         settings = wandb.Settings(silent=True, console="off", save_code=False, disable_git=True, x_disable_meta=True)
         self.run = wandb.init(project=project, name=name, mode=mode, dir=str(folder), settings=settings,
                               reinit="create_new", **init_kwargs)
-        self.name, self.id = name, self.run.id
+        self.id = self.run.id
+        self._start()
 
-    def log_params(self, params:dict): self.run.config.update(redact(dict(params)), allow_val_change=True)
+    def log_params(self, params:dict):
+        if not self.active: return
+        with self._lock: self.run.config.update(redact(dict(params)), allow_val_change=True)
 
-    def log_metrics(self, metrics:dict, step:int|None=None):
-        step = self._next_step(step)
-        self.run.log({k: float(v) for k, v in metrics.items()}, step=step)
+    def _write(self, rows):
+        by_step: dict = {}
+        for step, _, k, v in self._numbers(rows): by_step.setdefault(step, {})[k] = v
+        for step, values in sorted(by_step.items()): self.run.log(values, step=step)
 
     def log_artifact(self, path, name=None, link=False):
+        if not self.active: return
         import wandb
-        art = wandb.Artifact(name or Path(path).name.replace(".", "-"), type="file")
+        art = wandb.Artifact((name or Path(path).name).replace("/", "-").replace(".", "-"), type="file")
         art.add_file(str(path))
-        self.run.log_artifact(art)
+        with self._lock: self.run.log_artifact(art)
 
-    def finish(self, status="finished", error=None):
-        _check_status(status)
+    def _end(self, status, error):
         self.run.summary["mlkit_status"] = status
         self.run.finish(exit_code=0 if status == "finished" else 1)
 
@@ -356,7 +594,8 @@ class MultiTracker(Tracker):
     def __init__(self, *trackers:Tracker):
         if not trackers: raise MlkitError("MultiTracker needs at least one tracker")
         self.trackers = list(trackers)
-        self.name, self.id = trackers[0].name, getattr(trackers[0], "id", None)
+        self.name, self.id = trackers[0].name, trackers[0].id
+        self.active = any(t.active for t in trackers)
         self.path = next((t.path for t in trackers if isinstance(t, LocalTracker)), None)
 
     def log_params(self, params):
@@ -365,9 +604,15 @@ class MultiTracker(Tracker):
         for t in self.trackers: t.log_metrics(metrics, step)
     def log_artifact(self, path, name=None, link=False):
         for t in self.trackers: t.log_artifact(path, name, link)
-    def flush(self):
-        for t in self.trackers: t.flush()
+    def flush(self, wait=True):
+        for t in self.trackers: t.flush(wait)
+    def run_ids(self) -> dict: return {k: v for t in self.trackers for k, v in t.run_ids().items()}
+    def resume_run(self, ids, step=None):
+        for t in self.trackers: t.resume_run(ids, step)
+        self.id = self.trackers[0].id
+        self.path = next((t.path for t in self.trackers if isinstance(t, LocalTracker)), None)
     def finish(self, status="finished", error=None):
+        _check_status(status)
         errors = []
         for t in self.trackers:  # finish every one, even if one fails
             try: t.finish(status, error)
@@ -381,13 +626,19 @@ class TrackingCallback(Callback):
     def __init__(self, run:Tracker, # Where to log
                  hparams:dict|None=None, # Your hyperparameters, logged with the trainer's configuration
                 ):
-        self.run, self.hparams, self._logged = run, dict(hparams or {}), None
+        self.run, self.hparams, self._logged, self._resume = run, dict(hparams or {}), None, None
+
+    def state_dict(self) -> dict: return {"run": self.run.run_ids()}
+    def load_state_dict(self, state:dict): self._resume = state.get("run")
 
     def before_fit(self):
         from mlkit.distributed import is_main_process
-        self.active = is_main_process()
+        self.active = is_main_process() and getattr(self.run, "active", True)  # trackers of your own may lack it
         if not self.active: return
         t = self.trainer
+        if self._resume and getattr(t, "resumed_from", None) is not None:
+            self.run.resume_run(self._resume, step=t.step)  # the checkpoint's run goes on; later records are redone
+            self._resume = None
         sched = type(t.scheduler).__name__ if t.scheduler is not None else None
         params = {**self.hparams, "trainer": {
             "model": type(t.module).__name__, "parameters": sum(p.numel() for p in t.module.parameters()),
@@ -398,19 +649,39 @@ class TrackingCallback(Callback):
         if params != self._logged: self.run.log_params(params)  # a second fit() with the same setup rewrites nothing
         self._logged = params
 
-    def before_epoch(self):
+    def before_train(self):
         if not self.active: return
-        self._t0, self._last_step = time.perf_counter(), self.trainer.step
+        self._t0, self._seen, self._windows, self._lrs = time.perf_counter(), 0, {}, {}
         if self.trainer.device.type == "cuda":
             import torch
             torch.cuda.reset_peak_memory_stats(self.trainer.device)
 
+    def before_step(self):
+        if self.active: self._lrs[self.trainer.step + 1] = self.trainer.opt.param_groups[0]["lr"]
+
     def after_batch(self):
         t = self.trainer
-        if not self.active or not t.training: return
-        if t.step != self._last_step:
-            self._last_step = t.step
-            self.run.log_metrics({"train_loss_step": t.last_loss, "lr": t.opt.param_groups[0]["lr"]}, t.step)
+        if self.active and t.training and len(t.host_losses) > self._seen: self._log_steps(final=False)
+
+    def _log_steps(self, final:bool):
+        "Log each optimizer step's loss (the sample-weighted mean of its batches) once all of them reached the host."
+        t, windows = self.trainer, self._windows
+        losses = t.host_losses
+        for it, step, value, n in losses[self._seen:]:  # on accelerators they arrive in bunches of 32
+            w = windows.setdefault(step, [0.0, 0, False])
+            w[0] += value * n; w[1] += n
+            if (it + 1) % t.grad_accum == 0 or it + 1 == t.n_batches: w[2] = True  # the window's last batch
+        self._seen = len(losses)
+        for step in sorted(windows):
+            total, n, complete = windows[step]
+            if not (complete or final): break
+            del windows[step]
+            values = {"train_loss_step": total / max(n, 1)}
+            if (lr := self._lrs.pop(step + 1, None)) is not None: values["lr"] = lr
+            self.run.log_metrics(values, step + 1)
+
+    def after_train(self):
+        if self.active: self._log_steps(final=True)
 
     def after_epoch(self):
         if not self.active: return
@@ -421,7 +692,7 @@ class TrackingCallback(Callback):
                               "samples_per_s": t.epoch_samples * world / elapsed if elapsed > 0 else 0.0,
                               "peak_memory_bytes": memory_stats(t.device if t.device.type == "cuda" else None)["peak"]},
                              t.step)
-        self.run.flush()
+        self.run.flush(wait=False)  # external stores write in the background: the next epoch does not wait for them
 
     def after_fit(self):
         if not self.active: return
@@ -430,4 +701,4 @@ class TrackingCallback(Callback):
             for path in {getattr(cb, "last_path", None), getattr(cb, "best_path", None)}:
                 if path is not None and Path(path).is_file():
                     self.run.log_artifact(path, f"checkpoints/{Path(path).name}", link=True)
-        self.run.flush()
+        self.run.flush(wait=False)

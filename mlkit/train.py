@@ -62,8 +62,9 @@ class Callback:
 # %% ../nbs/05_train.ipynb #ad4072ab
 @dataclass
 class _LossTally:
-    "Training losses not yet checked for NaN/inf, and the epoch's running sum (as Python floats)."
+    "This epoch's training losses: those not yet checked for NaN/inf, those on the host, and their running sum."
     pending: list = field(default_factory=list)
+    host: list = field(default_factory=list)  # (batch, step, loss, samples) of the batches whose loss reached the host
     total: float = 0.0
     count: int = 0
     last: float = math.nan
@@ -145,7 +146,7 @@ class Trainer:
         self.training = False
         self.metrics, self.history = {}, []
         self._losses = _LossTally()
-        self._resume_state = None
+        self._resume_state = self.resumed_from = None
         self.cbs = []
         from mlkit.callbacks import ProgressBar  # callbacks build on this module
         cbs = list(cbs or [])
@@ -189,7 +190,7 @@ class Trainer:
         if self.scheduler_fn is not None:
             total = epochs * (self.steps_per_epoch if self.sched_interval == "step" else 1)
             self.scheduler = self.scheduler_fn(self.opt, total)
-        self.epoch, self._start_batch = 0, 0
+        self.epoch, self._start_batch, self.resumed_from = 0, 0, None
         if resume is not None: self._load_resume(resume)
         self._with_events(self._fit_epochs, "fit", CancelFit)
         return self
@@ -269,13 +270,21 @@ class Trainer:
     # -- loss bookkeeping: one host sync per batch on the CPU, every 32 batches on accelerators -----------
     def _track_loss(self, loss:torch.Tensor, n:int):
         tally = self._losses
+        if self.dist.is_distributed: loss = self._mean_over_ranks(loss, n)
         if self._sync_every == 1:  # CPU: .item() costs nothing, so check and count at once
             v = loss.item()
             if not math.isfinite(v): self._non_finite(v, self.iter, self.step)
             tally.total += v * n; tally.count += n; tally.last = v
+            tally.host.append((self.iter, self.step, v, n))
             return
         tally.pending.append((self.iter, self.step, loss.detach(), n))
         if len(tally.pending) >= self._sync_every: self._check_losses()
+
+    def _mean_over_ranks(self, loss:torch.Tensor, n:int) -> torch.Tensor:
+        "This batch's loss averaged over the samples of every rank (so every rank logs, and stops on, the same value)."
+        t = torch.stack([loss.detach().double() * n, torch.tensor(float(n), dtype=torch.float64, device=loss.device)])
+        all_reduce_sum(t)  # on the loss's device: the one the process group's backend serves
+        return t[0] / t[1]
 
     def _non_finite(self, v:float, it:int, step:int):
         self._losses.pending.clear()
@@ -292,6 +301,7 @@ class Trainer:
             if not math.isfinite(v): self._non_finite(v, it, step)
             tally.total += v * n
             tally.count += n
+            tally.host.append((it, step, v, n))
         tally.last = values[-1]
         tally.pending.clear()
 
@@ -299,6 +309,11 @@ class Trainer:
     def last_loss(self) -> float:
         "The latest training loss already brought to the host (NaN before the first)."
         return self._losses.last
+
+    @property
+    def host_losses(self) -> list[tuple[int, int, float, int]]:
+        "(batch, optimizer steps before it, loss, samples) of this epoch's batches whose loss reached the host, in order."
+        return self._losses.host
 
     @property
     def epoch_samples(self) -> int:
@@ -408,6 +423,10 @@ class Trainer:
             self._losses = _LossTally(total=state["losses"]["total"], count=state["losses"]["count"])
             self._resume_state = state
         self.resumed_from = path
+        if self.dist.is_main:
+            where = f"end of epoch {state['epoch'] + 1}" if state["epoch_done"] else \
+                    f"epoch {state['epoch'] + 1}, batch {state['batch']}/{self.n_batches}"
+            print(f"resumed from {path}: {where}, optimizer step {self.step}")
 
     # -- learning-rate finder -------------------------------------------------------------------------------
     def lr_find(self, start_lr:float=1e-7, end_lr:float=10.0, num_iter:int=100, # Exponential sweep

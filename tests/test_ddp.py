@@ -1,4 +1,5 @@
 "Two gloo processes under torchrun end where one process trained on the combined batches ends."
+import json
 import os
 import subprocess
 import sys
@@ -11,6 +12,7 @@ sys.path.insert(0, str(Path(__file__).parent/"jobs"))
 import ddp_job  # noqa: E402
 
 from mlkit.data import ResumableSampler  # noqa: E402
+from mlkit.runs import list_runs  # noqa: E402
 
 
 def reference_weights():
@@ -45,3 +47,26 @@ def test_two_processes_match_one_on_combined_batches(tmp_path):
     losses = {line.split()[1]: line.split()[3] for line in lines if line.startswith("rank ")}
     assert losses.keys() == {"0", "1"} and losses["0"] == losses["1"]  # validation reduced over both shards
     assert sorted(p.name for p in (tmp_path/"ckpt").iterdir()) == ["step-00000008.pt", "step-00000016.pt"]  # rank 0 only
+
+
+def test_only_rank_zero_records_and_losses_are_means_over_ranks(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        str(Path(ddp_job.__file__).with_name("ddp_track_job.py")), str(tmp_path)],
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    [run] = list_runs(tmp_path/"runs")  # no empty run from rank 1
+    assert run.status == "finished" and run.params["trainer"]["world_size"] == 2
+    seen = [json.loads((tmp_path/f"losses-{rank}.json").read_text()) for rank in (0, 1)]
+    per_step = {}
+    for rank_seen in seen:
+        for step, loss, n in rank_seen: per_step.setdefault(step, []).append((loss, n))
+    expected = [(s, sum(v * n for v, n in ws) / sum(n for _, n in ws)) for s, ws in sorted(per_step.items())]
+    got = [(s, v) for s, _, v in run.metrics["train_loss_step"]]
+    assert [s for s, _ in got] == [s for s, _ in expected]
+    torch.testing.assert_close([v for _, v in got], [v for _, v in expected], rtol=0, atol=1e-6)
+    assert seen[0] != seen[1]  # the ranks saw different data: rank 0's losses alone would not pass
+    epochs = [[(v, n) for s, v, n in rank_seen if (s - 1) // 4 == e] for rank_seen in seen for e in (0, 1)]
+    train_loss = [sum(v * n for v, n in epochs[e] + epochs[2 + e]) / sum(n for _, n in epochs[e] + epochs[2 + e])
+                  for e in (0, 1)]
+    torch.testing.assert_close([v for _, _, v in run.metrics["train_loss"]], train_loss, rtol=0, atol=1e-6)

@@ -11,6 +11,7 @@ import torch
 
 from mlkit.checkpoint import list_checkpoints, load_checkpoint
 from mlkit.core import TMP_PREFIX
+from mlkit.runs import list_runs
 
 JOB = Path(__file__).parent/"jobs"/"resume_job.py"
 STEPS = 3 * 8  # 3 epochs of 16 batches with grad_accum=2
@@ -75,3 +76,29 @@ def test_kill_during_save_leaves_previous_checkpoint_intact(tmp_path, reference)
     assert resumed.returncode == 0, resumed.stderr
     assert not any(p.name.startswith(TMP_PREFIX) for p in (tmp_path/"ckpt").iterdir())
     assert_identical(result(tmp_path/"out"), reference)
+
+
+def _rows(run):
+    return {name: [(step, value) for step, _, value in rows] for name, rows in run.metrics.items()}
+
+
+def test_resumed_fit_continues_its_run_record(tmp_path):
+    "Killed after step 7 (checkpoint at 6), resumed: one run, every step once, the same values as without the kill."
+    ref = job(tmp_path/"ref", tmp_path/"ref-ckpt", "--track", str(tmp_path/"ref-runs"))
+    assert ref.returncode == 0, ref.stderr
+    [reference] = list_runs(tmp_path/"ref-runs")
+    runs = tmp_path/"runs"
+    killed = job(tmp_path/"out", tmp_path/"ckpt", "--kill-at", "7", "--kill-event", "after_batch", "--track", str(runs))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    [run] = list_runs(runs)
+    assert run.status == "interrupted" and max(s for s, _ in _rows(run)["train_loss_step"]) == 7
+    resumed = job(tmp_path/"out", tmp_path/"ckpt", "--resume", "--track", str(runs))
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from" in resumed.stdout and "step-00000006.pt" in resumed.stdout and "optimizer step 6" in resumed.stdout
+    [after] = list_runs(runs)  # the same run, not a second one with the same name
+    assert (after.id, after.status, len(after.meta["resumes"]), after.meta["resumes"][0]["after_step"]) == \
+        (run.id, "finished", 1, 6)
+    got, expected = _rows(after), _rows(reference)
+    timings = {"epoch_time_s", "samples_per_s", "peak_memory_bytes"}  # measured, so they differ: compare their steps
+    assert {k: [s for s, _ in v] for k, v in got.items()} == {k: [s for s, _ in v] for k, v in expected.items()}
+    assert {k: v for k, v in got.items() if k not in timings} == {k: v for k, v in expected.items() if k not in timings}

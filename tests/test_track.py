@@ -4,15 +4,28 @@ import signal
 import struct
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from mlkit.runs import list_runs, open_run
-from mlkit.track import LocalTracker, MLflowTracker, MultiTracker, TensorBoardTracker, WandbTracker
+from mlkit.runs import list_runs, open_run, read_metrics
+from mlkit.track import LocalTracker, MLflowTracker, MultiTracker, TensorBoardTracker, TrackingCallback, WandbTracker
 
-JOB = Path(__file__).parent/"jobs"/"track_job.py"
+JOBS = Path(__file__).parent/"jobs"
+JOB = JOBS/"track_job.py"
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def untouched_working_directory(tmp_path_factory, monkeypatch):
+    "Every test here runs in an empty working directory, and must leave it empty (MLflow once wrote ./mlflow.db)."
+    cwd = tmp_path_factory.mktemp("cwd")
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv("MLKIT_PROJECT_ROOT", str(REPO))
+    yield
+    assert sorted(p.name for p in cwd.iterdir()) == []
 
 
 @pytest.fixture
@@ -34,18 +47,29 @@ def test_tensorboard_event_files_read_by_tensorboard(runs_root):
     assert "params" in acc.Tags()["tensors"] or "params/text_summary" in acc.Tags()["tensors"]
 
 
-@pytest.mark.parametrize("synchronous", [True, False])
-def test_mlflow_sqlite(runs_root, synchronous):
+def test_mlflow_sqlite(runs_root):
     from mlflow.tracking import MlflowClient
-    with MLflowTracker(name="mf", synchronous=synchronous) as run:
+    with MLflowTracker(name="mf") as run:
         run.log_params({"lr": 0.1, "opt": {"name": "sgd"}, "api_token": "tok-123456"})
         for i in range(4): run.log_metrics({"loss": 1.0 / (i + 1)}, step=i)
+        run.flush()  # waits until MLflow has them
+        client = MlflowClient(run.tracking_uri)
+        assert [m.step for m in client.get_metric_history(run.run_id, "loss")] == [0, 1, 2, 3]
+        run.log_params({"lr": 0.2})  # parameters cannot change in MLflow: kept as a tag, no error
+        for i in range(4, 2500): run.log_metrics({"loss": 1.0 / (i + 1)}, step=i)  # more than MLflow takes at once
     assert run.tracking_uri.startswith("sqlite:///") and (runs_root/"_mlflow"/"mlflow.db").is_file()
-    client = MlflowClient(run.tracking_uri)
     got = client.get_run(run.run_id)
     assert got.info.status == "FINISHED"
     assert got.data.params == {"lr": "0.1", "opt.name": "sgd", "api_token": "***"}
-    assert [(m.step, m.value) for m in client.get_metric_history(run.run_id, "loss")] == [(i, 1 / (i + 1)) for i in range(4)]
+    assert got.data.tags["mlkit.changed.lr"] == "0.2"
+    assert [(m.step, m.value) for m in client.get_metric_history(run.run_id, "loss")] == [(i, 1 / (i + 1)) for i in range(2500)]
+
+
+def test_mlflow_unreachable_server_is_one_line(runs_root, monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    with pytest.raises(Exception) as e:
+        MLflowTracker(tracking_uri="http://127.0.0.1:9", timeout=30)  # port 9: nothing listens
+    assert type(e.value).__name__ == "MlkitError" and "\n" not in str(e.value)
 
 
 def _item_key(item): return item.key or "/".join(item.nested_key)
@@ -72,9 +96,11 @@ def _wandb_records(path):
 
 
 def test_wandb_offline(runs_root):
+    import wandb
     with WandbTracker(project="mlkit-test", name="wb", mode="offline") as run:
         run.log_params({"lr": 0.1, "password": "hunter2-pass"})
         for i in range(3): run.log_metrics({"loss": 1.0 / (i + 1)}, step=i)
+    wandb.teardown()  # W&B's own wait for its service to write everything (not a sleep)
     files = list((runs_root/"_wandb").rglob("run-*.wandb"))
     assert len(files) == 1
     records = _wandb_records(files[0])
@@ -163,3 +189,106 @@ def test_sigterm_flushes_and_marks_interrupted(runs_root):
     run = open_run(path)
     assert run.meta["status"] == "interrupted" and run.meta["error"] == "SIGTERM"
     assert len(run.metrics["value"]) >= last_printed  # everything logged before the signal was written
+
+
+def test_signals_at_random_moments_never_hang(runs_root):
+    "20 SIGTERMs and 20 SIGINTs into loops that flush on the main thread: each exits within 2 s, marked interrupted."
+    runs_root.mkdir(parents=True)
+    r = subprocess.run([sys.executable, str(JOBS/"signal_job.py"), str(runs_root), "20", "1"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    tries = [json.loads(line) for line in r.stdout.splitlines()]
+    assert len(tries) == 40
+    hung = [t for t in tries if t["exit"] is None]
+    assert hung == [], f"{len(hung)} of 40 processes did not exit within 2 s"
+    for t in tries:
+        assert t["exit"] == (-signal.SIGTERM if t["signal"] == "SIGTERM" else 130), t
+        run = open_run(t["path"])
+        assert (run.meta["status"], run.meta["error"]) == ("interrupted", t["signal"] if t["signal"] == "SIGTERM"
+                                                           else "KeyboardInterrupt"), t
+        rows, bad = read_metrics(Path(t["path"])/"metrics.csv")
+        assert bad == 0
+        values = [v for _, _, v in rows.get("value", [])]
+        assert values == [float(i) for i in range(len(values))]  # whole, in order, nothing twice
+
+
+def _tb_status(log_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(log_dir)
+    acc.Reload()
+    return acc.Tensors("status/text_summary")[-1].tensor_proto.string_val[0].decode()
+
+
+def _wandb_status(root, run_id):
+    records = _wandb_records(next(Path(root).rglob(f"run-{run_id}.wandb")))
+    summary = {_item_key(i): json.loads(i.value_json) for r in records if r.WhichOneof("record_type") == "summary"
+               for i in r.summary.update}
+    exits = [r.exit.exit_code for r in records if r.WhichOneof("record_type") == "exit"]
+    return summary.get("mlkit_status"), exits
+
+
+@pytest.mark.parametrize("mode, signum, status", [("normal", None, "finished"), ("exception", None, "failed"),
+                                                   ("signal", signal.SIGTERM, "interrupted"),
+                                                   ("signal", signal.SIGINT, "interrupted")])
+def test_every_tracker_ends_with_the_right_status(runs_root, mode, signum, status):
+    from mlflow.tracking import MlflowClient
+    p = subprocess.Popen([sys.executable, str(JOBS/"tracker_exit_job.py"), mode], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    ids = json.loads(p.stdout.readline())
+    if signum is not None:
+        assert p.stdout.readline().strip() == "ready"
+        p.send_signal(signum)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == {"normal": 0, "exception": 1}.get(mode, -signum if signum == signal.SIGTERM else 1), err
+    assert open_run(ids["local"]).meta["status"] == status
+    assert _tb_status(ids["tensorboard"]).startswith(status)
+    mlflow_status = {"finished": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}[status]
+    assert MlflowClient(ids["mlflow_uri"]).get_run(ids["mlflow"]).info.status == mlflow_status
+    assert _wandb_status(runs_root/"_wandb", ids["wandb"]) == (status, [0 if status == "finished" else 1])
+
+
+def test_threads_log_into_one_tracker_while_it_flushes(runs_root):
+    "Several threads log, the flusher runs, the main thread flushes: every metric arrives once, whole."
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible, to expose races
+    try:
+        run = LocalTracker(runs_root, capture=False, flush_every=0.001)
+        n, writers = 5000, 4
+        def log(k):
+            for i in range(n): run.log_metrics({f"t{k}": float(i)}, step=i)
+        threads = [threading.Thread(target=log, args=(k,)) for k in range(writers)]
+        for t in threads: t.start()
+        while any(t.is_alive() for t in threads): run.flush()
+        run.finish()
+    finally: sys.setswitchinterval(switch)
+    rows, bad = read_metrics(run.path/"metrics.csv")
+    assert bad == 0
+    for k in range(writers):
+        assert sorted((s, v) for s, _, v in rows[f"t{k}"]) == [(i, float(i)) for i in range(n)]
+
+
+def test_mlflow_second_fit_with_another_setup(runs_root):
+    "A second fit() with more epochs: no MLflow error, the change kept in both stores."
+    import torch
+    from mlflow.tracking import MlflowClient
+    from torch import nn
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from mlkit.train import Trainer
+    ds = TensorDataset(torch.randn(64, 4), torch.randint(0, 2, (64,)))
+    with MultiTracker(LocalTracker(name="twice"), MLflowTracker(name="twice")) as run:
+        trainer = Trainer(nn.Linear(4, 2), DataLoader(ds, batch_size=16), progress=False, cbs=[TrackingCallback(run)])
+        trainer.fit(1)
+        trainer.fit(3)
+    local, mlf = run.trackers
+    assert open_run(local.path).params["trainer"]["epochs"] == 3
+    assert open_run(local.path).meta["param_changes"][0]["changed"] == {"trainer.epochs": [1, 3]}
+    got = MlflowClient(mlf.tracking_uri).get_run(mlf.run_id)
+    assert (got.info.status, got.data.params["trainer.epochs"], got.data.tags["mlkit.changed.trainer.epochs"]) == \
+        ("FINISHED", "1", "3")
+
+
+def test_log_overhead_benchmark_leaves_the_working_directory_alone():
+    r = subprocess.run([sys.executable, str(REPO/"bench"/"log_overhead.py"), "--quick"], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr  # and the autouse fixture checks the working directory stayed empty

@@ -1,7 +1,10 @@
 """A small training run that can kill itself with SIGKILL at a given step, or in the middle of a checkpoint save.
 
 usage: resume_job.py OUT CKPT_DIR [--kill-at STEP] [--kill-event after_step|after_batch] [--kill-in-save STEP] [--resume]
-Writes OUT/final.pt (weights) and OUT/history.json when training finishes.
+                     [--track RUNS_DIR]
+Writes OUT/final.pt (weights) and OUT/history.json when training finishes. With --track, a LocalTracker run named
+"resumable" under RUNS_DIR records it through TrackingCallback (flushed just before a kill, so that the run holds
+steps past the checkpoint that the resumed fit must not duplicate).
 """
 import argparse
 import json
@@ -16,16 +19,23 @@ from torch.utils.data import DataLoader, TensorDataset
 import mlkit.checkpoint
 from mlkit.callbacks import Checkpoint
 from mlkit.core import seed_everything
+from mlkit.track import LocalTracker, TrackingCallback
 from mlkit.train import Callback, Trainer, one_cycle
 
 ap = argparse.ArgumentParser()
 ap.add_argument("out"); ap.add_argument("ckpt_dir")
 ap.add_argument("--kill-at", type=int); ap.add_argument("--kill-event", default="after_step")
 ap.add_argument("--kill-in-save", type=int); ap.add_argument("--resume", action="store_true")
+ap.add_argument("--track")
 args = ap.parse_args()
 
 
-def die(): os.kill(os.getpid(), signal.SIGKILL)
+run = LocalTracker(args.track, name="resumable", capture=False) if args.track else None
+
+
+def die():
+    if run is not None: run.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 class Killer(Callback):
@@ -52,8 +62,10 @@ model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Dropout(0.2), nn.Linear(3
 trainer = Trainer(model, DataLoader(train, batch_size=24, shuffle=True), DataLoader(valid, batch_size=50),
                   metrics={"accuracy": lambda p, t: (p.argmax(-1) == t).float().mean()},
                   lr=3e-3, grad_accum=2, scheduler=one_cycle(), progress=False,
-                  cbs=[Checkpoint(args.ckpt_dir, every_n_steps=2, keep_last=2), Killer()])
+                  cbs=[Checkpoint(args.ckpt_dir, every_n_steps=2, keep_last=2), Killer(),
+                       *([TrackingCallback(run)] if run is not None else [])])
 trainer.fit(3, resume="latest" if args.resume else None)
+if run is not None: run.finish()
 out = Path(args.out); out.mkdir(parents=True, exist_ok=True)
 torch.save(trainer.module.state_dict(), out/"final.pt")
 (out/"history.json").write_text(json.dumps(trainer.history))
