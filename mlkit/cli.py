@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import asdict
 
@@ -83,31 +84,61 @@ def runs_table(runs, sort:str|None=None) -> str:
                      *[_fmt(flat.get(k)) for k in params], *[_fmt(summary.get(m, {}).get("last")) for m in metrics]))
     return _table(("id", "name", "status", "start", "duration", *params, *metrics), rows)
 
-def _sorted_by(runs, metric:str):
-    from mlkit.runs import best_is_min
-    sign = 1 if best_is_min(metric) else -1
+def _metric_arg(text:str, option:str) -> tuple[str, str|None]:
+    "'valid_acc:max' -> ('valid_acc', 'max'); 'valid_acc' -> ('valid_acc', None)."
+    name, sep, goal = text.rpartition(":") if ":" in text else (text, "", None)
+    if not name or (sep and goal not in ("min", "max")):
+        raise MlkitError(f"{option} takes METRIC, METRIC:min or METRIC:max, got {text!r}")
+    return name, goal
+
+def _sort_arg(text:str) -> tuple[str, str]:
+    "The metric and goal of --sort: as written, or metric_goal's; a one-line error when neither says."
+    from mlkit.runs import metric_goal
+    name, goal = _metric_arg(text, "--sort")
+    goal = goal or metric_goal(name)
+    if goal is None:
+        raise MlkitError(f"is a lower or a higher '{name}' better? say which: --sort {name}:min or --sort {name}:max")
+    return name, goal
+
+def _goals_arg(texts:list[str]|None) -> dict:
+    "The --goal options as {metric: goal}."
+    goals = {}
+    for text in texts or []:
+        name, goal = _metric_arg(text, "--goal")
+        if goal is None: raise MlkitError(f"--goal takes METRIC:min or METRIC:max, got {text!r}")
+        goals[name] = goal
+    return goals
+
+def _sorted_by(runs, metric:str, goal:str):
+    "Runs by the last value of `metric`, best first; broken runs and runs without a value last."
+    sign = 1 if goal == "min" else -1
     def key(r):
-        v = r.summary().get(metric, {}).get("last") if not r.error else None
-        return (v is None or v != v, sign * v if v is not None and v == v else 0)
+        rows = r.metrics.get(metric)
+        v = rows[-1][2] if rows and not r.error else None
+        missing = v is None or v != v
+        return (missing, 0 if missing else sign * v)
     return sorted(runs, key=key)
 
 def _params_filter(pairs:list[str]) -> dict:
     out = {}
     for p in pairs or []:
-        if "=" not in p: raise MlkitError(f"--param takes NAME=VALUE, got {p!r}")
-        k, v = p.split("=", 1)
+        k, sep, v = p.partition("=")
+        if not (k and sep): raise MlkitError(f"--param takes NAME=VALUE, got {p!r}")
         out[k] = v
     return out
 
 def cmd_runs_ls(args):
     from mlkit.runs import filter_runs, list_runs
-    runs = filter_runs(list_runs(args.root), status=args.status, name=args.name, params=_params_filter(args.param))
-    if args.sort: runs = _sorted_by(runs, args.sort)
+    sort, params = _sort_arg(args.sort) if args.sort else None, _params_filter(args.param)
+    if args.limit is not None and args.limit < 1: raise MlkitError(f"--limit takes a number of runs, 1 or more, got {args.limit}")
+    runs = filter_runs(list_runs(args.root), status=args.status, name=args.name, params=params)
+    if sort: runs = _sorted_by(runs, *sort)
     if args.limit: runs = runs[:args.limit]
-    print(runs_table(runs, args.sort))
+    print(runs_table(runs, sort[0] if sort else None))
 
 def cmd_runs_show(args):
     from mlkit.runs import find_run, flatten
+    goals = _goals_arg(args.goal)
     r = find_run(args.run, args.root)
     print(f"run {r.id}" + (f" ({r.name})" if r.name else "") + f"  status {r.status}  {r.path}")
     if r.error:
@@ -124,21 +155,24 @@ def cmd_runs_show(args):
         if v not in (None, ""): print(f"  {k:18s} {v}")
     print("parameters")
     for k, v in flatten(r.params).items(): print(f"  {k:18s} {_fmt(v)}")
-    print(_table(("metric", "last", "best", "at step", "points"),
-                 [(k, _fmt(s["last"]), _fmt(s["best"]), s["best_step"], s["steps"]) for k, s in r.summary().items()]))
+    print(_table(("metric", "goal", "last", "best", "at step", "points"),
+                 [(k, _fmt(s["goal"]), _fmt(s["last"]), _fmt(s["best"]), _fmt(s["best_step"]), s["steps"])
+                  for k, s in r.summary(goals).items()]))
     if r.artifacts: print("artifacts\n" + "\n".join(f"  {p.relative_to(r.path)}" for p in r.artifacts))
 
 def cmd_runs_compare(args):
     from mlkit.runs import compare_runs, find_run
     if len(args.runs) < 2: raise MlkitError("compare needs at least two runs")
+    goals = _goals_arg(args.goal)
     runs = [find_run(ref, args.root) for ref in args.runs]
-    c = compare_runs(runs)
+    c = compare_runs(runs, goals)
     head = ("", *[r.name or r.id for r in runs])
     print(_table(("parameter", *head[1:]), [(k, *map(_fmt, vs)) for k, vs in c["differ"].items()]) if c["differ"]
           else "parameters: all the same")
     if c["same"]: print(f"({len(c['same'])} parameters the same in all)")
-    print(_table(("metric (last / best)", *head[1:]),
-                 [(k, *[f"{_fmt(a)} / {_fmt(b)}" for a, b in vs]) for k, vs in c["metrics"].items()]))
+    print(_table(("metric (last / best)", "goal", *head[1:]),
+                 [(k, _fmt(c["goals"][k]), *[_fmt(a) if c["goals"][k] is None else f"{_fmt(a)} / {_fmt(b)}" for a, b in vs])
+                  for k, vs in c["metrics"].items()]))
 
 def cmd_runs_plot(args):
     import matplotlib
@@ -147,9 +181,11 @@ def cmd_runs_plot(args):
     from mlkit.runs import find_run, plot_runs
     runs = [find_run(ref, args.root) for ref in args.runs]
     ax = plot_runs(runs, args.metric)
-    out = args.output or f"{args.metric}.png"
-    ax.figure.savefig(out, dpi=120, bbox_inches="tight")
-    plt.close(ax.figure)
+    out = args.output or f"{args.metric.replace('/', '_')}.png"  # valid/loss -> valid_loss.png, not a folder
+    try: ax.figure.savefig(out, dpi=120, bbox_inches="tight")
+    except OSError as e: raise MlkitError(f"cannot write {out}: {e.strerror or e}") from e
+    except ValueError as e: raise MlkitError(f"cannot write {out}: {e}") from e  # matplotlib: an unknown format
+    finally: plt.close(ax.figure)
     print(out)
 
 # %% ../nbs/07_cli.ipynb #12269740
@@ -167,30 +203,41 @@ def parser() -> argparse.ArgumentParser:
     rsub = runs.add_subparsers(dest="runs_command", metavar="SUBCOMMAND", required=True)
     root = argparse.ArgumentParser(add_help=False)
     root.add_argument("--root", help="the runs folder (default: runs/ at the project root, or $MLKIT_RUNS_DIR)")
+    goal = argparse.ArgumentParser(add_help=False)
+    goal.add_argument("--goal", action="append", metavar="METRIC:min|max",
+                      help="whether a lower (min) or higher (max) METRIC is best, for metrics mlkit cannot tell (repeatable)")
     ls = rsub.add_parser("ls", parents=[root], help="a table of runs")
     ls.add_argument("--status", help="only runs with this status (running, finished, failed, interrupted, pruned, broken)")
     ls.add_argument("--name", help="only runs whose name matches this glob")
     ls.add_argument("--param", action="append", metavar="NAME=VALUE", help="only runs with this parameter value (repeatable)")
-    ls.add_argument("--sort", metavar="METRIC", help="sort by the final value of METRIC, best first")
+    ls.add_argument("--sort", metavar="METRIC[:min|max]",
+                    help="sort by the final value of METRIC, best first; :min or :max says which is best where mlkit cannot tell")
     ls.add_argument("--limit", type=int, help="show at most this many runs")
     ls.set_defaults(func=cmd_runs_ls)
-    show = rsub.add_parser("show", parents=[root], help="one run: metadata, parameters, metrics, artifacts")
+    show = rsub.add_parser("show", parents=[root, goal], help="one run: metadata, parameters, metrics, artifacts")
     show.add_argument("run", help="run id, unique prefix, or name")
     show.set_defaults(func=cmd_runs_show)
-    cmp = rsub.add_parser("compare", parents=[root], help="parameters that differ and metrics side by side")
+    cmp = rsub.add_parser("compare", parents=[root, goal], help="parameters that differ and metrics side by side")
     cmp.add_argument("runs", nargs="+", metavar="RUN")
     cmp.set_defaults(func=cmd_runs_compare)
     plot = rsub.add_parser("plot", parents=[root], help="learning curves of a metric to a PNG")
     plot.add_argument("runs", nargs="+", metavar="RUN")
     plot.add_argument("--metric", required=True, help="the metric to plot, e.g. valid_loss")
-    plot.add_argument("-o", "--output", help="the PNG to write (default: METRIC.png)")
+    plot.add_argument("-o", "--output", help="the PNG to write (default: METRIC.png, with / as _)")
     plot.set_defaults(func=cmd_runs_plot)
     return p
 
 def main(argv:list[str]|None=None) -> int:
     "Entry point of the `mlkit` command."
     args = parser().parse_args(argv)
-    try: args.func(args)
+    try:
+        args.func(args)
+        if sys.stdout: sys.stdout.flush()  # a reader gone early shows up here rather than at exit
+    except BrokenPipeError:
+        # `mlkit runs ls | head -1`: the reader has what it wanted. Stop quietly, as Unix tools do; stdout goes
+        # to /dev/null because Python flushes it again at exit, and 141 is what a shell reports after SIGPIPE.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except MlkitError as e:
         print(f"mlkit {args.command}: error: {e}", file=sys.stderr)
         return 1

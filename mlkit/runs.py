@@ -9,6 +9,7 @@ import csv
 import io
 import json
 import os
+import re
 import socket
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
@@ -18,7 +19,7 @@ from .core import MlkitError, runs_dir
 
 # %% auto #0
 __all__ = ['META', 'PARAMS', 'METRICS', 'ARTIFACTS', 'METRICS_HEADER', 'STATUSES', 'RunNotFoundError', 'read_metrics',
-           'best_is_min', 'Run', 'open_run', 'list_runs', 'find_run', 'filter_runs', 'flatten', 'load_runs',
+           'metric_goal', 'Run', 'open_run', 'list_runs', 'find_run', 'filter_runs', 'flatten', 'load_runs',
            'compare_runs', 'plot_runs']
 
 # %% ../nbs/09_runs.ipynb #2f3f5938
@@ -45,12 +46,38 @@ def read_metrics(path:str|Path) -> tuple[dict[str, list[tuple[int, int, float]]]
         out.setdefault(name, []).append((step, ms, value))
     return out, bad
 
-# %% ../nbs/09_runs.ipynb #4fc07e24
-def best_is_min(metric:str) -> bool:
-    "Whether lower is better for `metric`: losses, errors and perplexities; higher for anything else."
-    m = metric.lower()
-    return any(w in m for w in ("loss", "error", "err", "perplexity", "mse", "mae", "rmse", "wer", "cer"))
+# %% ../nbs/09_runs.ipynb #17f701af
+_THROUGHPUT = {"throughput", "tflops", "mfu", "hfu"}
+_PER_TIME = {"s", "sec", "second", "ms", "min", "minute", "hour", "h"}  # the unit after "per" in samples_per_s
+_LOWER = {"time", "duration", "latency", "elapsed", "sec", "secs", "seconds", "ms", "minutes", "hours",
+          "memory", "mem", "vram", "rss", "bytes", "kb", "kib", "mb", "mib", "gb", "gib",
+          "loss", "error", "errors", "err", "perplexity", "ppl", "nll", "mse", "mae", "rmse", "wer", "cer", "bpb", "bpc", "fid"}
+_HIGHER = {"acc", "accuracy", "f1", "auc", "auroc", "precision", "recall", "iou", "miou", "map", "bleu", "rouge",
+           "score", "dice", "top", "ndcg", "mrr", "psnr", "ssim", "r2", "reward"}
 
+def _words(name:str) -> list[str]:
+    "The lower-case words of a metric name: 'valid/topAcc1' -> ['valid', 'top', 'acc1']; 'tokens/s' -> ['tokens', 'per', 's']."
+    name = re.sub(r"/(?=(s|sec|second)$)", "_per_", name)
+    name = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
+    return [w for w in re.split(r"[^a-z0-9]+", name) if w]
+
+def metric_goal(name:str) -> str|None:
+    "'min' if lower values of the metric `name` are better, 'max' if higher ones are, None if neither or not known."
+    words = _words(name)
+    vocab = set(words) | {w.rstrip("0123456789") for w in words}  # top5 -> top, bleu4 -> bleu
+    if not words or words[0] in ("n", "num") or words[-1] in ("count", "counts", "scale"): return None
+    if vocab & _THROUGHPUT or any(a == "per" and b in _PER_TIME for a, b in zip(words, words[1:], strict=False)): return "max"
+    if vocab & _LOWER or words[-1] == "s": return "min"
+    if vocab & _HIGHER: return "max"
+    return None
+
+def _goal(name:str, goals:dict|None) -> str|None:
+    "The goal of `name`: from `goals` if it says, else metric_goal's."
+    goal = goals[name] if goals and name in goals else metric_goal(name)
+    if goal not in ("min", "max", None): raise MlkitError(f"the goal of '{name}' must be 'min', 'max' or None, got {goal!r}")
+    return goal
+
+# %% ../nbs/09_runs.ipynb #4fc07e24
 def _pid_alive(pid) -> bool:
     try: os.kill(int(pid), 0)
     except ProcessLookupError: return False
@@ -80,23 +107,31 @@ class Run:
     @property
     def metrics(self) -> dict[str, list[tuple[int, int, float]]]:
         "Every logged scalar, by name: [(step, time_ms, value), ...]."
-        if self._metrics is None: self._metrics, _ = read_metrics(self.path/METRICS)
+        if self._metrics is None:
+            try: self._metrics, _ = read_metrics(self.path/METRICS)
+            except OSError as e:  # open_run has usually found it already
+                self._metrics, self.error = {}, self.error or _unreadable(METRICS, e)
         return self._metrics
 
-    def summary(self) -> dict[str, dict]:
-        "For each metric: its last value, its best (min for losses and errors, max otherwise) and at which step."
+    def summary(self, goals:dict|None=None, # {metric: "min", "max" or None}, where metric_goal's answer is not wanted
+               ) -> dict[str, dict]:
+        "For each metric: its last value, its goal, its best value by that goal and the step of it (None without a goal)."
         out = {}
         for name, rows in self.metrics.items():
-            pick = min if best_is_min(name) else max
-            finite = [r for r in rows if r[2] == r[2]] or rows
-            best = pick(finite, key=lambda r: r[2])
-            out[name] = {"last": rows[-1][2], "best": best[2], "best_step": best[0], "steps": len(rows)}
+            goal, best = _goal(name, goals), None
+            if goal is not None:
+                finite = [r for r in rows if r[2] == r[2]] or rows
+                best = (min if goal == "min" else max)(finite, key=lambda r: r[2])
+            out[name] = {"last": rows[-1][2], "goal": goal, "best": None if best is None else best[2],
+                         "best_step": None if best is None else best[0], "steps": len(rows)}
         return out
 
     @property
     def artifacts(self) -> list[Path]:
         folder = self.path/ARTIFACTS
         return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
+
+def _unreadable(name:str, e:OSError) -> str: return f"unreadable {name}: {e.strerror or e}"
 
 def _read_json(path:Path) -> dict:
     value = json.loads(path.read_text())
@@ -109,10 +144,16 @@ def open_run(path:str|Path) -> Run:
     run = Run(path)
     try: run.meta = _read_json(path/META)
     except FileNotFoundError: run.error = f"no {META}"
-    except (ValueError, OSError) as e: run.error = f"corrupt {META}: {e}"
+    except OSError as e: run.error = _unreadable(META, e)
+    except ValueError as e: run.error = f"corrupt {META}: {e}"
     if run.error is None:
         try: run.params = _read_json(path/PARAMS) if (path/PARAMS).exists() else {}
-        except (ValueError, OSError) as e: run.error = f"corrupt {PARAMS}: {e}"
+        except OSError as e: run.error = _unreadable(PARAMS, e)
+        except ValueError as e: run.error = f"corrupt {PARAMS}: {e}"
+    if run.error is None:
+        try: open(path/METRICS, "rb").close()  # only opened here; its lines are read when first asked for
+        except FileNotFoundError: pass
+        except OSError as e: run.error = _unreadable(METRICS, e)
     return run
 
 # %% ../nbs/09_runs.ipynb #6b1c22b6
@@ -125,7 +166,9 @@ def list_runs(root:str|Path|None=None, # The runs folder; runs_dir() when None
              ) -> list[Run]:
     "Every run under `root`, oldest first; damaged ones included, marked broken."
     root = _root(root)
-    runs = [open_run(p) for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))]
+    try: folders = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))]
+    except OSError as e: raise MlkitError(f"cannot read the runs folder {root}: {e.strerror or e}") from e
+    runs = [open_run(p) for p in folders]
     return sorted(runs, key=lambda r: (r.meta.get("start") or "", r.id))
 
 def find_run(ref:str, # A run id, a unique prefix of one, a run name, or a path to a run folder
@@ -142,6 +185,8 @@ def find_run(ref:str, # A run id, a unique prefix of one, a run name, or a path 
 
 def filter_runs(runs:list[Run], status:str|None=None, name:str|None=None, params:dict|None=None) -> list[Run]:
     "The runs with this status, a name matching the glob `name`, and these parameter values (compared as text)."
+    if status and status not in (*STATUSES, "broken"):
+        raise MlkitError(f"unknown status {status!r}; a run is {', '.join(STATUSES)} or broken")
     out = []
     for r in runs:
         if status and r.status != status: continue
@@ -160,15 +205,18 @@ def flatten(d:dict, prefix:str="") -> dict:
 
 # %% ../nbs/09_runs.ipynb #919f943b
 def load_runs(root:str|Path|None=None, # The runs folder; runs_dir() when None
+              goals:dict|None=None, # {metric: "min", "max" or None}, where metric_goal's answer is not wanted
              ):
-    "A pandas DataFrame with one row per run: status, times, parameters and final and best metrics."
+    "A pandas DataFrame with one row per run: status, times, parameters, and last and best metrics."
     import pandas as pd
     rows = []
     for r in list_runs(root):
         row = {"id": r.id, "name": r.name, "status": r.status, "start": r.meta.get("start"), "end": r.meta.get("end"),
                "duration_s": r.meta.get("duration_s"), "error": r.error}
         row.update({f"param.{k}": v for k, v in flatten(r.params).items()})
-        for m, s in r.summary().items(): row[m], row[f"best.{m}"] = s["last"], s["best"]
+        for m, s in r.summary(goals).items():
+            row[m] = s["last"]
+            if s["goal"] is not None: row[f"best.{m}"] = s["best"]
         rows.append(row)
     df = pd.DataFrame(rows)
     for col in ("start", "end"):
@@ -176,8 +224,10 @@ def load_runs(root:str|Path|None=None, # The runs folder; runs_dir() when None
     return df
 
 # %% ../nbs/09_runs.ipynb #d40f8e0c
-def compare_runs(runs:list[Run]) -> dict:
-    "{'differ': {param: [value per run]}, 'same': {param: value}, 'metrics': {metric: [(last, best) per run]}}."
+def compare_runs(runs:list[Run],
+                 goals:dict|None=None, # {metric: "min", "max" or None}, where metric_goal's answer is not wanted
+                ) -> dict:
+    "{'differ': {param: [value per run]}, 'same': {param: value}, 'goals': {metric: goal}, 'metrics': {metric: [(last, best)]}}."
     flats = [flatten(r.params) for r in runs]
     keys = sorted(set().union(*flats)) if flats else []
     differ, same = {}, {}
@@ -185,10 +235,10 @@ def compare_runs(runs:list[Run]) -> dict:
         values = [f.get(k) for f in flats]
         if all(v == values[0] for v in values): same[k] = values[0]
         else: differ[k] = values
-    summaries = [r.summary() for r in runs]
+    summaries = [r.summary(goals) for r in runs]
     names = sorted(set().union(*summaries)) if summaries else []
     metrics = {m: [(s[m]["last"], s[m]["best"]) if m in s else (None, None) for s in summaries] for m in names}
-    return {"differ": differ, "same": same, "metrics": metrics}
+    return {"differ": differ, "same": same, "goals": {m: _goal(m, goals) for m in names}, "metrics": metrics}
 
 def plot_runs(runs:list[Run], metric:str, ax=None):
     "Learning curves of `metric` (value against step), one line per run; returns the matplotlib Axes."
