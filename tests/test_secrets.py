@@ -1,11 +1,10 @@
 "Secrets kept out both ways: none reaches any file of any tracker, and no harmless hyperparameter is lost on the way."
 import json
-import struct
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from test_track import _item_key, _wandb_records  # the W&B offline-file parser
 
 from mlkit.runmeta import is_secret_key, redact, redact_argv
 from mlkit.runs import flatten
@@ -106,29 +105,6 @@ def test_redaction_alone():
     assert {k: hidden[k] for k in HARMLESS} == HARMLESS and hidden["note"] == "pulled with ***"
     assert command[-len(HARMLESS_ARGV):] == HARMLESS_ARGV
     assert [s for s in SECRET_VALUES if s in repr(hidden) or s in repr(command)] == []
-
-
-def _item_key(item): return item.key or "/".join(item.nested_key)
-
-
-def _wandb_records(path):
-    "Parse W&B's offline run file: a LevelDB-style log of protobuf Records (as tests/test_track.py does)."
-    from wandb.proto import wandb_internal_pb2 as pb
-    data, block, records, frag = Path(path).read_bytes(), 32768, [], b""
-    pos = 7  # file header ':W&B', magic, version
-    while pos + 7 <= len(data):
-        if block - pos % block < 7:
-            pos += block - pos % block
-            continue
-        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        frag += data[pos + 7:pos + 7 + length]
-        pos += 7 + length
-        if kind in (1, 4):  # FULL or LAST
-            r = pb.Record()
-            r.ParseFromString(frag)
-            records.append(r)
-            frag = b""
-    return records
 
 
 @pytest.fixture
