@@ -51,6 +51,10 @@ install: ## Create or sync the environment from the locks; register the kernel, 
 
 hooks: ## Set up the git filter (nbstripout --keep-id) and nbdev's merge driver in this checkout
 	@# Configured by hand: `nbstripout --install` drops --keep-id, and nbdev_install_hooks relies on PATH.
+	@# Then one index refresh with the filter bypassed. In a fresh clone every notebook is "racily clean" (written
+	@# in the same second as the index), so git would run the filter (a Python start) on each at the next `git status`.
+	@# Bypassing it is safe: the smudge is cat and notebooks are committed clean, so a notebook whose raw bytes equal
+	@# its blob is unmodified, and one whose bytes differ stays marked modified for git to clean and compare later.
 	@if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then \
 	  git config filter.nbstripout.clean '"$(PY)" -m nbstripout --keep-id' && \
 	  git config filter.nbstripout.smudge cat && \
@@ -58,6 +62,7 @@ hooks: ## Set up the git filter (nbstripout --keep-id) and nbdev's merge driver 
 	  git config diff.ipynb.textconv '"$(PY)" -m nbstripout --keep-id -t' && \
 	  git config merge.nbdev-merge.name "resolve notebook conflicts with nbdev" && \
 	  git config merge.nbdev-merge.driver '"$(BIN)/nbdev_merge" %O %A %B %P' && \
+	  { git -c filter.nbstripout.clean=cat -c filter.nbstripout.required=false update-index -q --refresh >/dev/null 2>&1 || true; } && \
 	  echo "git: nbstripout filter (--keep-id) and nbdev merge driver set up"; \
 	else echo "not a git checkout: no git filter or merge driver set up"; fi
 

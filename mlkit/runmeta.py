@@ -5,35 +5,67 @@
 # %% ../nbs/08_runmeta.ipynb #5a80462d
 from __future__ import annotations
 
+import contextlib
+import fnmatch
 import hashlib
 import os
 import platform
 import re
+import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
+from urllib.parse import unquote
 
-from .core import ProjectNotFoundError, project_root
+from .core import MlkitError, ProjectNotFoundError, project_root, runs_dir
 
 # %% auto #0
-__all__ = ['SECRET_WORDS', 'REDACTED', 'ENV_KEEP', 'is_secret_key', 'strip_url_credentials', 'secret_env_values', 'mask',
-           'redact', 'git_state', 'run_metadata']
+__all__ = ['SECRET_WORDS', 'SECRET_PARTS', 'COUNT_WORDS', 'DATA_WORDS', 'NOT_SECRET', 'URL_SECRET_WORDS', 'REDACTED',
+           'PARAMETER_FLAGS', 'GIT_TIMEOUT', 'UNTRACKED_FILE_CAP', 'UNTRACKED_TOTAL_CAP', 'UNTRACKED_MAX_FILES',
+           'UNTRACKED_MAX_LISTED', 'SECRET_FILES', 'ENV_KEEP', 'is_secret_key', 'strip_url_credentials',
+           'secret_env_values', 'mask', 'redact', 'redact_argv', 'git_state', 'run_metadata']
 
 # %% ../nbs/08_runmeta.ipynb #24b46504
-SECRET_WORDS = {"token", "key", "apikey", "secret", "password", "passwd", "credential", "auth",
-                "authorization", "authentication", "cookie"}
+SECRET_WORDS = {"token", "key", "apikey", "secret", "password", "passwd", "pass", "pwd", "passphrase", "credential",
+                "auth", "authorization", "authentication", "cookie", "jwt", "bearer"}
+SECRET_PARTS = ("password", "passwd", "passphrase", "secret", "credential", "apikey", "cookie", "jwt")  # also glued
+COUNT_WORDS = {"max", "min", "num", "n", "nb", "number", "count", "cnt", "size", "dim", "len", "length", "per", "total",
+               "limit", "budget", "vocab"}
+DATA_WORDS = {"key": {"sort", "primary", "foreign", "unique", "cache", "dict", "lookup", "index", "join", "partition",
+                      "shard", "group", "rng", "prng", "query", "value", "padding", "column", "row", "metric", "monitor"},
+              "token": {"pad", "bos", "eos", "unk", "sep", "cls", "mask", "special", "start", "end", "type", "id",
+                        "dropout", "embedding", "position"}}
+NOT_SECRET = {"pwd", "oldpwd"}  # the shell's working directories
+URL_SECRET_WORDS = {"sig", "signature"}  # secret only as URL query parameters
 REDACTED = "***"
-_URL_CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)[^/\s@]+@")
 
-def _words(key:str) -> list[str]:
-    spaced = re.sub(r"([a-z0-9])([A-Z])", r"\1 \2", key)  # camelCase -> camel Case
-    return [w.lower() for w in re.split(r"[^A-Za-z0-9]+", spaced) if w]
+def _words(name:str) -> list[str]:
+    "The lowercase words of `name`, split at non-alphanumerics, camelCase and digits, plurals made singular."
+    spaced = re.sub(r"([a-z])([A-Z])", r"\1 \2", re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1 \2", name))
+    known = SECRET_WORDS | COUNT_WORDS | set().union(*DATA_WORDS.values())
+    return [w if w in known or not w.endswith("s") or w[:-1] not in known else w[:-1]
+            for w in (w.lower() for w in re.findall(r"[A-Za-z]+|[0-9]+", spaced))]
 
 def is_secret_key(key) -> bool:
-    "Whether a parameter or variable named `key` probably holds a secret."
-    return any(w in SECRET_WORDS or w.rstrip("s") in SECRET_WORDS for w in _words(str(key)))
+    "Whether a parameter, flag or variable named `key` probably holds a secret (the rules above)."
+    name = str(key)
+    if name.lower() in NOT_SECRET: return False
+    words = _words(name)
+    if COUNT_WORDS.intersection(words): return False
+    return any((w in SECRET_WORDS and not DATA_WORDS.get(w, set()).intersection(words))
+               or any(p in w for p in SECRET_PARTS) for w in words)
+
+# %% ../nbs/08_runmeta.ipynb #8f02b6d3
+_URL_CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)[^/\s@]+@")
+_URL_QUERY = re.compile(r"(?P<lead>[?&](?P<name>[^=&#?\s]+)=)(?P<value>[^&#\s'\"<>]+)")
+_AUTH_HEADER = re.compile(r"(?i)(\b(?:proxy-)?authorization\s*:\s*(?:(?:bearer|basic|token|digest|bot)\s+)?)[^\s'\"][^\r\n'\"]*")
+_BEARER = re.compile(r"\b(Bearer\s+)[\w\-.~+/]+=*")  # as HTTP writes it: "bearer tokens" in prose stays
+_PAIR = re.compile(r"(?<![\w.\-])(?P<name>-{0,2}[A-Za-z_][\w.\-]*)=(?P<value>\"[^\"\n]*\"|'[^'\n]*'|[^\s&;,'\"()\[\]{}<>\\]+)")
+_AMBIGUOUS_IN_TEXT = ({"key"}, {"token"}, {"auth"})  # alone, in free text: usually keyword arguments
 
 def strip_url_credentials(text:str) -> str:
     "`text` with any `user:password@` removed from the URLs in it."
@@ -43,42 +75,181 @@ def secret_env_values(min_length:int=6) -> set[str]:
     "Values of environment variables whose names look secret (long enough to mask; paths like SSH_AUTH_SOCK's are not)."
     return {v for k, v in os.environ.items() if is_secret_key(k) and len(v) >= min_length and not os.path.exists(v)}
 
+def _mask_query(m) -> str:
+    name = unquote(m["name"])
+    secret = is_secret_key(name) or URL_SECRET_WORDS.intersection(_words(name))
+    return m["lead"] + REDACTED if secret else m[0]
+
+def _mask_pair(m) -> str:
+    name = m["name"]
+    if not name.startswith("-") and set(_words(name)) in _AMBIGUOUS_IN_TEXT: return m[0]
+    return f"{name}={REDACTED}" if is_secret_key(name) else m[0]
+
 def mask(text:str, secrets:set[str]|None=None) -> str:
-    "`text` with URL credentials stripped and every known secret value replaced by ***."
+    "`text` with URL credentials, secret query parameters and `NAME=VALUE` pairs, bearer tokens and known secret values hidden."
     text = strip_url_credentials(text)
+    text = _URL_QUERY.sub(_mask_query, text)
+    text = _AUTH_HEADER.sub(lambda m: m[1] + REDACTED, text)
+    text = _BEARER.sub(lambda m: m[1] + REDACTED, text)
+    text = _PAIR.sub(_mask_pair, text)
     for s in sorted(secrets if secrets is not None else secret_env_values(), key=len, reverse=True):
         text = text.replace(s, REDACTED)
     return text
 
+# %% ../nbs/08_runmeta.ipynb #7e3f5a18
 def redact(obj, secrets:set[str]|None=None, _key=None):
-    "A copy of `obj` (dicts, lists, strings, numbers) with secret-looking keys, URL credentials and secret values hidden."
+    "A copy of `obj` (dicts, lists, strings, numbers) with everything under secret-looking keys and secrets in text hidden."
     secrets = secret_env_values() if secrets is None else secrets
-    if _key is not None and is_secret_key(_key) and obj is not None and not isinstance(obj, (dict, bool)): return REDACTED
+    if _key is not None and is_secret_key(_key) and not (obj is None or isinstance(obj, bool)): return REDACTED
     if isinstance(obj, dict): return {k: redact(v, secrets, k) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)): return [redact(v, secrets) for v in obj]
     if isinstance(obj, str): return mask(obj, secrets)
     return obj
 
-# %% ../nbs/08_runmeta.ipynb #79cc5207
-ENV_KEEP = ("CUDA_VISIBLE_DEVICES", "MLKIT_RUNS_DIR", "MLKIT_NOTEBOOK", "MLKIT_SEED", "MLFLOW_TRACKING_URI",
-            "WANDB_PROJECT", "WANDB_MODE", "SLURM_JOB_ID", "RANK", "LOCAL_RANK", "WORLD_SIZE", "HOSTNAME")
+# %% ../nbs/08_runmeta.ipynb #0a6c3f5e
+PARAMETER_FLAGS = ("-p", "--parameters", "-r", "--parameters_raw", "--parameters-raw")  # papermill's and mlkit run's
+_OVERRIDE = re.compile(r"[+~]*-{0,2}[A-Za-z_][\w.\-]*")  # NAME in NAME=VALUE, --flag=VALUE, +db.password=VALUE
 
-def _git(*args, cwd) -> str|None:
-    try:
-        r = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired): return None
-    return r.stdout if r.returncode == 0 else None
+def redact_argv(argv:list[str], # A command line, such as sys.argv
+                secrets:set[str]|None=None, # Values to mask everywhere; the secret environment variables' when None
+               ) -> list[str]:
+    "A copy of `argv` with the values of secret-named flags, parameters (`-p NAME VALUE`) and `NAME=VALUE` overrides hidden."
+    secrets = secret_env_values() if secrets is None else secrets
+    argv, out, hidden = [str(a) for a in argv], [], set()
+    for i, arg in enumerate(argv):
+        name = arg.split("=", 1)[0]
+        if i in hidden: arg = REDACTED
+        elif arg in PARAMETER_FLAGS:
+            if i + 2 < len(argv) and is_secret_key(argv[i + 1]): hidden.add(i + 2)
+        elif "=" in arg and _OVERRIDE.fullmatch(name):
+            if is_secret_key(name): arg = f"{name}={REDACTED}"
+        elif arg.startswith("-") and is_secret_key(arg) and i + 1 < len(argv) and not argv[i + 1].startswith("-"):
+            hidden.add(i + 1)
+        out.append(mask(arg, secrets))
+    return out
+
+# %% ../nbs/08_runmeta.ipynb #79cc5207
+GIT_TIMEOUT = 10.0  # seconds a git command may take before git_state records that git did not answer
+UNTRACKED_FILE_CAP = 256 * 1024  # bytes; a larger untracked file is listed in untracked_skipped, not captured
+UNTRACKED_TOTAL_CAP = 2 * 1024 * 1024  # bytes of untracked text per run, in all
+UNTRACKED_MAX_FILES = 200  # untracked files captured per run
+UNTRACKED_MAX_LISTED = 100  # entries of untracked_skipped; the rest are counted in one more
+SECRET_FILES = (".env*", "*.env", "*.pem", "*.key", "*.p12", "*.pfx", "*.jks", "*.keystore", "*.kdbx", "id_rsa*", "id_dsa*",
+                "id_ecdsa*", "id_ed25519*", ".netrc", "_netrc", ".pgpass", ".pypirc", ".npmrc", ".htpasswd",
+                ".git-credentials", "*credentials*", "client_secret*")
+
+class _GitFailed(Exception):
+    "git did not answer; the message says why."
+
+def _stop(p:subprocess.Popen):
+    "End `p` and whatever it started: SIGTERM first, so that git removes its lock files, then SIGKILL."
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError): os.killpg(p.pid, sig)
+        try: return p.communicate(timeout=2)
+        except subprocess.TimeoutExpired: pass
+
+def _git(*args, cwd, config:dict|None=None, env:dict|None=None) -> str:
+    "What `git ARGS` prints; raises `_GitFailed` saying why when git is missing, fails, or takes over GIT_TIMEOUT s."
+    opts = [o for k, v in (config or {}).items() for o in ("-c", f"{k}={v}")]
+    try: p = subprocess.Popen(["git", *opts, *args], cwd=cwd, env={**os.environ, "GIT_TERMINAL_PROMPT": "0", **(env or {})},
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              encoding="utf-8", errors="replace", start_new_session=True)  # a group to stop whole
+    except OSError as e: raise _GitFailed(f"git could not start: {e}") from None
+    with p:
+        try: out, err = p.communicate(timeout=GIT_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            _stop(p)
+            raise _GitFailed(f"git {args[0]} did not answer within {GIT_TIMEOUT:g} s") from None
+    if p.returncode != 0:
+        raise _GitFailed(f"git {args[0]} failed (exit {p.returncode}): {(err.strip().splitlines() or ['no message'])[-1]}")
+    return out
+
+def _filters_aside(cwd) -> dict:
+    "git config settings that stand every configured clean filter aside (cat for a command, nothing for a process)."
+    try: found = _git("config", "--get-regexp", r"^filter\..+\.(clean|process)$", cwd=cwd)
+    except _GitFailed: return {}  # exit 1: no filter configured
+    names = [line.split()[0] for line in found.splitlines()]
+    config = {n: "cat" if n.endswith(".clean") else "" for n in names}
+    return {**config, **{n.rsplit(".", 1)[0] + ".required": "false" for n in names}}
+
+def _diff_head(top:Path, index:Path, objects:Path) -> str:
+    "The diff of the working tree against HEAD, each modified file passing its clean filter once (see above)."
+    try: _git("update-index", "-q", "--refresh", cwd=top, config=_filters_aside(top))
+    except _GitFailed: pass  # exit 1 when files are modified; a held index.lock only costs speed
+    with tempfile.TemporaryDirectory(prefix="mlkit-git-") as tmp:
+        if index.is_file(): shutil.copy2(index, f"{tmp}/index")  # copy2: the same mtime, the same racy-git rules
+        os.mkdir(f"{tmp}/objects")
+        alternates = os.pathsep.join(filter(None, [str(objects), os.environ.get("GIT_ALTERNATE_OBJECT_DIRECTORIES")]))
+        env = {"GIT_INDEX_FILE": f"{tmp}/index", "GIT_OBJECT_DIRECTORY": f"{tmp}/objects",
+               "GIT_ALTERNATE_OBJECT_DIRECTORIES": alternates}
+        _git("add", "--update", cwd=top, env=env, config={"core.safecrlf": "false", "core.splitIndex": "false"})
+        return _git("diff", "--cached", "--no-textconv", "--no-ext-diff", "--no-color", "HEAD", "--", cwd=top, env=env)
+
+def _runs_folder(top:Path) -> str|None:
+    "The runs folder relative to the repository at `top`, when it lies inside."
+    try: return runs_dir().resolve().relative_to(top.resolve()).as_posix()
+    except (MlkitError, ValueError): return None
+
+def _skip_reason(f:Path, rel:str, captured:int, size_so_far:int) -> str|None:
+    "Why the untracked file `f` is not captured, or None."
+    if any(fnmatch.fnmatchcase(rel.rsplit("/", 1)[-1].lower(), p) for p in SECRET_FILES): return "secret-looking file name"
+    if captured >= UNTRACKED_MAX_FILES: return f"over the cap of {UNTRACKED_MAX_FILES} files"
+    try: st = f.lstat()
+    except OSError as e: return f"unreadable: {e.strerror}"
+    if not f.is_file() or f.is_symlink(): return "not a regular file (a link, a socket…)"
+    if st.st_size > UNTRACKED_FILE_CAP: return f"larger than {UNTRACKED_FILE_CAP // 1024} KiB"
+    if size_so_far + st.st_size > UNTRACKED_TOTAL_CAP: return f"over the total cap of {UNTRACKED_TOTAL_CAP // 1024} KiB"
+    return None
+
+def _capture_untracked(top:Path, paths:list[str], secrets:set[str]) -> tuple[dict, list]:
+    "The masked text of the untracked files in `paths` worth keeping, and the ones left out with the reason."
+    kept, skipped, size = {}, [], 0
+    for rel in paths:
+        reason = _skip_reason(top/rel, rel, len(kept), size)
+        if reason is None:
+            try: data = (top/rel).read_bytes()
+            except OSError as e: data, reason = b"", f"unreadable: {e.strerror}"
+            try: text = None if b"\0" in data else data.decode("utf-8")
+            except UnicodeDecodeError: text = None
+            if text is None: reason = reason or "binary"
+            else: kept[rel], size = mask(text, secrets), size + len(data)
+        if reason: skipped.append({"path": rel, "reason": reason})
+    if len(skipped) > UNTRACKED_MAX_LISTED:
+        rest = len(skipped) - UNTRACKED_MAX_LISTED
+        skipped = skipped[:UNTRACKED_MAX_LISTED] + [{"path": "…", "reason": f"{rest} more files left out, not listed"}]
+    return kept, skipped
 
 def git_state(path:str|Path|None=None) -> dict|None:
-    "Commit, branch, dirty flag, remote and uncommitted diff of the git repository at `path`, or None outside one."
-    cwd = Path(path or Path.cwd())
-    commit = _git("rev-parse", "HEAD", cwd=cwd)
-    if commit is None: return None
-    status = _git("status", "--porcelain", cwd=cwd) or ""
-    remote = _git("remote", "get-url", "origin", cwd=cwd)
-    return {"commit": commit.strip(), "branch": (_git("rev-parse", "--abbrev-ref", "HEAD", cwd=cwd) or "").strip() or None,
-            "dirty": bool(status.strip()), "remote": remote.strip() if remote else None,
-            "diff": (_git("diff", "HEAD", cwd=cwd) or "") if status.strip() else ""}
+    "Commit, branch, remote, dirty flag, diff and untracked files of the git repository at `path`; None outside one."
+    cwd = Path(path or Path.cwd()).absolute()
+    state = {"commit": None, "branch": None, "remote": None, "dirty": None, "diff": "", "untracked": {},
+             "untracked_skipped": [], "error": None}
+    try: top, index, objects = _git("rev-parse", "--show-toplevel", "--git-path", "index", "--git-path", "objects",
+                                    cwd=cwd, env={"LC_ALL": "C"}).splitlines()  # C: an English message to test
+    except _GitFailed as e: return None if "not a git repository" in str(e) else {**state, "error": str(e)}
+    top, secrets, errors, diff, untracked = Path(top), secret_env_values(), [], None, None
+    try: state["commit"], state["branch"] = _git("rev-parse", "HEAD", "--abbrev-ref", "HEAD", cwd=top).split()
+    except _GitFailed as e: errors.append(str(e))
+    with contextlib.suppress(_GitFailed): state["remote"] = mask(_git("remote", "get-url", "origin", cwd=top).strip(), secrets)
+    try: diff = state["diff"] = mask(_diff_head(top, cwd/index, cwd/objects), secrets)
+    except _GitFailed as e: errors.append(str(e))
+    try: untracked = [f for f in _git("ls-files", "--others", "--exclude-standard", "-z", cwd=top).split("\0") if f]
+    except _GitFailed as e: errors.append(str(e))
+    runs = _runs_folder(top)
+    in_runs = {f for f in untracked or [] if runs and f.startswith(runs + "/")}
+    code = [f for f in untracked or [] if f not in in_runs]
+    state["untracked"], state["untracked_skipped"] = _capture_untracked(top, code, secrets)
+    if in_runs:
+        n = len(in_runs)
+        state["untracked_skipped"].append({"path": runs + "/", "reason": f"the runs folder ({n} untracked file{'s' * (n > 1)})"})
+    if diff or code: state["dirty"] = True
+    elif diff is not None and untracked is not None: state["dirty"] = False
+    state["error"] = mask("; ".join(errors), secrets) or None
+    return state
+
+# %% ../nbs/08_runmeta.ipynb #6a2d94f1
+ENV_KEEP = ("CUDA_VISIBLE_DEVICES", "MLKIT_RUNS_DIR", "MLKIT_NOTEBOOK", "MLKIT_SEED", "MLFLOW_TRACKING_URI",
+            "WANDB_PROJECT", "WANDB_MODE", "SLURM_JOB_ID", "RANK", "LOCAL_RANK", "WORLD_SIZE", "HOSTNAME")
 
 def _notebook() -> str|None:
     "The notebook this code runs in, when Jupyter or mlkit's papermill runner says so."
@@ -105,13 +276,13 @@ def run_metadata(root:str|Path|None=None, # The project to describe; found from 
     "A redacted description of where and how this run runs (git, versions, host, command, seed, env)."
     try: root = Path(root) if root is not None else project_root()
     except ProjectNotFoundError: root = Path.cwd()
-    reqs = root/"requirements.txt"
+    reqs, secrets = root/"requirements.txt", secret_env_values()
     meta = {"start": datetime.now(timezone.utc).astimezone().isoformat(timespec="milliseconds"),
             "host": socket.gethostname(), "platform": platform.platform(), "pid": os.getpid(),
-            "command": sys.argv if not _notebook() else None, "notebook": _notebook(),
+            "command": redact_argv(sys.argv, secrets) if not _notebook() else None, "notebook": _notebook(),
             "cwd": str(Path.cwd()), "project": str(root),
             "seed": int(os.environ["MLKIT_SEED"]) if os.environ.get("MLKIT_SEED", "").isdigit() else None,
-            "git": git_state(root),
             "requirements_sha256": hashlib.sha256(reqs.read_bytes()).hexdigest() if reqs.is_file() else None,
             "gpus": _gpu_names(), "env": {k: os.environ[k] for k in ENV_KEEP if k in os.environ}, **_versions()}
-    return redact(meta)
+    # git_state masks its texts itself; redact() would take file names such as auth.py for secret keys
+    return {**redact(meta, secrets), "git": git_state(root)}
