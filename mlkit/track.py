@@ -356,6 +356,10 @@ _previous_handlers: dict = {}
 def _register(tracker:Tracker):
     with _deferral: _open_trackers.add(tracker)
     _install_handlers()
+    # atexit runs the last registered first: come before the exit hooks of the libraries just opened (W&B's
+    # would end its run before mlkit could record the status)
+    atexit.unregister(_on_exit)
+    atexit.register(_on_exit)
 
 def _finish_all(status:str, error:str|None=None):
     for t in list(_open_trackers):
@@ -383,7 +387,6 @@ def _install_handlers():
     global _hooks_installed, _signals_installed
     if not _hooks_installed:
         _hooks_installed = True
-        atexit.register(_on_exit)
         previous_hook = sys.excepthook
         def hook(kind, value, tb):
             _uncaught.append(f"{kind.__name__}: {mask(str(value))}"[:2000])
