@@ -277,3 +277,23 @@ def test_log_overhead_benchmark_leaves_the_working_directory_alone():
     r = subprocess.run([sys.executable, str(REPO/"bench"/"log_overhead.py"), "--quick"], capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0, r.stderr  # and the autouse fixture checks the working directory stayed empty
+
+
+def test_the_code_of_a_run_is_kept(tmp_path, monkeypatch):
+    "An untracked train.py and an uncommitted change are kept with the run, as artifacts, not in meta.json."
+    repo = tmp_path/"project"
+    repo.mkdir()
+    git = lambda *a: subprocess.run(["git", *a], cwd=repo, capture_output=True, check=True)  # noqa: E731
+    (repo/"settings.ini").write_text("[DEFAULT]\nlib_name = demo\n")
+    (repo/"model.py").write_text("WIDTH = 8\n")
+    git("init", "-q", "-b", "main"); git("add", "."); git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one")
+    (repo/"model.py").write_text("WIDTH = 16\n")
+    (repo/"train.py").write_text("print('training')\n")
+    monkeypatch.setenv("MLKIT_PROJECT_ROOT", str(repo))
+    monkeypatch.chdir(repo)
+    with LocalTracker(tmp_path/"runs", name="code") as run: pass
+    meta = open_run(run.path).meta
+    assert (run.path/"artifacts"/"untracked"/"train.py").read_text() == "print('training')\n"
+    assert "+WIDTH = 16" in (run.path/"artifacts"/"git.diff").read_text()
+    assert meta["git"]["dirty"] is True and "untracked" not in meta["git"] and "diff" not in meta["git"]
+    assert (meta["git"]["untracked_artifact"], meta["git"]["diff_artifact"]) == ("artifacts/untracked", "artifacts/git.diff")
