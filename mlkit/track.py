@@ -30,8 +30,8 @@ from .train import Callback
 _all_ = ["load_runs"]
 
 # %% auto #0
-__all__ = ['Tracker', 'new_run_id', 'write_json_atomic', 'LocalTracker', 'TensorBoardTracker', 'MLflowTracker', 'WandbTracker',
-           'MultiTracker', 'TrackingCallback', 'load_runs']
+__all__ = ['RUN_DIR_ENV', 'Tracker', 'new_run_id', 'write_json_atomic', 'LocalTracker', 'TensorBoardTracker', 'MLflowTracker',
+           'WandbTracker', 'MultiTracker', 'current_run', 'TrackingCallback', 'load_runs']
 
 # %% ../nbs/10_track.ipynb #f2e5e844
 class Tracker:
@@ -183,7 +183,7 @@ class LocalTracker(Tracker):
                  resume:str|None=None, # Continue this run (an id, unique prefix or name) instead of starting one
                 ):
         super().__init__(name, flush_every)
-        self.path, self.params, self._names = None, {}, {}
+        self.path, self.params, self._names, self._owner = None, {}, {}, True
         if not self.active: return
         self.root = Path(root) if root is not None else runs_dir()
         self.root.mkdir(parents=True, exist_ok=True)
@@ -191,6 +191,23 @@ class LocalTracker(Tracker):
         if resume is not None: self._open(find_run(resume, self.root), step=None, capture=capture)
         else: self._create(capture)
         self._start()
+
+    @classmethod
+    def attach(cls, path:str|Path, # A run folder that another process created and owns (`mlkit run`)
+              ) -> LocalTracker:
+        "Record metrics, parameters and artifacts into the run at `path`; its status and metadata stay its owner's."
+        self = cls.__new__(cls)
+        Tracker.__init__(self)
+        self.path, self.params, self._names, self._owner = None, {}, {}, False
+        if not self.active: return self
+        run = open_run(path)
+        if run.error: raise MlkitError(f"cannot record into {path}: {run.error}")
+        self.path, self.root, self.id, self.name = run.path, run.path.parent, run.id, run.name
+        self.meta, self.params, self._secrets = run.meta, run.params, secret_env_values()
+        self._file = open(self.path/METRICS, "ab")
+        self._step = _last_step(_metrics_up_to(self.path/METRICS, None)) + 1
+        self._start()
+        return self
 
     def _create(self, capture:bool):
         self.id = new_run_id()
@@ -254,6 +271,10 @@ class LocalTracker(Tracker):
     def resume_run(self, ids:dict, step:int|None=None):
         run_id = ids.get("LocalTracker")
         if not self.active or run_id is None or run_id == self.id: return
+        if not self._owner:
+            print(f"mlkit: this run's folder belongs to the process that made it; run {run_id} is not continued "
+                  "(its checkpoint's weights are)", file=sys.stderr)
+            return
         with _deferral, self._lock:
             if self._rows or self._step: raise MlkitError(f"cannot continue run {run_id}: this tracker has logged metrics")
             old = find_run(run_id, self.root)
@@ -271,7 +292,7 @@ class LocalTracker(Tracker):
         if not self.active: return
         new = redact(dict(params), self._secrets)
         changed = {k: [v, w] for k, w in flatten(new).items() if (v := flatten(self.params).get(k, w)) != w}
-        if changed:  # kept in the record: a later fit() of the same run with another setup
+        if changed and self._owner:  # kept in the record: a later fit() of the same run with another setup
             self.meta.setdefault("param_changes", []).append({"step": self._step, "changed": changed})
             write_json_atomic(self.path/META, self.meta)
         _merge(self.params, new)
@@ -305,6 +326,7 @@ class LocalTracker(Tracker):
 
     def _end(self, status:str, error:str|None):
         self._file.close()
+        if not self._owner: return  # the status is the owner's to write
         self.meta.update(status=status, end=_now(), duration_s=round(time.time() - self._t0, 3), error=error)
         write_json_atomic(self.path/META, self.meta)
 
@@ -622,11 +644,24 @@ class MultiTracker(Tracker):
             except Exception as e: errors.append(f"{type(t).__name__}: {e}")
         if errors: raise MlkitError("some trackers failed to finish: " + "; ".join(errors))
 
+# %% ../nbs/10_track.ipynb #d67071f6
+RUN_DIR_ENV = "MLKIT_RUN_DIR"  # set by `mlkit run` for the kernel it starts
+_current: list = []
+
+def current_run(name:str|None=None, # The name of the run made when there is none yet
+               ) -> Tracker:
+    "The run this process records into: the one `mlkit run` made ($MLKIT_RUN_DIR), else a LocalTracker made now."
+    if _current and not _current[0]._closed.is_set(): return _current[0]
+    path = os.environ.get(RUN_DIR_ENV)
+    run = LocalTracker.attach(path) if path else LocalTracker(name=name)
+    _current[:] = [run]
+    return run
+
 # %% ../nbs/10_track.ipynb #d5043053
 class TrackingCallback(Callback):
     "Log a Trainer's configuration, per-step loss and lr, per-epoch metrics, speed and memory, and checkpoints."
     order = 80
-    def __init__(self, run:Tracker, # Where to log
+    def __init__(self, run:Tracker|None=None, # Where to log; `current_run()` when None
                  hparams:dict|None=None, # Your hyperparameters, logged with the trainer's configuration
                 ):
         self.run, self.hparams, self._logged, self._resume = run, dict(hparams or {}), None, None
@@ -636,6 +671,7 @@ class TrackingCallback(Callback):
 
     def before_fit(self):
         from mlkit.distributed import is_main_process
+        if self.run is None: self.run = current_run()
         self.active = is_main_process() and getattr(self.run, "active", True)  # trackers of your own may lack it
         if not self.active: return
         t = self.trainer
