@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 
 from .runmeta import mask
@@ -17,7 +18,16 @@ __all__ = ['STATUS', 'MLflowWriter', 'main']
 # %% ../nbs/10a_mlflow_writer.ipynb #d3e20d3f
 STATUS = {"finished": "FINISHED", "failed": "FAILED", "interrupted": "KILLED", "pruned": "KILLED"}
 
-def _reply(obj): sys.stdout.write(json.dumps(obj) + "\n"); sys.stdout.flush()
+_replies = sys.stdout  # main() keeps the real stdout for the replies alone
+
+def _reply(obj):
+    _replies.write(json.dumps(obj) + "\n")
+    _replies.flush()
+
+class _MaskedStderr:
+    "What MLflow prints, on stderr, with credentials and secrets masked."
+    def write(self, text:str) -> int: return sys.stderr.write(mask(text))
+    def flush(self): sys.stderr.flush()
 
 def _warn(message:str): print(f"mlkit: MLflow: {mask(message)}"[:500], file=sys.stderr, flush=True)
 
@@ -31,6 +41,7 @@ class MLflowWriter:
         self.run_id = resume or self.client.create_run(exp_id, run_name=run_name).info.run_id
         if resume: self.client.update_run(resume, status="RUNNING")
         self.params = dict(self.client.get_run(self.run_id).data.params) if resume else {}
+        self.bad_names: set = set()
 
     def log_params(self, params:dict):
         from mlflow.entities import Param, RunTag
@@ -42,20 +53,34 @@ class MLflowWriter:
 
     def log_metrics(self, rows:list):
         from mlflow.entities import Metric
+        rows = [r for r in rows if r[2] not in self.bad_names]
         for i in range(0, len(rows), 1000):  # MLflow takes at most 1000 metrics per batch
-            self.client.log_batch(self.run_id, metrics=[Metric(k, v, ms, step) for step, ms, k, v in rows[i:i + 1000]])
+            chunk = rows[i:i + 1000]
+            try: self.client.log_batch(self.run_id, metrics=[Metric(k, v, ms, step) for step, ms, k, v in chunk])
+            except Exception:  # one name MLflow refuses ("acc@1") must not cost the others: find it, drop it alone
+                for name in dict.fromkeys(r[2] for r in chunk):
+                    try: self.client.log_batch(self.run_id, metrics=[Metric(k, v, ms, s) for s, ms, k, v in chunk if k == name])
+                    except Exception as e:
+                        self.bad_names.add(name)
+                        _warn(f"metric {name!r} not recorded: {type(e).__name__}: {e}")
 
     def switch(self, run_id:str):
-        "Continue the run `run_id` instead (a resumed fit); the fresh run made for this process is deleted."
-        fresh, self.run_id = self.run_id, run_id
+        "Continue the run `run_id` instead (a resumed fit); the fresh run made for this process is ended and deleted."
+        params = dict(self.client.get_run(run_id).data.params)  # fails, changing nothing, if there is no such run
         self.client.update_run(run_id, status="RUNNING")
-        self.params = dict(self.client.get_run(run_id).data.params)
+        fresh, self.run_id, self.params = self.run_id, run_id, params
+        self.client.set_terminated(fresh, "KILLED")
         self.client.delete_run(fresh)
 
     def end(self, status:str): self.client.set_terminated(self.run_id, STATUS[status])
 
 def main():
     "Serve one MLflow run over stdin/stdout, JSON lines; stdin's end without an `end` message means the parent died."
+    global _replies
+    _replies = os.fdopen(os.dup(1), "w")
+    with open(os.devnull, "w") as null: os.dup2(null.fileno(), 1)  # MLflow prints too: never into the replies,
+    sys.stdout = _MaskedStderr()  # and its "View run at URL" holds the URL's credentials
+    import mlflow  # noqa: F401 (configures its loggers on import: quieten them after)
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # not "Creating initial MLflow database tables..." each run
     setup = json.loads(sys.stdin.readline())
     try: w = MLflowWriter(**setup)
@@ -66,6 +91,7 @@ def main():
     for line in sys.stdin:
         msg = json.loads(line)
         kind = next(iter(msg))
+        answer = {"ok": True}
         try:
             if kind == "params": w.log_params(msg["params"])
             elif kind == "metrics": w.log_metrics(msg["metrics"])
@@ -73,9 +99,11 @@ def main():
             elif kind == "switch": w.switch(msg["switch"])
             elif kind == "end":
                 w.end(msg["end"])
-                _reply({"ok": True})
+                _reply(answer)
                 return 0
-        except Exception as e: _warn(f"{kind} not recorded: {type(e).__name__}: {e}")
-        if kind in ("sync", "artifact", "switch"): _reply({"ok": True})
+        except Exception as e:
+            answer = {"error": mask(f"{type(e).__name__}: {e}")}
+            if kind != "switch": _warn(f"{kind} not recorded: {answer['error']}")
+        if kind in ("sync", "artifact", "switch"): _reply(answer)
     w.end("interrupted")  # the parent is gone without a word (SIGKILL)
     return 0

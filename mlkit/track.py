@@ -37,7 +37,7 @@ __all__ = ['RUN_DIR_ENV', 'Tracker', 'new_run_id', 'write_json_atomic', 'LocalTr
 class Tracker:
     "What every tracker does: buffer metrics, write them from a background thread, finish once; a context manager."
     def __init__(self, name:str|None=None, flush_every:float=1.0):
-        self.name, self.id, self.flush_every, self._flusher = name, None, flush_every, None
+        self.name, self.id, self.flush_every, self._flusher, self._finished = name, None, flush_every, None, False
         self.active = dist_env().rank == 0  # under torchrun only rank 0 records; the others write nothing
         self._step, self._rows, self._warned = 0, [], set()
         self._lock, self._closed, self._wake = threading.Lock(), threading.Event(), threading.Event()
@@ -63,6 +63,12 @@ class Tracker:
                    ):
         "Record scalar metrics at `step`: buffered, written by the background thread."
         if not self.active: return
+        if self._finished:
+            if "" not in self._warned:
+                self._warned.add("")
+                print(f"mlkit: {type(self).__name__} {self.id} has finished; metrics logged now are not recorded",
+                      file=sys.stderr)
+            return
         step = self._next_step(step)
         ms = _time_ns() // 1_000_000
         extend = self._rows.extend
@@ -78,7 +84,7 @@ class Tracker:
     def flush(self, wait:bool=True, # False: hand the metrics to the background writer and return at once
              ):
         "Write the buffered metrics now."
-        if not self.active or self._closed.is_set(): return
+        if not self.active or self._finished: return
         if not wait:
             self._wake.set()
             return
@@ -124,14 +130,15 @@ class Tracker:
         "End the run with `status` (finished, failed, interrupted or pruned): write what is buffered, close the store."
         _check_status(status)
         with _deferral:  # a signal handler that finishes trackers must not land halfway through this
-            if not self.active or self._closed.is_set(): return
-            self._closed.set()
+            if not self.active or self._finished: return
+            self._closed.set()  # stops the flusher; `_finished` only once all is written, so an interrupted finish is redone
             self._wake.set()
             if self._flusher not in (None, threading.current_thread()): self._flusher.join()
             try:
                 with self._lock: self._write_buffered()
             finally:
                 self._end(status, error)
+                self._finished = True
                 _open_trackers.discard(self)
 
     def _end(self, status:str, error:str|None):
@@ -148,7 +155,8 @@ class Tracker:
 
     def __enter__(self): return self
     def __exit__(self, exc_type, exc, tb):
-        if exc_type is None: self.finish("finished")
+        if exc_type is None or (issubclass(exc_type, SystemExit) and exc.code in (0, None)): self.finish("finished")
+        elif issubclass(exc_type, SystemExit): self.finish("failed", f"exit code {exc.code}")
         elif issubclass(exc_type, KeyboardInterrupt): self.finish("interrupted", "KeyboardInterrupt")
         else: self.finish("failed", f"{exc_type.__name__}: {mask(str(exc))}"[:2000])
         return False
@@ -262,22 +270,36 @@ class LocalTracker(Tracker):
         resumes.append(note)
         self.meta.update(status="running", host=note["host"], pid=note["pid"], end=None, error=None)
         self._t0 = time.time() - (self.meta.get("duration_s") or 0)  # durations add up over the pieces
-        kept = _metrics_up_to(self.path/METRICS, step)
-        if step is not None: atomic_write(self.path/METRICS, lambda f: f.write(kept), mode="w")
+        self._truncate(step)
         write_json_atomic(self.path/META, self.meta)
         self._file = open(self.path/METRICS, "ab")
+
+    def _truncate(self, step:int|None):
+        "Drop metrics.csv's lines of steps after `step`, and a torn last line (a kill mid-write) whatever `step`."
+        kept = _metrics_up_to(self.path/METRICS, step)
+        if (self.path/METRICS).read_bytes() != kept.encode(): atomic_write(self.path/METRICS, lambda f: f.write(kept), mode="w")
         self._step = _last_step(kept) + 1
 
     def resume_run(self, ids:dict, step:int|None=None):
         run_id = ids.get("LocalTracker")
-        if not self.active or run_id is None or run_id == self.id: return
+        if not self.active or run_id is None: return
+        if run_id == self.id:  # the same tracker goes on (a notebook: interrupted, then fit(resume=...) again)
+            with _deferral, self._lock:
+                self._write_buffered()
+                self._file.close()
+                self._truncate(step)
+                self._file = open(self.path/METRICS, "ab")
+            return
         if not self._owner:
             print(f"mlkit: this run's folder belongs to the process that made it; run {run_id} is not continued "
                   "(its checkpoint's weights are)", file=sys.stderr)
             return
+        try: old = find_run(run_id, self.root)
+        except MlkitError as e:  # runs/ cleaned, or the checkpoint came from another machine: train on, say so
+            print(f"mlkit: the checkpoint's run cannot be continued ({e}); recording into run {self.id}", file=sys.stderr)
+            return
         with _deferral, self._lock:
             if self._rows or self._step: raise MlkitError(f"cannot continue run {run_id}: this tracker has logged metrics")
-            old = find_run(run_id, self.root)
             self._file.close()
             fresh = self.path
             self._open(old, step, capture=False)
@@ -300,7 +322,7 @@ class LocalTracker(Tracker):
 
     def flush(self, wait:bool=True):
         "Write the buffered metrics to metrics.csv now (always at once: it costs microseconds)."
-        if not self.active or self._closed.is_set(): return
+        if not self.active or self._finished: return
         with _deferral, self._lock: self._write_buffered()
 
     def _write(self, rows):
@@ -397,12 +419,26 @@ def _on_signal(signum, frame):
         for t in list(_open_trackers): t.flush(wait=False)
         if callable(previous): return previous(signum, frame)
         raise KeyboardInterrupt
+    if callable(previous):  # the program stops gracefully on its own: the runs end when it does, as interrupted
+        _signalled.append(signal.Signals(signum).name)
+        return previous(signum, frame)
     _finish_all("interrupted", signal.Signals(signum).name)
-    if callable(previous): return previous(signum, frame)
     signal.signal(signum, signal.SIG_DFL)  # then die of the signal, as without mlkit
     os.kill(os.getpid(), signum)
 
-def _on_exit(): _finish_all("failed" if _uncaught else "finished", _uncaught[0] if _uncaught else None)
+_signalled: list = []
+
+def _on_exit():
+    if _uncaught: _finish_all("failed", _uncaught[0])
+    elif _signalled: _finish_all("interrupted", _signalled[0])
+    else: _finish_all("finished")
+
+def _forget_in_child():
+    "A forked child (a DataLoader worker, say) does not own its parent's runs: it must not end them at its exit."
+    _open_trackers.clear()
+    _current.clear()
+
+os.register_at_fork(after_in_child=_forget_in_child)
 
 def _install_handlers():
     "Finish open trackers at exit, on an uncaught exception, SIGTERM and SIGINT (chaining to handlers set before)."
@@ -418,9 +454,10 @@ def _install_handlers():
     if _signals_installed or threading.get_ident() != _MAIN_THREAD: return  # only the main thread may set them
     _signals_installed = True
     for signum in (signal.SIGTERM, signal.SIGINT):
-        try:
-            _previous_handlers[signum] = signal.getsignal(signum)
-            signal.signal(signum, _on_signal)
+        previous = signal.getsignal(signum)
+        if previous == signal.SIG_IGN: continue  # ignored on purpose (nohup, a background job): stays ignored
+        _previous_handlers[signum] = previous
+        try: signal.signal(signum, _on_signal)
         except ValueError: pass
 
 # %% ../nbs/10_track.ipynb #0ae05e5e
@@ -449,7 +486,7 @@ class TensorBoardTracker(Tracker):
 
     def log_params(self, params:dict):
         if not self.active: return
-        with self._lock:
+        with _deferral, self._lock:
             _merge(self.params, redact(dict(params)))
             table = "\n".join(f"| {k} | {v} |" for k, v in flatten(self.params).items())
             self.writer.add_text("params", "| parameter | value |\n|---|---|\n" + table, self._step)
@@ -468,7 +505,7 @@ class TensorBoardTracker(Tracker):
     def resume_run(self, ids:dict, step:int|None=None):
         old = ids.get("TensorBoardTracker")
         if not self.active or old is None or old == str(self.log_dir): return
-        with _deferral, self._lock:  # TensorBoard shows the latest value of a step: the resumed ones win
+        with _deferral, self._lock:  # points logged after the checkpoint stay: TensorBoard cannot delete them
             self.writer.close()
             if self.log_dir.is_dir() and not any(self.log_dir.glob("*/*")): shutil.rmtree(self.log_dir, ignore_errors=True)
             self.log_dir = Path(old)
@@ -494,22 +531,27 @@ class MLflowTracker(Tracker):
                  timeout:float=60.0, # Seconds to wait for MLflow when creating the run and when finishing
                 ):
         super().__init__(name, flush_every)
-        self.run_id = self.tracking_uri = None
+        self.run_id = self.tracking_uri = self._proc = None
+        self._broken = False
         if not self.active: return
         if importlib.util.find_spec("mlflow") is None: _require("mlflow", "mlflow", "MLflowTracker")
-        store, artifacts = runs_dir()/"_mlflow", None
+        self.timeout, artifacts, cwd = timeout, None, None  # a URI of yours is read from your working directory
         if tracking_uri is None and not os.environ.get("MLFLOW_TRACKING_URI"):
-            tracking_uri, artifacts = f"sqlite:///{store/'mlflow.db'}", (store/"artifacts").as_uri()
-        self.timeout = timeout
+            store = runs_dir()/"_mlflow"
+            store.mkdir(parents=True, exist_ok=True)
+            tracking_uri, artifacts, cwd = f"sqlite:///{store/'mlflow.db'}", (store/"artifacts").as_uri(), store
         # MLflow's store costs ~70 us of Python per metric; in a process of its own it costs the training loop nothing.
         # Its own session: Ctrl-C in the terminal reaches the trainer, which then ends the run through it.
-        store.mkdir(parents=True, exist_ok=True)  # the writer's working directory: MLflow leaves nothing elsewhere
         self._proc = subprocess.Popen([sys.executable, "-c", _WRITER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                      text=True, start_new_session=True, cwd=store)
-        self._send({"uri": tracking_uri, "experiment": experiment, "run_name": name, "artifact_location": artifacts,
-                    "resume": resume})  # the URI travels on a pipe: credentials in it never show in `ps`
-        reply = self._reply("creating the MLflow run")
-        if "error" in reply: raise MlkitError(f"MLflowTracker: {mask(reply['error'])}")
+                                      text=True, start_new_session=True, cwd=cwd)
+        try:
+            self._send({"uri": tracking_uri, "experiment": experiment, "run_name": name, "artifact_location": artifacts,
+                        "resume": resume})  # the URI travels on a pipe: credentials in it never show in `ps`
+            reply = self._reply("creating the MLflow run")
+            if "error" in reply: raise MlkitError(f"MLflowTracker: {mask(reply['error'])}")
+        except BaseException:
+            self._stop_writer()
+            raise
         self.run_id = self.id = reply["run_id"]
         self.tracking_uri = mask(reply["tracking_uri"])  # never keep credentials around
         self._start()
@@ -518,41 +560,50 @@ class MLflowTracker(Tracker):
         try:
             self._proc.stdin.write(json.dumps(msg, default=str) + "\n")
             self._proc.stdin.flush()
-        except (BrokenPipeError, ValueError, OSError) as e:
-            raise MlkitError(f"MLflowTracker: its writer process has stopped (exit code {self._proc.poll()}): {e}") from None
+        except (BrokenPipeError, ValueError, OSError):
+            raise MlkitError(f"MLflowTracker: its writer process has stopped (exit code {self._proc.poll()})") from None
 
     def _reply(self, doing:str) -> dict:
-        ready = [None]
-        reader = threading.Thread(target=lambda: ready.__setitem__(0, self._proc.stdout.readline()), daemon=True)
+        line = [None]
+        reader = threading.Thread(target=lambda: line.__setitem__(0, self._proc.stdout.readline()), daemon=True)
         reader.start()
         reader.join(self.timeout)
-        if not ready[0]:
-            raise MlkitError(f"MLflowTracker: no answer from MLflow after {self.timeout:g} s while {doing} "
-                             f"(writer exit code {self._proc.poll()}); is the tracking server reachable?")
-        return json.loads(ready[0])
+        if line[0] is None:
+            raise MlkitError(f"MLflowTracker: no answer from MLflow after {self.timeout:g} s while {doing}; "
+                             "is the tracking server reachable?")
+        if not line[0]:
+            raise MlkitError(f"MLflowTracker: its writer process stopped while {doing} (exit code {self._proc.wait()})")
+        return json.loads(line[0])
+
+    def _call(self, msg:dict, doing:str|None=None) -> dict:
+        "Send `msg` (and wait for the answer when `doing` says what for); once the writer is gone, say so once, go on."
+        if self._broken: return {}
+        try:
+            self._send(msg)
+            return self._reply(doing) if doing else {}
+        except MlkitError as e:
+            self._broken = True
+            print(f"mlkit: {e}; MLflow records nothing more of run {self.run_id}", file=sys.stderr)
+            return {}
 
     def log_params(self, params:dict):
         if not self.active: return
         flat = flatten(redact(dict(params)))
-        with self._lock: self._send({"params": {k: str(v)[:6000] for k, v in flat.items()}})
+        with _deferral, self._lock: self._call({"params": {k: str(v)[:6000] for k, v in flat.items()}})
 
     def _write(self, rows):
-        self._send({"metrics": self._numbers(rows)})
+        if rows := self._numbers(rows): self._call({"metrics": rows})
 
     def flush(self, wait:bool=True):
         "Hand the buffered metrics to MLflow's writer; with `wait`, return once MLflow has them."
         super().flush(wait)
-        if wait and self.active and not self._closed.is_set():
-            with _deferral, self._lock:
-                self._send({"sync": 1})
-                self._reply("flushing")
+        if wait and self.active and not self._finished:
+            with _deferral, self._lock: self._call({"sync": 1}, "flushing")
 
     def log_artifact(self, path, name=None, link=False):
         if not self.active: return
-        with _deferral, self._lock:
-            folder = str(Path(name).parent) if name and Path(name).parent != Path(".") else None
-            self._send({"artifact": [str(Path(path).resolve()), folder]})
-            self._reply("uploading an artifact")
+        folder = str(Path(name).parent) if name and Path(name).parent != Path(".") else None
+        with _deferral, self._lock: self._call({"artifact": [str(Path(path).resolve()), folder]}, "uploading an artifact")
 
     def run_ids(self) -> dict: return {"MLflowTracker": self.run_id} if self.active else {}
 
@@ -560,16 +611,23 @@ class MLflowTracker(Tracker):
         old = ids.get("MLflowTracker")
         if not self.active or old is None or old == self.run_id: return
         with _deferral, self._lock:
-            self._send({"switch": old})
-            self._reply("switching to the resumed run")
-            self.run_id = self.id = old
+            reply = self._call({"switch": old}, "switching to the resumed run")
+        if reply.get("ok"): self.run_id = self.id = old
+        elif "error" in reply:
+            print(f"mlkit: MLflow run {old} cannot be continued ({mask(reply['error'])}); recording into {self.run_id}",
+                  file=sys.stderr)
 
     def _end(self, status, error):
-        try:
-            self._send({"end": status})
-            self._proc.stdin.close()
-            self._reply("ending the run")  # the writer ends the run even if this process dies meanwhile
-        except MlkitError as e: print(f"mlkit: {e}", file=sys.stderr)
+        self._call({"end": status}, "ending the run")  # the writer ends the run even if this process dies meanwhile
+        self._stop_writer()
+
+    def _stop_writer(self):
+        "Close the pipes and reap the writer (it ends by itself once its input closes)."
+        try: self._proc.stdin.close()
+        except OSError: pass
+        try: self._proc.wait(self.timeout)
+        except subprocess.TimeoutExpired: pass  # still writing a backlog: it finishes on its own
+        else: self._proc.stdout.close()
 
 # %% ../nbs/10_track.ipynb #2aba512d
 class WandbTracker(Tracker):
@@ -595,7 +653,7 @@ class WandbTracker(Tracker):
 
     def log_params(self, params:dict):
         if not self.active: return
-        with self._lock: self.run.config.update(redact(dict(params)), allow_val_change=True)
+        with _deferral, self._lock: self.run.config.update(redact(dict(params)), allow_val_change=True)
 
     def _write(self, rows):
         by_step: dict = {}
@@ -607,7 +665,7 @@ class WandbTracker(Tracker):
         import wandb
         art = wandb.Artifact((name or Path(path).name).replace("/", "-").replace(".", "-"), type="file")
         art.add_file(str(path))
-        with self._lock: self.run.log_artifact(art)
+        with _deferral, self._lock: self.run.log_artifact(art)
 
     def _end(self, status, error):
         self.run.summary["mlkit_status"] = status
@@ -651,7 +709,7 @@ _current: list = []
 def current_run(name:str|None=None, # The name of the run made when there is none yet
                ) -> Tracker:
     "The run this process records into: the one `mlkit run` made ($MLKIT_RUN_DIR), else a LocalTracker made now."
-    if _current and not _current[0]._closed.is_set(): return _current[0]
+    if _current and not _current[0]._finished: return _current[0]
     path = os.environ.get(RUN_DIR_ENV)
     run = LocalTracker.attach(path) if path else LocalTracker(name=name)
     _current[:] = [run]

@@ -297,3 +297,124 @@ def test_the_code_of_a_run_is_kept(tmp_path, monkeypatch):
     assert "+WIDTH = 16" in (run.path/"artifacts"/"git.diff").read_text()
     assert meta["git"]["dirty"] is True and "untracked" not in meta["git"] and "diff" not in meta["git"]
     assert (meta["git"]["untracked_artifact"], meta["git"]["diff_artifact"]) == ("artifacts/untracked", "artifacts/git.diff")
+
+
+def _exit_case(root, mode, signum=None):
+    p = subprocess.Popen([sys.executable, str(JOBS/"exit_cases_job.py"), str(root), mode], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    path = Path(p.stdout.readline().strip())
+    if signum is not None:
+        assert p.stdout.readline().strip() == "ready"
+        p.send_signal(signum)
+        time.sleep(0.3)
+        (root/"stop").touch()
+    out, err = p.communicate(timeout=60)
+    return p.returncode, path, out, err
+
+
+def test_an_ignored_sigterm_stays_ignored(runs_root):
+    code, path, _, err = _exit_case(runs_root, "ignored", signal.SIGTERM)
+    assert code == 0, err
+    assert open_run(path).meta["status"] == "finished"
+
+
+def test_a_graceful_sigterm_handler_of_the_program_decides(runs_root):
+    code, path, out, err = _exit_case(runs_root, "graceful", signal.SIGTERM)
+    assert code == 0, err
+    run = open_run(path)
+    assert (run.meta["status"], run.meta["error"]) == ("interrupted", "SIGTERM")
+    logged = int(out.split()[-1])
+    assert [v for _, _, v in run.metrics["value"]] == [float(i) for i in range(logged)]  # the last 5 too
+
+
+def test_a_forked_child_does_not_end_its_parents_run(runs_root):
+    code, path, _, err = _exit_case(runs_root, "fork")
+    assert code == 0, err
+    run = open_run(path)
+    assert run.meta["status"] == "finished"
+    assert [v for _, _, v in run.metrics["value"]] == [float(i) for i in range(10)]  # each once
+
+
+def test_mlflow_tracking_server_with_credentials(runs_root, tmp_path, monkeypatch, capfd):
+    "Against a (stand-in) tracking server with a password in its URI: no error, and the password shows nowhere."
+    import urllib.request
+    server = subprocess.Popen([sys.executable, str(JOBS/"fake_mlflow_server.py"), str(tmp_path/"port")])
+    try:
+        while not (tmp_path/"port").exists() or not (tmp_path/"port").read_text(): time.sleep(0.05)
+        port = (tmp_path/"port").read_text()
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://alice:pw-sekret-31@127.0.0.1:{port}")
+        with MultiTracker(LocalTracker(capture=False), MLflowTracker(name="http", timeout=30)) as run:
+            run.log_params({"lr": 0.1})
+            for i in range(50): run.log_metrics({"loss": 1 / (i + 1)}, step=i)
+            run.flush()
+            run.log_params({"lr": 0.2})
+        mlf = run.trackers[1]
+        status = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/status").read())[mlf.run_id]
+    finally: server.kill()
+    assert (status["status"], status["metrics"]["loss"], status["params"], status["tags"]["mlkit.changed.lr"]) == \
+        ("FINISHED", list(range(50)), {"lr": "0.1"}, "0.2")
+    assert mlf.tracking_uri == f"http://127.0.0.1:{port}"
+    out, err = capfd.readouterr()
+    assert "pw-sekret-31" not in out + err
+    assert not any(b"pw-sekret-31" in p.read_bytes() for p in runs_root.rglob("*") if p.is_file())
+
+
+def test_mlflow_refuses_a_metric_name_and_only_that_one_is_lost(runs_root, capfd):
+    from mlflow.tracking import MlflowClient
+    with MLflowTracker() as run:
+        for i in range(5): run.log_metrics({"ok": float(i), "acc@1": 0.5}, step=i)
+        run.flush()
+        for i in range(5, 8): run.log_metrics({"ok": float(i), "acc@1": 0.5}, step=i)
+    client = MlflowClient(run.tracking_uri)
+    assert [m.step for m in client.get_metric_history(run.run_id, "ok")] == list(range(8))
+    assert capfd.readouterr().err.count("metric 'acc@1' not recorded") == 1
+
+
+def test_a_dead_mlflow_writer_costs_one_line_not_the_training(runs_root, tmp_path, capfd):
+    (tmp_path/"weights.pt").write_bytes(b"w")
+    with MultiTracker(LocalTracker(capture=False), MLflowTracker(flush_every=0.05)) as run:
+        run.log_metrics({"loss": 1.0}, step=0)
+        run.flush()
+        run.trackers[1]._proc.kill()
+        for i in range(1, 40):
+            run.log_metrics({"loss": 1.0}, step=i)
+            time.sleep(0.01)
+        run.log_params({"lr": 0.1})
+        run.log_artifact(tmp_path/"weights.pt")
+        run.flush()
+    local = open_run(run.trackers[0].path)
+    assert local.meta["status"] == "finished" and len(local.metrics["loss"]) == 40 and local.params == {"lr": 0.1}
+    err = capfd.readouterr().err
+    assert err.count("mlkit: MLflowTracker: its writer process") == 1, err
+
+
+def test_continuing_a_run_that_is_gone_trains_on(runs_root, capfd):
+    from mlflow.tracking import MlflowClient
+    with MultiTracker(LocalTracker(capture=False), MLflowTracker()) as run:
+        fresh = run.run_ids()
+        run.resume_run({"LocalTracker": "20200101-000000-abcdef", "MLflowTracker": "0123456789abcdef"}, step=3)
+        assert run.run_ids() == fresh
+        run.log_metrics({"loss": 0.5}, step=4)
+    err = capfd.readouterr().err
+    assert "cannot be continued" in err and err.count("\n") == 2, err
+    client = MlflowClient(run.trackers[1].tracking_uri)
+    assert [m.step for m in client.get_metric_history(fresh["MLflowTracker"], "loss")] == [4]
+    assert open_run(run.trackers[0].path).metrics["loss"][0][0] == 4
+
+
+def test_mlflow_default_store_keeps_artifacts_under_the_runs_folder(runs_root, tmp_path):
+    (tmp_path/"model.pt").write_bytes(b"weights")
+    with MLflowTracker() as run: run.log_artifact(tmp_path/"model.pt", "checkpoints/model.pt")
+    assert [p.name for p in (runs_root/"_mlflow"/"artifacts").rglob("model.pt")] == ["model.pt"]
+    # and the autouse fixture checks that the working directory stayed empty
+
+
+def test_a_relative_tracking_uri_of_yours_is_read_from_your_directory(runs_root, tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+    work = tmp_path/"work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///rel.db")
+    with MLflowTracker() as run: run.log_metrics({"loss": 0.5}, step=0)
+    assert (work/"rel.db").is_file() and not (runs_root/"_mlflow").exists()
+    assert MlflowClient("sqlite:///rel.db").get_run(run.run_id).info.status == "FINISHED"
