@@ -769,7 +769,7 @@ class TrackingCallback(Callback):
             w[0] += value * n; w[1] += n
             if (it + 1) % t.grad_accum == 0 or it + 1 == t.n_batches: w[2] = True  # the window's last batch
         self._seen = len(losses)
-        for step in sorted(windows):
+        for step in list(windows):  # in step order: they arrive in order
             total, n, complete = windows[step]
             if not (complete or final): break
             del windows[step]
