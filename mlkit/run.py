@@ -185,14 +185,14 @@ def _environ(**values):
             else: os.environ[k] = v
 
 class _CellLog(logging.Handler):
-    "Prints 'cell 3/7' as papermill starts each code cell of the source notebook."
+    "Prints '-- cell 3/7' as papermill starts each code cell of the source notebook, and remembers which one runs."
     def __init__(self, nb, injected:int|None, out):
         super().__init__(logging.INFO)
-        self.nb, self.injected, self.out = nb, injected, out
+        self.nb, self.injected, self.out, self.current = nb, injected, out, None
     def emit(self, record):
         m = re.match(r"Executing Cell (\d+)", record.getMessage())
         if not m: return
-        i = int(m.group(1)) - 1  # in the executed notebook
+        i = self.current = int(m.group(1)) - 1  # in the executed notebook
         if i == self.injected: return
         n = _source_number(i, self.injected)
         if self.nb.cells[n - 1].cell_type == "code": print(f"-- cell {n}/{len(self.nb.cells)}", file=self.out, flush=True)
@@ -201,15 +201,8 @@ def _source_number(index:int, injected:int|None) -> int:
     "The 1-based number, in the source notebook, of cell `index` of the executed one."
     return index + (0 if injected is not None and index > injected else 1)
 
-def _running_cell(path:Path) -> int|None:
-    "The index of the cell papermill left marked running in the saved notebook at `path`."
-    import nbformat
-    try: nb = nbformat.read(path, as_version=4)
-    except Exception: return None
-    return next((i for i, c in enumerate(nb.cells) if c.metadata.get("papermill", {}).get("status") == "running"), None)
-
 # %% ../nbs/11_run.ipynb #4187411c
-def _outcome(e:BaseException|None, out:Path, injected:int|None, cell_timeout) -> tuple[str, str|None, dict|None]:
+def _outcome(e:BaseException|None, running:int|None, injected:int|None, cell_timeout) -> tuple[str, str|None, dict|None]:
     "(status, error, failed cell record) for how papermill's execution ended."
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
     from papermill.exceptions import PapermillExecutionError
@@ -218,7 +211,7 @@ def _outcome(e:BaseException|None, out:Path, injected:int|None, cell_timeout) ->
         n = _source_number(e.cell_index, injected)
         evalue = " ".join(str(e.evalue).split())[:500]
         return "failed", f"cell {n}: {e.ename}: {evalue}", {"cell": n, "ename": e.ename, "evalue": evalue}
-    i = _running_cell(out)
+    i = running
     where = f"cell {_source_number(i, injected)}" if i is not None else "a cell"
     cell = {"cell": _source_number(i, injected)} if i is not None else {}
     if isinstance(e, RunInterrupted): return "interrupted", f"{e.signame} in {where}", cell or None
@@ -265,7 +258,7 @@ def run_notebook(path:str|Path, # The notebook to execute
     except BaseException as e: error = e
     finally:
         log.removeHandler(cells); log.setLevel(level); log.propagate = propagate
-        status, message, cell = _outcome(error, saved, injected, cell_timeout)
+        status, message, cell = _outcome(error, cells.current, injected, cell_timeout)
         if cell: tracker.meta["failed_cell"] = cell
         tracker.finish(status, message)
     return open_run(tracker.path)

@@ -1,0 +1,201 @@
+"`mlkit run` as a user drives it: a temporary project, notebooks in a subfolder of nbs/, each outcome and each bad input."
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_notebook
+
+MLKIT = str(Path(sys.executable).parent/"mlkit")
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    "A project folder (settings.ini, nbs/experiments/) with its runs folder in MLKIT_RUNS_DIR."
+    root = tmp_path/"proj"
+    (root/"nbs"/"experiments").mkdir(parents=True)
+    (root/"settings.ini").write_text("[DEFAULT]\nlib_name = proj\n")
+    monkeypatch.setenv("MLKIT_RUNS_DIR", str(tmp_path/"runs"))
+    monkeypatch.delenv("MLKIT_RUN_DIR", raising=False)
+    monkeypatch.chdir(root)
+    return root
+
+
+def runs(project) -> list[Path]:
+    folder = Path(os.environ["MLKIT_RUNS_DIR"])
+    return sorted(folder.iterdir()) if folder.exists() else []
+
+
+def notebook(project, name, *sources, params=None) -> str:
+    "Write nbs/experiments/NAME: a `parameters` cell holding `params` (if given), then a code cell per source."
+    cells = [new_code_cell(params, metadata={"tags": ["parameters"]})] if params is not None else []
+    nb = new_notebook(cells=cells + [new_code_cell(s) for s in sources],
+                      metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
+    path = project/"nbs"/"experiments"/name
+    nbformat.write(nb, path)
+    return str(path.relative_to(project))
+
+
+def mlkit(*args, timeout=180):
+    return subprocess.run([MLKIT, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def meta(run: Path) -> dict: return json.loads((run/"meta.json").read_text())
+
+
+PARAMS = "lr = 0.1  # learning rate\nepochs = 3  # passes over the data\nlayers = [16, 8]\ntag = 'base'\n"
+
+
+def test_finished_run_with_typed_params(project):
+    nb = notebook(project, "train.ipynb",
+                  "import os\nprint('in', os.path.basename(os.getcwd()), type(lr).__name__, epochs, layers, tag)",
+                  "from mlkit.run import record\nrecord('score', lr * epochs)\nrecord('layers', layers)", params=PARAMS)
+    (project/"p.yaml").write_text("lr: 2\nepochs: 7\n")
+    r = mlkit("run", nb, "-f", "p.yaml", "-p", "epochs", "5", "-p", "layers", "[4, 2]", "-p", "tag", "2024", "--name", "first")
+    assert r.returncode == 0, r.stderr
+    [run] = runs(project)
+    m = meta(run)
+    assert (m["status"], m["name"], m["error"]) == ("finished", "first", None)
+    assert m["command"][1:3] == ["run", nb] and m["python"] and m["host"]
+    params = json.loads((run/"params.json").read_text())
+    assert params == {"lr": 2.0, "epochs": 5, "layers": [4, 2], "tag": "2024"}  # -p wins over -f; an int for a float
+    assert isinstance(params["lr"], float)
+    assert json.loads((run/"records.json").read_text()) == {"score": 10.0, "layers": [4, 2]}
+    executed = nbformat.read(run/"notebook.ipynb", as_version=4)
+    assert "in experiments float 5 [4, 2] 2024\n" in [o.get("text") for c in executed.cells for o in c.get("outputs", [])]
+    assert f"run {run.name} finished" in r.stdout and str(run) in r.stdout
+    assert "score" in r.stdout and "10" in r.stdout
+    assert "-- cell 2/3" in r.stderr
+    ls = mlkit("runs", "ls")
+    assert ls.returncode == 0 and "score" in ls.stdout.splitlines()[0] and "[4, 2]" in ls.stdout, ls.stdout
+
+
+def test_help_lists_the_notebooks_parameters(project):
+    nb = notebook(project, "train.ipynb", "print(1)", params=PARAMS)
+    code = ("import sys; from mlkit.cli import main\ntry: main(['run', sys.argv[1], '--help'])\n"
+            "except SystemExit: pass\nprint('torch' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code, nb], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[-1] == "False"  # torch not imported
+    assert any(line.split()[:3] == ["lr", "float", "0.1"] and line.endswith("learning rate") for line in lines), r.stdout
+    assert any(line.split()[:3] == ["layers", "list", "[16,"] for line in lines), r.stdout
+    assert runs(project) == []
+
+
+def one_line_error(*args) -> str:
+    r = mlkit(*args)
+    assert (r.returncode, r.stdout, r.stderr.count("\n")) == (1, "", 1), (r.returncode, r.stdout, r.stderr)
+    assert r.stderr.startswith("mlkit run: error: ")
+    return r.stderr
+
+
+@pytest.mark.parametrize("case, args, message", [
+    ("missing", ["nbs/experiments/nope.ipynb"], "no notebook at"),
+    ("corrupt", ["nbs/experiments/corrupt.ipynb"], "is not a valid notebook"),
+    ("not a notebook", ["nbs/experiments/plain.ipynb"], "is not a valid notebook"),
+    ("no parameters cell", ["nbs/experiments/noparams.ipynb", "-p", "lr", "1"], "takes no parameters"),
+    ("unknown", ["nbs/experiments/train.ipynb", "-p", "lrr", "1"], "no parameter 'lrr'; its parameters are: lr, epochs, layers, tag"),
+    ("wrong type", ["nbs/experiments/train.ipynb", "-p", "epochs", "many"],
+     "parameter 'epochs' takes an int (default 3), got 'many' (a str)"),
+    ("bool for int", ["nbs/experiments/train.ipynb", "-p", "epochs", "true"], "parameter 'epochs' takes an int"),
+    ("invalid YAML", ["nbs/experiments/train.ipynb", "-p", "layers", "[1, 2"], "cannot read '[1, 2' as YAML"),
+    ("invalid YAML file", ["nbs/experiments/train.ipynb", "-f", "bad.yaml"], "invalid YAML in bad.yaml"),
+    ("missing YAML file", ["nbs/experiments/train.ipynb", "-f", "none.yaml"], "cannot read parameters file none.yaml"),
+    ("YAML not a mapping", ["nbs/experiments/train.ipynb", "-f", "list.yaml"], "must hold a mapping"),
+    ("runs dir not writable", ["nbs/experiments/train.ipynb", "--runs-dir", "settings.ini/runs"], "cannot create the runs folder"),
+    ("timeout 0", ["nbs/experiments/train.ipynb", "--cell-timeout", "0"], "cell timeout must be"),
+])
+def test_bad_input_is_one_line_and_leaves_no_run(project, case, args, message):
+    notebook(project, "train.ipynb", "print(1)", params=PARAMS)
+    notebook(project, "noparams.ipynb", "print(1)")
+    (project/"nbs"/"experiments"/"corrupt.ipynb").write_text('{"cells": [')
+    (project/"nbs"/"experiments"/"plain.ipynb").write_text('{"a": 1}')
+    (project/"bad.yaml").write_text("lr: [1\n")
+    (project/"list.yaml").write_text("- 1\n")
+    assert message in one_line_error("run", *args)
+    assert runs(project) == []
+
+
+def test_failing_cell(project):
+    nb = notebook(project, "fails.ipynb", "x = 1", "print('before')\n1 / 0", "print('never')", params="n = 1")
+    r = mlkit("run", nb, "-p", "n", "2")
+    assert r.returncode == 1
+    [run] = runs(project)
+    m = meta(run)
+    assert (m["status"], m["error"]) == ("failed", "cell 3: ZeroDivisionError: division by zero")
+    assert m["failed_cell"] == {"cell": 3, "ename": "ZeroDivisionError", "evalue": "division by zero"}
+    assert "cell 3: ZeroDivisionError: division by zero" in r.stderr and "Traceback" not in r.stderr
+    assert "before" in r.stdout and "never" not in r.stdout
+    saved = (run/"notebook.ipynb").read_text()
+    assert "ZeroDivisionError" in saved and "traceback" in saved
+
+
+def test_cell_timeout(project):
+    nb = notebook(project, "slow.ipynb", "print('ok')", "import time\ntime.sleep(60)")
+    t0 = time.monotonic()
+    r = mlkit("run", nb, "--cell-timeout", "2")
+    assert r.returncode == 1 and time.monotonic() - t0 < 50
+    [run] = runs(project)
+    assert (meta(run)["status"], meta(run)["error"]) == ("failed", "cell 2 ran over the cell timeout of 2 s")
+    assert "cell timeout of 2 s" in r.stderr
+
+
+def test_kernel_death(project):
+    nb = notebook(project, "dies.ipynb", "print('ok')", "import os\nos._exit(1)", "print('never')")
+    r = mlkit("run", nb)
+    assert r.returncode == 1, r.stderr
+    [run] = runs(project)
+    m = meta(run)
+    assert m["status"] == "failed" and m["error"].startswith("the kernel died in cell 2"), m["error"]
+
+
+def test_sigterm_interrupts(project):
+    nb = notebook(project, "long.ipynb", "print('started', flush=True)", "import time\ntime.sleep(120)")
+    p = subprocess.Popen([MLKIT, "run", nb], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline() == "started\n"
+        time.sleep(1)
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=60)
+    finally:
+        p.kill()
+    assert p.returncode == 143, err
+    [run] = runs(project)
+    m = meta(run)
+    assert (m["status"], m["error"]) == ("interrupted", "SIGTERM in cell 2")
+    executed = nbformat.read(run/"notebook.ipynb", as_version=4)
+    assert executed.cells[0].outputs[0].text == "started\n"
+
+
+TRAIN = """import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from mlkit.track import TrackingCallback
+from mlkit.train import Trainer
+
+g = torch.Generator().manual_seed(0)
+ds = TensorDataset(torch.randn(256, 8, generator=g), torch.randint(0, 2, (256,), generator=g))
+t = Trainer(nn.Linear(8, 2), DataLoader(ds, batch_size=32), DataLoader(ds, batch_size=64), cbs=[TrackingCallback()])
+t.fit(epochs)
+"""
+
+
+def test_trainer_records_into_the_run(project):
+    nb = notebook(project, "train.ipynb", TRAIN, "from mlkit.run import record\nrecord('epochs_done', epochs)",
+                  params="epochs = 1")
+    r = mlkit("run", nb, "-p", "epochs", "2")
+    assert r.returncode == 0, r.stderr
+    [run] = runs(project)  # one folder: the notebook's tracking went into the run mlkit made
+    assert meta(run)["status"] == "finished"
+    metrics = (run/"metrics.csv").read_text()
+    assert metrics.count(",valid_loss,") == 2, metrics
+    assert json.loads((run/"params.json").read_text())["epochs"] == 2
+    assert json.loads((run/"records.json").read_text()) == {"epochs_done": 2}
+    assert "\r" not in r.stdout and "epoch 2/2" in r.stdout  # progress as plain lines
