@@ -100,7 +100,8 @@ def one_line_error(*args) -> str:
     ("corrupt", ["nbs/experiments/corrupt.ipynb"], "is not a valid notebook"),
     ("not a notebook", ["nbs/experiments/plain.ipynb"], "is not a valid notebook"),
     ("no parameters cell", ["nbs/experiments/noparams.ipynb", "-p", "lr", "1"], "takes no parameters"),
-    ("unknown", ["nbs/experiments/train.ipynb", "-p", "lrr", "1"], "no parameter 'lrr'; its parameters are: lr, epochs, layers, tag"),
+    ("unknown", ["nbs/experiments/train.ipynb", "-p", "lrr", "1"],
+     "no parameter 'lrr'; its parameters are: lr, epochs, layers, tag"),
     ("wrong type", ["nbs/experiments/train.ipynb", "-p", "epochs", "many"],
      "parameter 'epochs' takes an int (default 3), got 'many' (a str)"),
     ("bool for int", ["nbs/experiments/train.ipynb", "-p", "epochs", "true"], "parameter 'epochs' takes an int"),
@@ -108,7 +109,8 @@ def one_line_error(*args) -> str:
     ("invalid YAML file", ["nbs/experiments/train.ipynb", "-f", "bad.yaml"], "invalid YAML in bad.yaml"),
     ("missing YAML file", ["nbs/experiments/train.ipynb", "-f", "none.yaml"], "cannot read parameters file none.yaml"),
     ("YAML not a mapping", ["nbs/experiments/train.ipynb", "-f", "list.yaml"], "must hold a mapping"),
-    ("runs dir not writable", ["nbs/experiments/train.ipynb", "--runs-dir", "settings.ini/runs"], "cannot create the runs folder"),
+    ("runs dir not writable", ["nbs/experiments/train.ipynb", "--runs-dir", "settings.ini/runs"],
+     "cannot create the runs folder"),
     ("timeout 0", ["nbs/experiments/train.ipynb", "--cell-timeout", "0"], "cell timeout must be"),
 ])
 def test_bad_input_is_one_line_and_leaves_no_run(project, case, args, message):
