@@ -15,7 +15,7 @@ from .core import MlkitError
 
 # %% auto #0
 __all__ = ['gpus_table', 'cmd_gpus', 'runs_table', 'cmd_runs_ls', 'cmd_runs_show', 'cmd_runs_compare', 'cmd_runs_plot',
-           'params_table', 'cmd_run', 'parser', 'main']
+           'params_table', 'cmd_run', 'cmd_rerun', 'parser', 'main']
 
 # %% ../nbs/07_cli.ipynb #81cb1951
 def _table(head:tuple, rows:list[tuple]) -> str:
@@ -212,14 +212,28 @@ def _run_help(args, parser) -> None:
                                    "no parameters in its 'parameters' cell" if not params else
                                    "parameters (-p NAME VALUE)\n" + params_table(params)))
 
+def _params_args(args) -> dict:
+    "The parameters of -f (a YAML file) and -p (text read as YAML), -p winning."
+    from mlkit.run import CliText, read_params_file
+    params = read_params_file(args.params_file) if getattr(args, "params_file", None) else {}
+    params.update({k: CliText(v) for k, v in args.param or []})
+    return params
+
 def cmd_run(args) -> int:
     if args.help: return _run_help(args, args.run_parser)
     if not args.notebook: raise MlkitError("which notebook? mlkit run NOTEBOOK [-p NAME VALUE]...")
-    from mlkit.run import CliText, read_params_file, run_notebook
-    params = read_params_file(args.params_file) if args.params_file else {}
-    params.update({k: CliText(v) for k, v in args.param or []})
-    r = run_notebook(args.notebook, params, name=args.name, gpus=args.gpus, nproc=args.nproc,
+    from mlkit.run import run_notebook
+    r = run_notebook(args.notebook, _params_args(args), name=args.name, gpus=args.gpus, nproc=args.nproc,
                      cell_timeout=args.cell_timeout, runs_dir=args.runs_dir)
+    return _run_outcome(r)
+
+def cmd_rerun(args) -> int:
+    from mlkit.run import rerun
+    return _run_outcome(rerun(args.run, _params_args(args), name=args.name, cell_timeout=args.cell_timeout,
+                              runs_dir=args.runs_dir))
+
+def _run_outcome(r) -> int:
+    "Print how a run ended; its exit status."
     if r.status == "finished":
         print(f"run {r.id} finished in {_duration(r.meta.get('duration_s'))}: {r.path}")
         for k, v in r.records.items(): print(f"  {k:18s} {_fmt(v)}")
@@ -278,9 +292,20 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--name", help="a human name for the run")
     run.add_argument("--cell-timeout", type=float, metavar="S", help="fail a cell that runs longer than S seconds")
     run.add_argument("--runs-dir", metavar="DIR", help="the runs folder (default: runs/ at the project root, or $MLKIT_RUNS_DIR)")
-    run.add_argument("--gpus", type=int, metavar="N", help=argparse.SUPPRESS)  # not supported yet
-    run.add_argument("--nproc", type=int, metavar="N", help=argparse.SUPPRESS)
+    run.add_argument("--gpus", type=int, metavar="N", help="hold N GPUs (waiting for them while busy) for the run")
+    run.add_argument("--nproc", type=int, metavar="N", help=argparse.SUPPRESS)  # not supported yet
     run.set_defaults(func=cmd_run, run_parser=run)
+    again = sub.add_parser("rerun", help="run a recorded run's notebook again, with its parameters",
+                           description="Execute the notebook of a recorded run again with the parameters it ran with "
+                                       "(-p changes some) as a new run; says first whether code and environment match.")
+    again.add_argument("run", metavar="RUN", help="run id, unique prefix, or name")
+    again.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
+                       help="change a parameter; VALUE is read as YAML (repeatable)")
+    again.add_argument("--name", help="the new run's name (default: the original's)")
+    again.add_argument("--cell-timeout", type=float, metavar="S", help="fail a cell that runs longer than S seconds")
+    again.add_argument("--runs-dir", metavar="DIR",
+                       help="the runs folder (default: runs/ at the project root, or $MLKIT_RUNS_DIR)")
+    again.set_defaults(func=cmd_rerun)
     return p
 
 def main(argv:list[str]|None=None) -> int:

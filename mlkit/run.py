@@ -23,7 +23,7 @@ from .runs import RECORDS, Run, open_run
 # %% auto #0
 __all__ = ['PARAMETERS_TAG', 'NotebookError', 'ParameterError', 'read_notebook', 'Parameter', 'parameters_cell_index',
            'notebook_parameters', 'CliText', 'parse_value', 'convert', 'read_params_file', 'resolve_params',
-           'kernel_name', 'RunInterrupted', 'run_notebook', 'record']
+           'kernel_name', 'RunInterrupted', 'run_notebook', 'rerun', 'record']
 
 # %% ../nbs/11_run.ipynb #536c6234
 class NotebookError(MlkitError):
@@ -184,6 +184,20 @@ def _environ(**values):
             if v is None: os.environ.pop(k, None)
             else: os.environ[k] = v
 
+@contextmanager
+def _gpus_held(n:int|None, run_id:str, out):
+    "Inside: `n` GPUs held with `gpu_lock` (CUDA_VISIBLE_DEVICES set to them); says so while it waits, and for whom."
+    if n is None:
+        yield None
+        return
+    from mlkit.gpu import GPULockTimeout, gpu_lock
+    try:
+        with gpu_lock(n, run_id=run_id, timeout=0) as ids:
+            yield ids
+            return
+    except GPULockTimeout as e: print(f"mlkit run: waiting for {n} GPU(s): {e}", file=out, flush=True)
+    with gpu_lock(n, run_id=run_id) as ids: yield ids
+
 class _CellLog(logging.Handler):
     "Prints '-- cell 3/7' as papermill starts each code cell of the source notebook, and remembers which one runs."
     def __init__(self, nb, injected:int|None, out):
@@ -226,14 +240,20 @@ def _outcome(e:BaseException|None, running:int|None, injected:int|None, cell_tim
 def run_notebook(path:str|Path, # The notebook to execute
                  params:dict|None=None, # Parameter values by name (`CliText` values are read as YAML)
                  name:str|None=None, # A human name for the run
-                 gpus:int|None=None, # Not supported yet
+                 gpus:int|None=None, # Hold this many GPUs (`mlkit.gpu.gpu_lock`) while the notebook runs
                  nproc:int|None=None, # Not supported yet
                  cell_timeout:float|None=None, # Seconds a cell may run; None: no limit
                  runs_dir:str|Path|None=None, # The runs folder; `mlkit.core.runs_dir()` when None
                  out=None, # Where progress and the cells' output go; sys.stderr and sys.stdout when None
+                 meta:dict|None=None, # More fields for the run's meta.json (`rerun` adds `rerun_of`)
                 ) -> Run:
     "Execute the notebook at `path` with `params` as a tracked run; return its `Run` record, whatever the outcome."
-    if gpus is not None or nproc is not None: raise MlkitError("--gpus and --nproc are not supported yet")
+    if nproc is not None: raise MlkitError("--nproc is not supported yet")
+    if gpus is not None:
+        from mlkit.gpu import gpus as visible_gpus
+        if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1:
+            raise MlkitError(f"--gpus takes a number of GPUs, 1 or more, got {gpus!r}")
+        if gpus > (have := len(visible_gpus())): raise MlkitError(f"--gpus {gpus}: this machine shows {have} GPU(s)")
     if cell_timeout is not None and not cell_timeout > 0:
         raise MlkitError(f"the cell timeout must be a number of seconds above 0, got {cell_timeout}")
     path = Path(path).expanduser().absolute()
@@ -248,10 +268,13 @@ def run_notebook(path:str|Path, # The notebook to execute
     log, cells = logging.getLogger("papermill"), _CellLog(nb, injected, out or sys.stderr)
     level, propagate, error = log.level, log.propagate, None
     try:
-        tracker.meta.update(notebook=str(path), kernel=kernel, cell_timeout=cell_timeout)
+        tracker.meta.update(notebook=str(path), notebook_params=final, kernel=kernel, cell_timeout=cell_timeout,
+                            **(meta or {}))
         tracker.log_params(final)
         log.addHandler(cells); log.setLevel(logging.INFO); log.propagate = False  # only the 'Executing Cell' lines
-        with _environ(**{RUN_DIR_ENV: str(tracker.path), "MLKIT_PROGRESS": "lines"}), _signals_interrupt():
+        env = {RUN_DIR_ENV: str(tracker.path), "MLKIT_PROGRESS": "lines", "MLKIT_NOTEBOOK": str(path)}
+        with _signals_interrupt(), _gpus_held(gpus, tracker.id, out or sys.stderr) as ids, _environ(**env):
+            if ids is not None: tracker.meta["gpu_ids"] = ids
             execute_notebook(str(path), str(saved), parameters=given, kernel_name=kernel,
                              execution_timeout=cell_timeout, progress_bar=False, log_output=True,
                              stdout_file=out or sys.stdout, stderr_file=out or sys.stderr, cwd=str(path.parent))
@@ -264,6 +287,49 @@ def run_notebook(path:str|Path, # The notebook to execute
     return open_run(tracker.path)
 
 # %% ../nbs/11_run.ipynb #8abe633d
+def _same_code_and_env(old:dict) -> list[str]:
+    "Lines saying whether the code and environment now match the run with metadata `old`."
+    import mlkit.track  # noqa: F401 (torch, so that its version is compared too: run_notebook imports it anyway)
+    from mlkit.runmeta import run_metadata
+    now, lines = run_metadata(), []
+    was, is_ = old.get("git") or {}, now.get("git") or {}
+    if not was and not is_: lines.append("code: not in git, cannot tell whether it changed")
+    elif (was.get("commit"), bool(was.get("dirty"))) == (is_.get("commit"), bool(is_.get("dirty"))) and not is_.get("dirty"):
+        lines.append(f"code: same as the original (commit {str(is_.get('commit'))[:12]}, no uncommitted changes)")
+    else:
+        lines.append(f"code: may differ from the original (commit {str(was.get('commit'))[:12]}"
+                     f"{' with changes' if was.get('dirty') else ''} then, {str(is_.get('commit'))[:12]}"
+                     f"{' with changes' if is_.get('dirty') else ''} now)")
+    keys = ("requirements_sha256", "python", "torch")
+    differ = [k for k in keys if old.get(k) != now.get(k)]
+    lines.append("environment: same as the original (requirements.txt, python, torch)" if not differ else
+                 "environment: differs from the original in " + ", ".join(
+                     f"{k} ({str(old.get(k))[:12]} then, {str(now.get(k))[:12]} now)" for k in differ))
+    return lines
+
+def rerun(ref:str, # The run: an id, a unique prefix, a name, or its folder
+          params:dict|None=None, # Parameters to change; the others are the recorded ones
+          name:str|None=None, # The new run's name; the original's when None
+          cell_timeout:float|None=None, # The original's when None
+          runs_dir:str|Path|None=None, # Where to look for the run (and put the new one); `runs_dir()` when None
+          out=None, # Where the notes and progress go; sys.stderr when None
+         ) -> Run:
+    "Run the notebook of the recorded run `ref` again with its parameters (and `params`), as a new run."
+    from mlkit.runs import find_run
+    old = find_run(ref, runs_dir)
+    if old.error: raise MlkitError(f"cannot rerun {old.id}: {old.error}")
+    notebook = old.meta.get("notebook")
+    if not notebook or not (old.path/"notebook.ipynb").exists():
+        raise MlkitError(f"run {old.id} was not made by mlkit run: no notebook to run again")
+    recorded = old.meta.get("notebook_params")
+    if recorded is None: raise MlkitError(f"run {old.id} recorded no notebook parameters to run again with")
+    for line in _same_code_and_env(old.meta): print(f"mlkit rerun: {line}", file=out or sys.stderr, flush=True)
+    return run_notebook(notebook, {**recorded, **(params or {})}, name=name or old.name,
+                        cell_timeout=cell_timeout if cell_timeout is not None else old.meta.get("cell_timeout"),
+                        runs_dir=runs_dir if runs_dir is not None else old.path.parent, out=out,
+                        meta={"rerun_of": old.id})
+
+# %% ../nbs/11_run.ipynb #90afe3b7
 _records_lock = threading.Lock()
 
 def _plain(value):

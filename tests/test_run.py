@@ -201,3 +201,58 @@ def test_trainer_records_into_the_run(project):
     assert json.loads((run/"params.json").read_text())["epochs"] == 2
     assert json.loads((run/"records.json").read_text()) == {"epochs_done": 2}
     assert "\r" not in r.stdout and "epoch 2/2" in r.stdout  # progress as plain lines
+
+
+def values(run: Path) -> list[tuple]:
+    "The (step, name, value) rows of a run's metrics, leaving out those that measure time or speed."
+    rows = [line.split(",") for line in (run/"metrics.csv").read_text().splitlines()[1:]]
+    return [(s, n, v) for s, _, n, v in rows if not any(w in n for w in ("time", "per_s", "throughput", "mem"))]
+
+
+def test_rerun_reproduces_the_metrics(project):
+    nb = notebook(project, "train.ipynb", "import torch\ntorch.manual_seed(seed)", TRAIN, params="epochs = 1\nseed = 0")
+    r = mlkit("run", nb, "-p", "epochs", "2", "-p", "seed", "3", "--name", "orig")
+    assert r.returncode == 0, r.stderr
+    [first] = runs(project)
+    again = mlkit("rerun", "orig")
+    assert again.returncode == 0, again.stderr
+    assert "mlkit rerun: code: not in git" in again.stderr and "environment: same as the original" in again.stderr
+    second = [p for p in runs(project) if p != first][0]
+    m = meta(second)
+    assert (m["status"], m["rerun_of"], m["name"]) == ("finished", first.name, "orig")
+    assert m["notebook_params"] == {"epochs": 2, "seed": 3}
+    assert values(first) == values(second) and any(n == "valid_loss" for _, n, _ in values(first))
+    changed = mlkit("rerun", first.name, "-p", "seed", "4")
+    assert changed.returncode == 0, changed.stderr
+    third = [p for p in runs(project) if p not in (first, second)][0]
+    assert meta(third)["notebook_params"] == {"epochs": 2, "seed": 4}
+    assert values(third) != values(first)  # the comparison can fail
+    assert "no run 'nope'" in mlkit("rerun", "nope").stderr
+
+
+def test_gpus_with_fake_gpus(project, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLKIT_FAKE_GPUS", "2")
+    monkeypatch.setenv("MLKIT_LOCK_DIR", str(tmp_path/"locks"))
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.delenv("MLKIT_GPU_LOCKS", raising=False)
+    nb = notebook(project, "gpu.ipynb", "import os\nprint('visible', os.environ['CUDA_VISIBLE_DEVICES'])")
+    assert "--gpus 3: this machine shows 2 GPU(s)" in one_line_error("run", nb, "--gpus", "3")
+    assert "--gpus takes a number of GPUs" in one_line_error("run", nb, "--gpus", "0")
+    assert runs(project) == []
+    holder = subprocess.Popen([sys.executable, str(Path(__file__).parent/"jobs"/"lock_job.py"), "hold", "1"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().split() == ["held", "0"]
+        r = mlkit("run", nb, "--gpus", "1")  # GPU 0 is taken: it gets GPU 1 at once
+        assert r.returncode == 0 and "visible 1\n" in r.stdout, r.stderr
+        waiter = subprocess.Popen([MLKIT, "run", nb, "--gpus", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True)
+        line = waiter.stderr.readline()
+        while line and not line.startswith("mlkit run: waiting"): line = waiter.stderr.readline()
+        assert line.startswith("mlkit run: waiting for 2 GPU(s)") and "holder" in line, line
+    finally:
+        holder.kill()
+        holder.wait()
+    out, err = waiter.communicate(timeout=120)
+    assert waiter.returncode == 0 and "visible 0,1\n" in out, err
+    assert sorted(meta(p).get("gpu_ids") for p in runs(project)) == [[0, 1], [1]]
