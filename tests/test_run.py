@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -241,18 +242,28 @@ def test_gpus_with_fake_gpus(project, tmp_path, monkeypatch):
     assert runs(project) == []
     holder = subprocess.Popen([sys.executable, str(Path(__file__).parent/"jobs"/"lock_job.py"), "hold", "1"],
                               stdout=subprocess.PIPE, text=True)
+    waiter = None
     try:
         assert holder.stdout.readline().split() == ["held", "0"]
         r = mlkit("run", nb, "--gpus", "1")  # GPU 0 is taken: it gets GPU 1 at once
         assert r.returncode == 0 and "visible 1\n" in r.stdout, r.stderr
         waiter = subprocess.Popen([MLKIT, "run", nb, "--gpus", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                   text=True)
-        line = waiter.stderr.readline()
-        while line and not line.startswith("mlkit run: waiting"): line = waiter.stderr.readline()
-        assert line.startswith("mlkit run: waiting for 2 GPU(s)") and "holder" in line, line
+        lines = []  # read in a thread: a waiter that never says it waits must fail the test, not hang it
+        reader = threading.Thread(target=lambda: lines.extend(iter(waiter.stderr.readline, "")), daemon=True)
+        reader.start()
+        deadline = time.monotonic() + 60
+        while not any(x.startswith("mlkit run: waiting") for x in lines) and time.monotonic() < deadline: time.sleep(0.1)
+        line = next((x for x in lines if x.startswith("mlkit run: waiting")), "")
+        assert line.startswith("mlkit run: waiting for 2 GPU(s)") and "holder" in line, lines
+    except BaseException:
+        if waiter is not None: waiter.kill()
+        raise
     finally:
         holder.kill()
         holder.wait()
-    out, err = waiter.communicate(timeout=120)
+    out = waiter.communicate(timeout=120)[0]
+    reader.join(10)
+    err = "".join(lines)
     assert waiter.returncode == 0 and "visible 0,1\n" in out, err
     assert sorted(meta(p).get("gpu_ids") for p in runs(project)) == [[0, 1], [1]]
