@@ -293,7 +293,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--cell-timeout", type=float, metavar="S", help="fail a cell that runs longer than S seconds")
     run.add_argument("--runs-dir", metavar="DIR", help="the runs folder (default: runs/ at the project root, or $MLKIT_RUNS_DIR)")
     run.add_argument("--gpus", type=int, metavar="N", help="hold N GPUs (waiting for them while busy) for the run")
-    run.add_argument("--nproc", type=int, metavar="N", help=argparse.SUPPRESS)  # not supported yet
+    run.add_argument("--nproc", type=int, metavar="N",
+                     help="run the notebook as a script in N processes under torchrun --standalone (data parallel)")
     run.set_defaults(func=cmd_run, run_parser=run)
     again = sub.add_parser("rerun", help="run a recorded run's notebook again, with its parameters",
                            description="Execute the notebook of a recorded run again with the parameters it ran with "

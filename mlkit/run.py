@@ -23,7 +23,7 @@ from .runs import RECORDS, Run, open_run
 # %% auto #0
 __all__ = ['PARAMETERS_TAG', 'NotebookError', 'ParameterError', 'read_notebook', 'Parameter', 'parameters_cell_index',
            'notebook_parameters', 'CliText', 'parse_value', 'convert', 'read_params_file', 'resolve_params',
-           'kernel_name', 'RunInterrupted', 'run_notebook', 'rerun', 'record']
+           'kernel_name', 'RunInterrupted', 'DistributedRunError', 'run_notebook', 'rerun', 'record']
 
 # %% ../nbs/11_run.ipynb #536c6234
 class NotebookError(MlkitError):
@@ -237,18 +237,43 @@ def _outcome(e:BaseException|None, running:int|None, injected:int|None, cell_tim
     return "failed", f"{type(e).__name__}: {' '.join(str(e).split())[:500]}", cell or None
 
 # %% ../nbs/11_run.ipynb #29b88693
+class DistributedRunError(MlkitError):
+    "The notebook's script failed under torchrun."
+
+def _run_distributed(path:Path, saved:Path, given:dict, kernel:str, nproc:int, out=None):
+    "Inject `given` (papermill, prepare only) into `saved`, convert it to a script, run that under torchrun."
+    import subprocess
+    from nbconvert import PythonExporter
+    from papermill import execute_notebook
+    nb = execute_notebook(str(path), str(saved), parameters=given, prepare_only=True, kernel_name=kernel,
+                          progress_bar=False)
+    script = saved.with_suffix(".py")
+    script.write_text(PythonExporter().from_notebook_node(nb)[0])
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(script)]
+    p = subprocess.Popen(cmd, cwd=path.parent, stdout=out, stderr=out)
+    try: rc = p.wait()
+    except BaseException:  # interrupted: torchrun passes SIGTERM on to its workers
+        p.terminate()
+        try: p.wait(30)
+        except subprocess.TimeoutExpired: p.kill()
+        raise
+    if rc != 0: raise DistributedRunError(f"torchrun exited with status {rc} (the workers' output is above)")
+
 def run_notebook(path:str|Path, # The notebook to execute
                  params:dict|None=None, # Parameter values by name (`CliText` values are read as YAML)
                  name:str|None=None, # A human name for the run
                  gpus:int|None=None, # Hold this many GPUs (`mlkit.gpu.gpu_lock`) while the notebook runs
-                 nproc:int|None=None, # Not supported yet
+                 nproc:int|None=None, # Run the notebook as a script in this many processes under torchrun
                  cell_timeout:float|None=None, # Seconds a cell may run; None: no limit
                  runs_dir:str|Path|None=None, # The runs folder; `mlkit.core.runs_dir()` when None
                  out=None, # Where progress and the cells' output go; sys.stderr and sys.stdout when None
                  meta:dict|None=None, # More fields for the run's meta.json (`rerun` adds `rerun_of`)
                 ) -> Run:
     "Execute the notebook at `path` with `params` as a tracked run; return its `Run` record, whatever the outcome."
-    if nproc is not None: raise MlkitError("--nproc is not supported yet")
+    if nproc is not None:
+        if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
+            raise MlkitError(f"--nproc takes a number of processes, 1 or more, got {nproc!r}")
+        if cell_timeout is not None: raise MlkitError("--cell-timeout applies to cells, and --nproc runs a script")
     if gpus is not None:
         from mlkit.gpu import gpus as visible_gpus
         if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1:
@@ -275,9 +300,11 @@ def run_notebook(path:str|Path, # The notebook to execute
         env = {RUN_DIR_ENV: str(tracker.path), "MLKIT_PROGRESS": "lines", "MLKIT_NOTEBOOK": str(path)}
         with _signals_interrupt(), _gpus_held(gpus, tracker.id, out or sys.stderr) as ids, _environ(**env):
             if ids is not None: tracker.meta["gpu_ids"] = ids
-            execute_notebook(str(path), str(saved), parameters=given, kernel_name=kernel,
-                             execution_timeout=cell_timeout, progress_bar=False, log_output=True,
-                             stdout_file=out or sys.stdout, stderr_file=out or sys.stderr, cwd=str(path.parent))
+            if nproc is not None: _run_distributed(path, saved, given, kernel, nproc, out)
+            else:
+                execute_notebook(str(path), str(saved), parameters=given, kernel_name=kernel,
+                                 execution_timeout=cell_timeout, progress_bar=False, log_output=True,
+                                 stdout_file=out or sys.stdout, stderr_file=out or sys.stderr, cwd=str(path.parent))
     except BaseException as e: error = e
     finally:
         log.removeHandler(cells); log.setLevel(level); log.propagate = propagate

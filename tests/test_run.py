@@ -267,3 +267,27 @@ def test_gpus_with_fake_gpus(project, tmp_path, monkeypatch):
     err = "".join(lines)
     assert waiter.returncode == 0 and "visible 0,1\n" in out, err
     assert sorted(meta(p).get("gpu_ids") for p in runs(project)) == [[0, 1], [1]]
+
+
+def test_nproc_two_cpu_processes(project, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    nb = notebook(project, "ddp.ipynb", TRAIN,
+                  "from mlkit.distributed import dist_env\nfrom mlkit.run import record\n"
+                  "print('rank', dist_env().rank, 'of', dist_env().world_size, flush=True)\n"
+                  "record('world', dist_env().world_size)\nrecord(f'rank{dist_env().rank}', True)",
+                  params="epochs = 1")
+    assert "--nproc takes a number of processes" in one_line_error("run", nb, "--nproc", "0")
+    assert runs(project) == []
+    r = mlkit("run", nb, "--nproc", "2", "-p", "epochs", "2", timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "rank 0 of 2" in r.stdout and "rank 1 of 2" in r.stdout, r.stdout
+    [run] = runs(project)  # rank 1 made no folder of its own
+    assert meta(run)["status"] == "finished"
+    assert json.loads((run/"records.json").read_text()) == {"world": 2, "rank0": True}  # rank 0 alone records
+    assert (run/"metrics.csv").read_text().count(",valid_loss,") == 2
+    assert "epochs = 2" in (run/"notebook.py").read_text()
+    fails = notebook(project, "ddp_fails.ipynb", "raise SystemExit(3)")
+    r = mlkit("run", fails, "--nproc", "2", timeout=300)
+    assert r.returncode == 1
+    failed = [p for p in runs(project) if p != run][0]
+    assert meta(failed)["status"] == "failed" and "torchrun exited with status" in meta(failed)["error"]
