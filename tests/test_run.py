@@ -158,22 +158,25 @@ def test_kernel_death(project):
     assert m["status"] == "failed" and m["error"].startswith("the kernel died in cell 2"), m["error"]
 
 
-def test_sigterm_interrupts(project):
-    nb = notebook(project, "long.ipynb", "print('started', flush=True)", "import time\ntime.sleep(120)")
+@pytest.mark.parametrize("signum, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_interrupts(project, signum, status):
+    nb = notebook(project, "long.ipynb", "import os\nprint('started', os.getpid(), flush=True)", "import time\ntime.sleep(120)")
     p = subprocess.Popen([MLKIT, "run", nb], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        assert p.stdout.readline() == "started\n"
+        started, kernel = p.stdout.readline().split()
+        assert started == "started"
         time.sleep(1)
-        p.send_signal(signal.SIGTERM)
+        p.send_signal(signum)
         out, err = p.communicate(timeout=60)
     finally:
         p.kill()
-    assert p.returncode == 143, err
+    assert p.returncode == status, err
     [run] = runs(project)
     m = meta(run)
-    assert (m["status"], m["error"]) == ("interrupted", "SIGTERM in cell 2")
+    assert (m["status"], m["error"]) == ("interrupted", f"{signum.name} in cell 2")
     executed = nbformat.read(run/"notebook.ipynb", as_version=4)
-    assert executed.cells[0].outputs[0].text == "started\n"
+    assert executed.cells[0].outputs[0].text == f"started {kernel}\n"
+    with pytest.raises(ProcessLookupError): os.kill(int(kernel), 0)  # the kernel was shut down
 
 
 TRAIN = """import torch
