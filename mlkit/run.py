@@ -240,6 +240,12 @@ def _outcome(e:BaseException|None, running:int|None, injected:int|None, cell_tim
 class DistributedRunError(MlkitError):
     "The notebook's script failed under torchrun."
 
+_LEAVE_GROUP = """
+# added by mlkit run: leave the process group, or gloo may abort the process at exit
+import torch.distributed
+if torch.distributed.is_available() and torch.distributed.is_initialized(): torch.distributed.destroy_process_group()
+"""
+
 def _run_distributed(path:Path, saved:Path, given:dict, kernel:str, nproc:int, out=None):
     "Inject `given` (papermill, prepare only) into `saved`, convert it to a script, run that under torchrun."
     import subprocess
@@ -248,7 +254,7 @@ def _run_distributed(path:Path, saved:Path, given:dict, kernel:str, nproc:int, o
     nb = execute_notebook(str(path), str(saved), parameters=given, prepare_only=True, kernel_name=kernel,
                           progress_bar=False)
     script = saved.with_suffix(".py")
-    script.write_text(PythonExporter().from_notebook_node(nb)[0])
+    script.write_text(PythonExporter().from_notebook_node(nb)[0] + _LEAVE_GROUP)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(script)]
     p = subprocess.Popen(cmd, cwd=path.parent, stdout=out, stderr=out)
     try: rc = p.wait()
