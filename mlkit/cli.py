@@ -14,8 +14,8 @@ from dataclasses import asdict
 from .core import MlkitError
 
 # %% auto #0
-__all__ = ['gpus_table', 'cmd_gpus', 'runs_table', 'cmd_runs_ls', 'cmd_runs_show', 'cmd_runs_compare', 'cmd_runs_plot', 'parser',
-           'main']
+__all__ = ['gpus_table', 'cmd_gpus', 'runs_table', 'cmd_runs_ls', 'cmd_runs_show', 'cmd_runs_compare', 'cmd_runs_plot',
+           'params_table', 'cmd_run', 'cmd_rerun', 'parser', 'main']
 
 # %% ../nbs/07_cli.ipynb #81cb1951
 def _table(head:tuple, rows:list[tuple]) -> str:
@@ -68,21 +68,28 @@ def _key_metrics(runs, sort:str|None, limit=3) -> list[str]:
     chosen = ([sort] if sort else []) + [m for m in preferred if m != sort]
     return chosen[:limit]
 
+def _key_records(runs, limit=4) -> list[str]:
+    "The names of the values runs stored with mlkit.run.record, first recorded first."
+    names = {}
+    for r in runs: names.update(dict.fromkeys(r.records))
+    return list(names)[:limit]
+
 def runs_table(runs, sort:str|None=None) -> str:
     "The `mlkit runs ls` table."
     if not runs: return "no runs"
-    params, metrics = _key_params(runs), _key_metrics(runs, sort)
+    params, records, metrics = _key_params(runs), _key_records(runs), _key_metrics(runs, sort)
     rows = []
     for r in runs:
         if r.error:
-            rows.append((r.id, f"({r.error})", "broken", "-", "-", *["-"] * (len(params) + len(metrics))))
+            rows.append((r.id, f"({r.error})", "broken", "-", "-", *["-"] * (len(params) + len(records) + len(metrics))))
             continue
         from mlkit.runs import flatten
         flat, summary = flatten(r.params), r.summary()
         start = (r.meta.get("start") or "-")[:16].replace("T", " ")
         rows.append((r.id, r.name or "-", r.status, start, _duration(r.meta.get("duration_s")),
-                     *[_fmt(flat.get(k)) for k in params], *[_fmt(summary.get(m, {}).get("last")) for m in metrics]))
-    return _table(("id", "name", "status", "start", "duration", *params, *metrics), rows)
+                     *[_fmt(flat.get(k)) for k in params], *[_fmt(r.records.get(k)) for k in records],
+                     *[_fmt(summary.get(m, {}).get("last")) for m in metrics]))
+    return _table(("id", "name", "status", "start", "duration", *params, *records, *metrics), rows)
 
 def _metric_arg(text:str, option:str) -> tuple[str, str|None]:
     "'valid_acc:max' -> ('valid_acc', 'max'); 'valid_acc' -> ('valid_acc', None)."
@@ -188,6 +195,53 @@ def cmd_runs_plot(args):
     finally: plt.close(ax.figure)
     print(out)
 
+# %% ../nbs/07_cli.ipynb #b8d4f2e1
+_SIGNAL_STATUS = {"SIGINT": 130, "SIGTERM": 143}
+
+def params_table(params:dict) -> str:
+    "The table `mlkit run NOTEBOOK --help` prints: name, type, default and help of each parameter."
+    return _table(("parameter", "type", "default", "help"),
+                  [(p.name, p.type_name, repr(p.default) if p.literal else p.default, p.help) for p in params.values()])
+
+def _run_help(args, parser) -> None:
+    parser.print_help()
+    if not args.notebook: return
+    from mlkit.run import notebook_parameters, read_notebook
+    params = notebook_parameters(read_notebook(args.notebook))
+    print(f"\n{args.notebook}: " + ("no parameters (no cell is tagged 'parameters')" if params is None else
+                                   "no parameters in its 'parameters' cell" if not params else
+                                   "parameters (-p NAME VALUE)\n" + params_table(params)))
+
+def _params_args(args) -> dict:
+    "The parameters of -f (a YAML file) and -p (text read as YAML), -p winning."
+    from mlkit.run import CliText, read_params_file
+    params = read_params_file(args.params_file) if getattr(args, "params_file", None) else {}
+    params.update({k: CliText(v) for k, v in args.param or []})
+    return params
+
+def cmd_run(args) -> int:
+    if args.help: return _run_help(args, args.run_parser)
+    if not args.notebook: raise MlkitError("which notebook? mlkit run NOTEBOOK [-p NAME VALUE]...")
+    from mlkit.run import run_notebook
+    r = run_notebook(args.notebook, _params_args(args), name=args.name, gpus=args.gpus, nproc=args.nproc,
+                     cell_timeout=args.cell_timeout, runs_dir=args.runs_dir)
+    return _run_outcome(r)
+
+def cmd_rerun(args) -> int:
+    from mlkit.run import rerun
+    return _run_outcome(rerun(args.run, _params_args(args), name=args.name, cell_timeout=args.cell_timeout,
+                              runs_dir=args.runs_dir))
+
+def _run_outcome(r) -> int:
+    "Print how a run ended; its exit status."
+    if r.status == "finished":
+        print(f"run {r.id} finished in {_duration(r.meta.get('duration_s'))}: {r.path}")
+        for k, v in r.records.items(): print(f"  {k:18s} {_fmt(v)}")
+        return 0
+    print(f"mlkit run: run {r.id} {r.status}: {r.meta.get('error')}\n  the executed notebook: {r.path/'notebook.ipynb'}",
+          file=sys.stderr)
+    return _SIGNAL_STATUS.get(str(r.meta.get("error")).split(" ")[0], 130) if r.status == "interrupted" else 1
+
 # %% ../nbs/07_cli.ipynb #12269740
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mlkit", description="Notebook-first, reproducible ML projects.")
@@ -225,13 +279,41 @@ def parser() -> argparse.ArgumentParser:
     plot.add_argument("--metric", required=True, help="the metric to plot, e.g. valid_loss")
     plot.add_argument("-o", "--output", help="the PNG to write (default: METRIC.png, with / as _)")
     plot.set_defaults(func=cmd_runs_plot)
+
+    run = sub.add_parser("run", add_help=False, help="execute a notebook as a tracked run, with parameters",
+                         usage="mlkit run NOTEBOOK [-p NAME VALUE]... [-f params.yaml] [options]",
+                         description="Execute NOTEBOOK with papermill as a run under the runs folder. "
+                                     "'mlkit run NOTEBOOK --help' lists the notebook's parameters.")
+    run.add_argument("notebook", nargs="?", metavar="NOTEBOOK", help="the .ipynb file to execute")
+    run.add_argument("-h", "--help", action="store_true", help="show this help and NOTEBOOK's parameters")
+    run.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
+                     help="set a parameter; VALUE is read as YAML (5, 0.1, true, [16, 8], {a: 1}) (repeatable)")
+    run.add_argument("-f", "--params-file", metavar="PARAMS.yaml", help="parameters from a YAML mapping (-p wins)")
+    run.add_argument("--name", help="a human name for the run")
+    run.add_argument("--cell-timeout", type=float, metavar="S", help="fail a cell that runs longer than S seconds")
+    run.add_argument("--runs-dir", metavar="DIR", help="the runs folder (default: runs/ at the project root, or $MLKIT_RUNS_DIR)")
+    run.add_argument("--gpus", type=int, metavar="N", help="hold N GPUs (waiting for them while busy) for the run")
+    run.add_argument("--nproc", type=int, metavar="N",
+                     help="run the notebook as a script in N processes under torchrun --standalone (data parallel)")
+    run.set_defaults(func=cmd_run, run_parser=run)
+    again = sub.add_parser("rerun", help="run a recorded run's notebook again, with its parameters",
+                           description="Execute the notebook of a recorded run again with the parameters it ran with "
+                                       "(-p changes some) as a new run; says first whether code and environment match.")
+    again.add_argument("run", metavar="RUN", help="run id, unique prefix, or name")
+    again.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
+                       help="change a parameter; VALUE is read as YAML (repeatable)")
+    again.add_argument("--name", help="the new run's name (default: the original's)")
+    again.add_argument("--cell-timeout", type=float, metavar="S", help="fail a cell that runs longer than S seconds")
+    again.add_argument("--runs-dir", metavar="DIR",
+                       help="the runs folder (default: runs/ at the project root, or $MLKIT_RUNS_DIR)")
+    again.set_defaults(func=cmd_rerun)
     return p
 
 def main(argv:list[str]|None=None) -> int:
     "Entry point of the `mlkit` command."
     args = parser().parse_args(argv)
     try:
-        args.func(args)
+        rc = args.func(args)
         if sys.stdout: sys.stdout.flush()  # a reader gone early shows up here rather than at exit
     except BrokenPipeError:
         # `mlkit runs ls | head -1`: the reader has what it wanted. Stop quietly, as Unix tools do; stdout goes
@@ -244,4 +326,4 @@ def main(argv:list[str]|None=None) -> int:
     except KeyboardInterrupt:
         print(f"mlkit {args.command}: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return rc or 0

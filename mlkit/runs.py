@@ -18,12 +18,13 @@ from pathlib import Path
 from .core import MlkitError, runs_dir
 
 # %% auto #0
-__all__ = ['META', 'PARAMS', 'METRICS', 'ARTIFACTS', 'METRICS_HEADER', 'STATUSES', 'RunNotFoundError', 'read_metrics',
+__all__ = ['META', 'PARAMS', 'METRICS', 'ARTIFACTS', 'RECORDS', 'METRICS_HEADER', 'STATUSES', 'RunNotFoundError', 'read_metrics',
            'metric_goal', 'Run', 'open_run', 'list_runs', 'find_run', 'filter_runs', 'flatten', 'load_runs',
            'compare_runs', 'plot_runs']
 
 # %% ../nbs/09_runs.ipynb #2f3f5938
 META, PARAMS, METRICS, ARTIFACTS = "meta.json", "params.json", "metrics.csv", "artifacts"
+RECORDS = "records.json"  # summary values a notebook stored with mlkit.run.record
 METRICS_HEADER = "step,time_ms,name,value\n"
 STATUSES = ("running", "finished", "failed", "interrupted", "pruned")
 
@@ -127,6 +128,13 @@ class Run:
         return out
 
     @property
+    def records(self) -> dict:
+        "The summary values the run stored with `mlkit.run.record` ({} when none, or when records.json is unreadable)."
+        try: value = json.loads((self.path/RECORDS).read_text())
+        except (OSError, ValueError): return {}
+        return value if isinstance(value, dict) else {}
+
+    @property
     def artifacts(self) -> list[Path]:
         folder = self.path/ARTIFACTS
         return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
@@ -214,6 +222,7 @@ def load_runs(root:str|Path|None=None, # The runs folder; runs_dir() when None
         row = {"id": r.id, "name": r.name, "status": r.status, "start": r.meta.get("start"), "end": r.meta.get("end"),
                "duration_s": r.meta.get("duration_s"), "error": r.error}
         row.update({f"param.{k}": v for k, v in flatten(r.params).items()})
+        row.update({f"record.{k}": v for k, v in r.records.items()})
         for m, s in r.summary(goals).items():
             row[m] = s["last"]
             if s["goal"] is not None: row[f"best.{m}"] = s["best"]

@@ -1,0 +1,296 @@
+"`mlkit run` as a user drives it: a temporary project, notebooks in a subfolder of nbs/, each outcome and each bad input."
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_notebook
+
+MLKIT = str(Path(sys.executable).parent/"mlkit")
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    "A project folder (settings.ini, nbs/experiments/) with its runs folder in MLKIT_RUNS_DIR."
+    root = tmp_path/"proj"
+    (root/"nbs"/"experiments").mkdir(parents=True)
+    (root/"settings.ini").write_text("[DEFAULT]\nlib_name = proj\n")
+    monkeypatch.setenv("MLKIT_RUNS_DIR", str(tmp_path/"runs"))
+    monkeypatch.delenv("MLKIT_RUN_DIR", raising=False)
+    monkeypatch.chdir(root)
+    return root
+
+
+def runs(project) -> list[Path]:
+    folder = Path(os.environ["MLKIT_RUNS_DIR"])
+    return sorted(folder.iterdir()) if folder.exists() else []
+
+
+def notebook(project, name, *sources, params=None) -> str:
+    "Write nbs/experiments/NAME: a `parameters` cell holding `params` (if given), then a code cell per source."
+    cells = [new_code_cell(params, metadata={"tags": ["parameters"]})] if params is not None else []
+    nb = new_notebook(cells=cells + [new_code_cell(s) for s in sources],
+                      metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
+    path = project/"nbs"/"experiments"/name
+    nbformat.write(nb, path)
+    return str(path.relative_to(project))
+
+
+def mlkit(*args, timeout=180):
+    return subprocess.run([MLKIT, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def meta(run: Path) -> dict: return json.loads((run/"meta.json").read_text())
+
+
+PARAMS = "lr = 0.1  # learning rate\nepochs = 3  # passes over the data\nlayers = [16, 8]\ntag = 'base'\n"
+
+
+def test_finished_run_with_typed_params(project):
+    nb = notebook(project, "train.ipynb",
+                  "import os\nprint('in', os.path.basename(os.getcwd()), type(lr).__name__, epochs, layers, tag)",
+                  "from mlkit.run import record\nrecord('score', lr * epochs)\nrecord('layers', layers)", params=PARAMS)
+    (project/"p.yaml").write_text("lr: 2\nepochs: 7\n")
+    r = mlkit("run", nb, "-f", "p.yaml", "-p", "epochs", "5", "-p", "layers", "[4, 2]", "-p", "tag", "2024", "--name", "first")
+    assert r.returncode == 0, r.stderr
+    [run] = runs(project)
+    m = meta(run)
+    assert (m["status"], m["name"], m["error"]) == ("finished", "first", None)
+    assert m["command"][1:3] == ["run", nb] and m["python"] and m["host"]
+    params = json.loads((run/"params.json").read_text())
+    assert params == {"lr": 2.0, "epochs": 5, "layers": [4, 2], "tag": "2024"}  # -p wins over -f; an int for a float
+    assert isinstance(params["lr"], float)
+    assert json.loads((run/"records.json").read_text()) == {"score": 10.0, "layers": [4, 2]}
+    executed = nbformat.read(run/"notebook.ipynb", as_version=4)
+    assert "in experiments float 5 [4, 2] 2024\n" in [o.get("text") for c in executed.cells for o in c.get("outputs", [])]
+    assert f"run {run.name} finished" in r.stdout and str(run) in r.stdout
+    assert "score" in r.stdout and "10" in r.stdout
+    assert "-- cell 2/3" in r.stderr
+    ls = mlkit("runs", "ls")
+    assert ls.returncode == 0 and "score" in ls.stdout.splitlines()[0] and "[4, 2]" in ls.stdout, ls.stdout
+
+
+def test_help_lists_the_notebooks_parameters(project):
+    nb = notebook(project, "train.ipynb", "print(1)", params=PARAMS)
+    code = ("import sys; from mlkit.cli import main\ntry: main(['run', sys.argv[1], '--help'])\n"
+            "except SystemExit: pass\nprint('torch' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code, nb], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[-1] == "False"  # torch not imported
+    assert any(line.split()[:3] == ["lr", "float", "0.1"] and line.endswith("learning rate") for line in lines), r.stdout
+    assert any(line.split()[:3] == ["layers", "list", "[16,"] for line in lines), r.stdout
+    assert runs(project) == []
+
+
+def one_line_error(*args) -> str:
+    r = mlkit(*args)
+    assert (r.returncode, r.stdout, r.stderr.count("\n")) == (1, "", 1), (r.returncode, r.stdout, r.stderr)
+    assert r.stderr.startswith("mlkit run: error: ")
+    return r.stderr
+
+
+@pytest.mark.parametrize("case, args, message", [
+    ("missing", ["nbs/experiments/nope.ipynb"], "no notebook at"),
+    ("corrupt", ["nbs/experiments/corrupt.ipynb"], "is not a valid notebook"),
+    ("not a notebook", ["nbs/experiments/plain.ipynb"], "is not a valid notebook"),
+    ("no parameters cell", ["nbs/experiments/noparams.ipynb", "-p", "lr", "1"], "takes no parameters"),
+    ("unknown", ["nbs/experiments/train.ipynb", "-p", "lrr", "1"],
+     "no parameter 'lrr'; its parameters are: lr, epochs, layers, tag"),
+    ("wrong type", ["nbs/experiments/train.ipynb", "-p", "epochs", "many"],
+     "parameter 'epochs' takes an int (default 3), got 'many' (a str)"),
+    ("bool for int", ["nbs/experiments/train.ipynb", "-p", "epochs", "true"], "parameter 'epochs' takes an int"),
+    ("invalid YAML", ["nbs/experiments/train.ipynb", "-p", "layers", "[1, 2"], "cannot read '[1, 2' as YAML"),
+    ("invalid YAML file", ["nbs/experiments/train.ipynb", "-f", "bad.yaml"], "invalid YAML in bad.yaml"),
+    ("missing YAML file", ["nbs/experiments/train.ipynb", "-f", "none.yaml"], "cannot read parameters file none.yaml"),
+    ("YAML not a mapping", ["nbs/experiments/train.ipynb", "-f", "list.yaml"], "must hold a mapping"),
+    ("runs dir not writable", ["nbs/experiments/train.ipynb", "--runs-dir", "settings.ini/runs"],
+     "cannot create the runs folder"),
+    ("timeout 0", ["nbs/experiments/train.ipynb", "--cell-timeout", "0"], "cell timeout must be"),
+])
+def test_bad_input_is_one_line_and_leaves_no_run(project, case, args, message):
+    notebook(project, "train.ipynb", "print(1)", params=PARAMS)
+    notebook(project, "noparams.ipynb", "print(1)")
+    (project/"nbs"/"experiments"/"corrupt.ipynb").write_text('{"cells": [')
+    (project/"nbs"/"experiments"/"plain.ipynb").write_text('{"a": 1}')
+    (project/"bad.yaml").write_text("lr: [1\n")
+    (project/"list.yaml").write_text("- 1\n")
+    assert message in one_line_error("run", *args)
+    assert runs(project) == []
+
+
+def test_failing_cell(project):
+    nb = notebook(project, "fails.ipynb", "x = 1", "print('before')\n1 / 0", "print('never')", params="n = 1")
+    r = mlkit("run", nb, "-p", "n", "2")
+    assert r.returncode == 1
+    [run] = runs(project)
+    m = meta(run)
+    assert (m["status"], m["error"]) == ("failed", "cell 3: ZeroDivisionError: division by zero")
+    assert m["failed_cell"] == {"cell": 3, "ename": "ZeroDivisionError", "evalue": "division by zero"}
+    assert "cell 3: ZeroDivisionError: division by zero" in r.stderr and "Traceback" not in r.stderr
+    assert "before" in r.stdout and "never" not in r.stdout
+    saved = (run/"notebook.ipynb").read_text()
+    assert "ZeroDivisionError" in saved and "traceback" in saved
+
+
+def test_cell_timeout(project):
+    nb = notebook(project, "slow.ipynb", "print('ok')", "import time\ntime.sleep(60)")
+    t0 = time.monotonic()
+    r = mlkit("run", nb, "--cell-timeout", "2")
+    assert r.returncode == 1 and time.monotonic() - t0 < 50
+    [run] = runs(project)
+    assert (meta(run)["status"], meta(run)["error"]) == ("failed", "cell 2 ran over the cell timeout of 2 s")
+    assert "cell timeout of 2 s" in r.stderr
+
+
+def test_kernel_death(project):
+    nb = notebook(project, "dies.ipynb", "print('ok')", "import os\nos._exit(1)", "print('never')")
+    r = mlkit("run", nb)
+    assert r.returncode == 1, r.stderr
+    [run] = runs(project)
+    m = meta(run)
+    assert m["status"] == "failed" and m["error"].startswith("the kernel died in cell 2"), m["error"]
+
+
+@pytest.mark.parametrize("signum, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_interrupts(project, signum, status):
+    nb = notebook(project, "long.ipynb", "import os\nprint('started', os.getpid(), flush=True)", "import time\ntime.sleep(120)")
+    p = subprocess.Popen([MLKIT, "run", nb], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        started, kernel = p.stdout.readline().split()
+        assert started == "started"
+        time.sleep(1)
+        p.send_signal(signum)
+        out, err = p.communicate(timeout=60)
+    finally:
+        p.kill()
+    assert p.returncode == status, err
+    [run] = runs(project)
+    m = meta(run)
+    assert (m["status"], m["error"]) == ("interrupted", f"{signum.name} in cell 2")
+    executed = nbformat.read(run/"notebook.ipynb", as_version=4)
+    assert executed.cells[0].outputs[0].text == f"started {kernel}\n"
+    with pytest.raises(ProcessLookupError): os.kill(int(kernel), 0)  # the kernel was shut down
+
+
+TRAIN = """import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from mlkit.track import TrackingCallback
+from mlkit.train import Trainer
+
+g = torch.Generator().manual_seed(0)
+ds = TensorDataset(torch.randn(256, 8, generator=g), torch.randint(0, 2, (256,), generator=g))
+t = Trainer(nn.Linear(8, 2), DataLoader(ds, batch_size=32), DataLoader(ds, batch_size=64), cbs=[TrackingCallback()])
+t.fit(epochs)
+"""
+
+
+def test_trainer_records_into_the_run(project):
+    nb = notebook(project, "train.ipynb", TRAIN, "from mlkit.run import record\nrecord('epochs_done', epochs)",
+                  params="epochs = 1")
+    r = mlkit("run", nb, "-p", "epochs", "2")
+    assert r.returncode == 0, r.stderr
+    [run] = runs(project)  # one folder: the notebook's tracking went into the run mlkit made
+    assert meta(run)["status"] == "finished"
+    metrics = (run/"metrics.csv").read_text()
+    assert metrics.count(",valid_loss,") == 2, metrics
+    assert json.loads((run/"params.json").read_text())["epochs"] == 2
+    assert json.loads((run/"records.json").read_text()) == {"epochs_done": 2}
+    assert "\r" not in r.stdout and "epoch 2/2" in r.stdout  # progress as plain lines
+
+
+def values(run: Path) -> list[tuple]:
+    "The (step, name, value) rows of a run's metrics, leaving out those that measure time or speed."
+    rows = [line.split(",") for line in (run/"metrics.csv").read_text().splitlines()[1:]]
+    return [(s, n, v) for s, _, n, v in rows if not any(w in n for w in ("time", "per_s", "throughput", "mem"))]
+
+
+def test_rerun_reproduces_the_metrics(project):
+    nb = notebook(project, "train.ipynb", "import torch\ntorch.manual_seed(seed)", TRAIN, params="epochs = 1\nseed = 0")
+    r = mlkit("run", nb, "-p", "epochs", "2", "-p", "seed", "3", "--name", "orig")
+    assert r.returncode == 0, r.stderr
+    [first] = runs(project)
+    again = mlkit("rerun", "orig")
+    assert again.returncode == 0, again.stderr
+    assert "mlkit rerun: code: not in git" in again.stderr and "environment: same as the original" in again.stderr
+    second = [p for p in runs(project) if p != first][0]
+    m = meta(second)
+    assert (m["status"], m["rerun_of"], m["name"]) == ("finished", first.name, "orig")
+    assert m["notebook_params"] == {"epochs": 2, "seed": 3}
+    assert values(first) == values(second) and any(n == "valid_loss" for _, n, _ in values(first))
+    changed = mlkit("rerun", first.name, "-p", "seed", "4")
+    assert changed.returncode == 0, changed.stderr
+    third = [p for p in runs(project) if p not in (first, second)][0]
+    assert meta(third)["notebook_params"] == {"epochs": 2, "seed": 4}
+    assert values(third) != values(first)  # the comparison can fail
+    assert "no run 'nope'" in mlkit("rerun", "nope").stderr
+
+
+def test_gpus_with_fake_gpus(project, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLKIT_FAKE_GPUS", "2")
+    monkeypatch.setenv("MLKIT_LOCK_DIR", str(tmp_path/"locks"))
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.delenv("MLKIT_GPU_LOCKS", raising=False)
+    nb = notebook(project, "gpu.ipynb", "import os\nprint('visible', os.environ['CUDA_VISIBLE_DEVICES'])")
+    assert "--gpus 3: this machine shows 2 GPU(s)" in one_line_error("run", nb, "--gpus", "3")
+    assert "--gpus takes a number of GPUs" in one_line_error("run", nb, "--gpus", "0")
+    assert runs(project) == []
+    holder = subprocess.Popen([sys.executable, str(Path(__file__).parent/"jobs"/"lock_job.py"), "hold", "1"],
+                              stdout=subprocess.PIPE, text=True)
+    waiter = None
+    try:
+        assert holder.stdout.readline().split() == ["held", "0"]
+        r = mlkit("run", nb, "--gpus", "1")  # GPU 0 is taken: it gets GPU 1 at once
+        assert r.returncode == 0 and "visible 1\n" in r.stdout, r.stderr
+        waiter = subprocess.Popen([MLKIT, "run", nb, "--gpus", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True)
+        lines = []  # read in a thread: a waiter that never says it waits must fail the test, not hang it
+        reader = threading.Thread(target=lambda: lines.extend(iter(waiter.stderr.readline, "")), daemon=True)
+        reader.start()
+        deadline = time.monotonic() + 60
+        while not any(x.startswith("mlkit run: waiting") for x in lines) and time.monotonic() < deadline: time.sleep(0.1)
+        line = next((x for x in lines if x.startswith("mlkit run: waiting")), "")
+        assert line.startswith("mlkit run: waiting for 2 GPU(s)") and "holder" in line, lines
+    except BaseException:
+        if waiter is not None: waiter.kill()
+        raise
+    finally:
+        holder.kill()
+        holder.wait()
+    out = waiter.communicate(timeout=120)[0]
+    reader.join(10)
+    err = "".join(lines)
+    assert waiter.returncode == 0 and "visible 0,1\n" in out, err
+    assert sorted(meta(p).get("gpu_ids") for p in runs(project)) == [[0, 1], [1]]
+
+
+def test_nproc_two_cpu_processes(project, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    nb = notebook(project, "ddp.ipynb", TRAIN,
+                  "from mlkit.distributed import dist_env\nfrom mlkit.run import record\n"
+                  "print(f'rank {dist_env().rank} of {dist_env().world_size}')\n"  # one write: the ranks share stdout
+                  "record('world', dist_env().world_size)\nrecord(f'rank{dist_env().rank}', True)",
+                  params="epochs = 1")
+    assert "--nproc takes a number of processes" in one_line_error("run", nb, "--nproc", "0")
+    assert runs(project) == []
+    r = mlkit("run", nb, "--nproc", "2", "-p", "epochs", "2", timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "rank 0 of 2" in r.stdout and "rank 1 of 2" in r.stdout, r.stdout
+    [run] = runs(project)  # rank 1 made no folder of its own
+    assert meta(run)["status"] == "finished"
+    assert json.loads((run/"records.json").read_text()) == {"world": 2, "rank0": True}  # rank 0 alone records
+    assert (run/"metrics.csv").read_text().count(",valid_loss,") == 2
+    assert "epochs = 2" in (run/"notebook.py").read_text()
+    fails = notebook(project, "ddp_fails.ipynb", "raise SystemExit(3)")
+    r = mlkit("run", fails, "--nproc", "2", timeout=300)
+    assert r.returncode == 1
+    failed = [p for p in runs(project) if p != run][0]
+    assert meta(failed)["status"] == "failed" and "torchrun exited with status" in meta(failed)["error"]
