@@ -132,8 +132,9 @@ bench: $(INSTALLED) ## Run the benchmarks in bench/ (baseline and mlkit interlea
 gpu-check: $(INSTALLED) ## On a CUDA machine (make install TORCH=cuda): check GPU utilities and Trainer speed, one table
 	$(PY) scripts/gpu_check.py
 
-train: ## The main job, a papermill training run: arrives with the training-loop issue
-	@echo "error: 'make train' arrives with the training-run work; see README" >&2; exit 1
+EXPERIMENT ?= nbs/experiments/train_digits.ipynb
+train: $(INSTALLED) ## The main job: the digits experiment notebook, run headlessly by `mlkit run` (ARGS="-p lr 0.01 -p epochs 3")
+	$(BIN)/mlkit run $(EXPERIMENT) $(ARGS)
 
 clean: ## Remove caches and build artifacts (keeps .venv/ and runs/)
 	rm -rf build dist *.egg-info .pytest_cache .ruff_cache _proc _docs
