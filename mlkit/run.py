@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .core import MlkitError, atomic_write, runs_dir
+from .runmeta import REDACTED, is_secret_key, redact
 from .runs import RECORDS, Run, open_run
 
 # %% auto #0
@@ -299,8 +300,8 @@ def run_notebook(path:str|Path, # The notebook to execute
     log, cells = logging.getLogger("papermill"), _CellLog(nb, injected, out or sys.stderr)
     level, propagate, error = log.level, log.propagate, None
     try:
-        tracker.meta.update(notebook=str(path), notebook_params=final, kernel=kernel, cell_timeout=cell_timeout,
-                            **(meta or {}))
+        tracker.meta.update({"notebook": str(path), "notebook_params": redact(final), "kernel": kernel,
+                             "cell_timeout": cell_timeout, **(meta or {})})
         tracker.log_params(final)
         log.addHandler(cells); log.setLevel(logging.INFO); log.propagate = False  # only the 'Executing Cell' lines
         env = {RUN_DIR_ENV: str(tracker.path), "MLKIT_PROGRESS": "lines", "MLKIT_NOTEBOOK": str(path)}
@@ -316,8 +317,23 @@ def run_notebook(path:str|Path, # The notebook to execute
         log.removeHandler(cells); log.setLevel(level); log.propagate = propagate
         status, message, cell = _outcome(error, cells.current, injected, cell_timeout)
         if cell: tracker.meta["failed_cell"] = cell
+        _redact_injected(saved, given)
         tracker.finish(status, message)
     return open_run(tracker.path)
+
+def _redact_injected(saved:Path, given:dict):
+    "Secret-named parameters' values out of the executed notebook (its injected cell, papermill's metadata)."
+    secret = [k for k in given if is_secret_key(k)]
+    if not secret or not saved.is_file(): return
+    import nbformat
+    nb = nbformat.read(saved, as_version=4)
+    if "parameters" in nb.metadata.get("papermill", {}):
+        nb.metadata.papermill.parameters = redact(dict(nb.metadata.papermill.parameters))
+    for c in nb.cells:
+        if "injected-parameters" in c.metadata.get("tags", []):
+            c.source = "\n".join(f"{line.split(' = ')[0]} = {REDACTED!r}" if line.split(" = ")[0] in secret else line
+                                 for line in c.source.splitlines())
+    atomic_write(saved, lambda f: nbformat.write(nb, f), mode="w")
 
 # %% ../nbs/11_run.ipynb #8abe633d
 def _same_code_and_env(old:dict) -> list[str]:
@@ -356,11 +372,31 @@ def rerun(ref:str, # The run: an id, a unique prefix, a name, or its folder
         raise MlkitError(f"run {old.id} was not made by mlkit run: no notebook to run again")
     recorded = old.meta.get("notebook_params")
     if recorded is None: raise MlkitError(f"run {old.id} recorded no notebook parameters to run again with")
+    if missing := [k for k, v in recorded.items() if v == REDACTED and k not in (params or {})]:
+        raise MlkitError(f"run {old.id} kept no value of the secret parameter(s) {', '.join(missing)}: "
+                         f"give them again ({' '.join(f'-p {k} VALUE' for k in missing)})")
     for line in _same_code_and_env(old.meta): print(f"mlkit rerun: {line}", file=out or sys.stderr, flush=True)
-    return run_notebook(notebook, {**recorded, **(params or {})}, name=name or old.name,
-                        cell_timeout=cell_timeout if cell_timeout is not None else old.meta.get("cell_timeout"),
-                        runs_dir=runs_dir if runs_dir is not None else old.path.parent, out=out,
-                        meta={"rerun_of": old.id})
+    source, as_ran = Path(notebook), None
+    if not source.is_file() or _code(read_notebook(source)) != _code(read_notebook(old.path/"notebook.ipynb")):
+        # the notebook changed since (or is gone): run it as it ran, from the run's own copy, placed beside the
+        # original so that its relative paths still hold
+        source.parent.mkdir(parents=True, exist_ok=True)
+        as_ran = source.with_name(f".{source.stem}.rerun-{old.id}.ipynb")
+        as_ran.write_bytes((old.path/"notebook.ipynb").read_bytes())
+        print(f"mlkit rerun: {source.name} has changed since run {old.id}: running the notebook as it ran then",
+              file=out or sys.stderr, flush=True)
+    try:
+        return run_notebook(as_ran or source, {**recorded, **(params or {})}, name=name or old.name,
+                            cell_timeout=cell_timeout if cell_timeout is not None else old.meta.get("cell_timeout"),
+                            runs_dir=runs_dir if runs_dir is not None else old.path.parent, out=out,
+                            meta={"rerun_of": old.id, "notebook": str(source),
+                                  **({"notebook_as_ran_in": old.id} if as_ran else {})})
+    finally:
+        if as_ran is not None: as_ran.unlink(missing_ok=True)
+
+def _code(nb) -> list[str]:
+    "The sources of a notebook's code cells, without papermill's injected parameters: what decides what it does."
+    return [c.source for c in nb.cells if c.cell_type == "code" and "injected-parameters" not in c.metadata.get("tags", [])]
 
 # %% ../nbs/11_run.ipynb #90afe3b7
 _records_lock = threading.Lock()

@@ -232,6 +232,14 @@ def test_rerun_reproduces_the_metrics(project):
     assert meta(third)["notebook_params"] == {"epochs": 2, "seed": 4}
     assert values(third) != values(first)  # the comparison can fail
     assert "no run 'nope'" in mlkit("rerun", "nope").stderr
+    notebook(project, "train.ipynb", "import torch\ntorch.manual_seed(seed + 1)", TRAIN, params="epochs = 1\nseed = 0")
+    as_ran = mlkit("rerun", first.name)  # the notebook's code changed since: the rerun runs it as it ran
+    assert as_ran.returncode == 0, as_ran.stderr
+    assert "train.ipynb has changed since run" in as_ran.stderr
+    fourth = [p for p in runs(project) if p not in (first, second, third)][0]
+    assert values(fourth) == values(first)
+    assert (meta(fourth)["notebook"], meta(fourth)["notebook_as_ran_in"]) == (str(project/nb), first.name)
+    assert [p.name for p in (project/nb).parent.iterdir() if p.name.startswith(".")] == []  # its copy is gone
 
 
 def test_gpus_with_fake_gpus(project, tmp_path, monkeypatch):
@@ -294,3 +302,17 @@ def test_nproc_two_cpu_processes(project, monkeypatch):
     assert r.returncode == 1
     failed = [p for p in runs(project) if p != run][0]
     assert meta(failed)["status"] == "failed" and "torchrun exited with status" in meta(failed)["error"]
+
+
+def test_a_secret_parameter_stays_out_of_the_run_folder(project):
+    nb = notebook(project, "secret.ipynb", "print('key length', len(api_key))", params="api_key = ''  # the service's key")
+    r = mlkit("run", nb, "-p", "api_key", "sk-sekret-55", "--name", "keyed")
+    assert r.returncode == 0, r.stderr
+    assert "key length 12" in r.stdout + r.stderr  # the notebook got the real value
+    [run] = runs(project)
+    leaks = [p.name for p in run.rglob("*") if p.is_file() and b"sk-sekret-55" in p.read_bytes()]
+    assert leaks == []
+    refused = mlkit("rerun", "keyed")  # no value kept to run again with: say so
+    assert (refused.returncode, refused.stderr.count("\n")) == (1, 1) and "-p api_key VALUE" in refused.stderr
+    again = mlkit("rerun", "keyed", "-p", "api_key", "sk-sekret-56")
+    assert again.returncode == 0, again.stderr
