@@ -223,7 +223,9 @@ def cmd_run(args) -> int:
     if args.help: return _run_help(args, args.run_parser)
     if not args.notebook: raise MlkitError("which notebook? mlkit run NOTEBOOK [-p NAME VALUE]...")
     from mlkit.run import run_notebook
+    nodes = {"nnodes": args.nnodes, "node_rank": args.node_rank, "rdzv_endpoint": args.rdzv_endpoint}
     r = run_notebook(args.notebook, _params_args(args), name=args.name, gpus=args.gpus, nproc=args.nproc,
+                     nodes=nodes if any(v is not None for v in nodes.values()) else None,
                      cell_timeout=args.cell_timeout, runs_dir=args.runs_dir)
     return _run_outcome(r)
 
@@ -295,6 +297,9 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--gpus", type=int, metavar="N", help="hold N GPUs (waiting for them while busy) for the run")
     run.add_argument("--nproc", type=int, metavar="N",
                      help="run the notebook as a script in N processes under torchrun --standalone (data parallel)")
+    run.add_argument("--nnodes", type=int, metavar="N", help="with --nproc: the number of machines (torchrun's)")
+    run.add_argument("--node-rank", type=int, metavar="R", help="with --nproc: this machine's rank, 0 to N-1")
+    run.add_argument("--rdzv-endpoint", metavar="HOST:PORT", help="with --nproc: where the machines meet (node 0's)")
     run.set_defaults(func=cmd_run, run_parser=run)
     again = sub.add_parser("rerun", help="run a recorded run's notebook again, with its parameters",
                            description="Execute the notebook of a recorded run again with the parameters it ran with "

@@ -247,7 +247,17 @@ import torch.distributed
 if torch.distributed.is_available() and torch.distributed.is_initialized(): torch.distributed.destroy_process_group()
 """
 
-def _run_distributed(path:Path, saved:Path, given:dict, kernel:str, nproc:int, out=None):
+def _torchrun_args(nproc:int, nodes:dict|None) -> list[str]:
+    "torchrun's options: one machine (--standalone), or several meeting at a rendezvous endpoint."
+    if not nodes: return ["--standalone", f"--nproc_per_node={nproc}"]
+    nnodes, rank, endpoint = nodes.get("nnodes"), nodes.get("node_rank"), nodes.get("rdzv_endpoint")
+    if not endpoint or not isinstance(nnodes, int) or nnodes < 1 or not isinstance(rank, int) or not 0 <= rank < nnodes:
+        raise MlkitError("several machines need --nnodes N (1 or more), --node-rank R (0 to N-1) and --rdzv-endpoint "
+                         f"HOST:PORT together; got nnodes {nnodes}, node rank {rank}, endpoint {endpoint}")
+    return [f"--nnodes={nnodes}", f"--node-rank={rank}", f"--nproc_per_node={nproc}", "--rdzv-backend=c10d",
+            f"--rdzv-endpoint={endpoint}"]
+
+def _run_distributed(path:Path, saved:Path, given:dict, kernel:str, nproc:int, out=None, nodes:dict|None=None):
     "Inject `given` (papermill, prepare only) into `saved`, convert it to a script, run that under torchrun."
     import subprocess
     from nbconvert import PythonExporter
@@ -256,7 +266,7 @@ def _run_distributed(path:Path, saved:Path, given:dict, kernel:str, nproc:int, o
                           progress_bar=False)
     script = saved.with_suffix(".py")
     script.write_text(PythonExporter().from_notebook_node(nb)[0] + _LEAVE_GROUP)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(script)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", *_torchrun_args(nproc, nodes), str(script)]
     p = subprocess.Popen(cmd, cwd=path.parent, stdout=out, stderr=out)
     try: rc = p.wait()
     except BaseException:  # interrupted: torchrun passes SIGTERM on to its workers
@@ -271,6 +281,7 @@ def run_notebook(path:str|Path, # The notebook to execute
                  name:str|None=None, # A human name for the run
                  gpus:int|None=None, # Hold this many GPUs (`mlkit.gpu.gpu_lock`) while the notebook runs
                  nproc:int|None=None, # Run the notebook as a script in this many processes under torchrun
+                 nodes:dict|None=None, # With `nproc`, several machines: {"nnodes", "node_rank", "rdzv_endpoint"}
                  cell_timeout:float|None=None, # Seconds a cell may run; None: no limit
                  runs_dir:str|Path|None=None, # The runs folder; `mlkit.core.runs_dir()` when None
                  out=None, # Where progress and the cells' output go; sys.stderr and sys.stdout when None
@@ -281,6 +292,8 @@ def run_notebook(path:str|Path, # The notebook to execute
         if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
             raise MlkitError(f"--nproc takes a number of processes, 1 or more, got {nproc!r}")
         if cell_timeout is not None: raise MlkitError("--cell-timeout applies to cells, and --nproc runs a script")
+        _torchrun_args(nproc, nodes)  # checked before anything is made
+    elif nodes: raise MlkitError("--nnodes, --node-rank and --rdzv-endpoint go with --nproc")
     if gpus is not None:
         from mlkit.gpu import gpus as visible_gpus
         if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1:
@@ -307,7 +320,7 @@ def run_notebook(path:str|Path, # The notebook to execute
         env = {RUN_DIR_ENV: str(tracker.path), "MLKIT_PROGRESS": "lines", "MLKIT_NOTEBOOK": str(path)}
         with _signals_interrupt(), _gpus_held(gpus, tracker.id, out or sys.stderr) as ids, _environ(**env):
             if ids is not None: tracker.meta["gpu_ids"] = ids
-            if nproc is not None: _run_distributed(path, saved, given, kernel, nproc, out)
+            if nproc is not None: _run_distributed(path, saved, given, kernel, nproc, out, nodes)
             else:
                 execute_notebook(str(path), str(saved), parameters=given, kernel_name=kernel,
                                  execution_timeout=cell_timeout, progress_bar=False, log_output=True,

@@ -316,3 +316,27 @@ def test_a_secret_parameter_stays_out_of_the_run_folder(project):
     assert (refused.returncode, refused.stderr.count("\n")) == (1, 1) and "-p api_key VALUE" in refused.stderr
     again = mlkit("rerun", "keyed", "-p", "api_key", "sk-sekret-56")
     assert again.returncode == 0, again.stderr
+
+
+def test_nproc_across_machines_meets_at_a_rendezvous(project, monkeypatch):
+    "torchrun's several-machine options, tried as one machine meeting itself at a c10d rendezvous endpoint."
+    import socket
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    nb = notebook(project, "ranks.ipynb", "import os\nfrom mlkit.run import record\n"
+                  "import torch.distributed as dist\ndist.init_process_group('gloo')\n"
+                  "record('world', dist.get_world_size())\nrecord('rdzv_id', os.environ['TORCHELASTIC_RUN_ID'])")
+    for flags, says in [(["--nnodes", "2", "--node-rank", "0"], "--rdzv-endpoint"),
+                        (["--nnodes", "2", "--node-rank", "2", "--rdzv-endpoint", "h:1"], "node rank 2"),
+                        (["--rdzv-endpoint", "h:1"], "--nnodes")]:
+        assert says in one_line_error("run", nb, "--nproc", "2", *flags)
+    assert "go with --nproc" in one_line_error("run", nb, "--nnodes", "2")
+    assert runs(project) == []
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    r = mlkit("run", nb, "--nproc", "2", "--nnodes", "1", "--node-rank", "0", "--rdzv-endpoint", f"127.0.0.1:{port}",
+              timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    [run] = runs(project)
+    # --standalone would have drawn a random rendezvous id; the endpoint's rendezvous keeps torchrun's default
+    assert json.loads((run/"records.json").read_text()) == {"world": 2, "rdzv_id": "none"}
