@@ -8,6 +8,7 @@ from __future__ import annotations
 import ast
 import json
 import logging
+import math
 import os
 import re
 import signal
@@ -99,9 +100,15 @@ def parse_value(text:str) -> object:
 
 def _a(t:type) -> str: return ("an " if t.__name__[0] in "aeiou" else "a ") + t.__name__
 
+def _number(text:str, kind:type):
+    "`text` as Python reads an int or float (YAML 1.1 reads 1e-3 as a string and 010 as octal 8); None if it is not."
+    try: return kind(text.strip().replace("_", "")) if text.strip() else None
+    except ValueError: return None
+
 def convert(p:Parameter, value) -> object:
     "`value` checked against (and converted to) the type of `p`'s default; a `ParameterError` naming all three."
-    if isinstance(value, CliText): value = str(value) if p.type is str else parse_value(value)
+    if isinstance(value, CliText) and p.type in (int, float) and (n := _number(value, p.type)) is not None: value = n
+    elif isinstance(value, CliText): value = str(value) if p.type is str else parse_value(value)
     if p.type is None: return value
     ok = (isinstance(value, bool) if p.type is bool else
           isinstance(value, (int, float)) and not isinstance(value, bool) if p.type is float else
@@ -299,8 +306,9 @@ def run_notebook(path:str|Path, # The notebook to execute
         if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1:
             raise MlkitError(f"--gpus takes a number of GPUs, 1 or more, got {gpus!r}")
         if gpus > (have := len(visible_gpus())): raise MlkitError(f"--gpus {gpus}: this machine shows {have} GPU(s)")
-    if cell_timeout is not None and not cell_timeout > 0:
+    if cell_timeout is not None and not (cell_timeout > 0 and math.isfinite(cell_timeout)):
         raise MlkitError(f"the cell timeout must be a number of seconds above 0, got {cell_timeout}")
+    if cell_timeout is not None: cell_timeout = math.ceil(cell_timeout)  # nbclient counts whole seconds
     path = Path(path).expanduser().absolute()
     nb = read_notebook(path)
     given, final = resolve_params(nb, params, where=str(path))
@@ -335,8 +343,11 @@ def run_notebook(path:str|Path, # The notebook to execute
     return open_run(tracker.path)
 
 def _redact_injected(saved:Path, given:dict):
-    "Secret-named parameters' values out of the executed notebook (its injected cell, papermill's metadata)."
+    "Secret-named parameters' values out of the executed notebook (its injected cell, papermill's metadata) and script."
     secret = [k for k in given if is_secret_key(k)]
+    hide = lambda line: f"{line.split(' = ')[0]} = {REDACTED!r}" if line.split(" = ")[0] in secret else line  # noqa: E731
+    script = saved.with_suffix(".py")  # --nproc's
+    if secret and script.is_file(): script.write_text("\n".join(map(hide, script.read_text().splitlines())) + "\n")
     if not secret or not saved.is_file(): return
     import nbformat
     nb = nbformat.read(saved, as_version=4)
@@ -344,8 +355,7 @@ def _redact_injected(saved:Path, given:dict):
         nb.metadata.papermill.parameters = redact(dict(nb.metadata.papermill.parameters))
     for c in nb.cells:
         if "injected-parameters" in c.metadata.get("tags", []):
-            c.source = "\n".join(f"{line.split(' = ')[0]} = {REDACTED!r}" if line.split(" = ")[0] in secret else line
-                                 for line in c.source.splitlines())
+            c.source = "\n".join(map(hide, c.source.splitlines()))
     atomic_write(saved, lambda f: nbformat.write(nb, f), mode="w")
 
 # %% ../nbs/11_run.ipynb #8abe633d

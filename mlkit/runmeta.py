@@ -107,7 +107,7 @@ def redact(obj, secrets:set[str]|None=None, _key=None):
     return obj
 
 # %% ../nbs/08_runmeta.ipynb #0a6c3f5e
-PARAMETER_FLAGS = ("-p", "--parameters", "-r", "--parameters_raw", "--parameters-raw")  # papermill's and mlkit run's
+PARAMETER_FLAGS = ("-p", "--param", "--parameters", "-r", "--parameters_raw", "--parameters-raw")  # papermill's and mlkit run's
 _OVERRIDE = re.compile(r"[+~]*-{0,2}[A-Za-z_][\w.\-]*")  # NAME in NAME=VALUE, --flag=VALUE, +db.password=VALUE
 
 def redact_argv(argv:list[str], # A command line, such as sys.argv

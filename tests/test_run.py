@@ -306,7 +306,7 @@ def test_nproc_two_cpu_processes(project, monkeypatch):
 
 def test_a_secret_parameter_stays_out_of_the_run_folder(project):
     nb = notebook(project, "secret.ipynb", "print('key length', len(api_key))", params="api_key = ''  # the service's key")
-    r = mlkit("run", nb, "-p", "api_key", "sk-sekret-55", "--name", "keyed")
+    r = mlkit("run", nb, "--param", "api_key", "sk-sekret-55", "--name", "keyed")  # the long form too
     assert r.returncode == 0, r.stderr
     assert "key length 12" in r.stdout + r.stderr  # the notebook got the real value
     [run] = runs(project)
@@ -340,3 +340,12 @@ def test_nproc_across_machines_meets_at_a_rendezvous(project, monkeypatch):
     [run] = runs(project)
     # --standalone would have drawn a random rendezvous id; the endpoint's rendezvous keeps torchrun's default
     assert json.loads((run/"records.json").read_text()) == {"world": 2, "rdzv_id": "none"}
+
+
+def test_numbers_as_people_write_them(project):
+    "1e-3 is a float and 010 is ten (YAML 1.1 would read a string and octal 8); a fractional timeout is fine."
+    nb = notebook(project, "nums.ipynb", "print('got', repr(lr), repr(epochs))", params="lr = 0.1\nepochs = 3")
+    r = mlkit("run", nb, "-p", "lr", "1e-3", "-p", "epochs", "010", "--cell-timeout", "1.5")
+    assert r.returncode == 0, r.stderr
+    assert "got 0.001 10" in r.stdout + r.stderr
+    assert "lr" in one_line_error("run", nb, "-p", "lr", "fast") and "inf" in one_line_error("run", nb, "--cell-timeout", "inf")
