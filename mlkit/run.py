@@ -437,7 +437,7 @@ def record(name:str, # What the value is, e.g. "test_acc"
            run=None, # The tracker to record into; `mlkit.track.current_run()` when None
           ):
     "Store `value` as the summary value `name` of the current run, in its records.json."
-    from mlkit.track import current_run
+    from mlkit.track import current_run, write_json_atomic
     value = _plain(value)
     run = run or current_run()
     if getattr(run, "path", None) is None: return  # not the recording process (a rank other than 0)
@@ -446,4 +446,4 @@ def record(name:str, # What the value is, e.g. "test_acc"
         try: records = json.loads(path.read_text())
         except (FileNotFoundError, ValueError): records = {}
         records[str(name)] = value
-        atomic_write(path, lambda f: json.dump(records, f, indent=1), mode="w")
+        write_json_atomic(path, records)

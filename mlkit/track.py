@@ -237,8 +237,8 @@ class LocalTracker(Tracker):
         "The uncommitted diff, untracked source files and requirements.txt, as artifacts under `folder`."
         folder.mkdir(parents=True, exist_ok=True)
         git = git if git is not None else {}
-        if diff := git.pop("diff", ""):
-            (folder/"git.diff").write_text(mask(diff, self._secrets))
+        if diff := git.pop("diff", ""):  # masked already by git_state, like the untracked files
+            (folder/"git.diff").write_text(diff)
             git["diff_artifact"] = f"{ARTIFACTS}/git.diff"
         if untracked := git.pop("untracked", None):
             for rel, text in untracked.items():
@@ -312,8 +312,8 @@ class LocalTracker(Tracker):
 
     def log_params(self, params:dict):
         if not self.active: return
-        new = redact(dict(params), self._secrets)
-        changed = {k: [v, w] for k, w in flatten(new).items() if (v := flatten(self.params).get(k, w)) != w}
+        new, before = redact(dict(params), self._secrets), flatten(self.params)
+        changed = {k: [before[k], w] for k, w in flatten(new).items() if k in before and before[k] != w}
         if changed and self._owner:  # kept in the record: a later fit() of the same run with another setup
             self.meta.setdefault("param_changes", []).append({"step": self._step, "changed": changed})
             write_json_atomic(self.path/META, self.meta)
@@ -733,7 +733,7 @@ class TrackingCallback(Callback):
         self.active = is_main_process() and getattr(self.run, "active", True)  # trackers of your own may lack it
         if not self.active: return
         t = self.trainer
-        if self._resume and getattr(t, "resumed_from", None) is not None:
+        if self._resume and t.resumed_from is not None:
             self.run.resume_run(self._resume, step=t.step)  # the checkpoint's run goes on; later records are redone
             self._resume = None
         sched = type(t.scheduler).__name__ if t.scheduler is not None else None
