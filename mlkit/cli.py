@@ -207,7 +207,7 @@ def _run_help(args, parser) -> None:
     parser.print_help()
     if not args.notebook: return
     from mlkit.run import notebook_parameters, read_notebook
-    params = notebook_parameters(read_notebook(args.notebook))
+    params = notebook_parameters(read_notebook(args.notebook, validate=False))
     print(f"\n{args.notebook}: " + ("no parameters (no cell is tagged 'parameters')" if params is None else
                                    "no parameters in its 'parameters' cell" if not params else
                                    "parameters (-p NAME VALUE)\n" + params_table(params)))

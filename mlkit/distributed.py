@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-import torch.distributed as dist
+if TYPE_CHECKING: import torch  # imported where a function needs it: reading the rank costs nothing
 
 # %% auto #0
 __all__ = ['DistEnv', 'dist_env', 'init_distributed', 'is_main_process', 'broadcast_int', 'all_reduce_sum']
@@ -36,6 +36,8 @@ def dist_env() -> DistEnv:
 def init_distributed(device_type:str="cpu", # The device type training runs on: "cuda" picks NCCL, anything else gloo
                     ) -> DistEnv:
     "Join the process group torchrun set up (once); return this process's place in it."
+    import torch
+    import torch.distributed as dist
     env = dist_env()
     if env.is_distributed and not dist.is_initialized():
         if device_type == "cuda": torch.cuda.set_device(env.local_rank)
@@ -44,11 +46,14 @@ def init_distributed(device_type:str="cpu", # The device type training runs on: 
 
 def is_main_process() -> bool:
     "True on rank 0 (and when not distributed): the process that prints, shows progress and writes files."
+    import torch.distributed as dist
     return (dist.get_rank() if dist.is_available() and dist.is_initialized() else dist_env().rank) == 0
 
 def broadcast_int(value:int, # The value on rank 0; ignored elsewhere
                   device:torch.device|str="cpu") -> int:
     "Rank 0's `value` on every rank (just `value` when not distributed)."
+    import torch
+    import torch.distributed as dist
     if not (dist.is_available() and dist.is_initialized()): return value
     t = torch.tensor([value], dtype=torch.int64, device=device)
     dist.broadcast(t, src=0)
@@ -56,5 +61,6 @@ def broadcast_int(value:int, # The value on rank 0; ignored elsewhere
 
 def all_reduce_sum(t:torch.Tensor) -> torch.Tensor:
     "Sum `t` over all ranks, in place (a no-op when not distributed)."
+    import torch.distributed as dist
     if dist.is_available() and dist.is_initialized(): dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t

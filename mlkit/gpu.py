@@ -222,13 +222,14 @@ def gpu_lock(n:int=1, # How many GPUs to hold
              timeout:float|None=None, # Seconds to wait before raising GPULockTimeout (None: wait forever)
              run_id:str|None=None, # Recorded in the lock, shown by `mlkit gpus`
              poll:float=0.1, # Seconds between attempts while waiting
+             set_env:bool=True, # Point CUDA_VISIBLE_DEVICES at them in os.environ; False leaves that to you (threads)
             ):
     "Wait for `n` free GPUs, hold them (OS file locks), and point CUDA_VISIBLE_DEVICES at them; yield their indices."
     if not isinstance(n, int) or n < 1: raise MlkitError(f"gpu_lock needs n >= 1 GPUs, got {n!r}")
     if inherited := os.environ.get(HELD_ENV):  # an enclosing block or a parent process holds GPUs for us
         ids = [int(i) for i in inherited.split(",")]
         if n > len(ids): raise MlkitError(f"gpu_lock asked for {n} GPU(s) inside a gpu_lock holding {len(ids)}")
-        with _visible_as(ids[:n]): yield ids[:n]
+        with _visible_as(ids[:n], set_env): yield ids[:n]
         return
     visible = gpus()
     if len(visible) < n: raise MlkitError(f"gpu_lock asked for {n} GPU(s), but this machine shows {len(visible)}")
@@ -254,15 +255,18 @@ def gpu_lock(n:int=1, # How many GPUs to hold
         os.pwrite(fd, json.dumps(record).encode(), 0)
     ids = [g.physical_index for g, _ in held]
     try:
-        with _visible_as(ids): yield ids
+        with _visible_as(ids, set_env): yield ids
     finally:
         for _, fd in held:
             os.ftruncate(fd, 0)
             os.close(fd)  # closing the last fd releases the flock
 
 @contextmanager
-def _visible_as(ids:list[int]):
+def _visible_as(ids:list[int], set_env:bool=True):
     "Set CUDA_VISIBLE_DEVICES (and the held-GPU marker) to `ids` inside the block, then restore both."
+    if not set_env:
+        yield
+        return
     saved = {k: os.environ.get(k) for k in ("CUDA_VISIBLE_DEVICES", HELD_ENV)}
     os.environ["CUDA_VISIBLE_DEVICES"] = os.environ[HELD_ENV] = ",".join(map(str, ids))
     try: yield

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import ast
+import io
 import json
 import logging
 import math
@@ -14,6 +15,7 @@ import re
 import signal
 import sys
 import threading
+import tokenize
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,9 +25,9 @@ from .runmeta import REDACTED, is_secret_key, redact
 from .runs import RECORDS, Run, open_run
 
 # %% auto #0
-__all__ = ['PARAMETERS_TAG', 'NotebookError', 'ParameterError', 'read_notebook', 'Parameter', 'parameters_cell_index',
-           'notebook_parameters', 'CliText', 'parse_value', 'convert', 'read_params_file', 'resolve_params',
-           'kernel_name', 'RunInterrupted', 'DistributedRunError', 'run_notebook', 'rerun', 'record']
+__all__ = ['PARAMETERS_TAG', 'KERNEL_LOG', 'NotebookError', 'ParameterError', 'read_notebook', 'Parameter',
+           'parameters_cell_index', 'notebook_parameters', 'CliText', 'parse_value', 'convert', 'read_params_file',
+           'resolve_params', 'kernel_name', 'RunInterrupted', 'DistributedRunError', 'run_notebook', 'rerun', 'record']
 
 # %% ../nbs/11_run.ipynb #536c6234
 class NotebookError(MlkitError):
@@ -36,13 +38,18 @@ class ParameterError(MlkitError):
 
 # %% ../nbs/11_run.ipynb #b20a0915
 def read_notebook(path:str|Path, # The .ipynb file
+                  validate:bool=True, # Validate with nbformat (a second to import); else read the JSON as it is
                  ):
-    "The notebook at `path` as an nbformat node, validated; a `NotebookError` saying why not."
-    import nbformat
+    "The notebook at `path` as an nbformat node (a dict of its JSON when not `validate`); a `NotebookError` saying why not."
     path = Path(path)
     if not path.exists(): raise NotebookError(f"no notebook at {path}")
     if not path.is_file(): raise NotebookError(f"{path} is not a notebook file")
     try:
+        if not validate:
+            nb = json.loads(path.read_bytes())
+            if not isinstance(nb, dict) or not isinstance(nb.get("cells"), list): raise ValueError("no list of cells")
+            return nb
+        import nbformat
         nb = nbformat.read(path, as_version=4)
         nbformat.validate(nb)
     except OSError as e: raise NotebookError(f"cannot read {path}: {e.strerror or e}") from e
@@ -67,48 +74,85 @@ class Parameter:
     @property
     def type_name(self) -> str: return self.type.__name__ if self.type else "any"
 
+def _tags(cell) -> list: return cell.get("metadata", {}).get("tags", [])
+def _source(cell) -> str: return "".join(cell.get("source", ""))  # a list of lines in a notebook's raw JSON
+
 def parameters_cell_index(nb) -> int|None:
     "The index of the first cell tagged `parameters`, or None."
-    return next((i for i, c in enumerate(nb.cells) if PARAMETERS_TAG in c.get("metadata", {}).get("tags", [])), None)
+    return next((i for i, c in enumerate(nb["cells"]) if PARAMETERS_TAG in _tags(c)), None)
 
-def notebook_parameters(nb, # A notebook node (`read_notebook`)
+def _assignments(source:str):
+    "(name, annotation source or None, value source, comment on its last line) of each `name = value` statement."
+    source = re.sub(r"(?m)^[ \t]*[%!].*$", "", source)  # IPython magics and shell lines
+    try: tree = ast.parse(source)
+    except SyntaxError as e: raise NotebookError(f"the parameters cell is not valid Python (line {e.lineno}: {e.msg})") from None
+    comments = {}
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type == tokenize.COMMENT: comments[tok.start[0]] = tok.string.lstrip("#").strip()
+    for node in tree.body:
+        target = node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else getattr(node, "target", None)
+        if not isinstance(target, ast.Name) or getattr(node, "value", None) is None: continue
+        annotation = ast.get_source_segment(source, node.annotation) if isinstance(node, ast.AnnAssign) else None
+        yield target.id, annotation, ast.get_source_segment(source, node.value), comments.get(node.end_lineno, "")
+
+def notebook_parameters(nb, # A notebook (`read_notebook`)
                        ) -> dict[str, Parameter]|None:
     "The notebook's parameters by name, in order; None when it has no `parameters` cell."
-    from papermill.translators import PythonTranslator
     i = parameters_cell_index(nb)
     if i is None: return None
     out = {}
-    for p in PythonTranslator.inspect(nb.cells[i]):
-        try: default, literal = ast.literal_eval(p.default), True
-        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError): default, literal = p.default, False
+    for name, annotation, text, help in _assignments(_source(nb["cells"][i])):
+        try: default, literal = ast.literal_eval(text), True
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError): default, literal = text, False
         kind = type(default) if literal and default is not None else None
         if kind is not None and kind not in _TYPES.values(): kind = None  # tuples, sets, ...: taken as they come
-        if p.inferred_type_name in _TYPES and not literal: kind = _TYPES[p.inferred_type_name]  # `x: int = f()`
-        out[p.name] = Parameter(p.name, kind, default, literal, (p.help or "").strip())
+        if not literal and (annotation or "").strip("'\"") in _TYPES: kind = _TYPES[annotation.strip("'\"")]  # `x: int = f()`
+        out[name] = Parameter(name, kind, default, literal, help)
     return out
 
 # %% ../nbs/11_run.ipynb #3c9bc97b
 class CliText(str):
     "A value as typed on the command line: read as YAML, unless its parameter is a string."
 
+def _yaml(text:str):
+    "`text` read by YAML's safe loader, except that dates stay text (a notebook takes no date objects)."
+    import yaml
+    class Loader(yaml.SafeLoader): pass
+    Loader.yaml_implicit_resolvers = {c: [(tag, rx) for tag, rx in rs if tag != "tag:yaml.org,2002:timestamp"]
+                                      for c, rs in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+    return yaml.load(text, Loader=Loader)
+
 def parse_value(text:str) -> object:
     "A command-line value read as a YAML scalar or flow collection: '3' -> 3, '[16, 8]' -> [16, 8], 'x' -> 'x'."
     import yaml
-    try: return yaml.safe_load(text) if text.strip() else text
+    try: return _yaml(text) if text.strip() else text
     except yaml.YAMLError as e:
         raise ParameterError(f"cannot read {text!r} as YAML: {str(e).splitlines()[0]}") from None
 
-def _a(t:type) -> str: return ("an " if t.__name__[0] in "aeiou" else "a ") + t.__name__
+def _a_name(name:str) -> str: return ("an " if name[0] in "aeiou" else "a ") + name
+def _a(t:type) -> str: return _a_name(t.__name__)
 
 def _number(text:str, kind:type):
     "`text` as Python reads an int or float (YAML 1.1 reads 1e-3 as a string and 010 as octal 8); None if it is not."
     try: return kind(text.strip().replace("_", "")) if text.strip() else None
     except ValueError: return None
 
+def _plain_kind(value) -> str|None:
+    "The name of the first type in `value` a notebook's parameters cannot hold (papermill writes them as text), or None."
+    if value is None or isinstance(value, (bool, int, float, str)): return None
+    if isinstance(value, list): return next(filter(None, map(_plain_kind, value)), None)
+    if isinstance(value, dict):
+        return next(filter(None, [_plain_kind(v) for v in value.values()] +
+                                 [type(k).__name__ for k in value if not isinstance(k, str)]), None)
+    return type(value).__name__
+
 def convert(p:Parameter, value) -> object:
     "`value` checked against (and converted to) the type of `p`'s default; a `ParameterError` naming all three."
     if isinstance(value, CliText) and p.type in (int, float) and (n := _number(value, p.type)) is not None: value = n
     elif isinstance(value, CliText): value = str(value) if p.type is str else parse_value(value)
+    if bad := _plain_kind(value):
+        raise ParameterError(f"parameter '{p.name}' got {value!r}, which holds {_a_name(bad)}: a notebook takes numbers, "
+                             "strings, booleans, None, and lists and dicts (with string keys) of them")
     if p.type is None: return value
     ok = (isinstance(value, bool) if p.type is bool else
           isinstance(value, (int, float)) and not isinstance(value, bool) if p.type is float else
@@ -123,7 +167,7 @@ def read_params_file(path:str|Path) -> dict:
     "The parameters in the YAML file `path` (a mapping of names to values)."
     import yaml
     path = Path(path)
-    try: data = yaml.safe_load(path.read_text())
+    try: data = _yaml(path.read_text())
     except OSError as e: raise ParameterError(f"cannot read parameters file {path}: {e.strerror or e}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise ParameterError(f"invalid YAML in {path}: {' '.join(str(e).split())[:200]}") from None
@@ -182,42 +226,62 @@ def _signals_interrupt():
         for s, h in before.items(): signal.signal(s, h)
 
 @contextmanager
-def _environ(**values):
-    "Inside: os.environ has `values` (the kernel inherits them); restored after."
-    before = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try: yield
-    finally:
-        for k, v in before.items():
-            if v is None: os.environ.pop(k, None)
-            else: os.environ[k] = v
-
-@contextmanager
 def _gpus_held(n:int|None, run_id:str, out):
-    "Inside: `n` GPUs held with `gpu_lock` (CUDA_VISIBLE_DEVICES set to them); says so while it waits, and for whom."
+    "Inside: `n` GPUs held with `gpu_lock` (their ids yielded); says so while it waits, and for whom."
     if n is None:
         yield None
         return
     from mlkit.gpu import GPULockTimeout, gpu_lock
     try:
-        with gpu_lock(n, run_id=run_id, timeout=0) as ids:
+        with gpu_lock(n, run_id=run_id, timeout=0, set_env=False) as ids:
             yield ids
             return
     except GPULockTimeout as e: print(f"mlkit run: waiting for {n} GPU(s): {e}", file=out, flush=True)
-    with gpu_lock(n, run_id=run_id) as ids: yield ids
+    with gpu_lock(n, run_id=run_id, set_env=False) as ids: yield ids
+
+def _kernel_manager_class(env:dict, log, cwd:Path):
+    "A kernel manager class whose kernels run in `cwd` with `env` over our environment and write their own log to `log`."
+    from jupyter_client.manager import AsyncKernelManager
+    class RunKernelManager(AsyncKernelManager):
+        async def start_kernel(self, **kw):
+            return await super().start_kernel(**{**kw, "env": {**os.environ, **env}, "stderr": log, "cwd": str(cwd)})
+    return RunKernelManager
 
 class _CellLog(logging.Handler):
-    "Prints '-- cell 3/7' as papermill starts each code cell of the source notebook, and remembers which one runs."
+    "Prints '-- cell 3/7' as papermill starts each code cell of the source notebook (in this thread's run only)."
     def __init__(self, nb, injected:int|None, out):
         super().__init__(logging.INFO)
         self.nb, self.injected, self.out, self.current = nb, injected, out, None
+        self.thread = threading.get_ident()
     def emit(self, record):
         m = re.match(r"Executing Cell (\d+)", record.getMessage())
-        if not m: return
+        if not m or record.thread != self.thread: return
         i = self.current = int(m.group(1)) - 1  # in the executed notebook
         if i == self.injected: return
         n = _source_number(i, self.injected)
         if self.nb.cells[n - 1].cell_type == "code": print(f"-- cell {n}/{len(self.nb.cells)}", file=self.out, flush=True)
+
+_log_users, _log_lock, _log_before = [0], threading.Lock(), {}
+
+@contextmanager
+def _papermill_log(handler:logging.Handler):
+    "Inside: papermill's log goes to `handler` only (its INFO lines included); restored when the last run using it ends."
+    log = logging.getLogger("papermill")
+    with _log_lock:
+        if _log_users[0] == 0: _log_before.update(level=log.level, propagate=log.propagate)
+        _log_users[0] += 1
+        log.setLevel(logging.INFO); log.propagate = False; log.addHandler(handler)
+    try: yield
+    finally:
+        with _log_lock:
+            log.removeHandler(handler)
+            _log_users[0] -= 1
+            if _log_users[0] == 0: log.setLevel(_log_before["level"]); log.propagate = _log_before["propagate"]
+
+def _injected_index(nb, given:dict) -> int|None:
+    "Where papermill puts the cell it adds for `given` (None when it adds none: no values, or it reuses an injected cell)."
+    if not given or any("injected-parameters" in _tags(c) for c in nb.cells): return None
+    return parameters_cell_index(nb) + 1
 
 def _source_number(index:int, injected:int|None) -> int:
     "The 1-based number, in the source notebook, of cell `index` of the executed one."
@@ -225,28 +289,32 @@ def _source_number(index:int, injected:int|None) -> int:
 
 # %% ../nbs/11_run.ipynb #4187411c
 def _outcome(e:BaseException|None, running:int|None, injected:int|None, cell_timeout) -> tuple[str, str|None, dict|None]:
-    "(status, error, failed cell record) for how papermill's execution ended."
+    "(status, error, failed cell record) for how the execution ended; `running` is the last cell that started."
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
     from papermill.exceptions import PapermillExecutionError
     if e is None: return "finished", None, None
-    if isinstance(e, PapermillExecutionError):
-        n = _source_number(e.cell_index, injected)
-        evalue = " ".join(str(e.evalue).split())[:500]
-        return "failed", f"cell {n}: {e.ename}: {evalue}", {"cell": n, "ename": e.ename, "evalue": evalue}
-    i = running
-    where = f"cell {_source_number(i, injected)}" if i is not None else "a cell"
-    cell = {"cell": _source_number(i, injected)} if i is not None else {}
+    raised = ((e.cell_index, e.ename, e.evalue) if isinstance(e, PapermillExecutionError) else
+              (running, e.cell_error["ename"], e.cell_error["evalue"])
+              if isinstance(e, DistributedRunError) and e.cell_error and running is not None else None)
+    if raised:
+        n, ename, evalue = _source_number(raised[0], injected), raised[1], " ".join(str(raised[2]).split())[:500]
+        return "failed", f"cell {n}: {ename}: {evalue}", {"cell": n, "ename": ename, "evalue": evalue}
+    where = f"cell {_source_number(running, injected)}" if running is not None else "a cell"
+    cell = {"cell": _source_number(running, injected)} if running is not None else {}
     if isinstance(e, RunInterrupted): return "interrupted", f"{e.signame} in {where}", cell or None
     if isinstance(e, KeyboardInterrupt): return "interrupted", f"SIGINT in {where}", cell or None
     if isinstance(e, CellTimeoutError):
         return "failed", f"{where} ran over the cell timeout of {cell_timeout:g} s", {**cell, "ename": "CellTimeoutError"}
     if isinstance(e, DeadKernelError):
-        return "failed", f"the kernel died in {where} (killed, out of memory, or os._exit)", {**cell, "ename": "DeadKernelError"}
+        return "failed", (f"the kernel died in {where} (killed, out of memory, or os._exit; its own messages are in "
+                          f"{KERNEL_LOG})"), {**cell, "ename": "DeadKernelError"}
+    if isinstance(e, DistributedRunError): return "failed", f"{e} in {where}", cell or None
     return "failed", f"{type(e).__name__}: {' '.join(str(e).split())[:500]}", cell or None
 
 # %% ../nbs/11_run.ipynb #29b88693
 class DistributedRunError(MlkitError):
     "The notebook's script failed under torchrun."
+    cell_error: dict|None = None  # rank 0's exception and the cell it came from, when it raised one
 
 _LEAVE_GROUP = """
 # added by mlkit run: leave the process group, or gloo may abort the process at exit
@@ -255,26 +323,39 @@ if torch.distributed.is_available() and torch.distributed.is_initialized(): torc
 """
 
 def _torchrun_args(nproc:int, nodes:dict|None) -> list[str]:
-    "torchrun's options: one machine (--standalone), or several meeting at a rendezvous endpoint."
+    "torchrun's options: one machine (--standalone), or several, ranked by node (static rendezvous at node 0's address)."
     if not nodes: return ["--standalone", f"--nproc_per_node={nproc}"]
     nnodes, rank, endpoint = nodes.get("nnodes"), nodes.get("node_rank"), nodes.get("rdzv_endpoint")
-    if not endpoint or not isinstance(nnodes, int) or nnodes < 1 or not isinstance(rank, int) or not 0 <= rank < nnodes:
+    host, _, port = str(endpoint or "").rpartition(":")
+    if (not host or not port.isdigit() or not isinstance(nnodes, int) or nnodes < 1 or not isinstance(rank, int)
+            or not 0 <= rank < nnodes):
         raise MlkitError("several machines need --nnodes N (1 or more), --node-rank R (0 to N-1) and --rdzv-endpoint "
-                         f"HOST:PORT together; got nnodes {nnodes}, node rank {rank}, endpoint {endpoint}")
-    return [f"--nnodes={nnodes}", f"--node-rank={rank}", f"--nproc_per_node={nproc}", "--rdzv-backend=c10d",
-            f"--rdzv-endpoint={endpoint}"]
+                         f"HOST:PORT (node 0's) together; got nnodes {nnodes}, node rank {rank}, endpoint {endpoint}")
+    # static: global rank = node rank * nproc + local rank, so rank 0, which records the run, is on node 0
+    return [f"--nnodes={nnodes}", f"--node-rank={rank}", f"--nproc_per_node={nproc}", "--rdzv-backend=static",
+            f"--master-addr={host.strip('[]')}", f"--master-port={port}"]
 
-def _run_distributed(path:Path, saved:Path, given:dict, kernel:str, nproc:int, out=None, nodes:dict|None=None):
-    "Inject `given` (papermill, prepare only) into `saved`, convert it to a script, run that under torchrun."
+def _script(nb) -> str:
+    "`nb`'s code cells as one Python script: IPython syntax made Python, each cell announcing itself to `_script_cell`."
+    from IPython.core.inputtransformer2 import TransformerManager
+    to_python = TransformerManager().transform_cell
+    parts = ["# the notebook as `mlkit run --nproc` runs it: its code cells in order\n"
+             "from mlkit.run import _script_cell as _mlkit_cell, _script_shell as _mlkit_shell\n"
+             "get_ipython = lambda: _mlkit_shell(globals())  # magics and !commands, as in a kernel\n"]
+    for i, c in enumerate(nb.cells):
+        if c.cell_type == "code": parts.append(f"\n# %% cell {i}\n_mlkit_cell({i})\n{to_python(c.source)}")
+    return "".join(parts) + _LEAVE_GROUP
+
+def _run_distributed(path:Path, saved:Path, given:dict, kernel:str, nproc:int, out, nodes:dict|None, env:dict):
+    "Inject `given` (papermill, prepare only) into `saved`, make it a script, run that under torchrun with `env`."
     import subprocess
-    from nbconvert import PythonExporter
     from papermill import execute_notebook
     nb = execute_notebook(str(path), str(saved), parameters=given, prepare_only=True, kernel_name=kernel,
-                          progress_bar=False)
+                          language="python", progress_bar=False)
     script = saved.with_suffix(".py")
-    script.write_text(PythonExporter().from_notebook_node(nb)[0] + _LEAVE_GROUP)
+    script.write_text(_script(nb))
     cmd = [sys.executable, "-m", "torch.distributed.run", *_torchrun_args(nproc, nodes), str(script)]
-    p = subprocess.Popen(cmd, cwd=path.parent, stdout=out, stderr=out)
+    p = subprocess.Popen(cmd, cwd=path.parent, stdout=out, stderr=out, env={**os.environ, **env})
     try: rc = p.wait()
     except BaseException:  # interrupted: torchrun passes SIGTERM on to its workers
         p.terminate()
@@ -283,9 +364,88 @@ def _run_distributed(path:Path, saved:Path, given:dict, kernel:str, nproc:int, o
         raise
     if rc != 0: raise DistributedRunError(f"torchrun exited with status {rc} (the workers' output is above)")
 
+# %% ../nbs/11_run.ipynb #ec9780a7
+_CELLS_LOG = ".cells.jsonl"  # rank 0's cells, output and error, in the run folder while a --nproc run runs
+
+class _Tee:
+    "A stream that writes through to `stream` and logs what it writes as output of the running cell."
+    def __init__(self, stream, name:str, cells): self.stream, self.name, self.cells = stream, name, cells
+    def write(self, text):
+        n = self.stream.write(text)
+        if text: self.cells.log(cell=self.cells.cell, name=self.name, text=text)
+        return n
+    def __getattr__(self, k): return getattr(self.stream, k)  # flush, fileno, isatty, encoding, ...
+
+class _ScriptCells:
+    "Rank 0's log of a `--nproc` script: which cell runs, its output and its uncaught exception, a JSON line each."
+    def __init__(self, path:Path):
+        self.file, self.cell, self.lock = open(path, "a", buffering=1), None, threading.Lock()  # a line survives a kill
+        sys.stdout, sys.stderr = _Tee(sys.stdout, "stdout", self), _Tee(sys.stderr, "stderr", self)
+        self.excepthook, sys.excepthook = sys.excepthook, self.failed
+    def log(self, **entry):
+        with self.lock: self.file.write(json.dumps(entry) + "\n")
+    def failed(self, kind, e, tb):
+        import traceback
+        self.log(cell=self.cell, ename=kind.__name__, evalue=str(e), traceback=traceback.format_exception(kind, e, tb))
+        self.excepthook(kind, e, tb)
+
+_script_cells = None
+
+def _script_cell(index:int):
+    "Called by a --nproc script as cell `index` (of the executed notebook) starts; rank 0 logs it into the run folder."
+    global _script_cells
+    if _script_cells is None:
+        from mlkit.track import RUN_DIR_ENV
+        folder = os.environ.get(RUN_DIR_ENV)
+        _script_cells = _ScriptCells(Path(folder)/_CELLS_LOG) if folder and os.environ.get("RANK", "0") == "0" else False
+    if _script_cells:
+        _script_cells.cell = index
+        _script_cells.log(cell=index)
+
+_shell = None
+
+def _script_shell(namespace:dict):
+    "An IPython shell on the script's namespace, for its cells' magics and !commands (`get_ipython()` in the script)."
+    global _shell
+    if _shell is None:
+        from IPython.core.interactiveshell import InteractiveShell
+        class ScriptShell(InteractiveShell):
+            def enable_gui(self, gui=None): pass  # `%matplotlib inline` and the like: no event loop in a script
+        _shell = ScriptShell.instance(user_ns=namespace)
+    return _shell
+
+def _fold_script_log(saved:Path, log:Path) -> tuple[int|None, dict|None]:
+    "Put what rank 0 logged into `log` into the notebook `saved` as its cells' outputs; (the last cell run, its error)."
+    if not log.is_file() or not saved.is_file(): return None, None
+    import nbformat
+    from nbformat.v4 import new_output
+    nb, last, error, count = nbformat.read(saved, as_version=4), None, None, 0
+    for line in log.read_text().splitlines():
+        try: entry = json.loads(line)
+        except ValueError: continue  # a line cut short by a kill
+        i = entry.get("cell")
+        if not isinstance(i, int) or not 0 <= i < len(nb.cells): continue
+        cell = nb.cells[i]
+        if "text" in entry:
+            outs = cell.outputs
+            if outs and outs[-1].output_type == "stream" and outs[-1].name == entry["name"]: outs[-1].text += entry["text"]
+            else: outs.append(new_output("stream", name=entry["name"], text=entry["text"]))
+        elif "ename" in entry:
+            error = {k: entry[k] for k in ("ename", "evalue", "traceback")}
+            cell.outputs.append(new_output("error", **error))
+        else:
+            count, last = count + 1, i
+            cell.execution_count, cell.outputs = count, []
+    atomic_write(saved, lambda f: nbformat.write(nb, f), mode="w")
+    log.unlink()
+    return last, error
+
+# %% ../nbs/11_run.ipynb #4de51e59
+KERNEL_LOG = "kernel.log"  # the kernel's own messages (warnings, crashes), in the run folder
+
 def run_notebook(path:str|Path, # The notebook to execute
                  params:dict|None=None, # Parameter values by name (`CliText` values are read as YAML)
-                 name:str|None=None, # A human name for the run
+                 name:str|None=None, # A human name for the run; the notebook's name when None
                  gpus:int|None=None, # Hold this many GPUs (`mlkit.gpu.gpu_lock`) while the notebook runs
                  nproc:int|None=None, # Run the notebook as a script in this many processes under torchrun
                  nodes:dict|None=None, # With `nproc`, several machines: {"nnodes", "node_rank", "rdzv_endpoint"}
@@ -293,8 +453,8 @@ def run_notebook(path:str|Path, # The notebook to execute
                  runs_dir:str|Path|None=None, # The runs folder; `mlkit.core.runs_dir()` when None
                  out=None, # Where progress and the cells' output go; sys.stderr and sys.stdout when None
                  meta:dict|None=None, # More fields for the run's meta.json (`rerun` adds `rerun_of`)
-                ) -> Run:
-    "Execute the notebook at `path` with `params` as a tracked run; return its `Run` record, whatever the outcome."
+                ) -> Run|None:
+    "Execute the notebook at `path` with `params` as a tracked run; its `Run` record whatever the outcome (None on node 1+)."
     if nproc is not None:
         if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
             raise MlkitError(f"--nproc takes a number of processes, 1 or more, got {nproc!r}")
@@ -312,35 +472,52 @@ def run_notebook(path:str|Path, # The notebook to execute
     path = Path(path).expanduser().absolute()
     nb = read_notebook(path)
     given, final = resolve_params(nb, params, where=str(path))
+    env = {"MLKIT_PROGRESS": "lines", "MLKIT_NOTEBOOK": str(path)}
+    if nodes and nodes["node_rank"] != 0: return _run_other_node(path, given, nproc, nodes, out, env, gpus)
     root = _writable_runs_folder(runs_dir)
     kernel = kernel_name()
     from papermill import execute_notebook
-    from mlkit.track import RUN_DIR_ENV, LocalTracker  # run builds on track (and torch comes with it)
-    tracker = LocalTracker(root, name=name, capture=True)
-    saved, injected = tracker.path/"notebook.ipynb", (parameters_cell_index(nb) + 1 if given else None)
-    log, cells = logging.getLogger("papermill"), _CellLog(nb, injected, out or sys.stderr)
-    level, propagate, error = log.level, log.propagate, None
+    from mlkit.gpu import HELD_ENV
+    from mlkit.track import RUN_DIR_ENV, LocalTracker
+    tracker = LocalTracker(root, name=name or path.stem, capture=True)
+    saved, injected, env[RUN_DIR_ENV] = tracker.path/"notebook.ipynb", _injected_index(nb, given), str(tracker.path)
+    cells, error, log = _CellLog(nb, injected, out or sys.stderr), None, None
     try:
         tracker.meta.update({"notebook": str(path), "notebook_params": redact(final), "kernel": kernel,
                              "cell_timeout": cell_timeout, **(meta or {})})
         tracker.log_params(final)
-        log.addHandler(cells); log.setLevel(logging.INFO); log.propagate = False  # only the 'Executing Cell' lines
-        env = {RUN_DIR_ENV: str(tracker.path), "MLKIT_PROGRESS": "lines", "MLKIT_NOTEBOOK": str(path)}
-        with _signals_interrupt(), _gpus_held(gpus, tracker.id, out or sys.stderr) as ids, _environ(**env):
-            if ids is not None: tracker.meta["gpu_ids"] = ids
-            if nproc is not None: _run_distributed(path, saved, given, kernel, nproc, out, nodes)
-            else:
-                execute_notebook(str(path), str(saved), parameters=given, kernel_name=kernel,
+        log = open(tracker.path/KERNEL_LOG, "ab")
+        with _signals_interrupt(), _gpus_held(gpus, tracker.id, out or sys.stderr) as ids, _papermill_log(cells):
+            if ids is not None:
+                tracker.meta["gpu_ids"] = ids
+                env["CUDA_VISIBLE_DEVICES"] = env[HELD_ENV] = ",".join(map(str, ids))
+            if nproc is not None: _run_distributed(path, saved, given, kernel, nproc, out, nodes, env)
+            else:  # the kernel's environment and folder go to its manager: os.environ and the cwd stay as they are
+                execute_notebook(str(path), str(saved), parameters=given, kernel_name=kernel, language="python",
                                  execution_timeout=cell_timeout, progress_bar=False, log_output=True,
-                                 stdout_file=out or sys.stdout, stderr_file=out or sys.stderr, cwd=str(path.parent))
+                                 stdout_file=out or sys.stdout, stderr_file=out or sys.stderr,
+                                 kernel_manager_class=_kernel_manager_class(env, log, path.parent))
     except BaseException as e: error = e
     finally:
-        log.removeHandler(cells); log.setLevel(level); log.propagate = propagate
+        if log: log.close()
+        if nproc is not None:
+            last, cell_error = _fold_script_log(saved, tracker.path/_CELLS_LOG)
+            cells.current = last if last is not None else cells.current
+            if isinstance(error, DistributedRunError): error.cell_error = cell_error
         status, message, cell = _outcome(error, cells.current, injected, cell_timeout)
         if cell: tracker.meta["failed_cell"] = cell
         _redact_injected(saved, given)
         tracker.finish(status, message)
     return open_run(tracker.path)
+
+def _run_other_node(path:Path, given:dict, nproc:int, nodes:dict, out, env:dict, gpus:int|None) -> None:
+    "Node 1 and up of a run over several machines: this machine's workers, no run folder (rank 0, on node 0, records)."
+    import tempfile
+    from mlkit.gpu import HELD_ENV
+    with (tempfile.TemporaryDirectory(prefix="mlkit-run-") as tmp, _signals_interrupt(),
+          _gpus_held(gpus, f"node {nodes['node_rank']} of a run", out or sys.stderr) as ids):
+        if ids is not None: env["CUDA_VISIBLE_DEVICES"] = env[HELD_ENV] = ",".join(map(str, ids))
+        _run_distributed(path, Path(tmp)/"notebook.ipynb", given, kernel_name(), nproc, out, nodes, env)
 
 def _redact_injected(saved:Path, given:dict):
     "Secret-named parameters' values out of the executed notebook (its injected cell, papermill's metadata) and script."
@@ -361,7 +538,6 @@ def _redact_injected(saved:Path, given:dict):
 # %% ../nbs/11_run.ipynb #8abe633d
 def _same_code_and_env(old:dict) -> list[str]:
     "Lines saying whether the code and environment now match the run with metadata `old`."
-    import mlkit.track  # noqa: F401 (torch, so that its version is compared too: run_notebook imports it anyway)
     from mlkit.runmeta import run_metadata
     now, lines = run_metadata(), []
     was, is_ = old.get("git") or {}, now.get("git") or {}

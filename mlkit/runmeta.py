@@ -5,9 +5,11 @@
 # %% ../nbs/08_runmeta.ipynb #5a80462d
 from __future__ import annotations
 
+import ast
 import contextlib
 import fnmatch
 import hashlib
+import importlib.util
 import os
 import platform
 import re
@@ -261,7 +263,21 @@ def _versions() -> dict:
     if torch is not None:
         cudnn = torch.backends.cudnn.version() if torch.cuda.is_available() else None
         out.update(torch=torch.__version__, cuda=torch.version.cuda, cudnn=cudnn)
+    elif installed := _installed_torch(): out.update(installed)
     return out
+
+def _installed_torch() -> dict|None:
+    "torch's version and CUDA from its version.py, without importing torch (a second); None if torch is not installed."
+    try:
+        spec = importlib.util.find_spec("torch")
+        tree = ast.parse(Path(spec.origin).with_name("version.py").read_text())
+    except (ImportError, ValueError, AttributeError, TypeError, OSError, SyntaxError): return None
+    found = {}
+    for node in tree.body:
+        target = node.targets[0] if isinstance(node, ast.Assign) else getattr(node, "target", None)
+        if isinstance(target, ast.Name) and isinstance(getattr(node, "value", None), ast.Constant):
+            found[target.id] = node.value.value
+    return {"torch": found["__version__"], "cuda": found.get("cuda")} if "__version__" in found else None
 
 def _gpu_names() -> list[str]:
     from mlkit.gpu import _nvml_gpus

@@ -25,7 +25,7 @@ from .distributed import dist_env
 from .runmeta import mask, redact, run_metadata, secret_env_values
 from .runs import (ARTIFACTS, META, METRICS, METRICS_HEADER, PARAMS, STATUSES, Run, find_run, flatten, open_run,
                         load_runs)
-from .train import Callback
+from .events import Callback
 
 _all_ = ["load_runs"]
 

@@ -20,44 +20,18 @@ from .checkpoint import (CheckpointError, latest_checkpoint, load_checkpoint, lo
 from .core import MlkitError
 from .data import resumable_loader
 from .distributed import all_reduce_sum, broadcast_int, init_distributed
+from .events import EVENTS, Callback, CallbackError, CancelBatch, CancelEpoch, CancelFit
 from .gpu import PRECISIONS, auto_precision, autocast_dtype, pick_device
 
 # %% auto #0
-__all__ = ['EVENTS', 'CancelBatch', 'CancelEpoch', 'CancelFit', 'CallbackError', 'NonFiniteLossError', 'Callback', 'Trainer',
-           'LRFinder', 'one_cycle']
+__all__ = ['NonFiniteLossError', 'Trainer', 'LRFinder', 'one_cycle', 'EVENTS', 'CancelBatch', 'CancelEpoch', 'CancelFit',
+           'CallbackError', 'Callback']
 
 # %% ../nbs/05_train.ipynb #c13d3fc4
-EVENTS = ("before_fit before_epoch before_train before_batch after_pred after_loss before_backward after_backward "
-          "before_step after_step after_batch after_train before_validate after_validate after_epoch after_fit "
-          "after_cancel_batch after_cancel_epoch after_cancel_fit").split()
-
-class CancelBatch(Exception):
-    "Skip the rest of this batch (in training, the gradients of its accumulation window are dropped)."
-class CancelEpoch(Exception):
-    "Skip the rest of this epoch, validation included."
-class CancelFit(Exception):
-    "Stop training; `after_fit` still runs."
-
-class CallbackError(RuntimeError):
-    "An exception raised inside a callback, naming the callback and the event."
-    def __init__(self, callback:str, event:str, error:BaseException):
-        super().__init__(f"callback {callback} failed in {event}: {type(error).__name__}: {error}")
-        self.callback, self.event, self.error = callback, event, error
-
+_all_ = ['EVENTS', 'CancelBatch', 'CancelEpoch', 'CancelFit', 'CallbackError', 'Callback']
 class NonFiniteLossError(MlkitError):
     "The loss became NaN or infinite."
 
-class Callback:
-    "Base class of callbacks: define methods named after `EVENTS`; `self.trainer` is the trainer running them."
-    order = 0
-    trainer = None
-    @property
-    def name(self) -> str: return type(self).__name__
-    def state_dict(self) -> dict:
-        "What the callback needs to resume (saved in checkpoints)."
-        return {}
-    def load_state_dict(self, state:dict): pass
-    def __repr__(self): return f"{self.name}()"
 
 # %% ../nbs/05_train.ipynb #ad4072ab
 @dataclass
