@@ -227,6 +227,10 @@ def cmd_run(args) -> int:
     r = run_notebook(args.notebook, _params_args(args), name=args.name, gpus=args.gpus, nproc=args.nproc,
                      nodes=nodes if any(v is not None for v in nodes.values()) else None,
                      cell_timeout=args.cell_timeout, runs_dir=args.runs_dir)
+    if r is None:  # node 1 and up: rank 0, on node 0, records the run
+        print(f"mlkit run: node {args.node_rank}: its {args.nproc} worker(s) finished; node 0 records the run",
+              file=sys.stderr)
+        return 0
     return _run_outcome(r)
 
 def cmd_rerun(args) -> int:

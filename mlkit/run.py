@@ -308,7 +308,7 @@ def _outcome(e:BaseException|None, running:int|None, injected:int|None, cell_tim
     if isinstance(e, DeadKernelError):
         return "failed", (f"the kernel died in {where} (killed, out of memory, or os._exit; its own messages are in "
                           f"{KERNEL_LOG})"), {**cell, "ename": "DeadKernelError"}
-    if isinstance(e, DistributedRunError): return "failed", f"{e} in {where}", cell or None
+    if isinstance(e, DistributedRunError): return "failed", f"{e} in {where} (the workers' output is above)", cell or None
     return "failed", f"{type(e).__name__}: {' '.join(str(e).split())[:500]}", cell or None
 
 # %% ../nbs/11_run.ipynb #29b88693
@@ -362,7 +362,7 @@ def _run_distributed(path:Path, saved:Path, given:dict, kernel:str, nproc:int, o
         try: p.wait(30)
         except subprocess.TimeoutExpired: p.kill()
         raise
-    if rc != 0: raise DistributedRunError(f"torchrun exited with status {rc} (the workers' output is above)")
+    if rc != 0: raise DistributedRunError(f"torchrun exited with status {rc}")
 
 # %% ../nbs/11_run.ipynb #ec9780a7
 _CELLS_LOG = ".cells.jsonl"  # rank 0's cells, output and error, in the run folder while a --nproc run runs
@@ -372,7 +372,7 @@ class _Tee:
     def __init__(self, stream, name:str, cells): self.stream, self.name, self.cells = stream, name, cells
     def write(self, text):
         n = self.stream.write(text)
-        if text: self.cells.log(cell=self.cells.cell, name=self.name, text=text)
+        if text and self.cells.cell is not None: self.cells.log(cell=self.cells.cell, name=self.name, text=text)
         return n
     def __getattr__(self, k): return getattr(self.stream, k)  # flush, fileno, isatty, encoding, ...
 
@@ -387,6 +387,7 @@ class _ScriptCells:
     def failed(self, kind, e, tb):
         import traceback
         self.log(cell=self.cell, ename=kind.__name__, evalue=str(e), traceback=traceback.format_exception(kind, e, tb))
+        self.cell = None  # the traceback printed next is in the error output already
         self.excepthook(kind, e, tb)
 
 _script_cells = None

@@ -706,7 +706,7 @@ class MultiTracker(Tracker):
 RUN_DIR_ENV = "MLKIT_RUN_DIR"  # set by `mlkit run` for the kernel it starts
 _current: list = []
 
-def current_run(name:str|None=None, # The name of the run made when there is none yet
+def current_run(name:str|None=None, # The name of a run made now (under `mlkit run`, the run is named already)
                ) -> Tracker:
     "The run this process records into: the one `mlkit run` made ($MLKIT_RUN_DIR), else a LocalTracker made now."
     if _current and not _current[0]._finished: return _current[0]

@@ -72,6 +72,7 @@ def test_finished_run_with_typed_params(project):
     assert f"run {run.name} finished" in r.stdout and str(run) in r.stdout
     assert "score" in r.stdout and "10" in r.stdout
     assert "-- cell 2/3" in r.stderr
+    assert "IPKernelApp" not in r.stderr and (run/"kernel.log").is_file()  # the kernel's own log stays in the run
     ls = mlkit("runs", "ls")
     assert ls.returncode == 0 and "score" in ls.stdout.splitlines()[0] and "[4, 2]" in ls.stdout, ls.stdout
 
@@ -79,11 +80,11 @@ def test_finished_run_with_typed_params(project):
 def test_help_lists_the_notebooks_parameters(project):
     nb = notebook(project, "train.ipynb", "print(1)", params=PARAMS)
     code = ("import sys; from mlkit.cli import main\ntry: main(['run', sys.argv[1], '--help'])\n"
-            "except SystemExit: pass\nprint('torch' in sys.modules)")
+            "except SystemExit: pass\nprint(sorted({'torch', 'papermill', 'nbformat'} & set(sys.modules)))")
     r = subprocess.run([sys.executable, "-c", code, nb], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
-    assert lines[-1] == "False"  # torch not imported
+    assert lines[-1] == "[]"  # neither torch nor papermill nor nbformat imported
     assert any(line.split()[:3] == ["lr", "float", "0.1"] and line.endswith("learning rate") for line in lines), r.stdout
     assert any(line.split()[:3] == ["layers", "list", "[16,"] for line in lines), r.stdout
     assert runs(project) == []
@@ -280,6 +281,16 @@ def test_gpus_with_fake_gpus(project, tmp_path, monkeypatch):
     assert sorted(meta(p).get("gpu_ids") for p in runs(project)) == [[0, 1], [1]]
 
 
+def test_importing_mlkit_for_a_run_leaves_torch_alone():
+    "mlkit run's own process, trackers and callbacks import without torch (a second); the Trainer brings it."
+    code = ("import sys, mlkit.cli, mlkit.run, mlkit.track, mlkit.events, mlkit.distributed, mlkit.runmeta\n"
+            "from mlkit.runmeta import run_metadata\nm = run_metadata()\nprint('torch' in sys.modules, m['torch'])\n"
+            "import mlkit.train\nprint('torch' in sys.modules, mlkit.train.Callback is mlkit.events.Callback)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    import torch
+    assert r.stdout.splitlines() == [f"False {torch.__version__}", "True True"], r.stderr
+
+
 def test_nproc_two_cpu_processes(project, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     nb = notebook(project, "ddp.ipynb", TRAIN,
@@ -297,11 +308,37 @@ def test_nproc_two_cpu_processes(project, monkeypatch):
     assert json.loads((run/"records.json").read_text()) == {"world": 2, "rank0": True}  # rank 0 alone records
     assert (run/"metrics.csv").read_text().count(",valid_loss,") == 2
     assert "epochs = 2" in (run/"notebook.py").read_text()
-    fails = notebook(project, "ddp_fails.ipynb", "raise SystemExit(3)")
-    r = mlkit("run", fails, "--nproc", "2", timeout=300)
+    executed = nbformat.read(run/"notebook.ipynb", as_version=4)  # rank 0's output, under its cells
+    assert [o.text for o in executed.cells[-1].outputs] == ["rank 0 of 2\n"]
+    assert "epoch 2/2" in "".join(o.get("text", "") for o in executed.cells[-2].outputs)
+    assert [c.execution_count for c in executed.cells if c.cell_type == "code"] == [1, 2, 3, 4]
+    assert not (run/".cells.jsonl").exists()
+
+
+def test_nproc_failures_and_magics(project, monkeypatch):
+    "A --nproc run records its failing cell as a kernel run does, runs magics, and a script that exits says how."
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    fails = notebook(project, "ddp_fails.ipynb", "%env GREETING=hi\nsaid = !echo shell says $GREETING\nprint(said[0])",
+                     "import os\nprint('before', os.environ['GREETING'])\nif int(os.environ['RANK']) == 0: 1 / 0",
+                     "print('never')", params="n = 1")
+    r = mlkit("run", fails, "--nproc", "2", "-p", "n", "2", timeout=300)
     assert r.returncode == 1
-    failed = [p for p in runs(project) if p != run][0]
-    assert meta(failed)["status"] == "failed" and "torchrun exited with status" in meta(failed)["error"]
+    [run] = runs(project)
+    m = meta(run)
+    assert (m["status"], m["error"]) == ("failed", "cell 3: ZeroDivisionError: division by zero"), m["error"]
+    assert m["failed_cell"] == {"cell": 3, "ename": "ZeroDivisionError", "evalue": "division by zero"}
+    assert "failed: cell 3: ZeroDivisionError: division by zero" in r.stderr
+    executed = nbformat.read(run/"notebook.ipynb", as_version=4)  # source cells 1, 2 (injected), 3, ...
+    first, failing, never = executed.cells[2], executed.cells[3], executed.cells[4]
+    assert "shell says hi" in "".join(o.get("text", "") for o in first.outputs), first.outputs
+    assert [o.output_type for o in failing.outputs] == ["stream", "error"] and failing.outputs[0].text == "before hi\n"
+    assert failing.outputs[1].ename == "ZeroDivisionError" and never.outputs == [] and never.execution_count is None
+    exits = notebook(project, "ddp_exits.ipynb", "print('one')", "raise SystemExit(3)")
+    r = mlkit("run", exits, "--nproc", "2", timeout=300)
+    assert r.returncode == 1
+    exited = [p for p in runs(project) if p != run][0]
+    assert meta(exited)["status"] == "failed" and "torchrun exited with status" in meta(exited)["error"]
+    assert "in cell 2 (the workers" in meta(exited)["error"] and meta(exited)["failed_cell"]["cell"] == 2
 
 
 def test_a_secret_parameter_stays_out_of_the_run_folder(project):
@@ -318,15 +355,17 @@ def test_a_secret_parameter_stays_out_of_the_run_folder(project):
     assert again.returncode == 0, again.stderr
 
 
-def test_nproc_across_machines_meets_at_a_rendezvous(project, monkeypatch):
-    "torchrun's several-machine options, tried as one machine meeting itself at a c10d rendezvous endpoint."
+def test_nproc_across_machines(project, monkeypatch):
+    "Two machines, played by two launchers here: node 0 records the run (its rank 0), node 1 writes nothing."
     import socket
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    nb = notebook(project, "ranks.ipynb", "import os\nfrom mlkit.run import record\n"
+    nb = notebook(project, "ranks.ipynb", "import os, socket\nfrom mlkit.run import record\n"
                   "import torch.distributed as dist\ndist.init_process_group('gloo')\n"
-                  "record('world', dist.get_world_size())\nrecord('rdzv_id', os.environ['TORCHELASTIC_RUN_ID'])")
+                  "print('rank', dist.get_rank(), 'node', os.environ['GROUP_RANK'], flush=True)\n"
+                  "record('world', dist.get_world_size())\nrecord('rank', dist.get_rank())\ndist.barrier()")
     for flags, says in [(["--nnodes", "2", "--node-rank", "0"], "--rdzv-endpoint"),
                         (["--nnodes", "2", "--node-rank", "2", "--rdzv-endpoint", "h:1"], "node rank 2"),
+                        (["--nnodes", "2", "--node-rank", "1", "--rdzv-endpoint", "h"], "HOST:PORT"),
                         (["--rdzv-endpoint", "h:1"], "--nnodes")]:
         assert says in one_line_error("run", nb, "--nproc", "2", *flags)
     assert "go with --nproc" in one_line_error("run", nb, "--nnodes", "2")
@@ -334,12 +373,19 @@ def test_nproc_across_machines_meets_at_a_rendezvous(project, monkeypatch):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    r = mlkit("run", nb, "--nproc", "2", "--nnodes", "1", "--node-rank", "0", "--rdzv-endpoint", f"127.0.0.1:{port}",
-              timeout=300)
-    assert r.returncode == 0, r.stdout + r.stderr
-    [run] = runs(project)
-    # --standalone would have drawn a random rendezvous id; the endpoint's rendezvous keeps torchrun's default
-    assert json.loads((run/"records.json").read_text()) == {"world": 2, "rdzv_id": "none"}
+    flags = ["--nproc", "1", "--nnodes", "2", "--rdzv-endpoint", f"127.0.0.1:{port}"]
+    node1 = subprocess.Popen([MLKIT, "run", nb, *flags, "--node-rank", "1"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)  # started first: it must wait for node 0, not lead
+    try:
+        node0 = mlkit("run", nb, *flags, "--node-rank", "0", timeout=300)
+        out1, err1 = node1.communicate(timeout=120)
+    finally:
+        node1.kill()
+    assert node0.returncode == 0 and node1.returncode == 0, node0.stderr + err1
+    assert "rank 0 node 0" in node0.stdout and "rank 1 node 1" in out1, (node0.stdout, out1)
+    assert "node 1" in err1 and "finished" in err1, err1
+    [run] = runs(project)  # node 1 made no folder
+    assert json.loads((run/"records.json").read_text()) == {"world": 2, "rank": 0}
 
 
 def test_numbers_as_people_write_them(project):
@@ -349,3 +395,51 @@ def test_numbers_as_people_write_them(project):
     assert r.returncode == 0, r.stderr
     assert "got 0.001 10" in r.stdout + r.stderr
     assert "lr" in one_line_error("run", nb, "-p", "lr", "fast") and "inf" in one_line_error("run", nb, "--cell-timeout", "inf")
+
+
+def test_runs_in_threads_do_not_cross(project):
+    "run_notebook in three threads at once (as a sweep's workers call it): each kernel gets its own folder and values."
+    import io
+    import logging
+
+    import mlkit.gpu  # noqa: F401 (sets CUDA_DEVICE_ORDER for the process, on purpose, as it is imported)
+    from mlkit.run import run_notebook
+    nb = notebook(project, "t.ipynb", "import os, time\nfrom mlkit.run import record\nrecord('x', x)\n"
+                  "record('folder', os.path.basename(os.environ['MLKIT_RUN_DIR']))\ntime.sleep(1)", "print('x is', x)",
+                  params="x = 0")
+    before, cwd, log = dict(os.environ), os.getcwd(), logging.getLogger("papermill")
+    propagate = log.propagate
+    outs, results = [io.StringIO() for _ in range(3)], [None] * 3
+    threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, run_notebook(nb, {"x": i}, out=outs[i])))
+               for i in range(3)]
+    for t in threads: t.start()
+    for t in threads: t.join(180)
+    for i, r in enumerate(results):
+        assert r is not None and r.status == "finished", (i, outs[i].getvalue())
+        assert r.records == {"x": i, "folder": r.id}
+        assert f"x is {i}\n" in outs[i].getvalue() and outs[i].getvalue().count("-- cell") == 3, outs[i].getvalue()
+    assert len(runs(project)) == 3
+    assert (dict(os.environ), os.getcwd(), log.propagate, log.handlers) == (before, cwd, propagate, [])
+
+
+def test_notebook_as_papermill_left_it(project):
+    "A notebook with an injected-parameters cell (papermill's output) keeps its cell numbers; no kernelspec is needed;"
+    " YAML dates stay text."
+    nb = notebook(project, "fails.ipynb", "x = 1", "1 / 0", params="n = 1\nwhen = None")
+    assert mlkit("run", nb, "-p", "n", "2").returncode == 1
+    [first] = runs(project)
+    assert meta(first)["failed_cell"]["cell"] == 3
+    again = project/"again.ipynb"
+    executed = nbformat.read(first/"notebook.ipynb", as_version=4)
+    executed.metadata.pop("kernelspec", None)
+    executed.metadata.pop("language_info", None)
+    nbformat.write(executed, again)
+    r = mlkit("run", "again.ipynb", "-p", "n", "3", "-p", "when", "2024-01-31")
+    assert r.returncode == 1
+    second = [p for p in runs(project) if p != first][0]
+    assert meta(second)["failed_cell"]["cell"] == 4, meta(second)  # params, injected, x = 1, 1 / 0
+    assert meta(second)["name"] == "again"  # an unnamed run is named after its notebook
+    assert json.loads((second/"params.json").read_text()) == {"n": 3, "when": "2024-01-31"}
+    injected = [c for c in nbformat.read(second/"notebook.ipynb", as_version=4).cells
+                if "injected-parameters" in c.metadata.get("tags", [])]
+    assert len(injected) == 1 and 'when = "2024-01-31"' in injected[0].source
