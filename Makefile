@@ -11,13 +11,18 @@ ifeq ($(filter $(TORCH),cpu cuda),)
 $(error TORCH must be cpu or cuda, not '$(TORCH)')
 endif
 
-# The environment: the active conda environment if there is one, else .venv/ made from the python3 on PATH.
+# The environment: the active conda environment if there is one, else .venv/ made from $(PYTHON).
 ifdef CONDA_PREFIX
 ENV ?= $(CONDA_PREFIX)
 else
 ENV ?= $(CURDIR)/.venv
 endif
 BIN := $(ENV)/bin
+# The locks are compiled for one Python: 3.11, from 3.11.5 (soupsieve's floor). environment.yml pins the same.
+PYTHON ?= python3
+LOCK_PYTHON := 3.11
+PY_OK := import sys; v = sys.version_info; sys.exit(0 if (3, 11, 5) <= v[:3] and v[:2] == (3, 11) else 1)
+WRONG_PY = error: the locks are for Python $(LOCK_PYTHON) (3.11.5 or later), and $(1) is Python $$($(1) -c 'import platform; print(platform.python_version())' 2>/dev/null || echo '(it does not run)'); run 'make install PYTHON=python$(LOCK_PYTHON)', or 'conda env create -f environment.yml' and activate it
 PY := $(BIN)/python
 # `make install` leaves this stamp; targets that need the environment rebuild it when the locks change.
 STAMP := $(ENV)/.mlkit-installed-$(TORCH)
@@ -25,29 +30,47 @@ STAMP := $(ENV)/.mlkit-installed-$(TORCH)
 INSTALLED := $(if $(NO_INSTALL),,$(STAMP))
 
 NOTEBOOKS = $(shell find nbs tests/notebooks -name '*.ipynb' -not -path '*/.ipynb_checkpoints/*' 2>/dev/null | sort)
-PIP_COMPILE := $(BIN)/pip-compile --quiet --strip-extras --no-emit-find-links --no-emit-index-url
 TORCH_PIN := $(shell grep -E '^torch[=<>~!]' requirements.in)
 
-.PHONY: help install hooks lock upgrade conda-lock export lint test check lab bench gpu-check train clean \
-        check-notebooks check-export check-lock check-workflows
+.PHONY: help install check-env hooks lock upgrade conda-lock export lint test check lab bench gpu-check train clean \
+        check-notebooks check-export check-lock check-lock-targets check-lock-full check-workflows
 
 help: ## List the targets
 	@echo "mlkit: make TARGET   (TORCH=cpu|cuda picks the torch build; now $(TORCH); environment: $(ENV))"
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## (.*)/  \1\t\2/' | expand -t 18
 
-install: ## Create or sync the environment from the locks; register the kernel, the git filter and merge driver
-	@if [ ! -x "$(PY)" ]; then \
-	  if [ -n "$$CONDA_PREFIX" ]; then echo "error: conda environment $(ENV) has no python; 'conda env create -f environment.yml' first" >&2; exit 1; fi; \
-	  echo "creating $(ENV) with $$(python3 --version)"; python3 -m venv "$(ENV)"; fi
+install: check-env ## Create or sync the environment from the locks; register the kernel, the git filter and merge driver
+	@if [ ! -x "$(PY)" ]; then echo "creating $(ENV) with $$("$(PYTHON)" --version)"; \
+	  "$(PYTHON)" -m venv "$(ENV)" && touch "$(ENV)/.mlkit-env"; fi
 	$(PY) -m pip install --quiet "$$(grep -E '^pip-tools==' requirements.txt)"
 	@# torch first, on its own: the CPU build comes from PyTorch's CPU index (PyPI's Linux wheel is the CUDA build).
-	$(PY) -m pip install --quiet --no-deps --retries 1 $(if $(TORCH_INDEX_$(TORCH)),--extra-index-url $(TORCH_INDEX_$(TORCH))) \
+	@# The CUDA build from PyPI alone: a local CPU wheel (find-links) would satisfy torch==X too (X+cpu matches X).
+	$(if $(filter cuda,$(TORCH)),env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null) $(PY) -m pip install --quiet --no-deps \
+	  --retries 1 $(if $(TORCH_INDEX_$(TORCH)),--extra-index-url $(TORCH_INDEX_$(TORCH))) \
 	  "$$(grep -E '^torch==' requirements-$(TORCH).txt)"
-	$(BIN)/pip-sync --quiet requirements.txt requirements-$(TORCH).txt
+	@# --no-deps: nothing enters unpinned (a lock missing a package fails pip check below, not silently)
+	$(BIN)/pip-sync --quiet --pip-args "--no-deps" requirements.txt requirements-$(TORCH).txt
+	@$(PY) -m pip check >/dev/null || { $(PY) -m pip check >&2; echo "error: the locks miss a package the environment needs (above); run 'make lock'" >&2; exit 1; }
+	@$(PY) -c "import sys, torch; sys.exit((torch.version.cuda is None) != ('$(TORCH)' == 'cpu'))" || { \
+	  echo "error: TORCH=$(TORCH) but the installed torch is the $$($(PY) -c "import torch; print('CUDA ' + torch.version.cuda if torch.version.cuda else 'CPU')") build; a local wheel or index gave the other one" >&2; exit 1; }
 	PYTHONWARNINGS=ignore $(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	$(PY) -m ipykernel install --sys-prefix --name mlkit --display-name "Python (mlkit)" >/dev/null
 	@$(MAKE) --no-print-directory hooks
 	@touch "$(STAMP)"
+
+check-env: ## Refuse what make install must not touch: conda's base, others' environments, a Python the locks are not for
+	@# Only an environment that is the project's: .venv/ here, one make made (marked), or conda's `mlkit` from
+	@# environment.yml. pip-sync removes whatever the locks do not list, so never conda's base or someone else's.
+	@if [ -n "$$CONDA_PREFIX" ] && [ "$(ENV)" = "$$CONDA_PREFIX" ]; then \
+	  want=$$(sed -nE 's/^name:[[:space:]]*([^[:space:]]+).*/\1/p' environment.yml); \
+	  if [ -d "$(ENV)/condabin" ] || [ "$${CONDA_DEFAULT_ENV:-}" = base ]; then echo "error: conda's base environment is active, and make install would strip it to the locks; create the project's: conda env create -f environment.yml && conda activate $$want" >&2; exit 1; fi; \
+	  if [ "$$(basename "$(ENV)")" != "$$want" ]; then echo "error: the active conda environment $(ENV) is not the project's ('$$want', from environment.yml), and make install would strip it to the locks; conda activate $$want (or create it: conda env create -f environment.yml)" >&2; exit 1; fi; \
+	  if [ ! -x "$(PY)" ]; then echo "error: conda environment $(ENV) has no python; 'conda env create -f environment.yml' first" >&2; exit 1; fi; \
+	elif [ -e "$(ENV)" ] && [ "$(ENV)" != "$(CURDIR)/.venv" ] && [ ! -e "$(ENV)/.mlkit-env" ]; then \
+	  echo "error: $(ENV) was not made by make install, and make install would strip it to the locks; pick a new folder (ENV=...) or the default .venv/" >&2; exit 1; fi
+	@if [ -x "$(PY)" ]; then "$(PY)" -c "$(PY_OK)" || { echo "$(call WRONG_PY,$(PY)) (remove $(ENV) to remake it)" >&2; exit 1; }; \
+	else command -v "$(PYTHON)" >/dev/null || { echo "error: no $(PYTHON) on PATH; run 'make install PYTHON=/path/to/python$(LOCK_PYTHON)'" >&2; exit 1; }; \
+	  "$(PYTHON)" -c "$(PY_OK)" || { echo "$(call WRONG_PY,$(PYTHON))" >&2; exit 1; }; fi
 
 hooks: ## Set up the git filter (nbstripout --keep-id) and nbdev's merge driver in this checkout
 	@# Configured by hand: `nbstripout --install` drops --keep-id, and nbdev_install_hooks relies on PATH.
@@ -69,26 +92,33 @@ hooks: ## Set up the git filter (nbstripout --keep-id) and nbdev's merge driver 
 $(STAMP): requirements.txt requirements-$(TORCH).txt setup.py settings.ini
 	@$(MAKE) --no-print-directory install
 
-lock: ## Recompile requirements*.txt from requirements.in, keeping current pins where possible
-	$(PIP_COMPILE) --unsafe-package torch -o requirements.txt requirements.in
-	@# torch builds: CPU against this machine's indexes (+cpu local tag dropped: the index decides the build),
-	@# CUDA against PyPI alone, with the shared pins of requirements.txt as constraints.
-	echo "$(TORCH_PIN)" | CUSTOM_COMPILE_COMMAND="make lock" $(PIP_COMPILE) --allow-unsafe -c requirements.txt -o requirements-cpu.txt -
-	sed -i -E 's/^(torch==[^+ ]+)\+cpu$$/\1/; s/# via -r -$$/# via -r requirements.in/' requirements-cpu.txt
-	echo "$(TORCH_PIN)" | env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null CUSTOM_COMPILE_COMMAND="make lock" \
-	  $(PIP_COMPILE) --allow-unsafe -c requirements.txt -o requirements-cuda.txt -
-	sed -i -E 's/# via -r -$$/# via -r requirements.in/' requirements-cuda.txt
+# The locks are resolved by uv against PyPI alone (no pip configuration, find-links or local wheels), so they come
+# out the same on any machine: requirements.txt universal (markers for macOS-, Windows- or Python-only packages),
+# the CPU torch lock with torch's macOS arm64 metadata (the CPU build's dependencies: no CUDA wheels), the CUDA one
+# with its Linux x86_64 metadata. pip-sync installs them; a lock's existing pins are kept unless UV_ARGS=--upgrade.
+UV_COMPILE = $(BIN)/uv pip compile --quiet --no-config --python-version $(LOCK_PYTHON) \
+  --custom-compile-command "make lock  (uv, PyPI alone, Python $(LOCK_PYTHON))" $(UV_ARGS)
+
+lock: $(INSTALLED) ## Recompile requirements*.txt from requirements.in (PyPI alone, for Python 3.11), keeping pins
+	@mkdir -p build
+	grep -vE '^torch[=<>~!]' requirements.in > build/requirements.in
+	$(UV_COMPILE) --universal --no-emit-package pip --no-emit-package setuptools --no-emit-package wheel \
+	  -o requirements.txt build/requirements.in
+	sed -i 's|-r build/requirements.in|-r requirements.in|' requirements.txt
+	echo "$(TORCH_PIN)" > build/torch.in
+	MACOSX_DEPLOYMENT_TARGET=14.0 $(UV_COMPILE) --python-platform aarch64-apple-darwin -c requirements.txt \
+	  -o requirements-cpu.txt build/torch.in
+	$(UV_COMPILE) --python-platform x86_64-manylinux_2_28 -c requirements.txt -o requirements-cuda.txt build/torch.in
+	sed -i 's|-r build/torch.in|-r requirements.in|' requirements-cpu.txt requirements-cuda.txt
 
 upgrade: ## Recompile the locks with the newest versions requirements.in allows
-	$(MAKE) lock PIP_COMPILE="$(PIP_COMPILE) --upgrade"
+	$(MAKE) lock UV_ARGS=--upgrade
 
 conda-lock: ## Lock environment.yml's conda layer with conda-lock for linux-64 and osx-arm64 (needs conda)
 	@command -v conda >/dev/null 2>&1 || { echo "error: conda-lock needs conda, and this machine has none; run 'make conda-lock' where conda is installed (CI: the conda-lock workflow). No lock file was written." >&2; exit 1; }
 	@command -v conda-lock >/dev/null 2>&1 || { echo "error: conda-lock is not installed; 'conda install -c conda-forge conda-lock' first. No lock file was written." >&2; exit 1; }
-	@# conda-lock cannot read the '-r requirements.txt' pip lines (conda-lock#474), and pip-tools locks those
-	@# anyway: conda-lock pins the conda layer (Python, pip), requirements*.txt pin the packages.
-	mkdir -p build && awk '/^  - pip:/{skip=1; next} skip && /^      /{next} {skip=0; print}' environment.yml > build/environment.conda.yml
-	conda-lock lock -f build/environment.conda.yml -p linux-64 -p osx-arm64 --lockfile conda-lock.yml
+	@# conda-lock pins the conda layer (Python, pip); requirements*.txt pin the packages.
+	conda-lock lock -f environment.yml -p linux-64 -p osx-arm64 --lockfile conda-lock.yml
 
 export: $(INSTALLED) ## Export the notebooks in nbs/ to the package mlkit/
 	$(BIN)/nbdev_export
@@ -117,6 +147,16 @@ check-export:
 
 check-lock:
 	@$(PY) scripts/check_lock.py
+
+check-lock-targets: $(INSTALLED) ## Prove the locks install on each target (Linux CPU/CUDA, macOS arm64), from PyPI
+	@$(PY) scripts/check_lock_targets.py $(TARGETS)
+
+check-lock-full: $(INSTALLED) ## Recompile the locks in a temporary copy (PyPI) and fail if they differ from the committed ones
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && cp Makefile requirements.in requirements*.txt environment.yml "$$tmp"/ && \
+	  $(MAKE) --no-print-directory -s -C "$$tmp" lock NO_INSTALL=1 ENV="$(ENV)" >/dev/null && stale= && \
+	  for f in requirements.txt requirements-cpu.txt requirements-cuda.txt; do \
+	    diff -u "$$f" "$$tmp/$$f" >&2 || stale="$$stale $$f"; done; \
+	  [ -z "$$stale" ] || { echo "error:$$stale differ from a fresh 'make lock' (above); run 'make lock' and commit" >&2; exit 1; }
 
 check-workflows:
 	@$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml

@@ -17,7 +17,7 @@ import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from .core import MlkitError
@@ -249,7 +249,7 @@ def gpu_lock(n:int=1, # How many GPUs to hold
                                  + (_describe_holders(visible) or "no GPU qualifies"))
         time.sleep(poll * (0.5 + random.random()))  # jitter: waiters do not retry in lockstep
     record = {"pid": os.getpid(), "user": getpass.getuser(), "host": socket.gethostname(), "run_id": run_id,
-              "since": datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")}
+              "since": datetime.now(UTC).astimezone().isoformat(timespec="seconds")}
     for _, fd in held:
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(record).encode(), 0)

@@ -19,7 +19,7 @@ import socket
 import subprocess
 import sys
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -293,7 +293,7 @@ def run_metadata(root:str|Path|None=None, # The project to describe; found from 
     try: root = Path(root) if root is not None else project_root()
     except ProjectNotFoundError: root = Path.cwd()
     reqs, secrets = root/"requirements.txt", secret_env_values()
-    meta = {"start": datetime.now(timezone.utc).astimezone().isoformat(timespec="milliseconds"),
+    meta = {"start": datetime.now(UTC).astimezone().isoformat(timespec="milliseconds"),
             "host": socket.gethostname(), "platform": platform.platform(), "pid": os.getpid(),
             "command": redact_argv(sys.argv, secrets) if not _notebook() else None, "notebook": _notebook(),
             "cwd": str(Path.cwd()), "project": str(root),

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from .core import TMP_PREFIX, MlkitError, atomic_write, link_or_copy, runs_dir
@@ -179,7 +179,7 @@ def _csv_name(name) -> str:
     name = str(name)
     return '"' + name.replace('"', '""') + '"' if any(c in name for c in ',"\n\r') else name
 
-def _now() -> str: return datetime.now(timezone.utc).astimezone().isoformat(timespec="milliseconds")
+def _now() -> str: return datetime.now(UTC).astimezone().isoformat(timespec="milliseconds")
 
 # %% ../nbs/10_track.ipynb #ba7bc531
 class LocalTracker(Tracker):
