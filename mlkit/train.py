@@ -121,6 +121,7 @@ class Trainer:
         self.metrics, self.history = {}, []
         self._losses = _LossTally()
         self._resume_state = self.resumed_from = None
+        self._window = None  # the accumulation window: [first batch's samples, samples expected, samples seen]
         self.cbs = []
         from mlkit.callbacks import ProgressBar  # callbacks build on this module
         cbs = list(cbs or [])
@@ -213,21 +214,31 @@ class Trainer:
         window = self.iter // self.grad_accum * self.grad_accum
         window_size = min(self.grad_accum, self.n_batches - window)
         boundary = self.iter + 1 == window + window_size
+        n = _batch_size(yb)
+        if self.iter == window or self._window is None: self._window = [n, n * window_size, 0]  # first size, expected, seen
+        first, _, _ = self._window
+        self._window[2] += n
         sync = nullcontext() if boundary or not self.dist.is_distributed else self.model.no_sync()
         with sync:
             with self._autocast():
                 self.pred = self.model(*xb); self._call("after_pred")
                 self.loss = self.loss_fn(self.pred, *yb)
             self._call("after_loss")
-            self._track_loss(self.loss, _batch_size(yb))
+            self._track_loss(self.loss, n)
             self._call("before_backward")
-            loss = self.loss / window_size if window_size > 1 else self.loss
+            # weighed by samples: each batch counts n/first, and the step rescales if the window held other than
+            # window_size * first samples (a short last batch), so the update is that of one batch of all of them
+            loss = self.loss if window_size == 1 else (self.loss if n == first else self.loss * (n / first)) / window_size
             if self.scaler is not None: self.scaler.scale(loss).backward()
             else: loss.backward()
             self._call("after_backward")
         if boundary: self._optimizer_step()
 
     def _optimizer_step(self):
+        _, expected, seen = self._window or (0, 0, 0)
+        self._window = None
+        if seen and seen != expected:  # batches of unequal size in this window: weigh them by their samples
+            torch._foreach_mul_([p.grad for p in self.module.parameters() if p.grad is not None], expected / seen)
         if self.grad_clip is not None:
             if self.scaler is not None: self.scaler.unscale_(self.opt)
             torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.grad_clip)
