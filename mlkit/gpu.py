@@ -11,6 +11,7 @@ import getpass
 import json
 import os
 import random
+import re
 import socket
 import sys
 import tempfile
@@ -29,7 +30,7 @@ os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
 # %% auto #0
 __all__ = ['GIB', 'PRECISIONS', 'HELD_ENV', 'PEAK_TFLOPS', 'GPUProcess', 'GPU', 'gpus', 'pick_device', 'auto_precision',
            'autocast_dtype', 'GPULockTimeout', 'lock_dir', 'lock_holder', 'gpu_lock', 'memory_stats', 'free_memory',
-           'find_batch_size', 'peak_tflops', 'Throughput', 'throughput']
+           'find_batch_size', 'gpu_model', 'peak_tflops', 'Throughput', 'throughput']
 
 # %% ../nbs/01_gpu.ipynb #a4edf0b2
 @dataclass(frozen=True)
@@ -368,29 +369,49 @@ def find_batch_size(model, # The model, on the device to measure
     finally: model.load_state_dict(saved)
 
 # %% ../nbs/01_gpu.ipynb #ef734eab
-# TFLOP/s, dense. A10G: AWS publishes no peaks; these are the A10's, its datasheet sibling.
+# Dense (no sparsity) tensor-core TFLOP/s from NVIDIA's datasheets (their sparse figures halved); fp32 is the
+# non-tensor rate. A precision a datasheet does not give is left out: MFU is then unknown, never a guess.
 PEAK_TFLOPS = {
-    "H200":      {"bf16": 989.0, "fp16": 989.0, "tf32": 494.5, "fp32": 66.9},
-    "H100 PCIe": {"bf16": 756.0, "fp16": 756.0, "tf32": 378.0, "fp32": 51.2},
-    "H100":      {"bf16": 989.0, "fp16": 989.0, "tf32": 494.5, "fp32": 66.9},
-    "A100":      {"bf16": 312.0, "fp16": 312.0, "tf32": 156.0, "fp32": 19.5},
-    "A10G":      {"bf16": 125.0, "fp16": 125.0, "tf32": 62.5, "fp32": 31.2},
-    "L4":        {"bf16": 121.0, "fp16": 121.0, "tf32": 60.0, "fp32": 30.3},
-    "RTX 4090":  {"bf16": 165.2, "fp16": 165.2, "tf32": 82.6, "fp32": 82.6},
-    "RTX 3090":  {"bf16": 71.0, "fp16": 71.0, "tf32": 35.6, "fp32": 35.6},
-    "T4":        {"fp16": 65.0, "fp32": 8.1},
-    "V100 PCIe": {"fp16": 112.0, "fp32": 14.0},
-    "V100":      {"fp16": 125.0, "fp32": 15.7},
+    "H100 SXM":  {"bf16": 989.5, "fp16": 989.5, "tf32": 494.5, "fp32": 67.0},   # H100 datasheet
+    "H100 PCIe": {"bf16": 756.5, "fp16": 756.5, "tf32": 378.0, "fp32": 51.0},   # H100 datasheet
+    "H100 NVL":  {"bf16": 835.5, "fp16": 835.5, "tf32": 417.5, "fp32": 60.0},   # H100 datasheet
+    "H200 SXM":  {"bf16": 989.5, "fp16": 989.5, "tf32": 494.5, "fp32": 67.0},   # H200 datasheet
+    "H200 NVL":  {"bf16": 835.5, "fp16": 835.5, "tf32": 417.5, "fp32": 60.0},   # H200 datasheet
+    "GH200":     {"bf16": 989.5, "fp16": 989.5, "tf32": 494.5, "fp32": 67.0},   # GH200 datasheet (its H100)
+    "B200":      {"bf16": 2250.0, "fp16": 2250.0, "tf32": 1100.0},              # HGX B200 datasheet, per GPU
+    "A100":      {"bf16": 312.0, "fp16": 312.0, "tf32": 156.0, "fp32": 19.5},   # A100 datasheet (SXM and PCIe)
+    "A10":       {"bf16": 125.0, "fp16": 125.0, "tf32": 62.5, "fp32": 31.2},    # A10 datasheet
+    "A10G":      {"bf16": 125.0, "fp16": 125.0, "tf32": 62.5, "fp32": 31.2},    # AWS publishes none: the A10's
+    "L4":        {"bf16": 121.0, "fp16": 121.0, "tf32": 60.0, "fp32": 30.3},    # L4 datasheet
+    "L40":       {"bf16": 181.0, "fp16": 181.0, "tf32": 90.5, "fp32": 90.5},    # L40 datasheet
+    "L40S":      {"bf16": 362.0, "fp16": 362.0, "tf32": 183.0, "fp32": 91.6},   # L40S datasheet
+    "RTX 4090":  {"bf16": 165.2, "fp16": 165.2, "tf32": 82.6, "fp32": 82.6},    # Ada whitepaper (FP32 accumulate)
+    "RTX 3090":  {"bf16": 71.0, "fp16": 71.0, "tf32": 35.6, "fp32": 35.6},     # Ampere GA102 whitepaper
+    "T4":        {"fp16": 65.0, "fp32": 8.1},                                   # T4 datasheet
+    "V100 SXM2": {"fp16": 125.0, "fp32": 15.7},                                 # V100 datasheet
+    "V100 PCIe": {"fp16": 112.0, "fp32": 14.0},                                 # V100 datasheet
 }
 
-def peak_tflops(gpu_name:str, # As torch or NVML names it, e.g. "NVIDIA H100 80GB HBM3"
+# The names torch and NVML give, without the vendor prefix, as whole-name patterns: "L40S" is not an "L4".
+_MODELS = [(re.compile(p), key) for p, key in [
+    (r"H100( SXM5?)?( \d+GB)?( HBM3)?", "H100 SXM"), (r"H100 PCIE( \d+GB)?", "H100 PCIe"), (r"H100 NVL( \d+GB)?", "H100 NVL"),
+    (r"H200( SXM)?( \d+GB)?( HBM3E)?", "H200 SXM"), (r"H200 NVL( \d+GB)?", "H200 NVL"), (r"GH200( \d+GB)?( HBM3E?)?", "GH200"),
+    (r"B200( \d+GB)?", "B200"), (r"A100( SXM4| PCIE)?( \d+GB)?( PCIE)?", "A100"), (r"A10", "A10"), (r"A10G", "A10G"),
+    (r"L4", "L4"), (r"L40", "L40"), (r"L40S", "L40S"), (r"RTX 4090", "RTX 4090"), (r"RTX 3090", "RTX 3090"),
+    (r"T4", "T4"), (r"V100 SXM2( \d+GB)?", "V100 SXM2"), (r"V100 PCIE( \d+GB)?", "V100 PCIe")]]
+
+def gpu_model(gpu_name:str, # As torch or NVML names it, e.g. "NVIDIA H100 80GB HBM3"
+             ) -> str|None:
+    "The `PEAK_TFLOPS` model `gpu_name` is, matched on the whole name; None for a GPU the table does not know."
+    name = re.sub(r"^(NVIDIA |TESLA |GEFORCE |QUADRO )+", "", " ".join(gpu_name.upper().replace("-", " ").split()))
+    return next((key for pattern, key in _MODELS if pattern.fullmatch(name)), None)
+
+def peak_tflops(gpu_name:str, # As torch or NVML names it
                 precision:str, # "bf16", "fp16", "tf32" or "fp32"
                ) -> float|None:
     "The GPU's dense peak TFLOP/s in `precision`, or None if the GPU or precision is not in the table."
-    name = gpu_name.upper().replace("-", " ")
-    for key, peaks in PEAK_TFLOPS.items():  # more specific names first (H100 PCIe before H100)
-        if all(part in name for part in key.upper().split()): return peaks.get(precision)
-    return None
+    model = gpu_model(gpu_name)
+    return PEAK_TFLOPS[model].get(precision) if model else None
 
 # %% ../nbs/01_gpu.ipynb #e8136c9f
 @dataclass
