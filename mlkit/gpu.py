@@ -13,8 +13,10 @@ import os
 import random
 import re
 import socket
+import stat
 import sys
 import tempfile
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -60,9 +62,17 @@ class GPU:
 GIB = 2**30
 
 # %% ../nbs/01_gpu.ipynb #b05866b1
+# While any gpu_lock(set_env=True) of this process is open, os.environ shows the latest one's GPUs, whichever thread
+# took them: what the process itself was given (by its parent or the user) is kept here, and restored at the last exit.
+_env_lock, _env_users, _env_base = threading.Lock(), [0], {}
+
+def _given_env(key:str) -> str|None:
+    "os.environ[key] as this process was given it, not as one of its own gpu_locks set it."
+    with _env_lock: return _env_base.get(key) if _env_users[0] else os.environ.get(key)
+
 def _visible(physical:list[tuple[int, str]]) -> list[tuple[int, str]]|None:
     "The (physical index, uuid) pairs CUDA_VISIBLE_DEVICES lets through, in its order (None: all)."
-    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    env = _given_env("CUDA_VISIBLE_DEVICES")  # not what a gpu_lock of another thread set
     if env is None: return None
     out = []
     for tok in (t.strip() for t in env.split(",")):
@@ -163,7 +173,8 @@ def autocast_dtype(precision:str):
 class GPULockTimeout(MlkitError):
     "No n GPUs became free within the timeout."
 
-HELD_ENV = "MLKIT_GPU_LOCKS"  # physical ids held by an enclosing gpu_lock, in this process or a parent
+HELD_ENV = "MLKIT_GPU_LOCKS"  # physical ids a parent process holds for its children (mlkit run's kernel, say)
+_holding = threading.local()  # the ids the enclosing gpu_lock of this thread holds
 
 def lock_dir() -> Path:
     "The folder holding the GPU locks: `$MLKIT_LOCK_DIR`, or one in the system temporary folder shared by all users."
@@ -177,7 +188,17 @@ def lock_dir() -> Path:
 def _lock_file(gpu:GPU) -> Path: return lock_dir()/f"{gpu.uuid}.lock"
 
 def _open_lock(gpu:GPU) -> int:
-    fd = os.open(_lock_file(gpu), os.O_RDWR | os.O_CREAT, 0o666)
+    "An fd of `gpu`'s lock file; never a file a link planted in the shared folder points at (we truncate locks)."
+    path = _lock_file(gpu)
+    try: fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+    except OSError:
+        if path.is_symlink(): raise MlkitError(f"the GPU lock {path} is a symbolic link, not a lock: remove it (and ask "
+                                               "who put it there: links in the shared lock folder can clobber files)") from None
+        raise
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+        os.close(fd)
+        raise MlkitError(f"the GPU lock {path} is not a plain file of its own (a hard link?): remove it")
     try: os.fchmod(fd, 0o666)  # other users must be able to take it too
     except PermissionError: pass  # created by someone else, who made it shareable
     return fd
@@ -227,8 +248,10 @@ def gpu_lock(n:int=1, # How many GPUs to hold
             ):
     "Wait for `n` free GPUs, hold them (OS file locks), and point CUDA_VISIBLE_DEVICES at them; yield their indices."
     if not isinstance(n, int) or n < 1: raise MlkitError(f"gpu_lock needs n >= 1 GPUs, got {n!r}")
-    if inherited := os.environ.get(HELD_ENV):  # an enclosing block or a parent process holds GPUs for us
-        ids = [int(i) for i in inherited.split(",")]
+    ids = getattr(_holding, "ids", None)  # an enclosing block of this thread holds GPUs for us
+    if ids is None and (inherited := _given_env(HELD_ENV)):
+        ids = [int(i) for i in inherited.split(",")]  # a parent process does
+    if ids is not None:
         if n > len(ids): raise MlkitError(f"gpu_lock asked for {n} GPU(s) inside a gpu_lock holding {len(ids)}")
         with _visible_as(ids[:n], set_env): yield ids[:n]
         return
@@ -264,17 +287,23 @@ def gpu_lock(n:int=1, # How many GPUs to hold
 
 @contextmanager
 def _visible_as(ids:list[int], set_env:bool=True):
-    "Set CUDA_VISIBLE_DEVICES (and the held-GPU marker) to `ids` inside the block, then restore both."
-    if not set_env:
-        yield
-        return
-    saved = {k: os.environ.get(k) for k in ("CUDA_VISIBLE_DEVICES", HELD_ENV)}
-    os.environ["CUDA_VISIBLE_DEVICES"] = os.environ[HELD_ENV] = ",".join(map(str, ids))
+    "Inside: this thread holds `ids`; with `set_env`, CUDA_VISIBLE_DEVICES and the marker for child processes too."
+    outer, _holding.ids = getattr(_holding, "ids", None), ids
+    if set_env:
+        with _env_lock:
+            if _env_users[0] == 0: _env_base.update({k: os.environ.get(k) for k in ("CUDA_VISIBLE_DEVICES", HELD_ENV)})
+            _env_users[0] += 1
+            os.environ["CUDA_VISIBLE_DEVICES"] = os.environ[HELD_ENV] = ",".join(map(str, ids))
     try: yield
     finally:
-        for k, v in saved.items():
-            if v is None: os.environ.pop(k, None)
-            else: os.environ[k] = v
+        _holding.ids = outer
+        if set_env:
+            with _env_lock:
+                _env_users[0] -= 1
+                if _env_users[0] == 0:
+                    for k, v in _env_base.items():
+                        if v is None: os.environ.pop(k, None)
+                        else: os.environ[k] = v
 
 # %% ../nbs/01_gpu.ipynb #86524e98
 def _rss() -> tuple[int, int]:

@@ -65,3 +65,47 @@ def test_timeout_names_the_holder(env):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_threads_never_share_a_gpu(tmp_path, monkeypatch):
+    "Threads of one process (Optuna's n_jobs, say) each taking a GPU get different ones, with or without the env."
+    import threading
+
+    from mlkit.gpu import gpu_lock
+    monkeypatch.setenv("MLKIT_FAKE_GPUS", "2")
+    monkeypatch.setenv("MLKIT_LOCK_DIR", str(tmp_path/"locks"))
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.delenv("MLKIT_GPU_LOCKS", raising=False)
+    for set_env in (True, False):
+        got, first_holds, both_in = [], threading.Event(), threading.Barrier(2, timeout=30)
+        def take(first, set_env=set_env, got=got, first_holds=first_holds, both_in=both_in):
+            if not first: first_holds.wait(30)  # the second asks while the first holds (and has set the env)
+            with gpu_lock(1, timeout=5, set_env=set_env) as ids:
+                got.append(ids)
+                first_holds.set()
+                both_in.wait()  # both hold a GPU at once
+                with gpu_lock(1) as inner: got.append(("nested", inner == ids))  # nesting in a thread: same GPU
+        threads = [threading.Thread(target=take, args=(i == 0,)) for i in range(2)]
+        for t in threads: t.start()
+        for t in threads: t.join(60)
+        held = sorted(tuple(g) for g in got if g and g[0] != "nested")
+        assert held == [(0,), (1,)], (set_env, got)
+        assert [g for g in got if g[0] == "nested"] == [("nested", True)] * 2
+        assert "MLKIT_GPU_LOCKS" not in os.environ and "CUDA_VISIBLE_DEVICES" not in os.environ
+
+
+def test_a_planted_link_in_the_lock_folder_clobbers_nothing(tmp_path, monkeypatch):
+    from mlkit.core import MlkitError
+    from mlkit.gpu import gpu_lock, gpus, lock_dir
+    monkeypatch.setenv("MLKIT_FAKE_GPUS", "1")
+    monkeypatch.setenv("MLKIT_LOCK_DIR", str(tmp_path/"locks"))
+    monkeypatch.delenv("MLKIT_GPU_LOCKS", raising=False)
+    victim = tmp_path/"someone-elses-notes.txt"
+    victim.write_text("precious\n")
+    lock = lock_dir()/f"{gpus()[0].uuid}.lock"
+    for plant in (lambda: lock.symlink_to(victim), lambda: os.link(victim, lock)):
+        lock.unlink(missing_ok=True)
+        plant()
+        with pytest.raises(MlkitError, match="GPU lock .* (symbolic link|not a plain file)"):
+            with gpu_lock(1, timeout=1): pass
+        assert victim.read_text() == "precious\n"
