@@ -14,6 +14,7 @@ import random
 import re
 import socket
 import stat
+import subprocess
 import sys
 import tempfile
 import threading
@@ -30,9 +31,9 @@ from .core import MlkitError
 os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
 
 # %% auto #0
-__all__ = ['GIB', 'PRECISIONS', 'HELD_ENV', 'PEAK_TFLOPS', 'GPUProcess', 'GPU', 'gpus', 'pick_device', 'auto_precision',
-           'autocast_dtype', 'GPULockTimeout', 'lock_dir', 'lock_holder', 'gpu_lock', 'memory_stats', 'free_memory',
-           'find_batch_size', 'gpu_model', 'peak_tflops', 'Throughput', 'throughput']
+__all__ = ['GIB', 'NVIDIA_DRIVER', 'ROCM_DRIVER', 'PRECISIONS', 'HELD_ENV', 'PEAK_TFLOPS', 'GPUProcess', 'GPU', 'gpus',
+           'pick_device', 'auto_precision', 'autocast_dtype', 'GPULockTimeout', 'lock_dir', 'lock_holder', 'gpu_lock',
+           'memory_stats', 'free_memory', 'find_batch_size', 'gpu_model', 'peak_tflops', 'Throughput', 'throughput']
 
 # %% ../nbs/01_gpu.ipynb #a4edf0b2
 @dataclass(frozen=True)
@@ -107,24 +108,42 @@ def _nvml_gpus() -> list[GPU]|None:
 
 def _str(x) -> str: return x.decode() if isinstance(x, bytes) else str(x)
 
+NVIDIA_DRIVER = Path("/proc/driver/nvidia/version")  # there when the NVIDIA kernel driver is loaded (Linux)
+ROCM_DRIVER = Path("/dev/kfd")  # there when AMD's is (torch.cuda runs on ROCm too)
+
+_TORCH_QUERY = """import json, torch
+n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+props = [torch.cuda.get_device_properties(i) for i in range(n)]
+print(json.dumps([[p.name, str(p.uuid), *torch.cuda.mem_get_info(i)[::-1], p.major, p.minor] for i, p in enumerate(props)]))"""
+
+def _torch_query(visible:str|None) -> list[list]:
+    "[name, uuid, total, free, major, minor] of each GPU torch sees, asked in a child process (CUDA stays untouched here)."
+    env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
+    if visible is not None: env["CUDA_VISIBLE_DEVICES"] = visible
+    try:
+        r = subprocess.run([sys.executable, "-c", _TORCH_QUERY], capture_output=True, text=True, timeout=120, env=env)
+        return json.loads(r.stdout) if r.returncode == 0 else []
+    except (OSError, subprocess.TimeoutExpired, ValueError): return []
+
 def _torch_gpus() -> list[GPU]:
-    import torch
-    if not torch.cuda.is_available(): return []
+    "The GPUs torch sees when NVML cannot tell; physical indices from CUDA_VISIBLE_DEVICES (torch's are relative to it)."
+    given = _given_env("CUDA_VISIBLE_DEVICES")
+    tokens = [t.strip() for t in given.split(",")] if given is not None else None
     out = []
-    for i in range(torch.cuda.device_count()):
-        p = torch.cuda.get_device_properties(i)
-        free, total = torch.cuda.mem_get_info(i)
-        out.append(GPU(i, i, f"GPU-{p.uuid}", p.name, total, free, None, (p.major, p.minor)))
-    return out  # already filtered by CUDA_VISIBLE_DEVICES: indices are CUDA's
+    for i, (name, uuid, total, free, major, minor) in enumerate(_torch_query(given)):
+        physical = int(tokens[i]) if tokens and i < len(tokens) and tokens[i].isdigit() else i
+        out.append(GPU(i, physical, uuid if uuid.startswith("GPU-") else f"GPU-{uuid}", name, total, free, None, (major, minor)))
+    return out  # already filtered by CUDA_VISIBLE_DEVICES
 
 def gpus() -> list[GPU]:
-    "The GPUs this process can see: from NVML, else torch.cuda, else none (`MLKIT_FAKE_GPUS=N` fakes N)."
+    "The GPUs this process can see: from NVML, else torch.cuda (with a driver loaded), else none (`MLKIT_FAKE_GPUS=N`: N fakes)."
     if fake := os.environ.get("MLKIT_FAKE_GPUS"):
         if not fake.isdigit(): raise MlkitError(f"MLKIT_FAKE_GPUS must be a number of GPUs, got {fake!r}")
         machine = _fake_gpus(int(fake))
     else:
         machine = _nvml_gpus()
-        if machine is None: return _torch_gpus()
+        if machine is None:  # no NVML: without a driver there is nothing to find, and importing torch costs seconds
+            return _torch_gpus() if NVIDIA_DRIVER.exists() or ROCM_DRIVER.exists() else []
     visible = _visible([(g.physical_index, g.uuid) for g in machine])
     if visible is None: return machine
     by_index = {g.physical_index: g for g in machine}

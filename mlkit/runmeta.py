@@ -282,9 +282,9 @@ def _installed_torch() -> dict|None:
 def _gpu_names() -> list[str]:
     from mlkit.gpu import _nvml_gpus
     found = _nvml_gpus()
-    if found is None and "torch" in sys.modules:  # no NVML: ask torch, but only if already imported
-        from mlkit.gpu import _torch_gpus
-        found = _torch_gpus()
+    if found is None:  # no NVML: torch knows, if a driver is loaded
+        from mlkit.gpu import NVIDIA_DRIVER, ROCM_DRIVER, _torch_gpus
+        found = _torch_gpus() if NVIDIA_DRIVER.exists() or ROCM_DRIVER.exists() else []
     return [g.name for g in found or []]
 
 def run_metadata(root:str|Path|None=None, # The project to describe; found from the working directory when None

@@ -109,3 +109,35 @@ def test_a_planted_link_in_the_lock_folder_clobbers_nothing(tmp_path, monkeypatc
         with pytest.raises(MlkitError, match="GPU lock .* (symbolic link|not a plain file)"):
             with gpu_lock(1, timeout=1): pass
         assert victim.read_text() == "precious\n"
+
+
+def test_without_nvml_the_lock_takes_the_gpus_cuda_visible_devices_names(tmp_path, monkeypatch):
+    "No NVML but a driver: torch's indices are relative to CUDA_VISIBLE_DEVICES; the lock must hold physical ones."
+    import mlkit.gpu as g
+    monkeypatch.setattr(g, "_nvml_gpus", lambda: None)
+    driver = tmp_path/"version"
+    driver.write_text("NVRM version: fake\n")
+    monkeypatch.setattr(g, "NVIDIA_DRIVER", driver)
+    asked = []
+    def torch_sees(visible):  # what a child process's torch reports: the GPUs CUDA_VISIBLE_DEVICES lets through
+        asked.append(visible)
+        return [[f"NVIDIA L4 #{t}", f"GPU-uuid-{t}", 24 * g.GIB, 20 * g.GIB, 8, 9] for t in visible.split(",")]
+    monkeypatch.setattr(g, "_torch_query", torch_sees)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")  # this job was given physical GPUs 2 and 3
+    monkeypatch.delenv("MLKIT_GPU_LOCKS", raising=False)
+    monkeypatch.delenv("MLKIT_FAKE_GPUS", raising=False)
+    monkeypatch.setenv("MLKIT_LOCK_DIR", str(tmp_path/"locks"))
+    assert [(x.index, x.physical_index, x.uuid) for x in g.gpus()] == [(0, 2, "GPU-uuid-2"), (1, 3, "GPU-uuid-3")]
+    with g.gpu_lock(1) as ids:
+        assert ids == [2] and os.environ["CUDA_VISIBLE_DEVICES"] == "2"  # the GPU it locked, by its physical index
+        assert g.lock_holder(g.gpus()[0])["pid"] == os.getpid()  # still named from the process's own view
+    assert set(asked) == {"2,3"}  # torch was asked about the GPUs this process was given, in a child process
+
+
+def test_without_a_driver_no_torch_is_imported_to_find_no_gpu():
+    "`mlkit gpus` on a machine without NVIDIA drivers: an answer at once, torch never imported (not even in a child)."
+    code = ("import sys, mlkit.gpu as g\ng.NVIDIA_DRIVER = g.ROCM_DRIVER = g.Path('/nonexistent')\n"
+            "g._nvml_gpus = lambda: None\ng._torch_query = lambda v: sys.exit('torch asked')\n"
+            "print(g.gpus(), 'torch' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.stdout.strip() == "[] False", r.stdout + r.stderr
