@@ -328,7 +328,7 @@ class Trainer:
     def _validate_epoch(self):
         was_training, self.training = self.training, False
         self.module.eval()
-        sums = torch.zeros(2 + len(self.metric_fns), dtype=torch.float64)
+        sums = [0.0] * (2 + len(self.metric_fns))  # samples, then loss and metrics times samples: summed on the host
         with torch.no_grad():
             for i, batch in enumerate(self._valid_dl):
                 self.iter, self.batch = i, batch
@@ -340,11 +340,12 @@ class Trainer:
                 self._call("after_loss")
                 n = _batch_size(self.yb)
                 vals = [float(self.loss)] + [float(fn(self.pred, *self.yb)) for fn in self.metric_fns.values()]
-                sums += torch.tensor([n] + [v * n for v in vals], dtype=torch.float64)
+                sums = [a + b for a, b in zip(sums, [n] + [v * n for v in vals], strict=True)]
                 self._call("after_batch")
-        all_reduce_sum(sums)
-        n = max(sums[0].item(), 1)
-        self._validation = dict(zip(["valid_loss", *self.metric_fns], (sums[1:] / n).tolist(), strict=True))
+        # reduced on the training device: the one the process group's backend serves (NCCL has no CPU tensors)
+        sums = all_reduce_sum(torch.tensor(sums, dtype=torch.float64, device=self.device)).tolist()
+        n = max(sums[0], 1)
+        self._validation = dict(zip(["valid_loss", *self.metric_fns], [v / n for v in sums[1:]], strict=True))
         self.module.train(was_training)
         self.training = was_training
 
