@@ -90,8 +90,8 @@ def test_collectives_get_tensors_on_the_backends_device(monkeypatch):
         raise _Collective
     monkeypatch.setattr(train, "all_reduce_sum", collective)
     x, y = torch.randn(8, 4), torch.randint(0, 2, (8,))
-    t = train.Trainer(nn.Linear(4, 2), torch.utils.data.DataLoader(list(zip(x, y)), batch_size=4),
-                      torch.utils.data.DataLoader(list(zip(x, y)), batch_size=4), progress=False, device="cpu")
+    t = train.Trainer(nn.Linear(4, 2), torch.utils.data.DataLoader(list(zip(x, y, strict=True)), batch_size=4),
+                      torch.utils.data.DataLoader(list(zip(x, y, strict=True)), batch_size=4), progress=False, device="cpu")
     t.device = torch.device("meta")  # as if on a GPU; batches stay on the CPU (the trainer decided that at start)
     try: t.validate()
     except _Collective: pass
