@@ -14,7 +14,7 @@ from pathlib import Path
 from .checkpoint import checkpoint_name, list_checkpoints, save_checkpoint
 from .core import TMP_PREFIX, MlkitError, link_or_copy
 from .distributed import is_main_process
-from .train import Callback, CancelFit
+from .events import Callback, CancelFit
 
 # %% auto #0
 __all__ = ['HEADLESS_RUNNERS', 'ProgressBar', 'Checkpoint', 'EarlyStopping']

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from .callbacks import ProgressBar  # callbacks need only mlkit.events: the dependency runs one way
 from .checkpoint import (CheckpointError, latest_checkpoint, load_checkpoint, load_model_state, rng_states,
                               set_rng_states)
 from .core import MlkitError
@@ -123,7 +124,6 @@ class Trainer:
         self._resume_state = self.resumed_from = None
         self._window = None  # the accumulation window: [first batch's samples, samples expected, samples seen]
         self.cbs = []
-        from mlkit.callbacks import ProgressBar  # callbacks build on this module
         cbs = list(cbs or [])
         if progress and not any(isinstance(cb, ProgressBar) for cb in cbs): cbs.append(ProgressBar())
         self.add_cbs(cbs)

@@ -291,6 +291,13 @@ def test_importing_mlkit_for_a_run_leaves_torch_alone():
     assert r.stdout.splitlines() == [f"False {torch.__version__}", "True True"], r.stderr
 
 
+def test_callbacks_do_not_import_the_trainer():
+    "The dependency runs one way: mlkit.train uses mlkit.callbacks (its ProgressBar), callbacks need only events."
+    code = "import sys, mlkit.callbacks\nprint('mlkit.train' in sys.modules)"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.stdout.strip() == "False", r.stderr
+
+
 def test_nproc_two_cpu_processes(project, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     nb = notebook(project, "ddp.ipynb", TRAIN,
