@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from torch import nn
 
@@ -15,8 +16,8 @@ from mlkit.data import ResumableSampler  # noqa: E402
 from mlkit.runs import list_runs  # noqa: E402
 
 
-def reference_weights():
-    "One process, SGD on the union of what rank 0 and rank 1 see at each step."
+def reference_weights(accum=1):
+    "One process, SGD on the union of what rank 0 and rank 1 see at each step (`accum` batches of each, with accumulation)."
     ds, net = ddp_job.dataset(), ddp_job.model()
     opt = torch.optim.SGD(net.parameters(), lr=ddp_job.LR)
     shards = [ResumableSampler(ddp_job.N, rank=r, world_size=2, seed=ddp_job.SEED) for r in range(2)]
@@ -24,8 +25,8 @@ def reference_weights():
         orders = []
         for s in shards:
             s.set_epoch(epoch); orders.append(list(s))
-        for i in range(0, len(orders[0]), ddp_job.BATCH):
-            idx = orders[0][i:i + ddp_job.BATCH] + orders[1][i:i + ddp_job.BATCH]
+        for i in range(0, len(orders[0]), ddp_job.BATCH * accum):
+            idx = orders[0][i:i + ddp_job.BATCH * accum] + orders[1][i:i + ddp_job.BATCH * accum]
             x, y = ds[idx]
             opt.zero_grad()
             nn.functional.cross_entropy(net(x), y).backward()
@@ -33,20 +34,23 @@ def reference_weights():
     return net.state_dict()
 
 
-def test_two_processes_match_one_on_combined_batches(tmp_path):
+@pytest.mark.parametrize("accum", [1, 2])  # 2: DDP skips the all-reduce (no_sync) on all but a window's last batch
+def test_two_processes_match_one_on_combined_batches(tmp_path, accum):
     env = {**os.environ, "MLKIT_PROGRESS": "lines", "OMP_NUM_THREADS": "1"}
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                        str(Path(ddp_job.__file__)), str(tmp_path)], capture_output=True, text=True, timeout=300, env=env)
+                        str(Path(ddp_job.__file__)), str(tmp_path), str(accum)], capture_output=True, text=True,
+                       timeout=300, env=env)
     assert r.returncode == 0, r.stdout + r.stderr
     got = torch.load(tmp_path/"final.pt", weights_only=True)
-    for k, v in reference_weights().items():
+    for k, v in reference_weights(accum).items():
         torch.testing.assert_close(got[k], v, rtol=0, atol=1e-6)
 
     lines = r.stdout.splitlines()
     assert sum(line.startswith("epoch 2/2") and "valid_loss" in line for line in lines) == 1  # only rank 0 reports
     losses = {line.split()[1]: line.split()[3] for line in lines if line.startswith("rank ")}
     assert losses.keys() == {"0", "1"} and losses["0"] == losses["1"]  # validation reduced over both shards
-    assert sorted(p.name for p in (tmp_path/"ckpt").iterdir()) == ["step-00000008.pt", "step-00000016.pt"]  # rank 0 only
+    per_epoch = ddp_job.N // 2 // ddp_job.BATCH // accum
+    assert sorted(p.name for p in (tmp_path/"ckpt").iterdir()) == [f"step-{per_epoch:08d}.pt", f"step-{2 * per_epoch:08d}.pt"]
 
 
 def test_only_rank_zero_records_and_losses_are_means_over_ranks(tmp_path):

@@ -1,4 +1,4 @@
-"""Data-parallel training under torchrun: `torchrun --nproc_per_node 2 ddp_job.py OUT`.
+"""Data-parallel training under torchrun: `torchrun --nproc_per_node 2 ddp_job.py OUT [GRAD_ACCUM]`.
 
 Rank 0 writes OUT/final.pt; progress lines go to stdout (rank 0 only).
 """
@@ -28,9 +28,9 @@ def model():
 
 
 if __name__ == "__main__":
-    out = Path(sys.argv[1])
+    out, accum = Path(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 1
     trainer = Trainer(model(), DataLoader(dataset(), batch_size=BATCH, shuffle=True), DataLoader(dataset(), batch_size=50),
-                      opt_fn=torch.optim.SGD, lr=LR, seed=SEED, cbs=[Checkpoint(out/"ckpt")])
+                      opt_fn=torch.optim.SGD, lr=LR, seed=SEED, grad_accum=accum, cbs=[Checkpoint(out/"ckpt")])
     trainer.fit(EPOCHS)
     print(f"rank {dist_env().rank} valid_loss {trainer.metrics['valid_loss']:.6f} world {dist.get_world_size()}")
     if dist_env().is_main: torch.save(trainer.module.state_dict(), out/"final.pt")
