@@ -171,7 +171,7 @@ class Checkpoint(Callback):
 # %% ../nbs/06_callbacks.ipynb #3197973f
 class EarlyStopping(Callback):
     "Stop training when `monitor` has not improved for `patience` epochs."
-    order = 60
+    order = 40  # before Checkpoint (50): the epoch-end checkpoint must hold this epoch's count
     def __init__(self, monitor:str="valid_loss", # Metric to watch
                  patience:int=3, # Epochs without improvement before stopping
                  mode:str="min", # "min" if lower is better, "max" if higher is
@@ -198,7 +198,10 @@ class EarlyStopping(Callback):
             if is_main_process():
                 print(f"early stopping at epoch {self.trainer.epoch + 1}: {self.monitor} has not improved for "
                       f"{self.patience} epochs (best {self.best:.4g})")
-            raise CancelFit()
 
-    def state_dict(self) -> dict: return {"best": self.best, "wait": self.wait}
-    def load_state_dict(self, state:dict): self.best, self.wait = state["best"], state["wait"]
+    def before_epoch(self):
+        if self.stopped_epoch is not None: raise CancelFit()  # decided at the end of the last epoch (saved with it)
+
+    def state_dict(self) -> dict: return {"best": self.best, "wait": self.wait, "stopped_epoch": self.stopped_epoch}
+    def load_state_dict(self, state:dict):
+        self.best, self.wait, self.stopped_epoch = state["best"], state["wait"], state.get("stopped_epoch")
