@@ -78,6 +78,17 @@ def test_kill_during_save_leaves_previous_checkpoint_intact(tmp_path, reference)
     assert_identical(result(tmp_path/"out"), reference)
 
 
+def test_kill_while_the_checkpoint_is_half_written(tmp_path, reference):
+    "Killed with half of step 10's checkpoint on disk: the latest checkpoint still loads, and the resumed run is exact."
+    killed = job(tmp_path/"out", tmp_path/"ckpt", "--kill-mid-write", "10")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    latest = list_checkpoints(tmp_path/"ckpt")[-1]
+    assert load_checkpoint(latest)["step"] == 8, latest  # the half-written one is not among the checkpoints
+    resumed = job(tmp_path/"out", tmp_path/"ckpt", "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert_identical(result(tmp_path/"out"), reference)
+
+
 def _rows(run):
     return {name: [(step, value) for step, _, value in rows] for name, rows in run.metrics.items()}
 

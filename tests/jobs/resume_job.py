@@ -1,6 +1,7 @@
 """A small training run that can kill itself with SIGKILL at a given step, or in the middle of a checkpoint save.
 
-usage: resume_job.py OUT CKPT_DIR [--kill-at STEP] [--kill-event after_step|after_batch] [--kill-in-save STEP] [--resume]
+usage: resume_job.py OUT CKPT_DIR [--kill-at STEP] [--kill-event after_step|after_batch] [--kill-in-save STEP]
+                     [--kill-mid-write STEP] [--resume]
                      [--track RUNS_DIR]
 Writes OUT/final.pt (weights) and OUT/history.json when training finishes. With --track, a LocalTracker run named
 "resumable" under RUNS_DIR records it through TrackingCallback (flushed just before a kill, so that the run holds
@@ -26,6 +27,7 @@ ap = argparse.ArgumentParser()
 ap.add_argument("out"); ap.add_argument("ckpt_dir")
 ap.add_argument("--kill-at", type=int); ap.add_argument("--kill-event", default="after_step")
 ap.add_argument("--kill-in-save", type=int); ap.add_argument("--resume", action="store_true")
+ap.add_argument("--kill-mid-write", type=int)
 ap.add_argument("--track")
 args = ap.parse_args()
 
@@ -52,6 +54,18 @@ if args.kill_in_save is not None:  # die after the temporary file is written, be
         if Path(dst).name == mlkit.checkpoint.checkpoint_name(args.kill_in_save): die()
         real_replace(src, dst)
     os.replace = replace_then_die  # atomic_write renames with os.replace
+
+if args.kill_mid_write is not None:  # die halfway through writing that step's checkpoint, wherever it is written
+    import io
+    real_save = torch.save
+    def half_then_die(obj, f, *a, **kw):
+        if not (isinstance(obj, dict) and obj.get("step") == args.kill_mid_write): return real_save(obj, f, *a, **kw)
+        buf = io.BytesIO()
+        real_save(obj, buf, *a, **kw)
+        out = open(f, "wb") if isinstance(f, (str, os.PathLike)) else f
+        out.write(buf.getvalue()[:len(buf.getvalue()) // 2]); out.flush(); os.fsync(out.fileno())
+        die()
+    torch.save = half_then_die
 
 seed_everything(0)
 g = torch.Generator().manual_seed(0)
