@@ -50,7 +50,9 @@ class ResumableSampler(Sampler[int]):
             g = torch.Generator(); g.manual_seed(self._epoch_seed)
             order = torch.randperm(n, generator=g).tolist()
         if self.world_size > 1:
-            if self.pad: order += order[:len(self) * self.world_size - n]
+            if self.pad and n:  # repeat the order as often as it takes: 8 ranks over 3 items each get one
+                need = len(self) * self.world_size - n
+                order += (order * -(-need // n))[:need]
             order = order[self.rank::self.world_size]
         return order
 
