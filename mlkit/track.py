@@ -785,7 +785,7 @@ class TrackingCallback(Callback):
         from mlkit.gpu import memory_stats
         t, elapsed = self.trainer, time.perf_counter() - self._t0
         world = t.dist.world_size
-        self.run.log_metrics({"epoch": t.epoch, **t.metrics, "epoch_time_s": elapsed,
+        self.run.log_metrics({"epoch": t.epoch + 1, **t.metrics, "epoch_time_s": elapsed,
                               "samples_per_s": t.epoch_samples * world / elapsed if elapsed > 0 else 0.0,
                               "peak_memory_bytes": memory_stats(t.device if t.device.type == "cuda" else None)["peak"]},
                              t.step)

@@ -180,7 +180,7 @@ class Trainer:
         self.metrics = {}
         self._with_events(self._train_epoch, "train")
         if self.valid_dl is not None: self.metrics.update(self._with_validate(self.valid_dl))
-        self.history.append({"epoch": self.epoch, **self.metrics})
+        self.history.append({"epoch": self.epoch + 1, **self.metrics})  # counted from 1, as people (and the progress bar) count
         if self.scheduler is not None and self.sched_interval == "epoch": self.scheduler.step()
 
     def _train_epoch(self):
