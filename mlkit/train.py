@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -123,6 +124,7 @@ class Trainer:
         self._losses = _LossTally()
         self._resume_state = self.resumed_from = None
         self._window = None  # the accumulation window: [first batch's samples, samples expected, samples seen]
+        self._epoch_rng = None  # the random state as this epoch began (saved in mid-epoch checkpoints)
         self.cbs = []
         cbs = list(cbs or [])
         if progress and not any(isinstance(cb, ProgressBar) for cb in cbs): cbs.append(ProgressBar())
@@ -191,6 +193,10 @@ class Trainer:
         if self.sampler is not None:
             if resume is not None and resume["sampler"] is not None: self.sampler.load_state_dict(resume["sampler"])
             else: self.sampler.set_epoch(self.epoch)
+        # the random state at this epoch's start: the loader draws its seeds (and, unless mlkit rebuilt it, its order)
+        # from it as the epoch begins, so a run resumed mid-epoch begins the epoch from it again
+        if resume is not None and resume.get("epoch_rng") is not None: set_rng_states(resume["epoch_rng"])
+        self._epoch_rng = rng_states()
         batches = iter(self.train_dl)
         if self.sampler is None:  # a loader mlkit cannot rebuild: replay and discard what was already seen
             for _ in range(self._start_batch): next(batches)
@@ -368,11 +374,13 @@ class Trainer:
         sampler = None
         if self.sampler is not None and not epoch_done:
             sampler = {**self.sampler.state_dict(), "start": batch * self.train_dl.batch_size}
+        elif self.sampler is not None and self.sampler.generator is not None:  # the user's generator, as the next epoch needs it
+            sampler = {"generator_now": self.sampler.generator.get_state()}
         return {"format": "mlkit-checkpoint-1", "model": self.module.state_dict(), "optimizer": self.opt.state_dict(),
                 "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
                 "scaler": self.scaler.state_dict() if self.scaler is not None else None,
                 "epoch": self.epoch, "batch": batch, "epoch_done": epoch_done, "step": self.step,
-                "sampler": sampler, "rng": rng_states(),
+                "sampler": sampler, "rng": rng_states(), "epoch_rng": None if epoch_done else self._epoch_rng,
                 "losses": {"total": self._losses.total, "count": self._losses.count},
                 "metrics": dict(self.metrics), "history": list(self.history),
                 "callbacks": {cb.name: cb.state_dict() for cb in self.cbs},
@@ -404,7 +412,14 @@ class Trainer:
         if state["epoch_done"]:
             self.epoch, self._start_batch = state["epoch"] + 1, 0
             set_rng_states(state["rng"])
+            if (saved := state.get("sampler") or {}).get("generator_now") is not None and self.sampler is not None:
+                self.sampler.generator.set_state(saved["generator_now"])
         else:
+            if getattr(self.train_dl, "num_workers", 0) > 0 and state["batch"] < self.n_batches:
+                warnings.warn(f"resuming {path} mid-epoch with num_workers={self.train_dl.num_workers}: the data order is "
+                              "exact, but not the workers' random state, so random augmentation in the dataset differs "
+                              "from the original run for the rest of this epoch (an epoch-end checkpoint, or "
+                              "num_workers=0, resumes bit-identically)", RuntimeWarning, stacklevel=3)
             self.epoch, self._start_batch = state["epoch"], state["batch"]
             self._losses = _LossTally(total=state["losses"]["total"], count=state["losses"]["count"])
             self._resume_state = state
