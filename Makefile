@@ -18,11 +18,13 @@ else
 ENV ?= $(CURDIR)/.venv
 endif
 BIN := $(ENV)/bin
-# The locks are compiled for one Python: 3.11, from 3.11.5 (soupsieve's floor). environment.yml pins the same.
+# The locks are compiled for one Python minor, 3.11 (any patch release). environment.yml pins the same.
 PYTHON ?= python3
 LOCK_PYTHON := 3.11
-PY_OK := import sys; v = sys.version_info; sys.exit(0 if (3, 11, 5) <= v[:3] and v[:2] == (3, 11) else 1)
-WRONG_PY = error: the locks are for Python $(LOCK_PYTHON) (3.11.5 or later), and $(1) is Python $$($(1) -c 'import platform; print(platform.python_version())' 2>/dev/null || echo '(it does not run)'); run 'make install PYTHON=python$(LOCK_PYTHON)', or 'conda env create -f environment.yml' and activate it
+# Which torch build is installed (cpu, cuda, or none), read from its version.py without importing it.
+export TORCH_BUILD := import importlib.util as u, pathlib, re; s = u.find_spec("torch"); print("none" if s is None else "cuda" if re.search(r"^cuda\W.*=\s*['\"]", pathlib.Path(s.origin).with_name("version.py").read_text(), re.M) else "cpu")
+PY_OK := import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else 1)
+WRONG_PY = error: the locks are for Python $(LOCK_PYTHON), and $(1) is Python $$($(1) -c 'import platform; print(platform.python_version())' 2>/dev/null || echo '(it does not run)'); run 'make install PYTHON=python$(LOCK_PYTHON)', or 'conda env create -f environment.yml' and activate it
 PY := $(BIN)/python
 # `make install` leaves this stamp; targets that need the environment rebuild it when the locks change.
 STAMP := $(ENV)/.mlkit-installed-$(TORCH)
@@ -37,7 +39,7 @@ TORCH_PIN := $(shell grep -E '^torch[=<>~!]' requirements.in)
 
 help: ## List the targets
 	@echo "mlkit: make TARGET   (TORCH=cpu|cuda picks the torch build; now $(TORCH); environment: $(ENV))"
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## (.*)/  \1\t\2/' | expand -t 18
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## (.*)/  \1\t\2/' | expand -t 21
 
 install: check-env ## Create or sync the environment from the locks; register the kernel, the git filter and merge driver
 	@if [ ! -x "$(PY)" ]; then echo "creating $(ENV) with $$("$(PYTHON)" --version)"; \
@@ -45,14 +47,16 @@ install: check-env ## Create or sync the environment from the locks; register th
 	$(PY) -m pip install --quiet "$$(grep -E '^pip-tools==' requirements.txt)"
 	@# torch first, on its own: the CPU build comes from PyTorch's CPU index (PyPI's Linux wheel is the CUDA build).
 	@# The CUDA build from PyPI alone: a local CPU wheel (find-links) would satisfy torch==X too (X+cpu matches X).
-	$(if $(filter cuda,$(TORCH)),env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null) $(PY) -m pip install --quiet --no-deps \
-	  --retries 1 $(if $(TORCH_INDEX_$(TORCH)),--extra-index-url $(TORCH_INDEX_$(TORCH))) \
+	@# An installed torch of the other build satisfies torch==X as well (to pip and pip-sync): it is replaced.
+	$(if $(filter cuda,$(TORCH)),env -u PIP_FIND_LINKS -u PIP_INDEX_URL -u PIP_EXTRA_INDEX_URL PIP_CONFIG_FILE=/dev/null) \
+	  $(PY) -m pip install --quiet --no-deps --retries 1 $(if $(TORCH_INDEX_$(TORCH)),--extra-index-url $(TORCH_INDEX_$(TORCH))) \
+	  $$([ "$$($(PY) -c "$$TORCH_BUILD")" = "$(if $(filter cuda,$(TORCH)),cpu,cuda)" ] && echo --force-reinstall) \
 	  "$$(grep -E '^torch==' requirements-$(TORCH).txt)"
 	@# --no-deps: nothing enters unpinned (a lock missing a package fails pip check below, not silently)
 	$(BIN)/pip-sync --quiet --pip-args "--no-deps" requirements.txt requirements-$(TORCH).txt
 	@$(PY) -m pip check >/dev/null || { $(PY) -m pip check >&2; echo "error: the locks miss a package the environment needs (above); run 'make lock'" >&2; exit 1; }
 	@$(PY) -c "import sys, torch; sys.exit((torch.version.cuda is None) != ('$(TORCH)' == 'cpu'))" || { \
-	  echo "error: TORCH=$(TORCH) but the installed torch is the $$($(PY) -c "import torch; print('CUDA ' + torch.version.cuda if torch.version.cuda else 'CPU')") build; a local wheel or index gave the other one" >&2; exit 1; }
+	  echo "error: TORCH=$(TORCH) but the installed torch is the $$($(PY) -c "import torch; print('CUDA ' + torch.version.cuda if torch.version.cuda else 'CPU')") build; the index or a local wheel gave the other one" >&2; exit 1; }
 	PYTHONWARNINGS=ignore $(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	$(PY) -m ipykernel install --sys-prefix --name mlkit --display-name "Python (mlkit)" >/dev/null
 	@$(MAKE) --no-print-directory hooks
@@ -63,12 +67,14 @@ check-env: ## Refuse what make install must not touch: conda's base, others' env
 	@# environment.yml. pip-sync removes whatever the locks do not list, so never conda's base or someone else's.
 	@if [ -n "$$CONDA_PREFIX" ] && [ "$(ENV)" = "$$CONDA_PREFIX" ]; then \
 	  want=$$(sed -nE 's/^name:[[:space:]]*([^[:space:]]+).*/\1/p' environment.yml); \
-	  if [ -d "$(ENV)/condabin" ] || [ "$${CONDA_DEFAULT_ENV:-}" = base ]; then echo "error: conda's base environment is active, and make install would strip it to the locks; create the project's: conda env create -f environment.yml && conda activate $$want" >&2; exit 1; fi; \
+	  if [ -d "$(ENV)/condabin" ] || [ "$${CONDA_DEFAULT_ENV:-}" = base ]; then echo "error: conda's base environment is active, and make install would strip it to the locks; create the project's (conda env create -f environment.yml && conda activate $$want), or conda deactivate to use .venv/" >&2; exit 1; fi; \
 	  if [ "$$(basename "$(ENV)")" != "$$want" ]; then echo "error: the active conda environment $(ENV) is not the project's ('$$want', from environment.yml), and make install would strip it to the locks; conda activate $$want (or create it: conda env create -f environment.yml)" >&2; exit 1; fi; \
 	  if [ ! -x "$(PY)" ]; then echo "error: conda environment $(ENV) has no python; 'conda env create -f environment.yml' first" >&2; exit 1; fi; \
-	elif [ -e "$(ENV)" ] && [ "$(ENV)" != "$(CURDIR)/.venv" ] && [ ! -e "$(ENV)/.mlkit-env" ]; then \
+	elif [ -z "$(strip $(ENV))" ]; then echo "error: ENV is empty; leave it unset for .venv/, or name a folder" >&2; exit 1; \
+	elif [ -e "$(ENV)" ] && [ "$(abspath $(ENV))" != "$(CURDIR)/.venv" ] && [ ! -e "$(ENV)/.mlkit-env" ]; then \
 	  echo "error: $(ENV) was not made by make install, and make install would strip it to the locks; pick a new folder (ENV=...) or the default .venv/" >&2; exit 1; fi
-	@if [ -x "$(PY)" ]; then "$(PY)" -c "$(PY_OK)" || { echo "$(call WRONG_PY,$(PY)) (remove $(ENV) to remake it)" >&2; exit 1; }; \
+	@if [ "$(TORCH)" = cuda ] && [ "$$(uname -s)" = Darwin ]; then echo "error: TORCH=cuda: macOS has no CUDA; use TORCH=cpu (MPS comes with it)" >&2; exit 1; fi
+	@if [ -x "$(PY)" ]; then "$(PY)" -c "$(PY_OK)" || { echo "error: $(ENV) has Python $$("$(PY)" -c 'import platform; print(platform.python_version())'), and the locks are for $(LOCK_PYTHON); remove it (rm -rf $(ENV)) and make install again, with PYTHON=python$(LOCK_PYTHON) if python3 is not $(LOCK_PYTHON)" >&2; exit 1; }; \
 	else command -v "$(PYTHON)" >/dev/null || { echo "error: no $(PYTHON) on PATH; run 'make install PYTHON=/path/to/python$(LOCK_PYTHON)'" >&2; exit 1; }; \
 	  "$(PYTHON)" -c "$(PY_OK)" || { echo "$(call WRONG_PY,$(PYTHON))" >&2; exit 1; }; fi
 
@@ -96,7 +102,8 @@ $(STAMP): requirements.txt requirements-$(TORCH).txt setup.py settings.ini
 # out the same on any machine: requirements.txt universal (markers for macOS-, Windows- or Python-only packages),
 # the CPU torch lock with torch's macOS arm64 metadata (the CPU build's dependencies: no CUDA wheels), the CUDA one
 # with its Linux x86_64 metadata. pip-sync installs them; a lock's existing pins are kept unless UV_ARGS=--upgrade.
-UV_COMPILE = $(BIN)/uv pip compile --quiet --no-config --python-version $(LOCK_PYTHON) \
+UV_COMPILE = env $(addprefix -u ,$(filter UV_%,$(.VARIABLES))) $(BIN)/uv pip compile --quiet --no-config \
+  --default-index https://pypi.org/simple --python-version $(LOCK_PYTHON) \
   --custom-compile-command "make lock  (uv, PyPI alone, Python $(LOCK_PYTHON))" $(UV_ARGS)
 
 lock: $(INSTALLED) ## Recompile requirements*.txt from requirements.in (PyPI alone, for Python 3.11), keeping pins
@@ -104,12 +111,12 @@ lock: $(INSTALLED) ## Recompile requirements*.txt from requirements.in (PyPI alo
 	grep -vE '^torch[=<>~!]' requirements.in > build/requirements.in
 	$(UV_COMPILE) --universal --no-emit-package pip --no-emit-package setuptools --no-emit-package wheel \
 	  -o requirements.txt build/requirements.in
-	sed -i 's|-r build/requirements.in|-r requirements.in|' requirements.txt
+	sed -i.bak 's|-r build/requirements.in|-r requirements.in|' requirements.txt && rm -f requirements.txt.bak
 	echo "$(TORCH_PIN)" > build/torch.in
 	MACOSX_DEPLOYMENT_TARGET=14.0 $(UV_COMPILE) --python-platform aarch64-apple-darwin -c requirements.txt \
 	  -o requirements-cpu.txt build/torch.in
 	$(UV_COMPILE) --python-platform x86_64-manylinux_2_28 -c requirements.txt -o requirements-cuda.txt build/torch.in
-	sed -i 's|-r build/torch.in|-r requirements.in|' requirements-cpu.txt requirements-cuda.txt
+	for f in requirements-cpu.txt requirements-cuda.txt; do sed -i.bak 's|-r build/torch.in|-r requirements.in|' $$f && rm -f $$f.bak; done
 
 upgrade: ## Recompile the locks with the newest versions requirements.in allows
 	$(MAKE) lock UV_ARGS=--upgrade
@@ -153,7 +160,8 @@ check-lock-targets: $(INSTALLED) ## Prove the locks install on each target (Linu
 
 check-lock-full: $(INSTALLED) ## Recompile the locks in a temporary copy (PyPI) and fail if they differ from the committed ones
 	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && cp Makefile requirements.in requirements*.txt environment.yml "$$tmp"/ && \
-	  $(MAKE) --no-print-directory -s -C "$$tmp" lock NO_INSTALL=1 ENV="$(ENV)" >/dev/null && stale= && \
+	  { $(MAKE) --no-print-directory -s -C "$$tmp" lock NO_INSTALL=1 ENV="$(ENV)" >/dev/null || { \
+	    echo "error: could not recompile the locks (above), so their freshness is unproven" >&2; exit 1; }; } && stale= && \
 	  for f in requirements.txt requirements-cpu.txt requirements-cuda.txt; do \
 	    diff -u "$$f" "$$tmp/$$f" >&2 || stale="$$stale $$f"; done; \
 	  [ -z "$$stale" ] || { echo "error:$$stale differ from a fresh 'make lock' (above); run 'make lock' and commit" >&2; exit 1; }

@@ -11,14 +11,15 @@ import re
 import sys
 from pathlib import Path
 
+from packaging.markers import Marker
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
-from packaging.version import Version
+from packaging.version import InvalidVersion, Version
 
 TORCH_LOCKS = ("requirements-cpu.txt", "requirements-cuda.txt")
 # The CUDA runtime that PyPI's Linux torch pulls in; nvidia-ml-py (the small NVML binding mlkit uses) is not part of it.
 CUDA_RUNTIME = re.compile(r"^(nvidia-(?!ml-py$).+|cuda-.+|triton)$")
-ENVIRONMENT_OWN = ("pip", "setuptools", "wheel")
+ENVIRONMENT_OWN = ("pip", "setuptools", "wheel")  # setuptools may come into a torch lock, as torch's own requirement
 
 
 def direct_requirements(path):
@@ -30,13 +31,22 @@ def direct_requirements(path):
     return reqs
 
 
+# The environment the locks are for, as far as markers ask: a pin for another Python or OS is not this one's.
+LOCK_ENV = {"python_version": "3.11", "python_full_version": "3.11.9", "sys_platform": "linux", "os_name": "posix",
+            "platform_system": "Linux", "platform_machine": "x86_64", "implementation_name": "cpython"}
+
+
 def pins(path):
-    "name -> (version, direct) for the `name==version` lines of a pip-compile output."
+    "name -> (version, direct) for the `name==version [; marker]` lines of a lock that apply to Python 3.11 on Linux."
     out, name = {}, None
     for line in Path(path).read_text().splitlines():
-        if m := re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)", line):
+        if m := re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)===?([^=;\s]+)\s*(?:;(.*))?$", line):
             name = canonicalize_name(m[1])
-            out[name] = [Version(m[2]), False]
+            if m[3] and not Marker(m[3]).evaluate(LOCK_ENV):
+                name = None  # another Python's or platform's pin
+                continue
+            try: out[name] = [Version(m[2]), False]
+            except InvalidVersion: out[name] = [m[2], False]  # an arbitrary-equality pin: kept as text
         elif name and re.match(r"^\s+#\s+(via )?-r requirements\.in", line):
             out[name][1] = True
     return out
@@ -74,11 +84,16 @@ def problems(root="."):
             yield f"{f} pins CUDA runtime wheels ({', '.join(cuda[:4])}{', ...' if len(cuda) > 4 else ''}); run 'make lock'"
     if pins(root/"requirements-cpu.txt") == pins(root/"requirements-cuda.txt"):
         yield "requirements-cpu.txt equals requirements-cuda.txt: the CPU lock was resolved as the CUDA build; run 'make lock'"
-    if own := [n for n in ENVIRONMENT_OWN if n in locked]:
-        yield f"requirements.txt pins {', '.join(own)}, which belong to the environment; run 'make lock'"
+    for f in ("requirements.txt", *TORCH_LOCKS):
+        allowed = () if f == "requirements.txt" else ("setuptools",)  # torch>=2.9 requires setuptools>=77
+        if own := [n for n in ENVIRONMENT_OWN if n in pins(root/f) and n not in allowed]:
+            yield f"{f} pins {', '.join(own)}, which belong to the environment; run 'make lock'"
+    if re.search(r"^\s*-\s*pip\s*:", (root/"environment.yml").read_text(), re.M):
+        yield ("environment.yml has a pip section, which conda would install unpinned before make install; leave the "
+               "packages to the locks (make install)")
     py = lock_python(root/"requirements.txt")
     env = (root/"environment.yml").read_text()
-    if py and not re.search(rf"^\s*-\s*python\s*=\s*{re.escape(py)}\s*$", env, re.M):
+    if py and not re.search(rf"^\s*-\s*python\s*==?\s*{re.escape(py)}(\.\d+|\.\*)?\s*$", env, re.M):
         yield f"environment.yml is stale: requirements.txt was compiled with Python {py}; ask for python={py}"
 
 

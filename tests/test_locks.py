@@ -37,14 +37,15 @@ def drop_line(path: Path, start: str):
 def test_lock_targets_pass_and_name_what_breaks_them(repo_copy):
     r = make("check-lock-targets", cwd=repo_copy)
     assert r.returncode == 0, r.stderr
-    assert all(f"ok: {t}" in r.stdout for t in ("linux-x86_64-cpu", "linux-x86_64-cuda", "macos-arm64-cpu")), r.stdout
+    for target in ("linux-x86_64-cpu", "linux-x86_64-cuda", "macos-arm64-cpu"):
+        assert f"ok: {target} (Python 3.11.0" in r.stdout and f"ok: {target} (Python 3.11.9" in r.stdout, r.stdout
     drop_line(repo_copy/"requirements.txt", "appnope==")  # a package only macOS needs
     r = make("check-lock-targets", cwd=repo_copy)
     assert r.returncode != 0
-    assert "error: macos-arm64-cpu: needs appnope" in r.stderr and "linux-x86_64-cuda" not in r.stderr, r.stderr
+    assert "error: macos-arm64-cpu (Python 3.11.0): needs appnope" in r.stderr and "linux-x86_64-cuda" not in r.stderr, r.stderr
     drop_line(repo_copy/"requirements.txt", "traitlets==")  # one every target needs
     r = make("check-lock-targets", "TARGETS=linux-x86_64-cuda", cwd=repo_copy)
-    assert "error: linux-x86_64-cuda: needs traitlets" in r.stderr, r.stderr
+    assert "error: linux-x86_64-cuda (Python 3.11.0): needs traitlets" in r.stderr, r.stderr
 
 
 @needs_pypi
@@ -52,7 +53,8 @@ def test_lock_targets_fail_on_a_pin_without_a_wheel_for_the_target(repo_copy):
     cpu = repo_copy/"requirements-cpu.txt"
     cpu.write_text(cpu.read_text() + "nvidia-nccl-cu13==2.29.7\n")  # Linux only: nothing for macOS
     r = make("check-lock-targets", "TARGETS=macos-arm64-cpu", cwd=repo_copy)
-    assert r.returncode != 0 and "macos-arm64-cpu: the locks do not resolve" in r.stderr, r.stderr
+    assert r.returncode != 0 and "macos-arm64-cpu (Python 3.11.0): the locks do not resolve" in r.stderr, r.stderr
+    assert "cause: Because nvidia-nccl-cu13==2.29.7 has no wheels" in r.stderr, r.stderr  # the reason, not "no solution"
 
 
 @needs_pypi
@@ -69,6 +71,27 @@ def test_full_lock_check_sees_every_drift(repo_copy, case):
 
 
 @needs_pypi
+def test_full_lock_check_fails_when_it_cannot_recompile(repo_copy):
+    (repo_copy/"requirements.in").write_text((repo_copy/"requirements.in").read_text() + "no-such-package-mlkit-zz>=1\n")
+    r = make("check-lock-full", cwd=repo_copy)
+    assert r.returncode != 0 and "error: could not recompile the locks" in r.stderr, r.stderr
+
+
+def test_install_tells_the_torch_builds_apart_without_importing_torch(tmp_path):
+    "The probe make install uses to replace a torch of the other build (pip would keep it: 2.13.0+cpu is ==2.13.0)."
+    probe = subprocess.run(["make", "-s", "-f", "-", "show"], input="include Makefile\nshow: ; @echo \"$$TORCH_BUILD\"\n",
+                           capture_output=True, text=True, cwd=Path(__file__).parents[1]).stdout.strip()
+    for cuda, build in (("None", "cpu"), ("'12.8'", "cuda")):
+        site = tmp_path/build/"torch"
+        site.mkdir(parents=True)
+        (site/"__init__.py").write_text("raise SystemExit('imported')\n")
+        (site/"version.py").write_text(f"__version__ = '2.13.0'\ncuda: Optional[str] = {cuda}\nhip = None\n")
+        r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                           env={**os.environ, "PYTHONPATH": str(tmp_path/build)})
+        assert r.stdout.strip() == build, (build, r.stdout, r.stderr)
+
+
+@needs_pypi
 def test_full_lock_check_passes_on_the_committed_locks(repo_copy):
     r = make("check-lock-full", cwd=repo_copy)
     assert r.returncode == 0, r.stderr
@@ -76,20 +99,47 @@ def test_full_lock_check_passes_on_the_committed_locks(repo_copy):
 
 @pytest.mark.parametrize("case, expected", [
     ("cuda wheels in requirements.txt", "requirements.txt pins CUDA runtime wheels (nvidia-nccl-cu13)"),
+    ("cuda- wheels in requirements.txt", "requirements.txt pins CUDA runtime wheels (cuda-bindings)"),
     ("cuda wheels in the cpu lock", "requirements-cpu.txt pins CUDA runtime wheels (triton)"),
     ("cpu lock is the cuda lock", "requirements-cpu.txt equals requirements-cuda.txt"),
     ("pip pinned", "requirements.txt pins pip"),
+    ("setuptools pinned", "requirements.txt pins setuptools"),
+    ("wheel in the cpu lock", "requirements-cpu.txt pins wheel"),
+    ("torch stale in the cuda lock", "requirements-cuda.txt is stale: pins torch==2.12.0"),
+    ("a lock missing", "requirements-cuda.txt missing; run 'make lock'"),
+    ("the 3.11 pin out of bounds, a 3.12 one in", "pins numpy==1.20.0, outside 'numpy>=1.26'"),
+    ("an arbitrary-equality pin", "requirements.txt pins CUDA runtime wheels (nvidia-cublas)"),
     ("conda asks for another python", "environment.yml is stale: requirements.txt was compiled with Python 3.11"),
+    ("a pip section in environment.yml", "environment.yml has a pip section"),
 ])
 def test_offline_lock_check_refuses_wrong_locks(repo_copy, case, expected):
-    req, cpu = repo_copy/"requirements.txt", repo_copy/"requirements-cpu.txt"
-    if case == "cuda wheels in requirements.txt": req.write_text(req.read_text() + "nvidia-nccl-cu13==2.29.7\n")
-    if case == "cuda wheels in the cpu lock": cpu.write_text(cpu.read_text() + "triton==3.7.1\n")
-    if case == "cpu lock is the cuda lock": shutil.copy(repo_copy/"requirements-cuda.txt", cpu)
-    if case == "pip pinned": req.write_text(req.read_text() + "pip==26.3\n")
+    req, cpu, cuda = repo_copy/"requirements.txt", repo_copy/"requirements-cpu.txt", repo_copy/"requirements-cuda.txt"
+    add = lambda path, line: path.write_text(path.read_text() + line + "\n")  # noqa: E731
+    if case == "cuda wheels in requirements.txt": add(req, "nvidia-nccl-cu13==2.29.7")
+    if case == "cuda- wheels in requirements.txt": add(req, "cuda-bindings==13.5.0")
+    if case == "cuda wheels in the cpu lock": add(cpu, "triton==3.7.1")
+    if case == "cpu lock is the cuda lock": shutil.copy(cuda, cpu)
+    if case == "pip pinned": add(req, "pip==26.3")
+    if case == "setuptools pinned": add(req, "setuptools==84.2.1")
+    if case == "wheel in the cpu lock": add(cpu, "wheel==0.48.0")
+    if case == "torch stale in the cuda lock": edit(cuda, "torch==2.13.0", "torch==2.12.0")
+    if case == "a lock missing": cuda.unlink()
+    if case == "the 3.11 pin out of bounds, a 3.12 one in":  # as `make upgrade` forks pins by Python version
+        numpy = next(ln for ln in req.read_text().splitlines() if ln.startswith("numpy=="))
+        edit(req, numpy + "\n", "numpy==1.20.0 ; python_full_version < '3.12'\n" + numpy + " ; python_full_version >= '3.12'\n")
+    if case == "an arbitrary-equality pin": add(req, "nvidia-cublas===13.1.1.3")
     if case == "conda asks for another python": edit(repo_copy/"environment.yml", "python=3.11", "python=3.12")
+    if case == "a pip section in environment.yml": add(repo_copy/"environment.yml", "  - pip:\n      - -r requirements.txt")
     r = make("check-lock", cwd=repo_copy)
-    assert r.returncode != 0 and expected in r.stderr, r.stderr
+    assert r.returncode != 0 and expected in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_offline_lock_check_takes_conda_spellings_of_the_python(repo_copy):
+    for spelling in ("python=3.11.9", "python==3.11", "python=3.11.*"):
+        (repo_copy/"environment.yml").write_text((repo_copy/"environment.yml").read_text().replace("python=3.11", spelling, 1))
+        r = make("check-lock", cwd=repo_copy)
+        assert r.returncode == 0, (spelling, r.stderr)
+        (repo_copy/"environment.yml").write_text((repo_copy/"environment.yml").read_text().replace(spelling, "python=3.11", 1))
 
 
 def install(repo, *args, env=None, target="install") -> subprocess.CompletedProcess:
