@@ -144,9 +144,10 @@ class Checkpoint(Callback):
     def after_epoch(self):
         improved = self.monitor is not None and self._improved(self._monitored())
         path = self._save(epoch_done=True) if self.every_epoch else None
-        if improved and is_main_process():
-            if path is None: save_checkpoint(self.trainer.checkpoint_state(epoch_done=True), self.best_path)
-            else: link_or_copy(path, self.best_path)
+        if improved and path is None:
+            state = self.trainer.checkpoint_state(epoch_done=True)  # on every rank: it gathers their random states
+            if is_main_process(): save_checkpoint(state, self.best_path)
+        elif improved and is_main_process(): link_or_copy(path, self.best_path)
 
     def _monitored(self) -> float:
         metrics = self.trainer.metrics
@@ -160,8 +161,9 @@ class Checkpoint(Callback):
         return better
 
     def _save(self, epoch_done:bool) -> Path|None:
+        state = self.trainer.checkpoint_state(epoch_done)  # on every rank: it gathers their random states
         if not is_main_process(): return None
-        self.last_path = save_checkpoint(self.trainer.checkpoint_state(epoch_done), self.dir/checkpoint_name(self.trainer.step))
+        self.last_path = save_checkpoint(state, self.dir/checkpoint_name(self.trainer.step))
         for old in list_checkpoints(self.dir)[:-self.keep_last]: old.unlink(missing_ok=True)
         return self.last_path
 

@@ -368,7 +368,7 @@ class Trainer:
 
     # -- checkpoints ----------------------------------------------------------------------------------------
     def checkpoint_state(self, epoch_done:bool=False) -> dict:
-        "Everything needed to continue this run exactly: weights, optimizer, scheduler, scaler, position, RNGs."
+        "All it takes to continue this run exactly: weights, optimizer, scheduler, scaler, position, RNGs (all ranks call it)."
         self._check_losses()  # never save the weights of a diverged run
         batch = self.n_batches if epoch_done else self.iter + 1
         sampler = None
@@ -376,11 +376,15 @@ class Trainer:
             sampler = {**self.sampler.state_dict(), "start": batch * self.train_dl.batch_size}
         elif self.sampler is not None and self.sampler.generator is not None:  # the user's generator, as the next epoch needs it
             sampler = {"generator_now": self.sampler.generator.get_state()}
+        rng, epoch_rng, ranks = rng_states(), None if epoch_done else self._epoch_rng, None
+        if self.dist.is_distributed:  # each process's own: its CUDA generator, and whatever it drew on its own
+            ranks = [None] * self.dist.world_size
+            torch.distributed.all_gather_object(ranks, {"rng": rng, "epoch_rng": epoch_rng})
         return {"format": "mlkit-checkpoint-1", "model": self.module.state_dict(), "optimizer": self.opt.state_dict(),
                 "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
                 "scaler": self.scaler.state_dict() if self.scaler is not None else None,
                 "epoch": self.epoch, "batch": batch, "epoch_done": epoch_done, "step": self.step,
-                "sampler": sampler, "rng": rng_states(), "epoch_rng": None if epoch_done else self._epoch_rng,
+                "sampler": sampler, "rng": rng, "epoch_rng": epoch_rng, "rng_ranks": ranks,
                 "losses": {"total": self._losses.total, "count": self._losses.count},
                 "metrics": dict(self.metrics), "history": list(self.history),
                 "callbacks": {cb.name: cb.state_dict() for cb in self.cbs},
@@ -407,6 +411,11 @@ class Trainer:
             raise CheckpointError(f"{path} does not match this optimizer or scheduler: {e}") from None
         for cb in self.cbs:
             if cb.name in state["callbacks"]: cb.load_state_dict(state["callbacks"][cb.name])
+        if (ranks := state.get("rng_ranks")) and len(ranks) == self.dist.world_size:
+            state = {**state, **ranks[self.dist.rank]}  # this rank's own random state
+        elif ranks:
+            warnings.warn(f"{path} was saved by {len(ranks)} processes and this run has {self.dist.world_size}: every "
+                          "process starts from rank 0's random state", RuntimeWarning, stacklevel=3)
         self.step, self.history = state["step"], list(state["history"])
         self.metrics = dict(state["metrics"])
         if state["epoch_done"]:

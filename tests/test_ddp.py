@@ -103,3 +103,17 @@ def test_collectives_get_tensors_on_the_backends_device(monkeypatch):
     try: t._mean_over_ranks(torch.tensor(1.0, device="meta"), 4)
     except _Collective: pass
     assert seen == ["meta", "meta"], seen
+
+
+def test_each_rank_resumes_with_its_own_random_state(tmp_path):
+    "Ranks whose random states differ (dropout seeded by rank), stopped after an epoch and resumed: as if never stopped."
+    def torchrun(out, *args):
+        r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                            str(Path(ddp_job.__file__).with_name("ddp_resume_job.py")), str(out), *args],
+                           capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert r.returncode == 0, r.stdout + r.stderr
+    torchrun(tmp_path/"whole", "2")
+    torchrun(tmp_path/"split", "1")
+    torchrun(tmp_path/"split", "2", "--resume")
+    whole, split = (torch.load(tmp_path/d/"final.pt", weights_only=True) for d in ("whole", "split"))
+    for k in whole: assert torch.equal(whole[k], split[k]), k
