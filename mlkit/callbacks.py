@@ -145,7 +145,7 @@ class Checkpoint(Callback):
         improved = self.monitor is not None and self._improved(self._monitored())
         path = self._save(epoch_done=True) if self.every_epoch else None
         if improved and path is None:
-            state = self.trainer.checkpoint_state(epoch_done=True)  # on every rank: it gathers their random states
+            state = self.trainer.checkpoint_state(epoch_done=True, gather=True)  # every rank: it gathers their RNG states
             if is_main_process(): save_checkpoint(state, self.best_path)
         elif improved and is_main_process(): link_or_copy(path, self.best_path)
 
@@ -161,7 +161,7 @@ class Checkpoint(Callback):
         return better
 
     def _save(self, epoch_done:bool) -> Path|None:
-        state = self.trainer.checkpoint_state(epoch_done)  # on every rank: it gathers their random states
+        state = self.trainer.checkpoint_state(epoch_done, gather=True)  # on every rank: it gathers their random states
         if not is_main_process(): return None
         self.last_path = save_checkpoint(state, self.dir/checkpoint_name(self.trainer.step))
         for old in list_checkpoints(self.dir)[:-self.keep_last]: old.unlink(missing_ok=True)
@@ -201,8 +201,13 @@ class EarlyStopping(Callback):
                 print(f"early stopping at epoch {self.trainer.epoch + 1}: {self.monitor} has not improved for "
                       f"{self.patience} epochs (best {self.best:.4g})")
 
+    def before_fit(self):
+        if self.trainer.resumed_from is None: self.stopped_epoch = None  # a second fit() trains again
+
     def before_epoch(self):
-        if self.stopped_epoch is not None: raise CancelFit()  # decided at the end of the last epoch (saved with it)
+        if self.stopped_epoch is not None:  # decided at the end of the last epoch (and saved with it)
+            self.trainer.epoch = self.stopped_epoch  # the epoch that ran last, not the one that will not
+            raise CancelFit()
 
     def state_dict(self) -> dict: return {"best": self.best, "wait": self.wait, "stopped_epoch": self.stopped_epoch}
     def load_state_dict(self, state:dict):

@@ -65,11 +65,11 @@ GIB = 2**30
 # %% ../nbs/01_gpu.ipynb #b05866b1
 # While any gpu_lock(set_env=True) of this process is open, os.environ shows the latest one's GPUs, whichever thread
 # took them: what the process itself was given (by its parent or the user) is kept here, and restored at the last exit.
-_env_lock, _env_users, _env_base = threading.Lock(), [0], {}
+_env_lock, _env_open, _env_base = threading.Lock(), [], {}  # the open locks' (token, marker), oldest first
 
 def _given_env(key:str) -> str|None:
     "os.environ[key] as this process was given it, not as one of its own gpu_locks set it."
-    with _env_lock: return _env_base.get(key) if _env_users[0] else os.environ.get(key)
+    with _env_lock: return _env_base.get(key) if _env_open else os.environ.get(key)
 
 def _visible(physical:list[tuple[int, str]]) -> list[tuple[int, str]]|None:
     "The (physical index, uuid) pairs CUDA_VISIBLE_DEVICES lets through, in its order (None: all)."
@@ -131,7 +131,7 @@ def _torch_gpus() -> list[GPU]:
     tokens = [t.strip() for t in given.split(",")] if given is not None else None
     out = []
     for i, (name, uuid, total, free, major, minor) in enumerate(_torch_query(given)):
-        physical = int(tokens[i]) if tokens and i < len(tokens) and tokens[i].isdigit() else i
+        physical = (int(tokens[i]) if tokens[i].isdigit() else -1) if tokens and i < len(tokens) else i  # -1: unknown
         out.append(GPU(i, physical, uuid if uuid.startswith("GPU-") else f"GPU-{uuid}", name, total, free, None, (major, minor)))
     return out  # already filtered by CUDA_VISIBLE_DEVICES
 
@@ -297,6 +297,10 @@ def gpu_lock(n:int=1, # How many GPUs to hold
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(record).encode(), 0)
     ids = [g.physical_index for g, _ in held]
+    if any(i < 0 for i in ids):  # named by UUID in CUDA_VISIBLE_DEVICES, and no NVML to say which index that is
+        for _, fd in held: os.close(fd)
+        raise MlkitError("CUDA_VISIBLE_DEVICES names GPUs by UUID and NVML is not available to tell their indices: "
+                         "install nvidia-ml-py (mlkit's requirements have it) or give CUDA_VISIBLE_DEVICES as indices")
     try:
         with _visible_as(ids, set_env): yield ids
     finally:
@@ -308,21 +312,22 @@ def gpu_lock(n:int=1, # How many GPUs to hold
 def _visible_as(ids:list[int], set_env:bool=True):
     "Inside: this thread holds `ids`; with `set_env`, CUDA_VISIBLE_DEVICES and the marker for child processes too."
     outer, _holding.ids = getattr(_holding, "ids", None), ids
+    token = object()
     if set_env:
         with _env_lock:
-            if _env_users[0] == 0: _env_base.update({k: os.environ.get(k) for k in ("CUDA_VISIBLE_DEVICES", HELD_ENV)})
-            _env_users[0] += 1
-            os.environ["CUDA_VISIBLE_DEVICES"] = os.environ[HELD_ENV] = ",".join(map(str, ids))
+            if not _env_open: _env_base.update({k: os.environ.get(k) for k in ("CUDA_VISIBLE_DEVICES", HELD_ENV)})
+            _env_open.append((token, ",".join(map(str, ids))))
+            os.environ["CUDA_VISIBLE_DEVICES"] = os.environ[HELD_ENV] = _env_open[-1][1]
     try: yield
     finally:
         _holding.ids = outer
         if set_env:
-            with _env_lock:
-                _env_users[0] -= 1
-                if _env_users[0] == 0:
-                    for k, v in _env_base.items():
-                        if v is None: os.environ.pop(k, None)
-                        else: os.environ[k] = v
+            with _env_lock:  # the newest lock still open shows; none open: what the process was given
+                _env_open[:] = [o for o in _env_open if o[0] is not token]
+                now = {k: _env_open[-1][1] for k in ("CUDA_VISIBLE_DEVICES", HELD_ENV)} if _env_open else _env_base
+                for k, v in now.items():
+                    if v is None: os.environ.pop(k, None)
+                    else: os.environ[k] = v
 
 # %% ../nbs/01_gpu.ipynb #86524e98
 def _rss() -> tuple[int, int]:

@@ -92,7 +92,9 @@ class Trainer:
             raise MlkitError(f"sched_interval must be 'step' or 'epoch', got {sched_interval!r}")
         self.device = pick_device(device)
         self.dist = init_distributed(self.device.type)
-        if self.dist.is_distributed and self.device.type == "cuda": self.device = torch.device("cuda", self.dist.local_rank)
+        if self.dist.is_distributed and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+            torch.cuda.set_device(self.device)  # object collectives use the current device, even if the user made the group
         self.precision = auto_precision(self.device) if precision == "auto" else precision
         if self.precision == "fp16" and self.device.type != "cuda":
             raise MlkitError(f"precision 'fp16' needs a CUDA GPU (this run is on {self.device.type}); use 'bf16' or 'fp32'")
@@ -189,7 +191,9 @@ class Trainer:
         self.training = True
         self.model.train()
         resume, self._resume_state = self._resume_state, None
-        if self._start_batch == 0: self._losses = _LossTally()
+        if self._start_batch == 0:
+            self._losses, self._window = _LossTally(), None
+            self.opt.zero_grad(set_to_none=True)  # nothing from a cancelled epoch's open window leaks into this one
         if self.sampler is not None:
             if resume is not None and resume["sampler"] is not None: self.sampler.load_state_dict(resume["sampler"])
             else: self.sampler.set_epoch(self.epoch)
@@ -208,6 +212,7 @@ class Trainer:
                 self._train_batch()
             except CancelBatch:
                 self.opt.zero_grad(set_to_none=True)
+                self._window = None  # the window's gradients are gone: the batches after it make a window of their own
                 self._call("after_cancel_batch")
             self._call("after_batch")
         self._check_losses()
@@ -367,8 +372,10 @@ class Trainer:
         return torch.cat(outs)
 
     # -- checkpoints ----------------------------------------------------------------------------------------
-    def checkpoint_state(self, epoch_done:bool=False) -> dict:
-        "All it takes to continue this run exactly: weights, optimizer, scheduler, scaler, position, RNGs (all ranks call it)."
+    def checkpoint_state(self, epoch_done:bool=False, # Saved after the epoch's last callback (else mid-epoch)
+                         gather:bool=False, # Under torchrun, gather every rank's RNG states: then all ranks must call it
+                        ) -> dict:
+        "All it takes to continue this run exactly: weights, optimizer, scheduler, scaler, position, RNGs."
         self._check_losses()  # never save the weights of a diverged run
         batch = self.n_batches if epoch_done else self.iter + 1
         sampler = None
@@ -377,7 +384,7 @@ class Trainer:
         elif self.sampler is not None and self.sampler.generator is not None:  # the user's generator, as the next epoch needs it
             sampler = {"generator_now": self.sampler.generator.get_state()}
         rng, epoch_rng, ranks = rng_states(), None if epoch_done else self._epoch_rng, None
-        if self.dist.is_distributed:  # each process's own: its CUDA generator, and whatever it drew on its own
+        if gather and self.dist.is_distributed:  # each process's own: its CUDA generator, and what it drew on its own
             ranks = [None] * self.dist.world_size
             torch.distributed.all_gather_object(ranks, {"rng": rng, "epoch_rng": epoch_rng})
         return {"format": "mlkit-checkpoint-1", "model": self.module.state_dict(), "optimizer": self.opt.state_dict(),
@@ -424,6 +431,10 @@ class Trainer:
             if (saved := state.get("sampler") or {}).get("generator_now") is not None and self.sampler is not None:
                 self.sampler.generator.set_state(saved["generator_now"])
         else:
+            if self.sampler is None and getattr(getattr(self.train_dl, "sampler", None), "generator", None) is not None:
+                warnings.warn(f"resuming {path} mid-epoch: the loader's sampler draws from a generator of its own, which "
+                              "mlkit cannot rebuild or restore, so this epoch's remaining order may differ from the "
+                              "original run", RuntimeWarning, stacklevel=3)
             if getattr(self.train_dl, "num_workers", 0) > 0 and state["batch"] < self.n_batches:
                 warnings.warn(f"resuming {path} mid-epoch with num_workers={self.train_dl.num_workers}: the data order is "
                               "exact, but not the workers' random state, so random augmentation in the dataset differs "

@@ -117,3 +117,17 @@ def test_each_rank_resumes_with_its_own_random_state(tmp_path):
     torchrun(tmp_path/"split", "2", "--resume")
     whole, split = (torch.load(tmp_path/d/"final.pt", weights_only=True) for d in ("whole", "split"))
     for k in whole: assert torch.equal(whole[k], split[k]), k
+
+
+def test_checkpoint_state_on_rank_zero_alone_does_not_hang(tmp_path):
+    "The usual pattern, `if is_main_process(): save(trainer.checkpoint_state())`, must not wait for the other ranks."
+    job = tmp_path/"one_rank_save.py"
+    job.write_text("import torch, torch.distributed as dist\nfrom torch import nn\nfrom torch.utils.data import DataLoader, "
+                   "TensorDataset\nfrom mlkit.distributed import is_main_process\nfrom mlkit.train import Trainer\n"
+                   "ds = TensorDataset(torch.randn(32, 4), torch.randint(0, 2, (32,)))\n"
+                   "t = Trainer(nn.Linear(4, 2), DataLoader(ds, batch_size=8), progress=False, seed=1)\nt.fit(1)\n"
+                   "if is_main_process(): torch.save(t.checkpoint_state(epoch_done=True), 'ck.pt')\n"
+                   "dist.barrier()\nprint('done', dist.get_rank(), flush=True)\nimport os; os._exit(0)\n")
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(job)],
+                       capture_output=True, text=True, timeout=120, cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0 and "done 0" in r.stdout and "done 1" in r.stdout, r.stdout + r.stderr

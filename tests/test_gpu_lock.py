@@ -141,3 +141,40 @@ def test_without_a_driver_no_torch_is_imported_to_find_no_gpu():
             "print(g.gpus(), 'torch' in sys.modules)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.stdout.strip() == "[] False", r.stdout + r.stderr
+
+
+def test_leaving_a_lock_shows_the_locks_still_open(tmp_path, monkeypatch):
+    "Nested in a thread, or overlapping across threads: CUDA_VISIBLE_DEVICES names GPUs someone still holds."
+    import threading
+
+    from mlkit.gpu import gpu_lock
+    monkeypatch.setenv("MLKIT_FAKE_GPUS", "2")
+    monkeypatch.setenv("MLKIT_LOCK_DIR", str(tmp_path/"locks"))
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.delenv("MLKIT_GPU_LOCKS", raising=False)
+    with gpu_lock(2):
+        with gpu_lock(1): assert os.environ["CUDA_VISIBLE_DEVICES"] == "0"
+        assert os.environ["CUDA_VISIBLE_DEVICES"] == os.environ["MLKIT_GPU_LOCKS"] == "0,1"  # the outer block's again
+    assert "CUDA_VISIBLE_DEVICES" not in os.environ
+    with gpu_lock(1) as mine:
+        other = gpu_lock(1)  # another thread takes GPU 1 and gives it back
+        t = threading.Thread(target=lambda: (other.__enter__(), other.__exit__(None, None, None)))
+        t.start(); t.join(30)
+        assert os.environ["CUDA_VISIBLE_DEVICES"] == ",".join(map(str, mine))  # not the GPU nobody holds now
+    assert "CUDA_VISIBLE_DEVICES" not in os.environ
+
+
+def test_without_nvml_gpus_named_by_uuid_are_refused_not_mislocked(tmp_path, monkeypatch):
+    import mlkit.gpu as g
+    from mlkit.core import MlkitError
+    monkeypatch.setattr(g, "_nvml_gpus", lambda: None)
+    (tmp_path/"version").write_text("driver\n")
+    monkeypatch.setattr(g, "NVIDIA_DRIVER", tmp_path/"version")
+    monkeypatch.setattr(g, "_torch_query", lambda v: [["NVIDIA L4", "GPU-bbbb", 24 * g.GIB, 20 * g.GIB, 8, 9]])
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-bbbb")
+    monkeypatch.delenv("MLKIT_GPU_LOCKS", raising=False)
+    monkeypatch.delenv("MLKIT_FAKE_GPUS", raising=False)
+    monkeypatch.setenv("MLKIT_LOCK_DIR", str(tmp_path/"locks"))
+    with pytest.raises(MlkitError, match="names GPUs by UUID"):
+        with g.gpu_lock(1): pass
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "GPU-bbbb"
