@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .core import MlkitError, atomic_write, runs_dir
-from .runmeta import REDACTED, is_secret_key, redact
+from .runmeta import REDACTED, redact
 from .runs import RECORDS, Run, open_run
 
 # %% auto #0
@@ -115,11 +115,15 @@ class CliText(str):
     "A value as typed on the command line: read as YAML, unless its parameter is a string."
 
 def _yaml(text:str):
-    "`text` read by YAML's safe loader, except that dates stay text (a notebook takes no date objects)."
+    "`text` read by YAML's safe loader, except that dates stay text (a notebook takes no date objects) and 010 is ten."
     import yaml
     class Loader(yaml.SafeLoader): pass
     Loader.yaml_implicit_resolvers = {c: [(tag, rx) for tag, rx in rs if tag != "tag:yaml.org,2002:timestamp"]
                                       for c, rs in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+    def decimal(loader, node):  # 010 is ten, as on the command line and in Python 3 (YAML 1.1 reads octal 8)
+        text = loader.construct_scalar(node).replace("_", "")
+        return int(text) if text.lstrip("+-").isdigit() else yaml.SafeLoader.construct_yaml_int(loader, node)
+    Loader.add_constructor("tag:yaml.org,2002:int", decimal)
     return yaml.load(text, Loader=Loader)
 
 def parse_value(text:str) -> object:
@@ -148,7 +152,7 @@ def _plain_kind(value) -> str|None:
 
 def convert(p:Parameter, value) -> object:
     "`value` checked against (and converted to) the type of `p`'s default; a `ParameterError` naming all three."
-    if isinstance(value, CliText) and p.type in (int, float) and (n := _number(value, p.type)) is not None: value = n
+    if isinstance(value, str) and p.type in (int, float) and (n := _number(value, p.type)) is not None: value = n  # -p and -f
     elif isinstance(value, CliText): value = str(value) if p.type is str else parse_value(value)
     if bad := _plain_kind(value):
         raise ParameterError(f"parameter '{p.name}' got {value!r}, which holds {_a_name(bad)}: a notebook takes numbers, "
@@ -344,13 +348,17 @@ def _script(nb) -> str:
              "get_ipython = lambda: _mlkit_shell(globals())  # magics and !commands, as in a kernel\n"]
     for i, c in enumerate(nb.cells):
         if c.cell_type == "code": parts.append(f"\n# %% cell {i}\n_mlkit_cell({i})\n{to_python(c.source)}")
-    return "".join(parts) + _LEAVE_GROUP
+    return "".join(parts) + "\n_mlkit_cell(-1)  # the notebook ran to its end\n" + _LEAVE_GROUP
+
+def _literal(path:Path) -> str:
+    "`path` for papermill, which fills `{name}` in paths with parameters: braces escaped, so the path stays the path."
+    return str(path).replace("{", "{{").replace("}", "}}")
 
 def _run_distributed(path:Path, saved:Path, given:dict, kernel:str, nproc:int, out, nodes:dict|None, env:dict):
     "Inject `given` (papermill, prepare only) into `saved`, make it a script, run that under torchrun with `env`."
     import subprocess
     from papermill import execute_notebook
-    nb = execute_notebook(str(path), str(saved), parameters=given, prepare_only=True, kernel_name=kernel,
+    nb = execute_notebook(_literal(path), _literal(saved), parameters=given, prepare_only=True, kernel_name=kernel,
                           language="python", progress_bar=False)
     script = saved.with_suffix(".py")
     script.write_text(_script(nb))
@@ -399,7 +407,8 @@ def _script_cell(index:int):
         from mlkit.track import RUN_DIR_ENV
         folder = os.environ.get(RUN_DIR_ENV)
         _script_cells = _ScriptCells(Path(folder)/_CELLS_LOG) if folder and os.environ.get("RANK", "0") == "0" else False
-    if _script_cells:
+    if _script_cells and index < 0: _script_cells.log(done=True)
+    elif _script_cells:
         _script_cells.cell = index
         _script_cells.log(cell=index)
 
@@ -415,15 +424,16 @@ def _script_shell(namespace:dict):
         _shell = ScriptShell.instance(user_ns=namespace)
     return _shell
 
-def _fold_script_log(saved:Path, log:Path) -> tuple[int|None, dict|None]:
-    "Put what rank 0 logged into `log` into the notebook `saved` as its cells' outputs; (the last cell run, its error)."
-    if not log.is_file() or not saved.is_file(): return None, None
+def _fold_script_log(saved:Path, log:Path) -> tuple[int|None, dict|None, bool]:
+    "Put what rank 0 logged into `log` into the notebook `saved` as its cells' outputs; (last cell run, its error, done)."
+    if not log.is_file() or not saved.is_file(): return None, None, False
     import nbformat
     from nbformat.v4 import new_output
-    nb, last, error, count = nbformat.read(saved, as_version=4), None, None, 0
+    nb, last, error, count, done = nbformat.read(saved, as_version=4), None, None, 0, False
     for line in log.read_text().splitlines():
         try: entry = json.loads(line)
         except ValueError: continue  # a line cut short by a kill
+        done = done or entry.get("done", False)
         i = entry.get("cell")
         if not isinstance(i, int) or not 0 <= i < len(nb.cells): continue
         cell = nb.cells[i]
@@ -439,7 +449,7 @@ def _fold_script_log(saved:Path, log:Path) -> tuple[int|None, dict|None]:
             cell.execution_count, cell.outputs = count, []
     atomic_write(saved, lambda f: nbformat.write(nb, f), mode="w")
     log.unlink()
-    return last, error
+    return last, error, done
 
 # %% ../nbs/11_run.ipynb #4de51e59
 KERNEL_LOG = "kernel.log"  # the kernel's own messages (warnings, crashes), in the run folder
@@ -484,8 +494,9 @@ def run_notebook(path:str|Path, # The notebook to execute
     saved, injected, env[RUN_DIR_ENV] = tracker.path/"notebook.ipynb", _injected_index(nb, given), str(tracker.path)
     cells, error, log = _CellLog(nb, injected, out or sys.stderr), None, None
     try:
+        tracker.meta["command"] = _redact_command(tracker.meta.get("command"), given)  # secrets nested in -p values
         tracker.meta.update({"notebook": str(path), "notebook_params": redact(final), "kernel": kernel,
-                             "cell_timeout": cell_timeout, **(meta or {})})
+                             "cell_timeout": cell_timeout, "nproc": nproc, "gpus": gpus, **(meta or {})})
         tracker.log_params(final)
         log = open(tracker.path/KERNEL_LOG, "ab")
         with _signals_interrupt(), _gpus_held(gpus, tracker.id, out or sys.stderr) as ids, _papermill_log(cells):
@@ -494,7 +505,7 @@ def run_notebook(path:str|Path, # The notebook to execute
                 env["CUDA_VISIBLE_DEVICES"] = env[HELD_ENV] = ",".join(map(str, ids))
             if nproc is not None: _run_distributed(path, saved, given, kernel, nproc, out, nodes, env)
             else:  # the kernel's environment and folder go to its manager: os.environ and the cwd stay as they are
-                execute_notebook(str(path), str(saved), parameters=given, kernel_name=kernel, language="python",
+                execute_notebook(_literal(path), _literal(saved), parameters=given, kernel_name=kernel, language="python",
                                  execution_timeout=cell_timeout, progress_bar=False, log_output=True,
                                  stdout_file=out or sys.stdout, stderr_file=out or sys.stderr,
                                  kernel_manager_class=_kernel_manager_class(env, log, path.parent))
@@ -502,8 +513,10 @@ def run_notebook(path:str|Path, # The notebook to execute
     finally:
         if log: log.close()
         if nproc is not None:
-            last, cell_error = _fold_script_log(saved, tracker.path/_CELLS_LOG)
+            last, cell_error, done = _fold_script_log(saved, tracker.path/_CELLS_LOG)
             cells.current = last if last is not None else cells.current
+            if isinstance(error, DistributedRunError) and done and cell_error is None:  # a worker died on its way out
+                tracker.meta["exit_note"], error = f"{error} after the notebook ran to its end", None
             if isinstance(error, DistributedRunError): error.cell_error = cell_error
         status, message, cell = _outcome(error, cells.current, injected, cell_timeout)
         if cell: tracker.meta["failed_cell"] = cell
@@ -520,10 +533,22 @@ def _run_other_node(path:Path, given:dict, nproc:int, nodes:dict, out, env:dict,
         if ids is not None: env["CUDA_VISIBLE_DEVICES"] = env[HELD_ENV] = ",".join(map(str, ids))
         _run_distributed(path, Path(tmp)/"notebook.ipynb", given, kernel_name(), nproc, out, nodes, env)
 
+def _redact_command(command:list|None, given:dict) -> list|None:
+    "`command` with the values of `-p NAME VALUE` redacted where NAME's value holds a secret (top level or nested)."
+    if not command: return command
+    out = list(command)
+    for i in range(len(out) - 2):
+        name = out[i + 1]
+        if out[i] in ("-p", "--param") and name in given and (hidden := redact({name: given[name]})[name]) != given[name]:
+            out[i + 2] = hidden if isinstance(hidden, str) else json.dumps(hidden)
+    return out
+
 def _redact_injected(saved:Path, given:dict):
     "Secret-named parameters' values out of the executed notebook (its injected cell, papermill's metadata) and script."
-    secret = [k for k in given if is_secret_key(k)]
-    hide = lambda line: f"{line.split(' = ')[0]} = {REDACTED!r}" if line.split(" = ")[0] in secret else line  # noqa: E731
+    hidden = {k: redact({k: v})[k] for k, v in given.items()}  # a secret name's value, or secrets nested in a value
+    secret = [k for k, v in given.items() if hidden[k] != v]
+    hide = lambda line: (f"{line.split(' = ')[0]} = {hidden[line.split(' = ')[0]]!r}"  # noqa: E731
+                         if line.split(" = ")[0] in secret else line)
     script = saved.with_suffix(".py")  # --nproc's
     if secret and script.is_file(): script.write_text("\n".join(map(hide, script.read_text().splitlines())) + "\n")
     if not secret or not saved.is_file(): return
@@ -572,7 +597,7 @@ def rerun(ref:str, # The run: an id, a unique prefix, a name, or its folder
         raise MlkitError(f"run {old.id} was not made by mlkit run: no notebook to run again")
     recorded = old.meta.get("notebook_params")
     if recorded is None: raise MlkitError(f"run {old.id} recorded no notebook parameters to run again with")
-    if missing := [k for k, v in recorded.items() if v == REDACTED and k not in (params or {})]:
+    if missing := [k for k, v in recorded.items() if REDACTED in json.dumps(v) and k not in (params or {})]:
         raise MlkitError(f"run {old.id} kept no value of the secret parameter(s) {', '.join(missing)}: "
                          f"give them again ({' '.join(f'-p {k} VALUE' for k in missing)})")
     for line in _same_code_and_env(old.meta): print(f"mlkit rerun: {line}", file=out or sys.stderr, flush=True)
@@ -587,6 +612,7 @@ def rerun(ref:str, # The run: an id, a unique prefix, a name, or its folder
               file=out or sys.stderr, flush=True)
     try:
         return run_notebook(as_ran or source, {**recorded, **(params or {})}, name=name or old.name,
+                            gpus=old.meta.get("gpus"), nproc=old.meta.get("nproc"),
                             cell_timeout=cell_timeout if cell_timeout is not None else old.meta.get("cell_timeout"),
                             runs_dir=runs_dir if runs_dir is not None else old.path.parent, out=out,
                             meta={"rerun_of": old.id, "notebook": str(source),

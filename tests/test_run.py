@@ -1,6 +1,7 @@
 "`mlkit run` as a user drives it: a temporary project, notebooks in a subfolder of nbs/, each outcome and each bad input."
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -315,6 +316,11 @@ def test_nproc_two_cpu_processes(project, monkeypatch):
     assert json.loads((run/"records.json").read_text()) == {"world": 2, "rank0": True}  # rank 0 alone records
     assert (run/"metrics.csv").read_text().count(",valid_loss,") == 2
     assert "epochs = 2" in (run/"notebook.py").read_text()
+    again = mlkit("rerun", run.name, timeout=300)  # as it ran: in 2 processes again
+    assert again.returncode == 0, again.stdout + again.stderr
+    rerun = [p for p in runs(project) if p != run][0]
+    assert meta(rerun)["nproc"] == 2 and json.loads((rerun/"records.json").read_text())["world"] == 2
+    shutil.rmtree(rerun)
     executed = nbformat.read(run/"notebook.ipynb", as_version=4)  # rank 0's output, under its cells
     assert [o.text for o in executed.cells[-1].outputs] == ["rank 0 of 2\n"]
     assert "epoch 2/2" in "".join(o.get("text", "") for o in executed.cells[-2].outputs)
@@ -340,6 +346,13 @@ def test_nproc_failures_and_magics(project, monkeypatch):
     assert "shell says hi" in "".join(o.get("text", "") for o in first.outputs), first.outputs
     assert [o.output_type for o in failing.outputs] == ["stream", "error"] and failing.outputs[0].text == "before hi\n"
     assert failing.outputs[1].ename == "ZeroDivisionError" and never.outputs == [] and never.execution_count is None
+    late = notebook(project, "ddp_late_exit.ipynb", "import atexit, os\nif os.environ['RANK'] == '1': "
+                    "atexit.register(os._exit, 3)  # a worker that dies on its way out", "print('done')")
+    r = mlkit("run", late, "--nproc", "2", timeout=300)
+    finished = [p for p in runs(project) if p != run][0]
+    assert r.returncode == 0 and meta(finished)["status"] == "finished", r.stdout + r.stderr
+    assert "after the notebook ran to its end" in meta(finished)["exit_note"]
+    shutil.rmtree(finished)
     exits = notebook(project, "ddp_exits.ipynb", "print('one')", "raise SystemExit(3)")
     r = mlkit("run", exits, "--nproc", "2", timeout=300)
     assert r.returncode == 1
@@ -450,3 +463,33 @@ def test_notebook_as_papermill_left_it(project):
     injected = [c for c in nbformat.read(second/"notebook.ipynb", as_version=4).cells
                 if "injected-parameters" in c.metadata.get("tags", [])]
     assert len(injected) == 1 and 'when = "2024-01-31"' in injected[0].source
+
+
+def test_paths_with_braces_are_paths(project):
+    "papermill fills {name} in paths with parameters: mlkit escapes them, so the notebook named is the one that runs."
+    notebook(project, "t_2.ipynb", "print('the wrong notebook')", params="n = 1")
+    nb = notebook(project, "t_{n}.ipynb", "print('the braces notebook', n)", params="n = 1")
+    r = mlkit("run", nb, "-p", "n", "2")
+    assert r.returncode == 0, r.stderr
+    assert "the braces notebook 2" in r.stdout and "wrong" not in r.stdout
+
+
+def test_secrets_nested_in_a_value_stay_out_and_a_rerun_asks_again(project):
+    nb = notebook(project, "nested.ipynb", "print('key length', len(creds['api_key']))", params="creds = {}")
+    r = mlkit("run", nb, "-p", "creds", "{api_key: sk-nested-77, user: bob}", "--name", "nested")
+    assert r.returncode == 0, r.stderr
+    assert "key length 12" in r.stdout
+    [run] = runs(project)
+    leaks = [p.name for p in run.rglob("*") if p.is_file() and b"sk-nested-77" in p.read_bytes()]
+    assert leaks == []
+    assert json.loads((run/"params.json").read_text())["creds"]["user"] == "bob"  # the harmless part is kept
+    refused = mlkit("rerun", "nested")
+    assert refused.returncode == 1 and "-p creds VALUE" in refused.stderr, refused.stderr
+
+
+def test_numbers_in_a_params_file_read_as_on_the_command_line(project):
+    nb = notebook(project, "nums.ipynb", "print('got', repr(lr), repr(epochs))", params="lr = 0.1\nepochs = 3")
+    (project/"p.yaml").write_text("lr: 1e-3\nepochs: 010\n")
+    r = mlkit("run", nb, "-f", "p.yaml")
+    assert r.returncode == 0, r.stderr
+    assert "got 0.001 10" in r.stdout
