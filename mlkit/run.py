@@ -494,7 +494,6 @@ def run_notebook(path:str|Path, # The notebook to execute
     saved, injected, env[RUN_DIR_ENV] = tracker.path/"notebook.ipynb", _injected_index(nb, given), str(tracker.path)
     cells, error, log = _CellLog(nb, injected, out or sys.stderr), None, None
     try:
-        tracker.meta["command"] = _redact_command(tracker.meta.get("command"), given)  # secrets nested in -p values
         tracker.meta.update({"notebook": str(path), "notebook_params": redact(final), "kernel": kernel,
                              "cell_timeout": cell_timeout, "nproc": nproc, "gpus": gpus, **(meta or {})})
         tracker.log_params(final)
@@ -532,16 +531,6 @@ def _run_other_node(path:Path, given:dict, nproc:int, nodes:dict, out, env:dict,
           _gpus_held(gpus, f"node {nodes['node_rank']} of a run", out or sys.stderr) as ids):
         if ids is not None: env["CUDA_VISIBLE_DEVICES"] = env[HELD_ENV] = ",".join(map(str, ids))
         _run_distributed(path, Path(tmp)/"notebook.ipynb", given, kernel_name(), nproc, out, nodes, env)
-
-def _redact_command(command:list|None, given:dict) -> list|None:
-    "`command` with the values of `-p NAME VALUE` redacted where NAME's value holds a secret (top level or nested)."
-    if not command: return command
-    out = list(command)
-    for i in range(len(out) - 2):
-        name = out[i + 1]
-        if out[i] in ("-p", "--param") and name in given and (hidden := redact({name: given[name]})[name]) != given[name]:
-            out[i + 2] = hidden if isinstance(hidden, str) else json.dumps(hidden)
-    return out
 
 def _redact_injected(saved:Path, given:dict):
     "Secret-named parameters' values out of the executed notebook (its injected cell, papermill's metadata) and script."

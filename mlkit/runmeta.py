@@ -10,6 +10,7 @@ import contextlib
 import fnmatch
 import hashlib
 import importlib.util
+import json
 import os
 import platform
 import re
@@ -112,6 +113,15 @@ def redact(obj, secrets:set[str]|None=None, _key=None):
 PARAMETER_FLAGS = ("-p", "--param", "--parameters", "-r", "--parameters_raw", "--parameters-raw")  # papermill's and mlkit run's
 _OVERRIDE = re.compile(r"[+~]*-{0,2}[A-Za-z_][\w.\-]*")  # NAME in NAME=VALUE, --flag=VALUE, +db.password=VALUE
 
+def _redact_value_text(text:str) -> str:
+    "A parameter's value as typed (YAML), as JSON with the secrets inside it redacted; unchanged when it holds none."
+    if not any(c in text for c in "{[:"): return text  # a scalar: nothing nested to redact (and no YAML import)
+    import yaml
+    try: value = yaml.safe_load(text)
+    except yaml.YAMLError: return text
+    hidden = redact(value)
+    return json.dumps(hidden) if hidden != value else text
+
 def redact_argv(argv:list[str], # A command line, such as sys.argv
                 secrets:set[str]|None=None, # Values to mask everywhere; the secret environment variables' when None
                ) -> list[str]:
@@ -121,8 +131,9 @@ def redact_argv(argv:list[str], # A command line, such as sys.argv
     for i, arg in enumerate(argv):
         name = arg.split("=", 1)[0]
         if i in hidden: arg = REDACTED
-        elif arg in PARAMETER_FLAGS:
-            if i + 2 < len(argv) and is_secret_key(argv[i + 1]): hidden.add(i + 2)
+        elif arg in PARAMETER_FLAGS and i + 2 < len(argv):
+            if is_secret_key(argv[i + 1]): hidden.add(i + 2)
+            else: argv[i + 2] = _redact_value_text(argv[i + 2])  # `-p creds '{api_key: sk-…}'`: a secret inside
         elif "=" in arg and _OVERRIDE.fullmatch(name):
             if is_secret_key(name): arg = f"{name}={REDACTED}"
         elif arg.startswith("-") and is_secret_key(arg) and i + 1 < len(argv) and not argv[i + 1].startswith("-"):
