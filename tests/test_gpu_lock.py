@@ -18,6 +18,15 @@ def env(tmp_path):
     return {**e, "MLKIT_FAKE_GPUS": "2", "MLKIT_LOCK_DIR": str(tmp_path/"locks")}
 
 
+def isolate_locks(monkeypatch, tmp_path, fake:int|None=None, visible:str|None=None):
+    "In-process lock tests: a lock folder of their own, no held GPUs inherited; `fake` GPUs, `visible` as given."
+    monkeypatch.setenv("MLKIT_LOCK_DIR", str(tmp_path/"locks"))
+    monkeypatch.delenv("MLKIT_GPU_LOCKS", raising=False)
+    for key, value in (("MLKIT_FAKE_GPUS", fake), ("CUDA_VISIBLE_DEVICES", visible)):
+        if value is None: monkeypatch.delenv(key, raising=False)
+        else: monkeypatch.setenv(key, str(value))
+
+
 def test_thirty_processes_never_share_a_gpu(tmp_path, env):
     procs = [subprocess.Popen([sys.executable, str(JOB), "compete", str(tmp_path), f"p{i}", "0.05"], env=env,
                               stderr=subprocess.PIPE, text=True) for i in range(30)]
@@ -72,10 +81,7 @@ def test_threads_never_share_a_gpu(tmp_path, monkeypatch):
     import threading
 
     from mlkit.gpu import gpu_lock
-    monkeypatch.setenv("MLKIT_FAKE_GPUS", "2")
-    monkeypatch.setenv("MLKIT_LOCK_DIR", str(tmp_path/"locks"))
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    monkeypatch.delenv("MLKIT_GPU_LOCKS", raising=False)
+    isolate_locks(monkeypatch, tmp_path, fake=2)
     for set_env in (True, False):
         got, first_holds, both_in = [], threading.Event(), threading.Barrier(2, timeout=30)
         def take(first, set_env=set_env, got=got, first_holds=first_holds, both_in=both_in):
@@ -97,9 +103,7 @@ def test_threads_never_share_a_gpu(tmp_path, monkeypatch):
 def test_a_planted_link_in_the_lock_folder_clobbers_nothing(tmp_path, monkeypatch):
     from mlkit.core import MlkitError
     from mlkit.gpu import gpu_lock, gpus, lock_dir
-    monkeypatch.setenv("MLKIT_FAKE_GPUS", "1")
-    monkeypatch.setenv("MLKIT_LOCK_DIR", str(tmp_path/"locks"))
-    monkeypatch.delenv("MLKIT_GPU_LOCKS", raising=False)
+    isolate_locks(monkeypatch, tmp_path, fake=1)
     victim = tmp_path/"someone-elses-notes.txt"
     victim.write_text("precious\n")
     lock = lock_dir()/f"{gpus()[0].uuid}.lock"
@@ -123,10 +127,7 @@ def test_without_nvml_the_lock_takes_the_gpus_cuda_visible_devices_names(tmp_pat
         asked.append(visible)
         return [[f"NVIDIA L4 #{t}", f"GPU-uuid-{t}", 24 * g.GIB, 20 * g.GIB, 8, 9] for t in visible.split(",")]
     monkeypatch.setattr(g, "_torch_query", torch_sees)
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")  # this job was given physical GPUs 2 and 3
-    monkeypatch.delenv("MLKIT_GPU_LOCKS", raising=False)
-    monkeypatch.delenv("MLKIT_FAKE_GPUS", raising=False)
-    monkeypatch.setenv("MLKIT_LOCK_DIR", str(tmp_path/"locks"))
+    isolate_locks(monkeypatch, tmp_path, visible="2,3")  # this job was given physical GPUs 2 and 3
     assert [(x.index, x.physical_index, x.uuid) for x in g.gpus()] == [(0, 2, "GPU-uuid-2"), (1, 3, "GPU-uuid-3")]
     with g.gpu_lock(1) as ids:
         assert ids == [2] and os.environ["CUDA_VISIBLE_DEVICES"] == "2"  # the GPU it locked, by its physical index
@@ -148,10 +149,7 @@ def test_leaving_a_lock_shows_the_locks_still_open(tmp_path, monkeypatch):
     import threading
 
     from mlkit.gpu import gpu_lock
-    monkeypatch.setenv("MLKIT_FAKE_GPUS", "2")
-    monkeypatch.setenv("MLKIT_LOCK_DIR", str(tmp_path/"locks"))
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    monkeypatch.delenv("MLKIT_GPU_LOCKS", raising=False)
+    isolate_locks(monkeypatch, tmp_path, fake=2)
     with gpu_lock(2):
         with gpu_lock(1): assert os.environ["CUDA_VISIBLE_DEVICES"] == "0"
         assert os.environ["CUDA_VISIBLE_DEVICES"] == os.environ["MLKIT_GPU_LOCKS"] == "0,1"  # the outer block's again
@@ -171,10 +169,7 @@ def test_without_nvml_gpus_named_by_uuid_are_refused_not_mislocked(tmp_path, mon
     (tmp_path/"version").write_text("driver\n")
     monkeypatch.setattr(g, "NVIDIA_DRIVER", tmp_path/"version")
     monkeypatch.setattr(g, "_torch_query", lambda v: [["NVIDIA L4", "GPU-bbbb", 24 * g.GIB, 20 * g.GIB, 8, 9]])
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-bbbb")
-    monkeypatch.delenv("MLKIT_GPU_LOCKS", raising=False)
-    monkeypatch.delenv("MLKIT_FAKE_GPUS", raising=False)
-    monkeypatch.setenv("MLKIT_LOCK_DIR", str(tmp_path/"locks"))
+    isolate_locks(monkeypatch, tmp_path, visible="GPU-bbbb")
     with pytest.raises(MlkitError, match="names GPUs by UUID"):
         with g.gpu_lock(1): pass
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "GPU-bbbb"
