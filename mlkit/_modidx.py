@@ -426,6 +426,8 @@ d = { 'settings': { 'branch': 'main',
                              'mlkit.train._LossTally': ('train.html#_losstally', 'mlkit/train.py'),
                              'mlkit.train._batch_size': ('train.html#_batch_size', 'mlkit/train.py'),
                              'mlkit.train._in_notebook': ('train.html#_in_notebook', 'mlkit/train.py'),
+                             'mlkit.train._release_at_exit': ('train.html#_release_at_exit', 'mlkit/train.py'),
+                             'mlkit.train._release_ddp': ('train.html#_release_ddp', 'mlkit/train.py'),
                              'mlkit.train._split': ('train.html#_split', 'mlkit/train.py'),
                              'mlkit.train._to_device': ('train.html#_to_device', 'mlkit/train.py'),
                              'mlkit.train.one_cycle': ('train.html#one_cycle', 'mlkit/train.py')}}}

@@ -5,9 +5,12 @@
 # %% ../nbs/05_train.ipynb #ad4ea41d
 from __future__ import annotations
 
+import atexit
 import copy
+import gc
 import math
 import warnings
+import weakref
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -63,6 +66,21 @@ def _batch_size(yb) -> int:
     if isinstance(t, torch.Tensor): return t.shape[0] if t.dim() else 1
     return len(t) if hasattr(t, "__len__") else 1
 
+# %% ../nbs/05_train.ipynb #a1115348
+_ddp_trainers = weakref.WeakSet()
+
+def _release_at_exit(trainer):
+    "Unwrap `trainer`'s DDP model at interpreter exit (atexit), while Python can still free what gloo's threads hold."
+    if not _ddp_trainers: atexit.register(_release_ddp)
+    _ddp_trainers.add(trainer)
+
+def _release_ddp():
+    # A DDP wrapper keeps its process group alive after destroy_process_group(); freed only at interpreter teardown,
+    # gloo's group can abort the process ("terminate called without an active exception", SIGABRT) after a clean run.
+    for t in list(_ddp_trainers): t.model = t.module
+    _ddp_trainers.clear()
+    gc.collect()
+
 # %% ../nbs/05_train.ipynb #139d8f07
 class Trainer:
     "Train `model` on `train_dl`: callbacks, mixed precision, gradient accumulation, exact resume, DDP under torchrun."
@@ -101,6 +119,7 @@ class Trainer:
         self.module = model.to(self.device)
         self.model = (DistributedDataParallel(self.module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
                       if self.dist.is_distributed else self.module)
+        if self.model is not self.module: _release_at_exit(self)
         self.seed = broadcast_int(seed if seed is not None else int(torch.randint(2**31, ()).item()), self.device) \
             if self.dist.is_distributed else seed
         self.train_dl, self.sampler = resumable_loader(train_dl, self.dist.rank, self.dist.world_size, self.seed)
