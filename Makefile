@@ -34,7 +34,7 @@ INSTALLED := $(if $(NO_INSTALL),,$(STAMP))
 NOTEBOOKS = $(shell find nbs tests/notebooks -name '*.ipynb' -not -path '*/.ipynb_checkpoints/*' 2>/dev/null | sort)
 TORCH_PIN := $(shell grep -E '^torch[=<>~!]' requirements.in)
 
-.PHONY: help install check-env hooks lock upgrade conda-lock export lint test check lab bench gpu-check train clean \
+.PHONY: help install check-env hooks lock upgrade conda-lock export lint test check lab bench gpu-check train sweep clean \
         check-notebooks check-export check-lock check-lock-targets check-lock-full check-workflows
 
 help: ## List the targets
@@ -183,6 +183,11 @@ gpu-check: $(INSTALLED) ## On a CUDA machine (make install TORCH=cuda): check GP
 EXPERIMENT ?= nbs/experiments/train_digits.ipynb
 train: $(INSTALLED) ## The main job: the digits experiment notebook, run headlessly by `mlkit run` (ARGS="-p lr 0.01 -p epochs 3")
 	$(BIN)/mlkit run $(EXPERIMENT) $(ARGS)
+
+SWEEP ?= sweeps/digits.yaml
+WORKERS ?= 2
+sweep: $(INSTALLED) ## Search the digits notebook's parameters with Optuna, pruning on (WORKERS=2; ARGS="--n-trials 8")
+	$(BIN)/mlkit sweep $(SWEEP) --workers $(WORKERS) $(ARGS)
 
 clean: ## Remove caches and build artifacts (keeps .venv/ and runs/)
 	rm -rf build dist *.egg-info .pytest_cache .ruff_cache _proc _docs

@@ -15,6 +15,7 @@ extras = {
     "mlflow": ["mlflow-skinny>=2.16", "sqlalchemy>=2", "alembic>=1.13"],  # SQLite tracking store
     "tensorboard": ["tensorboard>=2.15"],
     "wandb": ["wandb>=0.17"],
+    "postgres": ["psycopg[binary]>=3.1"],  # mlkit sweep --storage postgresql+psycopg://... (many machines)
 }
 
 setuptools.setup(

@@ -15,7 +15,7 @@ from .core import MlkitError
 
 # %% auto #0
 __all__ = ['gpus_table', 'cmd_gpus', 'runs_table', 'cmd_runs_ls', 'cmd_runs_show', 'cmd_runs_compare', 'cmd_runs_plot',
-           'params_table', 'cmd_run', 'cmd_rerun', 'parser', 'main']
+           'params_table', 'cmd_run', 'cmd_rerun', 'cmd_sweep', 'parser', 'main']
 
 # %% ../nbs/07_cli.ipynb #81cb1951
 def _table(head:tuple, rows:list[tuple]) -> str:
@@ -138,7 +138,7 @@ def cmd_runs_ls(args):
     from mlkit.runs import filter_runs, list_runs
     sort, params = _sort_arg(args.sort) if args.sort else None, _params_filter(args.param)
     if args.limit is not None and args.limit < 1: raise MlkitError(f"--limit takes a number of runs, 1 or more, got {args.limit}")
-    runs = filter_runs(list_runs(args.root), status=args.status, name=args.name, params=params)
+    runs = filter_runs(list_runs(args.root), status=args.status, name=args.name, params=params, sweep=args.sweep)
     if sort: runs = _sorted_by(runs, *sort)
     if args.limit: runs = runs[:args.limit]
     print(runs_table(runs, sort[0] if sort else None))
@@ -238,6 +238,34 @@ def cmd_rerun(args) -> int:
     return _run_outcome(rerun(args.run, _params_args(args), name=args.name, cell_timeout=args.cell_timeout,
                               runs_dir=args.runs_dir))
 
+_SWEEP_VIEWS = ("status", "best", "plot")
+
+def cmd_sweep(args) -> int:
+    if args.target in _SWEEP_VIEWS and args.sweep_name:
+        from mlkit.sweep import best_text, load_sweep, plot_sweep, status_table, sweep_folder
+        study, spec = load_sweep(args.sweep_name, args.storage, args.runs_dir)
+        if args.target == "status": print(status_table(study, spec))
+        elif args.target == "best": print(best_text(study, spec))
+        else:
+            for path in plot_sweep(study, args.output or sweep_folder(args.sweep_name, args.runs_dir)): print(path)
+        return 0
+    if args.target in _SWEEP_VIEWS: raise MlkitError(f"which sweep? mlkit sweep {args.target} NAME")
+    if args.sweep_name: raise MlkitError(f"mlkit sweep takes one spec; got {args.target} and {args.sweep_name}")
+    from mlkit.sweep import sweep
+    r = sweep(args.target, workers=args.workers, gpus_per_trial=args.gpus_per_trial, storage=args.storage,
+              n_trials=args.n_trials, runs_dir=args.runs_dir)
+    if r.interrupted:
+        print(f"mlkit sweep: {r.name} interrupted ({r.interrupted}) with {r.done} of {r.n_trials} trials done; "
+              "the same command continues it", file=sys.stderr)
+        return _SIGNAL_STATUS.get(r.interrupted, 130)
+    if r.done < r.n_trials:
+        print(f"mlkit sweep: {r.name} ended with {r.done} of {r.n_trials} trials done (the workers said why, above); "
+              f"'mlkit sweep status {r.name}' lists them", file=sys.stderr)
+        return 1
+    from mlkit.sweep import best_text
+    print(f"sweep {r.name}: {r.done} trials done\n" + best_text(r.study, r.study.user_attrs.get("mlkit.spec") or {}))
+    return 0
+
 def _run_outcome(r) -> int:
     "Print how a run ended; its exit status."
     if r.status == "finished":
@@ -270,6 +298,7 @@ def parser() -> argparse.ArgumentParser:
     ls.add_argument("--status", help="only runs with this status (running, finished, failed, interrupted, pruned, broken)")
     ls.add_argument("--name", help="only runs whose name matches this glob")
     ls.add_argument("--param", action="append", metavar="NAME=VALUE", help="only runs with this parameter value (repeatable)")
+    ls.add_argument("--sweep", metavar="NAME", help="only the trials of this sweep (mlkit sweep)")
     ls.add_argument("--sort", metavar="METRIC[:min|max]",
                     help="sort by the final value of METRIC, best first; :min or :max says which is best where mlkit cannot tell")
     ls.add_argument("--limit", type=int, help="show at most this many runs")
@@ -316,6 +345,23 @@ def parser() -> argparse.ArgumentParser:
     again.add_argument("--runs-dir", metavar="DIR",
                        help="the runs folder (default: runs/ at the project root, or $MLKIT_RUNS_DIR)")
     again.set_defaults(func=cmd_rerun)
+
+    sw = sub.add_parser("sweep", help="search a notebook's parameters with Optuna: run, status, best, plot",
+                        usage="mlkit sweep SPEC.yaml [--workers N] [--gpus-per-trial K] [--storage URL] [--n-trials N]\n"
+                              "       mlkit sweep {status,best,plot} NAME [--storage URL]",
+                        description="Run the sweep in SPEC.yaml (the same spec again resumes it), or show a sweep: "
+                                    "'status' its trials, 'best' its best trial as an mlkit run command, 'plot' PNGs.")
+    sw.add_argument("target", metavar="SPEC.yaml|status|best|plot", help="a sweep spec to run, or what to show")
+    sw.add_argument("sweep_name", nargs="?", metavar="NAME", help="with status, best or plot: the sweep")
+    sw.add_argument("--workers", type=int, default=1, metavar="N", help="worker processes on this machine (default 1)")
+    sw.add_argument("--gpus-per-trial", type=int, metavar="K", help="GPUs each trial holds (gpu_lock) and sees")
+    sw.add_argument("--storage", metavar="URL",
+                    help="an Optuna RDB URL shared by several machines, e.g. postgresql+psycopg://user@host/db "
+                         "(default: $MLKIT_SWEEP_STORAGE, else a journal file in runs/sweeps/NAME/)")
+    sw.add_argument("--n-trials", type=int, metavar="N", help="trials to have done, instead of the spec's n_trials")
+    sw.add_argument("--runs-dir", metavar="DIR", help="the runs folder (default: runs/ at the project root, or $MLKIT_RUNS_DIR)")
+    sw.add_argument("-o", "--output", metavar="DIR", help="with plot: the folder for the PNGs (default: the sweep's folder)")
+    sw.set_defaults(func=cmd_sweep)
     return p
 
 def main(argv:list[str]|None=None) -> int:

@@ -22,12 +22,13 @@ from pathlib import Path
 
 from .core import MlkitError, atomic_write, runs_dir
 from .runmeta import REDACTED, redact
-from .runs import RECORDS, Run, open_run
+from .runs import META, RECORDS, Run, open_run
 
 # %% auto #0
-__all__ = ['PARAMETERS_TAG', 'KERNEL_LOG', 'NotebookError', 'ParameterError', 'read_notebook', 'Parameter',
-           'parameters_cell_index', 'notebook_parameters', 'CliText', 'parse_value', 'convert', 'read_params_file',
-           'resolve_params', 'kernel_name', 'RunInterrupted', 'DistributedRunError', 'run_notebook', 'rerun', 'record']
+__all__ = ['PARAMETERS_TAG', 'KERNEL_LOG', 'TRIAL_ENV', 'PRUNED_MARK', 'NotebookError', 'ParameterError', 'read_notebook',
+           'Parameter', 'parameters_cell_index', 'notebook_parameters', 'CliText', 'parse_value', 'convert',
+           'read_params_file', 'resolve_params', 'kernel_name', 'RunInterrupted', 'DistributedRunError', 'run_notebook',
+           'rerun', 'record', 'report']
 
 # %% ../nbs/11_run.ipynb #536c6234
 class NotebookError(MlkitError):
@@ -167,14 +168,18 @@ def convert(p:Parameter, value) -> object:
     return float(value) if p.type is float else value
 
 # %% ../nbs/11_run.ipynb #fc0750c0
+def _yaml_file(path:Path, what:str, error:type):
+    "The YAML in the file `path`, read as `_yaml` reads it; an `error` naming `what` when it cannot be read."
+    import yaml
+    try: return _yaml(path.read_text())
+    except OSError as e: raise error(f"cannot read {what} {path}: {e.strerror or e}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise error(f"invalid YAML in {path}: {' '.join(str(e).split())[:200]}") from None
+
 def read_params_file(path:str|Path) -> dict:
     "The parameters in the YAML file `path` (a mapping of names to values)."
-    import yaml
     path = Path(path)
-    try: data = _yaml(path.read_text())
-    except OSError as e: raise ParameterError(f"cannot read parameters file {path}: {e.strerror or e}") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ParameterError(f"invalid YAML in {path}: {' '.join(str(e).split())[:200]}") from None
+    data = _yaml_file(path, "parameters file", ParameterError)
     if data is None: return {}
     if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
         raise ParameterError(f"{path} must hold a mapping of parameter names to values, got {type(data).__name__}")
@@ -453,6 +458,8 @@ def _fold_script_log(saved:Path, log:Path) -> tuple[int|None, dict|None, bool]:
 
 # %% ../nbs/11_run.ipynb #4de51e59
 KERNEL_LOG = "kernel.log"  # the kernel's own messages (warnings, crashes), in the run folder
+TRIAL_ENV = "MLKIT_SWEEP_TRIAL"  # set by a sweep's worker for each trial's kernel: which trial, where, what it watches
+PRUNED_MARK = ".pruned.json"  # left in the run folder by `report` when the sweep's pruner stops the trial
 
 def run_notebook(path:str|Path, # The notebook to execute
                  params:dict|None=None, # Parameter values by name (`CliText` values are read as YAML)
@@ -464,6 +471,7 @@ def run_notebook(path:str|Path, # The notebook to execute
                  runs_dir:str|Path|None=None, # The runs folder; `mlkit.core.runs_dir()` when None
                  out=None, # Where progress and the cells' output go; sys.stderr and sys.stdout when None
                  meta:dict|None=None, # More fields for the run's meta.json (`rerun` adds `rerun_of`)
+                 env:dict|None=None, # More environment variables for the kernel (a sweep passes its trial)
                 ) -> Run|None:
     "Execute the notebook at `path` with `params` as a tracked run; its `Run` record whatever the outcome (None on node 1+)."
     if nproc is not None:
@@ -483,13 +491,13 @@ def run_notebook(path:str|Path, # The notebook to execute
     path = Path(path).expanduser().absolute()
     nb = read_notebook(path)
     given, final = resolve_params(nb, params, where=str(path))
-    env = {"MLKIT_PROGRESS": "lines", "MLKIT_NOTEBOOK": str(path)}
+    env = {**(env or {}), "MLKIT_PROGRESS": "lines", "MLKIT_NOTEBOOK": str(path)}
     if nodes and nodes["node_rank"] != 0: return _run_other_node(path, given, nproc, nodes, out, env, gpus)
     root = _writable_runs_folder(runs_dir)
     kernel = kernel_name()
     from papermill import execute_notebook
     from mlkit.gpu import HELD_ENV
-    from mlkit.track import RUN_DIR_ENV, LocalTracker
+    from mlkit.track import RUN_DIR_ENV, LocalTracker, write_json_atomic
     tracker = LocalTracker(root, name=name or path.stem, capture=True)
     saved, injected, env[RUN_DIR_ENV] = tracker.path/"notebook.ipynb", _injected_index(nb, given), str(tracker.path)
     cells, error, log = _CellLog(nb, injected, out or sys.stderr), None, None
@@ -497,6 +505,7 @@ def run_notebook(path:str|Path, # The notebook to execute
         tracker.meta.update({"notebook": str(path), "notebook_params": redact(final), "kernel": kernel,
                              "cell_timeout": cell_timeout, "nproc": nproc, "gpus": gpus, **(meta or {})})
         tracker.log_params(final)
+        write_json_atomic(tracker.path/META, tracker.meta)  # on disk from the start: a killed run still says what it was
         log = open(tracker.path/KERNEL_LOG, "ab")
         with _signals_interrupt(), _gpus_held(gpus, tracker.id, out or sys.stderr) as ids, _papermill_log(cells):
             if ids is not None:
@@ -519,9 +528,19 @@ def run_notebook(path:str|Path, # The notebook to execute
             if isinstance(error, DistributedRunError): error.cell_error = cell_error
         status, message, cell = _outcome(error, cells.current, injected, cell_timeout)
         if cell: tracker.meta["failed_cell"] = cell
+        if (pruned := _pruned_at(tracker.path)) is not None and status == "finished":
+            status, tracker.meta["pruned_at_step"] = "pruned", pruned
         _redact_injected(saved, given)
         tracker.finish(status, message)
     return open_run(tracker.path)
+
+def _pruned_at(folder:Path) -> int|None:
+    "The step at which the sweep pruned the run's trial (the kernel's `report` left a mark), or None; the mark is removed."
+    mark = folder/PRUNED_MARK
+    try: step = json.loads(mark.read_text()).get("step")
+    except (OSError, ValueError, AttributeError): return None
+    mark.unlink(missing_ok=True)
+    return step
 
 def _run_other_node(path:Path, given:dict, nproc:int, nodes:dict, out, env:dict, gpus:int|None) -> None:
     "Node 1 and up of a run over several machines: this machine's workers, no run folder (rank 0, on node 0, records)."
@@ -639,3 +658,12 @@ def record(name:str, # What the value is, e.g. "test_acc"
         except (FileNotFoundError, ValueError): records = {}
         records[str(name)] = value
         write_json_atomic(path, records)
+
+# %% ../nbs/11_run.ipynb #f24d74ba
+def report(step:int, # Where in training the value is: an epoch, say (counted the same way in every trial)
+           value:float, # The watched metric's value at `step`
+          ) -> bool:
+    "Report `value` to the sweep trial this run is; True when the sweep's pruner says to stop. False outside a sweep."
+    from mlkit.sweep import trial_link
+    link = trial_link()
+    return link.report(step, value) if link else False

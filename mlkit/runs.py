@@ -174,7 +174,7 @@ def list_runs(root:str|Path|None=None, # The runs folder; runs_dir() when None
              ) -> list[Run]:
     "Every run under `root`, oldest first; damaged ones included, marked broken."
     root = _root(root)
-    try: folders = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))]
+    try: folders = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_")) and p.name != "sweeps"]
     except OSError as e: raise MlkitError(f"cannot read the runs folder {root}: {e.strerror or e}") from e
     runs = [open_run(p) for p in folders]
     return sorted(runs, key=lambda r: (r.meta.get("start") or "", r.id))
@@ -191,14 +191,17 @@ def find_run(ref:str, # A run id, a unique prefix of one, a run name, or a path 
     if not matches: raise RunNotFoundError(f"no run '{ref}' under {_root(root)} ('mlkit runs ls' lists them)")
     raise RunNotFoundError(f"'{ref}' matches {len(matches)} runs ({', '.join(r.id for r in matches[:5])}); give more of the id")
 
-def filter_runs(runs:list[Run], status:str|None=None, name:str|None=None, params:dict|None=None) -> list[Run]:
-    "The runs with this status, a name matching the glob `name`, and these parameter values (compared as text)."
+def filter_runs(runs:list[Run], status:str|None=None, name:str|None=None, params:dict|None=None,
+                sweep:str|None=None, # Only the trials of this sweep (`mlkit sweep`)
+               ) -> list[Run]:
+    "The runs with this status, a name matching the glob `name`, these parameter values (compared as text), of `sweep`."
     if status and status not in (*STATUSES, "broken"):
         raise MlkitError(f"unknown status {status!r}; a run is {', '.join(STATUSES)} or broken")
     out = []
     for r in runs:
         if status and r.status != status: continue
         if name and not fnmatch(r.name or "", name): continue
+        if sweep and r.meta.get("sweep") != sweep: continue
         if params and any(str(flatten(r.params).get(k)) != str(v) for k, v in params.items()): continue
         out.append(r)
     return out
@@ -221,6 +224,7 @@ def load_runs(root:str|Path|None=None, # The runs folder; runs_dir() when None
     for r in list_runs(root):
         row = {"id": r.id, "name": r.name, "status": r.status, "start": r.meta.get("start"), "end": r.meta.get("end"),
                "duration_s": r.meta.get("duration_s"), "error": r.error}
+        if "sweep" in r.meta: row.update(sweep=r.meta["sweep"], trial=r.meta.get("trial"))  # a sweep's trial
         row.update({f"param.{k}": v for k, v in flatten(r.params).items()})
         row.update({f"record.{k}": v for k, v in r.records.items()})
         for m, s in r.summary(goals).items():

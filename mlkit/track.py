@@ -25,7 +25,7 @@ from .distributed import dist_env
 from .runmeta import mask, redact, run_metadata, secret_env_values
 from .runs import (ARTIFACTS, META, METRICS, METRICS_HEADER, PARAMS, STATUSES, Run, find_run, flatten, open_run,
                         load_runs)
-from .events import Callback
+from .events import Callback, CancelFit
 
 _all_ = ["load_runs"]
 
@@ -723,12 +723,15 @@ class TrackingCallback(Callback):
                  hparams:dict|None=None, # Your hyperparameters, logged with the trainer's configuration
                 ):
         self.run, self.hparams, self._logged, self._resume = run, dict(hparams or {}), None, None
+        self._in_sweep, self._prune, self._warned = False, False, set()
 
     def state_dict(self) -> dict: return {"run": self.run.run_ids()}
     def load_state_dict(self, state:dict): self._resume = state.get("run")
 
     def before_fit(self):
         from mlkit.distributed import is_main_process
+        from mlkit.run import TRIAL_ENV
+        self._in_sweep, self._prune = bool(os.environ.get(TRIAL_ENV)), False  # the same on every rank
         if self.run is None: self.run = current_run()
         self.active = is_main_process() and getattr(self.run, "active", True)  # trackers of your own may lack it
         if not self.active: return
@@ -745,6 +748,12 @@ class TrackingCallback(Callback):
             "metrics": list(t.metric_fns), "callbacks": [cb.name for cb in t.cbs]}}
         if params != self._logged: self.run.log_params(params)  # a second fit() with the same setup rewrites nothing
         self._logged = params
+
+    def before_epoch(self):
+        "In a sweep, end the fit (every rank, together) once the pruner has said so for the last epoch."
+        if not self._in_sweep: return
+        from mlkit.distributed import broadcast_int
+        if broadcast_int(int(self._prune), self.trainer.device): raise CancelFit
 
     def before_train(self):
         if not self.active: return
@@ -790,6 +799,19 @@ class TrackingCallback(Callback):
                               "peak_memory_bytes": memory_stats(t.device if t.device.type == "cuda" else None)["peak"]},
                              t.step)
         self.run.flush(wait=False)  # external stores write in the background: the next epoch does not wait for them
+        if self._in_sweep and not self._prune: self._report()
+
+    def _report(self):
+        "Report the metric the sweep's pruner watches, as of this epoch (counted from 1), to the sweep's trial."
+        from mlkit.run import report
+        from mlkit.sweep import trial_link
+        t, watch = self.trainer, trial_link().watch
+        if watch is None: return
+        if watch in t.metrics: self._prune = report(t.epoch + 1, float(t.metrics[watch]))
+        elif watch not in self._warned:
+            self._warned.add(watch)
+            print(f"mlkit: the sweep's pruner watches {watch!r}, which this fit does not have (it has "
+                  f"{', '.join(t.metrics)}): the trial will not be pruned", file=sys.stderr)
 
     def after_fit(self):
         if not self.active: return
