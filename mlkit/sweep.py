@@ -27,9 +27,10 @@ from .runmeta import strip_url_credentials
 # %% auto #0
 __all__ = ['METHODS', 'PRUNERS', 'GOALS', 'SPEC_KEYS', 'PARAM_KEYS', 'SWEEPS', 'JOURNAL', 'SPEC_ATTR', 'WORKER_ATTR', 'RUN_ATTR',
            'ERROR_ATTR', 'DIED_ATTR', 'INTERRUPTED_ATTR', 'OVERHEAD_ATTR', 'WATCH_ATTR', 'HEARTBEAT_ENV', 'STORAGE_ENV',
-           'POLL_S', 'PLOTS', 'SpecError', 'SweepSpec', 'grid_values', 'load_spec', 'sweep_folder', 'open_storage',
-           'open_study', 'TrialLink', 'trial_link', 'TrialFailed', 'SweepFailed', 'metric_value', 'fail_dead_workers',
-           'trial_line', 'SweepResult', 'count_done', 'sweep', 'load_sweep', 'status_table', 'best_text', 'plot_sweep']
+           'POLL_S', 'PLOTS', 'SpecError', 'SweepSpec', 'grid_size', 'grid_values', 'load_spec', 'sweep_folder',
+           'open_storage', 'open_study', 'TrialLink', 'trial_link', 'TrialFailed', 'SweepFailed', 'metric_value',
+           'fail_dead_workers', 'trial_line', 'SweepResult', 'count_done', 'sweep', 'load_sweep', 'status_table',
+           'best_text', 'plot_sweep']
 
 # %% ../nbs/12_sweep.ipynb #82e1add7
 class SpecError(MlkitError):
@@ -43,6 +44,12 @@ SPEC_KEYS = ("name", "notebook", "metric", "method", "n_trials", "pruner", "para
 PARAM_KEYS = {"float": ("type", "low", "high", "log", "step"), "int": ("type", "low", "high", "log", "step"),
               "categorical": ("type", "choices")}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+def _in_project(path:Path) -> str:
+    "`path` relative to the project's root when it is in the project (so that a sweep resumes from any folder)."
+    from mlkit.core import ProjectNotFoundError, project_root
+    try: return str(path.resolve().relative_to(project_root(path.parent)))
+    except (ProjectNotFoundError, ValueError): return str(path.resolve())
 
 @dataclass
 class SweepSpec:
@@ -61,7 +68,7 @@ class SweepSpec:
 
     def identity(self) -> dict:
         "What makes trials comparable: a sweep resumed with a different one of these is refused."
-        return {"notebook": self.notebook.name, "metric": self.metric, "goal": self.goal, "method": self.method,
+        return {"notebook": _in_project(self.notebook), "metric": self.metric, "goal": self.goal, "method": self.method,
                 "params": self.params, "fixed": self.fixed}
 
 # %% ../nbs/12_sweep.ipynb #37db41e4
@@ -88,6 +95,8 @@ def _check_param(where:str, p:dict) -> dict:
         if bad := [c for c in choices if c is not None and not isinstance(c, (bool, int, float, str))]:
             raise SpecError(f"{where}: choices must be numbers, strings, booleans or null (Optuna's categorical), "
                             f"got {bad[0]!r}")
+        if twice := [c for i, c in enumerate(choices) if any(c == d and type(c) is type(d) for d in choices[:i])]:
+            raise SpecError(f"{where}: choice {twice[0]!r} is there twice")
         return {"type": kind, "choices": choices}
     low, high, log, step = p.get("low"), p.get("high"), p.get("log", False), p.get("step")
     number = (lambda v: isinstance(v, int) and not isinstance(v, bool)) if kind == "int" else _is_number
@@ -102,14 +111,25 @@ def _check_param(where:str, p:dict) -> dict:
         if not number(step) or step <= 0: raise SpecError(f"{where}: step must be a {kind} above 0, got {step!r}")
         if log: raise SpecError(f"{where}: log and step do not go together (Optuna samples one or the other)")
         if step > high - low: raise SpecError(f"{where}: step {step} is larger than the range {low}..{high}")
+        n = round((high - low) / step)
+        if abs(low + n * step - high) > 1e-9 * max(1, abs(high)):  # Optuna would move high, and warn at every trial
+            fit = low + int((high - low) / step + 1e-9) * step
+            raise SpecError(f"{where}: step {step} does not divide the range {low}..{high}; make high {fit:g}, "
+                            "or choose another step")
     return {"type": kind, "low": low, "high": high, "log": log, **({"step": step} if step is not None else {})}
+
+def grid_size(p:dict) -> int|None:
+    "How many values a parameter spec can take; None when it has no finite grid (a float without step)."
+    if p["type"] == "categorical": return len(p["choices"])
+    step = p.get("step", 1 if p["type"] == "int" else None)
+    return None if step is None else int((p["high"] - p["low"]) / step + 1e-9) + 1
 
 def grid_values(p:dict) -> list|None:
     "Every value a parameter spec can take, for a grid; None when it has no finite grid (a float without step)."
     if p["type"] == "categorical": return list(p["choices"])
     step = p.get("step", 1 if p["type"] == "int" else None)
     if step is None: return None
-    n = int((p["high"] - p["low"]) / step + 1e-9) + 1
+    n = grid_size(p)
     return [p["low"] + i * step if p["type"] == "int" else round(p["low"] + i * step, 12) for i in range(n)]
 
 # %% ../nbs/12_sweep.ipynb #ef2a6fa5
@@ -135,7 +155,16 @@ def _pruner_spec(where:str, p, metric:str, goal:str) -> dict:
     guessed = {"min": "minimize", "max": "maximize"}.get(metric_goal(watch))
     watch_goal = GOALS[p["goal"]] if "goal" in p else goal if watch == metric else guessed or goal
     options = {k: p[k] for k in PRUNERS[kind] if k in p}
-    try: _pruner({"type": kind, **options})  # Optuna checks its own options
+    for k, v in options.items():  # Optuna checks some of these only when it first prunes
+        least = {"interval_steps": 1, "min_resource": 1, "reduction_factor": 2}.get(k, 0)
+        if k == "max_resource" and v == "auto": continue
+        if isinstance(v, bool) or not isinstance(v, int) or v < least:
+            raise SpecError(f"{where}: {k} must be an int, {least} or more" +
+                            (" (or auto)" if k == "max_resource" else "") + f", got {v!r}")
+    if options.get("max_resource", "auto") != "auto" and options["max_resource"] < options.get("min_resource", 1):
+        raise SpecError(f"{where}: max_resource {options['max_resource']} is below min_resource "
+                        f"{options.get('min_resource', 1)}")
+    try: _pruner({"type": kind, **options})  # and Optuna checks its own
     except (TypeError, ValueError) as e: raise SpecError(f"{where}: {e}") from None
     return {"type": kind, "metric": watch, "goal": watch_goal, **options}
 
@@ -174,7 +203,8 @@ def load_spec(path:str|Path, # The spec's YAML file
     if method not in METHODS: raise SpecError(f"{path}: unknown method {method!r} (one of {', '.join(METHODS)})")
     n = data.get("n_trials", 20) if n_trials is None else n_trials
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise SpecError(f"{path}: n_trials must be a number of trials, 1 or more, got {n!r}")
+        raise SpecError(f"--n-trials takes a number of trials, 1 or more, got {n!r}" if n_trials is not None else
+                        f"{path}: n_trials must be a number of trials, 1 or more, got {n!r}")
     params = {k: _check_param(f"{path}: params.{k}", _mapping(f"{path}: params.{k}", v, "settings"))
               for k, v in _mapping(f"{path}: params", data["params"], "parameter names to settings").items()}
     if not params: raise SpecError(f"{path}: params is empty: nothing to search")
@@ -182,17 +212,20 @@ def load_spec(path:str|Path, # The spec's YAML file
     if both := [k for k in fixed if k in params]:
         raise SpecError(f"{path}: {', '.join(both)} both searched (params) and fixed")
     seed = data.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise SpecError(f"{path}: seed must be an int, got {seed!r}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32):
+        raise SpecError(f"{path}: seed must be an int from 0 to 2**32 - 1, got {seed!r}")
     start_with = data.get("start_with") or []
     if not isinstance(start_with, list): raise SpecError(f"{path}: start_with must be a list of parameter mappings")
+    if len(start_with) > n: raise SpecError(f"{path}: start_with has {len(start_with)} trials, more than n_trials ({n})")
     for i, t in enumerate(start_with):
         _keys(f"{path}: start_with[{i}]", _mapping(f"{path}: start_with[{i}]", t, "parameter names to values"), params)
     if method == "grid":
-        sizes = {k: grid_values(p) for k, p in params.items()}
+        sizes = {k: grid_size(p) for k, p in params.items()}
         if no_grid := [k for k, v in sizes.items() if v is None]:
             raise SpecError(f"{path}: a grid needs a step for float parameters ({', '.join(no_grid)})")
-        if n > (size := math.prod(len(v) for v in sizes.values())):
+        if (size := math.prod(sizes.values())) > 1_000_000:
+            raise SpecError(f"{path}: the grid has {size:,} points; a grid search needs far fewer (use tpe or random)")
+        if n > size:
             raise SpecError(f"{path}: n_trials is {n}, and the grid has {size} points; lower n_trials to {size} or less")
     spec = SweepSpec(name, _notebook_path(data["notebook"], path), metric["name"], GOALS[goal], params, method, n,
                      _pruner_spec(f"{path}: pruner", data.get("pruner"), metric["name"], GOALS[goal]), fixed, seed,
@@ -207,7 +240,7 @@ def load_spec(path:str|Path, # The spec's YAML file
             if p["type"] == "float" and declared[k].type is int:
                 raise ParameterError(f"parameter '{k}' takes an int (default {declared[k].default!r}), "
                                      "and a float range gives floats: make it type: int")
-            for v in grid_values(p) or [p["low"], p["high"]]: convert(declared[k], v)
+            for v in p["choices"] if p["type"] == "categorical" else [p["low"], p["high"]]: convert(declared[k], v)
         for k, v in fixed.items(): convert(declared[k], v)
         for t in start_with:
             for k, v in t.items():
@@ -216,6 +249,8 @@ def load_spec(path:str|Path, # The spec's YAML file
                 if p["type"] == "categorical" and v not in p["choices"] or p["type"] != "categorical" and not (
                         _is_number(v) and p["low"] <= v <= p["high"]):
                     raise ParameterError(f"start_with value {v!r} of '{k}' is outside its params range")
+                if method == "grid" and v not in grid_values(p):
+                    raise ParameterError(f"start_with value {v!r} of '{k}' is not a point of the grid")
     except ParameterError as e: raise SpecError(f"{path}: {e}") from None
     return spec
 
@@ -418,6 +453,11 @@ def fail_dead_workers(study, storage) -> list[int]:
 STORAGE_ENV = "MLKIT_SWEEP_STORAGE"  # --storage's default; how workers get the URL (never on a command line)
 POLL_S = 1.0  # how often a worker waiting for the others' last trials looks again
 
+def _derived_seed(*parts) -> int:
+    "A 32-bit seed from `parts`, the same for the same parts."
+    import hashlib
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:4], "little")
+
 class _Worker:
     "One worker process of a sweep: runs trials until the sweep has `n_trials` done (finished or pruned)."
     def __init__(self, spec:SweepSpec, storage:str|None, folder:Path, runs_dir:str|None, gpus:int|None, index:int):
@@ -425,8 +465,8 @@ class _Worker:
         self.storage = open_storage(storage, folder)
         trials = _load_study(spec, self.storage).get_trials(deepcopy=False)
         self.first = max((t.number for t in trials), default=-1)  # failures before this session do not count
-        # workers and sessions of one seeded sweep must not all draw the same parameters: each its own seed
-        seed = None if spec.seed is None else spec.seed + 1000 * index + self.first + 1
+        # workers (here, in other commands, on other machines) must not all draw the same parameters: each its own seed
+        seed = None if spec.seed is None else _derived_seed(spec.seed, index, self.first, socket.gethostname(), os.getpid())
         self.study = _load_study(SweepSpec(**{**spec.__dict__, "seed": seed}), self.storage)
         self.me = {"host": socket.gethostname(), "pid": os.getpid(), "started": _started(os.getpid())}
         self.lock, self.locked = open(folder/".trials.lock", "a"), False
@@ -458,7 +498,7 @@ class _Worker:
                 self._unlock()
                 raise SweepFailed(f"{len(failed)} trials failed{' and none finished' if not done else ''}; the last, "
                                   f"trial {failed[-1].number}: {failed[-1].user_attrs[ERROR_ATTR]}")
-            if S.WAITING in states or done + states.count(S.RUNNING) < self.spec.n_trials: return True
+            if done + states.count(S.RUNNING) < self.spec.n_trials: return True  # a queued retry is taken first
             self._unlock()
             time.sleep(POLL_S)  # the others' last trials are running, and may still fail
             self.cycle = time.perf_counter()  # waiting is not bookkeeping
@@ -468,8 +508,8 @@ class _Worker:
     def objective(self, trial) -> float:
         from optuna import TrialPruned
         from mlkit.run import TRIAL_ENV, run_notebook
+        trial.set_user_attr(WORKER_ATTR, self.me)  # whose it is, before the others may look at it
         self._unlock()  # the trial exists: the other workers count it
-        trial.set_user_attr(WORKER_ATTR, self.me)
         params = {**self.spec.fixed, **{k: _suggest(trial, k, p) for k, p in self.spec.params.items()}}
         p = self.spec.pruner
         link = {"study": self.spec.name, "trial_id": trial._trial_id, "number": trial.number, "storage": self.url,
@@ -543,6 +583,7 @@ def _worker_main():
     def interrupt(signum, frame): raise KeyboardInterrupt(signal.Signals(signum).name)
     signal.signal(signal.SIGTERM, interrupt)  # between runs as within them: end the trial, fail it, stop
     args = json.loads(sys.argv[1])
+    _end_with_parent(args["parent"])
     try:
         spec = SweepSpec(**{**args["spec"], "notebook": Path(args["spec"]["notebook"])})
         worker = _Worker(spec, os.environ.get(STORAGE_ENV) or None, Path(args["folder"]), args["runs_dir"],
@@ -553,6 +594,14 @@ def _worker_main():
         code = 1
     except KeyboardInterrupt: code = 130
     sys.exit(code)
+
+def _end_with_parent(parent:int):
+    "SIGTERM this worker when the `mlkit sweep` that started it dies, even by SIGKILL (Linux; elsewhere nothing)."
+    if not sys.platform.startswith("linux"): return
+    import ctypes
+    try: ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError): return
+    if os.getppid() != parent: os.kill(os.getpid(), signal.SIGTERM)  # it died before we asked
 
 def _spec_json(spec:SweepSpec) -> dict:
     from dataclasses import asdict
@@ -610,7 +659,8 @@ def sweep(spec:str|Path|SweepSpec, # The spec's YAML file, or a checked spec
     where = strip_url_credentials(storage) if storage else str(folder/JOURNAL)
     print(f"sweep {spec.name}: {done} of {spec.n_trials} trials done; {workers} worker(s) on {socket.gethostname()}; "
           f"storage {where}; runs in {root}", file=out, flush=True)
-    args = {"spec": _spec_json(spec), "folder": str(folder), "runs_dir": str(root), "gpus": gpus_per_trial}
+    args = {"spec": _spec_json(spec), "folder": str(folder), "runs_dir": str(root), "gpus": gpus_per_trial,
+            "parent": os.getpid()}
     env = {**os.environ, STORAGE_ENV: storage or "", "PYTHONUNBUFFERED": "1"}
     procs, stopped = [], []
     def forward(signum, frame):
@@ -673,11 +723,17 @@ def status_table(study, spec:dict) -> str:
     head = f"sweep {study.study_name}: {spec.get('metric', 'value')} ({study.direction.name.lower()}), {done} trial(s) done\n"
     return head + _table(("trial", "state", spec.get("metric", "value"), *names, "duration", "run", "note"), rows)
 
-def _yaml_text(v) -> str:
-    "`v` as `mlkit run -p` reads it back (YAML): floats in full, strings quoted only where YAML would misread them."
+def _cli_text(v, typed_str:bool=True) -> str:
+    "`v` as `mlkit run -p` reads it back: as typed for a str parameter, else as YAML (floats in full, JSON-style)."
     from mlkit.run import parse_value
-    if isinstance(v, str): return v if parse_value(v) == v and v.strip() == v and v else json.dumps(v)
+    if isinstance(v, str) and (typed_str or (parse_value(v) == v and v.strip() == v and v)): return v
     return json.dumps(v)
+
+def _str_params(notebook:str) -> set:
+    "The names of the notebook's str parameters (-p takes their values as typed); empty when it cannot be read."
+    from mlkit.run import notebook_parameters, read_notebook
+    try: return {k for k, p in (notebook_parameters(read_notebook(notebook, validate=False)) or {}).items() if p.type is str}
+    except MlkitError: return set()
 
 def best_text(study, spec:dict) -> str:
     "The `mlkit sweep best` text: the best trial's value, parameters and run, and the `mlkit run` command repeating it."
@@ -685,7 +741,9 @@ def best_text(study, spec:dict) -> str:
     except ValueError: raise MlkitError(f"sweep {study.study_name} has no finished trial yet") from None
     params = {**(spec.get("fixed") or {}), **t.params}
     notebook = spec.get("notebook_path") or spec.get("notebook", "NOTEBOOK")
-    command = " ".join(["mlkit run", shlex.quote(notebook), *(f"-p {k} {shlex.quote(_yaml_text(v))}" for k, v in params.items())])
+    strs = _str_params(notebook)
+    command = " ".join(["mlkit run", shlex.quote(notebook),
+                        *(f"-p {k} {shlex.quote(_cli_text(v, k in strs))}" for k, v in params.items())])
     lines = [f"best trial {t.number}: {spec.get('metric', 'value')} {t.value:.6g}" +
              (f"  (run {t.user_attrs[RUN_ATTR]})" if RUN_ATTR in t.user_attrs else "")]
     lines += [f"  {k:18s} {v}" for k, v in t.params.items()]

@@ -127,7 +127,7 @@ def test_checkpoint_state_on_rank_zero_alone_does_not_hang(tmp_path):
                    "ds = TensorDataset(torch.randn(32, 4), torch.randint(0, 2, (32,)))\n"
                    "t = Trainer(nn.Linear(4, 2), DataLoader(ds, batch_size=8), progress=False, seed=1)\nt.fit(1)\n"
                    "if is_main_process(): torch.save(t.checkpoint_state(epoch_done=True), 'ck.pt')\n"
-                   "dist.barrier()\nprint('done', dist.get_rank(), flush=True)\nimport os; os._exit(0)\n")
+                   "dist.barrier()\nprint(f'done {dist.get_rank()}', flush=True)\nimport os; os._exit(0)\n")  # one write a line
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(job)],
                        capture_output=True, text=True, timeout=120, cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0 and "done 0" in r.stdout and "done 1" in r.stdout, r.stdout + r.stderr

@@ -102,6 +102,42 @@ def test_sweep_runs_trials_as_tracked_runs_and_reports_the_best(project):
         "s-history.png", "s-importance.png", "s-parallel.png"]
 
 
+def test_parallel_workers_never_run_more_trials_than_asked_and_concurrent_commands_draw_apart(project):
+    "Trials of equal length end together: each worker then decides, under the lock, whether one more is needed."
+    notebook(project, "toy.ipynb", *TOY)
+    r = sweep(spec(project, fixed={"nap": 1.0}, n_trials=3), "--workers", "2")
+    assert r.returncode == 0, r.stderr
+    assert [t.state for t in study().trials] == [TrialState.COMPLETE] * 3  # not 4: the second worker saw the third start
+    # two commands at once on one seeded sweep (two shells, or two machines): no parameters drawn twice, none too many
+    path = spec(project, name="twice", fixed={"nap": 0.5}, n_trials=6)
+    both = [subprocess.Popen([MLKIT, "sweep", str(path), "--workers", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=240) for p in both]
+    assert [p.returncode for p in both] == [0, 0], outs
+    trials = study("twice").trials
+    assert len(trials) == 6 and len({t.params["x"] for t in trials}) == 6
+    ls = subprocess.run([MLKIT, "runs", "ls"], capture_output=True, text=True)
+    assert ls.returncode == 0 and "sweeps" not in ls.stdout and len(ls.stdout.splitlines()) == 1 + 3 + 6, ls.stdout
+
+
+def test_workers_end_with_their_sweep_even_when_it_is_killed(project):
+    notebook(project, "toy.ipynb", *TOY)
+    p = subprocess.Popen([MLKIT, "sweep", str(spec(project, fixed={"nap": 30.0})), "--workers", "2"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    parent = psutil.Process(p.pid)
+    while not (len(_workers(parent)) == 2 and len(runs("s")) >= 2): time.sleep(0.1)
+    workers = _workers(parent)
+    kernels = [c for w in workers for c in w.children(recursive=True)]
+    parent.kill()
+    p.communicate(timeout=30)
+    gone, alive = psutil.wait_procs(workers, timeout=30)
+    assert not alive, "workers outlived their sweep"
+    assert sorted(x.status for x in runs("s")) == ["interrupted", "interrupted"]
+    assert [t.state for t in study().trials] == [TrialState.FAIL] * 2
+    psutil.wait_procs(kernels, timeout=10)
+    assert not [k for k in kernels if k.is_running() and k.status() != psutil.STATUS_ZOMBIE], "orphaned kernels"
+
+
 TRAIN = ("lr = 0.1\nepochs = 6", """
 import torch
 from torch import nn
@@ -334,6 +370,7 @@ def test_workers_on_several_machines_share_a_postgresql_sweep(project, postgres,
     s = optuna.load_study(study_name="s", storage=RDBStorage(postgres))
     done = s.get_trials(states=(TrialState.COMPLETE,))
     assert len(done) >= 6 and len(done) <= 7  # across machines one more may start in the same instant (see README)
+    assert len({t.params["x"] for t in done}) == len(done)  # the seeded workers of both machines drew apart
     assert all(t.state == TrialState.COMPLETE for t in s.trials)
     from mlkit.runs import list_runs
     ran = [r for i in range(2) for r in list_runs(tmp_path/f"machine{i}")]
