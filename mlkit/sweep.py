@@ -26,11 +26,11 @@ from .runmeta import strip_url_credentials
 
 # %% auto #0
 __all__ = ['METHODS', 'PRUNERS', 'GOALS', 'SPEC_KEYS', 'PARAM_KEYS', 'SWEEPS', 'JOURNAL', 'SPEC_ATTR', 'WORKER_ATTR', 'RUN_ATTR',
-           'ERROR_ATTR', 'DIED_ATTR', 'INTERRUPTED_ATTR', 'OVERHEAD_ATTR', 'WATCH_ATTR', 'HEARTBEAT_ENV', 'STORAGE_ENV',
-           'POLL_S', 'PLOTS', 'SpecError', 'SweepSpec', 'grid_size', 'grid_values', 'load_spec', 'sweep_folder',
-           'open_storage', 'open_study', 'TrialLink', 'trial_link', 'TrialFailed', 'SweepFailed', 'metric_value',
-           'fail_dead_workers', 'trial_line', 'SweepResult', 'count_done', 'sweep', 'load_sweep', 'status_table',
-           'best_text', 'plot_sweep']
+           'ERROR_ATTR', 'DIED_ATTR', 'INTERRUPTED_ATTR', 'OVERHEAD_ATTR', 'WATCH_ATTR', 'HEARTBEAT_ENV', 'UNCLAIMED_S',
+           'STORAGE_ENV', 'POLL_S', 'PLOTS', 'SpecError', 'SweepSpec', 'grid_size', 'grid_values', 'load_spec',
+           'sweep_folder', 'open_storage', 'open_study', 'TrialLink', 'trial_link', 'TrialFailed', 'SweepFailed',
+           'metric_value', 'fail_dead_workers', 'trial_line', 'SweepResult', 'count_done', 'sweep', 'load_sweep',
+           'status_table', 'best_text', 'plot_sweep']
 
 # %% ../nbs/12_sweep.ipynb #82e1add7
 class SpecError(MlkitError):
@@ -433,14 +433,19 @@ def _worker_alive(w:dict) -> bool:
     from mlkit.runs import _pid_alive
     return _pid_alive(w.get("pid")) and (w.get("started") is None or _started(w["pid"]) in (None, w["started"]))
 
+UNCLAIMED_S = 60  # a running trial no worker has claimed for this long is one whose worker died as it began
+
 def fail_dead_workers(study, storage) -> list[int]:
-    "Fail the running trials whose worker on this host is gone, and queue each again once; their numbers."
+    "Fail the running trials whose worker on this host is gone (or that none claimed), and queue each again once."
     from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
+    from datetime import datetime
     host, dead = socket.gethostname(), []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         w = t.user_attrs.get(WORKER_ATTR) or {}
-        if w.get("host") != host or _worker_alive(w): continue
+        if not w:  # a worker marks its trial at once; one that died in between leaves it with no owner
+            if t.datetime_start is None or (datetime.now() - t.datetime_start).total_seconds() < UNCLAIMED_S: continue
+        elif w.get("host") != host or _worker_alive(w): continue
         try:
             storage.set_trial_user_attr(t._trial_id, DIED_ATTR, f"its worker (pid {w.get('pid')}) died")
             storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
