@@ -1,7 +1,9 @@
-# mlkit: notebook-first ML projects. `make` (or `make help`) lists the targets.
+# A notebook-first ML project (mlkit's template; `mlkit new` makes more). `make` (or `make help`) lists the targets.
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 .DELETE_ON_ERROR:
+# The package that nbs/ exports to: settings.ini's lib_name.
+LIB := $(shell sed -nE 's/^lib_name[[:space:]]*=[[:space:]]*([^[:space:]]+).*/\1/p' settings.ini)
 
 # Which torch build `make install` puts in the environment: cpu (default) or cuda. See README, "Environments".
 TORCH ?= cpu
@@ -38,7 +40,7 @@ TORCH_PIN := $(shell grep -E '^torch[=<>~!]' requirements.in)
         check-notebooks check-export check-lock check-lock-targets check-lock-full check-workflows
 
 help: ## List the targets
-	@echo "mlkit: make TARGET   (TORCH=cpu|cuda picks the torch build; now $(TORCH); environment: $(ENV))"
+	@echo "$(LIB): make TARGET   (TORCH=cpu|cuda picks the torch build; now $(TORCH); environment: $(ENV))"
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## (.*)/  \1\t\2/' | expand -t 21
 
 install: check-env ## Create or sync the environment from the locks; register the kernel, the git filter and merge driver
@@ -58,7 +60,7 @@ install: check-env ## Create or sync the environment from the locks; register th
 	@$(PY) -c "import sys, torch; sys.exit((torch.version.cuda is None) != ('$(TORCH)' == 'cpu'))" || { \
 	  echo "error: TORCH=$(TORCH) but the installed torch is the $$($(PY) -c "import torch; print('CUDA ' + torch.version.cuda if torch.version.cuda else 'CPU')") build; the index or a local wheel gave the other one" >&2; exit 1; }
 	PYTHONWARNINGS=ignore $(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
-	$(PY) -m ipykernel install --sys-prefix --name mlkit --display-name "Python (mlkit)" >/dev/null
+	$(PY) -m ipykernel install --sys-prefix --name mlkit --display-name "Python ($(LIB))" >/dev/null
 	@$(MAKE) --no-print-directory hooks
 	@touch "$(STAMP)"
 
@@ -109,8 +111,11 @@ UV_COMPILE = env $(addprefix -u ,$(filter UV_%,$(.VARIABLES))) $(BIN)/uv pip com
 lock: $(INSTALLED) ## Recompile requirements*.txt from requirements.in (PyPI alone, for Python 3.11), keeping pins
 	@mkdir -p build
 	grep -vE '^torch[=<>~!]' requirements.in > build/requirements.in
+	@# torch stays out of requirements.txt even when a requirement depends on it (mlkit, in projects made by mlkit new):
+	@# an override that never applies removes it; the torch locks below pin it and its dependencies per build.
+	echo 'torch ; sys_platform == "never"' > build/no-torch.txt
 	$(UV_COMPILE) --universal --no-emit-package pip --no-emit-package setuptools --no-emit-package wheel \
-	  -o requirements.txt build/requirements.in
+	  --override build/no-torch.txt -o requirements.txt build/requirements.in
 	sed -i.bak 's|-r build/requirements.in|-r requirements.in|' requirements.txt && rm -f requirements.txt.bak
 	echo "$(TORCH_PIN)" > build/torch.in
 	MACOSX_DEPLOYMENT_TARGET=14.0 $(UV_COMPILE) --python-platform aarch64-apple-darwin -c requirements.txt \
@@ -127,18 +132,18 @@ conda-lock: ## Lock environment.yml's conda layer with conda-lock for linux-64 a
 	@# conda-lock pins the conda layer (Python, pip); requirements*.txt pin the packages.
 	conda-lock lock -f environment.yml -p linux-64 -p osx-arm64 --lockfile conda-lock.yml
 
-export: $(INSTALLED) ## Export the notebooks in nbs/ to the package mlkit/
+export: $(INSTALLED) ## Export the notebooks in nbs/ to the package (settings.ini's lib_name)
 	$(BIN)/nbdev_export
 
-lint: $(INSTALLED) ## Lint mlkit/, tests/, bench/, scripts/ with ruff, and the notebooks through nbqa
-	$(BIN)/ruff check $(wildcard mlkit tests bench scripts) setup.py
+lint: $(INSTALLED) ## Lint the package, tests/, bench/, scripts/ with ruff, and the notebooks through nbqa
+	$(BIN)/ruff check $(wildcard $(LIB) tests bench scripts) setup.py
 	$(BIN)/nbqa ruff nbs
 
 test: $(INSTALLED) ## Run the notebook tests (nbdev_test) and then pytest over tests/
 	$(BIN)/nbdev_test --n_workers 2
 	$(BIN)/pytest tests
 
-check: $(INSTALLED) ## Fail on drift: notebook outputs, mlkit/ out of sync, stale lock, lint, invalid workflows
+check: $(INSTALLED) ## Fail on drift: notebook outputs, the package out of sync, stale lock, lint, invalid workflows
 	@$(MAKE) --no-print-directory -k NO_INSTALL=1 check-notebooks check-export check-lock lint check-workflows \
 	  && echo "check: all clean" || { echo "check: FAILED (see above)" >&2; exit 1; }
 
@@ -148,9 +153,9 @@ check-notebooks:
 
 check-export:
 	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
-	  cp -r settings.ini nbs mlkit "$$tmp"/ && (cd "$$tmp" && $(BIN)/nbdev_export) && \
-	  diff -r -q -x __pycache__ mlkit "$$tmp/mlkit" || { \
-	  echo "error: mlkit/ is out of sync with nbs/ (files above differ); run 'make export' and commit" >&2; exit 1; }
+	  cp -rL settings.ini nbs $(LIB) "$$tmp"/ && (cd "$$tmp" && $(BIN)/nbdev_export) && \
+	  diff -r -q -x __pycache__ -x templates $(LIB) "$$tmp/$(LIB)" || { \
+	  echo "error: $(LIB)/ is out of sync with nbs/ (files above differ); run 'make export' and commit" >&2; exit 1; }
 
 check-lock:
 	@$(PY) scripts/check_lock.py

@@ -10,13 +10,9 @@ cfg = cfg["DEFAULT"]
 
 licenses = {"apache2": "Apache-2.0"}
 statuses = ["1 - Planning", "2 - Pre-Alpha", "3 - Alpha", "4 - Beta", "5 - Production/Stable"]
-extras = {
-    "dev": cfg.get("dev_requirements", "").split(),
-    "mlflow": ["mlflow-skinny>=2.16", "sqlalchemy>=2", "alembic>=1.13"],  # SQLite tracking store
-    "tensorboard": ["tensorboard>=2.15"],
-    "wandb": ["wandb>=0.17"],
-    "postgres": ["psycopg[binary]>=3.1"],  # mlkit sweep --storage postgresql+psycopg://... (many machines)
-}
+# settings.ini's `extras`: one `name: requirement ...` per line.
+extras = {"dev": cfg.get("dev_requirements", "").split(),
+          **{k.strip(): v.split() for k, v in (line.split(":", 1) for line in cfg.get("extras", "").strip().splitlines())}}
 
 setuptools.setup(
     name=cfg["lib_name"],

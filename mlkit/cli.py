@@ -15,7 +15,7 @@ from .core import MlkitError
 
 # %% auto #0
 __all__ = ['gpus_table', 'cmd_gpus', 'runs_table', 'cmd_runs_ls', 'cmd_runs_show', 'cmd_runs_compare', 'cmd_runs_plot',
-           'params_table', 'cmd_run', 'cmd_rerun', 'cmd_sweep', 'parser', 'main']
+           'params_table', 'cmd_run', 'cmd_rerun', 'cmd_sweep', 'cmd_new', 'parser', 'main']
 
 # %% ../nbs/07_cli.ipynb #81cb1951
 def _table(head:tuple, rows:list[tuple]) -> str:
@@ -266,6 +266,12 @@ def cmd_sweep(args) -> int:
     print(f"sweep {r.name}: {r.done} trials done\n" + best_text(r.study, r.study.user_attrs.get("mlkit.spec") or {}))
     return 0
 
+def cmd_new(args) -> int:
+    from mlkit.new import new_project
+    new_project(args.path, name=args.name, author=args.author, email=args.email, description=args.description,
+                python=args.python, mlkit_source=args.mlkit_source, git=not args.no_git, force=args.force)
+    return 0
+
 def _run_outcome(r) -> int:
     "Print how a run ended; its exit status."
     if r.status == "finished":
@@ -362,6 +368,25 @@ def parser() -> argparse.ArgumentParser:
     sw.add_argument("--runs-dir", metavar="DIR", help="the runs folder (default: runs/ at the project root, or $MLKIT_RUNS_DIR)")
     sw.add_argument("-o", "--output", metavar="DIR", help="with plot: the folder for the PNGs (default: the sweep's folder)")
     sw.set_defaults(func=cmd_sweep)
+
+    new = sub.add_parser("new", help="start a new notebook-first project from mlkit's template",
+                         description="Make PATH a new project with mlkit's layout and way of working: nbs/ exported "
+                                     "to its package and tested, pinned locks, clean notebooks in git, mlkit run and "
+                                     "sweep, CI. Offline; it uses mlkit as a library (by a direct reference: the "
+                                     "name mlkit on PyPI is another package). Then: cd PATH && make test.")
+    new.add_argument("path", metavar="PATH", help="the project's folder (new, or empty)")
+    new.add_argument("--name", metavar="LIB_NAME", help="the package's name (default: the folder's name)")
+    new.add_argument("--author", metavar="NAME", help="for settings.ini and the first commit (default: git's user.name)")
+    new.add_argument("--email", metavar="EMAIL", help="(default: git's user.email)")
+    new.add_argument("--description", metavar="TEXT", default="A notebook-first ML project", help="one line")
+    new.add_argument("--python", metavar="VERSION", default="3.11", help="the locks' Python (3.11, the one mlkit's are for)")
+    new.add_argument("--mlkit-source", metavar="SPEC",
+                     help="where the project gets mlkit: a checkout, a wheel or a URL (default: this mlkit's git URL "
+                          "at its commit or version)")
+    new.add_argument("--no-git", action="store_true", help="no git init and first commit")
+    new.add_argument("--force", action="store_true",
+                     help="write into a non-empty folder: adds the template's files that are missing, replaces none")
+    new.set_defaults(func=cmd_new)
     return p
 
 def main(argv:list[str]|None=None) -> int:

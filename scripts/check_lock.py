@@ -47,6 +47,12 @@ def pins(path):
                 continue
             try: out[name] = [Version(m[2]), False]
             except InvalidVersion: out[name] = [m[2], False]  # an arbitrary-equality pin: kept as text
+        elif m := re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)\s*@\s*(\S+)\s*(?:;(.*))?$", line):  # a direct reference
+            name = canonicalize_name(m[1])
+            if m[3] and not Marker(m[3]).evaluate(LOCK_ENV):
+                name = None
+                continue
+            out[name] = [m[2], False]  # pinned by its URL
         elif name and re.match(r"^\s+#\s+(via )?-r requirements\.in", line):
             out[name][1] = True
     return out
@@ -72,6 +78,9 @@ def problems(root="."):
             pinned = locked if f == "requirements.txt" else pins(root/f)
             if name not in pinned:
                 yield f"{f} is stale: '{req}' from requirements.in is not pinned; run 'make lock'"
+            elif req.url or not isinstance(pinned[name][0], Version):  # a direct reference: the same URL
+                if pinned[name][0] != req.url:
+                    yield f"{f} is stale: pins {req.name} @ {pinned[name][0]}, not '{req}' of requirements.in; run 'make lock'"
             elif not req.specifier.contains(pinned[name][0], prereleases=True):
                 yield f"{f} is stale: pins {req.name}=={pinned[name][0]}, outside '{req}' in requirements.in; run 'make lock'"
     listed = {canonicalize_name(r.name) for r in direct}
