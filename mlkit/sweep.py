@@ -458,6 +458,9 @@ def fail_dead_workers(study, storage) -> list[int]:
 STORAGE_ENV = "MLKIT_SWEEP_STORAGE"  # --storage's default; how workers get the URL (never on a command line)
 POLL_S = 1.0  # how often a worker waiting for the others' last trials looks again
 
+def _last_trial(study) -> int:
+    return max((t.number for t in study.get_trials(deepcopy=False)), default=-1)
+
 def _derived_seed(*parts) -> int:
     "A 32-bit seed from `parts`, the same for the same parts."
     import hashlib
@@ -465,11 +468,12 @@ def _derived_seed(*parts) -> int:
 
 class _Worker:
     "One worker process of a sweep: runs trials until the sweep has `n_trials` done (finished or pruned)."
-    def __init__(self, spec:SweepSpec, storage:str|None, folder:Path, runs_dir:str|None, gpus:int|None, index:int):
+    def __init__(self, spec:SweepSpec, storage:str|None, folder:Path, runs_dir:str|None, gpus:int|None, index:int,
+                 first:int|None=None): # The last trial before this session (the sweep's; counted here when None)
         self.spec, self.url, self.folder, self.runs_dir, self.gpus, self.index = spec, storage, folder, runs_dir, gpus, index
         self.storage = open_storage(storage, folder)
-        trials = _load_study(spec, self.storage).get_trials(deepcopy=False)
-        self.first = max((t.number for t in trials), default=-1)  # failures before this session do not count
+        if first is None: first = _last_trial(_load_study(spec, self.storage))
+        self.first = first  # failures up to it, before this session, do not count
         # workers (here, in other commands, on other machines) must not all draw the same parameters: each its own seed
         seed = None if spec.seed is None else _derived_seed(spec.seed, index, self.first, socket.gethostname(), os.getpid())
         self.study = _load_study(SweepSpec(**{**spec.__dict__, "seed": seed}), self.storage)
@@ -592,7 +596,7 @@ def _worker_main():
     try:
         spec = SweepSpec(**{**args["spec"], "notebook": Path(args["spec"]["notebook"])})
         worker = _Worker(spec, os.environ.get(STORAGE_ENV) or None, Path(args["folder"]), args["runs_dir"],
-                         args["gpus"], args["index"])
+                         args["gpus"], args["index"], args["first"])
         code = worker.run()
     except MlkitError as e:
         print(f"mlkit sweep: worker {args['index']}: {e}", file=sys.stderr, flush=True)
@@ -665,7 +669,7 @@ def sweep(spec:str|Path|SweepSpec, # The spec's YAML file, or a checked spec
     print(f"sweep {spec.name}: {done} of {spec.n_trials} trials done; {workers} worker(s) on {socket.gethostname()}; "
           f"storage {where}; runs in {root}", file=out, flush=True)
     args = {"spec": _spec_json(spec), "folder": str(folder), "runs_dir": str(root), "gpus": gpus_per_trial,
-            "parent": os.getpid()}
+            "parent": os.getpid(), "first": _last_trial(study)}  # the same for every worker, however late it starts
     env = {**os.environ, STORAGE_ENV: storage or "", "PYTHONUNBUFFERED": "1"}
     procs, stopped = [], []
     def forward(signum, frame):
