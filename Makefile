@@ -178,7 +178,7 @@ lab: $(INSTALLED) ## Start JupyterLab on localhost with the project's kernel (LA
 	$(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.root_dir="$(CURDIR)" \
 	  --MappingKernelManager.default_kernel_name=mlkit $(LAB_ARGS)
 
-bench: $(INSTALLED) ## Run the benchmarks in bench/ (baseline and mlkit interleaved; medians and ratios)
+bench: $(INSTALLED) ## Run the benchmarks in bench/ (a baseline and the code under test, interleaved; medians and ratios)
 	@shopt -s nullglob; files=(bench/*.py); [ $${#files[@]} -gt 0 ] || { echo "no benchmarks in bench/ yet"; exit 0; }; \
 	  for f in "$${files[@]}"; do echo "== $$f"; $(PY) "$$f" || exit 1; done
 

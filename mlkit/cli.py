@@ -269,7 +269,8 @@ def cmd_sweep(args) -> int:
 def cmd_new(args) -> int:
     from mlkit.new import new_project
     new_project(args.path, name=args.name, author=args.author, email=args.email, description=args.description,
-                python=args.python, mlkit_source=args.mlkit_source, git=not args.no_git, force=args.force)
+                python=args.python, mlkit_source=args.mlkit_source, git=not args.no_git, force=args.force,
+                lock=not args.no_lock)
     return 0
 
 def _run_outcome(r) -> int:
@@ -384,6 +385,8 @@ def parser() -> argparse.ArgumentParser:
                      help="where the project gets mlkit: a checkout, a wheel or a URL (default: this mlkit's git URL "
                           "at its commit or version)")
     new.add_argument("--no-git", action="store_true", help="no git init and first commit")
+    new.add_argument("--no-lock", action="store_true",
+                     help="keep mlkit's own locks with the mlkit line added, without re-resolving them (no PyPI)")
     new.add_argument("--force", action="store_true",
                      help="write into a non-empty folder: adds the template's files that are missing, replaces none")
     new.set_defaults(func=cmd_new)

@@ -63,34 +63,52 @@ def check_name(name:str) -> str:
         raise MlkitError(f"'{name}' is not a valid Python package name ({why}); try --name {suggest_name(name)}")
     import keyword
     if keyword.iskeyword(name): raise MlkitError(f"'{name}' is a Python keyword; try --name {name}_project")
-    if name in sys.stdlib_module_names or name == "mlkit" or importlib.util.find_spec(name) is not None:
+    try: found = importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError): found = True  # __main__ and the like: taken
+    if name in sys.stdlib_module_names or name == "mlkit" or found:
         what = ("the standard library's module" if name in sys.stdlib_module_names else
                 "mlkit itself" if name == "mlkit" else "an installed package")
         raise MlkitError(f"'{name}' would shadow {what} '{name}'; try --name my_{name}")
     return name
 
 # %% ../nbs/13_new.ipynb #c039acf4
-def mlkit_reference(source:str|None=None) -> str:
+def _read(path:Path) -> str:
+    try: return path.read_text()
+    except (OSError, UnicodeDecodeError): return ""
+
+def _git(root:Path, *args) -> str:
+    "What `git -C root ARGS` prints, or '' when it fails."
+    try: r = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError): return ""
+    return r.stdout.strip() if r.returncode == 0 else ""
+
+def mlkit_reference(source:str|None=None, # A checkout, a wheel or a URL; None: this mlkit's git repository
+                    out=None, # Where a warning goes; sys.stderr when None
+                   ) -> str:
     "The requirement that brings this mlkit into a new project: `mlkit @ URL` (never the bare name: PyPI's is another)."
     if source is None:
         import configparser
 
         import mlkit
         root = Path(mlkit.__file__).parent.parent
-        cfg = configparser.ConfigParser(delimiters=["="])
+        cfg = configparser.ConfigParser(delimiters=["="], interpolation=None)
         cfg.read(root/"settings.ini")
-        url = cfg.get("DEFAULT", "git_url", fallback="https://github.com/mlkit/mlkit")
-        try:
-            commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                    timeout=10).stdout.strip() if (root/".git").exists() else ""
-        except (OSError, subprocess.SubprocessError): commit = ""
+        url = _git(root, "remote", "get-url", "origin") or cfg.get("DEFAULT", "git_url", fallback="https://github.com/mlkit/mlkit")
+        commit = _git(root, "rev-parse", "HEAD") if (root/".git").exists() else ""
+        if commit and not _git(root, "branch", "-r", "--contains", commit):
+            print(f"mlkit new: warning: mlkit's commit {commit[:12]} is on no remote branch of {url}, so the project's "
+                  "make install cannot fetch it: push it, or give --mlkit-source", file=out or sys.stderr)
         return f"mlkit @ git+{url}@{commit or 'v' + mlkit.__version__}"
     if re.match(r"^[a-z][a-z0-9+.-]*://", source): return f"mlkit @ {source}"  # a URL: git+https://..., https://...whl
     path = Path(source).expanduser().resolve()
     if not path.exists(): raise MlkitError(f"--mlkit-source {source}: no such checkout, wheel or folder")
-    if path.is_dir() and not (path/"setup.py").is_file() and not (path/"pyproject.toml").is_file():
-        raise MlkitError(f"--mlkit-source {source}: not an mlkit checkout (no setup.py or pyproject.toml in it)")
-    if path.is_file() and path.suffix != ".whl": raise MlkitError(f"--mlkit-source {source}: not a wheel (.whl)")
+    if path.is_dir() and not (re.search(r"(?m)^lib_name\s*=\s*mlkit\s*$", _read(path/"settings.ini"))
+                              and (path/"setup.py").is_file()):
+        raise MlkitError(f"--mlkit-source {source}: not an mlkit checkout (its settings.ini names no lib_name mlkit)")
+    if path.is_file():
+        import zipfile
+        if not (path.name.startswith("mlkit-") and path.suffix == ".whl" and zipfile.is_zipfile(path)):
+            raise MlkitError(f"--mlkit-source {source}: not an mlkit wheel (mlkit-*.whl)")
     return f"mlkit @ {path.as_uri()}"
 
 # %% ../nbs/13_new.ipynb #f7b520c2
@@ -107,8 +125,25 @@ def _with_reference(text:str, ref:str, lock:bool) -> str:
     return "".join(lines + entry)
 
 def _render(path:Path, values:dict) -> str:
-    "A template of `ONLY_NEW`, its $names filled in."
+    "A template of `ONLY_NEW`, its $names filled in (with % doubled in settings.ini, which ConfigParser interpolates)."
+    if path.name == "settings.ini": values = {k: str(v).replace("%", "%%") for k, v in values.items()}
     return string.Template(path.read_text()).substitute(values)
+
+def _template_paths(lib:str) -> list[Path]:
+    "Every file a new project gets from the template, relative to its folder."
+    return ([_project_path(rel) for rel in _shared_files()] + [Path("bench/README.md")] +
+            [Path(str(p.relative_to(ONLY_NEW)).removesuffix(".tmpl")) for p in ONLY_NEW.rglob("*") if p.is_file()])
+
+def _check_force(dest:Path, lib:str):
+    "Refuse --force where the template cannot go without replacing something of yours, or where a project is already."
+    if (dest/"settings.ini").exists():
+        raise MlkitError(f"{dest} has a settings.ini: it is a project already (mlkit new would not replace it)")
+    for rel in [*_template_paths(lib), Path(lib)/"core.py"]:
+        for part in [*reversed(rel.parents[:-1]), rel]:
+            there = dest/part
+            if (part != rel and there.exists() and not there.is_dir()) or (part == rel and there.is_dir()):
+                raise MlkitError(f"{there} is in the way of the template's {rel} (a {'folder' if there.is_dir() else 'file'}"
+                                 "); move it, or choose another folder")
 
 def _write_tree(dest:Path, lib:str, values:dict, ref:str):
     "Write the new project's files into `dest` (a new, empty folder)."
@@ -157,7 +192,7 @@ def new_project(path:str|Path, # The project's folder: new, or empty (or anythin
                ) -> Path:
     "Make a new mlkit project at `path`; its folder. A one-line `MlkitError` for bad input, before anything is written."
     out = out or sys.stderr
-    dest = Path(path).expanduser().absolute()
+    dest = Path(path).expanduser().resolve()
     lib = check_name(name if name is not None else dest.name)
     if python != "3.11": raise MlkitError(f"--python {python}: the locks mlkit ships are for Python 3.11; make the "
                                           "project with 3.11, then change environment.yml and the Makefile and make lock")
@@ -165,9 +200,11 @@ def new_project(path:str|Path, # The project's folder: new, or empty (or anythin
     if dest.is_dir() and any(dest.iterdir()) and not force:
         raise MlkitError(f"{dest} exists and is not empty; choose a new folder (or --force: adds the files that are "
                          "missing, replaces none)")
-    parent = next(p for p in (dest, *dest.parents) if p.exists())
-    if not os.access(parent, os.W_OK | os.X_OK): raise MlkitError(f"cannot write in {parent}")
-    ref = mlkit_reference(mlkit_source)
+    if force and dest.is_dir(): _check_force(dest, lib)
+    parent = next(p for p in dest.parents if p.exists())  # where the staging folder goes
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK): raise MlkitError(f"cannot write in {parent}")
+    if dest.is_dir() and not os.access(dest, os.W_OK | os.X_OK): raise MlkitError(f"cannot write in {dest}")
+    ref = mlkit_reference(mlkit_source, out)
     who = lambda key: subprocess.run(["git", "config", key], capture_output=True, text=True).stdout.strip()  # noqa: E731
     author = author or (shutil.which("git") and who("user.name")) or "Your Name"
     email = email or (shutil.which("git") and who("user.email")) or "you@example.com"
@@ -178,6 +215,9 @@ def new_project(path:str|Path, # The project's folder: new, or empty (or anythin
               "mlkit_home": "https://github.com/mlkit/mlkit"}
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.mlkit-new-", dir=dest.parent))
+    umask = os.umask(0); os.umask(umask)
+    staging.chmod(0o777 & ~umask)  # mkdtemp's folder is the owner's alone; a project folder is as mkdir makes it
+    had_git, written = (dest/".git").exists(), []
     try:
         _write_tree(staging, lib, values, ref)
         if not dest.exists(): staging.rename(dest)
@@ -190,29 +230,37 @@ def new_project(path:str|Path, # The project's folder: new, or empty (or anythin
                 else:
                     target.parent.mkdir(parents=True, exist_ok=True)
                     shutil.move(src, target)
+                    written.append(str(target.relative_to(dest)))
             if kept: print(f"mlkit new: kept your {len(kept)} file(s) that the template also has: {', '.join(kept[:8])}"
                            + (" ..." if len(kept) > 8 else ""), file=out)
     finally: shutil.rmtree(staging, ignore_errors=True)
-    _finish(dest, lib, ref, author, email, git, lock, out)
+    _finish(dest, lib, ref, author, email, git and not had_git, lock, out, written if force else None)
+    if git and had_git: print(f"mlkit new: {dest} is a git repository already: commit the new files yourself", file=out)
     return dest
 
 # %% ../nbs/13_new.ipynb #3bff9b7d
-def _finish(dest:Path, lib:str, ref:str, author:str, email:str, git:bool, lock:bool, out):
-    "Export the starter notebook, re-resolve the locks when PyPI answers, and make the first commit."
+def _finish(dest:Path, lib:str, ref:str, author:str, email:str, git:bool, lock:bool, out, only:list|None=None):
+    "Export the starter notebook, re-resolve the locks when PyPI answers, and make the first commit (of `only`, if given)."
+    try: _finish_steps(dest, lib, ref, author, email, git, lock, out, only)
+    except MlkitError as e: raise MlkitError(f"made {dest}, but {e}; finish by hand there (make export, git commit)") from None
+
+def _finish_steps(dest:Path, lib:str, ref:str, author:str, email:str, git:bool, lock:bool, out, only:list|None):
     if importlib.util.find_spec("nbdev") is not None:
         _run([str(Path(sys.executable).parent/"nbdev_export")], dest, "nbdev_export")
     else: print(f"mlkit new: nbdev is not installed here; 'make export' in {dest} writes {lib}/", file=out)
     uv = Path(sys.prefix)/"bin"/"uv"
     if lock and uv.exists() and shutil.which("make"):
         print("mlkit new: resolving the locks (make lock) ...", file=out, flush=True)
-        r = _run(["make", "lock", "NO_INSTALL=1", f"ENV={sys.prefix}"], dest, "make lock", check=False, timeout=900)
+        try: ok = _run(["make", "lock", "NO_INSTALL=1", f"ENV={sys.prefix}"], dest, "make lock", check=False,
+                       timeout=300).returncode == 0
+        except subprocess.TimeoutExpired: ok = False
         shutil.rmtree(dest/"build", ignore_errors=True)
-        if r.returncode != 0:
+        if not ok:
             print("mlkit new: could not re-resolve the locks (offline?); they are mlkit's own with the mlkit line added: "
                   "run 'make lock' when PyPI can be reached", file=out)
     if git and shutil.which("git"):
         _run(["git", "init", "-q", "-b", "main"], dest, "git init")
-        _run(["git", "add", "-A"], dest, "git add")
+        _run(["git", "add", "-A"] if only is None else ["git", "add", "--", *only, lib], dest, "git add")
         _run(["git", "-c", f"user.name={author}", "-c", f"user.email={email}", "-c", "commit.gpgsign=false", "commit", "-q",
               "-m", f"New project from mlkit ({ref})"], dest, "git commit")
     elif git: print("mlkit new: git is not installed; no repository made", file=out)

@@ -55,13 +55,48 @@ def test_a_project_has_its_own_names_and_mlkit_by_a_direct_reference(tmp_path):
     assert r.returncode == 0, r.stderr  # the direct reference counts as pinned
 
 
+def test_the_substitutions_still_find_what_they_replace():
+    "A shared file whose mlkit-named line changed would otherwise go into new projects unchanged, silently."
+    from mlkit.new import _substitutions
+    for name, pairs in _substitutions("lab").items():
+        for old, _ in pairs: assert old in (ROOT/name).read_text(), (name, old)
+
+
+def test_percent_signs_and_spaces_are_kept_and_the_folder_is_an_ordinary_one(tmp_path):
+    source = tmp_path/"my mlkit"  # a checkout in a folder with a space: its file URL holds %20
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".venv", ".git", "runs", "build", "*.egg-info", "__pycache__"),
+                    symlinks=True)
+    dest = new_project(tmp_path/"lab", name="lab", author="Ada 100% L", description="99% accuracy, or close",
+                       mlkit_source=str(source), lock=False, git=True)
+    import configparser
+    cfg = configparser.ConfigParser(delimiters=["="])  # as setup.py and nbdev read it: with interpolation
+    cfg.read(dest/"settings.ini")
+    assert cfg["DEFAULT"]["description"] == "99% accuracy, or close" and cfg["DEFAULT"]["author"] == "Ada 100% L"
+    assert cfg["DEFAULT"]["requirements"] == f"mlkit@{source.resolve().as_uri()}" and "%20" in cfg["DEFAULT"]["requirements"]
+    assert (dest/"lab"/"core.py").is_file()
+    assert oct(dest.stat().st_mode & 0o777) == oct(0o777 & ~_umask())
+    log = subprocess.run(["git", "log", "--format=%an %s"], cwd=dest, capture_output=True, text=True).stdout
+    assert log.startswith("Ada 100% L New project from mlkit") and log.count("\n") == 1
+    assert subprocess.run(["git", "status", "--porcelain"], cwd=dest, capture_output=True, text=True).stdout == ""
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def test_force_adds_what_is_missing_and_replaces_nothing(tmp_path):
     (tmp_path/"lab").mkdir()
     (tmp_path/"lab"/"README.md").write_text("my notes\n")
     (tmp_path/"lab"/"data.csv").write_text("1,2\n")
-    dest = made(tmp_path, git=False, force=True)
+    (tmp_path/"lab"/".env").write_text("TOKEN=secret\n")
+    dest = made(tmp_path, git=True, force=True)
     assert (dest/"README.md").read_text() == "my notes\n" and (dest/"data.csv").read_text() == "1,2\n"
     assert (dest/"Makefile").is_file() and (dest/"lab"/"core.py").is_file()
+    committed = subprocess.run(["git", "ls-files"], cwd=dest, capture_output=True, text=True).stdout.split()
+    assert "Makefile" in committed and "lab/core.py" in committed
+    assert not {".env", "data.csv", "README.md"} & set(committed)  # the first commit holds what mlkit new wrote, no more
 
 
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path):
