@@ -3,7 +3,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 .DELETE_ON_ERROR:
 # The package that nbs/ exports to: settings.ini's lib_name.
-LIB := $(shell sed -nE 's/^lib_name[[:space:]]*=[[:space:]]*([^[:space:]]+).*/\1/p' settings.ini)
+LIB := $(shell sed -nE 's/^lib_name[[:space:]]*=[[:space:]]*([^[:space:]]+).*/\1/p' settings.ini 2>/dev/null)
 
 # Which torch build `make install` puts in the environment: cpu (default) or cuda. See README, "Environments".
 TORCH ?= cpu

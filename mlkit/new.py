@@ -93,7 +93,9 @@ def mlkit_reference(source:str|None=None, # A checkout, a wheel or a URL; None: 
         root = Path(mlkit.__file__).parent.parent
         cfg = configparser.ConfigParser(delimiters=["="], interpolation=None)
         cfg.read(root/"settings.ini")
-        url = _git(root, "remote", "get-url", "origin") or cfg.get("DEFAULT", "git_url", fallback="https://github.com/mlkit/mlkit")
+        origin = _git(root, "remote", "get-url", "origin")  # a clone's own: where this mlkit came from
+        url = origin if re.match(r"^https?://", origin) else cfg.get("DEFAULT", "git_url",
+                                                                    fallback="https://github.com/mlkit/mlkit")
         commit = _git(root, "rev-parse", "HEAD") if (root/".git").exists() else ""
         if commit and not _git(root, "branch", "-r", "--contains", commit):
             print(f"mlkit new: warning: mlkit's commit {commit[:12]} is on no remote branch of {url}, so the project's "
