@@ -28,6 +28,9 @@ export TORCH_BUILD := import importlib.util as u, pathlib, re; s = u.find_spec("
 PY_OK := import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else 1)
 WRONG_PY = error: the locks are for Python $(LOCK_PYTHON), and $(1) is Python $$($(1) -c 'import platform; print(platform.python_version())' 2>/dev/null || echo '(it does not run)'); run 'make install PYTHON=python$(LOCK_PYTHON)', or 'conda env create -f environment.yml' and activate it
 PY := $(BIN)/python
+# What the git filter strips besides outputs and execution counts (kept ids): the kernel's language_info, whose
+# Python patch version would otherwise change a notebook's diff from one machine to the next.
+STRIP := --keep-id --extra-keys metadata.language_info
 # `make install` leaves this stamp; targets that need the environment rebuild it when the locks change.
 STAMP := $(ENV)/.mlkit-installed-$(TORCH)
 # NO_INSTALL=1 runs a target in the environment as it is (the drift tests use it on copies of the repo).
@@ -87,10 +90,10 @@ hooks: ## Set up the git filter (nbstripout --keep-id) and nbdev's merge driver 
 	@# Bypassing it is safe: the smudge is cat and notebooks are committed clean, so a notebook whose raw bytes equal
 	@# its blob is unmodified, and one whose bytes differ stays marked modified for git to clean and compare later.
 	@if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then \
-	  git config filter.nbstripout.clean '"$(PY)" -m nbstripout --keep-id' && \
+	  git config filter.nbstripout.clean '"$(PY)" -m nbstripout $(STRIP)' && \
 	  git config filter.nbstripout.smudge cat && \
 	  git config filter.nbstripout.required true && \
-	  git config diff.ipynb.textconv '"$(PY)" -m nbstripout --keep-id -t' && \
+	  git config diff.ipynb.textconv '"$(PY)" -m nbstripout $(STRIP) -t' && \
 	  git config merge.nbdev-merge.name "resolve notebook conflicts with nbdev" && \
 	  git config merge.nbdev-merge.driver '"$(BIN)/nbdev_merge" %O %A %B %P' && \
 	  { git -c filter.nbstripout.clean=cat -c filter.nbstripout.required=false update-index -q --refresh >/dev/null 2>&1 || true; } && \
@@ -148,7 +151,7 @@ check: $(INSTALLED) ## Fail on drift: notebook outputs, the package out of sync,
 	  && echo "check: all clean" || { echo "check: FAILED (see above)" >&2; exit 1; }
 
 check-notebooks:
-	@$(BIN)/nbstripout --verify --keep-id $(NOTEBOOKS) || { \
+	@$(BIN)/nbstripout --verify $(STRIP) $(NOTEBOOKS) || { \
 	  echo "error: notebooks above hold outputs or execution counts; clear them (or 'git add' them: the filter strips them)" >&2; exit 1; }
 
 check-export:
@@ -175,7 +178,8 @@ check-workflows:
 	@$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
 
 lab: $(INSTALLED) ## Start JupyterLab on localhost with the project's kernel (LAB_ARGS adds options)
-	$(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.root_dir="$(CURDIR)" \
+	@# Jupyter refuses to run as root without --allow-root, and root is the usual user in Docker and devcontainers.
+	$(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.root_dir="$(CURDIR)" $(if $(filter 0,$(shell id -u)),--allow-root) \
 	  --MappingKernelManager.default_kernel_name=mlkit $(LAB_ARGS)
 
 bench: $(INSTALLED) ## Run the benchmarks in bench/ (a baseline and the code under test, interleaved; medians and ratios)

@@ -38,6 +38,15 @@ def test_execution_count_alone(repo_copy):
     check_fails_naming(repo_copy, "nbs/00_core.ipynb")
 
 
+def test_kernel_language_info_left_in_a_notebook(repo_copy):
+    "A notebook saved after running keeps metadata.language_info (with Python's patch version): noise in every diff."
+    path = repo_copy/"nbs"/"00_core.ipynb"
+    nb = json.loads(path.read_text())
+    nb["metadata"]["language_info"] = {"name": "python", "version": "3.11.7"}
+    path.write_text(json.dumps(nb, indent=1))
+    check_fails_naming(repo_copy, "nbs/00_core.ipynb")
+
+
 def test_module_edited_by_hand(repo_copy):
     with open(repo_copy/"mlkit"/"core.py", "a") as f: f.write("\nHAND_EDIT = 1\n")
     out = check_fails_naming(repo_copy, "mlkit/core.py")

@@ -24,7 +24,7 @@ def free_port():
 def lab():
     port, token = free_port(), uuid.uuid4().hex
     args = f"--no-browser --port={port} --ServerApp.port_retries=0 --IdentityProvider.token={token}"
-    if os.geteuid() == 0: args += " --allow-root"  # CI runs as root; Jupyter refuses root without it
+    # nothing for root here: `make lab` itself must run as root (Docker, devcontainers) as well as as a user
     proc = subprocess.Popen(["make", "--no-print-directory", "lab", "NO_INSTALL=1", f"ENV={sys.prefix}",
                              f"LAB_ARGS={args}"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
