@@ -39,7 +39,7 @@ INSTALLED := $(if $(NO_INSTALL),,$(STAMP))
 NOTEBOOKS = $(shell find nbs tests/notebooks -name '*.ipynb' -not -path '*/.ipynb_checkpoints/*' 2>/dev/null | sort)
 TORCH_PIN := $(shell grep -E '^torch[=<>~!]' requirements.in)
 
-.PHONY: help install check-env hooks lock upgrade conda-lock export lint test check lab bench gpu-check train sweep clean \
+.PHONY: help install check-env hooks lock upgrade conda-lock export lint test check lab bench gpu-check train sweep clean test-all \
         check-notebooks check-export check-lock check-lock-targets check-lock-full check-workflows
 
 help: ## List the targets
@@ -142,9 +142,15 @@ lint: $(INSTALLED) ## Lint the package, tests/, bench/, scripts/ with ruff, and 
 	$(BIN)/ruff check $(wildcard $(LIB) tests bench scripts) setup.py
 	$(BIN)/nbqa ruff nbs
 
-test: $(INSTALLED) ## Run the notebook tests (nbdev_test) and then pytest over tests/
+# pytest exits 5 when a selection has no tests (a project whose tests are all slow, or none): not a failure here.
+PYTEST = $(BIN)/pytest -n 2 --durations=10 $(1) tests || [ $$? -eq 5 ]
+
+test: $(INSTALLED) ## Run the notebook tests (nbdev_test), then pytest over tests/ in 2 processes, but the slow ones
 	$(BIN)/nbdev_test --n_workers 2
-	$(BIN)/pytest tests
+	$(call PYTEST,-m "not slow")
+
+test-all: test ## make test, then the slow end-to-end tests (a made project's own make test, PostgreSQL); CI runs this
+	$(call PYTEST,-m slow)
 
 check: $(INSTALLED) ## Fail on drift: notebook outputs, the package out of sync, stale lock, lint, invalid workflows
 	@$(MAKE) --no-print-directory -k NO_INSTALL=1 check-notebooks check-export check-lock lint check-workflows \

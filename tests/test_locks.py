@@ -17,7 +17,9 @@ def pypi_reachable() -> bool:
     except OSError: return False
 
 
-needs_pypi = pytest.mark.skipif(not pypi_reachable(), reason="PyPI is out of reach")
+def needs_pypi(test):
+    "Resolves against PyPI (minutes in all): skipped where PyPI is out of reach, and slow (make test-all runs it)."
+    return pytest.mark.slow(pytest.mark.skipif(not pypi_reachable(), reason="PyPI is out of reach")(test))
 
 
 def edit(path: Path, old: str, new: str):

@@ -194,7 +194,7 @@ record('score', -loss)""")
 
 def test_each_trial_holds_its_own_gpus(project):
     notebook(project, "gpu.ipynb", "x = 0.5", "import os, time\nfrom mlkit.run import record\n"
-             "record('seen', os.environ.get('CUDA_VISIBLE_DEVICES'))\nt0 = time.time(); time.sleep(1.5)\n"
+             "record('seen', os.environ.get('CUDA_VISIBLE_DEVICES'))\nt0 = time.time(); time.sleep(3)\n"
              "record('window', [t0, time.time()])\nrecord('score', x)")
     env = {"MLKIT_FAKE_GPUS": "2", "MLKIT_LOCK_DIR": str(project/"locks")}
     r = sweep(spec(project, nb="gpu.ipynb"), "--workers", "2", "--gpus-per-trial", "1", env=env)
@@ -357,6 +357,7 @@ def postgres(tmp_path_factory):
     shutil.rmtree(folder, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_workers_on_several_machines_share_a_postgresql_sweep(project, postgres, tmp_path):
     "Two `mlkit sweep` commands with one --storage, each with its own runs folder (as two machines): one sweep."
     notebook(project, "toy.ipynb", *TOY)
@@ -384,6 +385,7 @@ def test_workers_on_several_machines_share_a_postgresql_sweep(project, postgres,
     assert st.returncode == 0 and st.stdout.count("finished") == len(done)
 
 
+@pytest.mark.slow
 def test_a_trial_whose_machine_stopped_beating_is_failed_and_retried_once(project, postgres):
     "A RUNNING trial of a worker elsewhere whose heartbeat stopped: Optuna's heartbeat fails it, and it runs again."
     notebook(project, "toy.ipynb", *TOY)
