@@ -29,8 +29,8 @@ __all__ = ['METHODS', 'PRUNERS', 'GOALS', 'SPEC_KEYS', 'PARAM_KEYS', 'SWEEPS', '
            'ERROR_ATTR', 'DIED_ATTR', 'INTERRUPTED_ATTR', 'OVERHEAD_ATTR', 'WATCH_ATTR', 'HEARTBEAT_ENV', 'UNCLAIMED_S',
            'STORAGE_ENV', 'POLL_S', 'PLOTS', 'SpecError', 'SweepSpec', 'grid_size', 'grid_values', 'load_spec',
            'sweep_folder', 'open_storage', 'open_study', 'TrialLink', 'trial_link', 'TrialFailed', 'SweepFailed',
-           'metric_value', 'fail_dead_workers', 'trial_line', 'SweepResult', 'count_done', 'sweep', 'load_sweep',
-           'status_table', 'best_text', 'plot_sweep']
+           'metric_value', 'fail_dead_workers', 'trial_state', 'trial_line', 'SweepResult', 'count_done', 'sweep',
+           'load_sweep', 'status_table', 'best_text', 'plot_sweep']
 
 # %% ../nbs/12_sweep.ipynb #82e1add7
 class SpecError(MlkitError):
@@ -576,9 +576,13 @@ def _pruned_text(t) -> str:
     step = max(steps)
     return f"at step {step}" + (f" ({watch['metric']} {watch['sign'] * steps[step]:.4g})" if watch.get("metric") else "")
 
+def trial_state(t) -> str:
+    "A trial's state in the words runs use: finished, pruned, failed, running, waiting."
+    return t.state.name.lower().replace("complete", "finished").replace("fail", "failed")
+
 def trial_line(t, spec:SweepSpec) -> str:
     "One line on how trial `t` ended: its state, value, parameters and run."
-    state = t.state.name.lower().replace("complete", "finished").replace("fail", "failed")
+    state = trial_state(t)
     value = f" {spec.metric} {t.value:.6g}" if t.value is not None and state == "finished" else ""
     why = t.user_attrs.get(ERROR_ATTR) or t.user_attrs.get(INTERRUPTED_ATTR) or t.user_attrs.get(DIED_ATTR)
     at = f" {_pruned_text(t)}" if state == "pruned" else ""
@@ -720,7 +724,7 @@ def status_table(study, spec:dict) -> str:
     names = list(spec.get("params") or dict.fromkeys(k for t in trials for k in t.params))
     rows = []
     for t in trials:
-        state = t.state.name.lower().replace("complete", "finished").replace("fail", "failed")
+        state = trial_state(t)
         retry = t.system_attrs.get("failed_trial")
         note = (t.user_attrs.get(ERROR_ATTR) or t.user_attrs.get(INTERRUPTED_ATTR) or t.user_attrs.get(DIED_ATTR) or
                 (f"retry of trial {retry}" if retry is not None else ""))
