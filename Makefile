@@ -40,7 +40,7 @@ NOTEBOOKS = $(shell find nbs tests/notebooks -name '*.ipynb' -not -path '*/.ipyn
 TORCH_PIN := $(shell grep -E '^torch[=<>~!]' requirements.in)
 
 .PHONY: help install check-env hooks lock upgrade conda-lock export lint test check lab bench gpu-check train sweep clean test-all \
-        check-notebooks check-export check-lock check-lock-targets check-lock-full check-workflows
+        check-notebooks check-export check-lock check-lock-targets check-lock-full check-workflows check-docs check-devcontainer docs
 
 help: ## List the targets
 	@echo "$(LIB): make TARGET   (TORCH=cpu|cuda picks the torch build; now $(TORCH); environment: $(ENV))"
@@ -152,8 +152,9 @@ test: $(INSTALLED) ## Run the notebook tests (nbdev_test), then pytest over test
 test-all: test ## make test, then the slow end-to-end tests (a made project's own make test, PostgreSQL); CI runs this
 	$(call PYTEST,-m slow)
 
-check: $(INSTALLED) ## Fail on drift: notebook outputs, the package out of sync, stale lock, lint, invalid workflows
-	@$(MAKE) --no-print-directory -k NO_INSTALL=1 check-notebooks check-export check-lock lint check-workflows \
+check: $(INSTALLED) ## Fail on drift: notebook outputs, the package out of sync, stale lock, lint, invalid workflows, docs or devcontainer
+	@$(MAKE) --no-print-directory -k NO_INSTALL=1 check-notebooks check-export check-lock lint check-workflows check-docs \
+	  check-devcontainer \
 	  && echo "check: all clean" || { echo "check: FAILED (see above)" >&2; exit 1; }
 
 check-notebooks:
@@ -182,6 +183,19 @@ check-lock-full: $(INSTALLED) ## Recompile the locks in a temporary copy (PyPI) 
 
 check-workflows:
 	@$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
+
+check-docs:
+	@$(PY) scripts/check_docs.py
+
+check-devcontainer:
+	@$(BIN)/check-jsonschema --schemafile scripts/schemas/devcontainer.schema.json .devcontainer/devcontainer.json
+
+docs: $(INSTALLED) ## Build the docs site into _docs/ with nbdev_docs (needs Quarto; CI's docs workflow has it)
+	@command -v quarto >/dev/null 2>&1 || { echo "error: make docs needs Quarto (https://quarto.org/docs/get-started/), which is not installed here; nothing was built (.github/workflows/docs.yml builds and deploys the site)" >&2; exit 1; }
+	@# README.md is written by hand, and tests/test_docs.py keeps nbs/index.ipynb (the site's home page) consistent with
+	@# it; nbdev_docs would rewrite README.md from index.ipynb when the notebook is newer, so it is made newer.
+	touch README.md
+	$(BIN)/nbdev_docs
 
 lab: $(INSTALLED) ## Start JupyterLab on localhost with the project's kernel (LAB_ARGS adds options)
 	@# Jupyter refuses to run as root without --allow-root, and root is the usual user in Docker and devcontainers.

@@ -95,7 +95,9 @@ def _as_tuple(x): return tuple(_as_tuple(i) for i in x) if isinstance(x, (list, 
 # %% ../nbs/02_checkpoint.ipynb #b78ca6da
 CKPT_RE = re.compile(r"^step-(\d+)\.pt$")
 
-def checkpoint_name(step:int) -> str: return f"step-{step:08d}.pt"
+def checkpoint_name(step:int) -> str:
+    "The file name of the checkpoint at global step `step`, zero-padded so that names sort by step."
+    return f"step-{step:08d}.pt"
 
 def list_checkpoints(folder:str|Path) -> list[Path]:
     "The complete checkpoints in `folder`, oldest first."

@@ -40,6 +40,7 @@ def gpus_table(rows:list[dict]) -> str:
                    for r in rows])
 
 def cmd_gpus(args):
+    "`mlkit gpus`: the GPUs with memory, utilisation and lock holders, as a table or `--json`."
     from mlkit.gpu import gpus, lock_holder
     rows = [{**asdict(g), "lock": lock_holder(g)} for g in gpus()]
     print(json.dumps(rows, indent=1) if args.json else gpus_table(rows))
@@ -135,6 +136,7 @@ def _params_filter(pairs:list[str]) -> dict:
     return out
 
 def cmd_runs_ls(args):
+    "`mlkit runs ls`: one line per run, filtered and sorted best first."
     from mlkit.runs import filter_runs, list_runs
     sort, params = _sort_arg(args.sort) if args.sort else None, _params_filter(args.param)
     if args.limit is not None and args.limit < 1: raise MlkitError(f"--limit takes a number of runs, 1 or more, got {args.limit}")
@@ -144,6 +146,7 @@ def cmd_runs_ls(args):
     print(runs_table(runs, sort[0] if sort else None))
 
 def cmd_runs_show(args):
+    "`mlkit runs show RUN`: one run's metadata, parameters and metrics."
     from mlkit.runs import find_run, flatten
     goals = _goals_arg(args.goal)
     r = find_run(args.run, args.root)
@@ -168,6 +171,7 @@ def cmd_runs_show(args):
     if r.artifacts: print("artifacts\n" + "\n".join(f"  {p.relative_to(r.path)}" for p in r.artifacts))
 
 def cmd_runs_compare(args):
+    "`mlkit runs compare RUN RUN...`: the parameters that differ and the metrics side by side."
     from mlkit.runs import compare_runs, find_run
     if len(args.runs) < 2: raise MlkitError("compare needs at least two runs")
     goals = _goals_arg(args.goal)
@@ -182,6 +186,7 @@ def cmd_runs_compare(args):
                   for k, vs in c["metrics"].items()]))
 
 def cmd_runs_plot(args):
+    "`mlkit runs plot RUN... --metric M`: the runs' learning curves of one metric, to a PNG."
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -220,6 +225,7 @@ def _params_args(args) -> dict:
     return params
 
 def cmd_run(args) -> int:
+    "`mlkit run NOTEBOOK -p NAME VALUE...`: the notebook as a tracked, headless run (`run_notebook`)."
     if args.help: return _run_help(args, args.run_parser)
     if not args.notebook: raise MlkitError("which notebook? mlkit run NOTEBOOK [-p NAME VALUE]...")
     from mlkit.run import run_notebook
@@ -234,6 +240,7 @@ def cmd_run(args) -> int:
     return _run_outcome(r)
 
 def cmd_rerun(args) -> int:
+    "`mlkit rerun RUN`: a recorded run's notebook again, with its parameters (and any `-p` overrides)."
     from mlkit.run import rerun
     return _run_outcome(rerun(args.run, _params_args(args), name=args.name, cell_timeout=args.cell_timeout,
                               runs_dir=args.runs_dir))
@@ -241,6 +248,7 @@ def cmd_rerun(args) -> int:
 _SWEEP_VIEWS = ("status", "best", "plot")
 
 def cmd_sweep(args) -> int:
+    "`mlkit sweep SPEC`, or `mlkit sweep status|best|plot NAME`: run a sweep, or look at one."
     if args.target in _SWEEP_VIEWS and args.sweep_name:
         from mlkit.sweep import best_text, load_sweep, plot_sweep, status_table, sweep_folder
         study, spec = load_sweep(args.sweep_name, args.storage, args.runs_dir)
@@ -267,6 +275,7 @@ def cmd_sweep(args) -> int:
     return 0
 
 def cmd_new(args) -> int:
+    "`mlkit new PATH`: a new project from this template (`new_project`)."
     from mlkit.new import new_project
     new_project(args.path, name=args.name, author=args.author, email=args.email, description=args.description,
                 python=args.python, mlkit_source=args.mlkit_source, git=not args.no_git, force=args.force,
@@ -285,6 +294,7 @@ def _run_outcome(r) -> int:
 
 # %% ../nbs/07_cli.ipynb #12269740
 def parser() -> argparse.ArgumentParser:
+    "The `mlkit` command's argument parser: one subcommand per `cmd_*` function."
     p = argparse.ArgumentParser(prog="mlkit", description="Notebook-first, reproducible ML projects.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
     g = sub.add_parser("gpus", help="list GPUs with memory, utilisation and who holds each lock",

@@ -19,6 +19,8 @@ __all__ = ['ROOT_MARKERS', 'MAX_SEED', 'TMP_PREFIX', 'MlkitError', 'ProjectNotFo
 # %% ../nbs/00_core.ipynb #d446f051
 class MlkitError(Exception):
     "An error the user can fix; the CLI prints it as one line and exits non-zero."
+    def __init__(self, message:str): # One line that says what is wrong and what to do
+        super().__init__(message)
 
 class ProjectNotFoundError(MlkitError):
     "No mlkit project encloses the given path."

@@ -13,11 +13,15 @@ EVENTS = ("before_fit before_epoch before_train before_batch after_pred after_lo
           "before_step after_step after_batch after_train before_validate after_validate after_epoch after_fit "
           "after_cancel_batch after_cancel_epoch after_cancel_fit").split()
 
-class CancelBatch(Exception):
+class _Cancel(Exception):
+    def __init__(self, reason:str=""): # Why, for the reader of a log (optional)
+        super().__init__(*([reason] if reason else []))
+
+class CancelBatch(_Cancel):
     "Skip the rest of this batch (in training, the gradients of its accumulation window are dropped)."
-class CancelEpoch(Exception):
+class CancelEpoch(_Cancel):
     "Skip the rest of this epoch, validation included."
-class CancelFit(Exception):
+class CancelFit(_Cancel):
     "Stop training; `after_fit` still runs."
 
 class CallbackError(RuntimeError):

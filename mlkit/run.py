@@ -114,6 +114,8 @@ def notebook_parameters(nb, # A notebook (`read_notebook`)
 # %% ../nbs/11_run.ipynb #3c9bc97b
 class CliText(str):
     "A value as typed on the command line: read as YAML, unless its parameter is a string."
+    def __init__(self, text:str): # The text after `-p NAME` (str.__new__ keeps it)
+        super().__init__()
 
 def _yaml(text:str):
     "`text` read by YAML's safe loader, except that dates stay text (a notebook takes no date objects) and 010 is ten."

@@ -404,6 +404,8 @@ def trial_link() -> TrialLink|None:
 # %% ../nbs/12_sweep.ipynb #1cd30a3a
 class TrialFailed(Exception):
     "A trial's run failed or recorded no value of the metric: the trial is failed, and the sweep goes on."
+    def __init__(self, message:str): # Why, in one line (Optuna keeps it as the trial's failure)
+        super().__init__(message)
 
 class SweepFailed(MlkitError):
     "Too many of a sweep's trials failed to go on."

@@ -1,5 +1,6 @@
 "Shared fixtures: a throwaway copy of the repository, and `make` run in the current environment."
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -7,6 +8,10 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+# A shell starts a background job (`make test &`) with SIGINT ignored, and every process it starts inherits that: the
+# tests that send Ctrl-C to a job would hang. A Python handler here is reset to the default in the jobs we start.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN: signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def repo_files():
@@ -30,3 +35,74 @@ def make(*args, cwd=REPO, timeout=300):
     "Run `make ARGS` with this interpreter's environment, installing nothing; return the finished process."
     cmd = ["make", "--no-print-directory", *args, "NO_INSTALL=1", f"ENV={sys.prefix}"]
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+# --- jobs in forks of a process that has imported torch and mlkit once ------------------------------------------------
+# A test job started as `python job.py` spends a second or two importing torch before it does anything. Jobs run by
+# `run_job` are forked from multiprocessing's fork server, which imported torch and mlkit once; each still runs as a
+# script's main code in a process of its own (its own pid, signals, stdout/stderr, exit status, atexit handlers).
+JOB_PRELOAD = ["torch", "torch._dynamo", "torch.optim", "torch.utils.data", "mlkit.train", "mlkit.callbacks", "mlkit.track"]
+_job_context = None
+
+
+def _job_main(argv, env, out, err):
+    import atexit
+    import os
+    import random
+    import runpy
+    import threading
+    import traceback
+    for fd, path in ((1, out), (2, err)):
+        f = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        os.dup2(f, fd)
+        os.close(f)
+    sys.stdout, sys.stderr = open(1, "w", buffering=1, closefd=False), open(2, "w", buffering=1, closefd=False)
+    os.environ.clear()
+    os.environ.update(env)
+    random.seed()  # a fresh interpreter's seed, not the fork server's state
+    import multiprocessing
+    multiprocessing.set_start_method(None, force=True)  # the platform's default, as in a fresh interpreter (not ours)
+    sys.argv = list(argv)
+    sys.path.insert(0, str(Path(argv[0]).parent))
+    code, interrupted = 0, False
+    try: runpy.run_path(argv[0], run_name="__main__")
+    except SystemExit as e:
+        if e.code is None or isinstance(e.code, int): code = e.code or 0
+        else: code = print(e.code, file=sys.stderr) or 1
+    except KeyboardInterrupt:
+        traceback.print_exc()
+        interrupted = True
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    # then what Python does at exit, which multiprocessing's children skip: wait for threads, run the atexit handlers
+    threading._shutdown()
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if interrupted:  # an uncaught KeyboardInterrupt ends Python by SIGINT, after the exit handlers
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+    os._exit(code)
+
+
+def run_job(script, *args, timeout=300, env=None):
+    "Run `python script args...` as a fork of the preloaded fork server; a CompletedProcess (text stdout and stderr)."
+    import multiprocessing
+    import os
+    import tempfile
+    global _job_context
+    if _job_context is None:
+        _job_context = multiprocessing.get_context("forkserver")
+        _job_context.set_forkserver_preload(JOB_PRELOAD)
+    argv = [str(script), *map(str, args)]
+    with tempfile.TemporaryDirectory() as d:
+        out, err = Path(d)/"stdout", Path(d)/"stderr"
+        p = _job_context.Process(target=_job_main, args=(argv, {**os.environ, **(env or {})}, str(out), str(err)))
+        p.start()
+        p.join(timeout)
+        if p.exitcode is None:
+            p.kill()
+            p.join()
+            raise subprocess.TimeoutExpired(argv, timeout, out.read_text(), err.read_text())
+        return subprocess.CompletedProcess([sys.executable, *argv], p.exitcode, out.read_text(), err.read_text())

@@ -1,12 +1,16 @@
-"`make check` passes on a clean tree and fails, naming the file, for each kind of drift."
+"""`make check` passes on a clean tree and fails, naming the file, for each kind of drift.
+
+Each drift is tested against the one part of `make check` that finds it (`TARGET`, a second or two instead of the
+whole check); `test_every_drift_is_reported_by_make_check_in_one_run` proves that `make check` runs every part.
+"""
 import json
 
 import pytest
 from conftest import make
 
 
-def check_fails_naming(repo, name):
-    r = make("check", cwd=repo)
+def check_fails_naming(repo, name, target="check"):
+    r = make(target, cwd=repo)
     out = r.stdout + r.stderr
     assert r.returncode != 0, out
     assert name in out, out
@@ -26,7 +30,7 @@ def test_notebook_with_outputs(repo_copy):
     cell["execution_count"] = 1
     cell["outputs"] = [{"output_type": "stream", "name": "stdout", "text": ["hello\n"]}]
     path.write_text(json.dumps(nb, indent=1))
-    out = check_fails_naming(repo_copy, "nbs/00_core.ipynb")
+    out = check_fails_naming(repo_copy, "nbs/00_core.ipynb", "check-notebooks")
     assert "outputs or execution counts" in out
 
 
@@ -35,7 +39,7 @@ def test_execution_count_alone(repo_copy):
     nb = json.loads(path.read_text())
     next(c for c in nb["cells"] if c["cell_type"] == "code")["execution_count"] = 7
     path.write_text(json.dumps(nb, indent=1))
-    check_fails_naming(repo_copy, "nbs/00_core.ipynb")
+    check_fails_naming(repo_copy, "nbs/00_core.ipynb", "check-notebooks")
 
 
 def test_kernel_language_info_left_in_a_notebook(repo_copy):
@@ -44,12 +48,12 @@ def test_kernel_language_info_left_in_a_notebook(repo_copy):
     nb = json.loads(path.read_text())
     nb["metadata"]["language_info"] = {"name": "python", "version": "3.11.7"}
     path.write_text(json.dumps(nb, indent=1))
-    check_fails_naming(repo_copy, "nbs/00_core.ipynb")
+    check_fails_naming(repo_copy, "nbs/00_core.ipynb", "check-notebooks")
 
 
 def test_module_edited_by_hand(repo_copy):
     with open(repo_copy/"mlkit"/"core.py", "a") as f: f.write("\nHAND_EDIT = 1\n")
-    out = check_fails_naming(repo_copy, "mlkit/core.py")
+    out = check_fails_naming(repo_copy, "mlkit/core.py", "check-export")
     assert "out of sync" in out
 
 
@@ -59,7 +63,7 @@ def test_notebook_changed_without_export(repo_copy):
     cell = next(c for c in nb["cells"] if "def runs_dir" in "".join(c["source"]))
     cell["source"] = "".join(cell["source"]).replace("The folder holding run records", "Where runs live")
     path.write_text(json.dumps(nb, indent=1))
-    check_fails_naming(repo_copy, "core.py")
+    check_fails_naming(repo_copy, "core.py", "check-export")
 
 
 @pytest.mark.parametrize("line, expected", [
@@ -69,26 +73,26 @@ def test_notebook_changed_without_export(repo_copy):
 def test_lock_stale(repo_copy, line, expected):
     path = repo_copy/"requirements.in"
     path.write_text(path.read_text() + line + "\n")
-    out = check_fails_naming(repo_copy, "requirements.txt")
+    out = check_fails_naming(repo_copy, "requirements.txt", "check-lock")
     assert expected in out
 
 
 def test_dependency_removed_from_requirements_in(repo_copy):
     path = repo_copy/"requirements.in"
     path.write_text("\n".join(ln for ln in path.read_text().splitlines() if not ln.startswith("nbqa")) + "\n")
-    out = check_fails_naming(repo_copy, "requirements.txt")
+    out = check_fails_naming(repo_copy, "requirements.txt", "check-lock")
     assert "nbqa" in out
 
 
 def test_torch_lock_stale(repo_copy):
     path = repo_copy/"requirements.in"
     path.write_text(path.read_text().replace("torch==2.13.0", "torch==2.12.0"))
-    check_fails_naming(repo_copy, "requirements-cpu.txt")
+    check_fails_naming(repo_copy, "requirements-cpu.txt", "check-lock")
 
 
 def test_lint_error_in_tests(repo_copy):
     (repo_copy/"tests"/"test_sloppy.py").write_text("import os\n")
-    check_fails_naming(repo_copy, "tests/test_sloppy.py")
+    check_fails_naming(repo_copy, "tests/test_sloppy.py", "lint")
 
 
 def test_lint_error_in_notebook(repo_copy):
@@ -97,18 +101,62 @@ def test_lint_error_in_notebook(repo_copy):
     nb["cells"].append({"cell_type": "code", "id": "sloppy01", "metadata": {}, "execution_count": None,
                         "outputs": [], "source": ["x = None\n", "assert x == None"]})
     path.write_text(json.dumps(nb, indent=1))
-    check_fails_naming(repo_copy, "nbs/00_core.ipynb")
+    check_fails_naming(repo_copy, "nbs/00_core.ipynb", "lint")
 
 
 def test_invalid_workflow(repo_copy):
     (repo_copy/".github"/"workflows"/"broken.yml").write_text(
         "name: broken\non: push\njobs:\n  build:\n    steps:\n      - run: echo hi\n")  # no runs-on
-    check_fails_naming(repo_copy, "broken.yml")
+    check_fails_naming(repo_copy, "broken.yml", "check-workflows")
 
 
-def test_all_drifts_reported_together(repo_copy):
-    "One run names every problem, not just the first."
-    with open(repo_copy/"mlkit"/"core.py", "a") as f: f.write("\nHAND_EDIT = 1\n")
-    (repo_copy/"tests"/"test_sloppy.py").write_text("import os\n")
-    out = check_fails_naming(repo_copy, "mlkit/core.py")
-    assert "tests/test_sloppy.py" in out
+@pytest.mark.parametrize("edit, expected", [
+    (lambda c: c.pop("forwardPorts") and c.update(forwardPort=[8888]), "forwardPort"),  # a misspelt key
+    (lambda c: c.update(forwardPorts="8888"), "forwardPorts"),  # a port list given as a string
+    (lambda c: c.update(postCreateCommand=""), "postCreateCommand"),
+    (lambda c: c.pop("image"), "image"),  # no image, Dockerfile or Compose file: nothing to start
+])
+def test_devcontainer_that_its_schema_refuses(repo_copy, edit, expected):
+    path = repo_copy/".devcontainer"/"devcontainer.json"
+    config = json.loads(path.read_text())
+    edit(config)
+    path.write_text(json.dumps(config, indent=2))
+    out = check_fails_naming(repo_copy, "devcontainer.json", "check-devcontainer")
+    assert expected in out
+
+
+def _replace(path, old, new):
+    text = path.read_text()
+    assert old in text, (path, old)
+    path.write_text(text.replace(old, new))
+
+
+@pytest.mark.parametrize("break_it, expected", [
+    (lambda r: _replace(r/"settings.ini", "title = mlkit", "title = mlkit docs"), "nbs/nbdev.yml differs"),
+    (lambda r: (r/"nbs"/"styles.css").unlink(), "its stylesheet styles.css"),
+    (lambda r: _replace(r/"nbs"/"_quarto.yml", "metadata-files: [nbdev.yml", "metadata-files: [site.yml"), "site.yml"),
+    (lambda r: (r/"nbs"/"_quarto.yml").write_text("project: [website\n"), "is not YAML"),
+    (lambda r: (r/"nbs"/"index.ipynb").unlink(), "readme_nb = index.ipynb"),
+])
+def test_docs_configuration_that_would_not_build(repo_copy, break_it, expected):
+    break_it(repo_copy)
+    out = check_fails_naming(repo_copy, "error:", "check-docs")
+    assert expected in out
+
+
+def test_every_drift_is_reported_by_make_check_in_one_run(repo_copy):
+    "One `make check` names every problem, each found by its own part, not just the first."
+    nb_path = repo_copy/"nbs"/"00_core.ipynb"
+    nb = json.loads(nb_path.read_text())
+    next(c for c in nb["cells"] if c["cell_type"] == "code")["execution_count"] = 7
+    nb_path.write_text(json.dumps(nb, indent=1))  # check-notebooks
+    with open(repo_copy/"mlkit"/"core.py", "a") as f: f.write("\nHAND_EDIT = 1\n")  # check-export
+    (repo_copy/"requirements.in").write_text((repo_copy/"requirements.in").read_text() + "rich>=13\n")  # check-lock
+    (repo_copy/"tests"/"test_sloppy.py").write_text("import os\n")  # lint
+    (repo_copy/".github"/"workflows"/"broken.yml").write_text("name: broken\non: push\njobs:\n  b:\n    steps: []\n")
+    (repo_copy/"nbs"/"styles.css").unlink()  # check-docs
+    _replace(repo_copy/".devcontainer"/"devcontainer.json", '"forwardPorts"', '"forwardPort"')  # check-devcontainer
+    out = check_fails_naming(repo_copy, "nbs/00_core.ipynb")
+    for found in ("outputs or execution counts", "mlkit/core.py", "'rich>=13' from requirements.in is not pinned",
+                  "tests/test_sloppy.py", "broken.yml", "its stylesheet styles.css", "forwardPort", "check: FAILED"):
+        assert found in out, found

@@ -20,7 +20,8 @@ def test_the_template_shares_this_repository_s_files_and_cannot_drift():
     for must in ("Makefile", ".gitignore", ".gitattributes", "setup.py", "pyproject.toml", "environment.yml",
                  "requirements.in", "requirements.txt", "requirements-cpu.txt", "requirements-cuda.txt", ".ci/run",
                  ".github/workflows/ci.yml", "scripts/check_lock.py", "nbs/experiments/train_digits.ipynb",
-                 "sweeps/digits.yaml"):
+                 "sweeps/digits.yaml", ".github/workflows/docs.yml", "nbs/_quarto.yml", "nbs/styles.css",
+                 "scripts/check_docs.py", ".devcontainer/devcontainer.json", "scripts/schemas/devcontainer.schema.json"):
         assert must in shared, must
     for rel in _shared_files():
         mine = ROOT/_project_path(rel)
@@ -53,6 +54,16 @@ def test_a_project_has_its_own_names_and_mlkit_by_a_direct_reference(tmp_path):
         if p.is_file() and p.suffix in (".ini", ".md", ".py", ".ipynb", ".yml"): assert "$name" not in p.read_text(), p
     r = subprocess.run([sys.executable, "scripts/check_lock.py"], cwd=dest, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr  # the direct reference counts as pinned
+    _docs_and_devcontainer_check(dest)
+
+
+def _docs_and_devcontainer_check(dest):
+    "What make check proves of a project's docs configuration (nbdev.yml as nbdev writes it) and devcontainer.json."
+    for cmd in ([sys.executable, "scripts/check_docs.py"],
+                [str(Path(sys.executable).parent/"check-jsonschema"), "--schemafile",
+                 "scripts/schemas/devcontainer.schema.json", ".devcontainer/devcontainer.json"]):
+        r = subprocess.run(cmd, cwd=dest, capture_output=True, text=True)
+        assert r.returncode == 0, r.stdout + r.stderr
 
 
 def test_the_substitutions_still_find_what_they_replace():
@@ -74,6 +85,7 @@ def test_percent_signs_and_spaces_are_kept_and_the_folder_is_an_ordinary_one(tmp
     assert cfg["DEFAULT"]["description"] == "99% accuracy, or close" and cfg["DEFAULT"]["author"] == "Ada 100% L"
     assert cfg["DEFAULT"]["requirements"] == f"mlkit@{source.resolve().as_uri()}" and "%20" in cfg["DEFAULT"]["requirements"]
     assert (dest/"lab"/"core.py").is_file()
+    _docs_and_devcontainer_check(dest)  # nbs/nbdev.yml holds the description as nbdev reads it from settings.ini
     assert oct(dest.stat().st_mode & 0o777) == oct(0o777 & ~_umask())
     log = subprocess.run(["git", "log", "--format=%an %s"], cwd=dest, capture_output=True, text=True).stdout
     assert log.startswith("Ada 100% L New project from mlkit") and log.count("\n") == 1

@@ -2,12 +2,11 @@
 import json
 import random
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_job
 
 from mlkit.checkpoint import list_checkpoints, load_checkpoint
 from mlkit.core import TMP_PREFIX
@@ -18,7 +17,7 @@ STEPS = 3 * 8  # 3 epochs of 16 batches with grad_accum=2
 
 
 def job(out, ckpt, *flags):
-    return subprocess.run([sys.executable, str(JOB), str(out), str(ckpt), *flags], capture_output=True, text=True, timeout=300)
+    return run_job(JOB, out, ckpt, *flags)
 
 
 def result(out):
