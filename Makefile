@@ -145,9 +145,18 @@ lint: $(INSTALLED) ## Lint the package, tests/, bench/, scripts/ with ruff, and 
 # pytest exits 5 when a selection has no tests (a project whose tests are all slow, or none): not a failure here.
 PYTEST = $(BIN)/pytest -n 2 --durations=10 $(1) tests || [ $$? -eq 5 ]
 
-test: $(INSTALLED) ## Run the notebook tests (nbdev_test), then pytest over tests/ in 2 processes, but the slow ones
+# NB=05_train (or nbs/05_train.ipynb): that notebook alone, and the pytest files whose COVERS name it.
+NB_PATH = nbs/$(patsubst nbs/%,%,$(NB:.ipynb=)).ipynb
+
+test: $(INSTALLED) ## Run the notebook tests (nbdev_test), then pytest over tests/ in 2 processes, but the slow ones (NB=05_train: one notebook's)
+ifdef NB
+	@[ -f "$(NB_PATH)" ] || { echo "error: NB=$(NB): there is no $(NB_PATH)" >&2; exit 1; }
+	$(BIN)/nbdev_test --path $(NB_PATH)
+	$(call PYTEST,-m "not slow" --nb $(NB_PATH))
+else
 	$(BIN)/nbdev_test --n_workers 2
 	$(call PYTEST,-m "not slow")
+endif
 
 test-all: test ## make test, then the slow end-to-end tests (a made project's own make test, PostgreSQL); CI runs this
 	$(call PYTEST,-m slow)

@@ -106,3 +106,23 @@ def run_job(script, *args, timeout=300, env=None):
             p.join()
             raise subprocess.TimeoutExpired(argv, timeout, out.read_text(), err.read_text())
         return subprocess.CompletedProcess([sys.executable, *argv], p.exitcode, out.read_text(), err.read_text())
+
+
+# --- make test NB=05_train: one notebook's pytest files ---------------------------------------------------------------
+def pytest_addoption(parser):
+    parser.addoption("--nb", action="append", default=[], metavar="NOTEBOOK",
+                     help="only the test files whose COVERS names this notebook (05_train, nbs/05_train.ipynb)")
+
+
+def _notebook_key(name: str) -> str:
+    "nbs/05_train.ipynb, 05_train.ipynb and 05_train all name 05_train."
+    name = name.removesuffix(".ipynb")
+    return name.removeprefix("nbs/")
+
+
+def pytest_collection_modifyitems(config, items):
+    wanted = {_notebook_key(n) for n in config.getoption("--nb")}
+    if not wanted: return
+    keep = [i for i in items if wanted & set(getattr(i.module, "COVERS", ()))]
+    config.hook.pytest_deselected(items=[i for i in items if i not in keep])
+    items[:] = keep

@@ -8,6 +8,8 @@ from unittest import mock
 
 import pytest
 
+COVERS = ("07_cli", "09_runs")  # the notebooks these tests cover: `make test NB=...` runs them
+
 MLKIT = str(Path(sys.executable).parent/"mlkit")
 
 

@@ -9,6 +9,8 @@ import pytest
 import torch
 from torch import nn
 
+COVERS = ("04_distributed", "05_train")  # the notebooks these tests cover: `make test NB=...` runs them
+
 sys.path.insert(0, str(Path(__file__).parent/"jobs"))
 import ddp_job  # noqa: E402
 
@@ -105,6 +107,7 @@ def test_collectives_get_tensors_on_the_backends_device(monkeypatch):
     assert seen == ["meta", "meta"], seen
 
 
+@pytest.mark.slow
 def test_each_rank_resumes_with_its_own_random_state(tmp_path):
     "Ranks whose random states differ (dropout seeded by rank), stopped after an epoch and resumed: as if never stopped."
     def torchrun(out, *args):

@@ -5,6 +5,8 @@ import re
 
 from conftest import REPO
 
+COVERS = ("index",)  # the notebooks these tests cover: `make test NB=...` runs them
+
 
 def test_every_library_notebook_opens_with_an_nbdev_title_and_summary():
     notebooks = sorted((REPO/"nbs").glob("[0-9]*.ipynb"))

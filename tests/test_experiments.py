@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+COVERS = ("experiments/train_digits",)  # the notebooks these tests cover: `make test NB=...` runs them
+
 REPO = Path(__file__).resolve().parents[1]
 MLKIT = str(Path(sys.executable).parent/"mlkit")
 

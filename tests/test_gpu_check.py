@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+COVERS = ("01_gpu",)  # the notebooks these tests cover: `make test NB=...` runs them
+
 sys.path.insert(0, str(Path(__file__).parents[1]/"scripts"))
 import gpu_check  # noqa: E402
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+COVERS = ("01_gpu",)  # the notebooks these tests cover: `make test NB=...` runs them
+
 JOB = Path(__file__).parent/"jobs"/"lock_job.py"
 
 

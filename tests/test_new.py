@@ -10,6 +10,8 @@ import pytest
 
 from mlkit.new import SHARED, _project_path, _shared_files, new_project
 
+COVERS = ("13_new",)  # the notebooks these tests cover: `make test NB=...` runs them
+
 MLKIT = str(Path(sys.executable).parent/"mlkit")
 ROOT = Path(__file__).parent.parent
 

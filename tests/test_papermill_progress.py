@@ -5,6 +5,8 @@ from pathlib import Path
 
 import nbformat
 
+COVERS = ("06_callbacks",)  # the notebooks these tests cover: `make test NB=...` runs them
+
 NOTEBOOK = Path(__file__).parent/"notebooks"/"train_tiny.ipynb"
 
 

@@ -12,6 +12,8 @@ from mlkit.checkpoint import list_checkpoints, load_checkpoint
 from mlkit.core import TMP_PREFIX
 from mlkit.runs import list_runs
 
+COVERS = ("02_checkpoint", "03_data", "06_callbacks")  # the notebooks these tests cover: `make test NB=...` runs them
+
 JOB = Path(__file__).parent/"jobs"/"resume_job.py"
 STEPS = 3 * 8  # 3 epochs of 16 batches with grad_accum=2
 

@@ -13,6 +13,8 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
+COVERS = ("11_run",)  # the notebooks these tests cover: `make test NB=...` runs them
+
 MLKIT = str(Path(sys.executable).parent/"mlkit")
 
 
@@ -215,6 +217,7 @@ def values(run: Path) -> list[tuple]:
     return [(s, n, v) for s, _, n, v in rows if not any(w in n for w in ("time", "per_s", "throughput", "mem"))]
 
 
+@pytest.mark.slow
 def test_rerun_reproduces_the_metrics(project):
     nb = notebook(project, "train.ipynb", "import torch\ntorch.manual_seed(seed)", TRAIN, params="epochs = 1\nseed = 0")
     r = mlkit("run", nb, "-p", "epochs", "2", "-p", "seed", "3", "--name", "orig")
@@ -299,6 +302,7 @@ def test_callbacks_do_not_import_the_trainer():
     assert r.stdout.strip() == "False", r.stderr
 
 
+@pytest.mark.slow
 def test_nproc_two_cpu_processes(project, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     nb = notebook(project, "ddp.ipynb", TRAIN,
@@ -328,6 +332,7 @@ def test_nproc_two_cpu_processes(project, monkeypatch):
     assert not (run/".cells.jsonl").exists()
 
 
+@pytest.mark.slow
 def test_nproc_failures_and_magics(project, monkeypatch):
     "A --nproc run records its failing cell as a kernel run does, runs magics, and a script that exits says how."
     monkeypatch.setenv("OMP_NUM_THREADS", "1")

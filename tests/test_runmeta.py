@@ -12,6 +12,8 @@ from conftest import REPO, make
 from mlkit import runmeta
 from mlkit.runmeta import git_state
 
+COVERS = ("08_runmeta",)  # the notebooks these tests cover: `make test NB=...` runs them
+
 GIT = shutil.which("git")
 NOTEBOOKS = [f"nbs/{i:02d}_nb.ipynb" for i in range(10)]
 

@@ -15,6 +15,8 @@ import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 from optuna.trial import TrialState
 
+COVERS = ("12_sweep",)  # the notebooks these tests cover: `make test NB=...` runs them
+
 MLKIT = str(Path(sys.executable).parent/"mlkit")
 
 
@@ -102,6 +104,7 @@ def test_sweep_runs_trials_as_tracked_runs_and_reports_the_best(project):
         "s-history.png", "s-importance.png", "s-parallel.png"]
 
 
+@pytest.mark.slow
 def test_parallel_workers_never_run_more_trials_than_asked_and_concurrent_commands_draw_apart(project):
     "Trials of equal length end together: each worker then decides, under the lock, whether one more is needed."
     notebook(project, "toy.ipynb", *TOY)
@@ -192,6 +195,7 @@ record('score', -loss)""")
     assert by_trial[2].records["epochs_run"] == 1 and by_trial[1].records["epochs_run"] == 5
 
 
+@pytest.mark.slow
 def test_each_trial_holds_its_own_gpus(project):
     notebook(project, "gpu.ipynb", "x = 0.5", "import os, time\nfrom mlkit.run import record\n"
              "record('seen', os.environ.get('CUDA_VISIBLE_DEVICES'))\nt0 = time.time(); time.sleep(3)\n"
@@ -214,6 +218,7 @@ def _workers(parent: psutil.Process) -> list:
     return [p for p in parent.children() if "_worker_main" in " ".join(p.cmdline())]
 
 
+@pytest.mark.slow
 def test_a_killed_worker_s_trial_is_failed_and_retried_once_and_the_sweep_still_ends_with_all_its_trials(project):
     notebook(project, "toy.ipynb", *TOY)
     p = subprocess.Popen([MLKIT, "sweep", str(spec(project, fixed={"nap": 2.0})), "--workers", "2"],
@@ -242,6 +247,7 @@ def test_a_killed_worker_s_trial_is_failed_and_retried_once_and_the_sweep_still_
     assert not [k for k in kernels if k.is_running() and k.status() != psutil.STATUS_ZOMBIE], "orphaned kernels"
 
 
+@pytest.mark.slow
 def test_interrupt_then_the_same_command_resumes(project):
     notebook(project, "toy.ipynb", *TOY)
     path = spec(project, fixed={"nap": 1.0})

@@ -13,6 +13,8 @@ import pytest
 from mlkit.runs import list_runs, open_run, read_metrics
 from mlkit.track import LocalTracker, MLflowTracker, MultiTracker, TensorBoardTracker, TrackingCallback, WandbTracker
 
+COVERS = ("09_runs", "10_track", "10a_mlflow_writer")  # the notebooks these tests cover: `make test NB=...` runs them
+
 JOBS = Path(__file__).parent/"jobs"
 JOB = JOBS/"track_job.py"
 REPO = Path(__file__).resolve().parents[1]
@@ -203,6 +205,7 @@ def _wandb_status(root, run_id):
     return summary.get("mlkit_status"), exits
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode, signum, status", [("normal", None, "finished"), ("exception", None, "failed"),
                                                    ("signal", signal.SIGTERM, "interrupted"),
                                                    ("signal", signal.SIGINT, "interrupted")])
