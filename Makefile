@@ -143,7 +143,8 @@ lint: $(INSTALLED) ## Lint the package, tests/, bench/, scripts/ with ruff, and 
 	$(BIN)/nbqa ruff nbs
 
 # pytest exits 5 when a selection has no tests (a project whose tests are all slow, or none): not a failure here.
-PYTEST = $(BIN)/pytest -n 2 --durations=10 $(1) tests || [ $$? -eq 5 ]
+# --dist worksteal: a worker that runs out of tests takes queued ones from the other (the long tests end unevenly).
+PYTEST = $(BIN)/pytest -n 2 --dist worksteal --durations=10 $(1) tests || [ $$? -eq 5 ]
 
 # NB=05_train (or nbs/05_train.ipynb): that notebook alone, and the pytest files whose COVERS name it.
 NB_PATH = nbs/$(patsubst nbs/%,%,$(NB:.ipynb=)).ipynb

@@ -134,3 +134,26 @@ def test_checkpoint_state_on_rank_zero_alone_does_not_hang(tmp_path):
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(job)],
                        capture_output=True, text=True, timeout=120, cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0 and "done 0" in r.stdout and "done 1" in r.stdout, r.stdout + r.stderr
+
+
+def test_the_distributed_notebook_s_worked_example_runs_under_torchrun_as_it_says(tmp_path):
+    "The script shown in nbs/04_distributed.ipynb, taken from the notebook as it is, run by torchrun in 2 processes."
+    from mlkit.checkpoint import latest_checkpoint, load_checkpoint
+    cells = json.loads((Path(__file__).parents[1]/"nbs"/"04_distributed.ipynb").read_text())["cells"]
+    [source] = ["".join(c["source"]) for c in cells if "".join(c["source"]).startswith("#| eval: false\n# train_ddp.py")]
+    script = tmp_path/"train_ddp.py"
+    script.write_text(source)
+    out = tmp_path/"out"
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+                        str(out)], capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = sorted(line for line in r.stdout.splitlines() if line.startswith("rank "))
+    assert [line.split(":")[0] for line in lines] == ["rank 0 of 2", "rank 1 of 2"], r.stdout
+    assert lines[0].split(":")[1] == lines[1].split(":")[1]  # the validation loss, reduced over both shards
+    [run] = list_runs(out/"runs")  # rank 0's record, and none from rank 1
+    assert (run.name, run.status, run.params["width"], run.params["trainer"]["world_size"]) == ("ddp-example", "finished", 32, 2)
+    assert len(run.metrics["valid_loss"]) == 2
+    ckpt = load_checkpoint(latest_checkpoint(out/"checkpoints"))  # 512 samples, 2 ranks, batches of 32: 8 steps an epoch
+    assert ckpt["step"] == 16 and len(ckpt["rng_ranks"]) == 2  # each rank's random states, gathered into rank 0's file
+    model = torch.load(out/"model.pt", weights_only=True)
+    assert all(torch.equal(model[k], ckpt["model"][k]) for k in model)

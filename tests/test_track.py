@@ -276,6 +276,7 @@ def test_mlflow_second_fit_with_another_setup(runs_root):
         ("FINISHED", "1", "3")
 
 
+@pytest.mark.slow  # a smoke run of `make bench`'s benchmark, importing every tracker library: 11 s
 def test_log_overhead_benchmark_leaves_the_working_directory_alone():
     r = subprocess.run([sys.executable, str(REPO/"bench"/"log_overhead.py"), "--quick"], capture_output=True, text=True,
                        timeout=300)
