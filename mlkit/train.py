@@ -5,14 +5,12 @@
 # %% ../nbs/05_train.ipynb #ad4ea41d
 from __future__ import annotations
 
-import atexit
 import copy
 import gc
 import math
 import warnings
-import weakref
 from collections.abc import Callable, Mapping
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -67,19 +65,21 @@ def _batch_size(yb) -> int:
     return len(t) if hasattr(t, "__len__") else 1
 
 # %% ../nbs/05_train.ipynb #a1115348
-_ddp_trainers = weakref.WeakSet()
-
-def _release_at_exit(trainer):
-    "Unwrap `trainer`'s DDP model at interpreter exit (atexit), while Python can still free what gloo's threads hold."
-    if not _ddp_trainers: atexit.register(_release_ddp)
-    _ddp_trainers.add(trainer)
-
-def _release_ddp():
-    # A DDP wrapper keeps its process group alive after destroy_process_group(); freed only at interpreter teardown,
-    # gloo's group can abort the process ("terminate called without an active exception", SIGABRT) after a clean run.
-    for t in list(_ddp_trainers): t.model = t.module
-    _ddp_trainers.clear()
-    gc.collect()
+@contextmanager
+def _data_parallel(trainer):
+    "Under torchrun, `trainer.model` is the DDP wrapper of `trainer.module` while it trains, and the module otherwise."
+    if not trainer.dist.is_distributed:
+        yield
+        return
+    ids = [trainer.device.index] if trainer.device.type == "cuda" else None
+    trainer.model = DistributedDataParallel(trainer.module, device_ids=ids)  # broadcasts rank 0's weights
+    try: yield
+    finally:
+        # Freed here, while the process group lives. A wrapper kept until the interpreter's teardown outlives the user's
+        # destroy_process_group(), and gloo can then abort a rank that finished its work ("terminate called without
+        # an active exception", SIGABRT): torchrun reports the job failed.
+        trainer.model = trainer.module
+        gc.collect()
 
 # %% ../nbs/05_train.ipynb #139d8f07
 class Trainer:
@@ -117,9 +117,7 @@ class Trainer:
         if self.precision == "fp16" and self.device.type != "cuda":
             raise MlkitError(f"precision 'fp16' needs a CUDA GPU (this run is on {self.device.type}); use 'bf16' or 'fp32'")
         self.module = model.to(self.device)
-        self.model = (DistributedDataParallel(self.module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-                      if self.dist.is_distributed else self.module)
-        if self.model is not self.module: _release_at_exit(self)
+        self.model = self.module  # under torchrun, its DDP wrapper while fit() and lr_find() train (_data_parallel)
         self.seed = broadcast_int(seed if seed is not None else int(torch.randint(2**31, ()).item()), self.device) \
             if self.dist.is_distributed else seed
         self.train_dl, self.sampler = resumable_loader(train_dl, self.dist.rank, self.dist.world_size, self.seed)
@@ -190,7 +188,7 @@ class Trainer:
             self.scheduler = self.scheduler_fn(self.opt, total)
         self.epoch, self._start_batch, self.resumed_from = 0, 0, None
         if resume is not None: self._load_resume(resume)
-        self._with_events(self._fit_epochs, "fit", CancelFit)
+        with _data_parallel(self): self._with_events(self._fit_epochs, "fit", CancelFit)
         return self
 
     def _fit_epochs(self):
@@ -479,31 +477,32 @@ class Trainer:
                  "rng": rng_states(), "scaler": self.scaler.state_dict() if self.scaler is not None else None}
         lrs, losses, smooth, best = [], [], 0.0, math.inf
         self.module.train()
-        try:
-            batches = iter(self.train_dl)
-            for i in range(num_iter):
-                try: batch = next(batches)
-                except StopIteration: batches = iter(self.train_dl); batch = next(batches)
-                lr = start_lr * (end_lr / start_lr) ** (i / max(num_iter - 1, 1))
-                for g in self.opt.param_groups: g["lr"] = lr
-                xb, yb = _split(self._on_device(batch))
-                with self._autocast(): loss = self.loss_fn(self.model(*xb), *yb)
-                (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
-                if self.scaler is not None: self.scaler.step(self.opt); self.scaler.update()
-                else: self.opt.step()
-                self.opt.zero_grad(set_to_none=True)
-                value = loss.item()
-                smooth = 0.98 * smooth + 0.02 * value
-                smoothed = smooth / (1 - 0.98 ** (i + 1))
-                if not math.isfinite(smoothed): break
-                lrs.append(lr); losses.append(smoothed)
-                best = min(best, smoothed)
-                if stop_div and smoothed > 4 * best: break
-        finally:
-            self.module.load_state_dict(saved["model"])
-            self.opt.load_state_dict(saved["opt"])
-            if self.scaler is not None: self.scaler.load_state_dict(saved["scaler"])
-            set_rng_states(saved["rng"])
+        with _data_parallel(self):  # under torchrun, every rank sweeps its own batches with DDP
+            try:
+                batches = iter(self.train_dl)
+                for i in range(num_iter):
+                    try: batch = next(batches)
+                    except StopIteration: batches = iter(self.train_dl); batch = next(batches)
+                    lr = start_lr * (end_lr / start_lr) ** (i / max(num_iter - 1, 1))
+                    for g in self.opt.param_groups: g["lr"] = lr
+                    xb, yb = _split(self._on_device(batch))
+                    with self._autocast(): loss = self.loss_fn(self.model(*xb), *yb)
+                    (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+                    if self.scaler is not None: self.scaler.step(self.opt); self.scaler.update()
+                    else: self.opt.step()
+                    self.opt.zero_grad(set_to_none=True)
+                    value = loss.item()
+                    smooth = 0.98 * smooth + 0.02 * value
+                    smoothed = smooth / (1 - 0.98 ** (i + 1))
+                    if not math.isfinite(smoothed): break
+                    lrs.append(lr); losses.append(smoothed)
+                    best = min(best, smoothed)
+                    if stop_div and smoothed > 4 * best: break
+            finally:
+                self.module.load_state_dict(saved["model"])
+                self.opt.load_state_dict(saved["opt"])
+                if self.scaler is not None: self.scaler.load_state_dict(saved["scaler"])
+                set_rng_states(saved["rng"])
         result = LRFinder(lrs, losses)
         if plot or (plot is None and _in_notebook()): result.plot()
         return result
