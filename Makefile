@@ -147,7 +147,7 @@ lint: $(INSTALLED) ## Lint the package, tests/, bench/, scripts/ with ruff, and 
 PYTEST = $(BIN)/pytest -n 2 --dist worksteal --durations=10 $(1) tests || [ $$? -eq 5 ]
 
 # NB=05_train (or nbs/05_train.ipynb): that notebook alone, and the pytest files whose COVERS name it.
-NB_PATH = nbs/$(patsubst nbs/%,%,$(NB:.ipynb=)).ipynb
+NB_PATH = nbs/$(shell printf '%s' '$(NB)' | sed -E 's/\.ipynb$$//; s|^(.*/)?nbs/||; s|^\./||').ipynb
 
 test: $(INSTALLED) ## Run the notebook tests (nbdev_test), then pytest over tests/ in 2 processes, but the slow ones (NB=05_train: one notebook's)
 ifdef NB
@@ -198,7 +198,8 @@ check-docs:
 	@$(PY) scripts/check_docs.py
 
 check-devcontainer:
-	@$(BIN)/check-jsonschema --schemafile scripts/schemas/devcontainer.schema.json .devcontainer/devcontainer.json
+	@# JSON5, a superset of the JSONC that VS Code reads (comments, trailing commas)
+	@$(BIN)/check-jsonschema --force-filetype json5 --schemafile scripts/schemas/devcontainer.schema.json .devcontainer/devcontainer.json
 
 docs: $(INSTALLED) ## Build the docs site into _docs/ with nbdev_docs (needs Quarto; CI's docs workflow has it)
 	@command -v quarto >/dev/null 2>&1 || { echo "error: make docs needs Quarto (https://quarto.org/docs/get-started/), which is not installed here; nothing was built (.github/workflows/docs.yml builds and deploys the site)" >&2; exit 1; }

@@ -46,7 +46,8 @@ def _substitutions(lib:str) -> dict:
     return {"environment.yml": [("name: mlkit", f"name: {lib}"), ("conda activate mlkit", f"conda activate {lib}"),
                                 ("the active `mlkit` env", f"the active `{lib}` env")],
             "pyproject.toml": [('"mlkit/*.py"', f'"{lib}/*.py"')],
-            ".github/workflows/ci.yml": [("mlkit/ in sync", f"{lib}/ in sync")]}
+            ".github/workflows/ci.yml": [("mlkit/ in sync", f"{lib}/ in sync")],
+            ".devcontainer/devcontainer.json": [('"name": "mlkit"', f'"name": "{lib}"')]}
 
 # %% ../nbs/13_new.ipynb #37db41e4
 def suggest_name(text:str) -> str:
@@ -198,6 +199,9 @@ def new_project(path:str|Path, # The project's folder: new, or empty (or anythin
     lib = check_name(name if name is not None else dest.name)
     if python != "3.11": raise MlkitError(f"--python {python}: the locks mlkit ships are for Python 3.11; make the "
                                           "project with 3.11, then change environment.yml and the Makefile and make lock")
+    if re.search(r'["\\]', description):  # nbdev writes it into nbs/nbdev.yml between double quotes, unescaped
+        raise MlkitError(f"--description {description!r}: a double quote or backslash would break the docs site's "
+                         "nbs/nbdev.yml (nbdev quotes it as it is); use single quotes")
     if dest.exists() and not dest.is_dir(): raise MlkitError(f"{dest} exists and is not a folder")
     if dest.is_dir() and any(dest.iterdir()) and not force:
         raise MlkitError(f"{dest} exists and is not empty; choose a new folder (or --force: adds the files that are "

@@ -14,8 +14,6 @@ from pathlib import Path
 
 import yaml
 
-GENERATED = {"sidebar.yml"}  # nbdev_docs writes it from the notebooks (settings.ini: custom_sidebar = False)
-
 
 def problems(root: Path) -> list[str]:
     "Each way the docs configuration under `root` is broken, as one line."
@@ -34,8 +32,10 @@ def problems(root: Path) -> list[str]:
     css = ((q.get("format") or {}).get("html") or {}).get("css")
     for f in [css] if isinstance(css, str) else css or []:
         if not (nbs/f).exists(): out.append(f"{quarto.relative_to(root)}: its stylesheet {f} is not in {nbs.name}/")
+    # nbdev_docs writes sidebar.yml from the notebooks, unless settings.ini says custom_sidebar = True
+    generated = set() if s.getboolean("custom_sidebar", fallback=False) else {"sidebar.yml"}
     for f in q.get("metadata-files") or []:
-        if f not in GENERATED and not (nbs/f).exists():
+        if f not in generated and not (nbs/f).exists():
             out.append(f"{quarto.relative_to(root)}: its metadata file {f} is not in {nbs.name}/")
     readme_nb = s.get("readme_nb", "index.ipynb")
     if not (nbs/readme_nb).exists():
@@ -57,6 +57,10 @@ def _nbdev_yml_drift(root: Path, nbs: Path) -> list[str]:
         try: refresh_quarto_yml()
         finally: os.chdir(cwd)
         fresh = (Path(d)/nbs.relative_to(root)/"nbdev.yml").read_text()
+    try: yaml.safe_load(fresh)
+    except yaml.YAMLError as e:  # nbdev puts settings.ini's values between double quotes, unescaped
+        return [f"{committed.relative_to(root)}, as nbdev writes it from settings.ini, is not YAML "
+                f"({str(e).splitlines()[0]}): a double quote or backslash in its title or description?"]
     if not committed.exists():
         return [f"{committed.relative_to(root)} is missing; nbdev writes it from settings.ini (make docs): commit it"]
     if committed.read_text() != fresh:

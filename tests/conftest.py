@@ -38,9 +38,14 @@ def make(*args, cwd=REPO, timeout=300):
 
 
 # --- jobs in forks of a process that has imported torch and mlkit once ------------------------------------------------
-# A test job started as `python job.py` spends a second or two importing torch before it does anything. Jobs run by
-# `run_job` are forked from multiprocessing's fork server, which imported torch and mlkit once; each still runs as a
-# script's main code in a process of its own (its own pid, signals, stdout/stderr, exit status, atexit handlers).
+# A test job started as `python job.py` spends a second or two importing torch (and torch._dynamo, which the first
+# optimizer imports) before it does anything. Jobs run by `run_job` are forked from multiprocessing's fork server,
+# which imported them once; each still runs as a script's main code in a process of its own: its own pid, signals,
+# stdout and stderr (block-buffered into files, as into a pipe, unless PYTHONUNBUFFERED), exit status, atexit handlers,
+# thread shutdown, freshly seeded `random` and NumPy generators, the platform's multiprocessing start method.
+# What a fork cannot give: a new hash seed (PYTHONHASHSEED is the server's), and settings read when torch or Python
+# start (OMP_NUM_THREADS, PYTHONPATH...): run_job takes no environment, so that no test can believe it passed one.
+# Tests whose jobs need those use subprocess, as test_ddp and test_track do.
 JOB_PRELOAD = ["torch", "torch._dynamo", "torch.optim", "torch.utils.data", "mlkit.train", "mlkit.callbacks", "mlkit.track"]
 _job_context = None
 
@@ -56,10 +61,13 @@ def _job_main(argv, env, out, err):
         f = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         os.dup2(f, fd)
         os.close(f)
-    sys.stdout, sys.stderr = open(1, "w", buffering=1, closefd=False), open(2, "w", buffering=1, closefd=False)
-    os.environ.clear()
-    os.environ.update(env)
-    random.seed()  # a fresh interpreter's seed, not the fork server's state
+    unbuffered = bool(env.get("PYTHONUNBUFFERED"))
+    sys.stdout = open(1, "w", buffering=1 if unbuffered else -1, closefd=False)
+    sys.stderr = open(2, "w", buffering=1, closefd=False)  # Python's stderr is line-buffered
+    os.environ.update(env)  # the test's environment now, over the server's (which keeps what imports set there)
+    random.seed()  # a fresh interpreter's seeds, not the fork server's state
+    import numpy
+    numpy.random.seed()
     import multiprocessing
     multiprocessing.set_start_method(None, force=True)  # the platform's default, as in a fresh interpreter (not ours)
     sys.argv = list(argv)
@@ -86,7 +94,7 @@ def _job_main(argv, env, out, err):
     os._exit(code)
 
 
-def run_job(script, *args, timeout=300, env=None):
+def run_job(script, *args, timeout=300):
     "Run `python script args...` as a fork of the preloaded fork server; a CompletedProcess (text stdout and stderr)."
     import multiprocessing
     import os
@@ -98,7 +106,7 @@ def run_job(script, *args, timeout=300, env=None):
     argv = [str(script), *map(str, args)]
     with tempfile.TemporaryDirectory() as d:
         out, err = Path(d)/"stdout", Path(d)/"stderr"
-        p = _job_context.Process(target=_job_main, args=(argv, {**os.environ, **(env or {})}, str(out), str(err)))
+        p = _job_context.Process(target=_job_main, args=(argv, dict(os.environ), str(out), str(err)))
         p.start()
         p.join(timeout)
         if p.exitcode is None:
@@ -111,18 +119,25 @@ def run_job(script, *args, timeout=300, env=None):
 # --- make test NB=05_train: one notebook's pytest files ---------------------------------------------------------------
 def pytest_addoption(parser):
     parser.addoption("--nb", action="append", default=[], metavar="NOTEBOOK",
-                     help="only the test files whose COVERS names this notebook (05_train, nbs/05_train.ipynb)")
+                     help="only the tests that cover this notebook (05_train, nbs/05_train.ipynb): their file's COVERS "
+                          "or their own @pytest.mark.covers names it")
 
 
 def _notebook_key(name: str) -> str:
-    "nbs/05_train.ipynb, 05_train.ipynb and 05_train all name 05_train."
-    name = name.removesuffix(".ipynb")
-    return name.removeprefix("nbs/")
+    "nbs/05_train.ipynb, ./nbs/05_train.ipynb, /abs/path/nbs/05_train.ipynb, 05_train.ipynb and 05_train: 05_train."
+    path = Path(name.removesuffix(".ipynb"))
+    if path.is_absolute() or "nbs" in path.parts:
+        parts = path.parts
+        path = Path(*parts[len(parts) - parts[::-1].index("nbs"):]) if "nbs" in parts else path
+    return path.as_posix().removeprefix("./")
 
 
 def pytest_collection_modifyitems(config, items):
     wanted = {_notebook_key(n) for n in config.getoption("--nb")}
     if not wanted: return
-    keep = [i for i in items if wanted & set(getattr(i.module, "COVERS", ()))]
+    def covers(item):  # a test's own @pytest.mark.covers(...), else its file's COVERS
+        mark = item.get_closest_marker("covers")
+        return set(mark.args if mark else getattr(item.module, "COVERS", ()))
+    keep = [i for i in items if wanted & covers(i)]
     config.hook.pytest_deselected(items=[i for i in items if i not in keep])
     items[:] = keep

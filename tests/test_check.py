@@ -137,6 +137,8 @@ def _replace(path, old, new):
     (lambda r: _replace(r/"nbs"/"_quarto.yml", "metadata-files: [nbdev.yml", "metadata-files: [site.yml"), "site.yml"),
     (lambda r: (r/"nbs"/"_quarto.yml").write_text("project: [website\n"), "is not YAML"),
     (lambda r: (r/"nbs"/"index.ipynb").unlink(), "readme_nb = index.ipynb"),
+    (lambda r: _replace(r/"settings.ini", "custom_sidebar = False", "custom_sidebar = True"), "metadata file sidebar.yml"),
+    (lambda r: _replace(r/"settings.ini", "description = Notebook-first", 'description = "Notebook"-first'), "is not YAML"),
 ])
 def test_docs_configuration_that_would_not_build(repo_copy, break_it, expected):
     break_it(repo_copy)
@@ -160,3 +162,16 @@ def test_every_drift_is_reported_by_make_check_in_one_run(repo_copy):
     for found in ("outputs or execution counts", "mlkit/core.py", "'rich>=13' from requirements.in is not pinned",
                   "tests/test_sloppy.py", "broken.yml", "its stylesheet styles.css", "forwardPort", "check: FAILED"):
         assert found in out, found
+
+
+def test_devcontainer_as_vs_code_reads_it_with_comments_and_trailing_commas(repo_copy):
+    "devcontainer.json is JSONC: VS Code and the devcontainer CLI accept comments and trailing commas, so check does too."
+    path = repo_copy/".devcontainer"/"devcontainer.json"
+    text = path.read_text().replace('"postCreateCommand": "make install",',
+                                    '// the environment, from the locks\n  "postCreateCommand": "make install", /* once */')
+    assert "// the environment" in text and '"gpu": "optional"}' in text
+    path.write_text(text.replace('"gpu": "optional"}', '"gpu": "optional",}'))
+    r = make("check-devcontainer", cwd=repo_copy)
+    assert r.returncode == 0, r.stdout + r.stderr
+    path.write_text(text.replace('"postCreateCommand"', '"postCreateCommands"'))  # and still refuses a misspelt key
+    check_fails_naming(repo_copy, "postCreateCommands", "check-devcontainer")

@@ -10,7 +10,7 @@ import pytest
 
 from mlkit.new import SHARED, _project_path, _shared_files, new_project
 
-COVERS = ("13_new",)  # the notebooks these tests cover: `make test NB=...` runs them
+COVERS = ("07_cli", "13_new")  # the notebooks these tests cover: `make test NB=...` runs them
 
 MLKIT = str(Path(sys.executable).parent/"mlkit")
 ROOT = Path(__file__).parent.parent
@@ -49,6 +49,7 @@ def test_a_project_has_its_own_names_and_mlkit_by_a_direct_reference(tmp_path):
     lock = (dest/"requirements.txt").read_text()
     assert f"\n{reference}\n    # via -r requirements.in\n" in lock and "\nmlkit==" not in lock  # never PyPI's mlkit
     assert "name: lab" in (dest/"environment.yml").read_text()
+    assert '"name": "lab"' in (dest/".devcontainer"/"devcontainer.json").read_text()
     assert (dest/"lab"/"core.py").is_file() and "def accuracy" in (dest/"lab"/"core.py").read_text()  # exported
     assert not (dest/"mlkit").exists() and not list(dest.rglob("train.py"))  # no copy of mlkit's sources
     assert os.access(dest/".ci"/"run", os.X_OK)
@@ -124,7 +125,9 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path):
              (["p", "--name", "mlkit"], "would shadow mlkit itself"),
              (["p", "--mlkit-source", str(tmp_path/"nowhere")], "no such checkout, wheel or folder"),
              (["a_file/p", "--name", "p"], "cannot write in"),
-             (["p", "--python", "3.12"], "the locks mlkit ships are for Python 3.11")]
+             (["p", "--python", "3.12"], "the locks mlkit ships are for Python 3.11"),
+             (["p", "--description", 'Deep "learning"'], "would break the docs site's nbs/nbdev.yml"),
+             (["p", "--description", "C:\\data"], "a double quote or backslash")]
     for args, message in cases:
         r = subprocess.run([MLKIT, "new", *args], cwd=tmp_path, capture_output=True, text=True)
         assert r.returncode == 1 and message in r.stderr and len(r.stderr.splitlines()) == 1, (args, r.stderr)

@@ -12,7 +12,7 @@ from mlkit.checkpoint import list_checkpoints, load_checkpoint
 from mlkit.core import TMP_PREFIX
 from mlkit.runs import list_runs
 
-COVERS = ("02_checkpoint", "03_data", "06_callbacks")  # the notebooks these tests cover: `make test NB=...` runs them
+COVERS = ("00_core", "02_checkpoint", "05_train", "06_callbacks", "10_track")  # what these cover (make test NB=...)
 
 JOB = Path(__file__).parent/"jobs"/"resume_job.py"
 STEPS = 3 * 8  # 3 epochs of 16 batches with grad_accum=2
@@ -73,6 +73,7 @@ def loader_reference(tmp_path_factory, loader):
 KILLS = [("5", "after_step"), (str(STEPS // 3), "after_batch"), (str(STEPS // 3), "after_epoch"), ("13", "after_step")]
 
 
+@pytest.mark.covers("03_data")  # the loader setups: ResumableSampler and resumable_loader
 @pytest.mark.parametrize("loader", ["generator", "weighted", "workers"])
 @pytest.mark.parametrize("step, event", KILLS)
 def test_every_loader_setup_resumes_exactly_or_says_why_not(tmp_path, tmp_path_factory, loader, step, event):

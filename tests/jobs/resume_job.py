@@ -10,9 +10,11 @@ steps past the checkpoint that the resumed fit must not duplicate).
 import argparse
 import json
 import os
+import random
 import signal
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -49,6 +51,12 @@ class Killer(Callback):
         if args.kill_event == "after_batch" and self.trainer.training and self.trainer.step == args.kill_at: die()
     def after_epoch(self):  # after the epoch-end checkpoint
         if args.kill_event == "after_epoch" and self.trainer.step == args.kill_at: die()
+
+
+class Jitter(Callback):
+    "Scales each training loss by draws from NumPy and Python's random: a resume that lost either state ends elsewhere."
+    def after_loss(self):
+        if self.trainer.training: self.trainer.loss = self.trainer.loss * (1 + 0.01 * (np.random.rand() + random.random()))
 
 
 if args.kill_in_save is not None:  # die after the temporary file is written, before it is renamed into place
@@ -94,7 +102,7 @@ model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Dropout(0.2), nn.Linear(3
 trainer = Trainer(model, loaders[args.loader](), DataLoader(valid, batch_size=50),
                   metrics={"accuracy": lambda p, t: (p.argmax(-1) == t).float().mean()},
                   lr=3e-3, grad_accum=2, scheduler=one_cycle(), progress=False,
-                  cbs=[Checkpoint(args.ckpt_dir, every_n_steps=2, keep_last=2), Killer(),
+                  cbs=[Checkpoint(args.ckpt_dir, every_n_steps=2, keep_last=2), Killer(), Jitter(),
                        *([TrackingCallback(run)] if run is not None else [])])
 trainer.fit(3, resume="latest" if args.resume else None)
 if run is not None: run.finish()
