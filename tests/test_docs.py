@@ -54,7 +54,7 @@ PROC_NBS = """
 import warnings
 warnings.filterwarnings("error", message="Found cells containing imports", category=UserWarning)
 from nbdev.serve import proc_nbs
-proc_nbs(n_workers=2, force=True)
+proc_nbs(n_workers=0, force=True)  # in this one process: one import of torch and mlkit, not one per worker
 """
 
 
