@@ -132,6 +132,20 @@ def _notebook_key(name: str) -> str:
     return path.as_posix().removeprefix("./")
 
 
+def pytest_ignore_collect(collection_path, config):
+    "With --nb, a test file that names none of the notebooks (in COVERS or a covers mark) is not even imported."
+    import ast
+    wanted = {_notebook_key(n) for n in config.getoption("--nb")}
+    if not wanted or not collection_path.name.startswith("test_") or collection_path.suffix != ".py": return None
+    named = set()
+    for node in ast.walk(ast.parse(collection_path.read_text())):
+        if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == ["COVERS"]:
+            named |= set(ast.literal_eval(node.value))
+        elif isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "covers":
+            named |= {ast.literal_eval(a) for a in node.args}
+    return None if wanted & named else True
+
+
 def pytest_collection_modifyitems(config, items):
     wanted = {_notebook_key(n) for n in config.getoption("--nb")}
     if not wanted: return

@@ -137,6 +137,7 @@ def test_checkpoint_state_on_rank_zero_alone_does_not_hang(tmp_path):
     assert r.returncode == 0 and "done 0" in r.stdout and "done 1" in r.stdout, r.stdout + r.stderr
 
 
+@pytest.mark.covers("04_distributed")  # the notebook whose example it runs
 def test_the_distributed_notebook_s_worked_example_runs_under_torchrun_as_it_says(tmp_path):
     "The script shown in nbs/04_distributed.ipynb, taken from the notebook as it is, run by torchrun in 2 processes."
     from mlkit.checkpoint import latest_checkpoint, load_checkpoint
