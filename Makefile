@@ -146,7 +146,8 @@ lint: $(INSTALLED) ## Lint the package, tests/, bench/, scripts/ with ruff, and 
 # --dist worksteal: a worker that runs out of tests takes queued ones from the other (the long tests end unevenly).
 PYTEST = $(BIN)/pytest -n 2 --dist worksteal --durations=10 $(1) tests || [ $$? -eq 5 ]
 
-# NB=05_train (or nbs/05_train.ipynb): that notebook alone, and the pytest files whose COVERS name it.
+# NB=05_train (or nbs/05_train.ipynb, ./nbs/..., a full path): that notebook alone, then the tests that cover it
+# (their file's COVERS, or their own @pytest.mark.covers, names it: tests/conftest.py).
 NB_PATH = nbs/$(shell printf '%s' '$(NB)' | sed -E 's/\.ipynb$$//; s|^(.*/)?nbs/||; s|^\./||').ipynb
 
 test: $(INSTALLED) ## Run the notebook tests (nbdev_test), then pytest over tests/ in 2 processes, but the slow ones (NB=05_train: one notebook's)

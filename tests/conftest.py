@@ -125,17 +125,20 @@ def pytest_addoption(parser):
 
 def _notebook_key(name: str) -> str:
     "nbs/05_train.ipynb, ./nbs/05_train.ipynb, /abs/path/nbs/05_train.ipynb, 05_train.ipynb and 05_train: 05_train."
-    path = Path(name.removesuffix(".ipynb"))
-    if path.is_absolute() or "nbs" in path.parts:
-        parts = path.parts
-        path = Path(*parts[len(parts) - parts[::-1].index("nbs"):]) if "nbs" in parts else path
-    return path.as_posix().removeprefix("./")
+    parts = Path(name.removesuffix(".ipynb")).parts
+    if "nbs" in parts: parts = parts[len(parts) - parts[::-1].index("nbs"):]  # what follows the last nbs/
+    return Path(*parts).as_posix()
+
+
+def _wanted(config) -> set[str]:
+    "The notebooks --nb names, as _notebook_key gives them (empty: no selection)."
+    return {_notebook_key(n) for n in config.getoption("--nb")}
 
 
 def pytest_ignore_collect(collection_path, config):
     "With --nb, a test file that names none of the notebooks (in COVERS or a covers mark) is not even imported."
     import ast
-    wanted = {_notebook_key(n) for n in config.getoption("--nb")}
+    wanted = _wanted(config)
     if not wanted or not collection_path.name.startswith("test_") or collection_path.suffix != ".py": return None
     named = set()
     for node in ast.walk(ast.parse(collection_path.read_text())):
@@ -147,7 +150,7 @@ def pytest_ignore_collect(collection_path, config):
 
 
 def pytest_collection_modifyitems(config, items):
-    wanted = {_notebook_key(n) for n in config.getoption("--nb")}
+    wanted = _wanted(config)
     if not wanted: return
     def covers(item):  # a test's own @pytest.mark.covers(...), else its file's COVERS
         mark = item.get_closest_marker("covers")

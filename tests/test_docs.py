@@ -1,9 +1,20 @@
-"The notebooks read as nbdev documentation: a title cell in nbdev's convention, `# title` then `> summary`."
+"""The notebooks read as nbdev documentation: nbdev's title cells, a home page that agrees with the README, notebooks
+that nbdev's processors render with every signature, and a docstring on everything exported."""
+import ast
+import importlib
 import inspect
 import json
+import os
+import pkgutil
 import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 from conftest import REPO
+
+import mlkit
 
 COVERS = ("index",)  # the notebooks these tests cover: `make test NB=...` runs them
 
@@ -48,7 +59,7 @@ def test_the_docs_home_page_and_the_readme_give_the_same_two_commands_and_module
 
 
 # What nbdev_docs runs before Quarto: nbdev's processors over every notebook (show_doc cells added and executed, test
-# cells and directives handled), in nbdev's own parallel driver. A cell mixing imports with other code is a failure:
+# cells and directives handled), through nbdev's own driver (proc_nbs). A cell mixing imports with other code is a failure:
 # nbdev would execute it to build the docs (its "imports and other code" warning).
 PROC_NBS = """
 import warnings
@@ -65,13 +76,6 @@ def _signature_block(cell):
 
 
 def test_nbdev_s_processors_handle_every_notebook_and_every_show_doc_renders_its_signature(tmp_path):
-    import ast
-    import importlib
-    import inspect
-    import os
-    import shutil
-    import subprocess
-    import sys
     shutil.copy2(REPO/"settings.ini", tmp_path)
     shutil.copytree(REPO/"nbs", tmp_path/"nbs", ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
     r = subprocess.run([sys.executable, "-c", PROC_NBS], cwd=tmp_path, capture_output=True, text=True, timeout=600,
@@ -112,10 +116,6 @@ def _own_doc(obj):
 
 
 def test_every_exported_function_and_class_has_a_docstring():
-    import importlib
-    import pkgutil
-
-    import mlkit
     undocumented = []
     for info in pkgutil.iter_modules(mlkit.__path__):
         module = importlib.import_module(f"mlkit.{info.name}")
@@ -124,3 +124,35 @@ def test_every_exported_function_and_class_has_a_docstring():
             if (inspect.isclass(obj) or inspect.isfunction(obj)) and obj.__module__ == module.__name__ and not _own_doc(obj):
                 undocumented.append(f"mlkit.{info.name}.{name}")
     assert undocumented == [], undocumented
+
+
+def test_make_docs_without_quarto_says_so_in_one_line_and_builds_nothing(repo_copy, tmp_path):
+    from conftest import make
+    bin_dir = tmp_path/"bin"  # this PATH's programs, but quarto should it be installed
+    bin_dir.mkdir()
+    for folder in filter(None, os.environ["PATH"].split(os.pathsep)):
+        for program in (Path(folder).iterdir() if Path(folder).is_dir() else []):
+            if program.name != "quarto" and not (bin_dir/program.name).exists(): (bin_dir/program.name).symlink_to(program)
+    readme = (repo_copy/"README.md").read_bytes()
+    r = subprocess.run(["make", "--no-print-directory", "docs", "NO_INSTALL=1", f"ENV={sys.prefix}"],
+                       cwd=repo_copy, capture_output=True, text=True, timeout=60, env={**os.environ, "PATH": str(bin_dir)})
+    errors = [line for line in r.stderr.splitlines() if not line.startswith("make: ***")]
+    assert r.returncode != 0 and len(errors) == 1 and "make docs needs Quarto" in errors[0], r.stderr
+    assert not (repo_copy/"_docs").exists() and not (repo_copy/"_proc").exists()
+    assert (repo_copy/"README.md").read_bytes() == readme
+    assert make("-n", "docs", cwd=repo_copy).returncode == 0  # (the recipe itself parses)
+
+
+def test_the_docs_workflow_builds_with_make_docs_and_deploys_the_doc_path():
+    import yaml
+    workflow = yaml.safe_load((REPO/".github"/"workflows"/"docs.yml").read_text())
+    build = workflow["jobs"]["build"]["steps"]
+    doc_path = re.search(r"^doc_path\s*=\s*(\S+)", (REPO/"settings.ini").read_text(), re.M).group(1)
+    runs = [s.get("run", "") for s in build]
+    assert "make install TORCH=cpu" in runs and "make docs" in runs
+    assert runs.index("make docs") > runs.index("make install TORCH=cpu")
+    assert any(s.get("uses", "").startswith("quarto-dev/quarto-actions/setup") for s in build)
+    [upload] = [s for s in build if s.get("uses", "").startswith("actions/upload-pages-artifact")]
+    assert upload["with"]["path"] == doc_path
+    assert workflow["jobs"]["deploy"]["steps"][0]["uses"].startswith("actions/deploy-pages")
+    assert workflow["permissions"] == {"contents": "read", "pages": "write", "id-token": "write"}

@@ -32,6 +32,8 @@ if __name__ == "__main__":
     trainer = Trainer(model(), DataLoader(dataset(), batch_size=BATCH, shuffle=True), DataLoader(dataset(), batch_size=50),
                       opt_fn=torch.optim.SGD, lr=LR, seed=SEED, grad_accum=accum, cbs=[Checkpoint(out/"ckpt")])
     trainer.fit(EPOCHS)
-    print(f"rank {dist_env().rank} valid_loss {trainer.metrics['valid_loss']:.6f} world {dist.get_world_size()}")
+    # after fit the DDP wrapper is gone (freed while the process group lives): trainer.model is the module again
+    print(f"rank {dist_env().rank} valid_loss {trainer.metrics['valid_loss']:.6f} world {dist.get_world_size()} "
+          f"model {type(trainer.model).__name__}")
     if dist_env().is_main: torch.save(trainer.module.state_dict(), out/"final.pt")
     dist.destroy_process_group()
