@@ -358,7 +358,9 @@ def test_nproc_failures_and_magics(project, monkeypatch):
     assert r.returncode == 0 and meta(finished)["status"] == "finished", r.stdout + r.stderr
     assert "after the notebook ran to its end" in meta(finished)["exit_note"]
     shutil.rmtree(finished)
-    exits = notebook(project, "ddp_exits.ipynb", "print('one')", "raise SystemExit(3)")
+    # rank 0 exits: it logs the cell it is in first. (Had rank 1 exited first, torchrun could stop rank 0 before it
+    # logged any cell, and the run would say "in a cell": seen once in CI, under load.)
+    exits = notebook(project, "ddp_exits.ipynb", "print('one')", "import os\nif os.environ['RANK'] == '0': raise SystemExit(3)")
     r = mlkit("run", exits, "--nproc", "2", timeout=300)
     assert r.returncode == 1
     exited = [p for p in runs(project) if p != run][0]
