@@ -37,7 +37,7 @@ def _markdown(path):
 
 
 def _setup_commands(text):
-    m = re.search(r"^## Set-up: two commands\n.*?^```bash\n(.*?)^```", text, re.S | re.M)
+    m = re.search(r"^## Quickstart: two commands\n.*?^```bash\n(.*?)^```", text, re.S | re.M)
     return m and m.group(1)
 
 
