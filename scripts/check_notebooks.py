@@ -30,8 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
 NBDEV_KEEP, NBDEV_KEEP_CELL = {"kernelspec", "jekyll", "jupytext", "doc", "widgets"}, {"hide_input"}
 NOT_COMMITTED = {"widgets"}
 PARAMETERS_TAG = "parameters"
-# a line git's merge (or nbdev_merge's conflict cells, which wrap it in backticks) leaves where two sides disagree
-MARKER = re.compile(r"^`?(<{7} |>{7} |={7}`?$)")
+# Where two sides of a merge disagree: git's marker lines in a cell, or the cells nbdev_merge writes (`<<<<<<< HEAD`,
+# `=======`, `>>>>>>> BRANCH`, in backticks). A bare ======= line is left alone: markdown underlines headings with it.
+MARKER = re.compile(r"^(`?<{7} |`?>{7} |`={7}`$)")
 
 
 def settings_keys(root=ROOT) -> tuple[set, set]:
