@@ -3,6 +3,7 @@
     check_notebooks.py clean [FILE]       the git clean filter: a notebook (stdin, or FILE) in its committed form, on stdout
     check_notebooks.py textconv FILE      `git diff`'s view of a notebook: its committed form, cell by cell
     check_notebooks.py check [NOTEBOOK...]  make check-notebooks (the NOTEBOOKs: the working tree's, from the Makefile)
+    check_notebooks.py fix NOTEBOOK...    rewrite NOTEBOOKs in their committed form
 
 The committed form is what `nbdev_clean` leaves (nbdev 2.4's `clean_nb` with settings.ini's allowed_metadata_keys and
 allowed_cell_metadata_keys: the kernelspec's display_name set to its name, every other notebook and cell metadata key
@@ -170,7 +171,8 @@ def check(working: list[str], root=ROOT) -> int:
         print(f"check-notebooks: {why_not}: checking the working tree's notebooks")
         for path in working:
             errors += [f"{path} {p}" for p in problems((root/path).read_text(), keys, path in runs)]
-        advice = "clear them: 'make hooks' then 'git add' them (the filter writes the committed form), or Jupyter's Clear All Outputs"
+        advice = (f"'{Path(sys.executable).name} scripts/check_notebooks.py fix FILE...' writes the committed form "
+                  "(in a git checkout, after 'make hooks', 'git add' does)")
     else:
         blobs, unmerged = committed_blobs(root)
         errors += [f"{path} is unmerged (a merge conflict): fix it, then 'git add' it" for path in unmerged]
@@ -195,6 +197,12 @@ def check(working: list[str], root=ROOT) -> int:
 
 def main(argv: list[str]) -> int:
     if argv[:1] == ["check"]: return check(argv[1:])
+    if argv[:1] == ["fix"]:
+        for name in argv[1:]:
+            text = Path(name).read_text(encoding="utf-8")
+            try: Path(name).write_text(dumps(clean(json.loads(text))), encoding="utf-8")
+            except ValueError as e: return print(f"error: {name} is not a notebook: {e}", file=sys.stderr) or 1
+        return 0
     if argv[:1] in (["clean"], ["textconv"]) and len(argv) <= 2:
         text = Path(argv[1]).read_text(encoding="utf-8") if len(argv) == 2 else sys.stdin.buffer.read().decode("utf-8")
         try: out = (dumps if argv[0] == "clean" else textconv)(clean(json.loads(text)))
