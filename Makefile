@@ -28,9 +28,11 @@ export TORCH_BUILD := import importlib.util as u, pathlib, re; s = u.find_spec("
 PY_OK := import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else 1)
 WRONG_PY = error: the locks are for Python $(LOCK_PYTHON), and $(1) is Python $$($(1) -c 'import platform; print(platform.python_version())' 2>/dev/null || echo '(it does not run)'); run 'make install PYTHON=python$(LOCK_PYTHON)', or 'conda env create -f environment.yml' and activate it
 PY := $(BIN)/python
-# What the git filter strips besides outputs and execution counts (kept ids): the kernel's language_info, whose
-# Python patch version would otherwise change a notebook's diff from one machine to the next.
-STRIP := --keep-id --extra-keys metadata.language_info
+# The git filter and `git diff`'s view of notebooks (clean or textconv): scripts/check_notebooks.py, which writes what
+# nbdev_clean writes without outputs. A shell function, so that git's file argument (textconv) reaches it.
+NBFILTER = f() { [ -x "$(PY)" ] || { echo "error: git'"'"'s notebook filter needs $(PY), which is missing; run '"'"'make install'"'"'" >&2; exit 1; }; \
+  if [ -f "$(CURDIR)/scripts/check_notebooks.py" ]; then exec "$(PY)" "$(CURDIR)/scripts/check_notebooks.py" $(1) "$$@"; fi; \
+  exec "$(PY)" -m nbstripout --keep-id --extra-keys metadata.language_info $(if $(filter textconv,$(1)),-t) "$$@"; }; f
 # `make install` leaves this stamp; targets that need the environment rebuild it when the locks change.
 STAMP := $(ENV)/.mlkit-installed-$(TORCH)
 # NO_INSTALL=1 runs a target in the environment as it is (the drift tests use it on copies of the repo).
@@ -83,21 +85,23 @@ check-env: ## Refuse what make install must not touch: conda's base, others' env
 	else command -v "$(PYTHON)" >/dev/null || { echo "error: no $(PYTHON) on PATH; run 'make install PYTHON=/path/to/python$(LOCK_PYTHON)'" >&2; exit 1; }; \
 	  "$(PYTHON)" -c "$(PY_OK)" || { echo "$(call WRONG_PY,$(PYTHON))" >&2; exit 1; }; fi
 
-hooks: ## Set up the git filter (nbstripout --keep-id) and nbdev's merge driver in this checkout
-	@# Configured by hand: `nbstripout --install` drops --keep-id, and nbdev_install_hooks relies on PATH.
+hooks: ## Set up the git notebook filter (scripts/check_notebooks.py: nbdev_clean's form, no outputs) and nbdev's merge driver
+	@# Configured by hand: `nbstripout --install` and nbdev_install_hooks rely on PATH. The filter writes what nbdev_clean
+	@# writes, without outputs (scripts/check_notebooks.py); a checkout of an older commit without that script gets
+	@# nbstripout, its filter then. Without the environment (.venv/ deleted) it fails in one line naming the fix.
 	@# Then one index refresh with the filter bypassed. In a fresh clone every notebook is "racily clean" (written
 	@# in the same second as the index), so git would run the filter (a Python start) on each at the next `git status`.
 	@# Bypassing it is safe: the smudge is cat and notebooks are committed clean, so a notebook whose raw bytes equal
 	@# its blob is unmodified, and one whose bytes differ stays marked modified for git to clean and compare later.
 	@if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then \
-	  git config filter.nbstripout.clean '"$(PY)" -m nbstripout $(STRIP)' && \
+	  git config filter.nbstripout.clean '$(call NBFILTER,clean)' && \
 	  git config filter.nbstripout.smudge cat && \
 	  git config filter.nbstripout.required true && \
-	  git config diff.ipynb.textconv '"$(PY)" -m nbstripout $(STRIP) -t' && \
+	  git config diff.ipynb.textconv '$(call NBFILTER,textconv)' && \
 	  git config merge.nbdev-merge.name "resolve notebook conflicts with nbdev" && \
 	  git config merge.nbdev-merge.driver '"$(BIN)/nbdev_merge" %O %A %B %P' && \
 	  { git -c filter.nbstripout.clean=cat -c filter.nbstripout.required=false update-index -q --refresh >/dev/null 2>&1 || true; } && \
-	  echo "git: nbstripout filter (--keep-id) and nbdev merge driver set up"; \
+	  echo "git: notebook filter (scripts/check_notebooks.py) and nbdev merge driver set up"; \
 	else echo "not a git checkout: no git filter or merge driver set up"; fi
 
 $(STAMP): requirements.txt requirements-$(TORCH).txt setup.py settings.ini
@@ -169,8 +173,7 @@ check: $(INSTALLED) ## Fail on drift: notebook outputs, the package out of sync,
 	  && echo "check: all clean" || { echo "check: FAILED (see above)" >&2; exit 1; }
 
 check-notebooks:
-	@$(BIN)/nbstripout --verify $(STRIP) $(NOTEBOOKS) || { \
-	  echo "error: notebooks above hold outputs or execution counts; clear them (or 'git add' them: the filter strips them)" >&2; exit 1; }
+	@$(PY) scripts/check_notebooks.py check $(NOTEBOOKS)
 
 check-export:
 	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \

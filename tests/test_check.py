@@ -31,7 +31,8 @@ def test_notebook_with_outputs(repo_copy):
     cell["outputs"] = [{"output_type": "stream", "name": "stdout", "text": ["hello\n"]}]
     path.write_text(json.dumps(nb, indent=1))
     out = check_fails_naming(repo_copy, "nbs/00_core.ipynb", "check-notebooks")
-    assert "outputs or execution counts" in out
+    assert "nbs/00_core.ipynb holds outputs; execution counts" in out
+    assert "not a git checkout, so no git filter: checking the working tree's notebooks" in out  # said, in one line
 
 
 def test_execution_count_alone(repo_copy):
@@ -39,7 +40,8 @@ def test_execution_count_alone(repo_copy):
     nb = json.loads(path.read_text())
     next(c for c in nb["cells"] if c["cell_type"] == "code")["execution_count"] = 7
     path.write_text(json.dumps(nb, indent=1))
-    check_fails_naming(repo_copy, "nbs/00_core.ipynb", "check-notebooks")
+    out = check_fails_naming(repo_copy, "nbs/00_core.ipynb", "check-notebooks")
+    assert "holds execution counts\n" in out
 
 
 def test_kernel_language_info_left_in_a_notebook(repo_copy):
@@ -47,8 +49,33 @@ def test_kernel_language_info_left_in_a_notebook(repo_copy):
     path = repo_copy/"nbs"/"00_core.ipynb"
     nb = json.loads(path.read_text())
     nb["metadata"]["language_info"] = {"name": "python", "version": "3.11.7"}
-    path.write_text(json.dumps(nb, indent=1))
-    check_fails_naming(repo_copy, "nbs/00_core.ipynb", "check-notebooks")
+    path.write_text(json.dumps(nb, indent=1, sort_keys=True) + "\n")
+    out = check_fails_naming(repo_copy, "nbs/00_core.ipynb", "check-notebooks")
+    assert "nbs/00_core.ipynb holds metadata language_info\n" in out
+
+
+@pytest.mark.parametrize("where", ["cells", "raw"])
+def test_merge_conflict_left_in_a_notebook(repo_copy, where):
+    "nbdev_merge's marker cells, or git's own markers in the file, are never a notebook to commit."
+    path = repo_copy/"nbs"/"00_core.ipynb"
+    if where == "raw":
+        path.write_text(path.read_text().replace(' "cells": [', '<<<<<<< HEAD\n "cells": [', 1))
+    else:
+        nb = json.loads(path.read_text())
+        nb["cells"][1:1] = [{"cell_type": "markdown", "id": f"m{i}", "metadata": {}, "source": [f"`{m}`"]}
+                            for i, m in enumerate(["<<<<<<< HEAD", "=======", ">>>>>>> theirs"])]
+        path.write_text(json.dumps(nb, indent=1, sort_keys=True) + "\n")
+    out = check_fails_naming(repo_copy, "nbs/00_core.ipynb", "check-notebooks")
+    assert ("holds merge conflict markers (cells m0, m1, m2)" if where == "cells" else "is not a readable notebook") in out
+
+
+def test_a_markdown_heading_underlined_with_equals_signs_is_no_conflict(repo_copy):
+    path = repo_copy/"nbs"/"00_core.ipynb"
+    nb = json.loads(path.read_text())
+    nb["cells"][0]["source"] += ["\n", "Heading\n", "======="]
+    path.write_text(json.dumps(nb, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
+    r = make("check-notebooks", cwd=repo_copy)
+    assert r.returncode == 0, r.stdout + r.stderr
 
 
 def test_module_edited_by_hand(repo_copy):
@@ -159,7 +186,7 @@ def test_every_drift_is_reported_by_make_check_in_one_run(repo_copy):
     (repo_copy/"nbs"/"styles.css").unlink()  # check-docs
     _replace(repo_copy/".devcontainer"/"devcontainer.json", '"forwardPorts"', '"forwardPort"')  # check-devcontainer
     out = check_fails_naming(repo_copy, "nbs/00_core.ipynb")
-    for found in ("outputs or execution counts", "mlkit/core.py", "'rich>=13' from requirements.in is not pinned",
+    for found in ("nbs/00_core.ipynb holds execution counts", "mlkit/core.py", "'rich>=13' from requirements.in is not pinned",
                   "tests/test_sloppy.py", "broken.yml", "its stylesheet styles.css", "forwardPort", "check: FAILED"):
         assert found in out, found
 

@@ -1,31 +1,208 @@
-"The git filter set up by `make hooks` (part of `make install`) stages notebooks without outputs, keeping cell ids."
+"""The git filter set up by `make hooks`, with real git, JupyterLab's writer and nbdev's own commands, and `make check`.
+
+A clean checkout stays clean whatever the everyday tools write into its notebooks: a JupyterLab save (outputs, execution
+counts, language_info), nbdev_clean. `make check` judges what a commit holds (HEAD and the index), not the working tree.
+"""
 import json
+import os
+import shutil
 import subprocess
+import sys
 
-from conftest import make
+import pytest
+from conftest import REPO, make, repo_files
+
+COVERS = ("11_run",)  # notebook_parameters on a cleaned notebook
+GIT_ENV = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@example.com", "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1"}
+NOTEBOOKS = sorted(f for f in repo_files() if f.endswith(".ipynb") and not (REPO/f).is_symlink())
 
 
-def git(*args, cwd):
-    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True).stdout
+def git(*args, cwd, check=True):
+    "Run git; its stdout (check) or the finished process."
+    r = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, env=GIT_ENV)
+    if check: assert r.returncode == 0, f"git {' '.join(args)}: {r.stdout}{r.stderr}"
+    return r.stdout if check else r
 
 
-def test_git_add_strips_outputs_and_keeps_ids(repo_copy):
-    git("init", "-q", cwd=repo_copy)
-    r = make("hooks", cwd=repo_copy)
-    assert r.returncode == 0 and "nbstripout filter" in r.stdout, r.stdout + r.stderr
-    path = repo_copy/"nbs"/"00_core.ipynb"
-    nb = json.loads(path.read_text())
-    ids = [c["id"] for c in nb["cells"]]
-    for c in nb["cells"]:
-        if c["cell_type"] == "code":
-            c["execution_count"] = 5
-            c["outputs"] = [{"output_type": "stream", "name": "stdout", "text": ["secret output\n"]}]
-    path.write_text(json.dumps(nb, indent=1))
+@pytest.fixture
+def clone(tmp_path):
+    return make_clone(tmp_path)
 
-    git("add", "nbs/00_core.ipynb", cwd=repo_copy)
-    staged = json.loads(git("show", ":nbs/00_core.ipynb", cwd=repo_copy))
+
+def make_clone(tmp_path):
+    "This working tree as a fresh clone would have it: committed byte for byte as it is, then `make hooks`."
+    dest = tmp_path/"repo"
+    for f in repo_files():
+        (dest/f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO/f, dest/f, follow_symlinks=False)
+    git("init", "-q", "-b", "main", cwd=dest)
+    git("add", "-A", cwd=dest)  # no filter is set up yet: the bytes as they are
+    git("commit", "-qm", "base", cwd=dest)
+    r = make("hooks", cwd=dest)
+    assert r.returncode == 0 and "notebook filter" in r.stdout, r.stdout + r.stderr
+    return dest
+
+
+def lab_save(root, rel, seed=1):
+    "Save notebook `rel` as JupyterLab does after running it: through Jupyter Server's contents manager, its writer."
+    from jupyter_server.services.contents.filemanager import FileContentsManager
+    nb = json.loads((root/rel).read_text())
+    for i, c in enumerate(nb["cells"]):
+        if c["cell_type"] != "code": continue
+        c["execution_count"] = i + seed
+        c["outputs"] = [{"output_type": "stream", "name": "stdout", "text": [f"epoch {seed}\n", "done"]},
+                        {"output_type": "execute_result", "execution_count": i + seed, "metadata": {},
+                         "data": {"text/plain": [f"<Trainer at 0x7f{seed:04x}>"]}}]
+        c["metadata"].update(scrolled=True, execution={"iopub.status.busy": f"2026-01-0{seed}T10:00:00.000Z"})
+    name = nb["metadata"]["kernelspec"]["name"]  # Lab writes the kernel's spec: display_name is the kernel's own
+    nb["metadata"]["kernelspec"] = {"display_name": {"python3": "Python 3"}.get(name, f"Python ({name})"),
+                                    "language": "python", "name": name}
+    nb["metadata"]["language_info"] = {"codemirror_mode": {"name": "ipython", "version": 3}, "file_extension": ".py",
+                                       "mimetype": "text/x-python", "name": "python", "nbconvert_exporter": "python",
+                                       "pygments_lexer": "ipython3", "version": f"3.11.{seed}"}
+    nb["metadata"]["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {}, "version_major": 2,
+                                                                                "version_minor": 0}}
+    FileContentsManager(root_dir=str(root)).save({"type": "notebook", "format": "json", "content": nb}, rel)
+    assert '"language_info"' in (root/rel).read_text() and '"output_type"' in (root/rel).read_text()
+
+
+@pytest.fixture(autouse=True)
+def _jupyter_data(tmp_path, monkeypatch):  # the contents manager signs notebooks in Jupyter's data folder: not the user's
+    monkeypatch.setenv("JUPYTER_DATA_DIR", str(tmp_path/"jupyter-data"))
+
+
+def check_notebooks(root):
+    r = make("check-notebooks", cwd=root)
+    return r.returncode, r.stdout + r.stderr
+
+
+def test_git_add_strips_outputs_and_keeps_ids(clone):
+    path = clone/"nbs"/"00_core.ipynb"
+    ids = [c["id"] for c in json.loads(path.read_text())["cells"]]
+    lab_save(clone, "nbs/00_core.ipynb")
+    git("add", "nbs/00_core.ipynb", cwd=clone)
+    staged = json.loads(git("show", ":nbs/00_core.ipynb", cwd=clone))
     code = [c for c in staged["cells"] if c["cell_type"] == "code"]
-    assert code and all(c["outputs"] == [] and c["execution_count"] is None for c in code)
+    assert code and all(c["outputs"] == [] and c["execution_count"] is None and c["metadata"] == {} for c in code)
     assert [c["id"] for c in staged["cells"]] == ids
-    assert "secret output" in path.read_text()  # the working copy keeps its outputs
-    assert git("config", "merge.nbdev-merge.driver", cwd=repo_copy).strip().endswith("%O %A %B %P")
+    assert "language_info" not in staged["metadata"] and "widgets" not in staged["metadata"]
+    assert "epoch 1" in path.read_text()  # the working copy keeps its outputs
+    assert git("config", "merge.nbdev-merge.driver", cwd=clone).strip().endswith("%O %A %B %P")
+
+
+def test_a_jupyterlab_save_of_every_notebook_leaves_the_checkout_clean_and_make_check_green(clone):
+    "Run every notebook and save it in Lab: git sees no change, and `make check` does not complain about the tree."
+    assert NOTEBOOKS and "nbs/experiments/train_digits.ipynb" in NOTEBOOKS
+    for rel in NOTEBOOKS: lab_save(clone, rel)
+    assert git("diff", cwd=clone) == ""
+    # git lists a file whose size changed as modified until it is staged again (git's stat check): which stages nothing
+    git("add", "-A", cwd=clone)
+    assert git("status", "--porcelain", cwd=clone) == ""
+    code, out = check_notebooks(clone)
+    assert code == 0, out
+    assert "working-tree notebook(s) hold outputs" in out and len(out.strip().splitlines()) == 1, out  # one line
+    for rel in NOTEBOOKS:  # JupyterLab's own metadata and Python version are in the working files, not in git
+        assert '"language_info"' in (clone/rel).read_text() and "language_info" not in git("show", f":{rel}", cwd=clone)
+
+
+@pytest.mark.parametrize("commit", [True, False], ids=["committed", "staged"])
+def test_a_notebook_committed_around_the_filter_fails_make_check_naming_it_and_the_advice_fixes_it(clone, commit):
+    lab_save(clone, "nbs/03_data.ipynb")
+    path = clone/"nbs"/"03_data.ipynb"
+    path.write_text(path.read_text().replace('"# ', '"# An edit: ', 1))  # with the outputs, a change worth committing
+    git("-c", "filter.nbstripout.clean=cat", "add", "nbs/03_data.ipynb", cwd=clone)
+    if commit: git("commit", "-qm", "an edit, with outputs by mistake", cwd=clone)
+    code, out = check_notebooks(clone)
+    where = "committed" if commit else "staged"
+    assert code != 0 and f"nbs/03_data.ipynb ({where}) holds outputs; execution counts; metadata language_info" in out, out
+    assert "nbs/00_core.ipynb" not in out and "git add --renormalize FILE" in out, out
+    git("add", "--renormalize", "nbs/03_data.ipynb", cwd=clone)  # the advice, word for word
+    if commit: git("commit", "-q", "--amend", "--no-edit", cwd=clone)
+    code, out = check_notebooks(clone)
+    assert code == 0, out
+    assert "epoch 1" in (clone/"nbs"/"03_data.ipynb").read_text()  # the user's outputs stay in the working file
+
+
+def test_without_the_filter_make_check_says_so_and_judges_the_working_tree(clone):
+    git("config", "--unset", "filter.nbstripout.clean", cwd=clone)
+    lab_save(clone, "nbs/03_data.ipynb")
+    code, out = check_notebooks(clone)
+    assert code != 0 and "the git notebook filter is not set up here ('make hooks' sets it up)" in out, out
+    assert "nbs/03_data.ipynb holds outputs" in out, out
+
+
+def test_nbdev_clean_leaves_a_fresh_clone_clean_and_keeps_the_parameters_cell(clone):
+    "nbdev_clean (also run by nbdev_prepare and nbdev's hooks) writes what the filter writes, tags included."
+    from mlkit.run import notebook_parameters, read_notebook
+    bin_dir = os.path.dirname(sys.executable)
+    lab_save(clone, "nbs/experiments/train_digits.ipynb")  # a saved, run notebook, cleaned by nbdev
+    r = subprocess.run([f"{bin_dir}/nbdev_clean"], cwd=clone, capture_output=True, text=True)
+    assert r.returncode == 0 and "Failed" not in r.stderr, r.stderr
+    assert git("diff", cwd=clone) == ""
+    git("add", "-A", cwd=clone)
+    assert git("status", "--porcelain", cwd=clone) == ""
+    params = notebook_parameters(read_notebook(clone/"nbs"/"experiments"/"train_digits.ipynb"))
+    assert {"lr", "epochs"} <= set(params), params  # so `make train ARGS="-p lr 0.01"` still has parameters to set
+    code, out = check_notebooks(clone)
+    assert code == 0, out
+
+
+def test_the_committed_notebooks_are_in_the_one_form_nbdev_clean_and_the_filter_write():
+    "Each notebook's committed bytes are what nbdev_clean and the filter give (after a Lab save too): nothing to rewrite."
+    sys.path.insert(0, str(REPO/"scripts"))
+    import check_notebooks
+    keys = check_notebooks.settings_keys(REPO)
+    for rel in NOTEBOOKS:
+        text = (REPO/rel).read_text()
+        assert check_notebooks.dumps(check_notebooks.clean(json.loads(text), keys)) == text, (
+            f"{rel} is not in its committed form: run 'make hooks && git add --renormalize -- \"*.ipynb\"' and commit")
+
+
+@pytest.mark.parametrize("rel", ["nbs/experiments/train_digits.ipynb", "sweeps/digits.yaml"])
+def test_a_run_notebook_without_its_parameters_cell_fails_make_check_naming_it(clone, rel):
+    nb_rel = "nbs/experiments/train_digits.ipynb"
+    if rel.startswith("sweeps"):  # a sweep's notebook outside nbs/experiments/
+        nb_rel = "nbs/tiny.ipynb"
+        shutil.copy(clone/"tests"/"notebooks"/"train_tiny.ipynb", clone/nb_rel)
+        (clone/rel).write_text((clone/rel).read_text().replace("nbs/experiments/train_digits.ipynb", nb_rel))
+    path = clone/nb_rel
+    nb = json.loads(path.read_text())
+    for c in nb["cells"]: c["metadata"].pop("tags", None)
+    path.write_text(json.dumps(nb, indent=1, sort_keys=True) + "\n")
+    code, out = check_notebooks(clone)
+    assert code != 0 and f"{nb_rel} has no cell tagged 'parameters'" in out, out
+    git("add", nb_rel, cwd=clone)  # and once staged, as what a commit would hold
+    code, out = check_notebooks(clone)
+    assert code != 0 and f"{nb_rel} (staged) has no cell tagged 'parameters'" in out, out
+
+
+def test_git_diff_shows_a_notebook_cell_by_cell_and_nothing_for_outputs(clone):
+    lab_save(clone, "nbs/00_core.ipynb")
+    assert git("diff", cwd=clone) == ""  # outputs alone: no change
+    path = clone/"nbs"/"00_core.ipynb"
+    nb = json.loads(path.read_text())
+    cell = next(c for c in nb["cells"] if c["cell_type"] == "code" and "def " in "".join(c["source"]))
+    cell["source"] = ["# a new first line\n", *cell["source"]]
+    path.write_text(json.dumps(nb, indent=1))
+    diff = git("diff", cwd=clone)
+    assert f"# ---- code cell {cell['id']}" in diff and "\n+# a new first line\n" in diff, diff
+    assert '"outputs"' not in diff and '"execution_count"' not in diff, diff
+
+
+def test_git_add_without_the_environment_fails_in_one_line_naming_make_install(clone, tmp_path):
+    "Deleting .venv (as some error messages suggest) leaves the filter without its Python: git says how to get it back."
+    env = tmp_path/"venv"
+    env.symlink_to(sys.prefix)  # an environment that can be deleted without deleting this one
+    r = subprocess.run(["make", "--no-print-directory", "hooks", f"ENV={env}"], cwd=clone, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    lab_save(clone, "nbs/00_core.ipynb", seed=2)
+    (clone/"nbs"/"00_core.ipynb").write_text((clone/"nbs"/"00_core.ipynb").read_text().replace("def ", "def  ", 1))
+    git("add", "nbs/00_core.ipynb", cwd=clone)  # works while the environment is there
+    git("reset", "-q", cwd=clone)
+    env.unlink()
+    r = git("add", "nbs/00_core.ipynb", cwd=clone, check=False)
+    assert r.returncode != 0
+    ours = [ln for ln in r.stderr.splitlines() if ln.startswith("error: git's notebook filter")]
+    assert ours == [f"error: git's notebook filter needs {env}/bin/python, which is missing; run 'make install'"], r.stderr
+    assert git("diff", "--cached", "--name-only", cwd=clone) == ""  # nothing was staged unfiltered
