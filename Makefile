@@ -257,12 +257,12 @@ gpu-check: $(INSTALLED) ## On a CUDA machine (make install TORCH=cuda): check GP
 
 EXPERIMENT ?= nbs/experiments/train_digits.ipynb
 train: $(INSTALLED) ## The main job: the digits experiment notebook, run headlessly by `mlkit run` (ARGS="-p lr 0.01 -p epochs 3")
-	$(BIN)/mlkit run $(EXPERIMENT) $(ARGS)
+	@$(BIN)/mlkit run $(EXPERIMENT) $(ARGS)
 
 SWEEP ?= sweeps/digits.yaml
 WORKERS ?= 2
 sweep: $(INSTALLED) ## Search the digits notebook's parameters with Optuna, pruning on (WORKERS=2; ARGS="--n-trials 8")
-	$(BIN)/mlkit sweep $(SWEEP) --workers $(WORKERS) $(ARGS)
+	@$(BIN)/mlkit sweep $(SWEEP) --workers $(WORKERS) $(ARGS)
 
 clean: ## Remove caches and build artifacts (keeps .venv/ and runs/)
 	rm -rf build dist *.egg-info .pytest_cache .ruff_cache _proc _docs
