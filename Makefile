@@ -9,6 +9,12 @@ LIB := $(shell sed -nE 's/^lib_name[[:space:]]*=[[:space:]]*([^[:space:]]+).*/\1
 TORCH ?= cpu
 TORCH_INDEX_cpu := https://download.pytorch.org/whl/cpu
 TORCH_INDEX_cuda :=
+TORCH_NAME_cpu := CPU
+TORCH_NAME_cuda := CUDA
+TORCH_VERSION = $(shell sed -nE 's/^torch==([^ ;]+).*/\1/p' requirements-$(TORCH).txt)
+# pip-tools' own dependencies (its Requires-Dist but pip and setuptools, which stay the environment's own; colorama
+# is Windows-only): installed from the lock with it. tests/test_install_messages.py checks the list against its metadata.
+PIP_TOOLS_DEPS := build click colorama packaging pyproject-hooks wheel
 ifeq ($(filter $(TORCH),cpu cuda),)
 $(error TORCH must be cpu or cuda, not '$(TORCH)')
 endif
@@ -25,8 +31,19 @@ PYTHON ?= python3
 LOCK_PYTHON := 3.11
 # Which torch build is installed (cpu, cuda, or none), read from its version.py without importing it.
 export TORCH_BUILD := import importlib.util as u, pathlib, re; s = u.find_spec("torch"); print("none" if s is None else "cuda" if re.search(r"^cuda\W.*=\s*['\"]", pathlib.Path(s.origin).with_name("version.py").read_text(), re.M) else "cpu")
+# Where an index stands: "answers", or "is unreachable (why)"; for the error when pip finds no torch of the asked build.
+export INDEX_PROBE := import sys, urllib.request as u; exec("try:\n with u.urlopen(sys.argv[1], timeout=10): print('answers, but has no such wheel for this platform')\nexcept Exception as e: print(f'is unreachable ({getattr(e, \"reason\", e)})')")
+# The installed torch must be the asked-for build: checked after each step that installs packages, before pip check.
+TORCH_IS_ASKED = b=$$($(PY) -c "$$TORCH_BUILD") && [ "$$b" = "$(TORCH)" ] || { echo "error: TORCH=$(TORCH) but the installed torch is $$( [ "$$b" = none ] && echo 'missing' || echo "the $$(echo $$b | tr a-z A-Z) build"): $(if $(TORCH_INDEX_$(TORCH)),$(TORCH_INDEX_$(TORCH)) $$($(PY) -c "$$INDEX_PROBE" "$(TORCH_INDEX_$(TORCH))/torch/"); pip took torch from another index or a local wheel,PyPI or a local wheel gave the other build); make install again where the index answers, or use TORCH=$(if $(filter cpu,$(TORCH)),cuda,cpu)" >&2; exit 1; }
 PY_OK := import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else 1)
-WRONG_PY = error: the locks are for Python $(LOCK_PYTHON), and $(1) is Python $$($(1) -c 'import platform; print(platform.python_version())' 2>/dev/null || echo '(it does not run)'); run 'make install PYTHON=python$(LOCK_PYTHON)', or 'conda env create -f environment.yml' and activate it
+# "Python 3.12.1", or why a python gives no version: a pyenv shim whose version is not installed exits 127.
+PY_IS = $$(v=$$("$(1)" -c 'import platform; print(platform.python_version())' 2>/dev/null) && echo "Python $$v" || { \
+  [ -n "$$(command -v pyenv)" ] && [[ "$$(command -v "$(1)")" == */shims/* ]] && echo "a pyenv shim with no Python behind it (the version it needs is not installed, or not selected: 'pyenv versions')" || echo "a python that does not run"; })
+# Where to get 3.11, for someone who has none; then PYTHON= names it.
+GET_PY := get Python $(LOCK_PYTHON) (pyenv install $(LOCK_PYTHON), or uv python install $(LOCK_PYTHON), or apt install python$(LOCK_PYTHON)-venv from the deadsnakes PPA, or python.org; or conda env create -f environment.yml)
+# The advice for a Python that is not 3.11: PYTHON=python3.11 where one runs here, else where to get it.
+USE_PY = $$(python$(LOCK_PYTHON) -c "$(PY_OK)" 2>/dev/null && echo "run 'make install PYTHON=python$(LOCK_PYTHON)'" || echo "$(GET_PY), then run 'make install PYTHON=python$(LOCK_PYTHON)'")
+WRONG_PY = error: the locks are for Python $(LOCK_PYTHON), and $(1) is $(call PY_IS,$(1)); $(USE_PY)
 PY := $(BIN)/python
 # The git filter and `git diff`'s view of notebooks (clean or textconv): scripts/check_notebooks.py, which writes what
 # nbdev_clean writes without outputs. A shell function, so that git's file argument (textconv) reaches it.
@@ -41,7 +58,7 @@ INSTALLED := $(if $(NO_INSTALL),,$(STAMP))
 NOTEBOOKS = $(shell find nbs tests/notebooks -name '*.ipynb' -not -path '*/.ipynb_checkpoints/*' 2>/dev/null | sort)
 TORCH_PIN := $(shell grep -E '^torch[=<>~!]' requirements.in)
 
-.PHONY: help install check-env hooks lock upgrade conda-lock export lint test check lab bench gpu-check train sweep clean test-all \
+.PHONY: help install install-torch check-env hooks lock upgrade conda-lock export lint test check lab bench gpu-check train sweep clean test-all \
         check-notebooks check-export check-lock check-lock-targets check-lock-full check-workflows check-docs check-devcontainer docs
 
 help: ## List the targets
@@ -49,25 +66,40 @@ help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## (.*)/  \1\t\2/' | expand -t 21
 
 install: check-env ## Create or sync the environment from the locks; register the kernel, the git filter and merge driver
-	@if [ ! -x "$(PY)" ]; then echo "creating $(ENV) with $$("$(PYTHON)" --version)"; \
+	@if [ ! -x "$(PY)" ]; then echo "install: creating $(ENV:$(CURDIR)/%=%) with $$("$(PYTHON)" --version)"; \
 	  "$(PYTHON)" -m venv "$(ENV)" && touch "$(ENV)/.mlkit-env"; fi
-	$(PY) -m pip install --quiet "$$(grep -E '^pip-tools==' requirements.txt)"
-	@# torch first, on its own: the CPU build comes from PyTorch's CPU index (PyPI's Linux wheel is the CUDA build).
-	@# The CUDA build from PyPI alone: a local CPU wheel (find-links) would satisfy torch==X too (X+cpu matches X).
-	@# An installed torch of the other build satisfies torch==X as well (to pip and pip-sync): it is replaced.
-	$(if $(filter cuda,$(TORCH)),env -u PIP_FIND_LINKS -u PIP_INDEX_URL -u PIP_EXTRA_INDEX_URL PIP_CONFIG_FILE=/dev/null) \
-	  $(PY) -m pip install --quiet --no-deps --retries 1 $(if $(TORCH_INDEX_$(TORCH)),--extra-index-url $(TORCH_INDEX_$(TORCH))) \
-	  $$([ "$$($(PY) -c "$$TORCH_BUILD")" = "$(if $(filter cuda,$(TORCH)),cpu,cuda)" ] && echo --force-reinstall) \
-	  "$$(grep -E '^torch==' requirements-$(TORCH).txt)"
+	@# pip-sync leaves pip-tools and its dependencies alone, so they come from the lock here, each pinned, --no-deps.
+	@echo "install: pip-tools and its dependencies ($(PIP_TOOLS_DEPS)), as locked"
+	@reqs=(); for p in pip-tools $(PIP_TOOLS_DEPS); do r=$$(grep -iE "^$$p==" requirements.txt) || { \
+	  echo "error: requirements.txt pins no $$p, which pip-tools needs; run 'make lock'" >&2; exit 1; }; reqs+=("$$r"); done; \
+	  $(PY) -m pip install --quiet --no-deps "$${reqs[@]}"
+	@$(MAKE) --no-print-directory install-torch
+	@echo "install: $$(grep -hoE '^[A-Za-z0-9][A-Za-z0-9._-]*' requirements.txt requirements-$(TORCH).txt | sort -u | wc -l) locked packages (pip-sync; a minute or two in a new environment)"
 	@# --no-deps: nothing enters unpinned (a lock missing a package fails pip check below, not silently)
-	$(BIN)/pip-sync --quiet --pip-args "--no-deps" requirements.txt requirements-$(TORCH).txt
+	@$(BIN)/pip-sync --quiet --pip-args "--no-deps" requirements.txt requirements-$(TORCH).txt
+	@$(TORCH_IS_ASKED)
 	@$(PY) -m pip check >/dev/null || { $(PY) -m pip check >&2; echo "error: the locks miss a package the environment needs (above); run 'make lock'" >&2; exit 1; }
-	@$(PY) -c "import sys, torch; sys.exit((torch.version.cuda is None) != ('$(TORCH)' == 'cpu'))" || { \
-	  echo "error: TORCH=$(TORCH) but the installed torch is the $$($(PY) -c "import torch; print('CUDA ' + torch.version.cuda if torch.version.cuda else 'CPU')") build; the index or a local wheel gave the other one" >&2; exit 1; }
-	PYTHONWARNINGS=ignore $(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
-	$(PY) -m ipykernel install --sys-prefix --name mlkit --display-name "Python ($(LIB))" >/dev/null
+	@echo "install: $(LIB) (editable), the Jupyter kernel '$(LIB)', the git filter and merge driver"
+	@PYTHONWARNINGS=ignore $(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	@$(PY) -m ipykernel install --sys-prefix --name mlkit --display-name "Python ($(LIB))" >/dev/null
 	@$(MAKE) --no-print-directory hooks
 	@touch "$(STAMP)"
+	@case ":$$PATH:" in *":$(BIN):"*) ;; *) if [ "$(ENV)" = "$${CONDA_PREFIX:-}" ]; then \
+	  echo "install: done; to put mlkit on PATH: conda activate $(notdir $(ENV))"; \
+	  else echo "install: done; to put mlkit on PATH: source $(ENV:$(CURDIR)/%=%)/bin/activate"; fi;; esac
+
+# torch first, on its own. The CPU build comes from PyTorch's CPU index: on Linux it is asked for as torch==X+cpu,
+# which PyPI (whose Linux wheel is the CUDA build, 500 MiB) cannot satisfy, so a blocked index stops the install here.
+# The CUDA build from PyPI alone: a local CPU wheel (find-links) would satisfy torch==X too (X+cpu matches X).
+# An installed torch of the other build satisfies torch==X as well (to pip and pip-sync): it is replaced.
+install-torch:
+	@echo "install: torch $(TORCH_VERSION) ($(TORCH_NAME_$(TORCH)) build) from $(or $(TORCH_INDEX_$(TORCH)),PyPI)"
+	@$(if $(filter cuda,$(TORCH)),env -u PIP_FIND_LINKS -u PIP_INDEX_URL -u PIP_EXTRA_INDEX_URL PIP_CONFIG_FILE=/dev/null) \
+	  $(PY) -m pip install --quiet --no-deps --retries 1 $(if $(TORCH_INDEX_$(TORCH)),--extra-index-url $(TORCH_INDEX_$(TORCH))) \
+	  $$([ "$$($(PY) -c "$$TORCH_BUILD")" = "$(if $(filter cuda,$(TORCH)),cpu,cuda)" ] && echo --force-reinstall) \
+	  "torch==$(TORCH_VERSION)$(if $(filter cpu,$(TORCH)),$$([ "$$(uname -s)" = Linux ] && echo +cpu))" || { \
+	  echo "error: pip could not install torch $(TORCH_VERSION)'s $(TORCH_NAME_$(TORCH)) build (above): $(or $(TORCH_INDEX_$(TORCH)),PyPI) $$($(PY) -c "$$INDEX_PROBE" "$(or $(TORCH_INDEX_$(TORCH)),https://pypi.org/simple)/torch/")$(if $(filter cpu,$(TORCH)),; PyPI's Linux torch is the CUDA build; put a CPU wheel in a find-links folder (PIP_FIND_LINKS) or use TORCH=cuda)" >&2; exit 1; }
+	@$(TORCH_IS_ASKED)
 
 check-env: ## Refuse what make install must not touch: conda's base, others' environments, a Python the locks are not for
 	@# Only an environment that is the project's: .venv/ here, one make made (marked), or conda's `mlkit` from
@@ -81,9 +113,11 @@ check-env: ## Refuse what make install must not touch: conda's base, others' env
 	elif [ -e "$(ENV)" ] && [ "$(abspath $(ENV))" != "$(CURDIR)/.venv" ] && [ ! -e "$(ENV)/.mlkit-env" ]; then \
 	  echo "error: $(ENV) was not made by make install, and make install would strip it to the locks; pick a new folder (ENV=...) or the default .venv/" >&2; exit 1; fi
 	@if [ "$(TORCH)" = cuda ] && [ "$$(uname -s)" = Darwin ]; then echo "error: TORCH=cuda: macOS has no CUDA; use TORCH=cpu (MPS comes with it)" >&2; exit 1; fi
-	@if [ -x "$(PY)" ]; then "$(PY)" -c "$(PY_OK)" || { echo "error: $(ENV) has Python $$("$(PY)" -c 'import platform; print(platform.python_version())'), and the locks are for $(LOCK_PYTHON); remove it (rm -rf $(ENV)) and make install again, with PYTHON=python$(LOCK_PYTHON) if python3 is not $(LOCK_PYTHON)" >&2; exit 1; }; \
-	else command -v "$(PYTHON)" >/dev/null || { echo "error: no $(PYTHON) on PATH; run 'make install PYTHON=/path/to/python$(LOCK_PYTHON)'" >&2; exit 1; }; \
-	  "$(PYTHON)" -c "$(PY_OK)" || { echo "$(call WRONG_PY,$(PYTHON))" >&2; exit 1; }; fi
+	@if [ -x "$(PY)" ] && [ -n "$$CONDA_PREFIX" ] && [ "$(ENV)" = "$$CONDA_PREFIX" ]; then "$(PY)" -c "$(PY_OK)" 2>/dev/null || { \
+	  echo "error: the conda environment $(notdir $(ENV)) has $(call PY_IS,$(PY)), and the locks are for Python $(LOCK_PYTHON); recreate it from environment.yml (conda deactivate && conda env remove -n $(notdir $(ENV)) && conda env create -f environment.yml && conda activate $(notdir $(ENV))), or conda install -n $(notdir $(ENV)) python=$(LOCK_PYTHON)" >&2; exit 1; }; \
+	elif [ -x "$(PY)" ]; then "$(PY)" -c "$(PY_OK)" 2>/dev/null || { echo "error: $(ENV:$(CURDIR)/%=%) has $(call PY_IS,$(PY)), and the locks are for Python $(LOCK_PYTHON); remove it (rm -rf $(ENV:$(CURDIR)/%=%)) and make install again$$("$(PYTHON)" -c "$(PY_OK)" 2>/dev/null || echo ", with PYTHON=python$(LOCK_PYTHON) ($(PYTHON) is $(call PY_IS,$(PYTHON)))")" >&2; exit 1; }; \
+	else command -v "$(PYTHON)" >/dev/null || { echo "error: no $(PYTHON) on PATH; $(USE_PY)" >&2; exit 1; }; \
+	  "$(PYTHON)" -c "$(PY_OK)" 2>/dev/null || { echo "$(call WRONG_PY,$(PYTHON))" >&2; exit 1; }; fi
 
 hooks: ## Set up the git notebook filter (scripts/check_notebooks.py: nbdev_clean's form, no outputs) and nbdev's merge driver
 	@# Configured by hand: `nbstripout --install` and nbdev_install_hooks rely on PATH. The filter writes what nbdev_clean
@@ -121,7 +155,7 @@ lock: $(INSTALLED) ## Recompile requirements*.txt from requirements.in (PyPI alo
 	@# torch stays out of requirements.txt even when a requirement depends on it (mlkit, in projects made by mlkit new):
 	@# an override that never applies removes it; the torch locks below pin it and its dependencies per build.
 	echo 'torch ; sys_platform == "never"' > build/no-torch.txt
-	$(UV_COMPILE) --universal --no-emit-package pip --no-emit-package setuptools --no-emit-package wheel \
+	$(UV_COMPILE) --universal --no-emit-package pip --no-emit-package setuptools \
 	  --override build/no-torch.txt -o requirements.txt build/requirements.in
 	sed -i.bak 's|-r build/requirements.in|-r requirements.in|' requirements.txt && rm -f requirements.txt.bak
 	echo "$(TORCH_PIN)" > build/torch.in
@@ -226,12 +260,12 @@ gpu-check: $(INSTALLED) ## On a CUDA machine (make install TORCH=cuda): check GP
 
 EXPERIMENT ?= nbs/experiments/train_digits.ipynb
 train: $(INSTALLED) ## The main job: the digits experiment notebook, run headlessly by `mlkit run` (ARGS="-p lr 0.01 -p epochs 3")
-	$(BIN)/mlkit run $(EXPERIMENT) $(ARGS)
+	@$(BIN)/mlkit run $(EXPERIMENT) $(ARGS)
 
 SWEEP ?= sweeps/digits.yaml
 WORKERS ?= 2
 sweep: $(INSTALLED) ## Search the digits notebook's parameters with Optuna, pruning on (WORKERS=2; ARGS="--n-trials 8")
-	$(BIN)/mlkit sweep $(SWEEP) --workers $(WORKERS) $(ARGS)
+	@$(BIN)/mlkit sweep $(SWEEP) --workers $(WORKERS) $(ARGS)
 
 clean: ## Remove caches and build artifacts (keeps .venv/ and runs/)
 	rm -rf build dist *.egg-info .pytest_cache .ruff_cache _proc _docs

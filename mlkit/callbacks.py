@@ -5,7 +5,6 @@
 # %% ../nbs/06_callbacks.ipynb #655a5729
 from __future__ import annotations
 
-import math
 import os
 import sys
 import time
@@ -52,9 +51,11 @@ class ProgressBar(Callback):
     order = 90
     def __init__(self, mode:str|None=None, # "bar", "lines", or None to decide from MLKIT_PROGRESS and the output
                  file=None, # Where lines go (stdout by default)
+                 every:float=30.0, # In lines mode, seconds between progress lines within an epoch (besides its summary)
                 ):
         if mode not in (None, "bar", "lines"): raise MlkitError(f"ProgressBar mode must be 'bar' or 'lines', got {mode!r}")
-        self._mode, self.file, self.bar = mode, file, None
+        if not every >= 0: raise MlkitError(f"ProgressBar every must be a number of seconds >= 0, got {every!r}")
+        self._mode, self.file, self.bar, self.every = mode, file, None, every
 
     def before_fit(self):
         self.active = is_main_process()
@@ -65,6 +66,7 @@ class ProgressBar(Callback):
     def _print(self, line:str):
         if self.bar is not None: self.bar.write(line)
         else: print(line, file=self.file or sys.stdout, flush=True)
+        self.last_line = time.perf_counter()
 
     def before_train(self):
         if not self.active: return
@@ -75,9 +77,7 @@ class ProgressBar(Callback):
             from tqdm.auto import tqdm
             self.bar = tqdm(total=t.n_batches, initial=self.done, desc=self.desc, unit="batch", leave=False, dynamic_ncols=True)
             self.next_postfix = 0.0
-        else:
-            self.tenth = max(t.n_batches / 10, 1)
-            self.next_mark = (math.floor(self.done / self.tenth) + 1) * self.tenth
+        else: self.last_line = self.epoch_start
 
     def after_batch(self):
         if not self.active or not self.trainer.training: return
@@ -87,9 +87,8 @@ class ProgressBar(Callback):
             if (now := time.monotonic()) >= self.next_postfix:
                 self.bar.set_postfix_str(f"loss {self.trainer.last_loss:.4g}", refresh=False)
                 self.next_postfix = now + 0.5
-        elif self.done >= self.next_mark:
-            while self.next_mark <= self.done: self.next_mark += self.tenth
-            n, elapsed = self.trainer.n_batches, time.perf_counter() - self.epoch_start
+        elif (now := time.perf_counter()) - self.last_line >= self.every:
+            n, elapsed = self.trainer.n_batches, now - self.epoch_start
             self._print(f"{self.desc}  {100 * self.done // n:3d}%  {self.done}/{n} batches  "
                         f"loss {self.trainer.last_loss:.4g}  {elapsed:.1f}s")
 

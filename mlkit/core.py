@@ -14,7 +14,7 @@ from pathlib import Path
 
 # %% auto #0
 __all__ = ['ROOT_MARKERS', 'MAX_SEED', 'TMP_PREFIX', 'MlkitError', 'ProjectNotFoundError', 'project_root', 'runs_dir',
-           'seed_everything', 'atomic_write', 'link_or_copy']
+           'seed_everything', 'last_seed', 'atomic_write', 'link_or_copy']
 
 # %% ../nbs/00_core.ipynb #d446f051
 class MlkitError(Exception):
@@ -50,6 +50,7 @@ def runs_dir(create:bool=False, # Create the folder if it is missing
 
 # %% ../nbs/00_core.ipynb #99e77d82
 MAX_SEED = 2**32 - 1  # numpy's limit
+_last_seed = None  # what seed_everything last used in this process
 
 def seed_everything(seed:int|None=None, # The seed; drawn at random when None
                     deterministic:bool=False, # Also ask torch for deterministic algorithms
@@ -58,7 +59,9 @@ def seed_everything(seed:int|None=None, # The seed; drawn at random when None
     if seed is None: seed = int.from_bytes(os.urandom(4), "little")
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
         raise MlkitError(f"seed must be an integer in [0, {MAX_SEED}], got {seed!r}")
+    global _last_seed
     os.environ["PYTHONHASHSEED"] = os.environ["MLKIT_SEED"] = str(seed)
+    _last_seed = seed
     random.seed(seed)
     try:
         import numpy as np
@@ -73,6 +76,10 @@ def seed_everything(seed:int|None=None, # The seed; drawn at random when None
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
     return seed
+
+def last_seed() -> int|None:
+    "The seed `seed_everything` last used in this process; None when it has not run here."
+    return _last_seed
 
 # %% ../nbs/00_core.ipynb #c232a277
 TMP_PREFIX = ".tmp-"

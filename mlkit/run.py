@@ -499,8 +499,9 @@ def run_notebook(path:str|Path, # The notebook to execute
     kernel = kernel_name()
     from papermill import execute_notebook
     from mlkit.gpu import HELD_ENV
-    from mlkit.track import RUN_DIR_ENV, LocalTracker, write_json_atomic
+    from mlkit.track import RUN_DIR_ENV, LocalTracker, take_seed_mark, write_json_atomic
     tracker = LocalTracker(root, name=name or path.stem, capture=True)
+    print(f"mlkit run: run {tracker.id} ({tracker.name}) in {tracker.path}", file=out or sys.stderr, flush=True)
     saved, injected, env[RUN_DIR_ENV] = tracker.path/"notebook.ipynb", _injected_index(nb, given), str(tracker.path)
     cells, error, log = _CellLog(nb, injected, out or sys.stderr), None, None
     try:
@@ -530,6 +531,7 @@ def run_notebook(path:str|Path, # The notebook to execute
             if isinstance(error, DistributedRunError): error.cell_error = cell_error
         status, message, cell = _outcome(error, cells.current, injected, cell_timeout)
         if cell: tracker.meta["failed_cell"] = cell
+        if (seed := take_seed_mark(tracker.path)) is not None: tracker.meta["seed"] = seed  # the kernel's seed_everything
         if (pruned := _pruned_at(tracker.path)) is not None and status == "finished":
             status, tracker.meta["pruned_at_step"] = "pruned", pruned
         _redact_injected(saved, given)

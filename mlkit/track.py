@@ -20,7 +20,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from .core import TMP_PREFIX, MlkitError, atomic_write, link_or_copy, runs_dir
+from .core import TMP_PREFIX, MlkitError, atomic_write, last_seed, link_or_copy, runs_dir
 from .distributed import dist_env
 from .runmeta import mask, redact, run_metadata, secret_env_values
 from .runs import (ARTIFACTS, META, METRICS, METRICS_HEADER, PARAMS, STATUSES, Run, find_run, flatten, open_run,
@@ -30,8 +30,9 @@ from .events import Callback, CancelFit
 _all_ = ["load_runs"]
 
 # %% auto #0
-__all__ = ['RUN_DIR_ENV', 'Tracker', 'new_run_id', 'write_json_atomic', 'LocalTracker', 'TensorBoardTracker', 'MLflowTracker',
-           'WandbTracker', 'MultiTracker', 'current_run', 'TrackingCallback', 'load_runs']
+__all__ = ['SEED_MARK', 'RUN_DIR_ENV', 'Tracker', 'new_run_id', 'write_json_atomic', 'LocalTracker', 'take_seed_mark',
+           'TensorBoardTracker', 'MLflowTracker', 'WandbTracker', 'MultiTracker', 'current_run', 'TrackingCallback',
+           'load_runs']
 
 # %% ../nbs/10_track.ipynb #f2e5e844
 class Tracker:
@@ -182,6 +183,8 @@ def _csv_name(name) -> str:
 def _now() -> str: return datetime.now(UTC).astimezone().isoformat(timespec="milliseconds")
 
 # %% ../nbs/10_track.ipynb #ba7bc531
+SEED_MARK = ".seed.json"  # left in a run folder by a process attached to it: the seed it gave seed_everything
+
 class LocalTracker(Tracker):
     "A run recorded in a folder under the runs folder: params.json, metrics.csv, meta.json, artifacts/."
     def __init__(self, root:str|Path|None=None, # The runs folder; runs_dir() (runs/ at the project root) when None
@@ -214,8 +217,15 @@ class LocalTracker(Tracker):
         self.meta, self.params, self._secrets = run.meta, run.params, secret_env_values()
         self._file = open(self.path/METRICS, "ab")
         self._step = _last_step(_metrics_up_to(self.path/METRICS, None)) + 1
+        self._note_seed()
         self._start()
         return self
+
+    def _note_seed(self):
+        "Record the seed `seed_everything` last used here: in meta.json (the owner), else in a mark the owner reads."
+        if (seed := last_seed()) is None or seed == self.meta.get("seed"): return
+        self.meta["seed"] = seed
+        write_json_atomic(self.path/(META if self._owner else SEED_MARK), self.meta if self._owner else {"seed": seed})
 
     def _create(self, capture:bool):
         self.id = new_run_id()
@@ -319,6 +329,7 @@ class LocalTracker(Tracker):
             write_json_atomic(self.path/META, self.meta)
         _merge(self.params, new)
         write_json_atomic(self.path/PARAMS, self.params)
+        self._note_seed()  # the Trainer logs its setup as a fit starts: seeded by then
 
     def flush(self, wait:bool=True):
         "Write the buffered metrics to metrics.csv now (always at once: it costs microseconds)."
@@ -348,11 +359,21 @@ class LocalTracker(Tracker):
 
     def _end(self, status:str, error:str|None):
         self._file.close()
+        self._note_seed()
         if not self._owner: return  # the status is the owner's to write
         self.meta.update(status=status, end=_now(), duration_s=round(time.time() - self._t0, 3), error=error)
         write_json_atomic(self.path/META, self.meta)
 
     def __repr__(self): return f"LocalTracker({self.path})"
+
+def take_seed_mark(path:str|Path, # A run folder
+                  ) -> int|None:
+    "The seed a process attached to the run at `path` noted (`SEED_MARK`), or None; the mark is removed."
+    mark = Path(path)/SEED_MARK
+    try: seed = json.loads(mark.read_text()).get("seed")
+    except (OSError, ValueError, AttributeError): return None
+    mark.unlink(missing_ok=True)
+    return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
 
 def _merge(into:dict, new:dict):
     "Merge nested dicts: `new`'s values win, sub-dicts merge."

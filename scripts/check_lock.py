@@ -3,8 +3,9 @@
 Stale means: a requirement of requirements.in that no lock pins, or pins at a version outside its
 bounds; a pin that requirements.txt keeps for a direct dependency requirements.in no longer lists;
 or environment.yml asking for another Python than the lock was compiled with. Wrong means: CUDA runtime
-wheels in requirements.txt or the CPU lock, a CPU lock equal to the CUDA lock, or pip, setuptools or wheel
-pinned in requirements.txt (they belong to the environment, not the project). `make check-lock-full`
+wheels in requirements.txt or the CPU lock, a CPU lock equal to the CUDA lock, or pip or setuptools
+pinned in requirements.txt (they belong to the environment, not the project; wheel is locked there, for pip-tools
+and astunparse), or pip or wheel in a torch lock. `make check-lock-full`
 recompiles the locks to catch what this cannot see (an extra or a marker added, a pin deleted by hand).
 """
 import re
@@ -94,7 +95,8 @@ def problems(root="."):
     if pins(root/"requirements-cpu.txt") == pins(root/"requirements-cuda.txt"):
         yield "requirements-cpu.txt equals requirements-cuda.txt: the CPU lock was resolved as the CUDA build; run 'make lock'"
     for f in ("requirements.txt", *TORCH_LOCKS):
-        allowed = () if f == "requirements.txt" else ("setuptools",)  # torch>=2.9 requires setuptools>=77
+        # wheel is locked with pip-tools and astunparse (wheel<1.0), which need it; torch>=2.9 requires setuptools>=77
+        allowed = ("wheel",) if f == "requirements.txt" else ("setuptools",)
         if own := [n for n in ENVIRONMENT_OWN if n in pins(root/f) and n not in allowed]:
             yield f"{f} pins {', '.join(own)}, which belong to the environment; run 'make lock'"
     if re.search(r"^\s*-\s*pip\s*:", (root/"environment.yml").read_text(), re.M):

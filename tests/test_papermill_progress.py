@@ -20,5 +20,5 @@ def test_progress_under_papermill_is_lines(tmp_path):
     text = "".join(o.text for o in outputs if o.name == "stdout")
     lines = text.splitlines()
     assert "\r" not in text
-    assert len(lines) == 2 * 11, lines  # a line per tenth of each epoch, and a summary per epoch
-    assert lines[0].startswith("epoch 1/2   10%") and "valid_loss" in lines[-1]
+    assert len(lines) == 2, lines  # a summary per epoch (these take well under the 30 s between progress lines)
+    assert lines[0].startswith("epoch 1/2  train_loss") and lines[1].startswith("epoch 2/2") and "valid_loss" in lines[-1]
