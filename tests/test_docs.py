@@ -1,32 +1,60 @@
 """The notebooks read as nbdev documentation: nbdev's title cells, a home page that agrees with the README, notebooks
-that nbdev's processors render with every signature, and a docstring on everything exported."""
+that nbdev's processors render with every signature, and a docstring on everything exported.
+
+The rules a notebook must meet are checked per notebook, each check a test that covers its notebook (its `covers`
+mark): `make test NB=14_metrics` runs every check of this file that `make test` runs on nbs/14_metrics.ipynb."""
 import ast
 import importlib
 import inspect
 import json
 import os
-import pkgutil
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import REPO
 
-import mlkit
+COVERS = ("index",)  # the notebooks these tests cover: `make test NB=...` runs them (and each per-notebook test its own)
 
-COVERS = ("index",)  # the notebooks these tests cover: `make test NB=...` runs them
+NOTEBOOKS = sorted(p.relative_to(REPO/"nbs") for p in (REPO/"nbs").rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
+LIBRARY = [p for p in NOTEBOOKS if p.parent == Path(".") and p.name[:1].isdigit()]  # nbs/[0-9]*.ipynb
 
 
-def test_every_library_notebook_opens_with_an_nbdev_title_and_summary():
-    notebooks = sorted((REPO/"nbs").glob("[0-9]*.ipynb"))
-    assert len(notebooks) >= 14
-    for path in notebooks:
-        first = json.loads(path.read_text())["cells"][0]
-        source = first["source"] if isinstance(first["source"], str) else "".join(first["source"])
-        # "# # core" renders as a heading "# core"; nbdev takes "# core" as the page title and "> ..." as its summary
-        assert first["cell_type"] == "markdown" and re.match(r"# [^#\s][^\n]*\n\n> \S", source), (path.name, source[:60])
+def _key(rel: Path) -> str:
+    "A notebook's name for `make test NB=...` and the covers mark: its path under nbs/ without .ipynb."
+    return rel.with_suffix("").as_posix()
+
+
+def _module(rel: Path) -> str | None:
+    "The module a notebook exports to (its `#| default_exp`), or None."
+    cells = json.loads((REPO/"nbs"/rel).read_text())["cells"]
+    found = [m[1] for c in cells if (m := re.match(r"#\|\s*default_exp\s+(\S+)", "".join(c["source"])))]
+    return found[0] if found else None
+
+
+def per_notebook(notebooks):
+    "One parameter per notebook, each covering its notebook."
+    return [pytest.param(rel, id=_key(rel), marks=pytest.mark.covers(_key(rel))) for rel in notebooks]
+
+
+EXPORTING = [rel for rel in NOTEBOOKS if _module(rel)]
+
+
+def test_the_per_notebook_checks_see_every_notebook():
+    assert len(LIBRARY) >= 15 and len(NOTEBOOKS) >= 17 and len(EXPORTING) >= 15, NOTEBOOKS
+    assert Path("index.ipynb") in NOTEBOOKS and Path("experiments/train_digits.ipynb") in NOTEBOOKS
+
+
+@pytest.mark.parametrize("nb", per_notebook(LIBRARY))
+def test_a_library_notebook_opens_with_an_nbdev_title_and_summary(nb):
+    first = json.loads((REPO/"nbs"/nb).read_text())["cells"][0]
+    source = first["source"] if isinstance(first["source"], str) else "".join(first["source"])
+    # "# # core" renders as a heading "# core"; nbdev takes "# core" as the page title and "> ..." as its summary
+    assert first["cell_type"] == "markdown" and re.match(r"# [^#\s][^\n]*\n\n> \S", source), (
+        f"{nb}: the first cell must be markdown '# title', a blank line, then '> one-line summary'; it is {source[:60]!r}")
 
 
 def _markdown(path):
@@ -58,15 +86,58 @@ def test_the_docs_home_page_and_the_readme_give_the_same_two_commands_and_module
     assert set(re.findall(r"^\| `mlkit\.(\w+)`", table, re.M)) == modules, "the module table lists every module"
 
 
-# What nbdev_docs runs before Quarto: nbdev's processors over every notebook (show_doc cells added and executed, test
-# cells and directives handled), through nbdev's own driver (proc_nbs). A cell mixing imports with other code is a failure:
-# nbdev would execute it to build the docs (its "imports and other code" warning).
+@pytest.mark.parametrize("nb", per_notebook(EXPORTING))
+def test_a_module_is_listed_in_the_readme_and_the_docs_home_page(nb):
+    "README.md's library table and nbs/index.ipynb's (the site's home page) each have a row for the notebook's module."
+    row = f"| `mlkit.{_module(nb)}` (`{_key(nb)}`) |"
+    for where in (REPO/"README.md", REPO/"nbs"/"index.ipynb"):
+        table = _module_table(_markdown(where)) or ""
+        assert any(line.startswith(row) for line in table.splitlines()), (
+            f"{nb}: {where.relative_to(REPO)}'s table under '## The library' has no row '{row} what it gives |'")
+
+
+# What nbdev_docs runs before Quarto: nbdev's processors over each notebook (show_doc cells added and executed, test
+# cells and directives handled), through nbdev's own driver (serve_drv.main, as proc_nbs calls it). A cell mixing imports
+# with other code is a failure: nbdev would execute it to build the docs (its "imports and other code" warning).
+# One process processes all the notebooks the selected tests need (one import of torch and mlkit) and reports per notebook.
 PROC_NBS = """
-import warnings
-warnings.filterwarnings("error", message="Found cells containing imports", category=UserWarning)
-from nbdev.serve import proc_nbs
-proc_nbs(n_workers=0, force=True)  # in this one process: one import of torch and mlkit, not one per worker
+import json, sys, traceback, warnings
+from pathlib import Path
+import nbdev.serve_drv
+from nbdev.processors import FilterDefaults
+report = {}
+for rel in json.loads(sys.argv[1]):
+    src, dst = Path("nbs")/rel, Path("_proc")/rel
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try: nbdev.serve_drv.main((src, dst, FilterDefaults)); error = None
+        except BaseException: error = traceback.format_exc()[-3000:]
+    mixed = [str(w.message) for w in caught if "Found cells containing imports" in str(w.message)]
+    report[rel] = {"error": error, "mixed": mixed}
+Path("report.json").write_text(json.dumps(report))
 """
+
+
+@pytest.fixture(scope="session")
+def processed(request, tmp_path_factory):
+    "The folder holding _proc/ and report.json: the notebooks the selected processor tests need, processed once."
+    wanted = sorted({str(item.callspec.params["nb"]) for item in request.session.items
+                     if getattr(item, "originalname", "") == "test_nbdev_s_processors_render_the_notebook_and_its_signatures"})
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"): base = base.parent  # one for all the workers of this run
+    folder = base/"nbdev-processed"
+    from filelock import FileLock
+    with FileLock(str(base/"nbdev-processed.lock")):
+        if not (folder/"report.json").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            shutil.copy2(REPO/"settings.ini", folder)
+            shutil.copytree(REPO/"nbs", folder/"nbs", ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+            r = subprocess.run([sys.executable, "-c", PROC_NBS, json.dumps(wanted)], cwd=folder, capture_output=True,
+                               text=True, timeout=600)
+            assert r.returncode == 0, r.stderr[-3000:]
+    return folder
 
 
 def _signature_block(cell):
@@ -75,38 +146,30 @@ def _signature_block(cell):
     return m and m.group(1)
 
 
-def test_nbdev_s_processors_handle_every_notebook_and_every_show_doc_renders_its_signature(tmp_path):
-    shutil.copy2(REPO/"settings.ini", tmp_path)
-    shutil.copytree(REPO/"nbs", tmp_path/"nbs", ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
-    r = subprocess.run([sys.executable, "-c", PROC_NBS], cwd=tmp_path, capture_output=True, text=True, timeout=600,
-                       env={**os.environ, "PYTHONWARNINGS": "error:Found cells containing imports:UserWarning"})
-    assert r.returncode == 0, r.stderr[-3000:]
-    sources = sorted((REPO/"nbs").rglob("*.ipynb"))
-    assert len(sources) >= 16
-    checked = 0
-    for src in sources:
-        done = tmp_path/"_proc"/src.relative_to(REPO/"nbs")
-        assert done.exists(), f"{src.name} was not processed"
-        exp = [m.group(1) for c in json.loads(src.read_text())["cells"]
-               if (m := re.match(r"#\| default_exp (\S+)", "".join(c["source"])))]
-        scope = vars(importlib.import_module(f"mlkit.{exp[0]}")) if exp else {}
-        for cell in json.loads(done.read_text())["cells"]:
-            source = "".join(cell["source"])
-            if cell["cell_type"] != "code" or "show_doc(" not in source: continue
-            call = next(n for n in ast.walk(ast.parse(source))
-                        if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "show_doc")
-            name = ast.unparse(call.args[0])
-            obj = eval(name, dict(scope))
-            shown = _signature_block(cell)
-            assert shown, f"{src.name}: show_doc({name}) rendered no signature"
-            params = [p for p in inspect.signature(obj).parameters.values() if p.name not in ("self", "cls")]
-            # `(*args, **kwargs)` with no annotation tells the reader nothing (an exception class without __init__)
-            told = [p for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.annotation is not p.empty]
-            assert told or not params, f"{src.name}: show_doc({name}) renders only *args, **kwargs: {shown!r}"
-            missing = [p.name for p in params if not re.search(rf"\b{p.name}\b", shown)]
-            assert not missing, f"{src.name}: show_doc({name}) renders {shown!r}, without {missing}"
-            checked += 1
-    assert checked >= 100, checked
+@pytest.mark.parametrize("nb", per_notebook(NOTEBOOKS))
+def test_nbdev_s_processors_render_the_notebook_and_its_signatures(nb, processed):
+    "nbdev's processors run the notebook without error and without a cell mixing imports with other code; every show_doc renders its signature."
+    report = json.loads((processed/"report.json").read_text())[str(nb)]
+    assert report["error"] is None, f"{nb}: nbdev's processors failed:\n{report['error']}"
+    assert not report["mixed"], f"{nb}: a cell mixes imports with other code; put the imports in a cell of their own: {report['mixed'][0]}"
+    done = processed/"_proc"/nb
+    assert done.exists(), f"{nb} was not processed"
+    module = _module(nb)
+    scope = vars(importlib.import_module(f"mlkit.{module}")) if module else {}
+    for cell in json.loads(done.read_text())["cells"]:
+        source = "".join(cell["source"])
+        if cell["cell_type"] != "code" or "show_doc(" not in source: continue
+        call = next(n for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "show_doc")
+        name = ast.unparse(call.args[0])
+        obj = eval(name, dict(scope))
+        shown = _signature_block(cell)
+        assert shown, f"{nb}: show_doc({name}) rendered no signature"
+        params = [p for p in inspect.signature(obj).parameters.values() if p.name not in ("self", "cls")]
+        # `(*args, **kwargs)` with no annotation tells the reader nothing (an exception class without __init__)
+        told = [p for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.annotation is not p.empty]
+        assert told or not params, f"{nb}: show_doc({name}) renders only *args, **kwargs: {shown!r}"
+        missing = [p.name for p in params if not re.search(rf"\b{p.name}\b", shown)]
+        assert not missing, f"{nb}: show_doc({name}) renders {shown!r}, without {missing}"
 
 
 def _own_doc(obj):
@@ -115,15 +178,13 @@ def _own_doc(obj):
     return None if not doc or (inspect.isclass(obj) and doc.startswith(f"{obj.__name__}(")) else doc
 
 
-def test_every_exported_function_and_class_has_a_docstring():
-    undocumented = []
-    for info in pkgutil.iter_modules(mlkit.__path__):
-        module = importlib.import_module(f"mlkit.{info.name}")
-        for name in getattr(module, "__all__", []):
-            obj = getattr(module, name)
-            if (inspect.isclass(obj) or inspect.isfunction(obj)) and obj.__module__ == module.__name__ and not _own_doc(obj):
-                undocumented.append(f"mlkit.{info.name}.{name}")
-    assert undocumented == [], undocumented
+@pytest.mark.parametrize("nb", per_notebook(EXPORTING))
+def test_every_exported_function_and_class_has_a_docstring(nb):
+    module = importlib.import_module(f"mlkit.{_module(nb)}")
+    undocumented = [f"{module.__name__}.{name}" for name in getattr(module, "__all__", [])
+                    if (inspect.isclass(obj := getattr(module, name)) or inspect.isfunction(obj))
+                    and obj.__module__ == module.__name__ and not _own_doc(obj)]
+    assert undocumented == [], f"{nb}: give these a one-line docstring: {', '.join(undocumented)}"
 
 
 def test_make_docs_without_quarto_says_so_in_one_line_and_builds_nothing(repo_copy, tmp_path):
