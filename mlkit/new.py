@@ -281,13 +281,14 @@ def _finish(dest:Path, lib:str, ref:str, author:str, email:str, git:bool, lock:b
     except MlkitError as e: raise MlkitError(f"made {dest}, but {e}; finish by hand there (make export, git commit)") from None
 
 def _filter_config(dest:Path) -> list[str]:
-    "git options that run the project's own notebook filter (nbstripout with its Makefile's STRIP) for one command; [] without nbstripout."
+    "git options that run the project's own notebook filter (nbstripout, its Makefile's STRIP) once; [] without nbstripout."
     if importlib.util.find_spec("nbstripout") is None or not shutil.which("make"): return []
     r = subprocess.run(["make", "-s", "--no-print-directory", "--eval", "mlkit-new-strip: ; @echo $(STRIP)", "mlkit-new-strip",
                         "NO_INSTALL=1"], cwd=dest, capture_output=True, text=True)
     if r.returncode != 0: return []
     clean = f'"{sys.executable}" -m nbstripout {r.stdout.strip()}'
-    return ["-c", f"filter.nbstripout.clean={clean}", "-c", "filter.nbstripout.smudge=cat", "-c", "filter.nbstripout.required=true"]
+    return ["-c", f"filter.nbstripout.clean={clean}", "-c", "filter.nbstripout.smudge=cat",
+            "-c", "filter.nbstripout.required=true"]
 
 def _finish_steps(dest:Path, lib:str, ref:str, author:str, email:str, git:bool, lock:bool, out, only:list|None):
     if importlib.util.find_spec("nbdev") is not None:
@@ -359,7 +360,7 @@ def derive_locks(locks:dict[str, str], # mlkit's locks: file name -> text
                  requirements_in:str, # the project's requirements.in
                  mlkit_requires:list[str], # mlkit's own runtime requirements (its package metadata's, without extras)
                 ) -> dict[str, str]:
-    "A project's locks taken from mlkit's: the dependency closure of its requirements.in (uv's `# via` lines), annotated as uv would."
+    "A project's locks from mlkit's: what its requirements.in reaches by uv's `# via` lines, annotated as uv would."
     direct, mine = _direct_names(requirements_in) - {"mlkit"}, _direct_names("\n".join(mlkit_requires)) - {"torch"}
     header, entries, footer = _lock_entries(locks["requirements.txt"])
     children = {}

@@ -148,10 +148,11 @@ def _signature_block(cell):
 
 @pytest.mark.parametrize("nb", per_notebook(NOTEBOOKS))
 def test_nbdev_s_processors_render_the_notebook_and_its_signatures(nb, processed):
-    "nbdev's processors run the notebook without error and without a cell mixing imports with other code; every show_doc renders its signature."
+    "nbdev's processors run the notebook, no cell mixes imports with other code, every show_doc renders its signature."
     report = json.loads((processed/"report.json").read_text())[str(nb)]
     assert report["error"] is None, f"{nb}: nbdev's processors failed:\n{report['error']}"
-    assert not report["mixed"], f"{nb}: a cell mixes imports with other code; put the imports in a cell of their own: {report['mixed'][0]}"
+    assert not report["mixed"], (f"{nb}: a cell mixes imports with other code (nbdev runs it to build the docs); put the "
+                                 f"imports in a cell of their own: {report['mixed'][0]}")
     done = processed/"_proc"/nb
     assert done.exists(), f"{nb} was not processed"
     module = _module(nb)
@@ -217,3 +218,60 @@ def test_the_docs_workflow_builds_with_make_docs_and_deploys_the_doc_path():
     assert upload["with"]["path"] == doc_path
     assert workflow["jobs"]["deploy"]["steps"][0]["uses"].startswith("actions/deploy-pages")
     assert workflow["permissions"] == {"contents": "read", "pages": "write", "id-token": "write"}
+
+
+def _library_notebook(module, title=True, docstring=True, mixed=False):
+    "A small library notebook exporting `module`, obeying every rule but the ones asked to break."
+    def cell(kind, source):
+        c = {"cell_type": kind, "id": f"{abs(hash((module, source))) % 16**8:08x}", "metadata": {}, "source": source}
+        return c | ({"execution_count": None, "outputs": []} if kind == "code" else {})
+    doc = '    "The mean of `xs`."\n' if docstring else ""
+    cells = [cell("markdown", f"# {module}\n\n> Means." if title else f"{module}: means"),
+             cell("code", f"#| default_exp {module}"), cell("code", "#| export\nimport statistics"),
+             cell("code", f"#| export\ndef mean(xs:list, # numbers\n        ) -> float:\n{doc}    return statistics.mean(xs)"),
+             cell("code", "import math\nx = mean([1, 3])\nassert x == math.floor(2.5)" if mixed else "assert mean([1, 3]) == 2")]
+    return {"cells": cells, "metadata": {"kernelspec": {"display_name": "Python (mlkit)", "language": "python", "name": "mlkit"}},
+            "nbformat": 4, "nbformat_minor": 5}
+
+
+def _add_notebook(repo, stem, module, listed=True, **broken):
+    (repo/"nbs"/f"{stem}.ipynb").write_text(json.dumps(_library_notebook(module, **broken), indent=1) + "\n")
+    if not listed: return
+    row = f"| `mlkit.{module}` (`{stem}`) | means |"
+    anchor = "| `mlkit.new` (`13_new`) |"
+    readme = (repo/"README.md").read_text()
+    (repo/"README.md").write_text(re.sub(rf"^({re.escape(anchor)}.*)$", lambda m: m[1] + "\n" + row, readme, count=1, flags=re.M))
+    index = json.loads((repo/"nbs"/"index.ipynb").read_text())
+    for c in index["cells"]:
+        i = next((i for i, line in enumerate(c["source"]) if line.startswith(anchor)), None)
+        if i is not None: c["source"].insert(i + 1, row + "\n")
+    (repo/"nbs"/"index.ipynb").write_text(json.dumps(index, indent=1, ensure_ascii=False) + "\n")
+
+
+@pytest.mark.slow  # about 30 s: nbdev_test, two pytest runs and one make test in a copy
+def test_make_test_nb_runs_every_docs_rule_on_that_notebook(repo_copy):
+    "A new notebook that passes `make test NB=X` meets the rules `make test` checks; each broken rule fails `make test NB=X`."
+    from conftest import make
+    _add_notebook(repo_copy, "15_means", "means")
+    _add_notebook(repo_copy, "16_untitled", "untitled", title=False)
+    _add_notebook(repo_copy, "17_docless", "docless", docstring=False)
+    _add_notebook(repo_copy, "18_mixed", "mixed", mixed=True)
+    _add_notebook(repo_copy, "19_unlisted", "unlisted", listed=False)
+    env = {**os.environ, "PYTHONPATH": str(repo_copy)}  # the copy's mlkit (with its new modules), not this checkout's
+    subprocess.run([str(Path(sys.executable).parent/"nbdev_export")], cwd=repo_copy, check=True, env=env)
+    ok = subprocess.run(["make", "--no-print-directory", "test", "NB=15_means", "NO_INSTALL=1", f"ENV={sys.prefix}"],
+                        cwd=repo_copy, capture_output=True, text=True, timeout=300, env=env)
+    assert ok.returncode == 0 and "4 passed" in ok.stdout, ok.stdout[-3000:] + ok.stderr[-3000:]
+    broken = {"16_untitled": ("test_a_library_notebook_opens_with_an_nbdev_title_and_summary", "'# title'"),
+              "17_docless": ("test_every_exported_function_and_class_has_a_docstring", "mlkit.docless.mean"),
+              "18_mixed": ("test_nbdev_s_processors_render_the_notebook_and_its_signatures", "mixes imports"),
+              "19_unlisted": ("test_a_module_is_listed_in_the_readme_and_the_docs_home_page", "has no row")}
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rf", "tests/test_docs.py",
+                        *[a for nb in broken for a in ("--nb", nb)]], cwd=repo_copy, capture_output=True, text=True,
+                       timeout=300, env=env)
+    failed = [ln for ln in r.stdout.splitlines() if ln.startswith("FAILED")]
+    assert len(failed) == 4, r.stdout[-3000:]
+    for nb, (test, message) in broken.items():
+        assert any(f"{test}[{nb}]" in ln for ln in failed) and f"{nb}.ipynb: " in r.stdout and message in r.stdout, (nb, failed)
+    mixed = make("test", "NB=18_mixed", cwd=repo_copy)  # and through make, as a user runs it
+    assert mixed.returncode != 0 and "mixes imports" in mixed.stdout, mixed.stdout[-2000:]
