@@ -5,6 +5,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -248,8 +249,18 @@ def test_a_new_project_passes_its_own_tests_checks_exports_and_trains(tmp_path):
     assert "plugins:" in t.stdout and "mlkit-" in t.stdout, t.stdout[-3000:]
     lock = (dest/"requirements.txt").read_text()  # resolved by make lock (PyPI) in mlkit new
     assert not _lock_names(lock) & set(INTEGRATIONS) and "never" not in lock, lock
+    status = lambda: subprocess.run(["git", "status", "--porcelain"], cwd=dest, capture_output=True, text=True).stdout  # noqa: E731
+    time.sleep(1.1)  # a later mtime than the index's: git runs the filter on each touched notebook (not a timed assert)
+    for nb in (dest/"nbs").rglob("*.ipynb"): nb.touch()
+    assert status() == ""  # each notebook is committed as the project's filter writes it
     _save_like_jupyterlab(dest/"nbs"/"index.ipynb", "digits_lab")
-    assert subprocess.run(["git", "status", "--porcelain"], cwd=dest, capture_output=True, text=True).stdout == ""
+    # git reports a file whose size changed as modified without running the filter, until git add re-reads it
+    assert subprocess.run(["git", "diff", "--exit-code"], cwd=dest, capture_output=True, text=True).returncode == 0
+    subprocess.run(["git", "add", "nbs/index.ipynb"], cwd=dest, check=True)
+    assert status() == ""  # nothing to commit: Lab's metadata, kernelspec, outputs and counts all filtered
+    nb_text = (dest/"nbs"/"index.ipynb").read_text()
+    subprocess.run(["git", "checkout", "--", "nbs/index.ipynb"], cwd=dest, check=True)  # make check below: a clean tree
+    assert nb_text != (dest/"nbs"/"index.ipynb").read_text()  # (the save did change the file)
     lt = _make(dest, "check-lock-targets")  # also where PyTorch's CPU index is out of reach (its fallback)
     assert lt.returncode == 0, lt.stdout[-3000:] + lt.stderr[-3000:]
     c = _make(dest, "check")
