@@ -149,6 +149,24 @@ UV_COMPILE = env $(addprefix -u ,$(filter UV_%,$(.VARIABLES))) $(BIN)/uv pip com
   --default-index https://pypi.org/simple --python-version $(LOCK_PYTHON) \
   --custom-compile-command "make lock  (uv, PyPI alone, Python $(LOCK_PYTHON))" $(UV_ARGS)
 
+# What the override below leaves in requirements.txt: torch and the packages only it needs, each marked
+# `; sys_platform == 'never'` (inert), and `torch` in the `# via` lines of packages others need too. All removed.
+define TIDY_LOCK
+import re, sys
+path = sys.argv[1]
+head, *blocks = re.split(r"(?m)^(?=[A-Za-z0-9])", open(path).read())
+blocks[-1], _, foot = blocks[-1].partition("\n\n")
+entries = [(b.splitlines()[0], re.findall(r"(?m)^\s+#\s+(?:via )?(\S.*)$$", b)) for b in blocks]
+kept = [(line, via) for line, via in entries if not re.search(r"\bsys_platform == 'never'", line)]
+alive = {re.split(r"[\s=;@\[]", line)[0].lower() for line, _ in kept}
+out = [head.rstrip("\n")] if head.strip() else []
+for line, via in kept:
+    via = [v for v in via if v != "via" and ((v.startswith("-") and not v.startswith("--override")) or v.lower() in alive or v in ("pip", "setuptools", "wheel"))]
+    out += [line] + ([f"    # via {via[0]}"] if len(via) == 1 else ["    # via", *(f"    #   {v}" for v in via)] if via else [])
+open(path, "w").write("\n".join(out) + "\n" + ("\n" + foot if foot else ""))
+endef
+export TIDY_LOCK
+
 lock: $(INSTALLED) ## Recompile requirements*.txt from requirements.in (PyPI alone, for Python 3.11), keeping pins
 	@mkdir -p build
 	grep -vE '^torch[=<>~!]' requirements.in > build/requirements.in
@@ -158,6 +176,7 @@ lock: $(INSTALLED) ## Recompile requirements*.txt from requirements.in (PyPI alo
 	$(UV_COMPILE) --universal --no-emit-package pip --no-emit-package setuptools \
 	  --override build/no-torch.txt -o requirements.txt build/requirements.in
 	sed -i.bak 's|-r build/requirements.in|-r requirements.in|' requirements.txt && rm -f requirements.txt.bak
+	$(PY) -c "$$TIDY_LOCK" requirements.txt
 	echo "$(TORCH_PIN)" > build/torch.in
 	MACOSX_DEPLOYMENT_TARGET=14.0 $(UV_COMPILE) --python-platform aarch64-apple-darwin -c requirements.txt \
 	  -o requirements-cpu.txt build/torch.in

@@ -39,6 +39,8 @@ setuptools.setup(
     entry_points={
         "console_scripts": cfg.get("console_scripts", "").split(),
         "nbdev": [f"{cfg['lib_name']}={cfg['lib_name']}._modidx:d"],
+        # settings.ini's `pytest_plugins` (mlkit's: `make test NB=...`'s --nb option, in every project that installs mlkit)
+        "pytest11": cfg.get("pytest_plugins", "").split(),
     },
     zip_safe=False,
 )

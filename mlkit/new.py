@@ -18,8 +18,8 @@ from pathlib import Path
 from .core import MlkitError
 
 # %% auto #0
-__all__ = ['TEMPLATES', 'SHARED', 'ONLY_NEW', 'LOCKS', 'GIT_FILES', 'suggest_name', 'check_name', 'mlkit_reference',
-           'new_project']
+__all__ = ['TEMPLATES', 'SHARED', 'ONLY_NEW', 'LOCKS', 'GIT_FILES', 'ENVIRONMENT_OWN', 'suggest_name', 'check_name',
+           'mlkit_reference', 'new_project', 'derive_locks']
 
 # %% ../nbs/13_new.ipynb #f18c0bcf
 import mlkit
@@ -127,6 +127,20 @@ def _with_reference(text:str, ref:str, lock:bool) -> str:
             return "".join(lines[:i] + entry + lines[i:])
     return "".join(lines + entry)
 
+def _requirement_values() -> dict:
+    "The template requirements.in's values: mlkit's torch pin (its CPU lock's), mlkit's version, mlkit's extras."
+    from importlib.metadata import PackageNotFoundError, requires
+    torch = re.search(r"^torch==[^\s;]+", (SHARED/"requirements-cpu.txt").read_text(), re.M)
+    try: reqs = requires("mlkit") or []
+    except PackageNotFoundError: reqs = []
+    extras = {}
+    for r in reqs:
+        m = re.match(r"^(.*?)\s*;\s*extra\s*==\s*['\"]([^'\"]+)['\"]$", r)
+        if m and m[2] != "dev": extras.setdefault(m[2], []).append(m[1])  # dev: the project lists its own tools
+    lines = [f"#   mlkit[{name}]: {' '.join(reqs)}" for name, reqs in sorted(extras.items())]
+    return {"torch_pin": torch[0] if torch else "torch", "mlkit_version": mlkit.__version__,
+            "extras": "\n".join(lines) or "#   (none)"}
+
 def _render(path:Path, values:dict) -> str:
     "A template of `ONLY_NEW`, its $names filled in (with % doubled in settings.ini, which ConfigParser interpolates)."
     if path.name == "settings.ini": values = {k: str(v).replace("%", "%%") for k, v in values.items()}
@@ -148,16 +162,29 @@ def _check_force(dest:Path, lib:str):
                 raise MlkitError(f"{there} is in the way of the template's {rel} (a {'folder' if there.is_dir() else 'file'}"
                                  "); move it, or choose another folder")
 
+def _mlkit_requires() -> list[str]:
+    "mlkit's own runtime requirements (its package metadata's, without the extras)."
+    from importlib.metadata import PackageNotFoundError, requires
+    try: reqs = requires("mlkit") or []
+    except PackageNotFoundError: reqs = []
+    return [r for r in reqs if "extra ==" not in r]
+
+def _write_locks(dest:Path, ref:str):
+    "The project's locks, from mlkit's: what its requirements.in reaches, with mlkit's direct reference."
+    locks = derive_locks({f: (SHARED/f).read_text() for f in LOCKS}, (dest/"requirements.in").read_text(), _mlkit_requires())
+    locks["requirements.txt"] = _with_reference(locks["requirements.txt"], ref, lock=True)
+    for f, text in locks.items(): (dest/f).write_text(text)
+
 def _write_tree(dest:Path, lib:str, values:dict, ref:str):
     "Write the new project's files into `dest` (a new, empty folder)."
     subs = _substitutions(lib)
     for rel in _shared_files():
         text = (SHARED/rel).read_bytes()
         name = str(_project_path(rel))
-        if name in subs or name in ("requirements.in", "requirements.txt"):
+        if name in LOCKS: continue  # written below, from mlkit's
+        if name in subs:
             text = text.decode()
-            for old, new in subs.get(name, []): text = text.replace(old, new)
-            if name.startswith("requirements"): text = _with_reference(text, ref, lock=name == "requirements.txt")
+            for old, new in subs[name]: text = text.replace(old, new)
             text = text.encode()
         out = dest/_project_path(rel)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -168,7 +195,9 @@ def _write_tree(dest:Path, lib:str, values:dict, ref:str):
         rel = src.relative_to(ONLY_NEW)
         out = dest/str(rel).removesuffix(".tmpl")
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(_render(src, values))
+        text = _render(src, values)
+        out.write_text(_with_reference(text, ref, lock=False) if rel.name == "requirements.in.tmpl" else text)
+    _write_locks(dest, ref)
     (dest/"bench").mkdir(exist_ok=True)
     (dest/"bench"/"README.md").write_text("Benchmarks (`make bench` runs each `*.py` here): a baseline and the code under test, "
                                          "interleaved in one run, printing medians and their ratio.\n")
@@ -218,7 +247,7 @@ def new_project(path:str|Path, # The project's folder: new, or empty (or anythin
     values = {"name": lib, "author": author, "email": email, "description": " ".join(description.split()),
               "user": re.sub(r"[^a-z0-9-]", "", author.lower().replace(" ", "-")) or "you",
               "year": datetime.date.today().year, "mlkit_requirement": ref.replace(" ", ""),
-              "mlkit_home": "https://github.com/mlkit/mlkit"}
+              "mlkit_home": "https://github.com/mlkit/mlkit", **_requirement_values()}
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.mlkit-new-", dir=dest.parent))
     umask = os.umask(0); os.umask(umask)
@@ -250,6 +279,14 @@ def _finish(dest:Path, lib:str, ref:str, author:str, email:str, git:bool, lock:b
     try: _finish_steps(dest, lib, ref, author, email, git, lock, out, only)
     except MlkitError as e: raise MlkitError(f"made {dest}, but {e}; finish by hand there (make export, git commit)") from None
 
+def _filter_config(dest:Path) -> list[str]:
+    "git options that run the project's own notebook filter (its scripts/check_notebooks.py) once; [] without it."
+    script = dest/"scripts"/"check_notebooks.py"
+    if not script.is_file(): return []
+    clean = f'"{sys.executable}" "{script}" clean'
+    return ["-c", f"filter.nbstripout.clean={clean}", "-c", "filter.nbstripout.smudge=cat",
+            "-c", "filter.nbstripout.required=true"]
+
 def _finish_steps(dest:Path, lib:str, ref:str, author:str, email:str, git:bool, lock:bool, out, only:list|None):
     if importlib.util.find_spec("nbdev") is not None:
         _run([str(Path(sys.executable).parent/"nbdev_export")], dest, "nbdev_export")
@@ -266,9 +303,78 @@ def _finish_steps(dest:Path, lib:str, ref:str, author:str, email:str, git:bool, 
                   "run 'make lock' when PyPI can be reached", file=out)
     if git and shutil.which("git"):
         _run(["git", "init", "-q", "-b", "main"], dest, "git init")
-        _run(["git", "add", "-A"] if only is None else ["git", "add", "--", *only, lib], dest, "git add")
+        strip = _filter_config(dest)
+        _run(["git", *strip, "add", *(["-A"] if only is None else ["--", *only, lib])], dest, "git add")
+        notebooks = _run(["git", "ls-files", "--", "*.ipynb"], dest, "git ls-files").stdout.split()
+        if strip and notebooks:  # the working tree as committed: clean before `make install` sets the filter up
+            _run(["git", *strip, "checkout-index", "-f", "--", *notebooks], dest, "git checkout-index")
         _run(["git", "-c", f"user.name={author}", "-c", f"user.email={email}", "-c", "commit.gpgsign=false", "commit", "-q",
               "-m", f"New project from mlkit ({ref})"], dest, "git commit")
     elif git: print("mlkit new: git is not installed; no repository made", file=out)
     print(f"mlkit new: made {dest}\n  cd {dest}\n  make test     # the environment, then the notebook tests and pytest\n"
           "  make train    # the experiment notebook, as a tracked run", file=out)
+
+# %% ../nbs/13_new.ipynb #5f621f5b
+ENVIRONMENT_OWN = {"pip", "setuptools"}  # not emitted into requirements.txt, but named in its `# via` lines
+
+def _canonical(name:str) -> str:
+    "A package name as uv writes it in `# via` lines (PEP 503): lower case, runs of -_. as one -."
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+# %% ../nbs/13_new.ipynb #502c85ab
+def _lock_entries(text:str) -> tuple[list[str], list[dict]]:
+    "A uv lock's header lines, its entries (each {'line', 'name': canonical, 'via': [...]}) and its footer lines."
+    header, entries, footer = [], [], []
+    for line in text.splitlines():
+        if footer or (entries and not line.strip()): footer.append(line)  # "# The following packages were excluded ..."
+        elif re.match(r"^[A-Za-z0-9]", line):
+            name = re.split(r"[\s=<>!~;@\[]", line, maxsplit=1)[0]
+            entries.append({"line": line, "name": _canonical(name), "via": []})
+        elif entries and (m := re.match(r"^\s+#\s+(?:via\s+)?(\S.*)$", line)) and m[1] != "via": entries[-1]["via"].append(m[1])
+        elif not entries: header.append(line)
+    return header, entries, footer
+
+def _write_lock(header:list[str], entries:list[dict], footer:list[str]) -> str:
+    "A lock's text as uv writes it: each entry, then `# via X` (one source) or `# via` and one source a line."
+    out = list(header)
+    for e in entries:
+        out.append(e["line"])
+        if len(e["via"]) == 1: out.append(f"    # via {e['via'][0]}")
+        elif e["via"]: out += ["    # via", *(f"    #   {v}" for v in e["via"])]
+    return "\n".join(out + footer) + "\n"
+
+# %% ../nbs/13_new.ipynb #5e5c3dba
+def _direct_names(requirements_in:str) -> set[str]:
+    "The canonical names of the requirements a requirements.in lists."
+    return {_canonical(re.split(r"[\s=<>!~;@\[]", ln.strip(), maxsplit=1)[0]) for ln in requirements_in.splitlines()
+            if ln.strip() and not ln.lstrip().startswith(("#", "-"))}
+
+def _sorted_via(via:list[str]) -> list[str]:
+    "uv's order: requirement files first (-c, then -r), then the packages by name."
+    return sorted(via, key=lambda v: (0, v) if v.startswith("-") else (1, v))
+
+def derive_locks(locks:dict[str, str], # mlkit's locks: file name -> text
+                 requirements_in:str, # the project's requirements.in
+                 mlkit_requires:list[str], # mlkit's own runtime requirements (its package metadata's, without extras)
+                ) -> dict[str, str]:
+    "A project's locks from mlkit's: what its requirements.in reaches by uv's `# via` lines, annotated as uv would."
+    direct, mine = _direct_names(requirements_in) - {"mlkit"}, _direct_names("\n".join(mlkit_requires)) - {"torch"}
+    header, entries, footer = _lock_entries(locks["requirements.txt"])
+    children = {}
+    for e in entries:
+        for v in e["via"]: children.setdefault(_canonical(v), set()).add(e["name"])
+    kept, todo = set(), [*(direct - {"torch"}), *mine]
+    while todo:
+        name = todo.pop()
+        if name not in kept: kept.add(name); todo += children.get(name, ())
+    def via(e, sources, names):
+        keep = [v for v in e["via"] if v in sources or (not v.startswith("-") and _canonical(v) in names | ENVIRONMENT_OWN)]
+        return _sorted_via(keep + ["mlkit"] * (names is kept and e["name"] in mine))
+    out = {"requirements.txt": _write_lock(header, [{**e, "via": via(e, ["-r requirements.in"] * (e["name"] in direct), kept)}
+                                                     for e in entries if e["name"] in kept], footer)}
+    for f in [f for f in locks if f != "requirements.txt"]:  # the torch locks: all kept, constrained by the new requirements.txt
+        header, entries, footer = _lock_entries(locks[f])
+        names = {e["name"] for e in entries}
+        out[f] = _write_lock(header, [{**e, "via": via(e, ["-r requirements.in"] + ["-c requirements.txt"] * (e["name"] in kept),
+                                                       names)} for e in entries], footer)
+    return out

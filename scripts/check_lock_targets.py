@@ -40,14 +40,17 @@ def applies(req: Requirement, env: dict, python: str) -> bool:
 
 
 def resolve(uv: str, locks: dict[str, str], platform: str, index: str | None, extra_env: dict,
-            python: str) -> tuple[int, str, str]:
+            python: str, without_torch: bool = False) -> tuple[int, str, str]:
     "(status, uv's error, resolved lock text) of resolving the lock texts `locks` for `platform`, wheels only."
     with tempfile.TemporaryDirectory() as tmp:
         for name, text in locks.items(): (Path(tmp)/name).write_text(text)
+        # torch left out altogether, also where a requirement depends on it (mlkit, in a project made by mlkit new)
+        overrides = ["--override", str(Path(tmp)/"no-torch.txt")] if without_torch else []
+        if without_torch: (Path(tmp)/"no-torch.txt").write_text('torch ; sys_platform == "never"\n')
         out = Path(tmp)/"resolved.txt"
         cmd = [uv, "pip", "compile", "--no-config", "--quiet", "--default-index", "https://pypi.org/simple",
                "--python-version", python, "--python-platform", platform, "--only-binary", ":all:", "--no-header",
-               "--no-annotate", *locks, "-o", str(out)]
+               "--no-annotate", *overrides, *locks, "-o", str(out)]
         # PyTorch's index holds some of torch's dependencies too, at other versions: take each from wherever it is
         if index: cmd += ["--extra-index-url", index, "--index-strategy", "unsafe-best-match"]
         env = {k: v for k, v in os.environ.items() if not k.startswith("UV_")} | extra_env  # PyPI alone, as make lock
@@ -65,9 +68,10 @@ def check(name: str, root: Path, uv: str, python: str) -> list[str]:
     locks, note = {f: (root/f).read_text() for f in ("requirements.txt", torch_lock)}, ""
     rc, err, resolved = resolve(uv, locks, platform, index, extra_env, python)
     if rc != 0 and index and unreachable(err):
-        # PyTorch's CPU index out of reach (a machine that sees PyPI only): check all but torch's own wheel
+        # PyTorch's CPU index out of reach (a machine that sees PyPI only): check all but torch's own wheel. Left out by
+        # an override, not by dropping its pin: a requirement that depends on torch would pull PyPI's (CUDA) build.
         locks[torch_lock] = "\n".join(ln for ln in locks[torch_lock].splitlines() if not ln.startswith("torch=="))
-        rc, err, resolved = resolve(uv, locks, platform, None, extra_env, python)
+        rc, err, resolved = resolve(uv, locks, platform, None, extra_env, python, without_torch=True)
         note = f" (torch's own CPU wheel not checked: {index} is out of reach)"
     if rc != 0:
         lines = [ln.strip() for ln in err.splitlines()]

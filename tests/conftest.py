@@ -116,45 +116,5 @@ def run_job(script, *args, timeout=300):
         return subprocess.CompletedProcess([sys.executable, *argv], p.exitcode, out.read_text(), err.read_text())
 
 
-# --- make test NB=05_train: one notebook's pytest files ---------------------------------------------------------------
-def pytest_addoption(parser):
-    parser.addoption("--nb", action="append", default=[], metavar="NOTEBOOK",
-                     help="only the tests that cover this notebook (05_train, nbs/05_train.ipynb): their file's COVERS "
-                          "or their own @pytest.mark.covers names it")
-
-
-def _notebook_key(name: str) -> str:
-    "nbs/05_train.ipynb, ./nbs/05_train.ipynb, /abs/path/nbs/05_train.ipynb, 05_train.ipynb and 05_train: 05_train."
-    parts = Path(name.removesuffix(".ipynb")).parts
-    if "nbs" in parts: parts = parts[len(parts) - parts[::-1].index("nbs"):]  # what follows the last nbs/
-    return Path(*parts).as_posix()
-
-
-def _wanted(config) -> set[str]:
-    "The notebooks --nb names, as _notebook_key gives them (empty: no selection)."
-    return {_notebook_key(n) for n in config.getoption("--nb")}
-
-
-def pytest_ignore_collect(collection_path, config):
-    "With --nb, a test file that names none of the notebooks (in COVERS or a covers mark) is not even imported."
-    import ast
-    wanted = _wanted(config)
-    if not wanted or not collection_path.name.startswith("test_") or collection_path.suffix != ".py": return None
-    named = set()
-    for node in ast.walk(ast.parse(collection_path.read_text())):
-        if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == ["COVERS"]:
-            named |= set(ast.literal_eval(node.value))
-        elif isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "covers":
-            named |= {ast.literal_eval(a) for a in node.args}
-    return None if wanted & named else True
-
-
-def pytest_collection_modifyitems(config, items):
-    wanted = _wanted(config)
-    if not wanted: return
-    def covers(item):  # a test's own @pytest.mark.covers(...), else its file's COVERS
-        mark = item.get_closest_marker("covers")
-        return set(mark.args if mark else getattr(item.module, "COVERS", ()))
-    keep = [i for i in items if wanted & covers(i)]
-    config.hook.pytest_deselected(items=[i for i in items if i not in keep])
-    items[:] = keep
+# `make test NB=05_train` (pytest's --nb option and the `covers` mark) comes from mlkit's pytest plugin,
+# mlkit/pytest_plugin.py (nbs/14_pytest_plugin.ipynb), which setup.py registers: every project with mlkit has it.

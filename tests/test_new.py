@@ -1,9 +1,11 @@
 "`mlkit new` as a user drives it: the template against this repository, bad input, and a made project's own make targets."
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -20,7 +22,7 @@ def test_the_template_shares_this_repository_s_files_and_cannot_drift():
     "Each shared template file is this repository's own (a link to it in a checkout), byte for byte."
     shared = [str(_project_path(p)) for p in _shared_files()]
     for must in ("Makefile", ".gitignore", ".gitattributes", "setup.py", "pyproject.toml", "environment.yml",
-                 "requirements.in", "requirements.txt", "requirements-cpu.txt", "requirements-cuda.txt", ".ci/run",
+                 "requirements.txt", "requirements-cpu.txt", "requirements-cuda.txt", ".ci/run",
                  ".github/workflows/ci.yml", "scripts/check_lock.py", "nbs/experiments/train_digits.ipynb",
                  "sweeps/digits.yaml", ".github/workflows/docs.yml", "nbs/_quarto.yml", "nbs/styles.css",
                  "scripts/check_docs.py", ".devcontainer/devcontainer.json", "scripts/schemas/devcontainer.schema.json"):
@@ -58,6 +60,67 @@ def test_a_project_has_its_own_names_and_mlkit_by_a_direct_reference(tmp_path):
     r = subprocess.run([sys.executable, "scripts/check_lock.py"], cwd=dest, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr  # the direct reference counts as pinned
     _docs_and_devcontainer_check(dest)
+
+
+INTEGRATIONS = ("tensorboard", "mlflow", "mlflow-skinny", "wandb", "psycopg", "psycopg-binary")
+
+
+def _lock_names(text):
+    return {re.split(r"[\s=;@\[]", ln)[0].lower() for ln in text.splitlines() if re.match(r"^[A-Za-z0-9]", ln)}
+
+
+def test_a_project_s_requirements_and_locks_are_its_own_without_mlkit_s_integrations(tmp_path):
+    "requirements.in is the project's; the locks taken offline from mlkit's hold what it reaches, no inert or test-only line."
+    dest = made(tmp_path, git=False)
+    req = (dest/"requirements.in").read_text()
+    assert "dev machines' disk" not in req and "mlkit[mlflow]: mlflow-skinny" in req and "mlkit[dev]" not in req
+    assert re.search(r"^torch==\S+$", req, re.M) and re.search(r"^scikit-learn", req, re.M)
+    lock = (dest/"requirements.txt").read_text()
+    assert not _lock_names(lock) & set(INTEGRATIONS), _lock_names(lock) & set(INTEGRATIONS)
+    assert "never" not in lock and not re.search(r"^torch", lock, re.M) and "#   torch" not in lock
+    mine = (ROOT/"requirements.txt").read_text()
+    assert _lock_names(lock) < _lock_names(mine) | {"mlkit"}  # a subset of mlkit's pins: no version moved
+    for line in lock.splitlines():
+        if re.match(r"^[A-Za-z0-9]", line) and not line.startswith("mlkit @"): assert line in mine.splitlines(), line
+    # sqlalchemy and alembic stay only as optuna's (mlkit's sweeps) requirements, not as mlkit's test-only integrations
+    for name in ("sqlalchemy", "alembic"):
+        block = re.search(rf"^{name}==.*?\n((?:    #.*\n)+)", lock, re.M)
+        assert block is None or "requirements.in" not in block[1], block[1]
+    r = subprocess.run([sys.executable, "scripts/check_lock.py"], cwd=dest, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    # and each mutation of the derivation is seen: a lock of mlkit's own would carry its integrations
+    assert _lock_names(mine) & set(INTEGRATIONS)
+
+
+def _filtered(dest, rel):
+    "A notebook as the project's own filter (its Makefile's STRIP) cleans it."
+    strip = subprocess.run(["make", "-s", "--eval", "x: ; @echo $(STRIP)", "x", "NO_INSTALL=1"], cwd=dest,
+                           capture_output=True, text=True, check=True).stdout.split()
+    return subprocess.run([sys.executable, "-m", "nbstripout", *strip, "-t"], stdin=open(dest/rel), cwd=dest,
+                          capture_output=True, text=True, check=True).stdout
+
+
+def test_a_project_s_notebooks_are_committed_as_its_filter_writes_them_with_its_kernel(tmp_path):
+    dest = made(tmp_path, git=True)
+    notebooks = subprocess.run(["git", "ls-files", "*.ipynb"], cwd=dest, capture_output=True, text=True).stdout.split()
+    assert {"nbs/index.ipynb", "nbs/00_core.ipynb", "nbs/experiments/train_digits.ipynb"} <= set(notebooks), notebooks
+    for rel in notebooks:
+        committed = subprocess.run(["git", "show", f"HEAD:{rel}"], cwd=dest, capture_output=True, text=True).stdout
+        assert _filtered(dest, rel) == committed == (dest/rel).read_text(), rel
+        assert json.loads(committed)["metadata"]["kernelspec"] == {"display_name": "Python (lab)", "language": "python",
+                                                                  "name": "mlkit"}, rel
+    assert subprocess.run(["git", "status", "--porcelain"], cwd=dest, capture_output=True, text=True).stdout == ""
+
+
+def test_the_template_notebooks_are_in_the_filtered_form_with_the_project_kernel():
+    "The files themselves, so that a project made without nbstripout at hand is committed clean as well."
+    from mlkit.new import ONLY_NEW
+    for path in ONLY_NEW.rglob("*.ipynb*"):
+        strip = re.search(r"^STRIP := (.*)$", (ROOT/"Makefile").read_text(), re.M)[1].split()
+        out = subprocess.run([sys.executable, "-m", "nbstripout", *strip, "-t"], stdin=open(path), capture_output=True,
+                             text=True, check=True).stdout
+        assert out == path.read_text(), path
+        assert json.loads(out)["metadata"]["kernelspec"]["display_name"] == "Python ($name)", path
 
 
 def _docs_and_devcontainer_check(dest):
@@ -142,6 +205,35 @@ def _make(dest, *args, timeout=1800):
     return subprocess.run(["make", *args], cwd=dest, capture_output=True, text=True, timeout=timeout, env=env)
 
 
+def _save_like_jupyterlab(path, lib):
+    "What JupyterLab 4 writes when a notebook is run and saved: language_info, its kernel's spec, outputs and counts."
+    nb = json.loads(path.read_text())
+    nb["metadata"]["kernelspec"] = {"display_name": f"Python ({lib})", "language": "python", "name": "mlkit"}
+    nb["metadata"]["language_info"] = {"codemirror_mode": {"name": "ipython", "version": 3}, "file_extension": ".py",
+                                       "mimetype": "text/x-python", "name": "python", "nbconvert_exporter": "python",
+                                       "pygments_lexer": "ipython3", "version": "3.11.7"}
+    for n, cell in enumerate(c for c in nb["cells"] if c["cell_type"] == "code"):
+        cell["execution_count"] = n + 1
+        cell["outputs"] = [{"name": "stdout", "output_type": "stream", "text": ["ran\n"]}]
+    path.write_text(json.dumps(nb, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+@pytest.mark.slow
+def test_a_project_s_offline_locks_are_what_its_make_lock_writes_and_install_on_every_target(tmp_path):
+    "lock=False (mlkit new offline): the locks taken from mlkit's agree with a real make lock (PyPI), and every target resolves."
+    from test_locks import pypi_reachable
+    if not pypi_reachable(): pytest.skip("PyPI is out of reach")
+    dest = made(tmp_path, git=False)
+    for target in ("check-lock-full", "check-lock-targets"):
+        r = subprocess.run(["make", "--no-print-directory", target, "NO_INSTALL=1", f"ENV={sys.prefix}"], cwd=dest,
+                           capture_output=True, text=True, timeout=900)
+        assert r.returncode == 0, (target, r.stdout[-3000:] + r.stderr[-3000:])
+    assert "ok: linux-x86_64-cuda (Python 3.11.9" in r.stdout and "needs" not in r.stderr, r.stdout + r.stderr
+    r = subprocess.run(["make", "--no-print-directory", "lock", "NO_INSTALL=1", f"ENV={sys.prefix}"], cwd=dest,
+                       capture_output=True, text=True, timeout=900)  # and make lock itself writes no inert line
+    assert r.returncode == 0 and "never" not in (dest/"requirements.txt").read_text(), r.stderr[-3000:]
+
+
 @pytest.mark.slow
 def test_a_new_project_passes_its_own_tests_checks_exports_and_trains(tmp_path):
     "From nothing: mlkit new, then in the project make test, make check (and it catches outputs), make export, make train."
@@ -152,6 +244,26 @@ def test_a_new_project_passes_its_own_tests_checks_exports_and_trains(tmp_path):
     assert subprocess.run(["git", "log", "--oneline"], cwd=dest, capture_output=True, text=True).stdout.count("\n") == 1
     t = _make(dest, "test")
     assert t.returncode == 0, t.stdout[-3000:] + t.stderr[-3000:]
+    t = _make(dest, "test", "NB=00_core")  # --nb comes with mlkit (its pytest plugin), not from a conftest.py
+    assert t.returncode == 0 and "unrecognized arguments" not in t.stderr, t.stdout[-3000:] + t.stderr[-3000:]
+    assert "plugins:" in t.stdout and "mlkit-" in t.stdout, t.stdout[-3000:]
+    lock = (dest/"requirements.txt").read_text()  # resolved by make lock (PyPI) in mlkit new
+    assert not _lock_names(lock) & set(INTEGRATIONS) and "never" not in lock, lock
+    status = lambda: subprocess.run(["git", "status", "--porcelain"], cwd=dest, capture_output=True, text=True).stdout  # noqa: E731
+    time.sleep(1.1)  # a later mtime than the index's: git runs the filter on each touched notebook (not a timed assert)
+    for nb in (dest/"nbs").rglob("*.ipynb"): nb.touch()
+    assert status() == ""  # each notebook is committed as the project's filter writes it
+    _save_like_jupyterlab(dest/"nbs"/"index.ipynb", "digits_lab")
+    # git reports a file whose size changed as modified without running the filter, until git add re-reads it
+    assert subprocess.run(["git", "diff", "--exit-code"], cwd=dest, capture_output=True, text=True).returncode == 0
+    subprocess.run(["git", "add", "nbs/index.ipynb"], cwd=dest, check=True)
+    assert status() == ""  # nothing to commit: Lab's metadata, kernelspec, outputs and counts all filtered
+    assert '"language_info"' in (dest/"nbs"/"index.ipynb").read_text()  # (the save is in the working tree)
+    (dest/"nbs"/"index.ipynb").write_text(subprocess.run(["git", "show", "HEAD:nbs/index.ipynb"], cwd=dest, check=True,
+                                                         capture_output=True, text=True).stdout)  # make check below: clean
+    subprocess.run(["git", "add", "nbs/index.ipynb"], cwd=dest, check=True)  # (its size changed back: git re-reads it)
+    lt = _make(dest, "check-lock-targets")  # also where PyTorch's CPU index is out of reach (its fallback)
+    assert lt.returncode == 0, lt.stdout[-3000:] + lt.stderr[-3000:]
     c = _make(dest, "check")
     assert c.returncode == 0 and "check: all clean" in c.stdout, c.stdout[-3000:] + c.stderr[-3000:]
     nb = dest/"nbs"/"00_core.ipynb"
