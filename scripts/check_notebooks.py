@@ -218,11 +218,11 @@ def main(argv: list[str]) -> int:
             except ValueError as e: return print(f"error: {name} is not a notebook: {e}", file=sys.stderr) or 1
         return 0
     if argv[:1] in (["clean"], ["textconv"]) and len(argv) <= 2:
-        text = Path(argv[1]).read_text(encoding="utf-8") if len(argv) == 2 else sys.stdin.buffer.read().decode("utf-8")
-        try: out = (dumps if argv[0] == "clean" else textconv)(clean(json.loads(text)))
-        except (ValueError, AttributeError, TypeError):
-            out = text  # not a notebook (a conflicted merge's raw markers): as it is, for `make check` to name it
-        sys.stdout.buffer.write(out.encode("utf-8"))
+        data = Path(argv[1]).read_bytes() if len(argv) == 2 else sys.stdin.buffer.read()
+        # not a notebook (a conflicted merge's raw markers, a file that is not UTF-8): as it is, for `make check` to name
+        try: data = (dumps if argv[0] == "clean" else textconv)(clean(json.loads(data.decode("utf-8")))).encode("utf-8")
+        except (ValueError, AttributeError, TypeError): pass  # UnicodeDecodeError is a ValueError
+        sys.stdout.buffer.write(data)
         return 0
     print(__doc__.split("\n\n")[1], file=sys.stderr)
     return 2
