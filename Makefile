@@ -55,7 +55,6 @@ STAMP := $(ENV)/.mlkit-installed-$(TORCH)
 # NO_INSTALL=1 runs a target in the environment as it is (the drift tests use it on copies of the repo).
 INSTALLED := $(if $(NO_INSTALL),,$(STAMP))
 
-NOTEBOOKS = $(shell find nbs tests/notebooks -name '*.ipynb' -not -path '*/.ipynb_checkpoints/*' 2>/dev/null | sort)
 TORCH_PIN := $(shell grep -E '^torch[=<>~!]' requirements.in)
 
 .PHONY: help install install-torch check-env hooks lock upgrade conda-lock export lint test check lab bench gpu-check train sweep clean test-all \
@@ -226,7 +225,7 @@ check: $(INSTALLED) ## Fail on drift: notebook outputs, the package out of sync,
 	  && echo "check: all clean" || { echo "check: FAILED (see above)" >&2; exit 1; }
 
 check-notebooks:
-	@$(PY) scripts/check_notebooks.py check $(NOTEBOOKS)
+	@$(PY) scripts/check_notebooks.py check
 
 check-export:
 	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \

@@ -2,7 +2,8 @@
 
     check_notebooks.py clean [FILE]       the git clean filter: a notebook (stdin, or FILE) in its committed form, on stdout
     check_notebooks.py textconv FILE      `git diff`'s view of a notebook: its committed form, cell by cell
-    check_notebooks.py check [NOTEBOOK...]  make check-notebooks (the NOTEBOOKs: the working tree's, from the Makefile)
+    check_notebooks.py check [NOTEBOOK...]  make check-notebooks (the working tree's NOTEBOOKs: by default nbs/'s and
+                                          tests/notebooks/'s)
     check_notebooks.py fix NOTEBOOK...    rewrite NOTEBOOKs in their committed form
 
 The committed form is what `nbdev_clean` leaves (nbdev 2.4's `clean_nb` with settings.ini's allowed_metadata_keys and
@@ -106,6 +107,18 @@ def problems(text: str, keys, need_parameters=False, committed=True) -> list[str
     return found
 
 
+def working_notebooks(root=ROOT) -> list[str]:
+    """The working tree's notebooks under nbs/ and tests/notebooks/ (not JupyterLab's checkpoints), found here: a path
+    with a space reaches `check` whole, where make's word splitting would cut it."""
+    return sorted(p.relative_to(root).as_posix() for d in ("nbs", "tests/notebooks") for p in (root/d).rglob("*.ipynb")
+                  if ".ipynb_checkpoints" not in p.parts)
+
+
+def read(path: Path) -> str:
+    "A working-tree notebook's text; bytes that are not UTF-8 come through as U+FFFD, for `problems` to name the file."
+    return path.read_bytes().decode("utf-8", "replace")
+
+
 def run_notebooks(root=ROOT) -> set[str]:
     "The notebooks `mlkit run` runs here: nbs/experiments/*.ipynb (make train's EXPERIMENT) and sweeps/*.yaml's."
     found = {p.relative_to(root).as_posix() for p in (root/"nbs"/"experiments").glob("*.ipynb")}
@@ -170,7 +183,8 @@ def check(working: list[str], root=ROOT) -> int:
     if why_not:
         print(f"check-notebooks: {why_not}: checking the working tree's notebooks")
         for path in working:
-            errors += [f"{path} {p}" for p in problems((root/path).read_text(), keys, path in runs)]
+            if not (root/path).is_file(): continue  # a dangling link, or a path that is gone
+            errors += [f"{path} {p}" for p in problems(read(root/path), keys, path in runs)]
         advice = (f"'{Path(sys.executable).name} scripts/check_notebooks.py fix FILE...' writes the committed form "
                   "(in a git checkout, after 'make hooks', 'git add' does)")
     else:
@@ -181,7 +195,7 @@ def check(working: list[str], root=ROOT) -> int:
         dirty = 0  # the working tree: what the filter does not remove (markers, a lost parameters cell), and a count
         for path in sorted(set(working) | {p for _, p in blobs}):
             if not (root/path).is_file(): continue
-            text = (root/path).read_text()
+            text = read(root/path)
             errors += [f"{path} {p}" for p in problems(text, keys, path in runs, committed=False)]
             try: dirty += dumps(clean(json.loads(text), keys)) != text
             except ValueError: pass
@@ -196,7 +210,7 @@ def check(working: list[str], root=ROOT) -> int:
 
 
 def main(argv: list[str]) -> int:
-    if argv[:1] == ["check"]: return check(argv[1:])
+    if argv[:1] == ["check"]: return check(argv[1:] or working_notebooks())
     if argv[:1] == ["fix"]:
         for name in argv[1:]:
             text = Path(name).read_text(encoding="utf-8")
@@ -204,11 +218,11 @@ def main(argv: list[str]) -> int:
             except ValueError as e: return print(f"error: {name} is not a notebook: {e}", file=sys.stderr) or 1
         return 0
     if argv[:1] in (["clean"], ["textconv"]) and len(argv) <= 2:
-        text = Path(argv[1]).read_text(encoding="utf-8") if len(argv) == 2 else sys.stdin.buffer.read().decode("utf-8")
-        try: out = (dumps if argv[0] == "clean" else textconv)(clean(json.loads(text)))
-        except (ValueError, AttributeError, TypeError):
-            out = text  # not a notebook (a conflicted merge's raw markers): as it is, for `make check` to name it
-        sys.stdout.buffer.write(out.encode("utf-8"))
+        data = Path(argv[1]).read_bytes() if len(argv) == 2 else sys.stdin.buffer.read()
+        # not a notebook (a conflicted merge's raw markers, a file that is not UTF-8): as it is, for `make check` to name
+        try: data = (dumps if argv[0] == "clean" else textconv)(clean(json.loads(data.decode("utf-8")))).encode("utf-8")
+        except (ValueError, AttributeError, TypeError): pass  # UnicodeDecodeError is a ValueError
+        sys.stdout.buffer.write(data)
         return 0
     print(__doc__.split("\n\n")[1], file=sys.stderr)
     return 2

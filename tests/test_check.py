@@ -202,3 +202,14 @@ def test_devcontainer_as_vs_code_reads_it_with_comments_and_trailing_commas(repo
     assert r.returncode == 0, r.stdout + r.stderr
     path.write_text(text.replace('"postCreateCommand"', '"postCreateCommands"'))  # and still refuses a misspelt key
     check_fails_naming(repo_copy, "postCreateCommands", "check-devcontainer")
+
+
+def test_a_notebook_whose_path_has_a_space_or_is_not_utf8_is_named_in_one_line(repo_copy):
+    "Paths reach check_notebooks.py whole (not split by make), and a file that is not UTF-8 is named, not a traceback."
+    spaced = repo_copy/"nbs"/"my notebook.ipynb"
+    nb = json.loads((repo_copy/"nbs"/"00_core.ipynb").read_text())
+    nb["cells"][1]["execution_count"] = 3
+    spaced.write_text(json.dumps(nb, indent=1))
+    (repo_copy/"nbs"/"utf16.ipynb").write_bytes('{"cells": []}'.encode("utf-16"))
+    out = check_fails_naming(repo_copy, "nbs/my notebook.ipynb holds execution counts", "check-notebooks")
+    assert "nbs/utf16.ipynb is not a readable notebook" in out and "Traceback" not in out, out

@@ -206,3 +206,12 @@ def test_git_add_without_the_environment_fails_in_one_line_naming_make_install(c
     ours = [ln for ln in r.stderr.splitlines() if ln.startswith("error: git's notebook filter")]
     assert ours == [f"error: git's notebook filter needs {env}/bin/python, which is missing; run 'make install'"], r.stderr
     assert git("diff", "--cached", "--name-only", cwd=clone) == ""  # nothing was staged unfiltered
+
+
+def test_git_add_of_a_notebook_that_is_not_utf8_stages_it_as_it_is_and_make_check_names_it(clone):
+    "The filter passes what is not a notebook through (a UTF-16 file, as some editors and shells write): no traceback."
+    (clone/"nbs"/"utf16.ipynb").write_bytes('{"cells": []}'.encode("utf-16"))
+    r = git("add", "nbs/utf16.ipynb", cwd=clone, check=False)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    code, out = check_notebooks(clone)
+    assert code != 0 and "nbs/utf16.ipynb (staged) is not a readable notebook" in out and "Traceback" not in out, out
