@@ -143,7 +143,7 @@ class Checkpoint(Callback):
     def after_epoch(self):
         improved = self.monitor is not None and self._improved(self._monitored())
         path = self._save(epoch_done=True) if self.every_epoch else None
-        if improved and path is None:
+        if improved and not self.every_epoch:  # not `path is None`: that is every epoch on ranks other than 0
             state = self.trainer.checkpoint_state(epoch_done=True, gather=True)  # every rank: it gathers their RNG states
             if is_main_process(): save_checkpoint(state, self.best_path)
         elif improved and is_main_process(): link_or_copy(path, self.best_path)

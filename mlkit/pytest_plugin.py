@@ -20,21 +20,34 @@ def notebook_key(name:str) -> str:
     return Path(*parts).as_posix()
 
 # %% ../nbs/14_pytest_plugin.ipynb #817a25cd
+def _names(value) -> set[str]:
+    "A COVERS value as a set of notebook names: one string is one notebook (not its characters)."
+    return {value} if isinstance(value, str) else set(value)
+
+def _is_covers(node) -> bool: return isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == ["COVERS"]
+
 def covered_in(source:str) -> set[str]:
-    "The notebooks a test file's source names: its `COVERS` tuple and the literal arguments of its `covers` marks."
+    "The notebooks a test file's source names: its literal `COVERS` (a tuple, or one string) and its `covers` marks'."
     named = set()
     for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == ["COVERS"]:
-            named |= set(ast.literal_eval(node.value))
+        if _is_covers(node):
+            try: named |= _names(ast.literal_eval(node.value))
+            except (ValueError, TypeError): pass  # computed (COVERS = NOTEBOOKS): read from the module once imported
         elif isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "covers":
             named |= {a.value for a in node.args if isinstance(a, ast.Constant)}
     return named
 
 # %% ../nbs/14_pytest_plugin.ipynb #8d4dbd57
+def _literal(node) -> bool:
+    try: ast.literal_eval(node)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError): return False
+    return True
+
 def _computed_marks(source:str) -> bool:
-    "Whether a test file's source has a `covers(...)` mark whose arguments are not all literals."
-    return any(isinstance(n, ast.Call) and getattr(n.func, "attr", None) == "covers"
-               and not all(isinstance(a, ast.Constant) for a in n.args) for n in ast.walk(ast.parse(source)))
+    "Whether a test file's source has a `covers(...)` mark whose arguments are not all literals, or a computed COVERS."
+    return any((isinstance(n, ast.Call) and getattr(n.func, "attr", None) == "covers"
+                and not all(isinstance(a, ast.Constant) for a in n.args)) or (_is_covers(n) and not _literal(n.value))
+               for n in ast.walk(ast.parse(source)))
 
 # %% ../nbs/14_pytest_plugin.ipynb #2614a4a0
 def pytest_addoption(parser):
@@ -59,12 +72,13 @@ def pytest_ignore_collect(collection_path, config):
     want = wanted(config)
     if not want or not collection_path.name.startswith("test_") or collection_path.suffix != ".py": return None
     source = collection_path.read_text()
-    return None if want & covered_in(source) or _computed_marks(source) else True
+    try: return None if want & covered_in(source) or _computed_marks(source) else True
+    except SyntaxError: return None  # collected: pytest reports the error in that file, as without --nb
 
 def _covers(item) -> set[str]:
     "The notebooks a collected test covers: its own closest `covers` mark, else its file's COVERS."
     mark = item.get_closest_marker("covers")
-    return set(mark.args if mark else getattr(getattr(item, "module", None), "COVERS", ()))
+    return set(mark.args) if mark else _names(getattr(getattr(item, "module", None), "COVERS", ()))
 
 def pytest_collection_modifyitems(config, items):
     "With --nb, keep the tests that cover one of the notebooks; report the others as deselected."

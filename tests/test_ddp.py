@@ -2,6 +2,7 @@
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -54,6 +55,21 @@ def test_two_processes_match_one_on_combined_batches(tmp_path, accum):
     assert losses.keys() == {"0", "1"} and losses["0"] == losses["1"]  # validation reduced over both shards
     per_epoch = ddp_job.N // 2 // ddp_job.BATCH // accum
     assert sorted(p.name for p in (tmp_path/"ckpt").iterdir()) == [f"step-{per_epoch:08d}.pt", f"step-{2 * per_epoch:08d}.pt"]
+
+
+def test_a_checkpoint_that_keeps_the_best_does_not_hang_two_processes(tmp_path):
+    "Checkpoint(monitor=...) saves each epoch and links best.pt: every rank gathers as often (rank 1 once waited forever)."
+    env = {**os.environ, "MLKIT_PROGRESS": "lines", "OMP_NUM_THREADS": "1"}
+    p = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          str(Path(ddp_job.__file__)), str(tmp_path), "1", "valid_loss"], stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
+    try: out, _ = p.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)  # torchrun and both ranks: none is left waiting on the other
+        p.communicate()
+        pytest.fail("the two ranks hung (a collective one of them never joined)")
+    assert p.returncode == 0, out
+    assert (tmp_path/"ckpt"/"best.pt").is_file() and (tmp_path/"final.pt").is_file()
 
 
 def test_only_rank_zero_records_and_losses_are_means_over_ranks(tmp_path):

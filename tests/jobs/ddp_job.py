@@ -1,4 +1,4 @@
-"""Data-parallel training under torchrun: `torchrun --nproc_per_node 2 ddp_job.py OUT [GRAD_ACCUM]`.
+"""Data-parallel training under torchrun: `torchrun --nproc_per_node 2 ddp_job.py OUT [GRAD_ACCUM [MONITOR]]`.
 
 Rank 0 writes OUT/final.pt; progress lines go to stdout (rank 0 only).
 """
@@ -29,8 +29,9 @@ def model():
 
 if __name__ == "__main__":
     out, accum = Path(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 1
+    monitor = sys.argv[3] if len(sys.argv) > 3 else None  # best.pt by this metric, as the digits notebook keeps it
     trainer = Trainer(model(), DataLoader(dataset(), batch_size=BATCH, shuffle=True), DataLoader(dataset(), batch_size=50),
-                      opt_fn=torch.optim.SGD, lr=LR, seed=SEED, grad_accum=accum, cbs=[Checkpoint(out/"ckpt")])
+                      opt_fn=torch.optim.SGD, lr=LR, seed=SEED, grad_accum=accum, cbs=[Checkpoint(out/"ckpt", monitor=monitor)])
     trainer.fit(EPOCHS)
     # after fit the DDP wrapper is gone (freed while the process group lives): trainer.model is the module again
     print(f"rank {dist_env().rank} valid_loss {trainer.metrics['valid_loss']:.6f} world {dist.get_world_size()} "
