@@ -83,7 +83,7 @@ install: check-env ## Create or sync the environment from the locks; register th
 	@$(PY) -m ipykernel install --sys-prefix --name mlkit --display-name "Python ($(LIB))" >/dev/null
 	@$(MAKE) --no-print-directory hooks
 	@touch "$(STAMP)"
-	@case ":$$PATH:" in *":$(BIN):"*) ;; *) if [ "$(ENV)" = "$${CONDA_PREFIX:-}" ]; then \
+	@case ":$$PATH:" in *":$(BIN):"*) echo "install: done; mlkit is on PATH";; *) if [ "$(ENV)" = "$${CONDA_PREFIX:-}" ]; then \
 	  echo "install: done; to put mlkit on PATH: conda activate $(notdir $(ENV))"; \
 	  else echo "install: done; to put mlkit on PATH: source $(ENV:$(CURDIR)/%=%)/bin/activate"; fi;; esac
 

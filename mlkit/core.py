@@ -13,8 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['ROOT_MARKERS', 'MAX_SEED', 'TMP_PREFIX', 'MlkitError', 'ProjectNotFoundError', 'project_root', 'runs_dir',
-           'seed_everything', 'last_seed', 'atomic_write', 'link_or_copy']
+__all__ = ['ROOT_MARKERS', 'MAX_SEED', 'RUN_DIR_ENV', 'SEED_MARK', 'TMP_PREFIX', 'MlkitError', 'ProjectNotFoundError',
+           'project_root', 'runs_dir', 'seed_everything', 'last_seed', 'atomic_write', 'link_or_copy']
 
 # %% ../nbs/00_core.ipynb #d446f051
 class MlkitError(Exception):
@@ -51,6 +51,14 @@ def runs_dir(create:bool=False, # Create the folder if it is missing
 # %% ../nbs/00_core.ipynb #99e77d82
 MAX_SEED = 2**32 - 1  # numpy's limit
 _last_seed = None  # what seed_everything last used in this process
+RUN_DIR_ENV = "MLKIT_RUN_DIR"  # set by `mlkit run` for the kernel it starts: the run folder that kernel records into
+SEED_MARK = ".seed.json"  # left in that folder by the kernel: the seed it gave seed_everything, for meta.json
+
+def _mark_seed(seed:int):
+    "Under `mlkit run`, leave `seed` in the run's folder, so that meta.json records it even when no tracker is opened."
+    folder = os.environ.get(RUN_DIR_ENV)
+    if folder and Path(folder).is_dir():
+        atomic_write(Path(folder)/SEED_MARK, lambda f: f.write(f'{{"seed": {seed}}}'), "w")
 
 def seed_everything(seed:int|None=None, # The seed; drawn at random when None
                     deterministic:bool=False, # Also ask torch for deterministic algorithms
@@ -62,6 +70,7 @@ def seed_everything(seed:int|None=None, # The seed; drawn at random when None
     global _last_seed
     os.environ["PYTHONHASHSEED"] = os.environ["MLKIT_SEED"] = str(seed)
     _last_seed = seed
+    _mark_seed(seed)
     random.seed(seed)
     try:
         import numpy as np

@@ -8,9 +8,11 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest  # loaded already: pytest is what loads this plugin
+
 # %% auto #0
 __all__ = ['notebook_key', 'covered_in', 'pytest_addoption', 'pytest_configure', 'wanted', 'pytest_ignore_collect',
-           'pytest_collection_modifyitems']
+           'pytest_collection_modifyitems', 'pytest_terminal_summary']
 
 # %% ../nbs/14_pytest_plugin.ipynb #96fc2513
 def notebook_key(name:str) -> str:
@@ -67,6 +69,8 @@ def wanted(config) -> set[str]:
     return {notebook_key(n) for n in config.getoption("--nb", None) or []}
 
 # %% ../nbs/14_pytest_plugin.ipynb #945526c8
+_UNCOVERED = pytest.StashKey[list]()  # the --nb notebooks no collected test covers
+
 def pytest_ignore_collect(collection_path, config):
     "With --nb, a test file that names none of the notebooks (in COVERS or a covers mark) is not even imported."
     want = wanted(config)
@@ -87,3 +91,10 @@ def pytest_collection_modifyitems(config, items):
     keep = [i for i in items if want & _covers(i)]
     config.hook.pytest_deselected(items=[i for i in items if i not in keep])
     items[:] = keep
+    config.stash[_UNCOVERED] = sorted(want - set().union(*map(_covers, keep)))
+
+def pytest_terminal_summary(terminalreporter, config):
+    "With --nb, say which of the notebooks no test covers (pytest alone would only say 'no tests ran')."
+    for nb in config.stash.get(_UNCOVERED, []):
+        terminalreporter.write_line(f"mlkit: no test covers {nb}: only its notebook's own tests ran (name it in a test "
+                                    "file's COVERS, or a test's @pytest.mark.covers)", yellow=True)

@@ -20,7 +20,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from .core import TMP_PREFIX, MlkitError, atomic_write, last_seed, link_or_copy, runs_dir
+from .core import RUN_DIR_ENV, SEED_MARK, TMP_PREFIX, MlkitError, atomic_write, last_seed, link_or_copy, runs_dir
 from .distributed import dist_env
 from .runmeta import mask, redact, run_metadata, secret_env_values
 from .runs import (ARTIFACTS, META, METRICS, METRICS_HEADER, PARAMS, STATUSES, Run, find_run, flatten, open_run,
@@ -30,9 +30,8 @@ from .events import Callback, CancelFit
 _all_ = ["load_runs"]
 
 # %% auto #0
-__all__ = ['SEED_MARK', 'RUN_DIR_ENV', 'Tracker', 'new_run_id', 'write_json_atomic', 'LocalTracker', 'take_seed_mark',
-           'TensorBoardTracker', 'MLflowTracker', 'WandbTracker', 'MultiTracker', 'current_run', 'TrackingCallback',
-           'load_runs']
+__all__ = ['Tracker', 'new_run_id', 'write_json_atomic', 'LocalTracker', 'take_seed_mark', 'TensorBoardTracker', 'MLflowTracker',
+           'WandbTracker', 'MultiTracker', 'current_run', 'TrackingCallback', 'load_runs']
 
 # %% ../nbs/10_track.ipynb #f2e5e844
 class Tracker:
@@ -183,8 +182,6 @@ def _csv_name(name) -> str:
 def _now() -> str: return datetime.now(UTC).astimezone().isoformat(timespec="milliseconds")
 
 # %% ../nbs/10_track.ipynb #ba7bc531
-SEED_MARK = ".seed.json"  # left in a run folder by a process attached to it: the seed it gave seed_everything
-
 class LocalTracker(Tracker):
     "A run recorded in a folder under the runs folder: params.json, metrics.csv, meta.json, artifacts/."
     def __init__(self, root:str|Path|None=None, # The runs folder; runs_dir() (runs/ at the project root) when None
@@ -724,7 +721,6 @@ class MultiTracker(Tracker):
         if errors: raise MlkitError("some trackers failed to finish: " + "; ".join(errors))
 
 # %% ../nbs/10_track.ipynb #d67071f6
-RUN_DIR_ENV = "MLKIT_RUN_DIR"  # set by `mlkit run` for the kernel it starts
 _current: list = []
 
 def current_run(name:str|None=None, # The name of a run made now (under `mlkit run`, the run is named already)

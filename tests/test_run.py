@@ -80,6 +80,16 @@ def test_finished_run_with_typed_params(project):
     assert ls.returncode == 0 and "score" in ls.stdout.splitlines()[0] and "[4, 2]" in ls.stdout, ls.stdout
 
 
+def test_the_seed_is_recorded_from_a_notebook_that_opens_no_tracker(project):
+    "seed_everything in the kernel, no current_run/TrackingCallback/record: meta.json still has the seed."
+    nb = notebook(project, "seeded.ipynb", "from mlkit.core import seed_everything\nseed_everything(seed)",
+                  params="seed = 0\n")
+    r = mlkit("run", nb, "-p", "seed", "5")
+    assert r.returncode == 0, r.stderr
+    [run] = runs(project)
+    assert meta(run)["seed"] == 5 and not (run/".seed.json").exists()
+
+
 def test_help_lists_the_notebooks_parameters(project):
     nb = notebook(project, "train.ipynb", "print(1)", params=PARAMS)
     code = ("import sys; from mlkit.cli import main\ntry: main(['run', sys.argv[1], '--help'])\n"
