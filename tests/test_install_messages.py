@@ -3,6 +3,7 @@ shim, a conda environment), and pip-tools' own dependencies, which must come fro
 import importlib.metadata as md
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -57,6 +58,16 @@ def test_a_pyenv_shim_without_its_python_and_no_3_11_anywhere(repo_copy, tmp_pat
     assert "does not run" not in line and "pyenv: python3" not in line
     for way in ("pyenv install 3.11", "uv python install 3.11", "deadsnakes", "python.org", "conda env create"):
         assert way in line, (way, line)
+
+
+def test_a_python_that_is_not_there_is_named_with_where_to_get_3_11(repo_copy, tmp_path):
+    line = one_line(install(repo_copy, "PYTHON=python3.99", f"ENV={tmp_path/'env'}", target="check-env",
+                            env={"PATH": path_with(tmp_path/"bin")}))
+    has_311 = subprocess.run(["python3.11", "-c", "pass"], env={"PATH": path_with(tmp_path/"bin")}).returncode == 0 \
+        if shutil.which("python3.11", path=path_with(tmp_path/"bin")) else False
+    advice = "run 'make install PYTHON=python3.11'" if has_311 else "get Python 3.11 (pyenv install 3.11"
+    assert line.startswith(f"error: no python3.99 on PATH; {advice}"), line
+    assert not (tmp_path/"env").exists()
 
 
 def test_a_conda_environment_with_another_python_is_told_to_recreate_it(repo_copy, tmp_path):
