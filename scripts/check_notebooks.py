@@ -167,12 +167,12 @@ def committed_blobs(root=ROOT) -> tuple[dict, list]:
 
 
 def filter_installed(root=ROOT) -> str | None:
-    "None when this checkout's git filter is this script; else why the working tree is judged instead."
+    "None when this checkout's git filter is the one `make hooks` sets up now; else why the working tree is judged instead."
     if git("rev-parse", "--is-inside-work-tree", root=root).returncode != 0:
         return "not a git checkout, so no git filter"
     command = git("config", "filter.nbstripout.clean", root=root, text=True).stdout.strip()
     if not command: return "the git notebook filter is not set up here ('make hooks' sets it up)"
-    if "check_notebooks.py" not in command: return "the git notebook filter is an older one ('make hooks' updates it)"
+    if "mlkit-nbfilter" not in command: return "the git notebook filter is an older one ('make hooks' updates it)"
     return None
 
 
