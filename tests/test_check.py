@@ -4,9 +4,11 @@ Each drift is tested against the one part of `make check` that finds it (`TARGET
 whole check); `test_every_drift_is_reported_by_make_check_in_one_run` proves that `make check` runs every part.
 """
 import json
+import subprocess
+import sys
 
 import pytest
-from conftest import make
+from conftest import REPO, make
 
 
 def check_fails_naming(repo, name, target="check"):
@@ -66,7 +68,9 @@ def test_merge_conflict_left_in_a_notebook(repo_copy, where):
                             for i, m in enumerate(["<<<<<<< HEAD", "=======", ">>>>>>> theirs"])]
         path.write_text(json.dumps(nb, indent=1, sort_keys=True) + "\n")
     out = check_fails_naming(repo_copy, "nbs/00_core.ipynb", "check-notebooks")
-    assert ("holds merge conflict markers (cells m0, m1, m2)" if where == "cells" else "is not a readable notebook") in out
+    expected = {"cells": "holds merge conflict markers (cells 2, 3, 4, counting from 1)",  # by position: no ids
+                "raw": "is not a readable notebook"}[where]
+    assert expected in out, out
 
 
 def test_a_markdown_heading_underlined_with_equals_signs_is_no_conflict(repo_copy):
@@ -213,3 +217,26 @@ def test_a_notebook_whose_path_has_a_space_or_is_not_utf8_is_named_in_one_line(r
     (repo_copy/"nbs"/"utf16.ipynb").write_bytes('{"cells": []}'.encode("utf-16"))
     out = check_fails_naming(repo_copy, "nbs/my notebook.ipynb holds execution counts", "check-notebooks")
     assert "nbs/utf16.ipynb is not a readable notebook" in out and "Traceback" not in out, out
+
+
+# --- scripts/check_notebooks.py's command line ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args, content, expected", [
+    (["fix", "nope.ipynb"], None, "error: nope.ipynb: No such file or directory"),
+    (["fix", "list.ipynb"], "[1, 2]", "error: list.ipynb is not a notebook (JSON, but no object with a list of cells)"),
+    (["fix", "cells.ipynb"], '{"cells": [1]}', "error: cells.ipynb is not a notebook (JSON, but no object"),
+    (["fix", "half.ipynb"], '{"cells": [', "error: half.ipynb is not a notebook (Expecting value"),
+    (["fix", "nbs"], None, "error: nbs: Is a directory"),
+    (["textconv", "nope.ipynb"], None, "error: nope.ipynb: No such file or directory"),
+    (["fix"], None, "error: usage: check_notebooks.py clean | textconv FILE"),  # no file
+    (["textconv"], None, "error: usage: check_notebooks.py clean | textconv FILE"),
+])
+def test_bad_arguments_give_one_line_and_a_nonzero_exit(tmp_path, args, content, expected):
+    (tmp_path/"nbs").mkdir()
+    if content is not None: (tmp_path/args[1]).write_text(content)
+    r = subprocess.run([sys.executable, str(REPO/"scripts"/"check_notebooks.py"), *args], cwd=tmp_path,
+                       capture_output=True, text=True)
+    assert r.returncode != 0 and r.stderr.startswith(expected) and "Traceback" not in r.stderr, r.stderr
+    assert len(r.stderr.splitlines()) == 1, r.stderr
+    if content is not None: assert (tmp_path/args[1]).read_text() == content  # left as it was

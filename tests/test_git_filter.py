@@ -278,3 +278,34 @@ def test_git_add_of_a_notebook_that_is_not_utf8_stages_it_as_it_is_and_make_chec
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
     code, out = check_notebooks(clone)
     assert code != 0 and "nbs/utf16.ipynb (staged) is not a readable notebook" in out and "Traceback" not in out, out
+
+
+def test_each_kind_of_problem_gets_its_own_advice_once_and_a_failing_notebook_is_not_also_fine(clone):
+    "Conflict markers, a lost parameters cell, an unreadable file, outputs committed: each named, each with what fixes it."
+    lab_save(clone, "nbs/00_core.ipynb")  # outputs (which the filter strips) and nbdev_merge's marker cells (no ids)
+    nb = json.loads((clone/"nbs"/"00_core.ipynb").read_text())
+    for i, m in ((1, "<<<<<<< HEAD"), (3, "======="), (5, ">>>>>>> theirs")):
+        nb["cells"].insert(i, {"cell_type": "markdown", "metadata": {}, "source": f"`{m}`"})
+    (clone/"nbs"/"00_core.ipynb").write_text(json.dumps(nb, indent=1))
+    train = clone/"nbs"/"experiments"/"train_digits.ipynb"
+    nb = json.loads(train.read_text())
+    for c in nb["cells"]: c["metadata"].pop("tags", None)
+    train.write_text(json.dumps(nb, indent=1, sort_keys=True) + "\n")
+    (clone/"nbs"/"03_data.ipynb").write_text("<<<<<<< HEAD\n" + (clone/"nbs"/"03_data.ipynb").read_text())
+    lab_save(clone, "nbs/04_distributed.ipynb")
+    git("-c", "filter.nbstripout.clean=cat", "add", "nbs/04_distributed.ipynb", cwd=clone)  # around the filter
+    lab_save(clone, "nbs/05_train.ipynb")  # the one notebook that is fine
+    code, out = check_notebooks(clone)
+    assert code != 0, out
+    assert "error: nbs/00_core.ipynb holds merge conflict markers (cells 2, 4, 6, counting from 1)\n" in out, out
+    advice = {ln.split(" (")[0]: ln for ln in out.splitlines() if ln.startswith("error: ") and "): " in ln}
+    assert advice["error: conflict markers"].startswith("error: conflict markers (nbs/00_core.ipynb): ") and (
+        "delete the marker cells" in advice["error: conflict markers"]), out
+    assert advice["error: no 'parameters' cell"].startswith(
+        "error: no 'parameters' cell (nbs/experiments/train_digits.ipynb): ") and "Cell Tags" in out, out
+    assert advice["error: not a readable notebook"].startswith("error: not a readable notebook (nbs/03_data.ipynb): ")
+    assert "git restore" in advice["error: not a readable notebook"], out
+    assert advice["error: not in the committed form"].startswith(
+        "error: not in the committed form (nbs/04_distributed.ipynb): 'git add --renormalize FILE'"), out
+    assert len(advice) == 4 and out.count("renormalize") == 1, out
+    assert "check-notebooks: 1 working-tree notebook(s) hold outputs" in out, out  # 05; not 00 or 04, named above
