@@ -45,11 +45,31 @@ GET_PY := get Python $(LOCK_PYTHON) (pyenv install $(LOCK_PYTHON), or uv python 
 USE_PY = $$(python$(LOCK_PYTHON) -c "$(PY_OK)" 2>/dev/null && echo "run 'make install PYTHON=python$(LOCK_PYTHON)'" || echo "$(GET_PY), then run 'make install PYTHON=python$(LOCK_PYTHON)'")
 WRONG_PY = error: the locks are for Python $(LOCK_PYTHON), and $(1) is $(call PY_IS,$(1)); $(USE_PY)
 PY := $(BIN)/python
-# The git filter and `git diff`'s view of notebooks (clean or textconv): scripts/check_notebooks.py, which writes what
-# nbdev_clean writes without outputs. A shell function, so that git's file argument (textconv) reaches it.
-NBFILTER = f() { [ -x "$(PY)" ] || { echo "error: git'"'"'s notebook filter needs $(PY), which is missing; run '"'"'make install'"'"'" >&2; exit 1; }; \
-  if [ -f "$(CURDIR)/scripts/check_notebooks.py" ]; then exec "$(PY)" "$(CURDIR)/scripts/check_notebooks.py" $(1) "$$@"; fi; \
-  exec "$(PY)" -m nbstripout --keep-id --extra-keys metadata.language_info $(if $(filter textconv,$(1)),-t) "$$@"; }; f
+# The git notebook filter (clean), `git diff`'s view of notebooks (textconv FILE) and nbdev's merge driver (merge %O %A
+# %B %P): a small sh script that `make hooks` writes into git's common folder, shared by every `git worktree` of the
+# clone, so that git's configuration names no checkout. git runs it at the top of the worktree it works in; it runs
+# that worktree's scripts/check_notebooks.py (nbstripout in a checkout of a commit older than that script) with that
+# worktree's .venv/bin/python, else the Python `make hooks` was run with (a conda environment, ENV=...).
+define NBFILTER
+#!/bin/sh
+# mlkit's git notebook filter and merge driver, written by `make hooks` (see the Makefile): clean, textconv FILE,
+# merge %O %A %B %P, with this worktree's scripts/check_notebooks.py and Python.
+top=$$(git rev-parse --show-toplevel 2>/dev/null) || top=$$PWD
+hooks_py='$(subst ','\'',$(PY))'
+py=$$top/.venv/bin/python
+[ -x "$$py" ] || py=$$hooks_py
+[ -x "$$py" ] || { echo "error: git's notebook filter needs a Python, and neither $$top/.venv/bin/python nor $$hooks_py (make hooks' environment) exists; run 'make install'" >&2; exit 1; }
+mode=$$1
+shift
+[ "$$mode" = merge ] && exec "$${py%/*}/nbdev_merge" "$$@"
+[ -f "$$top/scripts/check_notebooks.py" ] && exec "$$py" "$$top/scripts/check_notebooks.py" "$$mode" "$$@"
+# a checkout of a commit older than scripts/check_notebooks.py: nbstripout, its filter then
+[ "$$mode" = textconv ] && exec "$$py" -m nbstripout --keep-id --extra-keys metadata.language_info -t "$$@"
+exec "$$py" -m nbstripout --keep-id --extra-keys metadata.language_info "$$@"
+endef
+export NBFILTER
+# What git's configuration names (and quotes in its errors): the script, in the common folder of the worktree git runs in.
+NBFILTER_RUN = sh "$$(git rev-parse --git-common-dir)/mlkit-nbfilter"
 # `make install` leaves this stamp; targets that need the environment rebuild it when the locks change.
 STAMP := $(ENV)/.mlkit-installed-$(TORCH)
 # NO_INSTALL=1 runs a target in the environment as it is (the drift tests use it on copies of the repo).
@@ -121,18 +141,20 @@ check-env: ## Refuse what make install must not touch: conda's base, others' env
 hooks: ## Set up the git notebook filter (scripts/check_notebooks.py: nbdev_clean's form, no outputs) and nbdev's merge driver
 	@# Configured by hand: `nbstripout --install` and nbdev_install_hooks rely on PATH. The filter writes what nbdev_clean
 	@# writes, without outputs (scripts/check_notebooks.py); a checkout of an older commit without that script gets
-	@# nbstripout, its filter then. Without the environment (.venv/ deleted) it fails in one line naming the fix.
+	@# nbstripout, its filter then. Without a Python (.venv/ deleted) it fails in one line naming the fix (NBFILTER).
 	@# Then one index refresh with the filter bypassed. In a fresh clone every notebook is "racily clean" (written
 	@# in the same second as the index), so git would run the filter (a Python start) on each at the next `git status`.
 	@# Bypassing it is safe: the smudge is cat and notebooks are committed clean, so a notebook whose raw bytes equal
 	@# its blob is unmodified, and one whose bytes differ stays marked modified for git to clean and compare later.
 	@if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then \
-	  git config filter.nbstripout.clean '$(call NBFILTER,clean)' && \
+	  script="$$(git rev-parse --git-common-dir)/mlkit-nbfilter" && \
+	  printf '%s\n' "$$NBFILTER" > "$$script.tmp" && mv -f "$$script.tmp" "$$script" && \
+	  git config filter.nbstripout.clean '$(NBFILTER_RUN) clean' && \
 	  git config filter.nbstripout.smudge cat && \
 	  git config filter.nbstripout.required true && \
-	  git config diff.ipynb.textconv '$(call NBFILTER,textconv)' && \
+	  git config diff.ipynb.textconv '$(NBFILTER_RUN) textconv' && \
 	  git config merge.nbdev-merge.name "resolve notebook conflicts with nbdev" && \
-	  git config merge.nbdev-merge.driver '"$(BIN)/nbdev_merge" %O %A %B %P' && \
+	  git config merge.nbdev-merge.driver '$(NBFILTER_RUN) merge %O %A %B %P' && \
 	  { git -c filter.nbstripout.clean=cat -c filter.nbstripout.required=false update-index -q --refresh >/dev/null 2>&1 || true; } && \
 	  echo "git: notebook filter (scripts/check_notebooks.py) and nbdev merge driver set up"; \
 	else echo "not a git checkout: no git filter or merge driver set up"; fi

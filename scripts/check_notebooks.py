@@ -1,6 +1,6 @@
 """Notebooks' committed form: git's notebook filter, and `make check-notebooks`, which judges what a commit holds.
 
-    check_notebooks.py clean [FILE]       the git clean filter: a notebook (stdin, or FILE) in its committed form, on stdout
+    check_notebooks.py clean              the git clean filter: the notebook on stdin in its committed form, on stdout
     check_notebooks.py textconv FILE      `git diff`'s view of a notebook: its committed form, cell by cell
     check_notebooks.py check [NOTEBOOK...]  make check-notebooks (the working tree's NOTEBOOKs: by default nbs/'s and
                                           tests/notebooks/'s)
@@ -82,16 +82,37 @@ def textconv(nb: dict) -> str:
 
 
 # --- what `check` finds wrong in one notebook -------------------------------------------------------------------------
-def problems(text: str, keys, need_parameters=False, committed=True) -> list[str]:
-    "What is wrong with the notebook `text`: unreadable, conflict markers, no parameters cell, or (`committed`) not clean."
+# Each kind of problem, with what fixes it (said once, after the notebooks that have it).
+ADVICE = {
+    "unreadable": ("not a readable notebook", "a merge conflict git wrote into the file (its <<<<<<< lines) or a broken "
+                   "save: take one side with git ('git checkout --ours FILE' or '--theirs' during a merge) or restore the "
+                   "last good one ('git restore --source=HEAD FILE'), redo your change, then 'git add' it"),
+    "markers": ("conflict markers", "a merge kept both versions: in each place keep the one you want and delete the "
+                "marker cells or lines (<<<<<<<, =======, >>>>>>>), save, then 'git add' the notebook and commit"),
+    "parameters": ("no 'parameters' cell", "in JupyterLab select the cell that sets the run's settings, open the property "
+                   "inspector (the gear icon, right sidebar) and add the tag 'parameters' under Cell Tags; save, then "
+                   "'git add' the notebook"),
+    "form": ("not in the committed form", "'git add --renormalize FILE' (the filter writes the committed form), then "
+             "commit (or 'git commit --amend' to fix the last commit)"),
+    "form-unfiltered": ("not in the committed form", f"'{Path(sys.executable).name} scripts/check_notebooks.py fix FILE...' "
+                        "writes the committed form (in a git checkout, after 'make hooks', 'git add' does)"),
+}
+
+
+def problems(text: str, keys, need_parameters=False, committed=True) -> list[tuple[str, str]]:
+    """What is wrong with the notebook `text`, as (kind, what) pairs (kinds: ADVICE's): unreadable, conflict markers,
+    no parameters cell, or (`committed`) not in the committed form."""
     try: nb = json.loads(text)
-    except ValueError as e: return [f"is not a readable notebook ({e.msg}, line {e.lineno}: a merge conflict?)"]
-    if not isinstance(nb, dict) or not isinstance(nb.get("cells"), list): return ["is not a notebook (no cells)"]
+    except ValueError as e: return [("unreadable", f"is not a readable notebook ({e.msg}, line {e.lineno})")]
+    if not (isinstance(nb, dict) and isinstance(nb.get("cells"), list) and all(isinstance(c, dict) for c in nb["cells"])):
+        return [("unreadable", "is not a notebook (no list of cells)")]
     found = []
-    marked = [c.get("id", "?") for c in nb["cells"] if any(MARKER.match(ln) for ln in lines(c.get("source", [])))]
-    if marked: found.append(f"holds merge conflict markers (cells {', '.join(map(str, marked))})")
+    # by position, counting from 1: nbdev_merge's marker cells have no ids
+    marked = [str(i) for i, c in enumerate(nb["cells"], 1) if any(MARKER.match(ln) for ln in lines(c.get("source", [])))]
+    if marked: found.append(("markers", f"holds merge conflict markers (cell{'s' * (len(marked) > 1)} {', '.join(marked)}, "
+                                        "counting from 1)"))
     if need_parameters and not any(PARAMETERS_TAG in c.get("metadata", {}).get("tags", []) for c in nb["cells"]):
-        found.append(f"has no cell tagged '{PARAMETERS_TAG}', which `mlkit run` needs for its parameters")
+        found.append(("parameters", f"has no cell tagged '{PARAMETERS_TAG}', which `mlkit run` needs for its parameters"))
     if committed and dumps(clean(json.loads(text), keys)) != text:
         code = [c for c in nb["cells"] if c.get("cell_type") == "code"]
         what = ["outputs"] * any(c.get("outputs") for c in code)
@@ -103,7 +124,7 @@ def problems(text: str, keys, need_parameters=False, committed=True) -> list[str
         spec = nb.get("metadata", {}).get("kernelspec", {})
         what += [f"kernelspec display_name {spec.get('display_name')!r} (nbdev_clean and the filter write its name)"] * bool(
             spec.get("name") and spec.get("display_name") != spec.get("name"))
-        found.append(f"holds {'; '.join(what or ['a layout the filter rewrites'])}")
+        found.append(("form", f"holds {'; '.join(what or ['a layout the filter rewrites'])}"))
     return found
 
 
@@ -167,13 +188,24 @@ def committed_blobs(root=ROOT) -> tuple[dict, list]:
 
 
 def filter_installed(root=ROOT) -> str | None:
-    "None when this checkout's git filter is this script; else why the working tree is judged instead."
+    "None when this checkout's git filter is the one `make hooks` sets up now; else why the working tree is judged instead."
     if git("rev-parse", "--is-inside-work-tree", root=root).returncode != 0:
         return "not a git checkout, so no git filter"
     command = git("config", "filter.nbstripout.clean", root=root, text=True).stdout.strip()
     if not command: return "the git notebook filter is not set up here ('make hooks' sets it up)"
-    if "check_notebooks.py" not in command: return "the git notebook filter is an older one ('make hooks' updates it)"
+    if "mlkit-nbfilter" not in command: return "the git notebook filter is an older one ('make hooks' updates it)"
     return None
+
+
+def report(errors: list[tuple[str, str, str, str]], fix_form: str) -> int:
+    "Print each (path, where, kind, what) once, then each kind's advice once, naming its notebooks; 1 if there are any."
+    if not errors: return 0
+    for path, where, _, what in dict.fromkeys(errors): print(f"error: {path}{where} {what}", file=sys.stderr)
+    for kind in ADVICE:
+        paths = list(dict.fromkeys(p for p, _, k, _ in errors if k == kind))
+        if kind == "form": kind = fix_form
+        if paths: print(f"error: {ADVICE[kind][0]} ({', '.join(paths)}): {ADVICE[kind][1]}", file=sys.stderr)
+    return 1
 
 
 def check(working: list[str], root=ROOT) -> int:
@@ -184,47 +216,62 @@ def check(working: list[str], root=ROOT) -> int:
         print(f"check-notebooks: {why_not}: checking the working tree's notebooks")
         for path in working:
             if not (root/path).is_file(): continue  # a dangling link, or a path that is gone
-            errors += [f"{path} {p}" for p in problems(read(root/path), keys, path in runs)]
-        advice = (f"'{Path(sys.executable).name} scripts/check_notebooks.py fix FILE...' writes the committed form "
-                  "(in a git checkout, after 'make hooks', 'git add' does)")
-    else:
-        blobs, unmerged = committed_blobs(root)
-        errors += [f"{path} is unmerged (a merge conflict): fix it, then 'git add' it" for path in unmerged]
-        for (where, path), text in sorted(blobs.items(), key=lambda kv: (kv[0][1], kv[0][0] != "staged")):
-            errors += [f"{path} ({where}) {p}" for p in problems(text, keys, path in runs)]
-        dirty = 0  # the working tree: what the filter does not remove (markers, a lost parameters cell), and a count
-        for path in sorted(set(working) | {p for _, p in blobs}):
-            if not (root/path).is_file(): continue
-            text = read(root/path)
-            errors += [f"{path} {p}" for p in problems(text, keys, path in runs, committed=False)]
-            try: dirty += dumps(clean(json.loads(text), keys)) != text
-            except ValueError: pass
-        if dirty: print(f"check-notebooks: {dirty} working-tree notebook(s) hold outputs or metadata that the git filter "
-                        "strips as they are staged (fine)")
-        advice = ("run 'make hooks', then 'git add --renormalize FILE' (the filter writes the committed form) and "
-                  "commit (or 'git commit --amend' to fix the last commit)")
-    if not errors: return 0
-    for e in dict.fromkeys(errors): print(f"error: {e}", file=sys.stderr)
-    print(f"error: the notebooks above are not as they must be committed; {advice}", file=sys.stderr)
-    return 1
+            errors += [(path, "", k, p) for k, p in problems(read(root/path), keys, path in runs)]
+        return report(errors, "form-unfiltered")
+    blobs, unmerged = committed_blobs(root)
+    errors += [(path, "", "markers", "is unmerged (a merge conflict)") for path in unmerged]
+    for (where, path), text in sorted(blobs.items(), key=lambda kv: (kv[0][1], kv[0][0] != "staged")):
+        errors += [(path, f" ({where})", k, p) for k, p in problems(text, keys, path in runs)]
+    dirty = set()  # the working tree: what the filter does not remove (markers, a lost parameters cell), and a count
+    for path in sorted(set(working) | {p for _, p in blobs}):
+        if not (root/path).is_file(): continue  # staged, then deleted from the working tree: the index is judged
+        text = read(root/path)
+        errors += [(path, "", k, p) for k, p in problems(text, keys, path in runs, committed=False)]
+        try:
+            if dumps(clean(json.loads(text), keys)) != text: dirty.add(path)
+        except (ValueError, AttributeError, TypeError): pass
+    dirty -= {e[0] for e in errors}  # a notebook named as failing is not also "fine"
+    if dirty: print(f"check-notebooks: {len(dirty)} working-tree notebook(s) hold outputs or metadata that the git "
+                    "filter strips as they are staged (fine)")
+    return report(errors, "form")
+
+
+def read_arg(name: str) -> bytes:
+    "The bytes of file `name` from the command line, or SystemExit with one line saying why there are none."
+    try: return Path(name).read_bytes()
+    except OSError as e: raise SystemExit(f"error: {name}: {e.strerror}") from None
+
+
+def load(name: str) -> dict:
+    "The notebook in file `name`, or SystemExit with one line saying why it is not one."
+    try: nb = json.loads(read_arg(name).decode("utf-8"))
+    except ValueError as e: raise SystemExit(f"error: {name} is not a notebook ({e}): not UTF-8 JSON") from None
+    cells = nb.get("cells", []) if isinstance(nb, dict) else None
+    if not (isinstance(cells, list) and all(isinstance(c, dict) for c in cells)):
+        raise SystemExit(f"error: {name} is not a notebook (JSON, but no object with a list of cells)")
+    return nb
 
 
 def main(argv: list[str]) -> int:
     if argv[:1] == ["check"]: return check(argv[1:] or working_notebooks())
-    if argv[:1] == ["fix"]:
-        for name in argv[1:]:
-            text = Path(name).read_text(encoding="utf-8")
-            try: Path(name).write_text(dumps(clean(json.loads(text))), encoding="utf-8")
-            except ValueError as e: return print(f"error: {name} is not a notebook: {e}", file=sys.stderr) or 1
+    if argv[:1] == ["fix"] and len(argv) > 1:
+        for name in argv[1:]: Path(name).write_text(dumps(clean(load(name))), encoding="utf-8")
         return 0
-    if argv[:1] in (["clean"], ["textconv"]) and len(argv) <= 2:
-        data = Path(argv[1]).read_bytes() if len(argv) == 2 else sys.stdin.buffer.read()
-        # not a notebook (a conflicted merge's raw markers, a file that is not UTF-8): as it is, for `make check` to name
-        try: data = (dumps if argv[0] == "clean" else textconv)(clean(json.loads(data.decode("utf-8")))).encode("utf-8")
+    if argv[:1] == ["textconv"] and len(argv) == 2:
+        data = read_arg(argv[1])
+        # not a notebook (a conflicted merge's raw markers, a file that is not UTF-8): shown as it is
+        try: data = textconv(clean(json.loads(data.decode("utf-8")))).encode("utf-8")
         except (ValueError, AttributeError, TypeError): pass  # UnicodeDecodeError is a ValueError
         sys.stdout.buffer.write(data)
         return 0
-    print(__doc__.split("\n\n")[1], file=sys.stderr)
+    if argv == ["clean"]:
+        data = sys.stdin.buffer.read()
+        # not a notebook (a conflicted merge's raw markers, a file that is not UTF-8): as it is, for `make check` to name
+        try: data = dumps(clean(json.loads(data.decode("utf-8")))).encode("utf-8")
+        except (ValueError, AttributeError, TypeError): pass
+        sys.stdout.buffer.write(data)
+        return 0
+    print("error: usage: check_notebooks.py clean | textconv FILE | check [NOTEBOOK...] | fix NOTEBOOK...", file=sys.stderr)
     return 2
 
 

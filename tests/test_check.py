@@ -4,9 +4,15 @@ Each drift is tested against the one part of `make check` that finds it (`TARGET
 whole check); `test_every_drift_is_reported_by_make_check_in_one_run` proves that `make check` runs every part.
 """
 import json
+import os
+import subprocess
+import sys
 
 import pytest
-from conftest import make
+from conftest import REPO, make
+
+sys.path.insert(0, str(REPO/"scripts"))
+import check_notebooks as cn  # noqa: E402
 
 
 def check_fails_naming(repo, name, target="check"):
@@ -66,7 +72,9 @@ def test_merge_conflict_left_in_a_notebook(repo_copy, where):
                             for i, m in enumerate(["<<<<<<< HEAD", "=======", ">>>>>>> theirs"])]
         path.write_text(json.dumps(nb, indent=1, sort_keys=True) + "\n")
     out = check_fails_naming(repo_copy, "nbs/00_core.ipynb", "check-notebooks")
-    assert ("holds merge conflict markers (cells m0, m1, m2)" if where == "cells" else "is not a readable notebook") in out
+    expected = {"cells": "holds merge conflict markers (cells 2, 3, 4, counting from 1)",  # by position: no ids
+                "raw": "is not a readable notebook"}[where]
+    assert expected in out, out
 
 
 def test_a_markdown_heading_underlined_with_equals_signs_is_no_conflict(repo_copy):
@@ -213,3 +221,114 @@ def test_a_notebook_whose_path_has_a_space_or_is_not_utf8_is_named_in_one_line(r
     (repo_copy/"nbs"/"utf16.ipynb").write_bytes('{"cells": []}'.encode("utf-16"))
     out = check_fails_naming(repo_copy, "nbs/my notebook.ipynb holds execution counts", "check-notebooks")
     assert "nbs/utf16.ipynb is not a readable notebook" in out and "Traceback" not in out, out
+
+
+# --- scripts/check_notebooks.py in-process: each rule of the committed form and of `check`, one small test each --------
+
+KEYS = (cn.NBDEV_KEEP - cn.NOT_COMMITTED, cn.NBDEV_KEEP_CELL | {"tags"})
+
+
+def nb_of(*cells, **top):
+    return {"cells": list(cells), "metadata": {}, "nbformat": 4, "nbformat_minor": 5, **top}
+
+
+def md(source, **extra):
+    return {"cell_type": "markdown", "metadata": {}, "source": source, **extra}
+
+
+def test_an_empty_cell_is_written_with_no_lines_as_nbdev_writes_it():
+    assert cn.clean(nb_of(md([""], id="a"), md("", id="b")), KEYS)["cells"][0]["source"] == []
+    assert cn.clean(nb_of(md("", id="b")), KEYS)["cells"][0]["source"] == []
+
+
+def test_a_cell_without_an_id_gets_the_same_id_each_time_and_a_cell_with_one_keeps_it():
+    got = [cn.clean(nb_of(md(["x"]), md(["x"]), md(["y"], id="mine")), KEYS)["cells"] for _ in range(2)]
+    assert got[0] == got[1] and got[0][2]["id"] == "mine"  # the filter gives the same bytes each time
+    assert got[0][0]["id"] and got[0][0]["id"] != got[0][1]["id"]  # and distinct ids to cells alike
+
+
+def test_an_nbformat_4_4_notebook_is_written_as_4_5_as_nbformat_and_nbdev_write_it():
+    assert cn.clean(nb_of(md(["x"], id="a"), nbformat_minor=4), KEYS)["nbformat_minor"] == 5
+    assert cn.clean(nb_of(md(["x"], id="a"), nbformat=3, nbformat_minor=0), KEYS)["nbformat_minor"] == 0
+
+
+def test_git_diffs_view_names_each_cells_kept_metadata():
+    cell = {"cell_type": "code", "id": "p1", "metadata": {"tags": ["parameters"]}, "source": ["lr = 0.1\n"]}
+    text = cn.textconv(cn.clean(nb_of(cell), KEYS))
+    assert '# ---- code cell p1 {"tags": ["parameters"]}\nlr = 0.1\n' in text, text
+
+
+def test_a_sweep_spec_names_its_notebook_relative_to_itself_or_to_the_root(tmp_path):
+    for d in ("nbs/experiments", "sweeps"): (tmp_path/d).mkdir(parents=True)
+    for name in ("nbs/x.ipynb", "nbs/y.ipynb", "nbs/experiments/e.ipynb"): (tmp_path/name).write_text("{}")
+    (tmp_path/"sweeps"/"x.yaml").write_text("notebook: ../nbs/x.ipynb\n")
+    (tmp_path/"sweeps"/"y.yaml").write_text("notebook: nbs/y.ipynb\n")
+    (tmp_path/"sweeps"/"out.yaml").write_text("notebook: ../../elsewhere.ipynb\n")
+    assert cn.run_notebooks(tmp_path) == {"nbs/x.ipynb", "nbs/y.ipynb", "nbs/experiments/e.ipynb"}
+
+
+@pytest.fixture
+def tiny_repo(tmp_path, monkeypatch):
+    "A git repository (no filter runs: no .gitattributes) whose config names the filter as `make hooks` sets it up now."
+    for k, v in {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t",
+                 "GIT_COMMITTER_EMAIL": "t@example.com", "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1"}.items():
+        monkeypatch.setenv(k, v)
+    run = lambda *a: subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True)
+    run("init", "-q", "-b", "main")
+    run("config", "filter.nbstripout.clean", 'sh "$(git rev-parse --git-common-dir)/mlkit-nbfilter" clean')
+    (tmp_path/"nbs").mkdir()
+    return tmp_path, run
+
+
+def run_check(root, capsys):
+    code = cn.check(cn.working_notebooks(root), root)
+    out = capsys.readouterr()
+    return code, out.out + out.err
+
+
+def test_a_bad_notebook_unchanged_since_head_is_named_once(tiny_repo, capsys):
+    root, git = tiny_repo
+    bad = nb_of({"cell_type": "code", "id": "a", "metadata": {}, "source": [], "outputs": [], "execution_count": 3})
+    (root/"nbs"/"a.ipynb").write_text(cn.dumps(bad))
+    git("add", "-A")
+    git("commit", "-qm", "x")
+    code, out = run_check(root, capsys)
+    assert code == 1 and out.count("nbs/a.ipynb (") == 1 and "nbs/a.ipynb (committed) holds execution counts" in out, out
+
+
+def test_a_filter_set_up_by_an_older_make_hooks_is_named_and_the_working_tree_judged(tiny_repo, capsys):
+    root, git = tiny_repo
+    git("config", "filter.nbstripout.clean", '"/somewhere/.venv/bin/python" -m nbstripout --keep-id')  # 659dbfb's hooks
+    (root/"nbs"/"a.ipynb").write_text(cn.dumps(nb_of(md(["x"], id="a"), metadata={"language_info": {}})))
+    code, out = run_check(root, capsys)
+    assert code == 1 and "the git notebook filter is an older one ('make hooks' updates it)" in out, out
+    assert "nbs/a.ipynb holds metadata language_info" in out, out
+
+
+def test_a_staged_notebook_deleted_from_the_working_tree_is_judged_as_staged(tiny_repo, capsys):
+    root, git = tiny_repo
+    (root/"nbs"/"a.ipynb").write_text(cn.dumps(nb_of(md(["x"], id="a"))))
+    git("add", "-A")
+    (root/"nbs"/"a.ipynb").unlink()
+    code, out = run_check(root, capsys)
+    assert code == 0 and "Traceback" not in out, out
+
+
+@pytest.mark.parametrize("args, content, expected", [
+    (["fix", "nope.ipynb"], None, "error: nope.ipynb: No such file or directory"),
+    (["fix", "list.ipynb"], "[1, 2]", "error: list.ipynb is not a notebook (JSON, but no object with a list of cells)"),
+    (["fix", "cells.ipynb"], '{"cells": [1]}', "error: cells.ipynb is not a notebook (JSON, but no object"),
+    (["fix", "half.ipynb"], '{"cells": [', "error: half.ipynb is not a notebook (Expecting value"),
+    (["fix", "nbs"], None, "error: nbs: Is a directory"),
+    (["textconv", "nope.ipynb"], None, "error: nope.ipynb: No such file or directory"),
+    (["fix"], None, "error: usage: check_notebooks.py clean | textconv FILE"),  # no file
+    (["textconv"], None, "error: usage: check_notebooks.py clean | textconv FILE"),
+])
+def test_bad_arguments_give_one_line_and_a_nonzero_exit(tmp_path, args, content, expected):
+    (tmp_path/"nbs").mkdir()
+    if content is not None: (tmp_path/args[1]).write_text(content)
+    r = subprocess.run([sys.executable, str(REPO/"scripts"/"check_notebooks.py"), *args], cwd=tmp_path,
+                       capture_output=True, text=True)
+    assert r.returncode != 0 and r.stderr.startswith(expected) and "Traceback" not in r.stderr, r.stderr
+    assert len(r.stderr.splitlines()) == 1, r.stderr
+    if content is not None: assert (tmp_path/args[1]).read_text() == content  # left as it was

@@ -203,9 +203,72 @@ def test_git_add_without_the_environment_fails_in_one_line_naming_make_install(c
     env.unlink()
     r = git("add", "nbs/00_core.ipynb", cwd=clone, check=False)
     assert r.returncode != 0
-    ours = [ln for ln in r.stderr.splitlines() if ln.startswith("error: git's notebook filter")]
-    assert ours == [f"error: git's notebook filter needs {env}/bin/python, which is missing; run 'make install'"], r.stderr
+    first, *rest = r.stderr.splitlines()  # git's whole stderr: our line, then git's own short lines quoting the command
+    assert first == (f"error: git's notebook filter needs a Python, and neither {clone}/.venv/bin/python nor "
+                     f"{env}/bin/python (make hooks' environment) exists; run 'make install'"), r.stderr
+    assert 1 <= len(rest) <= 3 and all(len(ln) < 100 and "exec" not in ln and "error: git's" not in ln for ln in rest), (
+        r.stderr)
     assert git("diff", "--cached", "--name-only", cwd=clone) == ""  # nothing was staged unfiltered
+
+
+def staged_notebook(root, rel):
+    return json.loads(git("show", f":{rel}", cwd=root))
+
+
+def test_each_worktree_runs_its_own_filter_and_removing_the_one_that_ran_make_hooks_breaks_none(clone, tmp_path):
+    """git's configuration is shared by every `git worktree`: the filter it names runs the worktree's own
+    scripts/check_notebooks.py, with the worktree's .venv/bin/python if it has one, else the Python make hooks used; a
+    worktree of a commit older than that script gets nbstripout (--keep-id, language_info stripped), its filter then."""
+    rel = "nbs/00_core.ipynb"
+    ids = [c["id"] for c in json.loads((clone/rel).read_text())["cells"]]
+    git("checkout", "-qb", "old", cwd=clone)  # a commit from before the filter was scripts/check_notebooks.py
+    git("rm", "-q", "scripts/check_notebooks.py", *(f for f in NOTEBOOKS if f != rel), cwd=clone)  # nbstripout is slow
+    git("commit", "-qm", "before scripts/check_notebooks.py", cwd=clone)
+    git("checkout", "-q", "main", cwd=clone)
+    hooked, old = tmp_path/"hooked", tmp_path/"old"
+    git("worktree", "add", "-q", "-b", "hooked", str(hooked), cwd=clone)
+    git("worktree", "add", "-q", str(old), "old", cwd=clone)
+    r = make("hooks", cwd=hooked)  # the Python it records: this one's (ENV=sys.prefix)
+    assert r.returncode == 0, r.stdout + r.stderr
+    log = tmp_path/"venv-python-runs"
+    (clone/".venv"/"bin").mkdir(parents=True)  # the main checkout's own environment: a Python that logs its runs
+    (clone/".venv"/"bin"/"python").write_text(f'#!/bin/sh\necho run >> "{log}"\nexec "{sys.executable}" "$@"\n')
+    (clone/".venv"/"bin"/"python").chmod(0o755)
+
+    lab_save(old, rel)
+    git("add", rel, cwd=old)
+    nb = staged_notebook(old, rel)  # nbstripout's form: the kernelspec as Lab wrote it, the ids kept
+    assert nb["metadata"]["kernelspec"]["display_name"] == "Python (mlkit)" and "language_info" not in nb["metadata"], nb
+    assert [c["id"] for c in nb["cells"]] == ids and not any(c.get("outputs") for c in nb["cells"])
+
+    git("worktree", "remove", "--force", str(hooked), cwd=clone)
+    lab_save(clone, rel)
+    (clone/rel).write_text((clone/rel).read_text().replace('"# ', '"# An edit: ', 1))
+    (clone/"nbs"/"sub").mkdir()
+    git("add", "../00_core.ipynb", cwd=clone/"nbs"/"sub")  # from a folder below the top too
+    nb = staged_notebook(clone, rel)  # scripts/check_notebooks.py's form, run by the checkout's own .venv
+    assert nb["metadata"]["kernelspec"]["display_name"] == "mlkit" and "language_info" not in nb["metadata"], nb
+    runs = log.read_text().count("run")
+    assert runs >= 1 and "+# An edit: " in git("diff", "--cached", cwd=clone/"nbs"), runs  # textconv, from below too
+    assert log.read_text().count("run") > runs
+    code, out = check_notebooks(clone)
+    assert code == 0, out
+
+
+def test_git_stash_restore_and_checkout_bring_back_the_committed_form_without_the_outputs(clone):
+    "git keeps the filtered form only: whatever brings a notebook back from git (stash included) has no outputs."
+    rel = "nbs/03_data.ipynb"
+    committed = (clone/rel).read_text()
+    for undo in (["restore", rel], ["checkout", "--", rel], ["stash"]):
+        lab_save(clone, rel)
+        (clone/rel).write_text((clone/rel).read_text().replace('"# ', '"# An edit: ', 1))
+        git(*undo, cwd=clone)
+        if undo == ["stash"]:
+            assert (clone/rel).read_text() == committed
+            git("stash", "pop", cwd=clone)  # the edit comes back; the outputs do not
+            assert "# An edit: " in (clone/rel).read_text()
+            git("checkout", "--", rel, cwd=clone)
+        assert '"output_type"' not in (clone/rel).read_text() and "epoch 1" not in (clone/rel).read_text(), undo
 
 
 def test_git_add_of_a_notebook_that_is_not_utf8_stages_it_as_it_is_and_make_check_names_it(clone):
@@ -215,3 +278,34 @@ def test_git_add_of_a_notebook_that_is_not_utf8_stages_it_as_it_is_and_make_chec
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
     code, out = check_notebooks(clone)
     assert code != 0 and "nbs/utf16.ipynb (staged) is not a readable notebook" in out and "Traceback" not in out, out
+
+
+def test_each_kind_of_problem_gets_its_own_advice_once_and_a_failing_notebook_is_not_also_fine(clone):
+    "Conflict markers, a lost parameters cell, an unreadable file, outputs committed: each named, each with what fixes it."
+    lab_save(clone, "nbs/00_core.ipynb")  # outputs (which the filter strips) and nbdev_merge's marker cells (no ids)
+    nb = json.loads((clone/"nbs"/"00_core.ipynb").read_text())
+    for i, m in ((1, "<<<<<<< HEAD"), (3, "======="), (5, ">>>>>>> theirs")):
+        nb["cells"].insert(i, {"cell_type": "markdown", "metadata": {}, "source": f"`{m}`"})
+    (clone/"nbs"/"00_core.ipynb").write_text(json.dumps(nb, indent=1))
+    train = clone/"nbs"/"experiments"/"train_digits.ipynb"
+    nb = json.loads(train.read_text())
+    for c in nb["cells"]: c["metadata"].pop("tags", None)
+    train.write_text(json.dumps(nb, indent=1, sort_keys=True) + "\n")
+    (clone/"nbs"/"03_data.ipynb").write_text("<<<<<<< HEAD\n" + (clone/"nbs"/"03_data.ipynb").read_text())
+    lab_save(clone, "nbs/04_distributed.ipynb")
+    git("-c", "filter.nbstripout.clean=cat", "add", "nbs/04_distributed.ipynb", cwd=clone)  # around the filter
+    lab_save(clone, "nbs/05_train.ipynb")  # the one notebook that is fine
+    code, out = check_notebooks(clone)
+    assert code != 0, out
+    assert "error: nbs/00_core.ipynb holds merge conflict markers (cells 2, 4, 6, counting from 1)\n" in out, out
+    advice = {ln.split(" (")[0]: ln for ln in out.splitlines() if ln.startswith("error: ") and "): " in ln}
+    assert advice["error: conflict markers"].startswith("error: conflict markers (nbs/00_core.ipynb): ") and (
+        "delete the marker cells" in advice["error: conflict markers"]), out
+    assert advice["error: no 'parameters' cell"].startswith(
+        "error: no 'parameters' cell (nbs/experiments/train_digits.ipynb): ") and "Cell Tags" in out, out
+    assert advice["error: not a readable notebook"].startswith("error: not a readable notebook (nbs/03_data.ipynb): ")
+    assert "git restore" in advice["error: not a readable notebook"], out
+    assert advice["error: not in the committed form"].startswith(
+        "error: not in the committed form (nbs/04_distributed.ipynb): 'git add --renormalize FILE'"), out
+    assert len(advice) == 4 and out.count("renormalize") == 1, out
+    assert "check-notebooks: 1 working-tree notebook(s) hold outputs" in out, out  # 05; not 00 or 04, named above

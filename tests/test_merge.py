@@ -1,7 +1,8 @@
 """Notebook merges with real git and the merge driver `make hooks` sets up (nbdev_merge), judged by `make check`.
 
-Different cells of one notebook: merged, no conflict. One line edited on both sides: a conflict that git reports and
-`make check` names (unmerged, then nbdev's marker cells staged or committed). Outputs: never committed, so never merged.
+Different cells of one notebook, in different places: merged, no conflict. Two new cells at the same place, or one line
+edited on both sides: a conflict that git reports and `make check` names (unmerged, then nbdev's marker cells staged or
+committed). Outputs: never committed, so never merged.
 """
 import json
 
@@ -52,6 +53,21 @@ def test_branches_adding_different_cells_merge_without_conflict(clone):
     assert "ours = 1" in sources(clone) and "theirs = 2" in sources(clone)
     code, out = check_notebooks(clone)
     assert code == 0, out
+
+
+def test_branches_adding_different_cells_at_the_same_place_conflict_and_make_check_names_it_until_resolved(clone):
+    "nbdev_merge merges by position: two new cells after the same cell are one place changed on both sides."
+    r = branches(clone, lambda r: edit(r, lambda cells: cells.insert(2, code_cell("ours0001", "ours = 1"))),
+                 lambda r: edit(r, lambda cells: cells.insert(2, code_cell("theirs01", "theirs = 2"))))
+    assert r.returncode != 0 and f"CONFLICT (content): Merge conflict in {NB}" in r.stdout, r.stdout + r.stderr
+    got = sources(clone)
+    assert "ours = 1" in got and "theirs = 2" in got and "`<<<<<<< HEAD`" in got and "`>>>>>>> theirs`" in got, got
+    code, out = check_notebooks(clone)
+    assert code != 0 and f"{NB} is unmerged (a merge conflict)" in out and f"{NB} holds merge conflict markers" in out, out
+    edit(clone, lambda cells: cells.__setitem__(slice(None), [c for c in cells if not "".join(c["source"]).startswith("`")]))
+    git("commit", "-qam", "resolved: both cells", cwd=clone)  # keep both: delete the marker cells, add, commit
+    code, out = check_notebooks(clone)
+    assert code == 0 and "ours = 1" in sources(clone) and "theirs = 2" in sources(clone), out
 
 
 def _set_first_line(text):

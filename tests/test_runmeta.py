@@ -111,7 +111,7 @@ def test_make_hooks_leaves_later_git_status_with_no_filter_runs(clone):
     repo, runs = clone
     r = make("hooks", cwd=repo)
     assert r.returncode == 0 and "notebook filter (scripts/check_notebooks.py)" in r.stdout, r.stdout + r.stderr
-    assert '/scripts/check_notebooks.py" clean' in git("config", "filter.nbstripout.clean", cwd=repo)
+    assert 'mlkit-nbfilter" clean' in git("config", "filter.nbstripout.clean", cwd=repo)
     git("config", "filter.nbstripout.clean", f'echo run >> "{runs}"; cat', cwd=repo)
     assert git("status", "--porcelain", cwd=repo) == ""
     assert git("status", "--porcelain", cwd=repo) == ""
