@@ -257,18 +257,12 @@ def main(argv: list[str]) -> int:
     if argv[:1] == ["fix"] and len(argv) > 1:
         for name in argv[1:]: Path(name).write_text(dumps(clean(load(name))), encoding="utf-8")
         return 0
-    if argv[:1] == ["textconv"] and len(argv) == 2:
-        data = read_arg(argv[1])
-        # not a notebook (a conflicted merge's raw markers, a file that is not UTF-8): shown as it is
-        try: data = textconv(clean(json.loads(data.decode("utf-8")))).encode("utf-8")
-        except (ValueError, AttributeError, TypeError): pass  # UnicodeDecodeError is a ValueError
-        sys.stdout.buffer.write(data)
-        return 0
-    if argv == ["clean"]:
-        data = sys.stdin.buffer.read()
+    if argv == ["clean"] or (argv[:1] == ["textconv"] and len(argv) == 2):
+        data = sys.stdin.buffer.read() if argv == ["clean"] else read_arg(argv[1])
+        show = dumps if argv == ["clean"] else textconv
         # not a notebook (a conflicted merge's raw markers, a file that is not UTF-8): as it is, for `make check` to name
-        try: data = dumps(clean(json.loads(data.decode("utf-8")))).encode("utf-8")
-        except (ValueError, AttributeError, TypeError): pass
+        try: data = show(clean(json.loads(data.decode("utf-8")))).encode("utf-8")
+        except (ValueError, AttributeError, TypeError): pass  # UnicodeDecodeError is a ValueError
         sys.stdout.buffer.write(data)
         return 0
     print("error: usage: check_notebooks.py clean | textconv FILE | check [NOTEBOOK...] | fix NOTEBOOK...", file=sys.stderr)
