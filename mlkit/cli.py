@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -201,7 +202,7 @@ def cmd_runs_plot(args):
     print(out)
 
 # %% ../nbs/07_cli.ipynb #b8d4f2e1
-_SIGNAL_STATUS = {"SIGINT": 130, "SIGTERM": 143}
+_SIGNAL_STATUS = {"SIGINT": 130, "SIGHUP": 129, "SIGTERM": 143}  # 128 + the signal's number, as a shell reports
 
 def params_table(params:dict) -> str:
     "The table `mlkit run NOTEBOOK --help` prints: name, type, default and help of each parameter."
@@ -419,4 +420,9 @@ def main(argv:list[str]|None=None) -> int:
     except KeyboardInterrupt:
         print(f"mlkit {args.command}: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:  # a full disk ends any command with one line, not a traceback
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT): raise
+        from mlkit.run import disk_full_message
+        print(f"mlkit {args.command}: error: {disk_full_message(e)}", file=sys.stderr)
+        return 1
     return rc or 0

@@ -6,6 +6,8 @@
 from __future__ import annotations
 
 import ast
+import errno
+import fcntl
 import io
 import json
 import logging
@@ -20,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from .core import MlkitError, atomic_write, runs_dir
+from .core import TMP_PREFIX, MlkitError, atomic_write, runs_dir
 from .runmeta import REDACTED, redact
 from .runs import META, RECORDS, Run, open_run
 
@@ -28,7 +30,7 @@ from .runs import META, RECORDS, Run, open_run
 __all__ = ['PARAMETERS_TAG', 'KERNEL_LOG', 'TRIAL_ENV', 'PRUNED_MARK', 'NotebookError', 'ParameterError', 'read_notebook',
            'Parameter', 'parameters_cell_index', 'notebook_parameters', 'CliText', 'parse_value', 'convert',
            'read_params_file', 'resolve_params', 'kernel_name', 'RunInterrupted', 'DistributedRunError', 'run_notebook',
-           'rerun', 'record', 'report']
+           'disk_full_message', 'rerun', 'record', 'report']
 
 # %% ../nbs/11_run.ipynb #536c6234
 class NotebookError(MlkitError):
@@ -221,17 +223,17 @@ def _writable_runs_folder(root:str|Path|None) -> Path:
 
 # %% ../nbs/11_run.ipynb #bf4df7e7
 class RunInterrupted(KeyboardInterrupt):
-    "SIGINT or SIGTERM arrived while a notebook ran."
+    "SIGINT, SIGTERM or SIGHUP arrived while a notebook ran."
     def __init__(self, signame:str): super().__init__(signame); self.signame = signame
 
 @contextmanager
 def _signals_interrupt():
-    "Inside: SIGINT and SIGTERM raise RunInterrupted (main thread only); the handlers before are restored after."
+    "Inside: SIGINT, SIGTERM and SIGHUP raise RunInterrupted (main thread only); the handlers before are restored after."
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     def handler(signum, frame): raise RunInterrupted(signal.Signals(signum).name)
-    before = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    before = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}  # HUP: terminal closed
     try: yield
     finally:
         for s, h in before.items(): signal.signal(s, h)
@@ -499,7 +501,8 @@ def run_notebook(path:str|Path, # The notebook to execute
     kernel = kernel_name()
     from papermill import execute_notebook
     from mlkit.gpu import HELD_ENV
-    from mlkit.track import RUN_DIR_ENV, LocalTracker, take_seed_mark, write_json_atomic
+    from mlkit.track import RUN_DIR_ENV, LocalTracker, take_name_mark, take_seed_mark, write_json_atomic
+    _atomic_notebook_writes()
     tracker = LocalTracker(root, name=name or path.stem, capture=True)
     print(f"mlkit run: run {tracker.id} ({tracker.name}) in {tracker.path}", file=out or sys.stderr, flush=True)
     saved, injected, env[RUN_DIR_ENV] = tracker.path/"notebook.ipynb", _injected_index(nb, given), str(tracker.path)
@@ -530,11 +533,18 @@ def run_notebook(path:str|Path, # The notebook to execute
                 tracker.meta["exit_note"], error = f"{error} after the notebook ran to its end", None
             if isinstance(error, DistributedRunError): error.cell_error = cell_error
         status, message, cell = _outcome(error, cells.current, injected, cell_timeout)
+        if _disk_full(error): message = disk_full_message(error)
         if cell: tracker.meta["failed_cell"] = cell
+        if name is None and (asked := take_name_mark(tracker.path)):  # the notebook's LocalTracker(name=...)
+            tracker.name = tracker.meta["name"] = asked
         if (seed := take_seed_mark(tracker.path)) is not None: tracker.meta["seed"] = seed  # the kernel's seed_everything
         if (pruned := _pruned_at(tracker.path)) is not None and status == "finished":
             status, tracker.meta["pruned_at_step"] = "pruned", pruned
-        _redact_injected(saved, given)
+        try: _redact_injected(saved, given)
+        except OSError as e:
+            if not _disk_full(e): raise
+            saved.unlink(missing_ok=True)  # the unredacted notebook must not stay
+            status, message = "failed", disk_full_message(e) + " (the executed notebook removed: secrets in it)"
         tracker.finish(status, message)
     return open_run(tracker.path)
 
@@ -572,6 +582,34 @@ def _redact_injected(saved:Path, given:dict):
         if "injected-parameters" in c.metadata.get("tags", []):
             c.source = "\n".join(map(hide, c.source.splitlines()))
     atomic_write(saved, lambda f: nbformat.write(nb, f), mode="w")
+
+# %% ../nbs/11_run.ipynb #b4e3ceb7
+_atomic_registered: list = []
+
+def _atomic_notebook_writes():
+    "Make papermill write local notebooks atomically (temporary file, then rename): a reader never sees half of one."
+    if _atomic_registered: return
+    from papermill.iorw import LocalHandler, chdir, papermill_io
+    class AtomicLocalHandler(LocalHandler):
+        "papermill's local files, each notebook written whole or not at all (its 30-second saves and its last)."
+        def write(self, buf, path):
+            with chdir(self._cwd):
+                if (folder := os.path.dirname(path)) and not os.path.exists(folder):
+                    raise FileNotFoundError(f"output folder {folder} doesn't exist.")
+                atomic_write(os.path.abspath(path), lambda f: f.write(buf.encode("utf-8")))
+    papermill_io.register("local", AtomicLocalHandler())  # the first "local" handler registered last wins
+    _atomic_registered.append(True)
+
+def _disk_full(e:BaseException|None) -> bool:
+    "Whether `e` is a write that found no space: the disk full (ENOSPC) or the user's quota spent (EDQUOT)."
+    return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
+
+def disk_full_message(e:OSError) -> str:
+    "One line for a full disk: what could not be written (the file, not `atomic_write`'s temporary name)."
+    path = Path(str(e.filename)) if e.filename else None
+    if path and path.name.startswith(TMP_PREFIX): path = path.with_name(path.name[len(TMP_PREFIX):].rsplit(".", 2)[0])
+    what = "no space left on device" if e.errno == errno.ENOSPC else "disk quota exceeded"
+    return f"{what} writing {path}" if path else what
 
 # %% ../nbs/11_run.ipynb #8abe633d
 def _same_code_and_env(old:dict) -> list[str]:
@@ -651,17 +689,33 @@ def record(name:str, # What the value is, e.g. "test_acc"
            value, # A number, string, list or dict
            run=None, # The tracker to record into; `mlkit.track.current_run()` when None
           ):
-    "Store `value` as the summary value `name` of the current run, in its records.json."
+    "Store `value` as the summary value `name` of the current run, in its records.json, redacted as `log_params` is."
     from mlkit.track import current_run, write_json_atomic
-    value = _plain(value)
+    value = redact({str(name): _plain(value)})[str(name)]  # secret-named keys at any depth, secret env values
     run = run or current_run()
     if getattr(run, "path", None) is None: return  # not the recording process (a rank other than 0)
     path = Path(run.path)/RECORDS
-    with _records_lock:
+    with _records_lock, _locked(path.with_name(RECORDS + ".lock")):  # threads, then processes: read, merge, write
         try: records = json.loads(path.read_text())
         except (FileNotFoundError, ValueError): records = {}
         records[str(name)] = value
         write_json_atomic(path, records)
+
+@contextmanager
+def _locked(path:Path):
+    "Inside: an exclusive `flock` on the file at `path` (made if missing), held by this process."
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try: yield
+        finally: fcntl.flock(f, fcntl.LOCK_UN)
+
+def _new_records_lock():
+    "A fresh lock in a forked child: the parent's threads, which may have held the old one, are gone."
+    global _records_lock
+    _records_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_records_lock)
 
 # %% ../nbs/11_run.ipynb #f24d74ba
 def report(step:int, # Where in training the value is: an epoch, say (counted the same way in every trial)

@@ -30,8 +30,9 @@ from .events import Callback, CancelFit
 _all_ = ["load_runs"]
 
 # %% auto #0
-__all__ = ['Tracker', 'new_run_id', 'write_json_atomic', 'LocalTracker', 'take_seed_mark', 'TensorBoardTracker', 'MLflowTracker',
-           'WandbTracker', 'MultiTracker', 'current_run', 'TrackingCallback', 'load_runs']
+__all__ = ['NAME_MARK', 'Tracker', 'new_run_id', 'write_json_atomic', 'LocalTracker', 'take_seed_mark', 'take_name_mark',
+           'TensorBoardTracker', 'MLflowTracker', 'WandbTracker', 'MultiTracker', 'current_run', 'TrackingCallback',
+           'load_runs']
 
 # %% ../nbs/10_track.ipynb #f2e5e844
 class Tracker:
@@ -190,9 +191,13 @@ class LocalTracker(Tracker):
                  flush_every:float=1.0, # Seconds between background writes of buffered metrics
                  resume:str|None=None, # Continue this run (an id, unique prefix or name) instead of starting one
                 ):
+        "Under `mlkit run` ($MLKIT_RUN_DIR), attach to its run (`attach`) unless `resume` or another `root` is given."
         super().__init__(name, flush_every)
         self.path, self.params, self._names, self._owner = None, {}, {}, True
         if not self.active: return
+        if resume is None and (owned := _run_of_mlkit_run(root)) is not None:  # one execution, one run folder
+            self._attach(owned, name)
+            return
         self.root = Path(root) if root is not None else runs_dir()
         self.root.mkdir(parents=True, exist_ok=True)
         self._secrets = secret_env_values()
@@ -207,16 +212,21 @@ class LocalTracker(Tracker):
         self = cls.__new__(cls)
         Tracker.__init__(self)
         self.path, self.params, self._names, self._owner = None, {}, {}, False
-        if not self.active: return self
+        if self.active: self._attach(path, None)
+        return self
+
+    def _attach(self, path:str|Path, name:str|None):
+        "Open the run at `path` as a guest; a `name` is left in `NAME_MARK` for the owner to give the run."
+        self._owner = False
         run = open_run(path)
         if run.error: raise MlkitError(f"cannot record into {path}: {run.error}")
-        self.path, self.root, self.id, self.name = run.path, run.path.parent, run.id, run.name
+        self.path, self.root, self.id, self.name = run.path, run.path.parent, run.id, name or run.name
+        if name and name != run.name: write_json_atomic(self.path/NAME_MARK, {"name": name})
         self.meta, self.params, self._secrets = run.meta, run.params, secret_env_values()
         self._file = open(self.path/METRICS, "ab")
         self._step = _last_step(_metrics_up_to(self.path/METRICS, None)) + 1
         self._note_seed()
         self._start()
-        return self
 
     def _note_seed(self):
         "Record the seed `seed_everything` last used here: in meta.json (the owner), else in a mark the owner reads."
@@ -393,6 +403,25 @@ def _last_step(metrics_csv:str) -> int:
     steps = [int(h) for line in metrics_csv.splitlines()[1:] if (h := line.split(",", 1)[0]).isdigit()]
     return max(steps, default=-1)
 
+# %% ../nbs/10_track.ipynb #b6356d15
+NAME_MARK = ".name.json"  # left in a run folder by a `LocalTracker(name=...)` attached to it, for the owner to take
+
+def _run_of_mlkit_run(root:str|Path|None) -> Path|None:
+    "The run folder `mlkit run` made for this process ($MLKIT_RUN_DIR), if a LocalTracker on `root` belongs in it."
+    path = os.environ.get(RUN_DIR_ENV)
+    if not path: return None
+    if root is not None and Path(root).resolve() != Path(path).resolve().parent: return None  # another store
+    return Path(path)
+
+def take_name_mark(path:str|Path, # A run folder
+                  ) -> str|None:
+    "The name a `LocalTracker(name=...)` attached to the run at `path` was given (`NAME_MARK`), or None; the mark is removed."
+    mark = Path(path)/NAME_MARK
+    try: name = json.loads(mark.read_text()).get("name")
+    except (OSError, ValueError, AttributeError): return None
+    mark.unlink(missing_ok=True)
+    return name if isinstance(name, str) and name else None
+
 # %% ../nbs/10_track.ipynb #856affd0
 _open_trackers: set = set()  # strong references: an open run is finished at exit even if its tracker was dropped
 _hooks_installed = _signals_installed = False
@@ -400,7 +429,7 @@ _uncaught: list = []
 _MAIN_THREAD = threading.main_thread().ident
 
 class _Deferral:
-    "While the main thread holds a tracker's lock, SIGTERM and SIGINT wait: their handlers take that lock too."
+    "While the main thread holds a tracker's lock, SIGTERM, SIGHUP and SIGINT wait: their handlers take that lock too."
     def __init__(self): self.depth, self.pending = 0, None
     def __enter__(self):
         if threading.get_ident() == _MAIN_THREAD: self.depth += 1
@@ -459,7 +488,7 @@ def _forget_in_child():
 os.register_at_fork(after_in_child=_forget_in_child)
 
 def _install_handlers():
-    "Finish open trackers at exit, on an uncaught exception, SIGTERM and SIGINT (chaining to handlers set before)."
+    "Finish open trackers at exit, on an uncaught exception, SIGTERM, SIGHUP and SIGINT (chaining to handlers set before)."
     global _hooks_installed, _signals_installed
     if not _hooks_installed:
         _hooks_installed = True
@@ -471,7 +500,7 @@ def _install_handlers():
         sys.excepthook = hook
     if _signals_installed or threading.get_ident() != _MAIN_THREAD: return  # only the main thread may set them
     _signals_installed = True
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # SIGHUP: a closed terminal or a dropped ssh
         previous = signal.getsignal(signum)
         if previous == signal.SIG_IGN: continue  # ignored on purpose (nohup, a background job): stays ignored
         _previous_handlers[signum] = previous
@@ -725,12 +754,25 @@ _current: list = []
 
 def current_run(name:str|None=None, # The name of a run made now (under `mlkit run`, the run is named already)
                ) -> Tracker:
-    "The run this process records into: the one `mlkit run` made ($MLKIT_RUN_DIR), else a LocalTracker made now."
+    "The run to record into: `mlkit run`'s ($MLKIT_RUN_DIR), else one made now (a kernel's failing cell ends it; then a new one)."
     if _current and not _current[0]._finished: return _current[0]
     path = os.environ.get(RUN_DIR_ENV)
     run = LocalTracker.attach(path) if path else LocalTracker(name=name)
+    if not path: _end_with_failing_cell(run)  # its own run in a kernel: nobody else will say that a cell failed
     _current[:] = [run]
     return run
+
+def _end_with_failing_cell(run:Tracker):
+    "In an IPython kernel, end `run` as `failed` (`interrupted` for KeyboardInterrupt) when a cell raises; a no-op elsewhere."
+    shell = getattr(sys.modules.get("IPython"), "get_ipython", lambda: None)()
+    if shell is None or not hasattr(shell, "events"): return
+    def post_run_cell(result):
+        e = result.error_before_exec or result.error_in_exec
+        if e is not None and not run._finished:
+            status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+            run.finish(status, f"{type(e).__name__}: {mask(str(e))}"[:2000])
+        if run._finished: shell.events.unregister("post_run_cell", post_run_cell)
+    shell.events.register("post_run_cell", post_run_cell)
 
 # %% ../nbs/10_track.ipynb #d5043053
 class TrackingCallback(Callback):
