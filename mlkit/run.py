@@ -597,7 +597,7 @@ def _atomic_notebook_writes():
                 if (folder := os.path.dirname(path)) and not os.path.exists(folder):
                     raise FileNotFoundError(f"output folder {folder} doesn't exist.")
                 atomic_write(os.path.abspath(path), lambda f: f.write(buf.encode("utf-8")))
-    papermill_io.register("local", AtomicLocalHandler())  # the first "local" handler registered last wins
+    papermill_io.register("/", AtomicLocalHandler())  # absolute paths, as run_notebook passes (the last "local" one wins)
     _atomic_registered.append(True)
 
 def _disk_full(e:BaseException|None) -> bool:
