@@ -46,7 +46,8 @@ def every_json_parses(folder: Path):
 
 
 def test_a_failing_cell_under_plain_papermill_marks_the_run_failed(runs_root, tmp_path):
-    nb = write_nb(tmp_path/"nb.ipynb", "x = 1", "from mlkit.run import record\nrecord('x', x)", "raise ValueError('boom in cell 3')")
+    nb = write_nb(tmp_path/"nb.ipynb", "x = 1", "from mlkit.run import record\nrecord('x', x)",
+                  "raise ValueError('boom in cell 3')")
     r = subprocess.run([PAPERMILL, nb, str(tmp_path/"out.ipynb")], capture_output=True, text=True, timeout=180)
     assert r.returncode != 0
     [run] = folders(runs_root)
@@ -110,7 +111,7 @@ def test_sighup_ends_a_plain_scripts_localtracker_interrupted(runs_root, tmp_pat
     assert p.returncode == -signal.SIGHUP  # it still dies of the signal
     m = meta(path)
     assert (m["status"], m["error"]) == ("interrupted", "SIGHUP")
-    assert (path/"metrics.csv").read_text().splitlines()[1:] == ["0,loss,1.0"] or "loss" in (path/"metrics.csv").read_text()
+    assert "loss" in (path/"metrics.csv").read_text()  # what was logged before the signal was written
 
 
 SITE = '''
