@@ -12,6 +12,7 @@ import json
 import os
 import re
 import socket
+import stat
 import time
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
@@ -65,8 +66,9 @@ def _mark(f, offset:int) -> str|None:
 
 class MetricsSummary:
     "Each metric's last, min and max value (with their steps) and count, over the first `offset` bytes of a metrics.csv."
-    def __init__(self, metrics:dict|None=None, offset:int=0, bad:int=0, mark:str|None=None):
+    def __init__(self, metrics:dict|None=None, offset:int=0, bad:int=0, mark:str|None=None, stamp:list|None=None):
         self.metrics, self.offset, self.bad, self.mark = metrics if metrics is not None else {}, offset, bad, mark
+        self.stamp = stamp  # [size, mtime_ns] of the file when this summary covered all of it: unchanged, nothing to read
 
     def add(self, step:int, name:str, value:float):
         "Count one value (NaN is counted and can be last, but is never the min or max unless all are NaN)."
@@ -142,11 +144,17 @@ class MetricsSummary:
                 data = rest + chunk
                 rest = data[self.feed(data):]
             if self.offset != start: self.mark = _mark(f, self.offset)
+            self._stamp(os.fstat(f.fileno()))
         return self.offset - start
+
+    def _stamp(self, st:os.stat_result):
+        self.stamp = [st.st_size, st.st_mtime_ns] if st.st_size == self.offset else None
 
     def remark(self, path:str|Path):
         "Hash the file's bytes before `offset` again, after values were added without reading them (the tracker's own)."
-        with open(path, "rb") as f: self.mark = _mark(f, self.offset)
+        with open(path, "rb") as f:
+            self.mark = _mark(f, self.offset)
+            self._stamp(os.fstat(f.fileno()))
 
     def fits(self, path:str|Path) -> bool:
         "Whether the file at `path` still begins with the bytes this summary covers (as far as the hash can tell)."
@@ -156,13 +164,14 @@ class MetricsSummary:
         except OSError: return False
 
     def to_json(self) -> dict:
-        return {"metrics": self.metrics, "metrics_bytes": self.offset, "metrics_mark": self.mark, "bad_lines": self.bad}
+        return {"metrics": self.metrics, "metrics_bytes": self.offset, "metrics_mark": self.mark, "metrics_stamp": self.stamp,
+                "bad_lines": self.bad}
 
     @classmethod
     def from_json(cls, d:dict) -> MetricsSummary:
         m = d.get("metrics")
         if not isinstance(m, dict) or not isinstance(d.get("metrics_bytes"), int): raise ValueError("not a summary")
-        return cls(m, d["metrics_bytes"], d.get("bad_lines") or 0, d.get("metrics_mark"))
+        return cls(m, d["metrics_bytes"], d.get("bad_lines") or 0, d.get("metrics_mark"), d.get("metrics_stamp"))
 
 def write_summary(folder:str|Path, # A run folder
                   summary:MetricsSummary, heartbeat:float|None=None, # time.time() of the owner's last sign of life
@@ -178,8 +187,9 @@ def write_summary(folder:str|Path, # A run folder
         raise
     return path
 
-def _read_summary_file(folder:Path) -> dict:
-    try: d = json.loads((folder/SUMMARY).read_bytes())
+def _read_summary_file(folder:str|Path) -> dict:
+    try:
+        with open(os.path.join(folder, SUMMARY), "rb") as f: d = json.loads(f.read())
     except (OSError, ValueError): return {}
     return d if isinstance(d, dict) else {}
 
@@ -188,14 +198,17 @@ def summarize(folder:str|Path, # A run folder
               keep:bool=False, # Write the summary back when it had to be brought up to date
              ) -> MetricsSummary:
     "The run's metric summary: its summary.json where it still fits metrics.csv, brought up to date by streaming the rest."
-    folder = Path(folder)
     doc = _read_summary_file(folder) if doc is None else doc
     try: s = MetricsSummary.from_json(doc)
     except (ValueError, TypeError): s = None
-    if s is None or not s.fits(folder/METRICS): s = MetricsSummary()
-    try: read = s.catch_up(folder/METRICS)
+    metrics = os.path.join(folder, METRICS)
+    try: st = os.stat(metrics)
+    except FileNotFoundError: return s or MetricsSummary()
+    if s is not None and s.stamp == [st.st_size, st.st_mtime_ns]: return s  # the file has not changed since: no need to open it
+    if s is None or not s.fits(metrics): s = MetricsSummary()
+    try: read = s.catch_up(metrics)
     except FileNotFoundError: return s
-    if read and keep:
+    if keep and (read or s.stamp != doc.get("metrics_stamp")):
         try: write_summary(folder, s, doc.get("heartbeat"))
         except OSError: pass  # a runs folder this user cannot write: summarized again next time
     return s
@@ -311,7 +324,7 @@ class Run:
     def records(self) -> dict:
         "The summary values the run stored with `mlkit.run.record` ({} when none, or when records.json is unreadable)."
         if self._records is None:
-            try: value = json.loads((self.path/RECORDS).read_bytes())
+            try: value = _read_json(os.path.join(self.path, RECORDS))
             except (OSError, ValueError): value = {}
             self._records = value if isinstance(value, dict) else {}
         return self._records
@@ -327,28 +340,30 @@ class Run:
 
 def _unreadable(name:str, e:OSError) -> str: return f"unreadable {name}: {e.strerror or e}"
 
-def _read_json(path:Path) -> dict:
-    value = json.loads(path.read_bytes())
-    if not isinstance(value, dict): raise ValueError(f"{path.name} holds a {type(value).__name__}, not an object")
+def _read_json(path:str) -> dict:
+    with open(path, "rb") as f: value = json.loads(f.read().decode())  # str: json skips guessing the encoding
+    if not isinstance(value, dict): raise ValueError(f"{os.path.basename(path)} holds a {type(value).__name__}, not an object")
     return value
 
 def open_run(path:str|Path) -> Run:
     "Read the run folder at `path`; a damaged one comes back with status 'broken' and the reason in `error`."
     path = Path(path)
-    run = Run(path)
-    try: run.meta = _read_json(path/META)
+    run, folder = Run(path), str(path)  # plain strings: listing opens a few files in each of thousands of folders
+    try: run.meta = _read_json(os.path.join(folder, META))
     except FileNotFoundError: run.error = f"no {META}"
     except OSError as e: run.error = _unreadable(META, e)
     except ValueError as e: run.error = f"corrupt {META}: {e}"
     if run.error is None:
-        try: run.params = _read_json(path/PARAMS)
+        try: run.params = _read_json(os.path.join(folder, PARAMS))
         except FileNotFoundError: run.params = {}
         except OSError as e: run.error = _unreadable(PARAMS, e)
         except ValueError as e: run.error = f"corrupt {PARAMS}: {e}"
-    if run.error is None:
-        try: open(path/METRICS, "rb").close()  # only opened here; it is read when first asked for
-        except FileNotFoundError: pass
-        except OSError as e: run.error = _unreadable(METRICS, e)
+    metrics = os.path.join(folder, METRICS)
+    try:
+        if run.error is None and not (os.access(metrics, os.R_OK) and stat.S_ISREG(os.stat(metrics).st_mode)):
+            open(metrics, "rb").close()  # it cannot be read: say why (a folder, say, or no permission)
+    except FileNotFoundError: pass
+    except OSError as e: run.error = _unreadable(METRICS, e)
     return run
 
 # %% ../nbs/09_runs.ipynb #6b1c22b6
