@@ -28,9 +28,9 @@ from .core import MlkitError, ProjectNotFoundError, project_root, runs_dir
 
 # %% auto #0
 __all__ = ['SECRET_WORDS', 'SECRET_PARTS', 'COUNT_WORDS', 'DATA_WORDS', 'NOT_SECRET', 'URL_SECRET_WORDS', 'REDACTED',
-           'PARAMETER_FLAGS', 'GIT_TIMEOUT', 'UNTRACKED_FILE_CAP', 'UNTRACKED_TOTAL_CAP', 'UNTRACKED_MAX_FILES',
-           'UNTRACKED_MAX_LISTED', 'SECRET_FILES', 'ENV_KEEP', 'is_secret_key', 'strip_url_credentials',
-           'secret_env_values', 'mask', 'redact', 'redact_argv', 'git_state', 'run_metadata']
+           'PARAMETER_FLAGS', 'YAML_FLAGS', 'GIT_TIMEOUT', 'UNTRACKED_FILE_CAP', 'UNTRACKED_TOTAL_CAP',
+           'UNTRACKED_MAX_FILES', 'UNTRACKED_MAX_LISTED', 'SECRET_FILES', 'ENV_KEEP', 'is_secret_key',
+           'strip_url_credentials', 'secret_env_values', 'mask', 'redact', 'redact_argv', 'git_state', 'run_metadata']
 
 # %% ../nbs/08_runmeta.ipynb #24b46504
 SECRET_WORDS = {"token", "key", "apikey", "secret", "password", "passwd", "pass", "pwd", "passphrase", "credential",
@@ -111,21 +111,34 @@ def redact(obj, secrets:set[str]|None=None, _key=None):
 
 # %% ../nbs/08_runmeta.ipynb #0a6c3f5e
 PARAMETER_FLAGS = ("-p", "--param", "--parameters", "-r", "--parameters_raw", "--parameters-raw")  # papermill's and mlkit run's
+YAML_FLAGS = ("-y", "--parameters_yaml", "--parameters-yaml")  # papermill's parameters as YAML text
 _OVERRIDE = re.compile(r"[+~]*-{0,2}[A-Za-z_][\w.\-]*")  # NAME in NAME=VALUE, --flag=VALUE, +db.password=VALUE
 
-def _redact_value_text(text:str) -> str:
-    "A parameter's value as typed (YAML), as JSON with the secrets inside it redacted; unchanged when it holds none."
-    if not any(c in text for c in "{[:"): return text  # a scalar: nothing nested to redact (and no YAML import)
-    import yaml
-    try: value = yaml.safe_load(text)
-    except yaml.YAMLError: return text
-    hidden = redact(value)
-    return json.dumps(hidden) if hidden != value else text
+def _parse_structured(text:str) -> tuple|None:
+    "(value, syntax) of `text` read as JSON, else a Python literal, else YAML; None when none of them reads it."
+    with contextlib.suppress(ValueError): return json.loads(text), "json"
+    with contextlib.suppress(ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return ast.literal_eval(text), "python"
+    import yaml  # only here: most command lines hold no structure, and yaml's import costs
+    try: return yaml.safe_load(text), "yaml"
+    except (yaml.YAMLError, RecursionError): return None
+
+def _redact_structured(text:str, secrets:set[str], yaml:bool=False) -> str:
+    "`text` with the secrets inside a structured value (`{…}`, `[…]`; any YAML when `yaml`) redacted by key, in its syntax."
+    if not (text.lstrip().startswith(("{", "[")) or yaml and any(c in text for c in ":-")): return text  # a scalar
+    parsed = _parse_structured(text)
+    if parsed is None:  # looks structured, does not parse: kept only without a secret-looking name in it
+        return REDACTED if any(is_secret_key(w) for w in re.findall(r"[A-Za-z_][\w\-]*", text)) else text
+    value, syntax = parsed
+    if not isinstance(value, (dict, list, tuple)): return text  # a scalar: `mask` sees it as text
+    hidden = redact(value, secrets)
+    if hidden == value: return text  # nothing to hide: kept byte for byte
+    return repr(hidden) if syntax == "python" else json.dumps(hidden, ensure_ascii=False, default=str)
 
 def redact_argv(argv:list[str], # A command line, such as sys.argv
                 secrets:set[str]|None=None, # Values to mask everywhere; the secret environment variables' when None
                ) -> list[str]:
-    "A copy of `argv` with the values of secret-named flags, parameters (`-p NAME VALUE`) and `NAME=VALUE` overrides hidden."
+    "A copy of `argv` with the values of secret-named flags, parameters, `NAME=VALUE` overrides and structure keys hidden."
     secrets = secret_env_values() if secrets is None else secrets
     argv, out, hidden = [str(a) for a in argv], [], set()
     for i, arg in enumerate(argv):
@@ -133,11 +146,14 @@ def redact_argv(argv:list[str], # A command line, such as sys.argv
         if i in hidden: arg = REDACTED
         elif arg in PARAMETER_FLAGS and i + 2 < len(argv):
             if is_secret_key(argv[i + 1]): hidden.add(i + 2)
-            else: argv[i + 2] = _redact_value_text(argv[i + 2])  # `-p creds '{api_key: sk-…}'`: a secret inside
+            else: argv[i + 2] = _redact_structured(argv[i + 2], secrets, yaml=True)  # `-p creds '{api_key: sk-…}'`
+        elif arg in YAML_FLAGS and i + 1 < len(argv): argv[i + 1] = _redact_structured(argv[i + 1], secrets, yaml=True)
         elif "=" in arg and _OVERRIDE.fullmatch(name):
-            if is_secret_key(name): arg = f"{name}={REDACTED}"
+            value = arg[len(name) + 1:]
+            arg = f"{name}={REDACTED if is_secret_key(name) else _redact_structured(value, secrets)}"
         elif arg.startswith("-") and is_secret_key(arg) and i + 1 < len(argv) and not argv[i + 1].startswith("-"):
             hidden.add(i + 1)
+        else: arg = _redact_structured(arg, secrets)
         out.append(mask(arg, secrets))
     return out
 
