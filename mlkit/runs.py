@@ -100,18 +100,29 @@ class MetricsSummary:
         try: values = list(map(float, fields[3::4]))
         except ValueError: return False
         if not all(map(str.isdigit, steps)): return False
-        distinct = list(dict.fromkeys(names))
-        for name in distinct:
-            pick = [x == name for x in names] if len(distinct) > 1 else None
-            vs = values if pick is None else list(compress(values, pick))
-            at = steps if pick is None else list(compress(steps, pick))
+        self.add_columns(steps, names, values)
+        return True
+
+    def add_columns(self, steps:list, names:list[str], values:list[float]):
+        "Count values given as columns (steps as ints or digit strings), name by name at C speed: the tracker's flushes."
+        distinct, n = list(dict.fromkeys(names)), len(names)
+        k = len(distinct)
+        if k == 1: groups = {names[0]: (steps, values)}
+        elif n % k == 0 and len(set(names[:k])) == k and all(names[i::k].count(names[i]) == n // k for i in range(k)):
+            groups = {names[i]: (steps[i::k], values[i::k]) for i in range(k)}  # each step logs the same names: slices
+        elif k <= 8: groups = {n: (list(compress(steps, pick)), list(compress(values, pick)))
+                                           for n in distinct for pick in [[x == n for x in names]]}
+        else:  # many names: one pass
+            groups = {n: ([], []) for n in distinct}
+            for s, n, v in zip(steps, names, values, strict=True):
+                g = groups[n]; g[0].append(s); g[1].append(v)
+        for name, (at, vs) in groups.items():
             finite = [v for v in vs if v == v] if any(map(isnan, vs)) else vs
             lo, hi = (min(finite), max(finite)) if finite else (vs[0], vs[0])
             lo_at, hi_at = (vs.index(v) if v == v else 0 for v in (lo, hi))  # all NaN: the first
             chunk = {"last": vs[-1], "last_step": int(at[-1]), "min": lo, "min_step": int(at[lo_at]),
                      "max": hi, "max_step": int(at[hi_at]), "count": len(vs)}
             self._merge(name, chunk)
-        return True
 
     def _merge(self, name:str, c:dict):
         "Fold the statistics `c` of later lines into those of `name`."

@@ -363,6 +363,7 @@ class LocalTracker(Tracker):
         names, lines = self._names, []
         append, get = lines.append, names.get
         rows = self._numbers(rows)
+        if not rows: return
         for step, ms, k, v in rows:
             name = get(k)
             if name is None: name = names[k] = _csv_name(k)
@@ -374,8 +375,7 @@ class LocalTracker(Tracker):
         self._file.flush()
         if s is None: return
         if mine:
-            add = s.add
-            for step, _, k, v in rows: add(step, str(k), v)
+            s.add_columns([r[0] for r in rows], [r[2] for r in rows], [r[3] for r in rows])  # list comps: 3x zip(*rows)
             s.offset += len(data)
         else: s.catch_up(self.path/METRICS)  # another process appended too (an attached kernel): read it all back
         self._summary_dirty = True
