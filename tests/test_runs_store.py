@@ -248,3 +248,26 @@ def test_a_mlkit_run_leaves_a_complete_summary_of_what_its_kernel_logged(tmp_pat
     assert doc["metrics_bytes"] == os.path.getsize(path/METRICS)
     r = mlkit("runs", "ls", "--root", str(tmp_path/"runs"), "--sort", "test_accuracy")
     assert r.stdout.splitlines()[1].split()[2] == "finished" and "0.5" in r.stdout
+
+
+def test_plot_show_opens_the_png_where_there_is_a_display_and_says_why_not_elsewhere(season, tmp_path):
+    root, (a, b, _) = season
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    r = subprocess.run([MLKIT, "runs", "plot", a, b, "--metric", "valid_loss", "--root", str(root), "--show"],
+                       capture_output=True, text=True, timeout=120, env=env)
+    png = Path(r.stdout.strip())
+    assert r.returncode == 0 and png.parent == root/"_plots" and png.read_bytes()[:4] == b"\x89PNG", r.stderr
+    assert r.stderr == "mlkit runs plot: not opened: no display here (DISPLAY is not set)\n"
+    bin_ = tmp_path/"bin"
+    bin_.mkdir()
+    opened = tmp_path/"opened"
+    (bin_/"xdg-open").write_text(f"#!/bin/sh\necho \"$1\" > {opened}\n")
+    (bin_/"xdg-open").chmod(0o755)
+    r = subprocess.run([MLKIT, "runs", "plot", a, "--metric", "valid_loss", "--root", str(root), "--show"],
+                       capture_output=True, text=True, timeout=120,
+                       env={**env, "DISPLAY": ":0", "PATH": f"{bin_}:{env['PATH']}"})
+    assert (r.returncode, r.stderr) == (0, ""), r.stderr
+    for _ in range(100):  # the viewer is started, not waited for
+        if opened.exists() and opened.read_text(): break
+        time.sleep(0.05)
+    assert opened.read_text().strip() == r.stdout.strip()
