@@ -271,3 +271,24 @@ def test_plot_show_opens_the_png_where_there_is_a_display_and_says_why_not_elsew
         if opened.exists() and opened.read_text(): break
         time.sleep(0.05)
     assert opened.read_text().strip() == r.stdout.strip()
+
+
+def test_a_big_catch_up_through_pandas_agrees_with_the_line_reader(tmp_path, monkeypatch):
+    "Over _FRAME_BYTES to read, pandas' C reader parses it (a run from an older mlkit): the same statistics, exactly."
+    import mlkit.runs
+    rng = random.Random(3)
+    f = tmp_path/METRICS
+    special = ["nan", "inf", "-inf", repr(-1e300), repr(5e-324)]
+    f.write_text("step,time_ms,name,value\n" + "".join(
+        f"{s},{s},{rng.choice(['loss', 'nan', 'NA', 'acc'])},{rng.choice([repr(rng.random() * 1e6), *special])}\n"
+        for s in range(50_000)) + "1,2,loss,not-a-number\n3,4,loss,0.5\n7,8,lo")
+    slow = MetricsSummary()
+    slow.catch_up(f)
+    monkeypatch.setattr(mlkit.runs, "_FRAME_BYTES", 1 << 14)
+    framed, feed_frame = [], MetricsSummary._feed_frame
+    monkeypatch.setattr(MetricsSummary, "_feed_frame", lambda self, text: framed.append(1) or feed_frame(self, text))
+    fast = MetricsSummary()
+    fast.catch_up(f, block=1 << 14)
+    assert len(framed) > 10 and fast.metrics.keys() == slow.metrics.keys()
+    assert json.dumps(fast.metrics, sort_keys=True) == json.dumps(slow.metrics, sort_keys=True)
+    assert (fast.offset, fast.bad, fast.mark) == (slow.offset, slow.bad, slow.mark) and slow.bad == 1
