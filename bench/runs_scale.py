@@ -119,7 +119,8 @@ def point_runs(data:Path, n:int, steps:int, max_rows:int, workers:int) -> tuple[
         if i < real:  # one of the runs made by the tracker: hard links of its files
             dst = root/src.name
             dst.mkdir()
-            for f in OLD_FILES: os.link(src/f, dst/f)
+            for f in OLD_FILES:
+                if (src/f).exists(): os.link(src/f, dst/f)
         else:  # a copy: its own id, name, parameters and record; the base run's metric curves
             meta = json.loads((src/"meta.json").read_text())
             meta.update(id=new_run_id() + f"{i:06d}", name=f"bench-{i}")
@@ -297,8 +298,11 @@ def _mb(r): return f"{r['mb']:.0f} MB" if r["mb"] is not None else r["error"] or
 
 def _points(text:str) -> list[tuple[int, int]]:
     "'1000x50000,100x50000' -> [(1000, 50000), (100, 50000)]."
-    try: return [tuple(int(v.replace("_", "")) for v in p.lower().split("x")) for p in text.split(",") if p]
-    except ValueError: raise argparse.ArgumentTypeError(f"not RUNSxSTEPS[,RUNSxSTEPS...]: {text!r}") from None
+    try: points = [tuple(int(v.replace("_", "")) for v in p.lower().split("x")) for p in text.split(",") if p]
+    except ValueError: points = []
+    if not points or any(len(p) != 2 or min(p) < 1 for p in points):
+        raise argparse.ArgumentTypeError(f"not RUNSxSTEPS[,RUNSxSTEPS...] of positive numbers: {text!r}")
+    return points
 
 
 def main(argv=None):
