@@ -154,6 +154,14 @@ def _params_filter(pairs:list[str]) -> dict:
         out[k] = v
     return out
 
+def _say_if_summarizing(runs, at_least:int=20):
+    "A note on stderr when many runs have no summary yet: this listing reads their metric files, once."
+    from mlkit.runs import SUMMARY
+    missing = sum(not os.path.exists(os.path.join(r.path, SUMMARY)) for r in runs if not r.error)
+    if missing >= at_least:
+        print(f"mlkit runs: summarizing {missing} runs that have no summary.json yet (made by an older mlkit, or killed "
+              "early): this once, then they list fast", file=sys.stderr, flush=True)
+
 def cmd_runs_ls(args):
     "`mlkit runs ls`: one line per run, newest first, or best first by --sort; filtered."
     from mlkit.runs import filter_runs, list_runs, parse_where
@@ -163,6 +171,7 @@ def cmd_runs_ls(args):
     columns = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns is not None else None
     if columns == []: raise MlkitError("--columns takes names separated by commas, e.g. lr,width,test_accuracy")
     runs = filter_runs(list_runs(args.runs_dir), status=args.status, name=args.name, params=params, sweep=args.sweep)
+    _say_if_summarizing(runs)
     if where:
         if runs and (missing := [k for k, _, _ in where if k not in set().union(*(r.values() for r in runs if not r.error))]):
             raise MlkitError("--where: " + _unknown(missing[0], _known_names(runs)))

@@ -292,3 +292,17 @@ def test_a_big_catch_up_through_pandas_agrees_with_the_line_reader(tmp_path, mon
     assert len(framed) > 10 and fast.metrics.keys() == slow.metrics.keys()
     assert json.dumps(fast.metrics, sort_keys=True) == json.dumps(slow.metrics, sort_keys=True)
     assert (fast.offset, fast.bad, fast.mark) == (slow.offset, slow.bad, slow.mark) and slow.bad == 1
+
+
+def test_listing_many_runs_without_summaries_says_so_once(tmp_path):
+    root = tmp_path/"runs"
+    for i in range(25):
+        d = root/f"20250101-{i:06d}-{i:06x}"
+        d.mkdir(parents=True)
+        (d/"meta.json").write_text(json.dumps({"id": d.name, "status": "finished", "start": d.name, "host": "old"}))
+        (d/METRICS).write_text("step,time_ms,name,value\n0,0,loss,1.5\n1,0,loss,0.5\n")
+    r = mlkit("runs", "ls", "--root", str(root))
+    assert r.returncode == 0 and r.stderr.startswith("mlkit runs: summarizing 25 runs that have no summary.json yet")
+    assert r.stdout.count("0.5") == 25 and len(list(root.glob(f"*/{SUMMARY}"))) == 25
+    r = mlkit("runs", "ls", "--root", str(root))
+    assert (r.returncode, r.stderr) == (0, "")
