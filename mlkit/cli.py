@@ -159,6 +159,7 @@ def _say_if_summarizing(runs, at_least:int=20):
     from mlkit.runs import SUMMARY
     missing = sum(not os.path.exists(os.path.join(r.path, SUMMARY)) for r in runs if not r.error)
     if missing >= at_least:
+        import pandas  # noqa: F401 (imported, it parses every metrics file over 256 KB, several times faster)
         print(f"mlkit runs: summarizing {missing} runs that have no summary.json yet (made by an older mlkit, or killed "
               "early): this once, then they list fast", file=sys.stderr, flush=True)
 

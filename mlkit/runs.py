@@ -13,6 +13,7 @@ import os
 import re
 import socket
 import stat
+import sys
 import time
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
@@ -58,7 +59,7 @@ def read_metrics(path:str|Path) -> tuple[dict[str, list[tuple[int, int, float]]]
 
 # %% ../nbs/09_runs.ipynb #70407c41
 _MARK_BYTES = 64  # the bytes before a summary's end that it hashes
-_FRAME_BYTES = 8 << 20  # more than this to read: pandas parses it (the import costs more than it saves on less)
+_FRAME_BYTES = 8 << 20  # more to read than this (1/32 of it once pandas is imported): pandas parses it
 
 def _mark(f, offset:int) -> str|None:
     "A short hash of the bytes of the open file `f` just before `offset` (None at 0)."
@@ -170,7 +171,8 @@ class MetricsSummary:
         "Stream the file at `path` from `offset` to its last whole line, in blocks; the number of bytes read."
         start = self.offset
         with open(path, "rb") as f:
-            frame = os.fstat(f.fileno()).st_size - start > _FRAME_BYTES
+            left = os.fstat(f.fileno()).st_size - start
+            frame = left > _FRAME_BYTES or (left > _FRAME_BYTES // 32 and "pandas" in sys.modules)  # imported: cheap
             block = max(block, _FRAME_BYTES) if frame else block
             f.seek(start)
             rest = b""
