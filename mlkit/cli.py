@@ -10,6 +10,7 @@ import errno
 import json
 import os
 import sys
+import time
 from dataclasses import asdict
 
 from .core import MlkitError
@@ -47,61 +48,67 @@ def cmd_gpus(args):
     print(json.dumps(rows, indent=1) if args.json else gpus_table(rows))
 
 # %% ../nbs/07_cli.ipynb #cb9a8aa9
-def _fmt(v) -> str:
+def _fmt(v, width:int|None=None) -> str:
     if v is None: return "-"
-    if isinstance(v, float): return f"{v:.4g}"
-    return str(v)
+    text = f"{v:.4g}" if isinstance(v, float) else json.dumps(v, default=str) if isinstance(v, (dict, list)) else str(v)
+    return text if width is None or len(text) <= width else text[:width - 1] + "…"
 
 def _duration(seconds) -> str:
     if seconds is None: return "-"
     s = int(seconds)
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
-def _key_params(runs, limit=3) -> list[str]:
+def _key_params(runs) -> list[str]:
+    "Every parameter whose value is not the same in all of `runs`."
     from mlkit.runs import flatten
     flats = [flatten(r.params) for r in runs if not r.error]
-    keys = sorted(set().union(*flats)) if flats else []
-    varying = [k for k in keys if len({json.dumps(f.get(k), default=str) for f in flats}) > 1]
-    return varying[:limit]
+    keys = list(dict.fromkeys(k for f in flats for k in f))
+    return [k for k in keys if len({json.dumps(f.get(k), sort_keys=True, default=str) for f in flats}) > 1]
 
 def _key_metrics(runs, sort:str|None, limit=3) -> list[str]:
-    names = sorted(set().union(*(r.summary().keys() for r in runs))) if runs else []
+    names = sorted(set().union(*(r.stats.keys() for r in runs if not r.error))) if runs else []
     preferred = [m for m in names if m.startswith("valid")] + [m for m in names if not m.startswith("valid")]
-    chosen = ([sort] if sort else []) + [m for m in preferred if m != sort]
+    chosen = [m for m in preferred if m != sort and not any(m in r.records for r in runs)]
     return chosen[:limit]
 
-def _key_records(runs, limit=4) -> list[str]:
-    "The names of the values runs stored with mlkit.run.record, first recorded first."
+def _key_records(runs, sort:str|None, limit=4) -> list[str]:
+    "The names of the values runs stored with mlkit.run.record, first recorded first; the sort key first."
     names = {}
     for r in runs: names.update(dict.fromkeys(r.records))
-    return list(names)[:limit]
+    return ([sort] if sort else []) + [k for k in names if k != sort][:limit]
 
-def runs_table(runs, sort:str|None=None) -> str:
-    "The `mlkit runs ls` table."
+def runs_table(runs, sort:str|None=None, # The name the runs are sorted by: shown first after the parameters
+               columns:list[str]|None=None, # Parameters, records and metrics to show, instead of the varying ones
+               width:int=24, # Values longer than this are cut, with …
+              ) -> str:
+    "The `mlkit runs ls` table: every parameter that varies, recorded values, metrics' last values."
     if not runs: return "no runs"
-    params, records, metrics = _key_params(runs), _key_records(runs), _key_metrics(runs, sort)
+    from mlkit.runs import flatten
+    if columns is None: params, values = _key_params(runs), _key_records(runs, sort) + _key_metrics(runs, sort)
+    else:
+        flats = [flatten(r.params) for r in runs if not r.error]
+        params = [c for c in columns if any(c in f for f in flats)]
+        values = [c for c in columns if c not in params]
     rows = []
     for r in runs:
         if r.error:
-            rows.append((r.id, f"({r.error})", "broken", "-", "-", *["-"] * (len(params) + len(records) + len(metrics))))
+            rows.append((r.id, f"({r.error})", "broken", "-", "-", *["-"] * (len(params) + len(values))))
             continue
-        from mlkit.runs import flatten
-        flat, summary = flatten(r.params), r.summary()
+        flat, got = flatten(r.params), r.values()
         start = (r.meta.get("start") or "-")[:16].replace("T", " ")
-        rows.append((r.id, r.name or "-", r.status, start, _duration(r.meta.get("duration_s")),
-                     *[_fmt(flat.get(k)) for k in params], *[_fmt(r.records.get(k)) for k in records],
-                     *[_fmt(summary.get(m, {}).get("last")) for m in metrics]))
-    return _table(("id", "name", "status", "start", "duration", *params, *records, *metrics), rows)
+        rows.append((r.id, _fmt(r.name, width), r.status, start, _duration(r.meta.get("duration_s")),
+                     *[_fmt(flat.get(k), width) for k in params], *[_fmt(got.get(k), width) for k in values]))
+    return _table(("id", "name", "status", "start", "duration", *params, *values), rows)
 
 def _metric_arg(text:str, option:str) -> tuple[str, str|None]:
     "'valid_acc:max' -> ('valid_acc', 'max'); 'valid_acc' -> ('valid_acc', None)."
     name, sep, goal = text.rpartition(":") if ":" in text else (text, "", None)
     if not name or (sep and goal not in ("min", "max")):
-        raise MlkitError(f"{option} takes METRIC, METRIC:min or METRIC:max, got {text!r}")
+        raise MlkitError(f"{option} takes NAME, NAME:min or NAME:max, got {text!r}")
     return name, goal
 
 def _sort_arg(text:str) -> tuple[str, str]:
-    "The metric and goal of --sort: as written, or metric_goal's; a one-line error when neither says."
+    "The name and goal of --sort: as written, or metric_goal's; a one-line error when neither says."
     from mlkit.runs import metric_goal
     name, goal = _metric_arg(text, "--sort")
     goal = goal or metric_goal(name)
@@ -118,13 +125,25 @@ def _goals_arg(texts:list[str]|None) -> dict:
         goals[name] = goal
     return goals
 
-def _sorted_by(runs, metric:str, goal:str):
-    "Runs by the last value of `metric`, best first; broken runs and runs without a value last."
+def _known_names(runs) -> list[str]:
+    "The metrics and recorded numbers of `runs`, for the error about a name none of them has."
+    return sorted({k for r in runs if not r.error for k, v in r.values().items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)})
+
+def _unknown(name:str, known:list[str]) -> str:
+    "'no run has NAME ...; the runs have: closest first, then the rest'."
+    import difflib
+    close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
+    names = close + [k for k in known if k not in close]
+    listed = ", ".join(names[:12]) + (f" (and {len(names) - 12} more)" if len(names) > 12 else "")
+    return f"no run has a metric or recorded value '{name}'" + (f"; they have: {listed}" if names else "; they have none")
+
+def _sorted_by(runs, name:str, goal:str):
+    "Runs by `name`'s value (a recorded value, else the metric's last), best first; runs without a number last."
     sign = 1 if goal == "min" else -1
     def key(r):
-        rows = r.metrics.get(metric)
-        v = rows[-1][2] if rows and not r.error else None
-        missing = v is None or v != v
+        v = None if r.error else r.values().get(name)
+        missing = not isinstance(v, (int, float)) or isinstance(v, bool) or v != v
         return (missing, 0 if missing else sign * v)
     return sorted(runs, key=key)
 
@@ -136,29 +155,53 @@ def _params_filter(pairs:list[str]) -> dict:
         out[k] = v
     return out
 
+def _say_if_summarizing(runs, at_least:int=20):
+    "A note on stderr when many runs have no summary yet: this listing reads their metric files, once."
+    from mlkit.runs import SUMMARY
+    missing = sum(not os.path.exists(os.path.join(r.path, SUMMARY)) for r in runs if not r.error)
+    if missing >= at_least:
+        import pandas  # noqa: F401 (imported, it parses every metrics file over 256 KB, several times faster)
+        print(f"mlkit runs: summarizing {missing} runs that have no summary.json yet (made by an older mlkit, or killed "
+              "early): this once, then they list fast", file=sys.stderr, flush=True)
+
 def cmd_runs_ls(args):
-    "`mlkit runs ls`: one line per run, filtered and sorted best first."
-    from mlkit.runs import filter_runs, list_runs
+    "`mlkit runs ls`: one line per run, newest first, or best first by --sort; filtered."
+    from mlkit.runs import filter_runs, list_runs, parse_where
     sort, params = _sort_arg(args.sort) if args.sort else None, _params_filter(args.param)
+    where = [parse_where(w) for w in args.where or []]
     if args.limit is not None and args.limit < 1: raise MlkitError(f"--limit takes a number of runs, 1 or more, got {args.limit}")
-    runs = filter_runs(list_runs(args.root), status=args.status, name=args.name, params=params, sweep=args.sweep)
-    if sort: runs = _sorted_by(runs, *sort)
+    columns = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns is not None else None
+    if columns == []: raise MlkitError("--columns takes names separated by commas, e.g. lr,width,test_accuracy")
+    runs = filter_runs(list_runs(args.runs_dir), status=args.status, name=args.name, params=params, sweep=args.sweep)
+    _say_if_summarizing(runs)
+    if where:
+        if runs and (missing := [k for k, _, _ in where if k not in set().union(*(r.values() for r in runs if not r.error))]):
+            raise MlkitError("--where: " + _unknown(missing[0], _known_names(runs)))
+        runs = filter_runs(runs, where=where)
+    if sort:
+        if runs and not any(sort[0] in r.values() for r in runs if not r.error):
+            raise MlkitError(_unknown(sort[0], _known_names(runs)))
+        runs = _sorted_by(runs, *sort)
+    else: runs = runs[::-1]  # newest first
     if args.limit: runs = runs[:args.limit]
-    print(runs_table(runs, sort[0] if sort else None))
+    print(runs_table(runs, sort[0] if sort else None, columns))
 
 def cmd_runs_show(args):
-    "`mlkit runs show RUN`: one run's metadata, parameters and metrics."
+    "`mlkit runs show RUN`: one run's metadata, parameters, recorded values and metrics."
     from mlkit.runs import find_run, flatten
     goals = _goals_arg(args.goal)
-    r = find_run(args.run, args.root)
+    r = find_run(args.run, args.runs_dir)
     print(f"run {r.id}" + (f" ({r.name})" if r.name else "") + f"  status {r.status}  {r.path}")
     if r.error:
         print(f"broken: {r.error}")
         return
     m = r.meta
     git = m.get("git") or {}
+    seen = r.heartbeat
     for k, v in [("start", m.get("start")), ("end", m.get("end")), ("duration", _duration(m.get("duration_s"))),
-                 ("host", m.get("host")), ("command", " ".join(m.get("command") or []) or m.get("notebook")),
+                 ("host", m.get("host") if r.status != "stale" else f"{m.get('host')} (pid {m.get('pid')}): last heard from "
+                  + (f"{_duration(time.time() - seen)} ago" if seen else "never (no heartbeat)") + "; it may have died there"),
+                 ("command", " ".join(m.get("command") or []) or m.get("notebook")),
                  ("git", f"{git.get('commit', '-')[:12]} on {git.get('branch')}{' (dirty)' if git.get('dirty') else ''}"
                   if git else None),
                  ("python/torch/cuda", f"{m.get('python')} / {m.get('torch') or '-'} / {m.get('cuda') or '-'}"),
@@ -166,40 +209,61 @@ def cmd_runs_show(args):
         if v not in (None, ""): print(f"  {k:18s} {v}")
     print("parameters")
     for k, v in flatten(r.params).items(): print(f"  {k:18s} {_fmt(v)}")
+    if r.records:
+        print("recorded")
+        for k, v in r.records.items(): print(f"  {k:18s} {_fmt(v)}")
     print(_table(("metric", "goal", "last", "best", "at step", "points"),
                  [(k, _fmt(s["goal"]), _fmt(s["last"]), _fmt(s["best"]), _fmt(s["best_step"]), s["steps"])
                   for k, s in r.summary(goals).items()]))
     if r.artifacts: print("artifacts\n" + "\n".join(f"  {p.relative_to(r.path)}" for p in r.artifacts))
 
 def cmd_runs_compare(args):
-    "`mlkit runs compare RUN RUN...`: the parameters that differ and the metrics side by side."
+    "`mlkit runs compare RUN RUN...`: the parameters that differ, recorded values and metrics side by side."
     from mlkit.runs import compare_runs, find_run
     if len(args.runs) < 2: raise MlkitError("compare needs at least two runs")
     goals = _goals_arg(args.goal)
-    runs = [find_run(ref, args.root) for ref in args.runs]
+    runs = [find_run(ref, args.runs_dir) for ref in args.runs]
     c = compare_runs(runs, goals)
-    head = ("", *[r.name or r.id for r in runs])
-    print(_table(("parameter", *head[1:]), [(k, *map(_fmt, vs)) for k, vs in c["differ"].items()]) if c["differ"]
+    head = [r.label for r in runs]
+    print(_table(("parameter", *head), [(k, *map(_fmt, vs)) for k, vs in c["differ"].items()]) if c["differ"]
           else "parameters: all the same")
     if c["same"]: print(f"({len(c['same'])} parameters the same in all)")
-    print(_table(("metric (last / best)", "goal", *head[1:]),
+    if c["records"]: print(_table(("recorded", *head), [(k, *map(_fmt, vs)) for k, vs in c["records"].items()]))
+    print(_table(("metric (last / best)", "goal", *head),
                  [(k, _fmt(c["goals"][k]), *[_fmt(a) if c["goals"][k] is None else f"{_fmt(a)} / {_fmt(b)}" for a, b in vs])
                   for k, vs in c["metrics"].items()]))
 
+def _open_file(path) -> str|None:
+    "Open `path` in the desktop's viewer; why not, when there is no display."
+    import shutil
+    import subprocess
+    opener = "open" if sys.platform == "darwin" else "xdg-open"
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        return "no display here (DISPLAY is not set)"
+    if not shutil.which(opener): return f"no {opener} here"
+    subprocess.Popen([opener, str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    return None
+
 def cmd_runs_plot(args):
-    "`mlkit runs plot RUN... --metric M`: the runs' learning curves of one metric, to a PNG."
+    "`mlkit runs plot RUN... --metric M`: the runs' learning curves of one metric, to a PNG under the runs folder."
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from mlkit.runs import find_run, plot_runs
-    runs = [find_run(ref, args.root) for ref in args.runs]
+    runs = [find_run(ref, args.runs_dir) for ref in args.runs]
     ax = plot_runs(runs, args.metric)
-    out = args.output or f"{args.metric.replace('/', '_')}.png"  # valid/loss -> valid_loss.png, not a folder
+    out = args.output  # default: runs/_plots/valid_loss-3fa9c1-a7b2e0.png (valid/loss -> valid_loss, not a folder)
+    if out is None:
+        from pathlib import Path
+        name = f"{args.metric.replace('/', '_')}-{'-'.join(r.short_id for r in runs)}"[:120]
+        out = Path(runs[0].path.parent)/"_plots"/f"{name}.png"
+        out.parent.mkdir(exist_ok=True)
     try: ax.figure.savefig(out, dpi=120, bbox_inches="tight")
     except OSError as e: raise MlkitError(f"cannot write {out}: {e.strerror or e}") from e
     except ValueError as e: raise MlkitError(f"cannot write {out}: {e}") from e  # matplotlib: an unknown format
     finally: plt.close(ax.figure)
     print(out)
+    if args.show and (why := _open_file(out)): print(f"mlkit runs plot: not opened: {why}", file=sys.stderr)
 
 # %% ../nbs/07_cli.ipynb #b8d4f2e1
 _SIGNAL_STATUS = {"SIGINT": 130, "SIGHUP": 129, "SIGTERM": 143}  # 128 + the signal's number, as a shell reports
@@ -308,7 +372,8 @@ def parser() -> argparse.ArgumentParser:
                           description="Runs recorded by mlkit.track.LocalTracker under the runs folder.")
     rsub = runs.add_subparsers(dest="runs_command", metavar="SUBCOMMAND", required=True)
     root = argparse.ArgumentParser(add_help=False)
-    root.add_argument("--root", help="the runs folder (default: runs/ at the project root, or $MLKIT_RUNS_DIR)")
+    root.add_argument("--runs-dir", "--root", dest="runs_dir", metavar="DIR",
+                      help="the runs folder (default: runs/ at the project root, or $MLKIT_RUNS_DIR); --root is the same")
     goal = argparse.ArgumentParser(add_help=False)
     goal.add_argument("--goal", action="append", metavar="METRIC:min|max",
                       help="whether a lower (min) or higher (max) METRIC is best, for metrics mlkit cannot tell (repeatable)")
@@ -317,9 +382,16 @@ def parser() -> argparse.ArgumentParser:
     ls.add_argument("--name", help="only runs whose name matches this glob")
     ls.add_argument("--param", action="append", metavar="NAME=VALUE", help="only runs with this parameter value (repeatable)")
     ls.add_argument("--sweep", metavar="NAME", help="only the trials of this sweep (mlkit sweep)")
-    ls.add_argument("--sort", metavar="METRIC[:min|max]",
-                    help="sort by the final value of METRIC, best first; :min or :max says which is best where mlkit cannot tell")
-    ls.add_argument("--limit", type=int, help="show at most this many runs")
+    ls.add_argument("--where", action="append", metavar="NAME<VALUE",
+                    help="only runs whose recorded value or last metric value NAME meets this (<, <=, >, >=, =, !=; repeatable)")
+    ls.add_argument("--sort", metavar="NAME[:min|max]",
+                    help="sort best first by NAME: a value the notebook recorded (mlkit.run.record) or a metric's last value; "
+                         "a recorded value wins over a metric of the same name; :min or :max says which is best where mlkit "
+                         "cannot tell. Without --sort, newest first")
+    ls.add_argument("--limit", type=int, help="show at most this many runs (the newest, or the best with --sort)")
+    ls.add_argument("--columns", metavar="NAME,...",
+                    help="the parameters, recorded values and metrics to show (default: every parameter that varies, "
+                         "the recorded values, three metrics)")
     ls.set_defaults(func=cmd_runs_ls)
     show = rsub.add_parser("show", parents=[root, goal], help="one run: metadata, parameters, metrics, artifacts")
     show.add_argument("run", help="run id, unique prefix, or name")
@@ -330,7 +402,8 @@ def parser() -> argparse.ArgumentParser:
     plot = rsub.add_parser("plot", parents=[root], help="learning curves of a metric to a PNG")
     plot.add_argument("runs", nargs="+", metavar="RUN")
     plot.add_argument("--metric", required=True, help="the metric to plot, e.g. valid_loss")
-    plot.add_argument("-o", "--output", help="the PNG to write (default: METRIC.png, with / as _)")
+    plot.add_argument("-o", "--output", help="the PNG to write (default: _plots/METRIC-SHORTIDS.png in the runs folder)")
+    plot.add_argument("--show", action="store_true", help="also open the PNG in the desktop's viewer, where there is a display")
     plot.set_defaults(func=cmd_runs_plot)
 
     run = sub.add_parser("run", add_help=False, help="execute a notebook as a tracked run, with parameters",

@@ -28,9 +28,9 @@ from .core import MlkitError, ProjectNotFoundError, project_root, runs_dir
 
 # %% auto #0
 __all__ = ['SECRET_WORDS', 'SECRET_PARTS', 'COUNT_WORDS', 'DATA_WORDS', 'NOT_SECRET', 'URL_SECRET_WORDS', 'REDACTED',
-           'PARAMETER_FLAGS', 'GIT_TIMEOUT', 'UNTRACKED_FILE_CAP', 'UNTRACKED_TOTAL_CAP', 'UNTRACKED_MAX_FILES',
-           'UNTRACKED_MAX_LISTED', 'SECRET_FILES', 'ENV_KEEP', 'is_secret_key', 'strip_url_credentials',
-           'secret_env_values', 'mask', 'redact', 'redact_argv', 'git_state', 'run_metadata']
+           'PARAMETER_FLAGS', 'YAML_FLAGS', 'GIT_TIMEOUT', 'UNTRACKED_FILE_CAP', 'UNTRACKED_TOTAL_CAP',
+           'UNTRACKED_MAX_FILES', 'UNTRACKED_MAX_LISTED', 'SECRET_FILES', 'ENV_KEEP', 'is_secret_key',
+           'strip_url_credentials', 'secret_env_values', 'mask', 'redact', 'redact_argv', 'git_state', 'run_metadata']
 
 # %% ../nbs/08_runmeta.ipynb #24b46504
 SECRET_WORDS = {"token", "key", "apikey", "secret", "password", "passwd", "pass", "pwd", "passphrase", "credential",
@@ -111,21 +111,34 @@ def redact(obj, secrets:set[str]|None=None, _key=None):
 
 # %% ../nbs/08_runmeta.ipynb #0a6c3f5e
 PARAMETER_FLAGS = ("-p", "--param", "--parameters", "-r", "--parameters_raw", "--parameters-raw")  # papermill's and mlkit run's
+YAML_FLAGS = ("-y", "--parameters_yaml", "--parameters-yaml")  # papermill's parameters as YAML text
 _OVERRIDE = re.compile(r"[+~]*-{0,2}[A-Za-z_][\w.\-]*")  # NAME in NAME=VALUE, --flag=VALUE, +db.password=VALUE
 
-def _redact_value_text(text:str) -> str:
-    "A parameter's value as typed (YAML), as JSON with the secrets inside it redacted; unchanged when it holds none."
-    if not any(c in text for c in "{[:"): return text  # a scalar: nothing nested to redact (and no YAML import)
-    import yaml
-    try: value = yaml.safe_load(text)
-    except yaml.YAMLError: return text
-    hidden = redact(value)
-    return json.dumps(hidden) if hidden != value else text
+def _parse_structured(text:str) -> tuple|None:
+    "(value, syntax) of `text` read as JSON, else a Python literal, else YAML; None when none of them reads it."
+    with contextlib.suppress(ValueError): return json.loads(text), "json"
+    with contextlib.suppress(ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return ast.literal_eval(text), "python"
+    import yaml  # only here: most command lines hold no structure, and yaml's import costs
+    try: return yaml.safe_load(text), "yaml"
+    except (yaml.YAMLError, RecursionError): return None
+
+def _redact_structured(text:str, secrets:set[str], yaml:bool=False) -> str:
+    "`text` with the secrets inside a structured value (`{…}`, `[…]`; any YAML when `yaml`) redacted by key, in its syntax."
+    if not (text.lstrip().startswith(("{", "[")) or yaml and any(c in text for c in ":-")): return text  # a scalar
+    parsed = _parse_structured(text)
+    if parsed is None:  # looks structured, does not parse: kept only without a secret-looking name in it
+        return REDACTED if any(is_secret_key(w) for w in re.findall(r"[A-Za-z_][\w\-]*", text)) else text
+    value, syntax = parsed
+    if not isinstance(value, (dict, list, tuple)): return text  # a scalar: `mask` sees it as text
+    hidden = redact(value, secrets)
+    if hidden == value: return text  # nothing to hide: kept byte for byte
+    return repr(hidden) if syntax == "python" else json.dumps(hidden, ensure_ascii=False, default=str)
 
 def redact_argv(argv:list[str], # A command line, such as sys.argv
                 secrets:set[str]|None=None, # Values to mask everywhere; the secret environment variables' when None
                ) -> list[str]:
-    "A copy of `argv` with the values of secret-named flags, parameters (`-p NAME VALUE`) and `NAME=VALUE` overrides hidden."
+    "A copy of `argv` with the values of secret-named flags, parameters, `NAME=VALUE` overrides and structure keys hidden."
     secrets = secret_env_values() if secrets is None else secrets
     argv, out, hidden = [str(a) for a in argv], [], set()
     for i, arg in enumerate(argv):
@@ -133,11 +146,14 @@ def redact_argv(argv:list[str], # A command line, such as sys.argv
         if i in hidden: arg = REDACTED
         elif arg in PARAMETER_FLAGS and i + 2 < len(argv):
             if is_secret_key(argv[i + 1]): hidden.add(i + 2)
-            else: argv[i + 2] = _redact_value_text(argv[i + 2])  # `-p creds '{api_key: sk-…}'`: a secret inside
+            else: argv[i + 2] = _redact_structured(argv[i + 2], secrets, yaml=True)  # `-p creds '{api_key: sk-…}'`
+        elif arg in YAML_FLAGS and i + 1 < len(argv): argv[i + 1] = _redact_structured(argv[i + 1], secrets, yaml=True)
         elif "=" in arg and _OVERRIDE.fullmatch(name):
-            if is_secret_key(name): arg = f"{name}={REDACTED}"
+            value = arg[len(name) + 1:]
+            arg = f"{name}={REDACTED if is_secret_key(name) else _redact_structured(value, secrets)}"
         elif arg.startswith("-") and is_secret_key(arg) and i + 1 < len(argv) and not argv[i + 1].startswith("-"):
             hidden.add(i + 1)
+        else: arg = _redact_structured(arg, secrets)
         out.append(mask(arg, secrets))
     return out
 
@@ -161,43 +177,104 @@ def _stop(p:subprocess.Popen):
         try: return p.communicate(timeout=2)
         except subprocess.TimeoutExpired: pass
 
-def _git(*args, cwd, config:dict|None=None, env:dict|None=None) -> str:
-    "What `git ARGS` prints; raises `_GitFailed` saying why when git is missing, fails, or takes over GIT_TIMEOUT s."
+def _git(*args, cwd, config:dict|None=None, env:dict|None=None, input:str|None=None, timeout:float|None=None) -> str:
+    "What `git ARGS` prints (`input` on stdin); `_GitFailed` saying why when git is missing, fails or takes over `timeout` s."
+    timeout = GIT_TIMEOUT if timeout is None else timeout
     opts = [o for k, v in (config or {}).items() for o in ("-c", f"{k}={v}")]
     try: p = subprocess.Popen(["git", *opts, *args], cwd=cwd, env={**os.environ, "GIT_TERMINAL_PROMPT": "0", **(env or {})},
-                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              encoding="utf-8", errors="replace", start_new_session=True)  # a group to stop whole
+                              stdin=subprocess.DEVNULL if input is None else subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, encoding="utf-8", errors="replace",
+                              start_new_session=True)  # a group to stop whole
     except OSError as e: raise _GitFailed(f"git could not start: {e}") from None
     with p:
-        try: out, err = p.communicate(timeout=GIT_TIMEOUT)
+        try: out, err = p.communicate(input, timeout=timeout)
         except subprocess.TimeoutExpired:
             _stop(p)
-            raise _GitFailed(f"git {args[0]} did not answer within {GIT_TIMEOUT:g} s") from None
+            raise _GitFailed(f"git {args[0]} did not answer within {timeout:g} s") from None
     if p.returncode != 0:
         raise _GitFailed(f"git {args[0]} failed (exit {p.returncode}): {(err.strip().splitlines() or ['no message'])[-1]}")
     return out
 
-def _filters_aside(cwd) -> dict:
-    "git config settings that stand every configured clean filter aside (cat for a command, nothing for a process)."
-    try: found = _git("config", "--get-regexp", r"^filter\..+\.(clean|process)$", cwd=cwd)
+# %% ../nbs/08_runmeta.ipynb #3d61c0a2
+def _clean_filters(top:Path) -> dict:
+    "{driver: clean command} of git's configured clean filters; None for a long-running `process` one."
+    try: found = _git("config", "-z", "--get-regexp", r"^filter\..+\.(clean|process)$", cwd=top)
     except _GitFailed: return {}  # exit 1: no filter configured
-    names = [line.split()[0] for line in found.splitlines()]
-    config = {n: "cat" if n.endswith(".clean") else "" for n in names}
-    return {**config, **{n.rsplit(".", 1)[0] + ".required": "false" for n in names}}
+    filters = {}
+    for entry in filter(None, found.split("\0")):
+        key, _, command = entry.partition("\n")
+        driver, kind = key[len("filter."):].rsplit(".", 1)
+        if kind == "process" and command: filters[driver] = None  # git prefers it to `clean`
+        elif filters.get(driver, "") is not None: filters[driver] = command
+    return filters
+
+def _filters_off(filters:dict) -> dict:
+    "git config settings under which no clean filter runs: each file is read as its bytes, and no process starts."
+    return {f"filter.{d}.{k}": v for d in filters for k, v in (("clean", ""), ("process", ""), ("required", "false"))}
+
+def _inprocess_cleaner(top:Path, command:str|None):
+    "bytes → bytes, cleaning a notebook as `command` does, in this process, when it is `make hooks`' filter; else None."
+    script = top/"scripts"/"check_notebooks.py"  # what mlkit-nbfilter runs (nbstripout in a checkout without it)
+    if "mlkit-nbfilter" not in (command or "") or not script.is_file(): return None
+    try:
+        spec = importlib.util.spec_from_file_location("_mlkit_check_notebooks", script)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        clean, dumps = module.clean, module.dumps
+    except Exception: return None  # git runs the filter itself, once per changed notebook
+    def run(data:bytes) -> bytes:  # as `check_notebooks.py clean` does: what is not a notebook passes as it is
+        try: return dumps(clean(json.loads(data.decode("utf-8")))).encode("utf-8")
+        except (ValueError, AttributeError, TypeError): return data
+    return run
+
+# %% ../nbs/08_runmeta.ipynb #c84b1e57
+def _restage_filtered(top:Path, env:dict, off:dict, filters:dict, paths:list[str], tmp:str):
+    "Stage the files among `paths` that have a clean filter as it writes them: mlkit's in this process, others by git."
+    # every git here but the one that runs their filters has them off: a command that writes the index would run
+    # the filter on each racily clean file (to decide whether to mark it) otherwise
+    paths = [p for p in paths if (top/p).is_file() and not (top/p).is_symlink()]  # git filters no link, no deletion
+    if not paths: return
+    attrs = _git("check-attr", "-z", "--stdin", "filter", cwd=top, env=env, config=off, input="\0".join(paths) + "\0").split("\0")
+    driver = {attrs[i]: attrs[i + 2] for i in range(0, len(attrs) - 2, 3)}
+    ours, theirs = [], []
+    cleaners = {d: _inprocess_cleaner(top, filters[d]) for d in set(driver.values()) if d in filters}
+    for path in paths:
+        if driver.get(path) not in filters: continue  # staged as it is already
+        cleaner = cleaners[driver[path]]
+        if cleaner is None: theirs.append(path); continue
+        cleaned = Path(tmp)/"cleaned"/str(len(ours))
+        cleaned.parent.mkdir(exist_ok=True)
+        cleaned.write_bytes(cleaner((top/path).read_bytes()))
+        ours.append((path, str(cleaned)))
+    shas = _git("hash-object", "-w", "--no-filters", "--stdin-paths", cwd=top, env=env, config=off,
+                input="".join(f + "\n" for _, f in ours)).split() if ours else []
+    if theirs:  # git runs each one's filter, once per changed file: never for a file that is unchanged
+        shas += _git("hash-object", "-w", "--stdin-paths", cwd=top, env=env, input="".join(p + "\n" for p in theirs),
+                     timeout=GIT_TIMEOUT * len(theirs)).split()  # a filter's start can take seconds (nbstripout's)
+    staged = (e.split("\t", 1) for e in _git("ls-files", "-s", "-z", cwd=top, env=env, config=off).split("\0") if e)
+    modes = {path: meta.split()[0] for meta, path in staged}
+    info = "".join(f"{modes[p]} {sha}\t{p}\0" for p, sha in zip([p for p, _ in ours] + theirs, shas, strict=True))
+    _git("update-index", "-z", "--index-info", cwd=top, env=env, config=off, input=info)
 
 def _diff_head(top:Path, index:Path, objects:Path) -> str:
-    "The diff of the working tree against HEAD, each modified file passing its clean filter once (see above)."
-    try: _git("update-index", "-q", "--refresh", cwd=top, config=_filters_aside(top))
-    except _GitFailed: pass  # exit 1 when files are modified; a held index.lock only costs speed
+    "The diff of the working tree against HEAD, filtered files as their filter writes them; unchanged files read raw."
+    filters = _clean_filters(top)
+    off = {**_filters_off(filters), "core.safecrlf": "false", "core.splitIndex": "false"}
     with tempfile.TemporaryDirectory(prefix="mlkit-git-") as tmp:
         if index.is_file(): shutil.copy2(index, f"{tmp}/index")  # copy2: the same mtime, the same racy-git rules
         os.mkdir(f"{tmp}/objects")
         alternates = os.pathsep.join(filter(None, [str(objects), os.environ.get("GIT_ALTERNATE_OBJECT_DIRECTORIES")]))
         env = {"GIT_INDEX_FILE": f"{tmp}/index", "GIT_OBJECT_DIRECTORY": f"{tmp}/objects",
                "GIT_ALTERNATE_OBJECT_DIRECTORIES": alternates}
-        _git("add", "--update", cwd=top, env=env, config={"core.safecrlf": "false", "core.splitIndex": "false"})
-        return _git("diff", "--cached", "--no-textconv", "--no-ext-diff", "--no-color", "HEAD", "--", cwd=top, env=env)
+        changed = [p for p in _git("diff", "--name-only", "-z", "--no-renames", "--no-relative", cwd=top, env=env,
+                                           config={**off, "diff.autoRefreshIndex": "true"}).split("\0") if p]
+        if changed:
+            _git("add", "--update", cwd=top, env=env, config=off)  # as bytes; then filtered files as their filter writes them
+            _restage_filtered(top, env, off, filters, changed, tmp)
+        return _git("diff", "--cached", "--no-textconv", "--no-ext-diff", "--no-color", "HEAD", "--", cwd=top, env=env,
+                    config=off)
 
+# %% ../nbs/08_runmeta.ipynb #5e9f2d13
 def _runs_folder(top:Path) -> str|None:
     "The runs folder relative to the repository at `top`, when it lies inside."
     try: return runs_dir().resolve().relative_to(top.resolve()).as_posix()

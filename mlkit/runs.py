@@ -6,27 +6,37 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
 import re
 import socket
+import stat
+import sys
+import time
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
+from itertools import compress
+from math import isnan
 from pathlib import Path
 
 from .core import MlkitError, runs_dir
 
 # %% auto #0
-__all__ = ['META', 'PARAMS', 'METRICS', 'ARTIFACTS', 'RECORDS', 'METRICS_HEADER', 'STATUSES', 'RunNotFoundError', 'read_metrics',
-           'metric_goal', 'Run', 'open_run', 'list_runs', 'find_run', 'filter_runs', 'flatten', 'load_runs',
-           'compare_runs', 'plot_runs']
+__all__ = ['META', 'PARAMS', 'METRICS', 'ARTIFACTS', 'RECORDS', 'SUMMARY', 'METRICS_HEADER', 'STATUSES', 'HEARTBEAT_S',
+           'STALE_AFTER_S', 'RunNotFoundError', 'read_metrics', 'MetricsSummary', 'write_summary', 'summarize',
+           'metric_goal', 'Run', 'open_run', 'list_runs', 'find_run', 'parse_where', 'filter_runs', 'flatten',
+           'load_runs', 'load_metrics', 'compare_runs', 'plot_runs']
 
 # %% ../nbs/09_runs.ipynb #2f3f5938
 META, PARAMS, METRICS, ARTIFACTS = "meta.json", "params.json", "metrics.csv", "artifacts"
 RECORDS = "records.json"  # summary values a notebook stored with mlkit.run.record
+SUMMARY = "summary.json"  # per-metric statistics of metrics.csv and the owner's heartbeat: what listing reads
 METRICS_HEADER = "step,time_ms,name,value\n"
 STATUSES = ("running", "finished", "failed", "interrupted", "pruned")
+HEARTBEAT_S = 30  # how often a running run's process rewrites its heartbeat
+STALE_AFTER_S = 600  # a running run not heard from for this long, whose process this machine cannot see, is "stale"
 
 class RunNotFoundError(MlkitError):
     "No run matches the given id, or the runs folder does not exist."
@@ -46,6 +56,198 @@ def read_metrics(path:str|Path) -> tuple[dict[str, list[tuple[int, int, float]]]
             continue
         out.setdefault(name, []).append((step, ms, value))
     return out, bad
+
+# %% ../nbs/09_runs.ipynb #70407c41
+_MARK_BYTES = 64  # the bytes before a summary's end that it hashes
+_FRAME_BYTES = 8 << 20  # more to read than this (1/32 of it once pandas is imported): pandas parses it
+
+def _mark(f, offset:int) -> str|None:
+    "A short hash of the bytes of the open file `f` just before `offset` (None at 0)."
+    if not offset: return None
+    return hashlib.blake2b(os.pread(f.fileno(), _MARK_BYTES, max(0, offset - _MARK_BYTES)), digest_size=8).hexdigest()
+
+class MetricsSummary:
+    "Each metric's last, min and max value (with their steps) and count, over the first `offset` bytes of a metrics.csv."
+    def __init__(self, metrics:dict|None=None, offset:int=0, bad:int=0, mark:str|None=None, stamp:list|None=None):
+        self.metrics, self.offset, self.bad, self.mark = metrics if metrics is not None else {}, offset, bad, mark
+        self.stamp = stamp  # [size, mtime_ns] of the file when this summary covered all of it: unchanged, nothing to read
+
+    def add(self, step:int, name:str, value:float):
+        "Count one value (NaN is counted and can be last, but is never the min or max unless all are NaN)."
+        s = self.metrics.get(name)
+        if s is None:
+            self.metrics[name] = {"last": value, "last_step": step, "min": value, "min_step": step,
+                                  "max": value, "max_step": step, "count": 1}
+            return
+        s["last"], s["last_step"], s["count"] = value, step, s["count"] + 1
+        lo, hi = s["min"], s["max"]
+        if value < lo or (lo != lo and value == value): s["min"], s["min_step"] = value, step
+        if value > hi or (hi != hi and value == value): s["max"], s["max_step"] = value, step
+
+    def feed(self, data:bytes, # metrics.csv's bytes from `offset` on
+             frame:bool=False, # Parse with pandas' C reader: several times faster, worth its import for many megabytes
+            ) -> int:
+        "Count the whole lines of `data`; the number of bytes used."
+        end = data.rfind(b"\n") + 1  # a torn last line is not data yet
+        text = data[:end].decode("utf-8", errors="replace")
+        if text.startswith(METRICS_HEADER): text = text[len(METRICS_HEADER):]
+        if not self._feed_columns(text, frame): self._feed_lines(text)
+        self.offset += end
+        return end
+
+    def _feed_columns(self, text:str, frame:bool=False) -> bool:
+        "The common case at C speed: plain lines of four fields, whole-number steps. False (nothing counted) otherwise."
+        n = text.count("\n")
+        if not n or '"' in text or "\r" in text or text.count(",") != 3 * n: return not n
+        if frame: return self._feed_frame(text)
+        fields = text[:-1].replace("\n", ",").split(",")
+        steps, names = fields[0::4], fields[2::4]
+        try: values = list(map(float, fields[3::4]))
+        except ValueError: return False
+        if not all(map(str.isdigit, steps)): return False
+        self.add_columns(steps, names, values)
+        return True
+
+    def add_columns(self, steps:list, names:list[str], values:list[float]):
+        "Count values given as columns (steps as ints or digit strings), name by name at C speed: the tracker's flushes."
+        distinct, n = list(dict.fromkeys(names)), len(names)
+        k = len(distinct)
+        if k == 1: groups = {names[0]: (steps, values)}
+        elif n % k == 0 and len(set(names[:k])) == k and all(names[i::k].count(names[i]) == n // k for i in range(k)):
+            groups = {names[i]: (steps[i::k], values[i::k]) for i in range(k)}  # each step logs the same names: slices
+        elif k <= 8: groups = {n: (list(compress(steps, pick)), list(compress(values, pick)))
+                                           for n in distinct for pick in [[x == n for x in names]]}
+        else:  # many names: one pass
+            groups = {n: ([], []) for n in distinct}
+            for s, n, v in zip(steps, names, values, strict=True):
+                g = groups[n]; g[0].append(s); g[1].append(v)
+        for name, (at, vs) in groups.items():
+            finite = [v for v in vs if v == v] if any(map(isnan, vs)) else vs
+            lo, hi = (min(finite), max(finite)) if finite else (vs[0], vs[0])
+            lo_at, hi_at = (vs.index(v) if v == v else 0 for v in (lo, hi))  # all NaN: the first
+            chunk = {"last": vs[-1], "last_step": int(at[-1]), "min": lo, "min_step": int(at[lo_at]),
+                     "max": hi, "max_step": int(at[hi_at]), "count": len(vs)}
+            self._merge(name, chunk)
+
+    def _feed_frame(self, text:str) -> bool:
+        "`_feed_columns` through pandas' C reader (exact floats); False when a line does not parse."
+        import numpy as np
+        import pandas as pd
+        exact = {} if int(pd.__version__.split(".")[0]) >= 3 else {"float_precision": "round_trip"}  # 3's default
+        try: df = pd.read_csv(io.StringIO(text), header=None, names=["step", "time_ms", "name", "value"], engine="c",
+                              dtype={"step": "int64", "time_ms": "int64", "name": "str", "value": "float64"},
+                              keep_default_na=False, na_values={"value": ["nan"]}, **exact)
+        except ValueError: return False
+        steps, values = df["step"].to_numpy(), df["value"].to_numpy()
+        for name, idx in sorted(df.groupby("name", sort=False).indices.items(), key=lambda kv: kv[1][0]):
+            at, vs = steps[idx], values[idx]
+            lo, hi = (int(np.nanargmin(vs)), int(np.nanargmax(vs))) if not np.isnan(vs).all() else (0, 0)
+            self._merge(name, {"last": float(vs[-1]), "last_step": int(at[-1]), "min": float(vs[lo]), "min_step": int(at[lo]),
+                               "max": float(vs[hi]), "max_step": int(at[hi]), "count": len(vs)})
+        return True
+
+    def _merge(self, name:str, c:dict):
+        "Fold the statistics `c` of later lines into those of `name`."
+        s = self.metrics.get(name)
+        if s is None:
+            self.metrics[name] = c
+            return
+        s.update(last=c["last"], last_step=c["last_step"], count=s["count"] + c["count"])
+        if c["min"] < s["min"] or (s["min"] != s["min"] and c["min"] == c["min"]): s.update(min=c["min"], min_step=c["min_step"])
+        if c["max"] > s["max"] or (s["max"] != s["max"] and c["max"] == c["max"]): s.update(max=c["max"], max_step=c["max_step"])
+
+    def _feed_lines(self, text:str):
+        "Line by line: names with commas or quotes, damaged lines (counted in `bad`)."
+        add, header = self.add, METRICS_HEADER.strip()
+        for line in text.splitlines():
+            try:
+                if '"' in line: step, _, name, value = next(csv.reader([line]))  # a name with a comma or quote
+                else: step, _, name, value = line.split(",")
+                add(int(step), name, float(value))
+            except (ValueError, StopIteration):
+                if line != header: self.bad += 1
+
+    def catch_up(self, path:str|Path, block:int=1 << 20) -> int:
+        "Stream the file at `path` from `offset` to its last whole line, in blocks; the number of bytes read."
+        start = self.offset
+        with open(path, "rb") as f:
+            left = os.fstat(f.fileno()).st_size - start
+            frame = left > _FRAME_BYTES or (left > _FRAME_BYTES // 32 and "pandas" in sys.modules)  # imported: cheap
+            block = max(block, _FRAME_BYTES) if frame else block
+            f.seek(start)
+            rest = b""
+            while chunk := f.read(block):
+                data = rest + chunk
+                rest = data[self.feed(data, frame):]
+            if self.offset != start: self.mark = _mark(f, self.offset)
+            self._stamp(os.fstat(f.fileno()))
+        return self.offset - start
+
+    def _stamp(self, st:os.stat_result):
+        self.stamp = [st.st_size, st.st_mtime_ns] if st.st_size == self.offset else None
+
+    def remark(self, path:str|Path):
+        "Hash the file's bytes before `offset` again, after values were added without reading them (the tracker's own)."
+        with open(path, "rb") as f:
+            self.mark = _mark(f, self.offset)
+            self._stamp(os.fstat(f.fileno()))
+
+    def fits(self, path:str|Path) -> bool:
+        "Whether the file at `path` still begins with the bytes this summary covers (as far as the hash can tell)."
+        try:
+            with open(path, "rb") as f:
+                return os.fstat(f.fileno()).st_size >= self.offset and _mark(f, self.offset) == self.mark
+        except OSError: return False
+
+    def to_json(self) -> dict:
+        return {"metrics": self.metrics, "metrics_bytes": self.offset, "metrics_mark": self.mark, "metrics_stamp": self.stamp,
+                "bad_lines": self.bad}
+
+    @classmethod
+    def from_json(cls, d:dict) -> MetricsSummary:
+        m = d.get("metrics")
+        if not isinstance(m, dict) or not isinstance(d.get("metrics_bytes"), int): raise ValueError("not a summary")
+        return cls(m, d["metrics_bytes"], d.get("bad_lines") or 0, d.get("metrics_mark"), d.get("metrics_stamp"))
+
+def write_summary(folder:str|Path, # A run folder
+                  summary:MetricsSummary, heartbeat:float|None=None, # time.time() of the owner's last sign of life
+                 ) -> Path:
+    "Write the run's summary.json: a temporary file renamed into place (a cache, so not fsynced)."
+    path = Path(folder)/SUMMARY
+    tmp = path.with_name(f".tmp-{SUMMARY}.{os.getpid()}.{time.monotonic_ns()}")
+    try:
+        tmp.write_text(json.dumps({"format": 1, **summary.to_json(), "heartbeat": heartbeat}))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+def _read_summary_file(folder:str|Path) -> dict:
+    try:
+        with open(os.path.join(folder, SUMMARY), "rb") as f: d = json.loads(f.read())
+    except (OSError, ValueError): return {}
+    return d if isinstance(d, dict) else {}
+
+def summarize(folder:str|Path, # A run folder
+              doc:dict|None=None, # Its summary.json as read already, if it was
+              keep:bool=False, # Write the summary back when it had to be brought up to date
+             ) -> MetricsSummary:
+    "The run's metric summary: its summary.json where it still fits metrics.csv, brought up to date by streaming the rest."
+    doc = _read_summary_file(folder) if doc is None else doc
+    try: s = MetricsSummary.from_json(doc)
+    except (ValueError, TypeError): s = None
+    metrics = os.path.join(folder, METRICS)
+    try: st = os.stat(metrics)
+    except FileNotFoundError: return s or MetricsSummary()
+    if s is not None and s.stamp == [st.st_size, st.st_mtime_ns]: return s  # the file has not changed since: no need to open it
+    if s is None or not s.fits(metrics): s = MetricsSummary()
+    try: read = s.catch_up(metrics)
+    except FileNotFoundError: return s
+    if keep and (read or s.stamp != doc.get("metrics_stamp")):
+        try: write_summary(folder, s, doc.get("heartbeat"))
+        except OSError: pass  # a runs folder this user cannot write: summarized again next time
+    return s
 
 # %% ../nbs/09_runs.ipynb #17f701af
 _THROUGHPUT = {"throughput", "tflops", "mfu", "hfu"}
@@ -85,6 +287,8 @@ def _pid_alive(pid) -> bool:
     except (PermissionError, TypeError, ValueError): return True
     return True
 
+def _number(v) -> bool: return isinstance(v, (int, float)) and not isinstance(v, bool)
+
 @dataclass
 class Run:
     "One run folder, read back."
@@ -93,21 +297,48 @@ class Run:
     params: dict = field(default_factory=dict)
     error: str|None = None  # why the run could not be read (status "broken")
     _metrics: dict|None = field(default=None, repr=False)
+    _stats: MetricsSummary|None = field(default=None, repr=False)
+    _summary_doc: dict|None = field(default=None, repr=False)
+    _records: dict|None = field(default=None, repr=False)
 
     @property
     def id(self) -> str: return self.path.name
     @property
     def name(self) -> str|None: return self.meta.get("name")
     @property
+    def short_id(self) -> str:
+        "The random end of the id (20261127-101502-3fa9c1 -> 3fa9c1): what tells runs of one name apart; find_run takes it."
+        return self.id.rsplit("-", 1)[-1] if self.id.count("-") == 2 else self.id
+    @property
+    def label(self) -> str: return f"{self.short_id} {self.name}" if self.name else self.id
+    @property
+    def heartbeat(self) -> float|None:
+        "When the run's process last said it was alive (time.time()), from summary.json; None if it never did."
+        if self._summary_doc is None: self._summary_doc = _read_summary_file(self.path)
+        hb = self._summary_doc.get("heartbeat")
+        return hb if _number(hb) else None
+    @property
     def status(self) -> str:
+        "meta.json's status, but for a run marked running whose process is gone: `interrupted` on its own host, else `stale`."
         if self.error: return "broken"
         status = self.meta.get("status", "broken")
-        if status == "running" and self.meta.get("host") == socket.gethostname() and not _pid_alive(self.meta.get("pid")):
-            return "interrupted"  # its process died without saying so (SIGKILL, reboot)
-        return status
+        if status != "running": return status
+        if self.meta.get("host") == socket.gethostname():
+            return "running" if _pid_alive(self.meta.get("pid")) else "interrupted"  # killed, or the machine rebooted
+        hb = self.heartbeat  # another machine's process (or a folder copied from one): alive if heard from lately
+        return "running" if hb is not None and time.time() - hb < STALE_AFTER_S else "stale"
+    @property
+    def stats(self) -> dict[str, dict]:
+        "Each metric's last, min and max (with steps) and count, from summary.json brought up to date with metrics.csv."
+        if self._stats is None:
+            if self._summary_doc is None: self._summary_doc = _read_summary_file(self.path)
+            try: self._stats = summarize(self.path, self._summary_doc, keep=self.status not in ("running", "broken"))
+            except OSError as e:
+                self._stats, self.error = MetricsSummary(), self.error or _unreadable(METRICS, e)
+        return self._stats.metrics
     @property
     def metrics(self) -> dict[str, list[tuple[int, int, float]]]:
-        "Every logged scalar, by name: [(step, time_ms, value), ...]."
+        "Every logged scalar, by name: [(step, time_ms, value), ...] (the whole file: for curves, not for listing)."
         if self._metrics is None:
             try: self._metrics, _ = read_metrics(self.path/METRICS)
             except OSError as e:  # open_run has usually found it already
@@ -118,21 +349,25 @@ class Run:
                ) -> dict[str, dict]:
         "For each metric: its last value, its goal, its best value by that goal and the step of it (None without a goal)."
         out = {}
-        for name, rows in self.metrics.items():
-            goal, best = _goal(name, goals), None
-            if goal is not None:
-                finite = [r for r in rows if r[2] == r[2]] or rows
-                best = (min if goal == "min" else max)(finite, key=lambda r: r[2])
-            out[name] = {"last": rows[-1][2], "goal": goal, "best": None if best is None else best[2],
-                         "best_step": None if best is None else best[0], "steps": len(rows)}
+        for name, s in self.stats.items():
+            goal = _goal(name, goals)
+            end = {"min": "min", "max": "max"}.get(goal)
+            best, step = (s[end], s[f"{end}_step"]) if end else (None, None)
+            out[name] = {"last": s["last"], "goal": goal, "best": best, "best_step": step, "steps": s["count"]}
         return out
 
     @property
     def records(self) -> dict:
         "The summary values the run stored with `mlkit.run.record` ({} when none, or when records.json is unreadable)."
-        try: value = json.loads((self.path/RECORDS).read_text())
-        except (OSError, ValueError): return {}
-        return value if isinstance(value, dict) else {}
+        if self._records is None:
+            try: value = _read_json(os.path.join(self.path, RECORDS))
+            except (OSError, ValueError): value = {}
+            self._records = value if isinstance(value, dict) else {}
+        return self._records
+
+    def values(self) -> dict:
+        "Each metric's last value and each recorded value by name; a recorded value wins over a metric of the same name."
+        return {**{k: s["last"] for k, s in self.stats.items()}, **self.records}
 
     @property
     def artifacts(self) -> list[Path]:
@@ -141,27 +376,30 @@ class Run:
 
 def _unreadable(name:str, e:OSError) -> str: return f"unreadable {name}: {e.strerror or e}"
 
-def _read_json(path:Path) -> dict:
-    value = json.loads(path.read_text())
-    if not isinstance(value, dict): raise ValueError(f"{path.name} holds a {type(value).__name__}, not an object")
+def _read_json(path:str) -> dict:
+    with open(path, "rb") as f: value = json.loads(f.read().decode())  # str: json skips guessing the encoding
+    if not isinstance(value, dict): raise ValueError(f"{os.path.basename(path)} holds a {type(value).__name__}, not an object")
     return value
 
 def open_run(path:str|Path) -> Run:
     "Read the run folder at `path`; a damaged one comes back with status 'broken' and the reason in `error`."
     path = Path(path)
-    run = Run(path)
-    try: run.meta = _read_json(path/META)
+    run, folder = Run(path), str(path)  # plain strings: listing opens a few files in each of thousands of folders
+    try: run.meta = _read_json(os.path.join(folder, META))
     except FileNotFoundError: run.error = f"no {META}"
     except OSError as e: run.error = _unreadable(META, e)
     except ValueError as e: run.error = f"corrupt {META}: {e}"
     if run.error is None:
-        try: run.params = _read_json(path/PARAMS) if (path/PARAMS).exists() else {}
+        try: run.params = _read_json(os.path.join(folder, PARAMS))
+        except FileNotFoundError: run.params = {}
         except OSError as e: run.error = _unreadable(PARAMS, e)
         except ValueError as e: run.error = f"corrupt {PARAMS}: {e}"
-    if run.error is None:
-        try: open(path/METRICS, "rb").close()  # only opened here; its lines are read when first asked for
-        except FileNotFoundError: pass
-        except OSError as e: run.error = _unreadable(METRICS, e)
+    metrics = os.path.join(folder, METRICS)
+    try:
+        if run.error is None and not (os.access(metrics, os.R_OK) and stat.S_ISREG(os.stat(metrics).st_mode)):
+            open(metrics, "rb").close()  # it cannot be read: say why (a folder, say, or no permission)
+    except FileNotFoundError: pass
+    except OSError as e: run.error = _unreadable(METRICS, e)
     return run
 
 # %% ../nbs/09_runs.ipynb #6b1c22b6
@@ -174,35 +412,61 @@ def list_runs(root:str|Path|None=None, # The runs folder; runs_dir() when None
              ) -> list[Run]:
     "Every run under `root`, oldest first; damaged ones included, marked broken."
     root = _root(root)
-    try: folders = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_")) and p.name != "sweeps"]
+    try:
+        with os.scandir(root) as it:
+            folders = [Path(e.path) for e in it if e.is_dir() and not e.name.startswith((".", "_")) and e.name != "sweeps"]
     except OSError as e: raise MlkitError(f"cannot read the runs folder {root}: {e.strerror or e}") from e
     runs = [open_run(p) for p in folders]
     return sorted(runs, key=lambda r: (r.meta.get("start") or "", r.id))
 
-def find_run(ref:str, # A run id, a unique prefix of one, a run name, or a path to a run folder
+def find_run(ref:str, # A run id, a unique prefix of one, its short id (the random end), a run name, or a run folder
              root:str|Path|None=None) -> Run:
     "The run `ref` names, or a RunNotFoundError saying why not."
     if Path(ref).is_dir() and (Path(ref)/META).exists(): return open_run(ref)
+    root = _root(root)
+    if ref and "/" not in ref and (root/ref/META).exists(): return open_run(root/ref)  # a whole id: no listing
     runs = list_runs(root)
-    exact = [r for r in runs if r.id == ref]
-    if exact: return exact[0]
-    matches = [r for r in runs if r.id.startswith(ref)] or [r for r in runs if r.name == ref]
+    matches = ([r for r in runs if r.id.startswith(ref)] or [r for r in runs if r.short_id == ref]
+               or [r for r in runs if r.name == ref])
     if len(matches) == 1: return matches[0]
-    if not matches: raise RunNotFoundError(f"no run '{ref}' under {_root(root)} ('mlkit runs ls' lists them)")
+    if not matches: raise RunNotFoundError(f"no run '{ref}' under {root} ('mlkit runs ls' lists them)")
     raise RunNotFoundError(f"'{ref}' matches {len(matches)} runs ({', '.join(r.id for r in matches[:5])}); give more of the id")
+
+_OPS = {"<": float.__lt__, "<=": float.__le__, ">": float.__gt__, ">=": float.__ge__}
+
+def parse_where(text:str) -> tuple[str, str, str]:
+    "'test_accuracy>=0.9' -> ('test_accuracy', '>=', '0.9'); the operators are <, <=, >, >=, = and !=."
+    m = re.fullmatch(r"\s*([^<>=!\s]+)\s*(<=|>=|!=|==|=|<|>)\s*(.*?)\s*", text)
+    if not m or not m[3]:
+        raise MlkitError(f"--where takes NAME<VALUE, NAME>=VALUE, NAME=VALUE ... (<, <=, >, >=, =, !=), got {text!r}")
+    name, op, value = m.groups()
+    if op in _OPS:
+        try: float(value)
+        except ValueError: raise MlkitError(f"--where {text!r}: {op} compares numbers, and {value!r} is not one") from None
+    return name, "=" if op == "==" else op, value
+
+def _holds(value, op:str, text:str) -> bool:
+    "Whether a run's `value` satisfies `op text` (a missing value never does)."
+    if value is None: return False
+    if op in _OPS: return _number(value) and _OPS[op](float(value), float(text))
+    try: same = float(value) == float(text) if _number(value) else str(value) == text
+    except ValueError: same = False
+    return same if op == "=" else not same
 
 def filter_runs(runs:list[Run], status:str|None=None, name:str|None=None, params:dict|None=None,
                 sweep:str|None=None, # Only the trials of this sweep (`mlkit sweep`)
+                where:list|None=None, # (name, op, value) conditions on metrics' last values and records (`parse_where`)
                ) -> list[Run]:
     "The runs with this status, a name matching the glob `name`, these parameter values (compared as text), of `sweep`."
-    if status and status not in (*STATUSES, "broken"):
-        raise MlkitError(f"unknown status {status!r}; a run is {', '.join(STATUSES)} or broken")
+    if status and status not in (*STATUSES, "stale", "broken"):
+        raise MlkitError(f"unknown status {status!r}; a run is {', '.join(STATUSES)}, stale or broken")
     out = []
     for r in runs:
         if status and r.status != status: continue
         if name and not fnmatch(r.name or "", name): continue
         if sweep and r.meta.get("sweep") != sweep: continue
         if params and any(str(flatten(r.params).get(k)) != str(v) for k, v in params.items()): continue
+        if where and (r.error or not all(_holds(r.values().get(k), op, v) for k, op, v in where)): continue
         out.append(r)
     return out
 
@@ -218,7 +482,7 @@ def flatten(d:dict, prefix:str="") -> dict:
 def load_runs(root:str|Path|None=None, # The runs folder; runs_dir() when None
               goals:dict|None=None, # {metric: "min", "max" or None}, where metric_goal's answer is not wanted
              ):
-    "A pandas DataFrame with one row per run: status, times, parameters, and last and best metrics."
+    "A pandas DataFrame with one row per run: status, times, parameters, recorded values, last and best metrics."
     import pandas as pd
     rows = []
     for r in list_runs(root):
@@ -226,21 +490,40 @@ def load_runs(root:str|Path|None=None, # The runs folder; runs_dir() when None
                "duration_s": r.meta.get("duration_s"), "error": r.error}
         if "sweep" in r.meta: row.update(sweep=r.meta["sweep"], trial=r.meta.get("trial"))  # a sweep's trial
         row.update({f"param.{k}": v for k, v in flatten(r.params).items()})
-        row.update({f"record.{k}": v for k, v in r.records.items()})
         for m, s in r.summary(goals).items():
-            row[m] = s["last"]
             if s["goal"] is not None: row[f"best.{m}"] = s["best"]
+        fixed = set(row)
+        row.update({f"value.{k}" if k in fixed else k: v for k, v in r.values().items()})  # last values; records win
         rows.append(row)
     df = pd.DataFrame(rows)
     for col in ("start", "end"):
         if col in df: df[col] = pd.to_datetime(df[col], errors="coerce", utc=True)
     return df
 
+def load_metrics(runs:list[Run]|str|Path|None=None, # Runs (`list_runs`, `filter_runs`), or a runs folder (runs_dir() when None)
+                 names:list[str]|None=None, # Only these metrics
+                ):
+    "Every logged value of `runs` as a long pandas DataFrame: run, name, step, time_ms, value (the full curves)."
+    import pandas as pd
+    if runs is None or isinstance(runs, (str, Path)): runs = list_runs(runs)
+    frames = []
+    for r in runs:
+        try: df = pd.read_csv(r.path/METRICS, dtype={"step": "int64", "time_ms": "int64", "name": "string", "value": "float64"},
+                              on_bad_lines="skip", engine="c")
+        except FileNotFoundError: continue
+        except (ValueError, pd.errors.ParserError):  # a torn last line, a damaged one: the forgiving reader
+            rows = [(s, ms, n, v) for n, vs in read_metrics(r.path/METRICS)[0].items() for s, ms, v in vs]
+            df = pd.DataFrame(rows, columns=["step", "time_ms", "name", "value"])
+        if names is not None: df = df[df["name"].isin(names)]
+        frames.append(df.assign(run=r.id)[["run", "name", "step", "time_ms", "value"]])
+    if not frames: return pd.DataFrame(columns=["run", "name", "step", "time_ms", "value"])
+    return pd.concat(frames, ignore_index=True)
+
 # %% ../nbs/09_runs.ipynb #d40f8e0c
 def compare_runs(runs:list[Run],
                  goals:dict|None=None, # {metric: "min", "max" or None}, where metric_goal's answer is not wanted
                 ) -> dict:
-    "{'differ': {param: [value per run]}, 'same': {param: value}, 'goals': {metric: goal}, 'metrics': {metric: [(last, best)]}}."
+    "{'differ': {param: [per run]}, 'same': {param: value}, 'goals', 'metrics': {metric: [(last, best)]}, 'records'}."
     flats = [flatten(r.params) for r in runs]
     keys = sorted(set().union(*flats)) if flats else []
     differ, same = {}, {}
@@ -251,17 +534,19 @@ def compare_runs(runs:list[Run],
     summaries = [r.summary(goals) for r in runs]
     names = sorted(set().union(*summaries)) if summaries else []
     metrics = {m: [(s[m]["last"], s[m]["best"]) if m in s else (None, None) for s in summaries] for m in names}
-    return {"differ": differ, "same": same, "goals": {m: _goal(m, goals) for m in names}, "metrics": metrics}
+    recorded = list(dict.fromkeys(k for r in runs for k in r.records))
+    return {"differ": differ, "same": same, "goals": {m: _goal(m, goals) for m in names}, "metrics": metrics,
+            "records": {k: [r.records.get(k) for r in runs] for k in recorded}}
 
 def plot_runs(runs:list[Run], metric:str, ax=None):
-    "Learning curves of `metric` (value against step), one line per run; returns the matplotlib Axes."
+    "Learning curves of `metric` (value against step), one line per run labelled by short id and name; returns the Axes."
     import matplotlib.pyplot as plt
     ax = ax or plt.subplots(figsize=(7, 4))[1]
     drawn = 0
     for r in runs:
         rows = r.metrics.get(metric)
         if not rows: continue
-        ax.plot([s for s, _, _ in rows], [v for _, _, v in rows], label=r.name or r.id)
+        ax.plot([s for s, _, _ in rows], [v for _, _, v in rows], label=r.label, marker="o" if len(rows) == 1 else None)
         drawn += 1
     if not drawn:
         known = sorted(set().union(*(r.metrics for r in runs)))

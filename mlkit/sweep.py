@@ -413,11 +413,10 @@ class SweepFailed(MlkitError):
 def metric_value(run, # A finished `mlkit.runs.Run`
                  name:str) -> float:
     "The sweep metric's value for `run`: the value it recorded under `name`, else the last it logged."
-    value = run.records.get(name)
-    if value is None and (rows := run.metrics.get(name)): value = rows[-1][2]
+    value = run.values().get(name)  # as `mlkit runs ls --sort` reads it, from the run's summary
     if value is None:
         raise TrialFailed(f"run {run.id} recorded no {name!r} (its records: {', '.join(run.records) or 'none'}; "
-                          f"its metrics: {', '.join(run.metrics) or 'none'})")
+                          f"its metrics: {', '.join(run.stats) or 'none'})")
     if not _is_number(value): raise TrialFailed(f"run {run.id}: {name} is {value!r}, not a finite number")
     return float(value)
 

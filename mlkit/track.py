@@ -23,8 +23,8 @@ from pathlib import Path
 from .core import RUN_DIR_ENV, SEED_MARK, TMP_PREFIX, MlkitError, atomic_write, last_seed, link_or_copy, runs_dir
 from .distributed import dist_env
 from .runmeta import mask, redact, run_metadata, secret_env_values
-from .runs import (ARTIFACTS, META, METRICS, METRICS_HEADER, PARAMS, STATUSES, Run, find_run, flatten, open_run,
-                        load_runs)
+from .runs import (ARTIFACTS, HEARTBEAT_S, META, METRICS, METRICS_HEADER, PARAMS, STATUSES, Run, find_run,
+                        flatten, load_runs, open_run, summarize, write_summary)
 from .events import Callback, CancelFit
 
 _all_ = ["load_runs"]
@@ -183,6 +183,8 @@ def _csv_name(name) -> str:
 def _now() -> str: return datetime.now(UTC).astimezone().isoformat(timespec="milliseconds")
 
 # %% ../nbs/10_track.ipynb #ba7bc531
+_SUMMARY_EVERY_S = 5.0  # seconds between rewrites of a run's summary.json while metrics arrive
+
 class LocalTracker(Tracker):
     "A run recorded in a folder under the runs folder: params.json, metrics.csv, meta.json, artifacts/."
     def __init__(self, root:str|Path|None=None, # The runs folder; runs_dir() (runs/ at the project root) when None
@@ -194,6 +196,7 @@ class LocalTracker(Tracker):
         "Under `mlkit run` ($MLKIT_RUN_DIR), attach to its run (`attach`) unless `resume` or another `root` is given."
         super().__init__(name, flush_every)
         self.path, self.params, self._names, self._owner = None, {}, {}, True
+        self._summary, self._summary_at, self._summary_dirty = None, 0.0, False
         if not self.active: return
         if resume is None and (owned := _run_of_mlkit_run(root)) is not None:  # one execution, one run folder
             self._attach(owned, name)
@@ -218,6 +221,7 @@ class LocalTracker(Tracker):
     def _attach(self, path:str|Path, name:str|None):
         "Open the run at `path` as a guest; a `name` is left in `NAME_MARK` for the owner to give the run."
         self._owner = False
+        self._summary = None  # the owner keeps the summary (and the heartbeat): it catches up with what this one appends
         run = open_run(path)
         if run.error: raise MlkitError(f"cannot record into {path}: {run.error}")
         self.path, self.root, self.id, self.name = run.path, run.path.parent, run.id, name or run.name
@@ -249,6 +253,8 @@ class LocalTracker(Tracker):
         (tmp/METRICS).write_text(METRICS_HEADER)
         os.replace(tmp, self.path)
         self._file = open(self.path/METRICS, "ab")
+        self._summary = summarize(self.path)
+        self._write_summary()  # the first heartbeat
 
     def _write_code(self, folder:Path, git:dict|None, project:str|None):
         "The uncommitted diff, untracked source files and requirements.txt, as artifacts under `folder`."
@@ -296,6 +302,9 @@ class LocalTracker(Tracker):
         kept = _metrics_up_to(self.path/METRICS, step)
         if (self.path/METRICS).read_bytes() != kept.encode(): atomic_write(self.path/METRICS, lambda f: f.write(kept), mode="w")
         self._step = _last_step(kept) + 1
+        if self._owner:  # the file may have been rewritten: its summary starts again
+            self._summary = summarize(self.path)
+            self._write_summary()
 
     def resume_run(self, ids:dict, step:int|None=None):
         run_id = ids.get("LocalTracker")
@@ -339,20 +348,47 @@ class LocalTracker(Tracker):
         self._note_seed()  # the Trainer logs its setup as a fit starts: seeded by then
 
     def flush(self, wait:bool=True):
-        "Write the buffered metrics to metrics.csv now (always at once: it costs microseconds)."
+        "Write the buffered metrics to metrics.csv now (always at once: it costs microseconds), and the summary when due."
         if not self.active or self._finished: return
-        with _deferral, self._lock: self._write_buffered()
+        with _deferral, self._lock:
+            self._write_buffered()
+            if self._summary is None: return
+            since = time.monotonic() - self._summary_at
+            if since >= HEARTBEAT_S or (self._summary_dirty and since >= _SUMMARY_EVERY_S): self._write_summary()
+
+    def _write_summary(self, final:bool=False):
+        "Catch the summary up with metrics.csv (what attached processes appended) and write it, with a heartbeat unless `final`."
+        try:
+            self._summary.catch_up(self.path/METRICS)
+            self._summary.remark(self.path/METRICS)
+            write_summary(self.path, self._summary, heartbeat=None if final else time.time())
+        except OSError as e:  # a cache: readers rebuild it; the run goes on
+            if "summary" not in self._warned:
+                self._warned.add("summary")
+                print(f"mlkit: could not write the summary of run {self.id}: {e.strerror or e}", file=sys.stderr)
+        self._summary_at, self._summary_dirty = time.monotonic(), False
 
     def _write(self, rows):
         if self._file.closed: return
         names, lines = self._names, []
         append, get = lines.append, names.get
-        for step, ms, k, v in self._numbers(rows):
+        rows = self._numbers(rows)
+        if not rows: return
+        for step, ms, k, v in rows:
             name = get(k)
             if name is None: name = names[k] = _csv_name(k)
             append("%d,%d,%s,%r\n" % (step, ms, name, v))  # noqa: UP031 (%-formatting is the fastest here)
-        self._file.write("".join(lines).encode())
+        data = "".join(lines).encode()
+        s = self._summary
+        mine = s is not None and os.fstat(self._file.fileno()).st_size == s.offset  # nobody else appended since
+        self._file.write(data)
         self._file.flush()
+        if s is None: return
+        if mine:
+            s.add_columns([r[0] for r in rows], [r[2] for r in rows], [r[3] for r in rows])  # list comps: 3x zip(*rows)
+            s.offset += len(data)
+        else: s.catch_up(self.path/METRICS)  # another process appended too (an attached kernel): read it all back
+        self._summary_dirty = True
 
     def log_artifact(self, path:str|Path, name:str|None=None, link:bool=False) -> Path|None:
         if not self.active: return None
@@ -368,6 +404,7 @@ class LocalTracker(Tracker):
         self._file.close()
         self._note_seed()
         if not self._owner: return  # the status is the owner's to write
+        self._write_summary(final=True)  # complete before meta.json says the run has ended
         self.meta.update(status=status, end=_now(), duration_s=round(time.time() - self._t0, 3), error=error)
         write_json_atomic(self.path/META, self.meta)
 

@@ -99,7 +99,7 @@ def test_runs_ls_sort_knows_or_asks_which_way_is_best(tmp_path):
                         "say which: --sort epoch:min or --sort epoch:max\n")
     r = run("runs", "ls", "--root", root, "--sort", "valid_acc:highest")
     assert (r.returncode, r.stderr) == (
-        1, "mlkit runs: error: --sort takes METRIC, METRIC:min or METRIC:max, got 'valid_acc:highest'\n")
+        1, "mlkit runs: error: --sort takes NAME, NAME:min or NAME:max, got 'valid_acc:highest'\n")
 
 
 def test_runs_compare_and_show_best_by_goal(tmp_path):
@@ -124,7 +124,7 @@ def test_runs_ls_unknown_status_is_an_error(tmp_path):
     r = run("runs", "ls", "--root", str(fake_runs(tmp_path/"runs", 2)), "--status", "bogus")
     assert (r.returncode, r.stdout) == (1, "")
     assert r.stderr == ("mlkit runs: error: unknown status 'bogus'; "
-                        "a run is running, finished, failed, interrupted, pruned or broken\n")
+                        "a run is running, finished, failed, interrupted, pruned, stale or broken\n")
 
 
 @pytest.mark.parametrize("args, message", [
@@ -147,8 +147,12 @@ def test_runs_plot_default_file_name_of_a_metric_with_a_slash(tmp_path):
     (root/"20260101-000000-aaaaaa"/"metrics.csv").write_text("step,time_ms,name,value\n0,0,valid/loss,1\n1,0,valid/loss,0.5\n")
     r = subprocess.run([MLKIT, "runs", "plot", "run0", "--metric", "valid/loss", "--root", str(root)],
                        capture_output=True, text=True, timeout=120, cwd=tmp_path)
-    assert (r.returncode, r.stdout, r.stderr) == (0, "valid_loss.png\n", "")
-    assert (tmp_path/"valid_loss.png").read_bytes()[:4] == b"\x89PNG"
+    png = root/"_plots"/"valid_loss-aaaaaa.png"  # under the runs folder, named by the metric and the runs' short ids
+    assert (r.returncode, r.stdout, r.stderr) == (0, f"{png}\n", "")
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    assert [p.name for p in tmp_path.iterdir()] == ["runs"]  # nothing left in the working folder
+    r = run("runs", "ls", "--root", str(root))
+    assert r.stdout.count("\n") == 2, r.stdout  # and _plots/ is not a run
 
 
 def test_unreadable_run_folder_is_listed_as_broken(tmp_path):
@@ -167,6 +171,6 @@ def test_unreadable_run_folder_is_listed_as_broken(tmp_path):
 def test_unreadable_runs_folder_is_one_line(tmp_path, capsys):
     from mlkit.cli import main
     root = fake_runs(tmp_path/"runs", 1)
-    with mock.patch.object(Path, "iterdir", side_effect=PermissionError(13, "Permission denied")):
+    with mock.patch("mlkit.runs.os.scandir", side_effect=PermissionError(13, "Permission denied")):
         assert main(["runs", "ls", "--root", str(root)]) == 1
     assert capsys.readouterr().err == f"mlkit runs: error: cannot read the runs folder {root}: Permission denied\n"

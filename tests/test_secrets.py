@@ -1,7 +1,9 @@
 "Secrets kept out both ways: none reaches any file of any tracker, and no harmless hyperparameter is lost on the way."
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from test_track import _item_key, _wandb_records  # the W&B offline-file parser
@@ -170,3 +172,75 @@ def test_no_secret_reaches_any_tracker_and_every_hyperparameter_survives(project
     assert meta["command"][:4] == ["train.py", "--api-key=***", "--password", "***"]
     assert meta["command"][-len(HARMLESS_ARGV):] == HARMLESS_ARGV
     assert meta["git"]["dirty"] is True and meta["git"]["error"] is None
+
+
+# --- structured command-line values: JSON, Python literals, YAML, redacted key by key ---------------------------------
+STRUCTURED = {  # the secret given inside a structured argument, and how the recorded command must read back
+    "sekret-30-json": '{"credentials": {"secret": "VALUE", "user": "bob"}, "private_key": "VALUE-pk", "lr": 0.1}',
+    "sekret-31-eqjson": '--cfg={"db": {"host": "db1", "api_key": "VALUE"}, "layers": [16, 8]}',
+    "sekret-32-pylit": "{'auth': {'user': 'bob', 'pass': 'VALUE'}, 'sort_key': 'loss'}",
+    "sekret-33-yaml": "+db={host: db1, password: VALUE}",
+    "sekret-34-broken": '{"api_key": "VALUE", ',  # looks structured, does not parse: whole, as ***
+}
+
+
+def structured_argv():
+    out = ["train.py"]
+    for secret, how in STRUCTURED.items():
+        if how.startswith("--cfg="): out += ["--cfg", how[len("--cfg="):].replace("VALUE", secret)]  # both forms
+        out.append(how.replace("VALUE", secret))
+    return out + ["[1, 2, 3]", '{"lr":0.1,  "sort_key": "loss"}']
+
+
+def secrets_in(folder) -> list:
+    "(file, secret) for each structured secret's bytes found in any file under `folder`."
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    assert files
+    return [(str(p.relative_to(folder)), s) for p in files for s in STRUCTURED if s.encode() in p.read_bytes()]
+
+
+def test_structured_argv_values_are_redacted_by_key_in_meta_json(tmp_path):
+    "A real `python train.py ...` with JSON, `--cfg=JSON`, `--cfg JSON`, a Python literal, YAML and a broken one."
+    proj, runs = tmp_path/"proj", tmp_path/"runs"
+    proj.mkdir()
+    (proj/"train.py").write_text("from mlkit.track import LocalTracker\n"
+                                 "with LocalTracker(name='cfg') as run: run.log_metrics({'loss': 0.5}, step=0)\n")
+    env = {**os.environ, "MLKIT_RUNS_DIR": str(runs), "MLKIT_PROJECT_ROOT": str(proj)}
+    r = subprocess.run([sys.executable, *structured_argv()], cwd=proj, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    [run] = [p for p in runs.iterdir() if (p/"meta.json").exists()]
+    assert secrets_in(runs) == []
+    command = json.loads((run/"meta.json").read_text())["command"]
+    assert json.loads(command[1]) == {"credentials": "***", "private_key": "***", "lr": 0.1}  # JSON stays JSON
+    assert json.loads(command[3]) == json.loads(command[4][len("--cfg="):]) == {
+        "db": {"host": "db1", "api_key": "***"}, "layers": [16, 8]}
+    assert command[2] == "--cfg" and command[4].startswith("--cfg={")
+    assert command[5] == "{'auth': '***', 'sort_key': 'loss'}"  # a Python literal stays one
+    assert command[6] == '+db={"host": "db1", "password": "***"}'  # YAML, written as JSON (which YAML reads)
+    assert command[7:] == ["***", "[1, 2, 3]", '{"lr":0.1,  "sort_key": "loss"}']  # broken: whole; harmless: kept
+
+
+def test_mlkit_run_structured_parameter_redacted_in_the_whole_run_folder(tmp_path):
+    "`mlkit run NB -p cfg JSON`: the nested secret is in no file of the run (meta.json, params, the executed notebook)."
+    proj, runs = tmp_path/"proj", tmp_path/"runs"
+    (proj/"nbs"/"experiments").mkdir(parents=True)
+    (proj/"settings.ini").write_text("[DEFAULT]\nlib_name = proj\n")
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+    nb = new_notebook(cells=[new_code_cell("cfg = {}", metadata={"tags": ["parameters"]}),
+                             new_code_cell("print(sorted(cfg))")],
+                      metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
+    nbformat.write(nb, proj/"nbs"/"experiments"/"cfg.ipynb")
+    cfg = '{"db": {"host": "db1", "password": "sekret-35-mlkitrun"}, "lr": 0.1}'
+    env = {**os.environ, "MLKIT_RUNS_DIR": str(runs)}
+    env.pop("MLKIT_RUN_DIR", None)
+    mlkit = str(Path(sys.executable).parent/"mlkit")
+    r = subprocess.run([mlkit, "run", "nbs/experiments/cfg.ipynb", "-p", "cfg", cfg], cwd=proj, env=env,
+                       capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stdout + r.stderr
+    [run] = [p for p in runs.iterdir() if (p/"meta.json").exists()]
+    assert {"meta.json", "notebook.ipynb"} <= {p.name for p in run.iterdir()}
+    leaks = [str(p.relative_to(runs)) for p in runs.rglob("*") if p.is_file() and b"sekret-35-mlkitrun" in p.read_bytes()]
+    assert leaks == []
+    command = json.loads((run/"meta.json").read_text())["command"]
+    assert json.loads(command[command.index("cfg") + 1]) == {"db": {"host": "db1", "password": "***"}, "lr": 0.1}
