@@ -125,7 +125,10 @@ class Tracker:
             self._wake.clear()
             if self._closed.is_set(): return
             try: self.flush()
-            except Exception as e: print(f"mlkit: {type(self).__name__} could not write metrics: {e}", file=sys.stderr)
+            except Exception as e:
+                if (why := f"flush: {e}") not in self._warned:  # once, not every second
+                    self._warned.add(why)
+                    print(f"mlkit: {type(self).__name__} could not write metrics: {e}", file=sys.stderr)
 
     def finish(self, status:str="finished", error:str|None=None):
         "End the run with `status` (finished, failed, interrupted or pruned): write what is buffered, close the store."
@@ -196,7 +199,7 @@ class LocalTracker(Tracker):
         "Under `mlkit run` ($MLKIT_RUN_DIR), attach to its run (`attach`) unless `resume` or another `root` is given."
         super().__init__(name, flush_every)
         self.path, self.params, self._names, self._owner = None, {}, {}, True
-        self._summary, self._summary_at, self._summary_dirty = None, 0.0, False
+        self._summary, self._summary_at, self._summary_dirty, self._lost = None, 0.0, False, None
         if not self.active: return
         if resume is None and (owned := _run_of_mlkit_run(root)) is not None:  # one execution, one run folder
             self._attach(owned, name)
@@ -221,7 +224,7 @@ class LocalTracker(Tracker):
     def _attach(self, path:str|Path, name:str|None):
         "Open the run at `path` as a guest; a `name` is left in `NAME_MARK` for the owner to give the run."
         self._owner = False
-        self._summary = None  # the owner keeps the summary (and the heartbeat): it catches up with what this one appends
+        self._summary, self._lost = None, None  # the owner keeps the summary and heartbeat, catching up with what this appends
         run = open_run(path)
         if run.error: raise MlkitError(f"cannot record into {path}: {run.error}")
         self.path, self.root, self.id, self.name = run.path, run.path.parent, run.id, name or run.name
@@ -247,11 +250,15 @@ class LocalTracker(Tracker):
                      "error": None}
         self._t0 = time.time()
         tmp = self.root/f"{TMP_PREFIX}{self.id}"  # assembled here, renamed into place whole
-        self._write_code(tmp/ARTIFACTS, self.meta.get("git"), self.meta.get("project"))
-        write_json_atomic(tmp/META, self.meta)
-        write_json_atomic(tmp/PARAMS, {})
-        (tmp/METRICS).write_text(METRICS_HEADER)
-        os.replace(tmp, self.path)
+        try:
+            self._write_code(tmp/ARTIFACTS, self.meta.get("git"), self.meta.get("project"))
+            write_json_atomic(tmp/META, self.meta)
+            write_json_atomic(tmp/PARAMS, {})
+            (tmp/METRICS).write_text(METRICS_HEADER)
+            os.replace(tmp, self.path)
+        except BaseException:  # a full disk, say: no half-made folder stays behind
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         self._file = open(self.path/METRICS, "ab")
         self._summary = summarize(self.path)
         self._write_summary()  # the first heartbeat
@@ -369,7 +376,7 @@ class LocalTracker(Tracker):
         self._summary_at, self._summary_dirty = time.monotonic(), False
 
     def _write(self, rows):
-        if self._file.closed: return
+        if self._file.closed or self._lost: return
         names, lines = self._names, []
         append, get = lines.append, names.get
         rows = self._numbers(rows)
@@ -381,8 +388,10 @@ class LocalTracker(Tracker):
         data = "".join(lines).encode()
         s = self._summary
         mine = s is not None and os.fstat(self._file.fileno()).st_size == s.offset  # nobody else appended since
-        self._file.write(data)
-        self._file.flush()
+        try:
+            self._file.write(data)
+            self._file.flush()
+        except OSError as e: return self._lose(e)
         if s is None: return
         if mine:
             s.add_columns([r[0] for r in rows], [r[2] for r in rows], [r[3] for r in rows])  # list comps: 3x zip(*rows)
@@ -400,13 +409,27 @@ class LocalTracker(Tracker):
             with open(src, "rb") as s: shutil.copyfileobj(s, f)
         return atomic_write(dst, copy)
 
+    def _lose(self, e:OSError):
+        "metrics.csv cannot be written (a full disk, say): say so once, record nothing more; the run ends failed."
+        self._lost = f"{e.strerror or e} writing {self.path/METRICS}"
+        print(f"mlkit: run {self.id}: {self._lost}; metrics logged from now on are not recorded", file=sys.stderr)
+        try: self._file.close()  # it tries to write what is buffered once more; the file closes whatever happens
+        except OSError: pass
+
     def _end(self, status:str, error:str|None):
-        self._file.close()
+        try: self._file.close()
+        except OSError as e:
+            if not self._lost: self._lose(e)
         self._note_seed()
         if not self._owner: return  # the status is the owner's to write
-        self._write_summary(final=True)  # complete before meta.json says the run has ended
+        if self._lost and status == "finished": status, error = "failed", self._lost
+        if not self._lost: self._write_summary(final=True)  # complete before meta.json says the run has ended
         self.meta.update(status=status, end=_now(), duration_s=round(time.time() - self._t0, 3), error=error)
-        write_json_atomic(self.path/META, self.meta)
+        try: write_json_atomic(self.path/META, self.meta)
+        except OSError as e:
+            why = "either" if self._lost else f"({e.strerror or e})"  # the same full disk is said once
+            print(f"mlkit: run {self.id}: cannot write its end to meta.json {why}: it reads 'running' there, which "
+                  "`mlkit runs ls` shows as interrupted once this process is gone", file=sys.stderr)
 
     def __repr__(self): return f"LocalTracker({self.path})"
 

@@ -236,3 +236,56 @@ def test_a_localtracker_opened_in_a_mlkit_run_notebook_writes_into_that_run(runs
     executed = json.loads((run/"notebook.ipynb").read_text())
     assert executed["cells"][1]["outputs"][0]["text"] == ["after the with block\n"]
     assert not (run/".name.json").exists()
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    "A 200k tmpfs filled to the last byte (skipped where mounting is not permitted)."
+    disk = tmp_path/"disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("mounting a tmpfs is not permitted here")
+    try:
+        (disk/"runs").mkdir()
+        with open(disk/"filler", "wb", buffering=0) as f:
+            try:
+                while f.write(b"x" * 512): pass
+            except OSError: pass
+        yield disk
+    finally: subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def test_a_run_that_cannot_even_be_created_on_a_full_disk_is_one_line(full_disk, runs_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLKIT_RUNS_DIR", str(full_disk/"runs"))
+    nb = write_nb(tmp_path/"nb.ipynb", "print(1)")
+    r = subprocess.run([MLKIT, "run", nb], capture_output=True, text=True, timeout=180)
+    assert (r.returncode, r.stdout) == (1, ""), r.stderr
+    assert r.stderr.startswith("mlkit run: error: no space left on device") and r.stderr.count("\n") == 1, r.stderr
+    assert [p.name for p in (full_disk/"runs").iterdir()] == []  # nothing half-made left behind
+
+
+def test_a_script_whose_metrics_meet_a_full_disk_says_so_once_and_ends(full_disk, tmp_path):
+    code = textwrap.dedent(f"""
+        import time
+        from mlkit.track import LocalTracker
+        from pathlib import Path
+        Path({str(full_disk/"filler")!r}).unlink()  # room for the run folder, then fill it again
+        run = LocalTracker({str(full_disk/"runs")!r}, capture=False, flush_every=0.05)
+        with open({str(full_disk/"filler")!r}, "wb", buffering=0) as f:
+            try:
+                while f.write(b"x" * 512): pass
+            except OSError: pass
+        for s in range(20000):
+            run.log_metrics({{"loss": 1.0}}, s)
+            if s % 1000 == 0: time.sleep(0.06)
+        Path({str(full_disk/"filler")!r}).unlink()  # room again, for the end
+        run.finish()
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180)
+    assert "Traceback" not in r.stderr, r.stderr
+    lines = [line for line in r.stderr.splitlines() if "no space left on device" in line.lower()]
+    assert len(lines) == 1 and len(r.stderr.splitlines()) == 1, r.stderr  # said once
+    [run] = folders(full_disk/"runs")
+    every_json_parses(run)
+    m = meta(run)
+    assert m["status"] == "failed" and m["error"].startswith("No space left on device writing"), m
