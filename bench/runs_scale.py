@@ -4,7 +4,8 @@ Runs of S steps logging 2 metrics per step (`loss`, `lr`), 3 varying parameters 
 `test_accuracy` are made through the real tracker (`LocalTracker.log_metrics` per step, `mlkit.run.record`, `finish`)
 by a pool of processes, and cached under --data, keyed by S (the base runs) and by N and S (the measured folders).
 Where a point needs more runs than --max-rows allows to write (5,000 x 50k, 1,000 x 500k), the base runs' metrics.csv
-files are hard-linked into more run folders under new ids (with their own meta.json, params.json and records.json):
+files (and the summary.json the tracker kept) are hard-linked into more run folders under new ids (with their own
+meta.json, params.json and records.json):
 the output says how many runs of each point are real and how many are copies.
 
 Each command runs as a whole process (median of --rounds, peak RSS by GNU time), interleaved in every round with the
@@ -119,7 +120,7 @@ def point_runs(data:Path, n:int, steps:int, max_rows:int, workers:int) -> tuple[
         if i < real:  # one of the runs made by the tracker: hard links of its files
             dst = root/src.name
             dst.mkdir()
-            for f in OLD_FILES:
+            for f in (*OLD_FILES, "summary.json"):  # the summary the tracker kept as it logged
                 if (src/f).exists(): os.link(src/f, dst/f)
         else:  # a copy: its own id, name, parameters and record; the base run's metric curves
             meta = json.loads((src/"meta.json").read_text())
@@ -127,6 +128,7 @@ def point_runs(data:Path, n:int, steps:int, max_rows:int, workers:int) -> tuple[
             dst = root/meta["id"]
             dst.mkdir()
             os.link(src/"metrics.csv", dst/"metrics.csv")
+            if (src/"summary.json").exists(): os.link(src/"summary.json", dst/"summary.json")  # as `cp -a` would carry it
             (dst/"meta.json").write_text(json.dumps(meta, indent=1))
             (dst/"params.json").write_text(json.dumps(run_params(i), indent=1))
             (dst/"records.json").write_text(json.dumps({"test_accuracy": run_record(i)}, indent=1))
