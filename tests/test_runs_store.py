@@ -306,3 +306,14 @@ def test_listing_many_runs_without_summaries_says_so_once(tmp_path):
     assert r.stdout.count("0.5") == 25 and len(list(root.glob(f"*/{SUMMARY}"))) == 25
     r = mlkit("runs", "ls", "--root", str(root))
     assert (r.returncode, r.stderr) == (0, "")
+
+
+def test_sorting_by_a_value_that_is_never_a_number_is_one_line(tmp_path):
+    "A recorded text (or flag) sorts nothing: an error naming the numbers there are, not the oldest runs as 'best'."
+    root = tmp_path/"runs"
+    for i, note in enumerate(["abc", "zzz", "mmm"]):
+        make_run(root, "n", {"lr": i}, [(0, {"loss": i})], {"note": note, "flag": bool(i)})
+    for key in ("note:max", "flag:max"):
+        r = mlkit("runs", "ls", "--root", str(root), "--sort", key, "--limit", "1")
+        assert r.returncode != 0 and r.stdout == "" and len(r.stderr.splitlines()) == 1, r.stdout + r.stderr
+        assert f"no run has a number for '{key[:-4]}'" in r.stderr and "loss" in r.stderr, r.stderr
