@@ -498,6 +498,14 @@ def load_runs(root:str|Path|None=None, # The runs folder; runs_dir() when None
         if col in df: df[col] = pd.to_datetime(df[col], errors="coerce", utc=True)
     return df
 
+def _whole_lines(path:Path):
+    "`path`, or its bytes up to the last line end when a write was torn (a live run mid-write, a kill): never half a value."
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if not size or os.pread(f.fileno(), 1, size - 1) == b"\n": return path
+        data = f.read(size)
+    return io.BytesIO(data[:data.rfind(b"\n") + 1])
+
 def load_metrics(runs:list[Run]|str|Path|None=None, # Runs (`list_runs`, `filter_runs`), or a runs folder (runs_dir() when None)
                  names:list[str]|None=None, # Only these metrics
                 ):
@@ -506,9 +514,10 @@ def load_metrics(runs:list[Run]|str|Path|None=None, # Runs (`list_runs`, `filter
     if runs is None or isinstance(runs, (str, Path)): runs = list_runs(runs)
     frames = []
     for r in runs:
-        try: df = pd.read_csv(r.path/METRICS, dtype={"step": "int64", "time_ms": "int64", "name": "string", "value": "float64"},
+        if r.error: continue  # a broken run (load_runs says why): no curves to read
+        try: df = pd.read_csv(_whole_lines(r.path/METRICS), dtype={"step": "int64", "time_ms": "int64", "name": "string", "value": "float64"},
                               on_bad_lines="skip", engine="c")
-        except FileNotFoundError: continue
+        except OSError: continue  # gone, or not a file: nothing to read
         except (ValueError, pd.errors.ParserError):  # a torn last line, a damaged one: the forgiving reader
             rows = [(s, ms, n, v) for n, vs in read_metrics(r.path/METRICS)[0].items() for s, ms, v in vs]
             df = pd.DataFrame(rows, columns=["step", "time_ms", "name", "value"])

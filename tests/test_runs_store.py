@@ -317,3 +317,16 @@ def test_sorting_by_a_value_that_is_never_a_number_is_one_line(tmp_path):
         r = mlkit("runs", "ls", "--root", str(root), "--sort", key, "--limit", "1")
         assert r.returncode != 0 and r.stdout == "" and len(r.stderr.splitlines()) == 1, r.stdout + r.stderr
         assert f"no run has a number for '{key[:-4]}'" in r.stderr and "loss" in r.stderr, r.stderr
+
+
+def test_load_metrics_drops_a_torn_last_line_and_skips_broken_runs(tmp_path):
+    "A write cut short (a live run mid-flush, a kill) is not a value; a run that cannot be read is skipped, not a traceback."
+    from mlkit.runs import load_metrics
+    root = tmp_path/"runs"
+    good = make_run(root, "good", {}, [(s, {"loss": 0.123456789}) for s in range(5)])
+    broken = make_run(root, "broken", {}, [(0, {"loss": 1.0})])
+    with open(good/METRICS, "ab") as f: f.write(b"5,1700000000000,loss,0.1")  # "0.123..." cut short
+    (broken/METRICS).unlink(); (broken/METRICS).mkdir()
+    df = load_metrics(root)
+    assert set(df["run"]) == {good.name}
+    assert df["step"].tolist() == [0, 1, 2, 3, 4] and (df["value"] == 0.123456789).all()
