@@ -157,14 +157,15 @@ class MetricsSummary:
 
     def _feed_lines(self, text:str):
         "Line by line: names with commas or quotes, damaged lines (counted in `bad`)."
-        add, header = self.add, METRICS_HEADER.strip()
-        for line in text.splitlines():
+        add, header = self.add, METRICS_HEADER.strip().split(",")
+        quoted = '"' in text  # a name with a comma, quote or line end: the csv module's reading, as the tracker wrote it
+        rows = csv.reader(io.StringIO(text, newline="")) if quoted else (line.split(",") for line in text[:-1].split("\n"))
+        for row in rows:  # only \n ends a line: not \u2028, \x1c or \x85 inside a name, as str.splitlines would have it
             try:
-                if '"' in line: step, _, name, value = next(csv.reader([line]))  # a name with a comma or quote
-                else: step, _, name, value = line.split(",")
+                step, _, name, value = row
                 add(int(step), name, float(value))
-            except (ValueError, StopIteration):
-                if line != header: self.bad += 1
+            except (ValueError, csv.Error):
+                if row != header: self.bad += 1
 
     def catch_up(self, path:str|Path, block:int=1 << 20) -> int:
         "Stream the file at `path` from `offset` to its last whole line, in blocks; the number of bytes read."
