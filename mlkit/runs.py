@@ -516,8 +516,8 @@ def load_metrics(runs:list[Run]|str|Path|None=None, # Runs (`list_runs`, `filter
     frames = []
     for r in runs:
         if r.error: continue  # a broken run (load_runs says why): no curves to read
-        try: df = pd.read_csv(_whole_lines(r.path/METRICS), dtype={"step": "int64", "time_ms": "int64", "name": "string", "value": "float64"},
-                              on_bad_lines="skip", engine="c")
+        try: df = pd.read_csv(_whole_lines(r.path/METRICS), engine="c", on_bad_lines="skip",
+                              dtype={"step": "int64", "time_ms": "int64", "name": "string", "value": "float64"})
         except OSError: continue  # gone, or not a file: nothing to read
         except (ValueError, pd.errors.ParserError):  # a torn last line, a damaged one: the forgiving reader
             rows = [(s, ms, n, v) for n, vs in read_metrics(r.path/METRICS)[0].items() for s, ms, v in vs]
