@@ -179,8 +179,11 @@ def cmd_runs_ls(args):
             raise MlkitError("--where: " + _unknown(missing[0], _known_names(runs)))
         runs = filter_runs(runs, where=where)
     if sort:
-        if runs and not any(sort[0] in r.values() for r in runs if not r.error):
-            raise MlkitError(_unknown(sort[0], _known_names(runs)))
+        if runs and sort[0] not in (known := _known_names(runs)):  # a name with no number anywhere (a text record) sorts nothing
+            if any(sort[0] in r.values() for r in runs if not r.error):
+                raise MlkitError(f"no run has a number for '{sort[0]}' to sort by (it is recorded as text, a flag or a list)"
+                                 + (f"; numbers: {', '.join(known[:12])}" if known else ""))
+            raise MlkitError(_unknown(sort[0], known))
         runs = _sorted_by(runs, *sort)
     else: runs = runs[::-1]  # newest first
     if args.limit: runs = runs[:args.limit]

@@ -158,14 +158,15 @@ class MetricsSummary:
 
     def _feed_lines(self, text:str):
         "Line by line: names with commas or quotes, damaged lines (counted in `bad`)."
-        add, header = self.add, METRICS_HEADER.strip()
-        for line in text.splitlines():
+        add, header = self.add, METRICS_HEADER.strip().split(",")
+        quoted = '"' in text  # a name with a comma, quote or line end: the csv module's reading, as the tracker wrote it
+        rows = csv.reader(io.StringIO(text, newline="")) if quoted else (line.split(",") for line in text[:-1].split("\n"))
+        for row in rows:  # only \n ends a line: not \u2028, \x1c or \x85 inside a name, as str.splitlines would have it
             try:
-                if '"' in line: step, _, name, value = next(csv.reader([line]))  # a name with a comma or quote
-                else: step, _, name, value = line.split(",")
+                step, _, name, value = row
                 add(int(step), name, float(value))
-            except (ValueError, StopIteration):
-                if line != header: self.bad += 1
+            except (ValueError, csv.Error):
+                if row != header: self.bad += 1
 
     def catch_up(self, path:str|Path, block:int=1 << 20) -> int:
         "Stream the file at `path` from `offset` to its last whole line, in blocks; the number of bytes read."
@@ -500,6 +501,14 @@ def load_runs(root:str|Path|None=None, # The runs folder; runs_dir() when None
         if col in df: df[col] = pd.to_datetime(df[col], errors="coerce", utc=True)
     return df
 
+def _whole_lines(path:Path):
+    "`path`, or its bytes up to the last line end when a write was torn (a live run mid-write, a kill): never half a value."
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if not size or os.pread(f.fileno(), 1, size - 1) == b"\n": return path
+        data = f.read(size)
+    return io.BytesIO(data[:data.rfind(b"\n") + 1])
+
 def load_metrics(runs:list[Run]|str|Path|None=None, # Runs (`list_runs`, `filter_runs`), or a runs folder (runs_dir() when None)
                  names:list[str]|None=None, # Only these metrics
                 ):
@@ -508,9 +517,10 @@ def load_metrics(runs:list[Run]|str|Path|None=None, # Runs (`list_runs`, `filter
     if runs is None or isinstance(runs, (str, Path)): runs = list_runs(runs)
     frames = []
     for r in runs:
-        try: df = pd.read_csv(r.path/METRICS, dtype={"step": "int64", "time_ms": "int64", "name": "string", "value": "float64"},
-                              on_bad_lines="skip", engine="c")
-        except FileNotFoundError: continue
+        if r.error: continue  # a broken run (load_runs says why): no curves to read
+        try: df = pd.read_csv(_whole_lines(r.path/METRICS), engine="c", on_bad_lines="skip",
+                              dtype={"step": "int64", "time_ms": "int64", "name": "string", "value": "float64"})
+        except OSError: continue  # gone, or not a file: nothing to read
         except (ValueError, pd.errors.ParserError):  # a torn last line, a damaged one: the forgiving reader
             rows = [(s, ms, n, v) for n, vs in read_metrics(r.path/METRICS)[0].items() for s, ms, v in vs]
             df = pd.DataFrame(rows, columns=["step", "time_ms", "name", "value"])

@@ -306,3 +306,38 @@ def test_listing_many_runs_without_summaries_says_so_once(tmp_path):
     assert r.stdout.count("0.5") == 25 and len(list(root.glob(f"*/{SUMMARY}"))) == 25
     r = mlkit("runs", "ls", "--root", str(root))
     assert (r.returncode, r.stderr) == (0, "")
+
+
+def test_sorting_by_a_value_that_is_never_a_number_is_one_line(tmp_path):
+    "A recorded text (or flag) sorts nothing: an error naming the numbers there are, not the oldest runs as 'best'."
+    root = tmp_path/"runs"
+    for i, note in enumerate(["abc", "zzz", "mmm"]):
+        make_run(root, "n", {"lr": i}, [(0, {"loss": i})], {"note": note, "flag": bool(i)})
+    for key in ("note:max", "flag:max"):
+        r = mlkit("runs", "ls", "--root", str(root), "--sort", key, "--limit", "1")
+        assert r.returncode != 0 and r.stdout == "" and len(r.stderr.splitlines()) == 1, r.stdout + r.stderr
+        assert f"no run has a number for '{key[:-4]}'" in r.stderr and "loss" in r.stderr, r.stderr
+
+
+def test_load_metrics_drops_a_torn_last_line_and_skips_broken_runs(tmp_path):
+    "A write cut short (a live run mid-flush, a kill) is not a value; a run that cannot be read is skipped, not a traceback."
+    from mlkit.runs import load_metrics
+    root = tmp_path/"runs"
+    good = make_run(root, "good", {}, [(s, {"loss": 0.123456789}) for s in range(5)])
+    broken = make_run(root, "broken", {}, [(0, {"loss": 1.0})])
+    with open(good/METRICS, "ab") as f: f.write(b"5,1700000000000,loss,0.1")  # "0.123..." cut short
+    (broken/METRICS).unlink(); (broken/METRICS).mkdir()
+    df = load_metrics(root)
+    assert set(df["run"]) == {good.name}
+    assert df["step"].tolist() == [0, 1, 2, 3, 4] and (df["value"] == 0.123456789).all()
+
+
+def test_a_summary_made_from_the_file_agrees_with_the_trackers_for_odd_names(tmp_path):
+    "Names with a comma, a quote, a line end or a Unicode line separator: re-reading the file (an older run, a copy) loses none."
+    names = ["a,b", 'q"x', "nl\nx", "uni\u2028sep", "fs\x1csep", "nel\x85x", "ünï", "plain"]
+    p = make_run(tmp_path/"runs", "odd", {}, [(s, {n: float(i * s) for i, n in enumerate(names)}) for s in range(3)])
+    own = json.loads((p/SUMMARY).read_text())["metrics"]
+    fresh = MetricsSummary()
+    fresh.catch_up(p/METRICS)
+    assert fresh.bad == 0
+    assert json.dumps(fresh.metrics, sort_keys=True) == json.dumps(own, sort_keys=True)
