@@ -89,6 +89,11 @@ def runs_table(runs, sort:str|None=None, # The name the runs are sorted by: show
         flats = [flatten(r.params) for r in runs if not r.error]
         params = [c for c in columns if any(c in f for f in flats)]
         values = [c for c in columns if c not in params]
+        known = set().union(*(r.values() for r in runs if not r.error))
+        if unknown := [c for c in values if c not in known]:
+            names = sorted(set().union(known, *flats))
+            raise MlkitError("--columns: " + _unknown(unknown[0], names).replace("a metric or recorded value",
+                                                                                "a parameter, metric or recorded value"))
     rows = []
     for r in runs:
         if r.error:

@@ -242,7 +242,8 @@ def summarize(folder:str|Path, # A run folder
     try: st = os.stat(metrics)
     except FileNotFoundError: return s or MetricsSummary()
     if s is not None and s.stamp == [st.st_size, st.st_mtime_ns]: return s  # the file has not changed since: no need to open it
-    if s is None or not s.fits(metrics): s = MetricsSummary()
+    rewritten = s is not None and s.stamp is not None and s.stamp[0] == st.st_size  # same size, touched since: edited?
+    if s is None or rewritten or not s.fits(metrics): s = MetricsSummary()
     try: read = s.catch_up(metrics)
     except FileNotFoundError: return s
     if keep and (read or s.stamp != doc.get("metrics_stamp")):
@@ -450,8 +451,11 @@ def _holds(value, op:str, text:str) -> bool:
     "Whether a run's `value` satisfies `op text` (a missing value never does)."
     if value is None: return False
     if op in _OPS: return _number(value) and _OPS[op](float(value), float(text))
-    try: same = float(value) == float(text) if _number(value) else str(value) == text
-    except ValueError: same = False
+    if isinstance(value, bool): same = text.lower() in (("true", "yes", "1") if value else ("false", "no", "0"))
+    elif isinstance(value, (dict, list)): same = json.dumps(value) == text or json.dumps(value, separators=(",", ":")) == text
+    else:
+        try: same = float(value) == float(text) if _number(value) else str(value) == text
+        except ValueError: same = False
     return same if op == "=" else not same
 
 def filter_runs(runs:list[Run], status:str|None=None, name:str|None=None, params:dict|None=None,

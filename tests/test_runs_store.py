@@ -341,3 +341,82 @@ def test_a_summary_made_from_the_file_agrees_with_the_trackers_for_odd_names(tmp
     fresh.catch_up(p/METRICS)
     assert fresh.bad == 0
     assert json.dumps(fresh.metrics, sort_keys=True) == json.dumps(own, sort_keys=True)
+
+
+def test_a_metrics_file_edited_in_place_is_summarized_again(tmp_path):
+    "Same size, touched since the summary: recounted, never trusted (a hand edit, a bad copy)."
+    root = tmp_path/"runs"
+    p = make_run(root, "r", {}, [(s, {"loss": 1 + s / 1000}) for s in range(100)])
+    assert open_run(p).stats["loss"]["min"] == 1.0
+    text = (p/METRICS).read_text().replace("3,", "3,", 1)
+    (p/METRICS).write_text(text.replace(",loss,1.003\n", ",loss,0.503\n"))  # the same length
+    assert open_run(p).stats["loss"]["min"] == 0.503
+    assert json.loads((p/SUMMARY).read_text())["metrics"]["loss"]["min"] == 0.503  # and the cache says so now
+
+
+def test_a_listed_run_whose_summary_is_current_opens_no_metrics_file(tmp_path, monkeypatch):
+    import builtins
+    root = tmp_path/"runs"
+    make_run(root, "r", {"lr": 1}, [(s, {"loss": 1 / (s + 1)}) for s in range(50)])
+    list_runs(root)[0].stats  # noqa: B018 (the first reader may stamp the summary)
+    opened, real_open = [], builtins.open
+    monkeypatch.setattr(builtins, "open", lambda f, *a, **k: opened.append(str(f)) or real_open(f, *a, **k))
+    assert list_runs(root)[0].stats["loss"]["count"] == 50
+    assert not [f for f in opened if f.endswith(METRICS)], opened
+
+
+def test_a_resumed_run_that_drops_later_steps_keeps_a_true_summary(tmp_path):
+    root = tmp_path/"runs"
+    with LocalTracker(root, name="r", capture=False) as run:
+        for s in range(10): run.log_metrics({"loss": 10.0 - s}, s)  # min 1.0 at step 9
+    resumed = LocalTracker(root, resume=run.id, capture=False)
+    resumed.resume_run({"LocalTracker": run.id}, step=4)  # a checkpoint of step 4: later steps are dropped
+    resumed.log_metrics({"loss": 5.5}, 5)
+    resumed.finish()
+    doc = json.loads((run.path/SUMMARY).read_text())["metrics"]["loss"]
+    assert (doc["min"], doc["min_step"], doc["count"], doc["last"]) == (5.5, 5, 6, 5.5)
+    assert open_run(run.path).stats["loss"] == doc
+
+
+def test_an_idle_live_run_keeps_its_heartbeat_fresh(tmp_path):
+    root = tmp_path/"runs"
+    code = textwrap.dedent(f"""
+        import time, mlkit.track
+        mlkit.track.HEARTBEAT_S = 0.3
+        run = mlkit.track.LocalTracker({str(root)!r}, capture=False, flush_every=0.1)
+        print(run.path, flush=True)
+        time.sleep(30)
+    """)
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        path = Path(p.stdout.readline().strip())
+        first = json.loads((path/SUMMARY).read_text())["heartbeat"]
+        for _ in range(100):
+            time.sleep(0.1)
+            try: now = json.loads((path/SUMMARY).read_text())["heartbeat"]
+            except ValueError: continue
+            if now > first: break
+        assert now > first  # no metrics logged, and still heard from
+    finally:
+        p.kill()
+
+
+def test_records_named_like_columns_do_not_overwrite_them_and_where_reads_flags(tmp_path):
+    from mlkit.runs import load_runs
+    root = tmp_path/"runs"
+    make_run(root, "a", {}, records={"status": "great", "id": 7, "flag": True, "tags": ["x", "y"]})
+    make_run(root, "b", {}, records={"flag": False})
+    df = load_runs(root)
+    assert list(df["status"]) == ["finished", "finished"] and list(df["value.status"])[0] == "great"
+    assert df["id"].str.len().min() > 10
+    for where, names in [("flag=true", ["a"]), ("flag=false", ["b"]), ('tags=["x", "y"]', ["a"])]:
+        r = mlkit("runs", "ls", "--root", str(root), "--where", where)
+        assert [line.split()[1] for line in r.stdout.splitlines()[1:]] == names, (where, r.stdout, r.stderr)
+
+
+def test_columns_that_no_run_has_are_one_line(season):
+    root, _ = season
+    r = mlkit("runs", "ls", "--root", str(root), "--columns", "lr,widht")
+    assert (r.returncode, r.stdout) == (1, "")
+    assert r.stderr == ("mlkit runs: error: --columns: no run has a parameter, metric or recorded value 'widht'; "
+                        "they have: width, lr, test_accuracy, valid_loss\n"), r.stderr
