@@ -302,3 +302,20 @@ def test_two_trackers_attached_in_one_notebook_keep_each_others_params(runs_root
     assert r.returncode == 0, r.stderr
     [run] = folders(runs_root)
     assert json.loads((run/"params.json").read_text()) == {"width": 16, "lr": 0.1, "bs": 32, "wd": 0.5}
+
+
+def test_nohup_mlkit_run_survives_a_closed_terminal(runs_root, tmp_path):
+    "`nohup mlkit run`: SIGHUP is ignored on purpose, so it stays ignored; the run goes on to its end (as before SIGHUP was handled)."
+    nb = write_nb(tmp_path/"long.ipynb", "print('before the signal', flush=True)", "import time\ntime.sleep(6)",
+                  "print('after the signal')")
+    p = subprocess.Popen(["nohup", MLKIT, "run", nb], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         start_new_session=True)
+    try:
+        while "before the signal" not in p.stdout.readline(): pass
+        os.killpg(p.pid, signal.SIGHUP)
+        out, _ = p.communicate(timeout=120)
+    finally:
+        p.kill()
+    assert p.returncode == 0, out
+    [run] = folders(runs_root)
+    assert meta(run)["status"] == "finished", meta(run)
