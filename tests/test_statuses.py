@@ -305,7 +305,7 @@ def test_two_trackers_attached_in_one_notebook_keep_each_others_params(runs_root
 
 
 def test_nohup_mlkit_run_survives_a_closed_terminal(runs_root, tmp_path):
-    "`nohup mlkit run`: SIGHUP is ignored on purpose, so it stays ignored; the run goes on to its end (as before SIGHUP was handled)."
+    "`nohup mlkit run`: SIGHUP ignored on purpose stays ignored; the run goes on to its end, as before SIGHUP was handled."
     nb = write_nb(tmp_path/"long.ipynb", "print('before the signal', flush=True)", "import time\ntime.sleep(6)",
                   "print('after the signal')")
     p = subprocess.Popen(["nohup", MLKIT, "run", nb], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
