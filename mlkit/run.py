@@ -233,7 +233,9 @@ def _signals_interrupt():
         yield
         return
     def handler(signum, frame): raise RunInterrupted(signal.Signals(signum).name)
-    before = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}  # HUP: terminal closed
+    signals = [s for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # HUP: terminal closed
+               if s != signal.SIGHUP or signal.getsignal(s) != signal.SIG_IGN]  # `nohup mlkit run`: HUP stays ignored
+    before = {s: signal.signal(s, handler) for s in signals}
     try: yield
     finally:
         for s, h in before.items(): signal.signal(s, h)

@@ -113,6 +113,7 @@ def redact(obj, secrets:set[str]|None=None, _key=None):
 PARAMETER_FLAGS = ("-p", "--param", "--parameters", "-r", "--parameters_raw", "--parameters-raw")  # papermill's and mlkit run's
 YAML_FLAGS = ("-y", "--parameters_yaml", "--parameters-yaml")  # papermill's parameters as YAML text
 _OVERRIDE = re.compile(r"[+~]*-{0,2}[A-Za-z_][\w.\-]*")  # NAME in NAME=VALUE, --flag=VALUE, +db.password=VALUE
+_YAML_KEY = re.compile(r"^[ \t]*[A-Za-z_][\w.\-]*[ \t]*:(?:[ \t]|$)", re.M)  # `key: value` on a line: a YAML mapping, maybe
 
 def _parse_structured(text:str) -> tuple|None:
     "(value, syntax) of `text` read as JSON, else a Python literal, else YAML; None when none of them reads it."
@@ -125,7 +126,8 @@ def _parse_structured(text:str) -> tuple|None:
 
 def _redact_structured(text:str, secrets:set[str], yaml:bool=False) -> str:
     "`text` with the secrets inside a structured value (`{…}`, `[…]`; any YAML when `yaml`) redacted by key, in its syntax."
-    if not (text.lstrip().startswith(("{", "[")) or yaml and any(c in text for c in ":-")): return text  # a scalar
+    if not (text.lstrip().startswith(("{", "[")) or _YAML_KEY.search(text) or yaml and any(c in text for c in ":-")):
+        return text  # a scalar
     parsed = _parse_structured(text)
     if parsed is None:  # looks structured, does not parse: kept only without a secret-looking name in it
         return REDACTED if any(is_secret_key(w) for w in re.findall(r"[A-Za-z_][\w\-]*", text)) else text

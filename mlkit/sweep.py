@@ -595,7 +595,8 @@ def trial_line(t, spec:SweepSpec) -> str:
 def _worker_main():
     "The entry of a worker process: `python -c 'from mlkit.sweep import _worker_main; _worker_main()' ARGS_JSON`."
     def interrupt(signum, frame): raise KeyboardInterrupt(signal.Signals(signum).name)
-    signal.signal(signal.SIGTERM, interrupt)  # between runs as within them: end the trial, fail it, stop
+    for s in (signal.SIGTERM, signal.SIGHUP):  # between runs as within them: end the trial, fail it, stop
+        if s != signal.SIGHUP or signal.getsignal(s) != signal.SIG_IGN: signal.signal(s, interrupt)  # nohup: HUP ignored
     args = json.loads(sys.argv[1])
     _end_with_parent(args["parent"])
     try:
@@ -682,7 +683,9 @@ def sweep(spec:str|Path|SweepSpec, # The spec's YAML file, or a checked spec
         for p in procs:
             if p.poll() is None: p.send_signal(signum)
     main_thread = threading.current_thread() is threading.main_thread()
-    before = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)} if main_thread else {}
+    signals = [s for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # SIGHUP: a closed terminal, a dropped ssh
+               if s != signal.SIGHUP or signal.getsignal(s) != signal.SIG_IGN]  # `nohup mlkit sweep`: HUP stays ignored
+    before = {s: signal.signal(s, forward) for s in signals} if main_thread else {}
     try:
         for i in range(workers):
             procs.append(subprocess.Popen([sys.executable, "-c", "from mlkit.sweep import _worker_main; _worker_main()",

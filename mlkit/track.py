@@ -345,6 +345,8 @@ class LocalTracker(Tracker):
 
     def log_params(self, params:dict):
         if not self.active: return
+        try: self.params = json.loads((self.path/PARAMS).read_text())  # what trackers attached to this run wrote
+        except (OSError, ValueError): pass
         new, before = redact(dict(params), self._secrets), flatten(self.params)
         changed = {k: [before[k], w] for k, w in flatten(new).items() if k in before and before[k] != w}
         if changed and self._owner:  # kept in the record: a later fit() of the same run with another setup

@@ -289,3 +289,33 @@ def test_a_script_whose_metrics_meet_a_full_disk_says_so_once_and_ends(full_disk
     every_json_parses(run)
     m = meta(run)
     assert m["status"] == "failed" and m["error"].startswith("No space left on device writing"), m
+
+
+def test_two_trackers_attached_in_one_notebook_keep_each_others_params(runs_root, tmp_path):
+    "current_run() (opened by record()) and a LocalTracker(...) in one mlkit run notebook: params from both, and the -p one."
+    nb = write_nb(tmp_path/"two.ipynb", "from mlkit.run import record\nrecord('a', 1)",
+                  "from mlkit.track import LocalTracker\nrun = LocalTracker(name='n')\nrun.log_params({'lr': 0.1})",
+                  "from mlkit.track import current_run\ncurrent_run().log_params({'bs': 32})\nrun.log_params({'wd': 0.5})")
+    nbformat.write(nbformat.v4.new_notebook(cells=[new_code_cell("width = 8", metadata={"tags": ["parameters"]}),
+                                                   *nbformat.read(nb, as_version=4).cells], metadata=KERNEL), nb)
+    r = subprocess.run([MLKIT, "run", nb, "-p", "width", "16"], capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr
+    [run] = folders(runs_root)
+    assert json.loads((run/"params.json").read_text()) == {"width": 16, "lr": 0.1, "bs": 32, "wd": 0.5}
+
+
+def test_nohup_mlkit_run_survives_a_closed_terminal(runs_root, tmp_path):
+    "`nohup mlkit run`: SIGHUP ignored on purpose stays ignored; the run goes on to its end, as before SIGHUP was handled."
+    nb = write_nb(tmp_path/"long.ipynb", "print('before the signal', flush=True)", "import time\ntime.sleep(6)",
+                  "print('after the signal')")
+    p = subprocess.Popen(["nohup", MLKIT, "run", nb], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         start_new_session=True)
+    try:
+        while "before the signal" not in p.stdout.readline(): pass
+        os.killpg(p.pid, signal.SIGHUP)
+        out, _ = p.communicate(timeout=120)
+    finally:
+        p.kill()
+    assert p.returncode == 0, out
+    [run] = folders(runs_root)
+    assert meta(run)["status"] == "finished", meta(run)

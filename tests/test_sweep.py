@@ -410,3 +410,23 @@ def test_a_trial_whose_machine_stopped_beating_is_failed_and_retried_once(projec
     assert trials[lost.number].state == TrialState.FAIL
     retry = [t for t in trials if t.system_attrs.get("failed_trial") == lost.number]
     assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE and retry[0].params == {"x": lost.params["x"]}
+
+
+def test_a_closed_terminal_sighup_to_the_sweeps_group_ends_it_as_sigterm_does(project):
+    "SIGHUP to `mlkit sweep`'s process group (a closed terminal): the trial's run interrupted by SIGHUP, one line, 129."
+    notebook(project, "toy.ipynb", *TOY)
+    path = spec(project, fixed={"nap": 60.0}, n_trials=1)
+    p = subprocess.Popen([MLKIT, "sweep", str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True)  # its own group: a closed terminal signals the whole of it
+    try:
+        folder = Path(os.environ["MLKIT_RUNS_DIR"])
+        while not list(folder.glob("2*/kernel.log")): time.sleep(0.1)
+        time.sleep(3)  # into the sleeping cell
+        os.killpg(p.pid, signal.SIGHUP)
+        out, err = p.communicate(timeout=60)
+    finally:
+        p.kill()
+    assert p.returncode == 129 and "interrupted (SIGHUP) with 0 of 1 trials done" in err, (p.returncode, out + err)
+    assert "Traceback" not in err
+    [run] = runs("s")
+    assert run.status == "interrupted" and run.meta["error"].startswith("SIGHUP"), run.meta
