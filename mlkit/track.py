@@ -438,11 +438,15 @@ class LocalTracker(Tracker):
 def take_seed_mark(path:str|Path, # A run folder
                   ) -> int|None:
     "The seed a process attached to the run at `path` noted (`SEED_MARK`), or None; the mark is removed."
-    mark = Path(path)/SEED_MARK
-    try: seed = json.loads(mark.read_text()).get("seed")
+    seed = _take_mark(Path(path)/SEED_MARK, "seed")
+    return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
+
+def _take_mark(mark:Path, key:str):
+    "`key`'s value in the JSON mark file `mark` an attached process left for the run's owner (None if none); removed."
+    try: value = json.loads(mark.read_text()).get(key)
     except (OSError, ValueError, AttributeError): return None
     mark.unlink(missing_ok=True)
-    return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
+    return value
 
 def _merge(into:dict, new:dict):
     "Merge nested dicts: `new`'s values win, sub-dicts merge."
@@ -478,10 +482,7 @@ def _run_of_mlkit_run(root:str|Path|None) -> Path|None:
 def take_name_mark(path:str|Path, # A run folder
                   ) -> str|None:
     "The name a `LocalTracker(name=...)` attached to the run at `path` was given (`NAME_MARK`), or None; the mark is removed."
-    mark = Path(path)/NAME_MARK
-    try: name = json.loads(mark.read_text()).get("name")
-    except (OSError, ValueError, AttributeError): return None
-    mark.unlink(missing_ok=True)
+    name = _take_mark(Path(path)/NAME_MARK, "name")
     return name if isinstance(name, str) and name else None
 
 # %% ../nbs/10_track.ipynb #856affd0
