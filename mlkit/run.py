@@ -27,10 +27,10 @@ from .runmeta import REDACTED, redact
 from .runs import META, RECORDS, Run, open_run
 
 # %% auto #0
-__all__ = ['PARAMETERS_TAG', 'KERNEL_LOG', 'TRIAL_ENV', 'PRUNED_MARK', 'NotebookError', 'ParameterError', 'read_notebook',
-           'Parameter', 'parameters_cell_index', 'notebook_parameters', 'CliText', 'parse_value', 'convert',
-           'read_params_file', 'resolve_params', 'kernel_name', 'RunInterrupted', 'DistributedRunError', 'run_notebook',
-           'disk_full_message', 'rerun', 'record', 'report']
+__all__ = ['PARAMETERS_TAG', 'INJECTED_TAG', 'KERNEL_LOG', 'TRIAL_ENV', 'PRUNED_MARK', 'NotebookError', 'ParameterError',
+           'read_notebook', 'Parameter', 'parameters_cell_index', 'notebook_parameters', 'CliText', 'parse_value',
+           'convert', 'read_params_file', 'resolve_params', 'kernel_name', 'choose_kernel', 'parameterize',
+           'RunInterrupted', 'DistributedRunError', 'run_notebook', 'disk_full_message', 'rerun', 'record', 'report']
 
 # %% ../nbs/11_run.ipynb #536c6234
 class NotebookError(MlkitError):
@@ -214,12 +214,105 @@ def kernel_name() -> str:
     from jupyter_client.kernelspec import KernelSpecManager
     return "mlkit" if "mlkit" in KernelSpecManager().find_kernel_specs() else "python3"
 
+def choose_kernel(nb, # The notebook (`read_notebook`)
+                  kernel:str|None=None, # The kernel asked for (`-k`); None: the notebook's own, if installed
+                 ) -> tuple[str, str]:
+    "(kernel name, why): `kernel`, else the notebook's kernelspec when installed, else the project's (`kernel_name`)."
+    from jupyter_client.kernelspec import KernelSpecManager
+    specs = KernelSpecManager().find_kernel_specs()
+    if kernel:
+        if kernel not in specs:
+            raise MlkitError(f"no kernel named {kernel!r} is installed; there are: {', '.join(sorted(specs))}")
+        return kernel, "asked for (--kernel)"
+    own = (nb.metadata.get("kernelspec") or {}).get("name")
+    if own in specs: return own, "the notebook's kernelspec"
+    return kernel_name(), "the project's kernel" + (f" (the notebook's {own!r} is not installed)" if own else "")
+
 def _writable_runs_folder(root:str|Path|None) -> Path:
     root = Path(root).expanduser() if root is not None else runs_dir()
     try: root.mkdir(parents=True, exist_ok=True)
     except OSError as e: raise MlkitError(f"cannot create the runs folder {root}: {e.strerror or e}") from None
     if not os.access(root, os.W_OK | os.X_OK): raise MlkitError(f"cannot write to the runs folder {root}")
     return root
+
+# %% ../nbs/11_run.ipynb #66a6e336
+INJECTED_TAG = "injected-parameters"  # papermill's tag for the cell of values it adds after the parameters cell
+
+def _value_source(p:Parameter|None, value) -> str:
+    "`value` as Python source for the injected cell (papermill's translation); a path parameter's as `Path('...')`."
+    from papermill.translators import PythonTranslator
+    text = PythonTranslator.translate(value)
+    if p is None or not getattr(p, "is_path", False) or not isinstance(value, str): return text
+    maker = (p.annotation or "").strip("'\" ").split("|")[0].strip()  # `Path`, `pathlib.Path`, `Path | None`
+    if not re.fullmatch(r"[\w.]*Path", maker): maker = str(p.default).split("(")[0].strip() if not p.literal else ""
+    return f"{maker}({text})" if re.fullmatch(r"[\w.]*Path", maker) else text
+
+def parameterize(nb, # A notebook (`read_notebook`)
+                 given:dict, # Converted values by name (`resolve_params`)
+                 report_mode:bool=False, # Hide the code cells' sources, as papermill's --report-mode does
+                ) -> tuple:
+    "(a copy of `nb` to execute, the source index of each of its cells): old injected cells out, mlkit's in."
+    import copy
+    import nbformat
+    from nbformat.v4 import new_code_cell
+    nb, declared = copy.deepcopy(nb), notebook_parameters(nb) or {}
+    origin = [i for i, c in enumerate(nb.cells) if INJECTED_TAG not in _tags(c)]  # what ran before must not run again
+    nb.cells = [nb.cells[i] for i in origin]
+    if given:
+        lines = [f"{k} = {_value_source(declared.get(k), v)}" for k, v in given.items()]
+        cell = new_code_cell("# Parameters\n" + "\n".join(lines) + "\n", metadata={"tags": [INJECTED_TAG]})
+        at = (parameters_cell_index(nb) if parameters_cell_index(nb) is not None else -1) + 1
+        nb.cells.insert(at, cell)
+        origin.insert(at, None)
+    for c in nb.cells:
+        c.metadata.pop("papermill", None)
+        if report_mode and c.cell_type == "code": c.metadata.setdefault("jupyter", {})["source_hidden"] = True
+    nb.metadata["papermill"] = nbformat.from_dict({**nb.metadata.get("papermill", {}), "parameters": dict(given)})
+    return nb, origin
+
+def _source_number(index:int|None, origin:list) -> int|None:
+    "The 1-based number, in the source notebook, of cell `index` of the executed one; None for the injected cell."
+    return origin[index] + 1 if index is not None and 0 <= index < len(origin) and origin[index] is not None else None
+
+
+# %% ../nbs/11_run.ipynb #608641f7
+class _Echo:
+    "A terminal stream that a reader may close: after EPIPE (`| head`) writes are dropped, never raised into the run."
+    def __init__(self, stream, quiet:bool=False): self.stream, self.gone = stream, quiet or stream is None
+    def write(self, text):
+        if self.gone or not text: return len(text or "")
+        try: return self.stream.write(text)
+        except (BrokenPipeError, ValueError): self.gone = True  # ValueError: the stream was closed under us
+        except OSError as e:
+            if e.errno != errno.EPIPE: raise
+            self.gone = True
+        return len(text)
+    def flush(self):
+        if self.gone: return
+        try: self.stream.flush()
+        except (BrokenPipeError, ValueError): self.gone = True
+    def isatty(self) -> bool: return not self.gone and self.stream.isatty()
+    def fileno(self) -> int: return self.stream.fileno()
+
+#| export
+class _Streams:
+    "Where a run's text goes: mlkit's notes, the cells' stdout and stderr, each safe from a reader that goes away."
+    def __init__(self, out, stdout_file, stderr_file, quiet:bool):
+        self.quiet, self.opened = quiet, []
+        self.notes = _Echo(out or sys.stderr)  # a wait for GPUs is said even with --quiet
+        self.stdout = self._file(stdout_file) or _Echo(out or sys.stdout, quiet)
+        self.stderr = self._file(stderr_file) or _Echo(out or sys.stderr, quiet)
+    def _file(self, f):
+        if f is None or hasattr(f, "write"): return f
+        try: self.opened.append(open(Path(f).expanduser(), "w", buffering=1))
+        except OSError as e: raise MlkitError(f"cannot write {f}: {e.strerror or e}") from None
+        return self.opened[-1]
+    def note(self, text:str):
+        "Print one of mlkit's lines, unless quiet."
+        if not self.quiet: print(text, file=self.notes, flush=True)
+    def close(self):
+        for f in self.opened: f.close()
+
 
 # %% ../nbs/11_run.ipynb #bf4df7e7
 class RunInterrupted(KeyboardInterrupt):
@@ -264,17 +357,16 @@ def _kernel_manager_class(env:dict, log, cwd:Path):
 
 class _CellLog(logging.Handler):
     "Prints '-- cell 3/7' as papermill starts each code cell of the source notebook (in this thread's run only)."
-    def __init__(self, nb, injected:int|None, out):
+    def __init__(self, nb, origin:list, streams):
         super().__init__(logging.INFO)
-        self.nb, self.injected, self.out, self.current = nb, injected, out, None
+        self.nb, self.origin, self.streams, self.current = nb, origin, streams, None
         self.thread = threading.get_ident()
     def emit(self, record):
         m = re.match(r"Executing Cell (\d+)", record.getMessage())
         if not m or record.thread != self.thread: return
         i = self.current = int(m.group(1)) - 1  # in the executed notebook
-        if i == self.injected: return
-        n = _source_number(i, self.injected)
-        if self.nb.cells[n - 1].cell_type == "code": print(f"-- cell {n}/{len(self.nb.cells)}", file=self.out, flush=True)
+        n = _source_number(i, self.origin)
+        if n is not None and self.nb.cells[n - 1].cell_type == "code": self.streams.note(f"-- cell {n}/{len(self.nb.cells)}")
 
 _log_users, _log_lock, _log_before = [0], threading.Lock(), {}
 
@@ -293,17 +385,11 @@ def _papermill_log(handler:logging.Handler):
             _log_users[0] -= 1
             if _log_users[0] == 0: log.setLevel(_log_before["level"]); log.propagate = _log_before["propagate"]
 
-def _injected_index(nb, given:dict) -> int|None:
-    "Where papermill puts the cell it adds for `given` (None when it adds none: no values, or it reuses an injected cell)."
-    if not given or any("injected-parameters" in _tags(c) for c in nb.cells): return None
-    return parameters_cell_index(nb) + 1
-
-def _source_number(index:int, injected:int|None) -> int:
-    "The 1-based number, in the source notebook, of cell `index` of the executed one."
-    return index + (0 if injected is not None and index > injected else 1)
 
 # %% ../nbs/11_run.ipynb #4187411c
-def _outcome(e:BaseException|None, running:int|None, injected:int|None, cell_timeout) -> tuple[str, str|None, dict|None]:
+def _cell_name(n:int|None) -> str: return f"cell {n}" if n is not None else "the injected parameters cell"
+
+def _outcome(e:BaseException|None, running:int|None, origin:list, cell_timeout) -> tuple[str, str|None, dict|None]:
     "(status, error, failed cell record) for how the execution ended; `running` is the last cell that started."
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
     from papermill.exceptions import PapermillExecutionError
@@ -312,10 +398,11 @@ def _outcome(e:BaseException|None, running:int|None, injected:int|None, cell_tim
               (running, e.cell_error["ename"], e.cell_error["evalue"])
               if isinstance(e, DistributedRunError) and e.cell_error and running is not None else None)
     if raised:
-        n, ename, evalue = _source_number(raised[0], injected), raised[1], " ".join(str(raised[2]).split())[:500]
-        return "failed", f"cell {n}: {ename}: {evalue}", {"cell": n, "ename": ename, "evalue": evalue}
-    where = f"cell {_source_number(running, injected)}" if running is not None else "a cell"
-    cell = {"cell": _source_number(running, injected)} if running is not None else {}
+        n, ename, evalue = _source_number(raised[0], origin), raised[1], " ".join(str(raised[2]).split())[:500]
+        return "failed", f"{_cell_name(n)}: {ename}: {evalue}", {"cell": n, "ename": ename, "evalue": evalue}
+    n = _source_number(running, origin)
+    where = _cell_name(n) if running is not None else "a cell"
+    cell = {"cell": n} if running is not None else {}
     if isinstance(e, RunInterrupted): return "interrupted", f"{e.signame} in {where}", cell or None
     if isinstance(e, KeyboardInterrupt): return "interrupted", f"SIGINT in {where}", cell or None
     if isinstance(e, CellTimeoutError):
@@ -350,38 +437,51 @@ def _torchrun_args(nproc:int, nodes:dict|None) -> list[str]:
     return [f"--nnodes={nnodes}", f"--node-rank={rank}", f"--nproc_per_node={nproc}", "--rdzv-backend=static",
             f"--master-addr={host.strip('[]')}", f"--master-port={port}"]
 
-def _script(nb) -> str:
+def _script(nb, report_after:int|None=None, names:list|None=None) -> str:
     "`nb`'s code cells as one Python script: IPython syntax made Python, each cell announcing itself to `_script_cell`."
     from IPython.core.inputtransformer2 import TransformerManager
     to_python = TransformerManager().transform_cell
     parts = ["# the notebook as `mlkit run --nproc` runs it: its code cells in order\n"
-             "from mlkit.run import _script_cell as _mlkit_cell, _script_shell as _mlkit_shell\n"
+             "from mlkit.run import _script_cell as _mlkit_cell, _script_shell as _mlkit_shell, _script_ran as _mlkit_ran\n"
              "get_ipython = lambda: _mlkit_shell(globals())  # magics and !commands, as in a kernel\n"]
     for i, c in enumerate(nb.cells):
         if c.cell_type == "code": parts.append(f"\n# %% cell {i}\n_mlkit_cell({i})\n{to_python(c.source)}")
+        if i == report_after: parts.append(f"\n_mlkit_ran(globals(), {list(names or [])!r})  # rank 0 records what ran\n")
     return "".join(parts) + "\n_mlkit_cell(-1)  # the notebook ran to its end\n" + _LEAVE_GROUP
 
 def _literal(path:Path) -> str:
     "`path` for papermill, which fills `{name}` in paths with parameters: braces escaped, so the path stays the path."
     return str(path).replace("{", "{{").replace("}", "}}")
 
-def _run_distributed(path:Path, saved:Path, given:dict, kernel:str, nproc:int, out, nodes:dict|None, env:dict):
-    "Inject `given` (papermill, prepare only) into `saved`, make it a script, run that under torchrun with `env`."
+def _copy_lines(pipe, stream):
+    "Copy a worker pipe's output to `stream` as it comes (a thread)."
+    with pipe:
+        for line in iter(pipe.readline, ""): stream.write(line); stream.flush()
+
+def _run_distributed(ready, path:Path, saved:Path, cwd:Path, nproc:int, streams, nodes:dict|None, env:dict):
+    "Write `ready` to `saved`, make it a script, run that under torchrun in `cwd` with `env`, its output to `streams`."
     import subprocess
-    from papermill import execute_notebook
-    nb = execute_notebook(_literal(path), _literal(saved), parameters=given, prepare_only=True, kernel_name=kernel,
-                          language="python", progress_bar=False)
+    _write_prepared(ready, saved, path)
+    names = list(notebook_parameters(ready) or {})
+    origin_last = [i for i, c in enumerate(ready.cells) if {PARAMETERS_TAG, INJECTED_TAG} & set(_tags(c))]
     script = saved.with_suffix(".py")
-    script.write_text(_script(nb))
+    script.write_text(_script(ready, max(origin_last, default=None), names))
     cmd = [sys.executable, "-m", "torch.distributed.run", *_torchrun_args(nproc, nodes), str(script)]
-    p = subprocess.Popen(cmd, cwd=path.parent, stdout=out, stderr=out, env={**os.environ, **env})
+    p = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, **env, "PYTHONUNBUFFERED": "1"})
+    copies = [threading.Thread(target=_copy_lines, args=a, daemon=True)
+              for a in ((p.stdout, streams.stdout), (p.stderr, streams.stderr))]
+    for t in copies: t.start()
     try: rc = p.wait()
     except BaseException:  # interrupted: torchrun passes SIGTERM on to its workers
         p.terminate()
         try: p.wait(30)
         except subprocess.TimeoutExpired: p.kill()
         raise
+    finally:
+        for t in copies: t.join(5)
     if rc != 0: raise DistributedRunError(f"torchrun exited with status {rc}")
+
 
 # %% ../nbs/11_run.ipynb #ec9780a7
 _CELLS_LOG = ".cells.jsonl"  # rank 0's cells, output and error, in the run folder while a --nproc run runs
@@ -462,6 +562,186 @@ def _fold_script_log(saved:Path, log:Path) -> tuple[int|None, dict|None, bool]:
     log.unlink()
     return last, error, done
 
+_RAN = ".ran.json"  # what rank 0 of a --nproc run reported: its parameters as they ran
+
+def _script_ran(namespace:dict, names:list):
+    "Called by a --nproc script after its parameters cells: rank 0 leaves `_ran_report` in the run folder."
+    from mlkit.track import RUN_DIR_ENV
+    folder = os.environ.get(RUN_DIR_ENV)
+    if folder and os.environ.get("RANK", "0") == "0":
+        atomic_write(Path(folder)/_RAN, lambda f: f.write(_ran_report(namespace, names)), mode="w")
+
+def _take_ran(folder:Path) -> dict|None:
+    "What `_script_ran` left in `folder` (removed), or None."
+    try: ran = json.loads((folder/_RAN).read_text())
+    except (OSError, ValueError): return None
+    (folder/_RAN).unlink(missing_ok=True)
+    return ran
+
+
+# %% ../nbs/11_run.ipynb #b7b156fa
+def _ran_report(namespace:dict, # The kernel's globals after the parameters (and injected) cells ran
+                names:list, # The declared parameters
+               ) -> str:
+    "JSON the kernel sends back: each parameter's value as it ran (repr and type where JSON cannot hold it), its environment."
+    import platform
+    values, reprs, missing = {}, {}, []
+    for k in names:
+        if k not in namespace:
+            missing.append(k)
+            continue
+        v = namespace[k]
+        if isinstance(v, os.PathLike): v = os.fspath(v)  # recorded as text; the injector writes it back as a path
+        if _plain_kind(v) is None: values[k] = v
+        else: values[k], reprs[k] = repr(v)[:1000], f"{type(v).__module__}.{type(v).__qualname__}".removeprefix("builtins.")
+    try:
+        from mlkit.runmeta import distributions
+        dists = distributions()
+    except (ImportError, AttributeError): dists = None
+    return json.dumps({"params": values, "param_reprs": reprs, "missing": missing, "python": platform.python_version(),
+                       "executable": sys.executable, "platform": platform.platform(), "distributions": dists},
+                      default=repr)
+
+def _report_expression(names:list) -> str:
+    "The expression a kernel evaluates (as a user expression, leaving no names behind) to report what ran."
+    return f"__import__('mlkit.run', fromlist=['_ran_report'])._ran_report(globals(), {list(names)!r})"
+
+
+# %% ../nbs/11_run.ipynb #754d6edc
+def _reporting_engine(after:int|None, names:list, on_report, input_path:str):
+    "A papermill engine whose kernel reports what ran (`_report_expression`) to `on_report` once cell `after` ran."
+    import ast as _ast
+    from papermill.clientwrap import PapermillNotebookClient
+    from papermill.engines import NBClientEngine
+    class Client(PapermillNotebookClient):
+        def execute_cell(self, cell, cell_index, *args, **kw):
+            done = super().execute_cell(cell, cell_index, *args, **kw)
+            if cell_index == after:  # silent: no output, no execution count, no `_` or Out[] in the notebook
+                msg_id = self.kc.execute("", silent=True, store_history=False,
+                                         user_expressions={"mlkit": _report_expression(names)})
+                reply = self.wait_for_reply(msg_id)
+                got = ((reply or {}).get("content", {}).get("user_expressions") or {}).get("mlkit", {})
+                if got.get("status") == "ok": on_report(json.loads(_ast.literal_eval(got["data"]["text/plain"])))
+            return done
+    class Engine(NBClientEngine):
+        @classmethod
+        def execute_notebook(cls, nb, kernel_name, **kw):
+            nb.metadata.papermill["input_path"] = input_path  # papermill wrote the node there: the source's path
+            return super().execute_notebook(nb, kernel_name, **kw)
+        @classmethod
+        def execute_managed_notebook(cls, nb_man, kernel_name, log_output=False, stdout_file=None, stderr_file=None,
+                                     start_timeout=60, execution_timeout=None, **kw):
+            kw.pop("input_path", None)
+            return Client(nb_man, kernel_name=kernel_name, log=logging.getLogger("papermill"), log_output=log_output,
+                          stdout_file=stdout_file, stderr_file=stderr_file, startup_timeout=start_timeout,
+                          timeout=execution_timeout or None, **kw).execute()
+    return Engine
+
+
+# %% ../nbs/11_run.ipynb #91069f06
+def _checked_options(nproc, nodes, gpus, cell_timeout, start_timeout, output) -> float|None:
+    "Refuse options that do not fit together, before anything is made; the cell timeout as nbclient counts it."
+    if nproc is not None:
+        if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
+            raise MlkitError(f"--nproc takes a number of processes, 1 or more, got {nproc!r}")
+        if cell_timeout is not None: raise MlkitError("--cell-timeout applies to cells, and --nproc runs a script")
+        _torchrun_args(nproc, nodes)
+    elif nodes: raise MlkitError("--nnodes, --node-rank and --rdzv-endpoint go with --nproc")
+    if gpus is not None:
+        from mlkit.gpu import gpus as visible_gpus
+        if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1:
+            raise MlkitError(f"--gpus takes a number of GPUs, 1 or more, got {gpus!r}")
+        if gpus > (have := len(visible_gpus())): raise MlkitError(f"--gpus {gpus}: this machine shows {have} GPU(s)")
+    for what, s in (("cell timeout", cell_timeout), ("start timeout", start_timeout)):
+        if s is not None and not (s > 0 and math.isfinite(s)):
+            raise MlkitError(f"the {what} must be a number of seconds above 0, got {s}")
+    if output is not None:
+        out = Path(output).expanduser()
+        if out.suffix != ".ipynb": raise MlkitError(f"the output notebook must end in .ipynb, got {output}")
+        if not out.parent.is_dir(): raise MlkitError(f"the output notebook's folder {out.parent} does not exist")
+    return math.ceil(cell_timeout) if cell_timeout is not None else None  # nbclient counts whole seconds
+
+#| export
+def _record_ran(tracker, ran:dict):
+    "Record what the kernel reported: parameters as they ran (computed defaults too, redacted), its Python and packages."
+    from mlkit.track import write_json_atomic
+    values = redact(ran.get("params") or {})
+    tracker.meta["notebook_params"] = {**tracker.meta.get("notebook_params", {}), **values}
+    tracker.meta.pop("param_reprs", None)
+    if ran.get("param_reprs"): tracker.meta["param_reprs"] = ran["param_reprs"]
+    tracker.meta.update({k: ran[k] for k in ("python", "platform", "distributions") if ran.get(k) is not None})
+    tracker.meta["kernel_executable"] = ran.get("executable")
+    tracker.log_params(values)
+    write_json_atomic(tracker.path/META, tracker.meta)
+
+def _execute(ready, path:Path, saved:Path, kernel:str, origin:list, on_report, cell_timeout, start_timeout,
+             streams:_Streams, manager):
+    "Execute the parameterized notebook `ready` with papermill into `saved`; its kernel reports what ran to `on_report`."
+    import uuid
+    from papermill import execute_notebook
+    from papermill.engines import papermill_engines
+    last = [i for i in (parameters_cell_index(ready), origin.index(None) if None in origin else None) if i is not None]
+    engine = f"mlkit-{uuid.uuid4().hex}"  # one per run: threads of a sweep run at once
+    names = list(notebook_parameters(ready) or {})
+    papermill_engines.register(engine, _reporting_engine(max(last, default=None), names, on_report, str(path)))
+    try:
+        execute_notebook(ready, _literal(saved), engine_name=engine, kernel_name=kernel, language="python",
+                         execution_timeout=cell_timeout, start_timeout=math.ceil(start_timeout), progress_bar=False,
+                         log_output=True, stdout_file=streams.stdout, stderr_file=streams.stderr,
+                         kernel_manager_class=manager)
+    finally: papermill_engines._engines.pop(engine, None)
+
+def _write_prepared(ready, saved:Path, path:Path):
+    "The parameterized notebook, not executed (`prepare_only`), as papermill's --prepare-only writes it."
+    import nbformat
+    ready.metadata.papermill.update(input_path=str(path), output_path=str(saved))
+    atomic_write(saved, lambda f: nbformat.write(ready, f), mode="w")
+
+
+# %% ../nbs/11_run.ipynb #6fcd538e
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+def _traceback_text(e:BaseException|None) -> str|None:
+    "The failing cell's traceback as IPython printed it (its frames; no kernel internals), or None."
+    from papermill.exceptions import PapermillExecutionError
+    if not isinstance(e, PapermillExecutionError) or not e.traceback: return None
+    return _ANSI.sub("", "\n".join(e.traceback)).rstrip() + "\n"
+
+def _settle(tracker, error, cells, origin:list, given:dict, saved:Path, log, streams:_Streams, nproc, name,
+            cell_timeout, status:str|None, output):
+    "End the run: its outcome, the failing cell's traceback, the kernel's marks, secrets out of the notebook, -o's copy."
+    from mlkit.track import take_name_mark, take_seed_mark
+    if (tb := _traceback_text(error)) is not None:
+        if log: log.write(tb.encode())
+        if not streams.quiet: streams.notes.write(tb)
+    if log: log.close()
+    if nproc is not None:
+        last, cell_error, done = _fold_script_log(saved, tracker.path/_CELLS_LOG)
+        cells.current = last if last is not None else cells.current
+        if isinstance(error, DistributedRunError) and done and cell_error is None:  # a worker died on its way out
+            tracker.meta["exit_note"], error = f"{error} after the notebook ran to its end", None
+        if isinstance(error, DistributedRunError): error.cell_error = cell_error
+        if (ran := _take_ran(tracker.path)) is not None: _record_ran(tracker, ran)
+    outcome, message, cell = _outcome(error, cells.current, origin, cell_timeout)
+    status = status or outcome
+    if _disk_full(error): message = disk_full_message(error)
+    if cell: tracker.meta["failed_cell"] = cell
+    if name is None and (asked := take_name_mark(tracker.path)):  # the notebook's LocalTracker(name=...)
+        tracker.name = tracker.meta["name"] = asked
+    if (seed := take_seed_mark(tracker.path)) is not None: tracker.meta["seed"] = seed  # the kernel's seed_everything
+    if (pruned := _pruned_at(tracker.path)) is not None and status == "finished":
+        status, tracker.meta["pruned_at_step"] = "pruned", pruned
+    try:
+        _redact_injected(saved, given)
+        if output and saved.is_file(): atomic_write(Path(output).expanduser(), lambda f: f.write(saved.read_bytes()))
+    except OSError as e:
+        if not _disk_full(e): raise
+        saved.unlink(missing_ok=True)  # the unredacted notebook must not stay
+        status, message = "failed", disk_full_message(e) + " (the executed notebook removed: secrets in it)"
+    finally: streams.close()
+    tracker.finish(status, message)
+
+
 # %% ../nbs/11_run.ipynb #4de51e59
 KERNEL_LOG = "kernel.log"  # the kernel's own messages (warnings, crashes), in the run folder
 TRIAL_ENV = "MLKIT_SWEEP_TRIAL"  # set by a sweep's worker for each trial's kernel: which trial, where, what it watches
@@ -478,76 +758,58 @@ def run_notebook(path:str|Path, # The notebook to execute
                  out=None, # Where progress and the cells' output go; sys.stderr and sys.stdout when None
                  meta:dict|None=None, # More fields for the run's meta.json (`rerun` adds `rerun_of`)
                  env:dict|None=None, # More environment variables for the kernel (a sweep passes its trial)
+                 cwd:str|Path|None=None, # The kernel's working folder; the notebook's own folder when None
+                 kernel:str|None=None, # The kernel; the notebook's kernelspec when installed, else the project's
+                 output:str|Path|None=None, # Also write the executed notebook here (papermill's output path)
+                 report_mode:bool=False, # Hide the code cells' sources in the executed notebook
+                 prepare_only:bool=False, # Write the parameterized notebook and a `prepared` run; execute nothing
+                 start_timeout:float=60, # Seconds the kernel may take to start
+                 stdout_file=None, # The cells' standard output goes here (a path or a file) instead of the terminal
+                 stderr_file=None, # The cells' standard error goes here instead of the terminal
+                 quiet:bool=False, # No cell output, progress or traceback in the terminal: the summary only
                 ) -> Run|None:
     "Execute the notebook at `path` with `params` as a tracked run; its `Run` record whatever the outcome (None on node 1+)."
-    if nproc is not None:
-        if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
-            raise MlkitError(f"--nproc takes a number of processes, 1 or more, got {nproc!r}")
-        if cell_timeout is not None: raise MlkitError("--cell-timeout applies to cells, and --nproc runs a script")
-        _torchrun_args(nproc, nodes)  # checked before anything is made
-    elif nodes: raise MlkitError("--nnodes, --node-rank and --rdzv-endpoint go with --nproc")
-    if gpus is not None:
-        from mlkit.gpu import gpus as visible_gpus
-        if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1:
-            raise MlkitError(f"--gpus takes a number of GPUs, 1 or more, got {gpus!r}")
-        if gpus > (have := len(visible_gpus())): raise MlkitError(f"--gpus {gpus}: this machine shows {have} GPU(s)")
-    if cell_timeout is not None and not (cell_timeout > 0 and math.isfinite(cell_timeout)):
-        raise MlkitError(f"the cell timeout must be a number of seconds above 0, got {cell_timeout}")
-    if cell_timeout is not None: cell_timeout = math.ceil(cell_timeout)  # nbclient counts whole seconds
+    cell_timeout = _checked_options(nproc, nodes, gpus, cell_timeout, start_timeout, output)
     path = Path(path).expanduser().absolute()
+    cwd = Path(cwd).expanduser().absolute() if cwd is not None else path.parent
+    if not cwd.is_dir(): raise MlkitError(f"--cwd {cwd} is not a folder")
     nb = read_notebook(path)
     given, final = resolve_params(nb, params, where=str(path))
+    kernel, kernel_why = choose_kernel(nb, kernel)
+    ready, origin = parameterize(nb, given, report_mode)
     env = {**(env or {}), "MLKIT_PROGRESS": "lines", "MLKIT_NOTEBOOK": str(path)}
-    if nodes and nodes["node_rank"] != 0: return _run_other_node(path, given, nproc, nodes, out, env, gpus)
+    streams = _Streams(out, stdout_file, stderr_file, quiet)
+    if nodes and nodes["node_rank"] != 0: return _run_other_node(ready, path, cwd, nproc, nodes, streams, env, gpus)
     root = _writable_runs_folder(runs_dir)
-    kernel = kernel_name()
-    from papermill import execute_notebook
     from mlkit.gpu import HELD_ENV
-    from mlkit.track import RUN_DIR_ENV, LocalTracker, take_name_mark, take_seed_mark, write_json_atomic
+    from mlkit.track import RUN_DIR_ENV, LocalTracker, write_json_atomic
     _atomic_notebook_writes()
     tracker = LocalTracker(root, name=name or path.stem, capture=True)
-    print(f"mlkit run: run {tracker.id} ({tracker.name}) in {tracker.path}", file=out or sys.stderr, flush=True)
-    saved, injected, env[RUN_DIR_ENV] = tracker.path/"notebook.ipynb", _injected_index(nb, given), str(tracker.path)
-    cells, error, log = _CellLog(nb, injected, out or sys.stderr), None, None
+    streams.note(f"mlkit run: run {tracker.id} ({tracker.name}) in {tracker.path}")
+    saved, env[RUN_DIR_ENV] = tracker.path/"notebook.ipynb", str(tracker.path)
+    cells, error, log, ran = _CellLog(nb, origin, streams), None, None, {}
     try:
         tracker.meta.update({"notebook": str(path), "notebook_params": redact(final), "kernel": kernel,
-                             "cell_timeout": cell_timeout, "nproc": nproc, "gpus": gpus, **(meta or {})})
+                             "kernel_from": kernel_why, "cwd": str(cwd), "cell_timeout": cell_timeout, "nproc": nproc,
+                             "gpus": gpus, **({"output": str(Path(output).expanduser().absolute())} if output else {}),
+                             **(meta or {})})
         tracker.log_params(final)
         write_json_atomic(tracker.path/META, tracker.meta)  # on disk from the start: a killed run still says what it was
         log = open(tracker.path/KERNEL_LOG, "ab")
-        with _signals_interrupt(), _gpus_held(gpus, tracker.id, out or sys.stderr) as ids, _papermill_log(cells):
-            if ids is not None:
-                tracker.meta["gpu_ids"] = ids
-                env["CUDA_VISIBLE_DEVICES"] = env[HELD_ENV] = ",".join(map(str, ids))
-            if nproc is not None: _run_distributed(path, saved, given, kernel, nproc, out, nodes, env)
-            else:  # the kernel's environment and folder go to its manager: os.environ and the cwd stay as they are
-                execute_notebook(_literal(path), _literal(saved), parameters=given, kernel_name=kernel, language="python",
-                                 execution_timeout=cell_timeout, progress_bar=False, log_output=True,
-                                 stdout_file=out or sys.stdout, stderr_file=out or sys.stderr,
-                                 kernel_manager_class=_kernel_manager_class(env, log, path.parent))
+        if prepare_only: _write_prepared(ready, saved, path)
+        else:
+            with _signals_interrupt(), _gpus_held(gpus, tracker.id, streams.notes) as ids, _papermill_log(cells):
+                if ids is not None:
+                    tracker.meta["gpu_ids"] = ids
+                    env["CUDA_VISIBLE_DEVICES"] = env[HELD_ENV] = ",".join(map(str, ids))
+                if nproc is not None: _run_distributed(ready, path, saved, cwd, nproc, streams, nodes, env)
+                else:  # the kernel's environment and folder go to its manager: os.environ and the cwd stay as they are
+                    _execute(ready, path, saved, kernel, origin, lambda r: ran.update(r) or _record_ran(tracker, r),
+                             cell_timeout, start_timeout, streams, _kernel_manager_class(env, log, cwd))
     except BaseException as e: error = e
     finally:
-        if log: log.close()
-        if nproc is not None:
-            last, cell_error, done = _fold_script_log(saved, tracker.path/_CELLS_LOG)
-            cells.current = last if last is not None else cells.current
-            if isinstance(error, DistributedRunError) and done and cell_error is None:  # a worker died on its way out
-                tracker.meta["exit_note"], error = f"{error} after the notebook ran to its end", None
-            if isinstance(error, DistributedRunError): error.cell_error = cell_error
-        status, message, cell = _outcome(error, cells.current, injected, cell_timeout)
-        if _disk_full(error): message = disk_full_message(error)
-        if cell: tracker.meta["failed_cell"] = cell
-        if name is None and (asked := take_name_mark(tracker.path)):  # the notebook's LocalTracker(name=...)
-            tracker.name = tracker.meta["name"] = asked
-        if (seed := take_seed_mark(tracker.path)) is not None: tracker.meta["seed"] = seed  # the kernel's seed_everything
-        if (pruned := _pruned_at(tracker.path)) is not None and status == "finished":
-            status, tracker.meta["pruned_at_step"] = "pruned", pruned
-        try: _redact_injected(saved, given)
-        except OSError as e:
-            if not _disk_full(e): raise
-            saved.unlink(missing_ok=True)  # the unredacted notebook must not stay
-            status, message = "failed", disk_full_message(e) + " (the executed notebook removed: secrets in it)"
-        tracker.finish(status, message)
+        _settle(tracker, error, cells, origin, given, saved, log, streams, nproc, name, cell_timeout,
+                "prepared" if prepare_only and error is None else None, output)
     return open_run(tracker.path)
 
 def _pruned_at(folder:Path) -> int|None:
@@ -558,14 +820,15 @@ def _pruned_at(folder:Path) -> int|None:
     mark.unlink(missing_ok=True)
     return step
 
-def _run_other_node(path:Path, given:dict, nproc:int, nodes:dict, out, env:dict, gpus:int|None) -> None:
+def _run_other_node(ready, path:Path, cwd:Path, nproc:int, nodes:dict, streams, env:dict, gpus:int|None) -> None:
     "Node 1 and up of a run over several machines: this machine's workers, no run folder (rank 0, on node 0, records)."
     import tempfile
     from mlkit.gpu import HELD_ENV
     with (tempfile.TemporaryDirectory(prefix="mlkit-run-") as tmp, _signals_interrupt(),
-          _gpus_held(gpus, f"node {nodes['node_rank']} of a run", out or sys.stderr) as ids):
+          _gpus_held(gpus, f"node {nodes['node_rank']} of a run", streams.notes) as ids):
         if ids is not None: env["CUDA_VISIBLE_DEVICES"] = env[HELD_ENV] = ",".join(map(str, ids))
-        _run_distributed(path, Path(tmp)/"notebook.ipynb", given, kernel_name(), nproc, out, nodes, env)
+        try: _run_distributed(ready, path, Path(tmp)/"notebook.ipynb", cwd, nproc, streams, nodes, env)
+        finally: streams.close()
 
 def _redact_injected(saved:Path, given:dict):
     "Secret-named parameters' values out of the executed notebook (its injected cell, papermill's metadata) and script."

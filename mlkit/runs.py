@@ -34,7 +34,7 @@ META, PARAMS, METRICS, ARTIFACTS = "meta.json", "params.json", "metrics.csv", "a
 RECORDS = "records.json"  # summary values a notebook stored with mlkit.run.record
 SUMMARY = "summary.json"  # per-metric statistics of metrics.csv and the owner's heartbeat: what listing reads
 METRICS_HEADER = "step,time_ms,name,value\n"
-STATUSES = ("running", "finished", "failed", "interrupted", "pruned")
+STATUSES = ("running", "finished", "failed", "interrupted", "pruned", "prepared")
 HEARTBEAT_S = 30  # how often a running run's process rewrites its heartbeat
 STALE_AFTER_S = 600  # a running run not heard from for this long, whose process this machine cannot see, is "stale"
 

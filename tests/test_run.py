@@ -147,7 +147,10 @@ def test_failing_cell(project):
     m = meta(run)
     assert (m["status"], m["error"]) == ("failed", "cell 3: ZeroDivisionError: division by zero")
     assert m["failed_cell"] == {"cell": 3, "ename": "ZeroDivisionError", "evalue": "division by zero"}
-    assert "cell 3: ZeroDivisionError: division by zero" in r.stderr and "Traceback" not in r.stderr
+    summary = r.stderr.index("cell 3: ZeroDivisionError: division by zero")
+    assert r.stderr.index("Traceback") < r.stderr.index("----> 2 1 / 0") < summary  # the cell's frame, then one line
+    assert "\x1b[" not in r.stderr and "----> 2 1 / 0" in (run/"kernel.log").read_text()
+    assert "ipykernel" not in r.stderr[:summary]  # the cell's frames, not the kernel's
     assert "before" in r.stdout and "never" not in r.stdout
     saved = (run/"notebook.ipynb").read_text()
     assert "ZeroDivisionError" in saved and "traceback" in saved
