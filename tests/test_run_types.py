@@ -17,11 +17,14 @@ MLKIT = str(Path(sys.executable).parent/"mlkit")
 PARAMS = '''from pathlib import Path
 from typing import Literal, Optional
 threshold: float = 1  # a float, though the default is written as an int
+ratio: float = 1
+device = None  # any value
 depth: int | None = 4  # None: no limit
 width: Optional[int] = 8
 mode: Literal["fast", "slow"] = "fast"  # how hard to try
 sizes: list[int] = [1, 2]
 data_dir: Path = Path("data")
+out: Path | None = None
 tag = "base"
 '''
 # what the notebook sees, one line: each value's repr and type
@@ -59,35 +62,38 @@ def mlkit(*args):
 
 def run_ok(*args) -> tuple[dict, str]:
     "`mlkit run ARGS`, which must finish: (its params.json, its output)."
+    before = set(runs())
     r = mlkit("run", *args)
     assert r.returncode == 0, r.stderr
-    [run] = runs()
+    [run] = set(runs()) - before
     assert json.loads((run/"meta.json").read_text())["status"] == "finished"
     return json.loads((run/"params.json").read_text()), r.stdout + r.stderr
 
 
 def refused(*args) -> str:
     "`mlkit run ARGS`, which must be refused: one line on stderr, exit 1, nothing on stdout, no run folder."
+    before = runs()
     r = mlkit("run", *args)
     assert (r.returncode, r.stdout, r.stderr.count("\n")) == (1, "", 1), (r.returncode, r.stdout, r.stderr)
     assert r.stderr.startswith("mlkit run: error: ") and "Traceback" not in r.stderr
-    assert runs() == []
+    assert runs() == before
     return r.stderr
 
 
 def test_a_float_hint_takes_a_fraction_over_an_int_default(project):
-    nb = notebook(project, "threshold")
-    params, out = run_ok(nb, "-p", "threshold", "0.5")
+    nb = notebook(project, "threshold", "ratio")
+    params, out = run_ok(nb, "-p", "threshold", "0.5", "-p", "ratio", "2")
     assert params["threshold"] == 0.5 and params["depth"] == 4
-    assert "'threshold': ('0.5', 'float')" in out
+    assert params["ratio"] == 2.0 and isinstance(params["ratio"], float)  # 2 becomes 2.0, as for an int default's float
+    assert "'threshold': ('0.5', 'float'), 'ratio': ('2.0', 'float')" in out
 
 
 @pytest.mark.parametrize("spelling", ["None", "null"])
 def test_an_optional_int_takes_none_as_papermill_and_yaml_spell_it(project, spelling):
-    nb = notebook(project, "depth", "width")
-    params, out = run_ok(nb, "-p", "depth", spelling, "-p", "width", spelling)
-    assert params["depth"] is None and params["width"] is None  # null in params.json
-    assert "'depth': ('None', 'NoneType'), 'width': ('None', 'NoneType')" in out
+    nb = notebook(project, "depth", "width", "device")
+    params, out = run_ok(nb, "-p", "depth", spelling, "-p", "width", spelling, "-p", "device", spelling)
+    assert params["depth"] is None and params["width"] is None and params["device"] is None  # null in params.json
+    assert "'depth': ('None', 'NoneType'), 'width': ('None', 'NoneType'), 'device': ('None', 'NoneType')" in out
 
 
 def test_none_for_a_plain_int_is_refused_with_the_annotation_that_allows_it(project):
@@ -126,7 +132,8 @@ def test_a_list_of_ints_is_checked_item_by_item(project):
 
 
 def test_a_path_takes_a_string(project):
-    "The value is recorded as the string typed (JSON holds no Path), even one YAML would read as a number."
-    nb = notebook(project, "data_dir")
-    params, _ = run_ok(nb, "-p", "data_dir", "2024", "-p", "threshold", "2")
-    assert params["data_dir"] == "2024" and params["threshold"] == 2.0 and isinstance(params["threshold"], float)
+    "-p: the string typed (JSON holds no Path), even one YAML would read as a number; -f: a YAML string."
+    nb = notebook(project)
+    (project/"p.yaml").write_text("out: out/x\n")
+    params, _ = run_ok(nb, "-p", "data_dir", "2024", "-f", "p.yaml")
+    assert (params["data_dir"], params["out"]) == ("2024", "out/x")
