@@ -27,10 +27,11 @@ from .runmeta import REDACTED, redact
 from .runs import META, RECORDS, Run, open_run
 
 # %% auto #0
-__all__ = ['PARAMETERS_TAG', 'INJECTED_TAG', 'KERNEL_LOG', 'TRIAL_ENV', 'PRUNED_MARK', 'NotebookError', 'ParameterError',
-           'read_notebook', 'Parameter', 'parameters_cell_index', 'notebook_parameters', 'CliText', 'parse_value',
-           'convert', 'read_params_file', 'resolve_params', 'kernel_name', 'choose_kernel', 'parameterize',
-           'RunInterrupted', 'DistributedRunError', 'run_notebook', 'disk_full_message', 'rerun', 'record', 'report']
+__all__ = ['ANY', 'NONE', 'PATH', 'PARAMETERS_TAG', 'INJECTED_TAG', 'KERNEL_LOG', 'TRIAL_ENV', 'PRUNED_MARK', 'NotebookError',
+           'ParameterError', 'read_notebook', 'Hint', 'parse_annotation', 'Parameter', 'parameters_cell_index',
+           'notebook_parameters', 'CliText', 'parse_value', 'convert', 'read_params_file', 'resolve_params',
+           'kernel_name', 'choose_kernel', 'parameterize', 'RunInterrupted', 'DistributedRunError', 'run_notebook',
+           'disk_full_message', 'rerun', 'record', 'report']
 
 # %% ../nbs/11_run.ipynb #536c6234
 class NotebookError(MlkitError):
@@ -61,21 +62,113 @@ def read_notebook(path:str|Path, # The .ipynb file
         raise NotebookError(f"{path} is not a valid notebook ({first})") from e
     return nb
 
+# %% ../nbs/11_run.ipynb #6644f7cf
+@dataclass(frozen=True, repr=False)
+class Hint:
+    "A parameter's type, read from its annotation or its default: what `convert` checks values against."
+    kind: str # any, none, int, float, bool, str, path, list, dict, tuple, literal or union
+    args: tuple = () # Item hints (list: 1; dict: key, value; tuple: each, or 1 and ...); union: members; literal: values
+
+    def __str__(self):
+        k, a = self.kind, self.args
+        if k in ("literal", "union"): return " | ".join(map(repr if k == "literal" else str, a))
+        if k in ("list", "dict", "tuple") and any(x != ANY for x in a):
+            return f"{k}[{', '.join('...' if x is Ellipsis else str(x) for x in a)}]"
+        return {"path": "Path", "none": "None"}.get(k, k)
+    def __repr__(self): return f"Hint({str(self)!r})"  # as the reader wrote it: `Hint("'a' | 'b'")`
+
+ANY, NONE, PATH = Hint("any"), Hint("none"), Hint("path")
+_HINT_NAMES = {"int": "int", "float": "float", "bool": "bool", "str": "str", "list": "list", "List": "list",
+               "dict": "dict", "Dict": "dict", "tuple": "tuple", "Tuple": "tuple", "Path": "path", "Any": "any"}
+_HINT_MODULES = ("", "typing", "typing_extensions", "pathlib")
+
+def _dotted(node) -> str|None:
+    "`a.b.c` of a name or attribute node, or None."
+    if isinstance(node, ast.Name): return node.id
+    if isinstance(node, ast.Attribute) and (base := _dotted(node.value)): return f"{base}.{node.attr}"
+    return None
+
+def _union(hints) -> Hint:
+    "One hint for a value that may fit any of `hints` (unions flattened, repeats dropped; any among them: any)."
+    members = []
+    for h in hints: members += [m for m in (h.args if h.kind == "union" else (h,)) if m not in members]
+    return ANY if ANY in members else members[0] if len(members) == 1 else Hint("union", tuple(members))
+
+def _hint(node:ast.expr) -> Hint:
+    "The hint an annotation's syntax tree spells; `ANY` for one mlkit does not know."
+    if isinstance(node, ast.Constant):
+        if node.value is None: return NONE
+        return parse_annotation(node.value) if isinstance(node.value, str) else ANY  # "int | None"
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr): return _union([_hint(node.left), _hint(node.right)])
+    sub = isinstance(node, ast.Subscript)
+    module, _, name = (_dotted(node.value if sub else node) or "").rpartition(".")
+    if module not in _HINT_MODULES: return ANY
+    if not sub: return Hint(_HINT_NAMES[name]) if name in _HINT_NAMES else ANY
+    args = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
+    if name == "Optional": return _union([_hint(args[0]), NONE])
+    if name == "Union": return _union(map(_hint, args))
+    if name == "Annotated": return _hint(args[0])
+    if name == "Literal":
+        try: return Hint("literal", tuple(ast.literal_eval(a) for a in args))
+        except (ValueError, SyntaxError, TypeError): return ANY  # Literal[Color.RED]
+    kind = _HINT_NAMES.get(name)
+    if kind == "list" and len(args) == 1: return Hint("list", (_hint(args[0]),))
+    if kind == "dict" and len(args) == 2: return Hint("dict", (_hint(args[0]), _hint(args[1])))
+    if kind == "tuple" and len(args) == 2 and isinstance(args[1], ast.Constant) and args[1].value is Ellipsis:
+        return Hint("tuple", (_hint(args[0]), Ellipsis))
+    if kind == "tuple": return Hint("tuple", tuple(map(_hint, args)))
+    return ANY
+
+def parse_annotation(text:str) -> Hint:
+    "The `Hint` the annotation source `text` spells, parsed and never evaluated; `ANY` when mlkit does not know it."
+    try: return _hint(ast.parse(text.strip(), mode="eval").body)
+    except SyntaxError: return ANY
+
+def _takes_none(h:Hint) -> bool:
+    "Whether `None` fits `h`."
+    return h.kind in ("any", "none") or h.kind == "union" and any(map(_takes_none, h.args)) or (
+        h.kind == "literal" and any(v is None for v in h.args))
+
 # %% ../nbs/11_run.ipynb #99454c0d
 PARAMETERS_TAG = "parameters"
-_TYPES = {"int": int, "float": float, "bool": bool, "str": str, "list": list, "dict": dict}
+_KINDS = {int: "int", float: "float", bool: "bool", str: "str", list: "list", dict: "dict"}  # a literal default's
 
 @dataclass
 class Parameter:
     "A parameter of a notebook, from its `parameters` cell."
     name: str
-    type: type|None # The type values must have; None accepts anything
+    type: type|None # The Python type its values have (a path's: str); None when any, or more than one, will do
     default: object # The default's value; its source text when that is not a literal
     literal: bool # Whether `default` is the value (else it is source text)
     help: str = ""
+    annotation: str|None = None # The annotation's source text, as written; None when there is none
+    hint: Hint|None = None # What values are checked against (`convert`); from `type` when None
+
+    def __post_init__(self):
+        if self.hint is None: self.hint = Hint(_KINDS.get(self.type, "any"))
 
     @property
-    def type_name(self) -> str: return self.type.__name__ if self.type else "any"
+    def type_name(self) -> str: return str(self.hint)
+
+    @property
+    def is_path(self) -> bool:
+        "Whether its values are paths: `Path` (or `Path | None`) annotated, or a `Path(...)` default with no annotation."
+        h = self.hint
+        return h == PATH or h.kind == "union" and PATH in h.args and all(m in (PATH, NONE) for m in h.args)
+
+def _base_type(h:Hint) -> type|None:
+    "The one Python type the values of `h` have, None aside (a path's: str; a tuple's: list), or None."
+    kinds = {"int": int, "float": float, "bool": bool, "str": str, "path": str, "list": list, "dict": dict, "tuple": list}
+    members = [m for m in (h.args if h.kind == "union" else (h,)) if m != NONE]
+    types = {kinds.get(m.kind) for m in members if m.kind != "literal"} | {
+        type(v) for m in members if m.kind == "literal" for v in m.args if v is not None}
+    return types.pop() if len(types) == 1 else None
+
+def _is_path_call(text:str) -> bool:
+    "Whether the source `text` is a call of `Path` or `pathlib.Path`."
+    try: node = ast.parse(text, mode="eval").body
+    except SyntaxError: return False
+    return isinstance(node, ast.Call) and _dotted(node.func) in ("Path", "pathlib.Path")
 
 def _tags(cell) -> list: return cell.get("metadata", {}).get("tags", [])
 def _source(cell) -> str: return "".join(cell.get("source", ""))  # a list of lines in a notebook's raw JSON
@@ -107,15 +200,15 @@ def notebook_parameters(nb, # A notebook (`read_notebook`)
     for name, annotation, text, help in _assignments(_source(nb["cells"][i])):
         try: default, literal = ast.literal_eval(text), True
         except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError): default, literal = text, False
-        kind = type(default) if literal and default is not None else None
-        if kind is not None and kind not in _TYPES.values(): kind = None  # tuples, sets, ...: taken as they come
-        if not literal and (annotation or "").strip("'\"") in _TYPES: kind = _TYPES[annotation.strip("'\"")]  # `x: int = f()`
-        out[name] = Parameter(name, kind, default, literal, help)
+        hint = (parse_annotation(annotation) if annotation else  # the annotation wins over the default's type
+                Hint(_KINDS.get(type(default), "any")) if literal else PATH if _is_path_call(text) else ANY)
+        if literal and default is None: hint = _union([hint, NONE])  # `depth: int = None` takes None
+        out[name] = Parameter(name, _base_type(hint), default, literal, help, annotation, hint)
     return out
 
 # %% ../nbs/11_run.ipynb #3c9bc97b
 class CliText(str):
-    "A value as typed on the command line: read as YAML, unless its parameter is a string."
+    "A value as typed on the command line: read as papermill and YAML read it, unless its parameter is a string."
     def __init__(self, text:str): # The text after `-p NAME` (str.__new__ keeps it)
         super().__init__()
 
@@ -132,11 +225,15 @@ def _yaml(text:str):
     return yaml.load(text, Loader=Loader)
 
 def parse_value(text:str) -> object:
-    "A command-line value read as a YAML scalar or flow collection: '3' -> 3, '[16, 8]' -> [16, 8], 'x' -> 'x'."
+    "A command-line value as papermill then YAML read it: 'None' -> None, '1e-3' -> 0.001, '[16, 8]' -> [16, 8], 'x' -> 'x'."
     import yaml
-    try: return _yaml(text) if text.strip() else text
+    if text.strip() == "None": return None  # papermill's CLI; YAML reads the string "None"
+    try: value = _yaml(text) if text.strip() else text
     except yaml.YAMLError as e:
         raise ParameterError(f"cannot read {text!r} as YAML: {str(e).splitlines()[0]}") from None
+    if value == text.strip() and re.fullmatch(r"[+-]?(\d[\d_]*\.?[\d_]*|\.\d[\d_]*)([eE][+-]?\d+)?", value):
+        value = _number(value, int) if _number(value, int) is not None else _number(value, float)  # 1e-3: YAML 1.1's string
+    return value
 
 def _a_name(name:str) -> str: return ("an " if name[0] in "aeiou" else "a ") + name
 def _a(t:type) -> str: return _a_name(t.__name__)
@@ -155,21 +252,96 @@ def _plain_kind(value) -> str|None:
                                  [type(k).__name__ for k in value if not isinstance(k, str)]), None)
     return type(value).__name__
 
-def convert(p:Parameter, value) -> object:
-    "`value` checked against (and converted to) the type of `p`'s default; a `ParameterError` naming all three."
-    if isinstance(value, str) and p.type in (int, float) and (n := _number(value, p.type)) is not None: value = n  # -p and -f
-    elif isinstance(value, CliText): value = str(value) if p.type is str else parse_value(value)
+# %% ../nbs/11_run.ipynb #80b4b6be
+class _Misfit(Exception):
+    "A value that does not fit a hint; its message says which item, inside a list or dict."
+
+def _what(h:Hint) -> str:
+    "`h` in a sentence: 'an int', 'a list[int]', 'one of 'a' | 'b''."
+    choices = h.kind == "literal" or h.kind == "union" and all(m.kind in ("literal", "none") for m in h.args)
+    return f"one of {h}" if choices else _a_name(str(h))
+
+def _fit_items(h:Hint, value:list, loose:bool) -> list:
+    "The items of the list `value` fitted to the list or tuple hint `h`."
+    fixed = h.kind == "tuple" and h.args and h.args[-1] is not Ellipsis  # tuple[int, str]: a hint per item
+    hints = list(h.args) if fixed else [(h.args or (ANY,))[0]] * len(value)
+    if len(hints) != len(value): raise _Misfit(f"{len(value)} items where {h} has {len(hints)}")
+    out = []
+    for i, (x, hx) in enumerate(zip(value, hints, strict=True)):
+        try: out.append(_fit(hx, x, loose))
+        except _Misfit: raise _Misfit(f"item {i}, {x!r}, is not {_what(hx)}") from None
+    return out
+
+def _fit_dict(h:Hint, value:dict, loose:bool) -> dict:
+    "The dict `value` with its keys and values fitted to the dict hint `h`."
+    kh, vh, out = *(h.args or (ANY, ANY)), {}
+    for k, x in value.items():
+        try: k = _fit(kh, k)
+        except _Misfit: raise _Misfit(f"key {k!r} is not {_what(kh)}") from None
+        try: out[k] = _fit(vh, x, loose)
+        except _Misfit: raise _Misfit(f"the value of {k!r}, {x!r}, is not {_what(vh)}") from None
+    return out
+
+def _fit(h:Hint, value, loose:bool=False):
+    "`value` fitted to `h` (an int made a float, a path its text), or a `_Misfit`; `loose`: text may be a number or None."
+    k = h.kind
+    if k == "any": return value
+    if k == "union":
+        for lax in (False, True) if loose else (False,):  # as it is first: `int | str` keeps the text "5" a string
+            for m in h.args:
+                try: return _fit(m, value, lax)
+                except _Misfit: pass
+        raise _Misfit()
+    if loose and isinstance(value, str):  # -f's YAML and Python callers: "1e-3" for a float, "None" for None
+        if k == "none" and value.strip() == "None": return None
+        if k in ("int", "float") and (n := _number(value, int if k == "int" else float)) is not None: value = n
+    if k == "none" and value is None or k == "bool" and isinstance(value, bool) or k == "str" and isinstance(value, str):
+        return value
+    if k in ("int", "float") and isinstance(value, int) and not isinstance(value, bool):
+        return float(value) if k == "float" else value
+    if k == "float" and isinstance(value, float): return value
+    if k == "path" and isinstance(value, (str, os.PathLike)): return os.fspath(value)
+    if k == "literal" and any(type(c) is type(value) and c == value for c in h.args): return value  # True is not 1
+    if k in ("list", "tuple") and isinstance(value, list): return _fit_items(h, value, loose)
+    if k == "dict" and isinstance(value, dict): return _fit_dict(h, value, loose)
+    raise _Misfit()
+
+# %% ../nbs/11_run.ipynb #a89f91c6
+def _refused(p:Parameter, value, why:str="") -> ParameterError:
+    "The one-line error for `value`, which does not fit `p`: what it takes, its default, what came, why (and how to allow None)."
+    default = repr(p.default) if p.literal else p.default
+    said = f"parameter '{p.name}' takes {_what(p.hint)} (default {default}), got {value!r}"
+    if value is None:
+        declared = p.annotation or p.type_name
+        if isinstance(node := ast.parse(declared, mode="eval").body, ast.Constant): declared = node.value  # "int"
+        return ParameterError(f"{said}; declare it `{p.name}: {declared} | None = {default}` to allow None")
+    return ParameterError(f"{said} ({_a(type(value))})" + (f": {why}" if why else ""))
+
+def _only_plain(p:Parameter, value):
+    "`value`, or a `ParameterError` when it holds what papermill cannot write as Python."
     if bad := _plain_kind(value):
         raise ParameterError(f"parameter '{p.name}' got {value!r}, which holds {_a_name(bad)}: a notebook takes numbers, "
                              "strings, booleans, None, and lists and dicts (with string keys) of them")
-    if p.type is None: return value
-    ok = (isinstance(value, bool) if p.type is bool else
-          isinstance(value, (int, float)) and not isinstance(value, bool) if p.type is float else
-          isinstance(value, int) and not isinstance(value, bool) if p.type is int else isinstance(value, p.type))
-    if not ok:
-        raise ParameterError(f"parameter '{p.name}' takes {_a(p.type)} (default {p.default!r}), "
-                             f"got {value!r} ({_a(type(value))})")
-    return float(value) if p.type is float else value
+    return value
+
+def _from_text(p:Parameter, text:str):
+    "The command-line `text` for `p`: as typed for a string or path; else read (`parse_value`), or as typed if that fits."
+    if p.hint.kind in ("str", "path"): return text  # a string parameter takes the text as typed
+    try: return _fit(p.hint, _only_plain(p, value := parse_value(text)), loose=True)
+    except (ParameterError, _Misfit) as e:
+        if p.hint.kind != "any":  # `str | None`, Literal["yes", "no"]: the text as typed
+            try: return _fit(p.hint, text)
+            except _Misfit: pass
+        if isinstance(e, ParameterError): raise
+        raise _refused(p, value, str(e)) from None
+
+def convert(p:Parameter, value) -> object:
+    "`value` checked against (and converted to) `p`'s type (`p.hint`); a `ParameterError` naming the type, default and value."
+    if isinstance(value, CliText): return _from_text(p, str(value))
+    if isinstance(value, tuple) and p.hint.kind == "tuple": value = list(value)
+    if isinstance(value, os.PathLike) and p.is_path: value = os.fspath(value)
+    try: return _fit(p.hint, _only_plain(p, value), loose=True)
+    except _Misfit as e: raise _refused(p, value, str(e)) from None
 
 # %% ../nbs/11_run.ipynb #fc0750c0
 def _yaml_file(path:Path, what:str, error:type):
