@@ -380,7 +380,7 @@ def _entry_distributions(entry:str) -> list[tuple[str, str]]:
 
 def distributions(path:list[str]|None=None, # Folders to look in, in order; `sys.path` when None
                  ) -> dict[str, str]:
-    "The installed distributions the interpreter finds on `sys.path` (or `path`): {PEP 503 name: version}, the first found winning."
+    "The distributions installed on `sys.path` (or `path`): {PEP 503 name: version}, the first found of a name winning."
     found = {}
     for entry in sys.path if path is None else path:
         for name, version in _entry_distributions(entry): found.setdefault(normalize_name(name), version)
