@@ -180,3 +180,58 @@ def test_a_killed_rerun_of_a_changed_notebook_leaves_the_source_tree_clean(proje
     assert git(project, "status", "--porcelain", "--untracked-files=all", "--ignored") == ""
     check = subprocess.run([sys.executable, "scripts/check_notebooks.py", "check"], cwd=project, capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+TRAIN = """import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from mlkit.track import TrackingCallback
+from mlkit.train import Trainer
+
+g = torch.Generator().manual_seed(0)
+ds = TensorDataset(torch.randn(256, 8, generator=g), torch.randint(0, 2, (256,), generator=g))
+t = Trainer(nn.Linear(8, 2), DataLoader(ds, batch_size=32), DataLoader(ds, batch_size=64), cbs=[TrackingCallback()])
+t.fit(epochs)
+"""
+
+
+def runs() -> list[Path]: return sorted(Path(os.environ["MLKIT_RUNS_DIR"]).iterdir())
+def meta(run: Path) -> dict: return json.loads((run/"meta.json").read_text())
+
+
+def values(run: Path) -> list[tuple]:
+    "The (step, name, value) rows of a run's metrics, leaving out those that measure time or speed."
+    rows = [line.split(",") for line in (run/"metrics.csv").read_text().splitlines()[1:]]
+    return [(s, n, v) for s, _, n, v in rows if not any(w in n for w in ("time", "per_s", "throughput", "mem"))]
+
+
+@pytest.mark.slow
+def test_rerun_reproduces_the_metrics(project):
+    "Moved from test_run.py; the rerun's name and the difference list's words are the new ones."
+    nb = notebook(project, "train.ipynb", "import torch\ntorch.manual_seed(seed)", TRAIN, params="epochs = 1\nseed = 0")
+    r = mlkit("run", nb, "-p", "epochs", "2", "-p", "seed", "3", "--name", "orig")
+    assert r.returncode == 0, r.stderr
+    [first] = runs()
+    again = mlkit("rerun", "orig")
+    assert again.returncode == 0, again.stderr
+    assert "mlkit rerun: nothing changed since: the " in again.stderr and "installed packages" in again.stderr
+    second = [p for p in runs() if p != first][0]
+    m = meta(second)
+    assert (m["status"], m["rerun_of"], m["name"]) == ("finished", first.name, "orig-rerun")
+    assert m["notebook_params"] == {"epochs": 2, "seed": 3}
+    assert values(first) == values(second) and any(n == "valid_loss" for _, n, _ in values(first))
+    changed = mlkit("rerun", first.name, "-p", "seed", "4")
+    assert changed.returncode == 0, changed.stderr
+    third = [p for p in runs() if p not in (first, second)][0]
+    assert meta(third)["notebook_params"] == {"epochs": 2, "seed": 4}
+    assert values(third) != values(first)  # the comparison can fail
+    assert "no run 'nope'" in mlkit("rerun", "nope").stderr
+    notebook(project, "train.ipynb", "import torch\ntorch.manual_seed(seed + 1)", TRAIN, params="epochs = 1\nseed = 0")
+    as_ran = mlkit("rerun", first.name)  # the notebook's code changed since: the rerun runs it as it ran
+    assert as_ran.returncode == 0, as_ran.stderr
+    assert "train.ipynb has changed since run" in as_ran.stderr and "notebook changed since: yes" in as_ran.stderr
+    fourth = [p for p in runs() if p not in (first, second, third)][0]
+    assert values(fourth) == values(first)
+    assert (meta(fourth)["notebook"], meta(fourth)["notebook_as_ran_in"]) == (str(project/nb), first.name)
+    assert [p.name for p in (project/nb).parent.iterdir() if p.name.startswith(".")] == []  # its copy is gone
