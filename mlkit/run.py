@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import ast
+import contextlib
 import errno
 import fcntl
 import io
@@ -27,11 +28,11 @@ from .runmeta import REDACTED, redact
 from .runs import META, RECORDS, Run, open_run
 
 # %% auto #0
-__all__ = ['ANY', 'NONE', 'PATH', 'PARAMETERS_TAG', 'INJECTED_TAG', 'KERNEL_LOG', 'TRIAL_ENV', 'PRUNED_MARK', 'NotebookError',
-           'ParameterError', 'read_notebook', 'Hint', 'parse_annotation', 'Parameter', 'parameters_cell_index',
-           'notebook_parameters', 'CliText', 'parse_value', 'convert', 'read_params_file', 'resolve_params',
-           'kernel_name', 'choose_kernel', 'parameterize', 'RunInterrupted', 'DistributedRunError', 'run_notebook',
-           'disk_full_message', 'rerun', 'record', 'report']
+__all__ = ['ANY', 'NONE', 'PATH', 'PARAMETERS_TAG', 'INJECTED_TAG', 'KERNEL_LOG', 'TRIAL_ENV', 'PRUNED_MARK', 'RERUN_LIST_MAX',
+           'NotebookError', 'ParameterError', 'read_notebook', 'Hint', 'parse_annotation', 'Parameter',
+           'parameters_cell_index', 'notebook_parameters', 'CliText', 'parse_value', 'convert', 'read_params_file',
+           'resolve_params', 'kernel_name', 'choose_kernel', 'parameterize', 'RunInterrupted', 'DistributedRunError',
+           'run_notebook', 'disk_full_message', 'what_changed', 'rerun_name', 'rerun', 'record', 'report']
 
 # %% ../nbs/11_run.ipynb #536c6234
 class NotebookError(MlkitError):
@@ -1049,34 +1050,112 @@ def disk_full_message(e:OSError) -> str:
     return f"{what} writing {path}" if path else what
 
 # %% ../nbs/11_run.ipynb #8abe633d
-def _same_code_and_env(old:dict) -> list[str]:
-    "Lines saying whether the code and environment now match the run with metadata `old`."
-    from mlkit.runmeta import run_metadata
-    now, lines = run_metadata(), []
-    was, is_ = old.get("git") or {}, now.get("git") or {}
-    if not was and not is_: lines.append("code: not in git, cannot tell whether it changed")
-    elif (was.get("commit"), bool(was.get("dirty"))) == (is_.get("commit"), bool(is_.get("dirty"))) and not is_.get("dirty"):
-        lines.append(f"code: same as the original (commit {str(is_.get('commit'))[:12]}, no uncommitted changes)")
-    else:
-        lines.append(f"code: may differ from the original (commit {str(was.get('commit'))[:12]}"
-                     f"{' with changes' if was.get('dirty') else ''} then, {str(is_.get('commit'))[:12]}"
-                     f"{' with changes' if is_.get('dirty') else ''} now)")
-    keys = ("requirements_sha256", "python", "torch")
-    differ = [k for k in keys if old.get(k) != now.get(k)]
-    lines.append("environment: same as the original (requirements.txt, python, torch)" if not differ else
-                 "environment: differs from the original in " + ", ".join(
-                     f"{k} ({str(old.get(k))[:12]} then, {str(now.get(k))[:12]} now)" for k in differ))
+RERUN_LIST_MAX = 5  # packages `rerun` names in each list (changed, added, removed) before "and N more"
+
+def _capped(items:list[str], cap:int=RERUN_LIST_MAX) -> str:
+    return ", ".join(items[:cap]) + (f" and {len(items) - cap} more" if len(items) > cap else "")
+
+def _package_changes(was:dict, now:dict) -> list[str]:
+    "Lines naming the packages whose versions differ between `was` and `now` ({name: version}), then those added and removed."
+    changed = [f"{k} {was[k]} → {now[k]}" for k in sorted(was.keys() & now.keys()) if was[k] != now[k]]
+    lines = [f"environment: {c}" for c in changed[:RERUN_LIST_MAX]]
+    if len(changed) > RERUN_LIST_MAX: lines.append(f"environment: and {len(changed) - RERUN_LIST_MAX} more packages changed")
+    added = [f"{k} {now[k]}" for k in sorted(now.keys() - was.keys())]
+    gone = [f"{k} {was[k]}" for k in sorted(was.keys() - now.keys())]
+    if added: lines.append(f"environment: added since: {_capped(added)}")
+    if gone: lines.append(f"environment: removed since: {_capped(gone)}")
     return lines
+
+def _git_changes(old:dict, now:dict) -> tuple[list[str], list[str]]:
+    "(difference or unknown lines, what matched) between the git state recorded in `old` and the one in `now`."
+    if "git" not in old: return ["code: unknown (the run recorded no git state)"], []
+    was, is_ = old["git"], now.get("git")
+    if was is None and is_ is None: return ["code: unknown (not in a git repository, then or now)"], []
+    if was is None or is_ is None:
+        where = lambda g: f"commit {str(g.get('commit'))[:12]}" if g else "no git repository"  # noqa: E731
+        return [f"code: {where(was)} then, {where(is_)} now"], []
+    lines, same = [], []
+    if not was.get("commit"): lines.append("code: commit unknown (the run recorded none)")
+    elif was["commit"] != is_.get("commit"): lines.append(f"code: commit {was['commit'][:12]} → {str(is_.get('commit'))[:12]}")
+    else: same.append(f"git commit {was['commit'][:12]}")
+    if was.get("dirty") is None:
+        lines.append("code: uncommitted changes unknown (the run recorded none)")
+    elif (was.get("diff"), was.get("untracked") or {}) == (is_.get("diff"), is_.get("untracked") or {}):
+        same.append("the same uncommitted changes" if was["dirty"] else "no uncommitted changes")
+    else:
+        some = lambda g: "some" if g.get("dirty") else "none"  # noqa: E731
+        lines.append(f"code: uncommitted changes differ ({some(was)} then, {some(is_)} now)")
+    return lines, same
+
+def what_changed(old:dict, # The original run's meta.json
+                 now:dict, # `run_metadata()` now
+                 notebook_changed:bool, # Whether the notebook's code differs from the run's copy (or it is gone)
+                ) -> list[str]:
+    "The lines `rerun` prints: each difference between the run recorded in `old` and `now`, what is unknown, what matched."
+    lines, same = [], []
+    was = old.get("distributions")
+    if not isinstance(was, dict): lines.append("environment: unknown (the run recorded no package list)")
+    elif changes := _package_changes(was, now.get("distributions") or {}): lines += changes
+    else: same.append(f"the {len(was)} installed packages")
+    for key in ("python", "platform"):
+        if old.get(key) is None: lines.append(f"{key}: unknown (the run recorded none)")
+        elif old[key] != now.get(key): lines.append(f"{key}: {old[key]} → {now.get(key)}")
+        else: same.append(f"{key} {old[key]}")
+    code, same_code = _git_changes(old, now)
+    lines, same = lines + code, same + same_code
+    if notebook_changed: lines.append("notebook changed since: yes")
+    else: same.append("the notebook's code")
+    if not lines: return ["nothing changed since: " + ", ".join(same)]
+    if not notebook_changed: lines.append("notebook changed since: no")
+    matched = [s for s in same if s != "the notebook's code"]
+    return lines + (["same as then: " + ", ".join(matched)] if matched else [])
+
+_RERUN_SUFFIX = re.compile(r"-rerun(?:-(\d+))?$")
+
+def rerun_name(name:str, # The original run's name
+               taken, # The names of the runs already in the runs folder
+              ) -> str:
+    "`NAME-rerun`, or `NAME-rerun-N` after the highest one in `taken`; a rerun's rerun is numbered from its root name."
+    root = _RERUN_SUFFIX.sub("", name) or name
+    numbers = [int(m[1] or 1) for t in taken if t and t.startswith(root) and (m := _RERUN_SUFFIX.fullmatch(t[len(root):]))]
+    n = max(numbers, default=0) + 1
+    return f"{root}-rerun" if n == 1 else f"{root}-rerun-{n}"
+
+def _recorded_git(run:Run) -> dict|None:
+    "The git state `run` recorded, with its uncommitted diff and untracked files read back from its artifacts."
+    git = run.meta.get("git")
+    if not isinstance(git, dict): return git
+    diff, untracked = git.get("diff", ""), git.get("untracked") or {}
+    with contextlib.suppress(OSError):
+        if git.get("diff_artifact"): diff = (run.path/git["diff_artifact"]).read_text()
+        if git.get("untracked_artifact"):
+            folder = run.path/git["untracked_artifact"]
+            untracked = {p.relative_to(folder).as_posix(): p.read_text() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {**git, "diff": diff, "untracked": untracked}
+
+def _unusable(run:Run, recorded:dict, params:dict) -> str|None:
+    "Why `run` cannot run again without some `params` (a secret kept as ***, a value kept as its repr), or None."
+    if secret := [k for k, v in recorded.items() if REDACTED in json.dumps(v) and k not in params]:
+        return (f"run {run.id} kept no value of the secret parameter(s) {', '.join(secret)}: "
+                f"give them again ({' '.join(f'-p {k} VALUE' for k in secret)})")
+    reprs = {k: t for k, t in (run.meta.get("param_reprs") or {}).items() if k not in params}
+    if reprs:
+        what = ", ".join(f"'{k}' only as its repr ({_a_name(str(t))})" for k, t in reprs.items())
+        return (f"run {run.id} recorded parameter {what}: give {'it' if len(reprs) == 1 else 'them'} again with "
+                + " ".join(f"-p {k} VALUE" for k in reprs))
+    return None
 
 def rerun(ref:str, # The run: an id, a unique prefix, a name, or its folder
           params:dict|None=None, # Parameters to change; the others are the recorded ones
-          name:str|None=None, # The new run's name; the original's when None
+          name:str|None=None, # The new run's name; `NAME-rerun`, `NAME-rerun-2`… (`rerun_name`) when None
           cell_timeout:float|None=None, # The original's when None
           runs_dir:str|Path|None=None, # Where to look for the run (and put the new one); `runs_dir()` when None
           out=None, # Where the notes and progress go; sys.stderr when None
          ) -> Run:
-    "Run the notebook of the recorded run `ref` again with its parameters (and `params`), as a new run."
-    from mlkit.runs import find_run
+    "Run the notebook of the recorded run `ref` again with its parameters (and `params`), as a new run; say what changed."
+    import tempfile
+    from mlkit.runmeta import run_metadata
+    from mlkit.runs import find_run, list_runs
     old = find_run(ref, runs_dir)
     if old.error: raise MlkitError(f"cannot rerun {old.id}: {old.error}")
     notebook = old.meta.get("notebook")
@@ -1084,28 +1163,26 @@ def rerun(ref:str, # The run: an id, a unique prefix, a name, or its folder
         raise MlkitError(f"run {old.id} was not made by mlkit run: no notebook to run again")
     recorded = old.meta.get("notebook_params")
     if recorded is None: raise MlkitError(f"run {old.id} recorded no notebook parameters to run again with")
-    if missing := [k for k, v in recorded.items() if REDACTED in json.dumps(v) and k not in (params or {})]:
-        raise MlkitError(f"run {old.id} kept no value of the secret parameter(s) {', '.join(missing)}: "
-                         f"give them again ({' '.join(f'-p {k} VALUE' for k in missing)})")
-    for line in _same_code_and_env(old.meta): print(f"mlkit rerun: {line}", file=out or sys.stderr, flush=True)
-    source, as_ran = Path(notebook), None
-    if not source.is_file() or _code(read_notebook(source)) != _code(read_notebook(old.path/"notebook.ipynb")):
-        # the notebook changed since (or is gone): run it as it ran, from the run's own copy, placed beside the
-        # original so that its relative paths still hold
-        source.parent.mkdir(parents=True, exist_ok=True)
-        as_ran = source.with_name(f".{source.stem}.rerun-{old.id}.ipynb")
-        as_ran.write_bytes((old.path/"notebook.ipynb").read_bytes())
-        print(f"mlkit rerun: {source.name} has changed since run {old.id}: running the notebook as it ran then",
-              file=out or sys.stderr, flush=True)
-    try:
-        return run_notebook(as_ran or source, {**recorded, **(params or {})}, name=name or old.name,
+    if why := _unusable(old, recorded, params or {}): raise MlkitError(why)
+    folder = Path(runs_dir) if runs_dir is not None else old.path.parent
+    name = name or rerun_name(old.name or Path(notebook).stem, {r.name for r in list_runs(folder)})
+    source = Path(notebook)
+    changed = not source.is_file() or _code(read_notebook(source)) != _code(read_notebook(old.path/"notebook.ipynb"))
+    say = lambda line: print(f"mlkit rerun: {line}", file=out or sys.stderr, flush=True)  # noqa: E731
+    recorded_meta = {**old.meta, **({"git": _recorded_git(old)} if "git" in old.meta else {})}
+    for line in what_changed(recorded_meta, run_metadata(), changed): say(line)
+    with tempfile.TemporaryDirectory(prefix="mlkit-rerun-") as tmp:
+        as_ran = None
+        if changed:  # run it as it ran, from the run's own copy: in a temporary folder, never beside the notebook
+            as_ran = Path(tmp)/(source.name if source.suffix == ".ipynb" else "notebook.ipynb")
+            as_ran.write_bytes((old.path/"notebook.ipynb").read_bytes())
+            say(f"{source.name} has changed since run {old.id}: running the notebook as it ran then")
+        return run_notebook(as_ran or source, {**recorded, **(params or {})}, name=name,
                             gpus=old.meta.get("gpus"), nproc=old.meta.get("nproc"),
                             cell_timeout=cell_timeout if cell_timeout is not None else old.meta.get("cell_timeout"),
-                            runs_dir=runs_dir if runs_dir is not None else old.path.parent, out=out,
+                            runs_dir=folder, out=out, cwd=source.parent if source.parent.is_dir() else tmp,
                             meta={"rerun_of": old.id, "notebook": str(source),
                                   **({"notebook_as_ran_in": old.id} if as_ran else {})})
-    finally:
-        if as_ran is not None: as_ran.unlink(missing_ok=True)
 
 def _code(nb) -> list[str]:
     "The sources of a notebook's code cells, without papermill's injected parameters: what decides what it does."

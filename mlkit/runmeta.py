@@ -30,7 +30,8 @@ from .core import MlkitError, ProjectNotFoundError, project_root, runs_dir
 __all__ = ['SECRET_WORDS', 'SECRET_PARTS', 'COUNT_WORDS', 'DATA_WORDS', 'NOT_SECRET', 'URL_SECRET_WORDS', 'REDACTED',
            'PARAMETER_FLAGS', 'YAML_FLAGS', 'GIT_TIMEOUT', 'UNTRACKED_FILE_CAP', 'UNTRACKED_TOTAL_CAP',
            'UNTRACKED_MAX_FILES', 'UNTRACKED_MAX_LISTED', 'SECRET_FILES', 'ENV_KEEP', 'is_secret_key',
-           'strip_url_credentials', 'secret_env_values', 'mask', 'redact', 'redact_argv', 'git_state', 'run_metadata']
+           'strip_url_credentials', 'secret_env_values', 'mask', 'redact', 'redact_argv', 'git_state', 'normalize_name',
+           'distributions', 'run_metadata']
 
 # %% ../nbs/08_runmeta.ipynb #24b46504
 SECRET_WORDS = {"token", "key", "apikey", "secret", "password", "passwd", "pass", "pwd", "passphrase", "credential",
@@ -339,6 +340,52 @@ def git_state(path:str|Path|None=None) -> dict|None:
     state["error"] = mask("; ".join(errors), secrets) or None
     return state
 
+# %% ../nbs/08_runmeta.ipynb #111673ce
+_DIST_INFO = re.compile(r"(?P<name>[^-]+)-(?P<version>\d[^-]*)\.dist-info", re.I)  # the name escaped: no "-" in it
+_EGG_INFO = re.compile(r"(?P<name>[^-]+)-(?P<version>\d[^-]*)(?:-py\d[\d.]*(?:-[^-]+)?)?\.egg(?:-info)?", re.I)
+
+def normalize_name(name:str) -> str:
+    "A distribution's name as PEP 503 compares names: lowercase, each run of `-`, `_` and `.` made one `-`."
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+def _metadata_header(path:str) -> tuple[str, str]|None:
+    "(Name, Version) from the headers of the metadata at `path`: a .dist-info or .egg-info folder, or an .egg-info file."
+    if os.path.isdir(path):
+        path = os.path.join(path, "METADATA" if path.lower().endswith(".dist-info") else "PKG-INFO")
+    found = {}
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if not line.strip(): break  # the headers end at the first blank line
+                key, _, value = line.partition(":")
+                if key in ("Name", "Version"): found.setdefault(key, value.strip())
+    except OSError: return None
+    return (found["Name"], found["Version"]) if len(found) == 2 else None
+
+def _entry_distributions(entry:str) -> list[tuple[str, str]]:
+    "(name, version) of each distribution in the `sys.path` entry `entry`, in name order."
+    folder = entry or "."  # "" is the working folder
+    out = []
+    if folder.lower().endswith(".egg") and (m := _EGG_INFO.fullmatch(os.path.basename(folder))):
+        out.append((m["name"], m["version"]))  # an egg on sys.path: its EGG-INFO is the one distribution
+    try: names = sorted(os.listdir(folder))
+    except OSError: return out  # a zip file, a folder that is gone
+    for n in names:
+        low = n.lower()
+        if not low.endswith((".dist-info", ".egg-info")): continue
+        m = (_DIST_INFO if low.endswith(".dist-info") else _EGG_INFO).fullmatch(n)
+        found = (m["name"], m["version"]) if m else _metadata_header(os.path.join(folder, n))
+        if found: out.append(found)
+    return out
+
+def distributions(path:list[str]|None=None, # Folders to look in, in order; `sys.path` when None
+                 ) -> dict[str, str]:
+    "The distributions installed on `sys.path` (or `path`): {PEP 503 name: version}, the first found of a name winning."
+    found = {}
+    for entry in sys.path if path is None else path:
+        for name, version in _entry_distributions(entry): found.setdefault(normalize_name(name), version)
+    return found
+
 # %% ../nbs/08_runmeta.ipynb #6a2d94f1
 ENV_KEEP = ("CUDA_VISIBLE_DEVICES", "MLKIT_RUNS_DIR", "MLKIT_NOTEBOOK", "MLKIT_SEED", "MLFLOW_TRACKING_URI",
             "WANDB_PROJECT", "WANDB_MODE", "SLURM_JOB_ID", "RANK", "LOCAL_RANK", "WORLD_SIZE", "HOSTNAME")
@@ -379,7 +426,7 @@ def _gpu_names() -> list[str]:
 
 def run_metadata(root:str|Path|None=None, # The project to describe; found from the working directory when None
                 ) -> dict:
-    "A redacted description of where and how this run runs (git, versions, host, command, seed, env)."
+    "A redacted description of where and how this run runs (git, versions, packages, host, command, seed, env)."
     try: root = Path(root) if root is not None else project_root()
     except ProjectNotFoundError: root = Path.cwd()
     reqs, secrets = root/"requirements.txt", secret_env_values()
@@ -390,5 +437,6 @@ def run_metadata(root:str|Path|None=None, # The project to describe; found from 
             "seed": int(os.environ["MLKIT_SEED"]) if os.environ.get("MLKIT_SEED", "").isdigit() else None,
             "requirements_sha256": hashlib.sha256(reqs.read_bytes()).hexdigest() if reqs.is_file() else None,
             "gpus": _gpu_names(), "env": {k: os.environ[k] for k in ENV_KEEP if k in os.environ}, **_versions()}
-    # git_state masks its texts itself; redact() would take file names such as auth.py for secret keys
-    return {**redact(meta, secrets), "git": git_state(root)}
+    # git_state masks its texts itself; redact() would take file names such as auth.py for secret keys, and package
+    # names such as secretstorage or pyjwt
+    return {**redact(meta, secrets), "distributions": distributions(), "git": git_state(root)}

@@ -224,42 +224,6 @@ def test_trainer_records_into_the_run(project):
     assert "\r" not in r.stdout and "epoch 2/2" in r.stdout  # progress as plain lines
 
 
-def values(run: Path) -> list[tuple]:
-    "The (step, name, value) rows of a run's metrics, leaving out those that measure time or speed."
-    rows = [line.split(",") for line in (run/"metrics.csv").read_text().splitlines()[1:]]
-    return [(s, n, v) for s, _, n, v in rows if not any(w in n for w in ("time", "per_s", "throughput", "mem"))]
-
-
-@pytest.mark.slow
-def test_rerun_reproduces_the_metrics(project):
-    nb = notebook(project, "train.ipynb", "import torch\ntorch.manual_seed(seed)", TRAIN, params="epochs = 1\nseed = 0")
-    r = mlkit("run", nb, "-p", "epochs", "2", "-p", "seed", "3", "--name", "orig")
-    assert r.returncode == 0, r.stderr
-    [first] = runs(project)
-    again = mlkit("rerun", "orig")
-    assert again.returncode == 0, again.stderr
-    assert "mlkit rerun: code: not in git" in again.stderr and "environment: same as the original" in again.stderr
-    second = [p for p in runs(project) if p != first][0]
-    m = meta(second)
-    assert (m["status"], m["rerun_of"], m["name"]) == ("finished", first.name, "orig")
-    assert m["notebook_params"] == {"epochs": 2, "seed": 3}
-    assert values(first) == values(second) and any(n == "valid_loss" for _, n, _ in values(first))
-    changed = mlkit("rerun", first.name, "-p", "seed", "4")
-    assert changed.returncode == 0, changed.stderr
-    third = [p for p in runs(project) if p not in (first, second)][0]
-    assert meta(third)["notebook_params"] == {"epochs": 2, "seed": 4}
-    assert values(third) != values(first)  # the comparison can fail
-    assert "no run 'nope'" in mlkit("rerun", "nope").stderr
-    notebook(project, "train.ipynb", "import torch\ntorch.manual_seed(seed + 1)", TRAIN, params="epochs = 1\nseed = 0")
-    as_ran = mlkit("rerun", first.name)  # the notebook's code changed since: the rerun runs it as it ran
-    assert as_ran.returncode == 0, as_ran.stderr
-    assert "train.ipynb has changed since run" in as_ran.stderr
-    fourth = [p for p in runs(project) if p not in (first, second, third)][0]
-    assert values(fourth) == values(first)
-    assert (meta(fourth)["notebook"], meta(fourth)["notebook_as_ran_in"]) == (str(project/nb), first.name)
-    assert [p.name for p in (project/nb).parent.iterdir() if p.name.startswith(".")] == []  # its copy is gone
-
-
 def test_gpus_with_fake_gpus(project, tmp_path, monkeypatch):
     monkeypatch.setenv("MLKIT_FAKE_GPUS", "2")
     monkeypatch.setenv("MLKIT_LOCK_DIR", str(tmp_path/"locks"))
