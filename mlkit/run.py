@@ -416,9 +416,9 @@ def _value_source(p:Parameter|None, value) -> str:
     from papermill.translators import PythonTranslator
     text = PythonTranslator.translate(value)
     if p is None or not getattr(p, "is_path", False) or not isinstance(value, str): return text
-    maker = (p.annotation or "").strip("'\" ").split("|")[0].strip()  # `Path`, `pathlib.Path`, `Path | None`
-    if not re.fullmatch(r"[\w.]*Path", maker): maker = str(p.default).split("(")[0].strip() if not p.literal else ""
-    return f"{maker}({text})" if re.fullmatch(r"[\w.]*Path", maker) else text
+    maker = (re.search(r"(?<![\w.])([\w.]*Path)\b", p.annotation or "")  # Path, pathlib.Path, Optional[Path]
+             or (None if p.literal else re.match(r"\s*([\w.]*Path)\s*\(", str(p.default))))  # `data = Path("data")`
+    return f"{maker[1]}({text})" if maker else text
 
 def parameterize(nb, # A notebook (`read_notebook`)
                  given:dict, # Converted values by name (`resolve_params`)
@@ -963,7 +963,7 @@ def run_notebook(path:str|Path, # The notebook to execute
     cells, error, log, ran = _CellLog(nb, origin, streams), None, None, {}
     try:
         tracker.meta.update({"notebook": str(path), "notebook_params": redact(final), "kernel": kernel,
-                             "kernel_from": kernel_why, "cwd": str(cwd), "cell_timeout": cell_timeout, "nproc": nproc,
+                             "kernel_from": kernel_why, "kernel_cwd": str(cwd), "cell_timeout": cell_timeout, "nproc": nproc,
                              "gpus": gpus, **({"output": str(Path(output).expanduser().absolute())} if output else {}),
                              **(meta or {})})
         tracker.log_params(final)
@@ -1133,12 +1133,12 @@ def _recorded_git(run:Run) -> dict|None:
             untracked = {p.relative_to(folder).as_posix(): p.read_text() for p in sorted(folder.rglob("*")) if p.is_file()}
     return {**git, "diff": diff, "untracked": untracked}
 
-def _unusable(run:Run, recorded:dict, params:dict) -> str|None:
+def _unusable(run:Run, recorded:dict, params:dict, itself=()) -> str|None:
     "Why `run` cannot run again without some `params` (a secret kept as ***, a value kept as its repr), or None."
     if secret := [k for k, v in recorded.items() if REDACTED in json.dumps(v) and k not in params]:
         return (f"run {run.id} kept no value of the secret parameter(s) {', '.join(secret)}: "
                 f"give them again ({' '.join(f'-p {k} VALUE' for k in secret)})")
-    reprs = {k: t for k, t in (run.meta.get("param_reprs") or {}).items() if k not in params}
+    reprs = {k: t for k, t in (run.meta.get("param_reprs") or {}).items() if k not in params and k not in itself}
     if reprs:
         what = ", ".join(f"'{k}' only as its repr ({_a_name(str(t))})" for k, t in reprs.items())
         return (f"run {run.id} recorded parameter {what}: give {'it' if len(reprs) == 1 else 'them'} again with "
@@ -1163,7 +1163,11 @@ def rerun(ref:str, # The run: an id, a unique prefix, a name, or its folder
         raise MlkitError(f"run {old.id} was not made by mlkit run: no notebook to run again")
     recorded = old.meta.get("notebook_params")
     if recorded is None: raise MlkitError(f"run {old.id} recorded no notebook parameters to run again with")
-    if why := _unusable(old, recorded, params or {}): raise MlkitError(why)
+    declared = notebook_parameters(read_notebook(old.path/"notebook.ipynb")) or {}
+    itself = {k for k in old.meta.get("param_reprs") or {}  # `shape = (16, 8)`: the notebook makes it again
+              if k in declared and declared[k].literal and repr(declared[k].default) == recorded.get(k)}
+    if why := _unusable(old, recorded, params or {}, itself): raise MlkitError(why)
+    recorded = {k: v for k, v in recorded.items() if k not in itself}
     folder = Path(runs_dir) if runs_dir is not None else old.path.parent
     name = name or rerun_name(old.name or Path(notebook).stem, {r.name for r in list_runs(folder)})
     source = Path(notebook)
@@ -1180,9 +1184,20 @@ def rerun(ref:str, # The run: an id, a unique prefix, a name, or its folder
         return run_notebook(as_ran or source, {**recorded, **(params or {})}, name=name,
                             gpus=old.meta.get("gpus"), nproc=old.meta.get("nproc"),
                             cell_timeout=cell_timeout if cell_timeout is not None else old.meta.get("cell_timeout"),
-                            runs_dir=folder, out=out, cwd=source.parent if source.parent.is_dir() else tmp,
+                            runs_dir=folder, out=out, cwd=_rerun_cwd(old, source, tmp), kernel=_rerun_kernel(old),
                             meta={"rerun_of": old.id, "notebook": str(source),
                                   **({"notebook_as_ran_in": old.id} if as_ran else {})})
+
+def _rerun_cwd(old:Run, source:Path, tmp:str) -> Path:
+    "The kernel's folder for a rerun: the original's (`--cwd`), else the notebook's, else a temporary one."
+    was = Path(old.meta.get("kernel_cwd") or source.parent)
+    return was if was.is_dir() else source.parent if source.parent.is_dir() else Path(tmp)
+
+def _rerun_kernel(old:Run) -> str|None:
+    "The kernel the original was asked to run in (`-k`), if it is still installed; else the usual choice."
+    from jupyter_client.kernelspec import KernelSpecManager
+    asked = old.meta.get("kernel") if str(old.meta.get("kernel_from", "")).startswith("asked") else None
+    return asked if asked in KernelSpecManager().find_kernel_specs() else None
 
 def _code(nb) -> list[str]:
     "The sources of a notebook's code cells, without papermill's injected parameters: what decides what it does."
