@@ -902,6 +902,7 @@ def rerun(ref:str, # The run: an id, a unique prefix, a name, or its folder
           cell_timeout:float|None=None, # The original's when None
           runs_dir:str|Path|None=None, # Where to look for the run (and put the new one); `runs_dir()` when None
           out=None, # Where the notes and progress go; sys.stderr when None
+          **options, # More `run_notebook` options (cwd, kernel, output, report_mode, start_timeout, stdout_file, ...)
          ) -> Run:
     "Run the notebook of the recorded run `ref` again with its parameters (and `params`), as a new run."
     from mlkit.runs import find_run
@@ -929,7 +930,7 @@ def rerun(ref:str, # The run: an id, a unique prefix, a name, or its folder
         return run_notebook(as_ran or source, {**recorded, **(params or {})}, name=name or old.name,
                             gpus=old.meta.get("gpus"), nproc=old.meta.get("nproc"),
                             cell_timeout=cell_timeout if cell_timeout is not None else old.meta.get("cell_timeout"),
-                            runs_dir=runs_dir if runs_dir is not None else old.path.parent, out=out,
+                            runs_dir=runs_dir if runs_dir is not None else old.path.parent, out=out, **options,
                             meta={"rerun_of": old.id, "notebook": str(source),
                                   **({"notebook_as_ran_in": old.id} if as_ran else {})})
     finally:
