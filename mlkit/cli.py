@@ -290,22 +290,65 @@ def _run_help(args, parser) -> None:
                                    "no parameters in its 'parameters' cell" if not params else
                                    "parameters (-p NAME VALUE)\n" + params_table(params)))
 
+def _yaml_mapping(text:str, what:str) -> dict:
+    "The YAML mapping of parameter names to values in `text` (-y, -b), read as -f's file is; a one-line error if not one."
+    from mlkit.run import ParameterError, parse_value
+    data = parse_value(text) if text.strip() else None
+    if data is None: return {}
+    if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
+        raise ParameterError(f"{what} must hold a YAML mapping of parameter names to values, got {type(data).__name__}")
+    return data
+
+def _base64_yaml(text:str) -> dict:
+    "The YAML mapping encoded in base64 by `-b` (papermill's --parameters_base64)."
+    import base64
+    import binascii
+    try: decoded = base64.b64decode(text, validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError) as e:
+        raise MlkitError(f"-b takes base64 of a YAML mapping (base64 -w0 params.yaml), got {text[:40]!r}: {e}") from None
+    return _yaml_mapping(decoded, "-b's YAML")
+
 def _params_args(args) -> dict:
-    "The parameters of -f (a YAML file) and -p (text read as YAML), -p winning."
+    "The parameters in papermill's order: each -b (base64 YAML), each -f (a YAML file), each -y (YAML), -p (YAML), -r (text)."
     from mlkit.run import CliText, read_params_file
-    params = read_params_file(args.params_file) if getattr(args, "params_file", None) else {}
+    params = {}
+    for text in getattr(args, "params_base64", None) or []: params.update(_base64_yaml(text))
+    for path in getattr(args, "params_file", None) or []: params.update(read_params_file(path))
+    for text in getattr(args, "params_yaml", None) or []: params.update(_yaml_mapping(text, "-y"))
     params.update({k: CliText(v) for k, v in args.param or []})
+    params.update({k: str(v) for k, v in getattr(args, "param_raw", None) or []})  # never parsed: a str, or a number's text
     return params
 
+def _local(path:str|None, what:str) -> str|None:
+    "`path`, refused in one line when it is papermill's stdin/stdout (-) or a URL (s3://...): mlkit runs local files."
+    import re
+    if path == "-" or (path and re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", path)):
+        raise MlkitError(f"{what} {path}: mlkit runs and writes local notebooks only (copy the notebook here first, "
+                         "or the run folder's notebook.ipynb there after)")
+    return path
+
+def _papermill_kwargs(args) -> dict:
+    "run_notebook's options from papermill's flags (the ones given: run_notebook keeps its defaults for the others)."
+    given = {"cwd": args.cwd, "kernel": args.kernel, "output": _local(args.output, "-o/--output"),
+             "start_timeout": args.start_timeout, "stdout_file": args.stdout_file, "stderr_file": args.stderr_file}
+    return {**{k: v for k, v in given.items() if v is not None}, "report_mode": args.report_mode, "quiet": args.quiet}
+
 def cmd_run(args) -> int:
-    "`mlkit run NOTEBOOK -p NAME VALUE...`: the notebook as a tracked, headless run (`run_notebook`)."
+    "`mlkit run NOTEBOOK [OUTPUT] -p NAME VALUE...`: the notebook as a tracked, headless run (`run_notebook`)."
     if args.help: return _run_help(args, args.run_parser)
+    if args.refused: raise MlkitError(args.refused)
     if not args.notebook: raise MlkitError("which notebook? mlkit run NOTEBOOK [-p NAME VALUE]...")
+    _local(args.notebook, "NOTEBOOK")
+    if args.output_path is not None:
+        if args.output is not None and args.output != args.output_path:
+            raise MlkitError(f"two output notebooks: {args.output_path} and -o {args.output}; give one")
+        args.output = args.output_path
     from mlkit.run import run_notebook
     nodes = {"nnodes": args.nnodes, "node_rank": args.node_rank, "rdzv_endpoint": args.rdzv_endpoint}
     r = run_notebook(args.notebook, _params_args(args), name=args.name, gpus=args.gpus, nproc=args.nproc,
                      nodes=nodes if any(v is not None for v in nodes.values()) else None,
-                     cell_timeout=args.cell_timeout, runs_dir=args.runs_dir)
+                     cell_timeout=args.cell_timeout, runs_dir=args.runs_dir, prepare_only=args.prepare_only,
+                     **_papermill_kwargs(args))
     if r is None:  # node 1 and up: rank 0, on node 0, records the run
         print(f"mlkit run: node {args.node_rank}: its {args.nproc} worker(s) finished; node 0 records the run",
               file=sys.stderr)
@@ -316,7 +359,7 @@ def cmd_rerun(args) -> int:
     "`mlkit rerun RUN`: a recorded run's notebook again, with its parameters (and any `-p` overrides)."
     from mlkit.run import rerun
     return _run_outcome(rerun(args.run, _params_args(args), name=args.name, cell_timeout=args.cell_timeout,
-                              runs_dir=args.runs_dir))
+                              runs_dir=args.runs_dir, **_papermill_kwargs(args)))
 
 _SWEEP_VIEWS = ("status", "best", "plot")
 
@@ -361,9 +404,79 @@ def _run_outcome(r) -> int:
         print(f"run {r.id} finished in {_duration(r.meta.get('duration_s'))}: {r.path}")
         for k, v in r.records.items(): print(f"  {k:18s} {_fmt(v)}")
         return 0
+    if r.status == "prepared":  # --prepare-only, as papermill's: the parameterized notebook, not executed
+        print(f"run {r.id} prepared, not executed: {r.path/'notebook.ipynb'}")
+        return 0
     print(f"mlkit run: run {r.id} {r.status}: {r.meta.get('error')}\n  the executed notebook: {r.path/'notebook.ipynb'}",
           file=sys.stderr)
     return _SIGNAL_STATUS.get(str(r.meta.get("error")).split(" ")[0], 130) if r.status == "interrupted" else 1
+
+# %% ../nbs/07_cli.ipynb #5e1c0a72
+class _IntermixedParser(argparse.ArgumentParser):
+    "A parser that takes positionals after options (`mlkit run NB -p lr 1 OUT.ipynb`), as papermill's click does."
+    def parse_known_args(self, args=None, namespace=None):
+        if getattr(self, "_inside", False): return super().parse_known_args(args, namespace)
+        self._inside = True  # parse_known_intermixed_args calls parse_known_args itself, twice
+        try: return self.parse_known_intermixed_args(args, namespace)
+        finally: self._inside = False
+
+class _Refused(argparse.Action):
+    "A papermill option mlkit does not take: kept, so that the command refuses it in one line naming mlkit's way."
+    def __call__(self, parser, namespace, values, option_string=None):
+        if not namespace.refused: namespace.refused = f"papermill's {option_string}: {self.help}"
+
+_REFUSED = [  # papermill's options that mlkit answers another way: (flags, metavar or None for a flag, mlkit's way)
+    (("--engine",), "NAME", "mlkit runs with papermill's nbclient engine; for several processes use --nproc N"),
+    (("-l", "--language"), "LANG", "mlkit runs Python notebooks; -k/--kernel names the kernel"),
+    (("--inject-input-path", "--inject-output-path", "--inject-paths"), None,
+     "the kernel finds the notebook's path in os.environ['MLKIT_NOTEBOOK'] and its run folder in "
+     "os.environ['MLKIT_RUN_DIR']"),
+    (("--no-request-save-on-cell-execute",), None,
+     "mlkit saves the executed notebook after each cell and every 30 s of a long one (papermill's defaults), always"),
+    (("--autosave-cell-every",), "S",
+     "mlkit saves the executed notebook after each cell and every 30 s of a long one (papermill's defaults), always"),
+    (("--log-level",), "LEVEL", "the kernel's own messages go to kernel.log in the run folder; --quiet for less output"),
+    (("--help-notebook",), None, "'mlkit run NOTEBOOK --help' lists the notebook's parameters"),
+    (("--version",), None, "'pip show mlkit' says mlkit's version; each run's meta.json records the versions it ran with"),
+]
+
+def _papermill_options(p:argparse.ArgumentParser, run:bool):
+    "Add papermill's options to `mlkit run` (`run`) or `mlkit rerun`'s parser, with papermill's meaning."
+    g = p.add_argument_group("papermill's options", "papermill's flags, meaning what they mean there")
+    g.add_argument("-o", "--output", metavar="OUT.ipynb",
+                   help="also write the executed notebook here (the run folder keeps its own); its folder must exist")
+    g.add_argument("--cwd", metavar="DIR", help="the kernel's working folder (default: the notebook's folder)")
+    g.add_argument("-k", "--kernel", metavar="NAME",
+                   help="the Jupyter kernel (default: the notebook's kernelspec when installed, else the project's)")
+    g.add_argument("--cell-timeout", "--execution-timeout", dest="cell_timeout", type=float, metavar="S",
+                   help="fail a cell that runs longer than S seconds (--execution-timeout is papermill's name)")
+    g.add_argument("--start-timeout", "--start_timeout", type=float, metavar="S",
+                   help="seconds the kernel may take to start (default 60)")
+    g.add_argument("--report-mode", action="store_true", help="hide the code cells' sources in the executed notebook")
+    g.add_argument("--no-report-mode", dest="report_mode", action="store_false", help="show them (the default)")
+    g.add_argument("--stdout-file", metavar="FILE", help="the cells' standard output goes to FILE, not the terminal")
+    g.add_argument("--stderr-file", metavar="FILE", help="the cells' standard error goes to FILE, not the terminal")
+    g.add_argument("-q", "--quiet", "--no-log-output", dest="quiet", action="store_true",
+                   help="no cell output, progress or traceback in the terminal: the outcome only")
+    g.add_argument("--log-output", dest="quiet", action="store_false", help="the cells' output in the terminal (the default)")
+    if not run: return
+    g.add_argument("--prepare-only", action="store_true",
+                   help="write the parameterized notebook into a run folder marked 'prepared'; execute nothing")
+    g.add_argument("--prepare-execute", dest="prepare_only", action="store_false", help="execute it (the default)")
+    g.add_argument("-y", "--parameters-yaml", "--parameters_yaml", dest="params_yaml", metavar="YAML",
+                   action="append", help="parameters from YAML text, e.g. '{lr: 0.01, epochs: 3}' (repeatable; after -f)")
+    g.add_argument("-b", "--parameters-base64", "--parameters_base64", dest="params_base64", metavar="B64",
+                   action="append", help="parameters from a base64-encoded YAML mapping (repeatable; first of all)")
+    g.add_argument("-r", "--parameters-raw", "--parameters_raw", dest="param_raw", nargs=2, action="append",
+                   metavar=("NAME", "VALUE"), help="set a parameter to VALUE as text, never parsed (after -p) (repeatable)")
+    g.add_argument("--progress-bar", "--no-progress-bar", dest="progress_bar", action="store_true",
+                   help="accepted: mlkit prints a line as each cell starts, never a bar (--quiet hides them)")
+    g.add_argument("--request-save-on-cell-execute", action="store_true",
+                   help="accepted: mlkit saves the executed notebook after each cell (the default)")
+    r = p.add_argument_group("papermill's options mlkit answers another way", "each is refused in one line that says how")
+    for flags, metavar, how in _REFUSED:
+        r.add_argument(*flags, dest="refused", action=_Refused, nargs=None if metavar else 0, metavar=metavar, help=how)
+    p.set_defaults(refused=None)
 
 # %% ../nbs/07_cli.ipynb #12269740
 def parser() -> argparse.ArgumentParser:
@@ -415,16 +528,20 @@ def parser() -> argparse.ArgumentParser:
     plot.set_defaults(func=cmd_runs_plot)
 
     run = sub.add_parser("run", add_help=False, help="execute a notebook as a tracked run, with parameters",
-                         usage="mlkit run NOTEBOOK [-p NAME VALUE]... [-f params.yaml] [options]",
+                         usage="mlkit run NOTEBOOK [OUTPUT] [-p NAME VALUE]... [-f params.yaml] [options]",
                          description="Execute NOTEBOOK with papermill as a run under the runs folder. "
-                                     "'mlkit run NOTEBOOK --help' lists the notebook's parameters.")
+                                     "'mlkit run NOTEBOOK --help' lists the notebook's parameters. papermill's "
+                                     "command line works as it does there (README: 'From papermill').")
+    run.__class__ = _IntermixedParser  # OUTPUT may follow the options, as with papermill
     run.add_argument("notebook", nargs="?", metavar="NOTEBOOK", help="the .ipynb file to execute")
+    run.add_argument("output_path", nargs="?", metavar="OUTPUT",
+                     help="also write the executed notebook here, as papermill's OUTPUT_PATH (the same as -o)")
     run.add_argument("-h", "--help", action="store_true", help="show this help and NOTEBOOK's parameters")
-    run.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
+    run.add_argument("-p", "--param", "--parameters", nargs=2, action="append", metavar=("NAME", "VALUE"),
                      help="set a parameter; VALUE is read as YAML (5, 0.1, true, [16, 8], {a: 1}) (repeatable)")
-    run.add_argument("-f", "--params-file", metavar="PARAMS.yaml", help="parameters from a YAML mapping (-p wins)")
+    run.add_argument("-f", "--params-file", "--parameters-file", "--parameters_file", metavar="PARAMS.yaml",
+                     action="append", help="parameters from a YAML mapping (repeatable; after -b; -y, -p, -r win)")
     run.add_argument("--name", help="a human name for the run")
-    run.add_argument("--cell-timeout", type=float, metavar="S", help="fail a cell that runs longer than S seconds")
     run.add_argument("--runs-dir", metavar="DIR", help="the runs folder (default: runs/ at the project root, or $MLKIT_RUNS_DIR)")
     run.add_argument("--gpus", type=int, metavar="N", help="hold N GPUs (waiting for them while busy) for the run")
     run.add_argument("--nproc", type=int, metavar="N",
@@ -432,6 +549,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--nnodes", type=int, metavar="N", help="with --nproc: the number of machines (torchrun's)")
     run.add_argument("--node-rank", type=int, metavar="R", help="with --nproc: this machine's rank, 0 to N-1")
     run.add_argument("--rdzv-endpoint", metavar="HOST:PORT", help="with --nproc: where the machines meet (node 0's)")
+    _papermill_options(run, run=True)
     run.set_defaults(func=cmd_run, run_parser=run)
     again = sub.add_parser("rerun", help="run a recorded run's notebook again, with its parameters",
                            description="Execute the notebook of a recorded run again with the parameters it ran with "
@@ -440,9 +558,9 @@ def parser() -> argparse.ArgumentParser:
     again.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
                        help="change a parameter; VALUE is read as YAML (repeatable)")
     again.add_argument("--name", help="the new run's name (default: the original's)")
-    again.add_argument("--cell-timeout", type=float, metavar="S", help="fail a cell that runs longer than S seconds")
     again.add_argument("--runs-dir", metavar="DIR",
                        help="the runs folder (default: runs/ at the project root, or $MLKIT_RUNS_DIR)")
+    _papermill_options(again, run=False)
     again.set_defaults(func=cmd_rerun)
 
     sw = sub.add_parser("sweep", help="search a notebook's parameters with Optuna: run, status, best, plot",

@@ -1151,6 +1151,7 @@ def rerun(ref:str, # The run: an id, a unique prefix, a name, or its folder
           cell_timeout:float|None=None, # The original's when None
           runs_dir:str|Path|None=None, # Where to look for the run (and put the new one); `runs_dir()` when None
           out=None, # Where the notes and progress go; sys.stderr when None
+          **options, # More `run_notebook` options (cwd, kernel, output, report_mode, start_timeout, stdout_file, ...)
          ) -> Run:
     "Run the notebook of the recorded run `ref` again with its parameters (and `params`), as a new run; say what changed."
     import tempfile
@@ -1184,7 +1185,8 @@ def rerun(ref:str, # The run: an id, a unique prefix, a name, or its folder
         return run_notebook(as_ran or source, {**recorded, **(params or {})}, name=name,
                             gpus=old.meta.get("gpus"), nproc=old.meta.get("nproc"),
                             cell_timeout=cell_timeout if cell_timeout is not None else old.meta.get("cell_timeout"),
-                            runs_dir=folder, out=out, cwd=_rerun_cwd(old, source, tmp), kernel=_rerun_kernel(old),
+                            runs_dir=folder, out=out, cwd=options.pop("cwd", None) or _rerun_cwd(old, source, tmp),
+                            kernel=options.pop("kernel", None) or _rerun_kernel(old), **options,
                             meta={"rerun_of": old.id, "notebook": str(source),
                                   **({"notebook_as_ran_in": old.id} if as_ran else {})})
 
