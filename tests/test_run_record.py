@@ -82,6 +82,24 @@ def test_a_notebook_papermill_executed_runs_its_defaults_or_the_given_values(pro
         assert len(injected(nbformat.read(failed/"notebook.ipynb", as_version=4))) == 1  # fail (and lr) given
 
 
+@pytest.mark.xfail(strict=True, reason="papermill's execute_notebook drops its error-marker cells (remove_error_markers) "
+                   "after parameterize counted them: the report runs one cell late, cell numbers shift")
+def test_a_notebook_papermill_failed_on_records_what_ran(project):
+    "papermill leaves two markdown cells in a notebook it failed on (one at the top): they must not shift the record."
+    notebook(project, "in.ipynb", "lr = lr * 10  # scaled to the batch size", "assert lr < 5, lr", "1 / 0 if fail else None",
+             params="lr = 0.1\nfail = False")
+    pm = subprocess.run([PAPERMILL, "nbs/experiments/in.ipynb", "out.ipynb", "-p", "lr", "1"], capture_output=True,
+                        text=True, timeout=180)
+    assert pm.returncode == 1 and "AssertionError" in pm.stderr
+    tags = [c.metadata.get("tags", []) for c in nbformat.read(project/"out.ipynb", as_version=4).cells]
+    assert tags[0] == tags[4] == ["papermill-error-cell-tag"] and len(tags) == 7  # markers at the top, before cell 5
+    r = mlkit("run", "out.ipynb", "-p", "lr", "0.3", "-p", "fail", "true")
+    assert r.returncode == 1
+    [run] = runs(project)
+    assert params(run)["lr"] == 0.3 and meta(run)["notebook_params"]["lr"] == 0.3  # not 3.0, the value after cell 4
+    assert meta(run)["error"] == "cell 7: ZeroDivisionError: division by zero", meta(run)["error"]
+
+
 COMPUTED = """import os
 from pathlib import Path
 seed: int = int(os.environ.get("SEED", "0"))
