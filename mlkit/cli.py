@@ -604,6 +604,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv:list[str]|None=None) -> int:
     "Entry point of the `mlkit` command."
+    for name in ("stdout", "stderr"):  # `mlkit run NB 2>&-`: a closed stream is Python's None; the run must not mind
+        if getattr(sys, name) is None: setattr(sys, name, open(os.devnull, "w"))
     args = parser().parse_args(argv)
     try:
         rc = args.func(args)

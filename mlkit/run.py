@@ -25,7 +25,7 @@ from pathlib import Path
 
 from .core import TMP_PREFIX, MlkitError, atomic_write, runs_dir
 from .runmeta import REDACTED, redact
-from .runs import META, RECORDS, Run, open_run
+from .runs import META, PARAMS, RECORDS, Run, open_run
 
 # %% auto #0
 __all__ = ['ANY', 'NONE', 'PATH', 'PARAMETERS_TAG', 'INJECTED_TAG', 'KERNEL_LOG', 'TRIAL_ENV', 'PRUNED_MARK', 'RERUN_LIST_MAX',
@@ -180,9 +180,11 @@ def parameters_cell_index(nb) -> int|None:
 
 def _assignments(source:str):
     "(name, annotation source or None, value source, comment on its last line) of each `name = value` statement."
-    source = re.sub(r"(?m)^[ \t]*[%!].*$", "", source)  # IPython magics and shell lines
-    try: tree = ast.parse(source)
-    except SyntaxError as e: raise NotebookError(f"the parameters cell is not valid Python (line {e.lineno}: {e.msg})") from None
+    try: tree = ast.parse(source := re.sub(r"(?m)^[ \t]*[%!].*$", "", cell := source))  # magics, shell lines
+    except SyntaxError as e:
+        from IPython.core.inputtransformer2 import TransformerManager  # `files = !ls`: IPython's, made Python
+        try: tree = ast.parse(source := TransformerManager().transform_cell(cell))
+        except SyntaxError: raise NotebookError(f"the parameters cell is not valid Python (line {e.lineno}: {e.msg})") from None
     comments = {}
     for tok in tokenize.generate_tokens(io.StringIO(source).readline):
         if tok.type == tokenize.COMMENT: comments[tok.start[0]] = tok.string.lstrip("#").strip()
@@ -429,7 +431,8 @@ def parameterize(nb, # A notebook (`read_notebook`)
     import nbformat
     from nbformat.v4 import new_code_cell
     nb, declared = copy.deepcopy(nb), notebook_parameters(nb) or {}
-    origin = [i for i, c in enumerate(nb.cells) if INJECTED_TAG not in _tags(c)]  # what ran before must not run again
+    origin = [i for i, c in enumerate(nb.cells)  # what ran before must not run again, nor papermill's error markers
+              if not {INJECTED_TAG, "papermill-error-cell-tag"} & set(_tags(c))]
     nb.cells = [nb.cells[i] for i in origin]
     if given:
         lines = [f"{k} = {_value_source(declared.get(k), v)}" for k, v in given.items()]
@@ -466,8 +469,24 @@ class _Echo:
         except (BrokenPipeError, ValueError): self.gone = True
     def isatty(self) -> bool: return not self.gone and self.stream.isatty()
     def fileno(self) -> int: return self.stream.fileno()
+    def __getattr__(self, k): return getattr(self.stream, k)  # encoding, buffer, ...
 
-#| export
+_term_users, _term_lock, _term_before = [0], threading.Lock(), {}
+
+@contextmanager
+def _guarded_terminal():
+    "Inside: `sys.stdout` and `sys.stderr` are `_Echo`s, so papermill's own flushes of them cannot fail the run."
+    with _term_lock:  # several runs in threads (a sweep's): the first guards, the last restores
+        if _term_users[0] == 0:
+            _term_before.update(stdout=sys.stdout, stderr=sys.stderr)
+            sys.stdout, sys.stderr = _Echo(sys.stdout), _Echo(sys.stderr)
+        _term_users[0] += 1
+    try: yield
+    finally:
+        with _term_lock:
+            _term_users[0] -= 1
+            if _term_users[0] == 0: sys.stdout, sys.stderr = _term_before["stdout"], _term_before["stderr"]
+
 class _Streams:
     "Where a run's text goes: mlkit's notes, the cells' stdout and stderr, each safe from a reader that goes away."
     def __init__(self, out, stdout_file, stderr_file, quiet:bool):
@@ -753,6 +772,8 @@ def _take_ran(folder:Path) -> dict|None:
 
 
 # %% ../nbs/11_run.ipynb #b7b156fa
+_RAN_MAX = 64 * 1024  # bytes of JSON a parameter's value may take in the record; a bigger one is kept as its repr
+
 def _ran_report(namespace:dict, # The kernel's globals after the parameters (and injected) cells ran
                 names:list, # The declared parameters
                ) -> str:
@@ -765,8 +786,11 @@ def _ran_report(namespace:dict, # The kernel's globals after the parameters (and
             continue
         v = namespace[k]
         if isinstance(v, os.PathLike): v = os.fspath(v)  # recorded as text; the injector writes it back as a path
-        if _plain_kind(v) is None: values[k] = v
-        else: values[k], reprs[k] = repr(v)[:1000], f"{type(v).__module__}.{type(v).__qualname__}".removeprefix("builtins.")
+        kind = f"{type(v).__module__}.{type(v).__qualname__}".removeprefix("builtins.")
+        size = len(json.dumps(v, default=repr)) if _plain_kind(v) is None else 0
+        if _plain_kind(v) is None and size <= _RAN_MAX: values[k] = v
+        elif _plain_kind(v) is None: values[k], reprs[k] = repr(v)[:1000], f"{kind} ({size:,} bytes as JSON: too large to record)"
+        else: values[k], reprs[k] = repr(v)[:1000], kind
     try:
         from mlkit.runmeta import distributions
         dists = distributions()
@@ -775,14 +799,19 @@ def _ran_report(namespace:dict, # The kernel's globals after the parameters (and
                        "executable": sys.executable, "platform": platform.platform(), "distributions": dists},
                       default=repr)
 
-def _report_expression(names:list) -> str:
-    "The expression a kernel evaluates (as a user expression, leaving no names behind) to report what ran."
-    return f"__import__('mlkit.run', fromlist=['_ran_report'])._ran_report(globals(), {list(names)!r})"
+def _report_code(names:list) -> tuple[str, str]:
+    "(code, user expression) a kernel runs silently to report what ran: no name left behind, no mlkit needed there."
+    import inspect
+    from mlkit import run as here
+    source = ("from __future__ import annotations\nimport json, os, sys\n" + f"_RAN_MAX = {_RAN_MAX}\n" +
+              inspect.getsource(here._plain_kind) + inspect.getsource(here._ran_report) + "sys._mlkit_ran = _ran_report(ns, names)\n")
+    code = f"exec({source!r}, {{'ns': __import__('sys')._getframe(0).f_globals, 'names': {list(names)!r}}})"
+    return code, "__import__('sys').__dict__.pop('_mlkit_ran', '')"
 
 
 # %% ../nbs/11_run.ipynb #754d6edc
 def _reporting_engine(after:int|None, names:list, on_report, input_path:str):
-    "A papermill engine whose kernel reports what ran (`_report_expression`) to `on_report` once cell `after` ran."
+    "A papermill engine whose kernel reports what ran (`_report_code`) to `on_report` once cell `after` ran."
     import ast as _ast
     from papermill.clientwrap import PapermillNotebookClient
     from papermill.engines import NBClientEngine
@@ -790,11 +819,12 @@ def _reporting_engine(after:int|None, names:list, on_report, input_path:str):
         def execute_cell(self, cell, cell_index, *args, **kw):
             done = super().execute_cell(cell, cell_index, *args, **kw)
             if cell_index == after:  # silent: no output, no execution count, no `_` or Out[] in the notebook
-                msg_id = self.kc.execute("", silent=True, store_history=False,
-                                         user_expressions={"mlkit": _report_expression(names)})
-                reply = self.wait_for_reply(msg_id)
-                got = ((reply or {}).get("content", {}).get("user_expressions") or {}).get("mlkit", {})
-                if got.get("status") == "ok": on_report(json.loads(_ast.literal_eval(got["data"]["text/plain"])))
+                code, expression = _report_code(names)
+                msg_id = self.kc.execute(code, silent=True, store_history=False, user_expressions={"mlkit": expression})
+                reply = (self.wait_for_reply(msg_id) or {}).get("content", {})
+                got = (reply.get("user_expressions") or {}).get("mlkit", {})
+                text = _ast.literal_eval(got["data"]["text/plain"]) if got.get("status") == "ok" else ""
+                on_report(json.loads(text) if text else {"error": reply.get("ename") or got.get("ename") or "no reply"})
             return done
     class Engine(NBClientEngine):
         @classmethod
@@ -834,17 +864,24 @@ def _checked_options(nproc, nodes, gpus, cell_timeout, start_timeout, output) ->
         if not out.parent.is_dir(): raise MlkitError(f"the output notebook's folder {out.parent} does not exist")
     return math.ceil(cell_timeout) if cell_timeout is not None else None  # nbclient counts whole seconds
 
-#| export
-def _record_ran(tracker, ran:dict):
+def _record_ran(tracker, ran:dict, streams:_Streams|None=None):
     "Record what the kernel reported: parameters as they ran (computed defaults too, redacted), its Python and packages."
     from mlkit.track import write_json_atomic
-    values = redact(ran.get("params") or {})
-    tracker.meta["notebook_params"] = {**tracker.meta.get("notebook_params", {}), **values}
+    if ran.get("error"):
+        tracker.meta["params_reported"] = False
+        if streams: streams.note(f"mlkit run: the kernel did not report its parameters' values ({ran['error']}); the "
+                                 "record keeps the values given and the literal defaults")
+        return write_json_atomic(tracker.path/META, tracker.meta)
+    values, missing = redact(ran.get("params") or {}), ran.get("missing") or []
+    was = {k: v for k, v in tracker.meta.get("notebook_params", {}).items() if k not in missing}  # `del x` in the cell
+    tracker.meta["notebook_params"] = {**was, **values}
+    if missing: tracker.meta["params_missing"] = missing
     tracker.meta.pop("param_reprs", None)
     if ran.get("param_reprs"): tracker.meta["param_reprs"] = ran["param_reprs"]
     tracker.meta.update({k: ran[k] for k in ("python", "platform", "distributions") if ran.get(k) is not None})
     tracker.meta["kernel_executable"] = ran.get("executable")
-    tracker.log_params(values)
+    tracker.params = {k: v for k, v in tracker.params.items() if k not in missing} | values  # not a param change
+    write_json_atomic(tracker.path/PARAMS, tracker.params)
     write_json_atomic(tracker.path/META, tracker.meta)
 
 def _execute(ready, path:Path, saved:Path, kernel:str, origin:list, on_report, cell_timeout, start_timeout,
@@ -880,6 +917,13 @@ def _traceback_text(e:BaseException|None) -> str|None:
     if not isinstance(e, PapermillExecutionError) or not e.traceback: return None
     return _ANSI.sub("", "\n".join(e.traceback)).rstrip() + "\n"
 
+def _copy_output(saved:Path, output:Path):
+    "The executed notebook, also at `output` (papermill's output path, which its metadata names)."
+    import nbformat
+    nb = nbformat.read(saved, as_version=4)
+    nb.metadata.setdefault("papermill", {})["output_path"] = str(output)
+    atomic_write(output, lambda f: nbformat.write(nb, f), mode="w")
+
 def _settle(tracker, error, cells, origin:list, given:dict, saved:Path, log, streams:_Streams, nproc, name,
             cell_timeout, status:str|None, output):
     "End the run: its outcome, the failing cell's traceback, the kernel's marks, secrets out of the notebook, -o's copy."
@@ -894,7 +938,7 @@ def _settle(tracker, error, cells, origin:list, given:dict, saved:Path, log, str
         if isinstance(error, DistributedRunError) and done and cell_error is None:  # a worker died on its way out
             tracker.meta["exit_note"], error = f"{error} after the notebook ran to its end", None
         if isinstance(error, DistributedRunError): error.cell_error = cell_error
-        if (ran := _take_ran(tracker.path)) is not None: _record_ran(tracker, ran)
+        if (ran := _take_ran(tracker.path)) is not None: _record_ran(tracker, ran, streams)
     outcome, message, cell = _outcome(error, cells.current, origin, cell_timeout)
     status = status or outcome
     if _disk_full(error): message = disk_full_message(error)
@@ -906,7 +950,7 @@ def _settle(tracker, error, cells, origin:list, given:dict, saved:Path, log, str
         status, tracker.meta["pruned_at_step"] = "pruned", pruned
     try:
         _redact_injected(saved, given)
-        if output and saved.is_file(): atomic_write(Path(output).expanduser(), lambda f: f.write(saved.read_bytes()))
+        if output and saved.is_file(): _copy_output(saved, Path(output).expanduser())
     except OSError as e:
         if not _disk_full(e): raise
         saved.unlink(missing_ok=True)  # the unredacted notebook must not stay
@@ -960,7 +1004,7 @@ def run_notebook(path:str|Path, # The notebook to execute
     tracker = LocalTracker(root, name=name or path.stem, capture=True)
     streams.note(f"mlkit run: run {tracker.id} ({tracker.name}) in {tracker.path}")
     saved, env[RUN_DIR_ENV] = tracker.path/"notebook.ipynb", str(tracker.path)
-    cells, error, log, ran = _CellLog(nb, origin, streams), None, None, {}
+    cells, error, log = _CellLog(nb, origin, streams), None, None
     try:
         tracker.meta.update({"notebook": str(path), "notebook_params": redact(final), "kernel": kernel,
                              "kernel_from": kernel_why, "kernel_cwd": str(cwd), "cell_timeout": cell_timeout, "nproc": nproc,
@@ -971,13 +1015,14 @@ def run_notebook(path:str|Path, # The notebook to execute
         log = open(tracker.path/KERNEL_LOG, "ab")
         if prepare_only: _write_prepared(ready, saved, path)
         else:
-            with _signals_interrupt(), _gpus_held(gpus, tracker.id, streams.notes) as ids, _papermill_log(cells):
+            with (_signals_interrupt(), _guarded_terminal(), _gpus_held(gpus, tracker.id, streams.notes) as ids,
+                  _papermill_log(cells)):
                 if ids is not None:
                     tracker.meta["gpu_ids"] = ids
                     env["CUDA_VISIBLE_DEVICES"] = env[HELD_ENV] = ",".join(map(str, ids))
                 if nproc is not None: _run_distributed(ready, path, saved, cwd, nproc, streams, nodes, env)
                 else:  # the kernel's environment and folder go to its manager: os.environ and the cwd stay as they are
-                    _execute(ready, path, saved, kernel, origin, lambda r: ran.update(r) or _record_ran(tracker, r),
+                    _execute(ready, path, saved, kernel, origin, lambda r: _record_ran(tracker, r, streams),
                              cell_timeout, start_timeout, streams, _kernel_manager_class(env, log, cwd))
     except BaseException as e: error = e
     finally:

@@ -49,8 +49,8 @@ def test_cwd_is_the_kernels_folder(project):
     r = mlkit("run", nb, "--cwd", ".")
     assert r.returncode == 0, r.stderr
     failed, finished = runs(project)  # ids sort by time
-    assert meta(failed)["cwd"] == str(project/"nbs"/"experiments")
-    assert meta(finished)["cwd"] == str(project) and f"rows 42 {project}" in r.stdout
+    assert meta(failed)["kernel_cwd"] == str(project/"nbs"/"experiments")
+    assert meta(finished)["kernel_cwd"] == str(project) and f"rows 42 {project}" in r.stdout
 
 
 def test_kernel_flag_and_the_notebooks_kernelspec(project):

@@ -82,8 +82,6 @@ def test_a_notebook_papermill_executed_runs_its_defaults_or_the_given_values(pro
         assert len(injected(nbformat.read(failed/"notebook.ipynb", as_version=4))) == 1  # fail (and lr) given
 
 
-@pytest.mark.xfail(strict=True, reason="papermill's execute_notebook drops its error-marker cells (remove_error_markers) "
-                   "after parameterize counted them: the report runs one cell late, cell numbers shift")
 def test_a_notebook_papermill_failed_on_records_what_ran(project):
     "papermill leaves two markdown cells in a notebook it failed on (one at the top): they must not shift the record."
     notebook(project, "in.ipynb", "lr = lr * 10  # scaled to the batch size", "assert lr < 5, lr", "1 / 0 if fail else None",
@@ -153,21 +151,17 @@ CHATTY = ["import time\nfor i in range(50): print('line', i, flush=True)\ntime.s
           "for i in range(150, 200): print('line', i, flush=True)\nfrom mlkit.run import record\nrecord('done', True)"]
 
 
-PIPE_FLUSH = pytest.mark.xfail(strict=True, reason="papermill's cell_complete calls sys.stdout.flush() and "
-                               "sys.stderr.flush() itself: BrokenPipeError on a block-buffered stdout whose reader left, "
-                               "AttributeError when stderr is closed (None)")
-
 
 @pytest.mark.parametrize("shell, unbuffered", [
     ("{mlkit} run {nb} | head -n 1", "1"), ("{mlkit} run {nb} | head -n 2", "1"), ("{mlkit} run {nb} | head -n 100", "1"),
     # as a user's shell has it: no PYTHONUNBUFFERED, stdout block-buffered into the pipe
-    pytest.param("{mlkit} run {nb} | head -n 1", None, marks=PIPE_FLUSH),
-    pytest.param("{mlkit} run {nb} | head -n 2", None, marks=PIPE_FLUSH),
-    pytest.param("{mlkit} run {nb} | head -n 100", None, marks=PIPE_FLUSH),
+    pytest.param("{mlkit} run {nb} | head -n 1", None),
+    pytest.param("{mlkit} run {nb} | head -n 2", None),
+    pytest.param("{mlkit} run {nb} | head -n 100", None),
     # stderr (notes, progress, the cells' stderr) to a reader that goes away
     ("{mlkit} run {nb} 2>&1 >/dev/null | head -n 1", "1"),
-    pytest.param("{mlkit} run {nb} 2>&1 >/dev/null | head -n 1", None, marks=PIPE_FLUSH),
-    pytest.param("{mlkit} run {nb} 2>&- | head -n 1", "1", marks=PIPE_FLUSH),  # stderr closed from the start
+    pytest.param("{mlkit} run {nb} 2>&1 >/dev/null | head -n 1", None),
+    pytest.param("{mlkit} run {nb} 2>&- | head -n 1", "1"),  # stderr closed from the start
 ])
 def test_a_reader_that_goes_away_never_fails_the_run(project, monkeypatch, shell, unbuffered):
     if unbuffered: monkeypatch.setenv("PYTHONUNBUFFERED", unbuffered)

@@ -133,7 +133,9 @@ def test_a_list_of_ints_is_checked_item_by_item(project):
 
 def test_a_path_takes_a_string(project):
     "-p: the string typed (JSON holds no Path), even one YAML would read as a number; -f: a YAML string."
-    nb = notebook(project)
+    nb = notebook(project, "data_dir", "out")
     (project/"p.yaml").write_text("out: out/x\n")
-    params, _ = run_ok(nb, "-p", "data_dir", "2024", "-f", "p.yaml")
+    params, out = run_ok(nb, "-p", "data_dir", "2024", "-f", "p.yaml")
     assert (params["data_dir"], params["out"]) == ("2024", "out/x")
+    assert "'data_dir': (\"PosixPath('2024')\", 'PosixPath')" in out  # the notebook gets a Path, as its default is
+    assert "'out': (\"PosixPath('out/x')\", 'PosixPath')" in out
