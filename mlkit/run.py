@@ -803,8 +803,9 @@ def _report_code(names:list) -> tuple[str, str]:
     "(code, user expression) a kernel runs silently to report what ran: no name left behind, no mlkit needed there."
     import inspect
     from mlkit import run as here
-    source = ("from __future__ import annotations\nimport json, os, sys\n" + f"_RAN_MAX = {_RAN_MAX}\n" +
-              inspect.getsource(here._plain_kind) + inspect.getsource(here._ran_report) + "sys._mlkit_ran = _ran_report(ns, names)\n")
+    source = "".join(["from __future__ import annotations\nimport json, os, sys\n", f"_RAN_MAX = {_RAN_MAX}\n",
+                      inspect.getsource(here._plain_kind), inspect.getsource(here._ran_report),
+                      "sys._mlkit_ran = _ran_report(ns, names)\n"])
     code = f"exec({source!r}, {{'ns': __import__('sys')._getframe(0).f_globals, 'names': {list(names)!r}}})"
     return code, "__import__('sys').__dict__.pop('_mlkit_ran', '')"
 
