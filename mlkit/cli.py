@@ -557,7 +557,7 @@ def parser() -> argparse.ArgumentParser:
     again.add_argument("run", metavar="RUN", help="run id, unique prefix, or name")
     again.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
                        help="change a parameter; VALUE is read as YAML (repeatable)")
-    again.add_argument("--name", help="the new run's name (default: the original's)")
+    again.add_argument("--name", help="the new run's name (default: NAME-rerun, NAME-rerun-2, ...)")
     again.add_argument("--runs-dir", metavar="DIR",
                        help="the runs folder (default: runs/ at the project root, or $MLKIT_RUNS_DIR)")
     _papermill_options(again, run=False)

@@ -235,3 +235,22 @@ def test_rerun_reproduces_the_metrics(project):
     assert values(fourth) == values(first)
     assert (meta(fourth)["notebook"], meta(fourth)["notebook_as_ran_in"]) == (str(project/nb), first.name)
     assert [p.name for p in (project/nb).parent.iterdir() if p.name.startswith(".")] == []  # its copy is gone
+
+
+def test_a_computed_default_is_replayed_by_rerun(project):
+    "SEED from the environment: recorded as the value it took, and the rerun runs that value without SEED set."
+    nb = notebook(project, "seeded.ipynb", "print('seed is', seed, 'shape', shape, 'data', repr(data_dir))",
+                  params="import os\nfrom pathlib import Path\nseed: int = int(os.environ.get('SEED', '0'))\n"
+                         "shape = (16, 8)\ndata_dir = Path('data')")
+    r = mlkit("run", nb, "--name", "seeded", env={**os.environ, "SEED": "5"})
+    assert r.returncode == 0, r.stderr
+    assert "seed is 5 shape (16, 8) data PosixPath('data')" in r.stdout
+    first = runs_by_name()["seeded"]
+    assert first["notebook_params"] == {"seed": 5, "shape": "(16, 8)", "data_dir": "data"}
+    assert first["param_reprs"] == {"shape": "tuple"}
+    env = {k: v for k, v in os.environ.items() if k != "SEED"}
+    again = mlkit("rerun", "seeded", env=env)
+    assert again.returncode == 0, again.stderr
+    # the recorded 5, not the 0 the notebook would compute now; the tuple its literal default makes again; a Path
+    assert "seed is 5 shape (16, 8) data PosixPath('data')" in again.stdout
+    assert runs_by_name()["seeded-rerun"]["notebook_params"] == first["notebook_params"]
