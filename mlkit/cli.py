@@ -499,7 +499,8 @@ def parser() -> argparse.ArgumentParser:
     goal.add_argument("--goal", action="append", metavar="METRIC:min|max",
                       help="whether a lower (min) or higher (max) METRIC is best, for metrics mlkit cannot tell (repeatable)")
     ls = rsub.add_parser("ls", parents=[root], help="a table of runs")
-    ls.add_argument("--status", help="only runs with this status (running, finished, failed, interrupted, pruned, prepared, stale, broken)")
+    ls.add_argument("--status", help="only runs with this status (running, finished, failed, interrupted, pruned, prepared, "
+                                     "stale, broken)")
     ls.add_argument("--name", help="only runs whose name matches this glob")
     ls.add_argument("--param", action="append", metavar="NAME=VALUE", help="only runs with this parameter value (repeatable)")
     ls.add_argument("--sweep", metavar="NAME", help="only the trials of this sweep (mlkit sweep)")
