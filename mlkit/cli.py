@@ -445,9 +445,11 @@ def _papermill_options(p:argparse.ArgumentParser, run:bool):
     g = p.add_argument_group("papermill's options", "papermill's flags, meaning what they mean there")
     g.add_argument("-o", "--output", metavar="OUT.ipynb",
                    help="also write the executed notebook here (the run folder keeps its own); its folder must exist")
-    g.add_argument("--cwd", metavar="DIR", help="the kernel's working folder (default: the notebook's folder)")
+    g.add_argument("--cwd", metavar="DIR", help="the kernel's working folder (default: the notebook's folder)" if run else
+                   "the kernel's working folder (default: the original run's, if it is still there)")
     g.add_argument("-k", "--kernel", metavar="NAME",
-                   help="the Jupyter kernel (default: the notebook's kernelspec when installed, else the project's)")
+                   help="the Jupyter kernel (default: the notebook's kernelspec when installed, else the project's)" if run
+                   else "the Jupyter kernel (default: the one the original run asked for with -k, if installed)")
     g.add_argument("--cell-timeout", "--execution-timeout", dest="cell_timeout", type=float, metavar="S",
                    help="fail a cell that runs longer than S seconds (--execution-timeout is papermill's name)")
     g.add_argument("--start-timeout", "--start_timeout", type=float, metavar="S",
@@ -558,7 +560,7 @@ def parser() -> argparse.ArgumentParser:
     again.add_argument("run", metavar="RUN", help="run id, unique prefix, or name")
     again.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
                        help="change a parameter; VALUE is read as YAML (repeatable)")
-    again.add_argument("--name", help="the new run's name (default: NAME-rerun, NAME-rerun-2, ...)")
+    again.add_argument("--name", help="the new run's name (default: NAME-rerun, then NAME-rerun-2, ...)")
     again.add_argument("--runs-dir", metavar="DIR",
                        help="the runs folder (default: runs/ at the project root, or $MLKIT_RUNS_DIR)")
     _papermill_options(again, run=False)

@@ -1181,7 +1181,7 @@ def _recorded_git(run:Run) -> dict|None:
 
 def _unusable(run:Run, recorded:dict, params:dict, itself=()) -> str|None:
     "Why `run` cannot run again without some `params` (a secret kept as ***, a value kept as its repr), or None."
-    if secret := [k for k, v in recorded.items() if REDACTED in json.dumps(v) and k not in params]:
+    if secret := [k for k, v in recorded.items() if REDACTED in json.dumps(v) and k not in params and k not in itself]:
         return (f"run {run.id} kept no value of the secret parameter(s) {', '.join(secret)}: "
                 f"give them again ({' '.join(f'-p {k} VALUE' for k in secret)})")
     reprs = {k: t for k, t in (run.meta.get("param_reprs") or {}).items() if k not in params and k not in itself}
@@ -1210,11 +1210,16 @@ def rerun(ref:str, # The run: an id, a unique prefix, a name, or its folder
         raise MlkitError(f"run {old.id} was not made by mlkit run: no notebook to run again")
     recorded = old.meta.get("notebook_params")
     if recorded is None: raise MlkitError(f"run {old.id} recorded no notebook parameters to run again with")
-    declared = notebook_parameters(read_notebook(old.path/"notebook.ipynb")) or {}
+    ran = read_notebook(old.path/"notebook.ipynb")
+    declared = notebook_parameters(ran) or {}
     itself = {k for k in old.meta.get("param_reprs") or {}  # `shape = (16, 8)`: the notebook makes it again
               if k in declared and declared[k].literal and repr(declared[k].default) == recorded.get(k)}
-    if why := _unusable(old, recorded, params or {}, itself): raise MlkitError(why)
-    recorded = {k: v for k, v in recorded.items() if k not in itself}
+    given_then = (ran.metadata.get("papermill") or {}).get("parameters") or {}
+    computed = {k for k, v in recorded.items()  # `api_token = os.environ[...]`, `rng = Random(0)`: computed, not given
+                if k in declared and not declared[k].literal and k not in given_then and k not in (params or {})
+                and (REDACTED in json.dumps(v) or k in (old.meta.get("param_reprs") or {}))}
+    if why := _unusable(old, recorded, params or {}, itself | computed): raise MlkitError(why)
+    recorded = {k: v for k, v in recorded.items() if k not in itself | computed}
     folder = Path(runs_dir) if runs_dir is not None else old.path.parent
     name = name or rerun_name(old.name or Path(notebook).stem, {r.name for r in list_runs(folder)})
     source = Path(notebook)
@@ -1222,6 +1227,8 @@ def rerun(ref:str, # The run: an id, a unique prefix, a name, or its folder
     say = lambda line: print(f"mlkit rerun: {line}", file=out or sys.stderr, flush=True)  # noqa: E731
     recorded_meta = {**old.meta, **({"git": _recorded_git(old)} if "git" in old.meta else {})}
     for line in what_changed(recorded_meta, run_metadata(), changed): say(line)
+    if computed: say(f"{', '.join(k for k in declared if k in computed)}: computed again by the notebook "
+                     "(the run kept no value to give it)")
     with tempfile.TemporaryDirectory(prefix="mlkit-rerun-") as tmp:
         as_ran = None
         if changed:  # run it as it ran, from the run's own copy: in a temporary folder, never beside the notebook

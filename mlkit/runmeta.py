@@ -28,7 +28,7 @@ from .core import MlkitError, ProjectNotFoundError, project_root, runs_dir
 
 # %% auto #0
 __all__ = ['SECRET_WORDS', 'SECRET_PARTS', 'COUNT_WORDS', 'DATA_WORDS', 'NOT_SECRET', 'URL_SECRET_WORDS', 'REDACTED',
-           'PARAMETER_FLAGS', 'YAML_FLAGS', 'GIT_TIMEOUT', 'UNTRACKED_FILE_CAP', 'UNTRACKED_TOTAL_CAP',
+           'PARAMETER_FLAGS', 'YAML_FLAGS', 'BASE64_FLAGS', 'GIT_TIMEOUT', 'UNTRACKED_FILE_CAP', 'UNTRACKED_TOTAL_CAP',
            'UNTRACKED_MAX_FILES', 'UNTRACKED_MAX_LISTED', 'SECRET_FILES', 'ENV_KEEP', 'is_secret_key',
            'strip_url_credentials', 'secret_env_values', 'mask', 'redact', 'redact_argv', 'git_state', 'normalize_name',
            'distributions', 'run_metadata']
@@ -113,6 +113,7 @@ def redact(obj, secrets:set[str]|None=None, _key=None):
 # %% ../nbs/08_runmeta.ipynb #0a6c3f5e
 PARAMETER_FLAGS = ("-p", "--param", "--parameters", "-r", "--parameters_raw", "--parameters-raw")  # papermill's and mlkit run's
 YAML_FLAGS = ("-y", "--parameters_yaml", "--parameters-yaml")  # papermill's parameters as YAML text
+BASE64_FLAGS = ("-b", "--parameters_base64", "--parameters-base64")  # papermill's parameters as base64 YAML
 _OVERRIDE = re.compile(r"[+~]*-{0,2}[A-Za-z_][\w.\-]*")  # NAME in NAME=VALUE, --flag=VALUE, +db.password=VALUE
 _YAML_KEY = re.compile(r"^[ \t]*[A-Za-z_][\w.\-]*[ \t]*:(?:[ \t]|$)", re.M)  # `key: value` on a line: a YAML mapping, maybe
 
@@ -138,6 +139,15 @@ def _redact_structured(text:str, secrets:set[str], yaml:bool=False) -> str:
     if hidden == value: return text  # nothing to hide: kept byte for byte
     return repr(hidden) if syntax == "python" else json.dumps(hidden, ensure_ascii=False, default=str)
 
+def _redact_base64(text:str, secrets:set[str]) -> str:
+    "`-b`'s base64 YAML with its secrets redacted (re-encoded); as it is when it is not base64 text (`train.py -b 32`)."
+    import base64
+    import binascii
+    try: decoded = base64.b64decode(text, validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError): return text  # `mask` still hides known secrets
+    hidden = mask(_redact_structured(decoded, secrets, yaml=True), secrets)
+    return text if hidden == decoded else base64.b64encode(hidden.encode()).decode()
+
 def redact_argv(argv:list[str], # A command line, such as sys.argv
                 secrets:set[str]|None=None, # Values to mask everywhere; the secret environment variables' when None
                ) -> list[str]:
@@ -151,6 +161,7 @@ def redact_argv(argv:list[str], # A command line, such as sys.argv
             if is_secret_key(argv[i + 1]): hidden.add(i + 2)
             else: argv[i + 2] = _redact_structured(argv[i + 2], secrets, yaml=True)  # `-p creds '{api_key: sk-…}'`
         elif arg in YAML_FLAGS and i + 1 < len(argv): argv[i + 1] = _redact_structured(argv[i + 1], secrets, yaml=True)
+        elif arg in BASE64_FLAGS and i + 1 < len(argv): argv[i + 1] = _redact_base64(argv[i + 1], secrets)
         elif "=" in arg and _OVERRIDE.fullmatch(name):
             value = arg[len(name) + 1:]
             arg = f"{name}={REDACTED if is_secret_key(name) else _redact_structured(value, secrets)}"

@@ -121,6 +121,19 @@ def test_a_parameter_recorded_only_as_its_repr_must_be_given_again(project):
     assert again.returncode == 0 and "model is small" in again.stdout, again.stderr
 
 
+def test_a_computed_secret_or_object_the_run_could_not_keep_is_computed_again(project, monkeypatch):
+    "A parameters cell that reads a secret from the environment, or builds an object: rerun lets the notebook do it again."
+    monkeypatch.setenv("API_TOKEN", "tok-env-5531")
+    nb = notebook(project, "computed.ipynb", "print('token', len(api_token), 'rng', rng.random() < 1, 'n', n)",
+                  params='import os, random\napi_token = os.environ["API_TOKEN"]\nrng = random.Random(0)\nn = 1')
+    assert mlkit("run", nb, "--name", "c").returncode == 0
+    again = mlkit("rerun", "c", "-p", "n", "2")
+    assert again.returncode == 0, again.stderr
+    assert "token 12 rng True n 2" in again.stdout
+    assert "api_token, rng: computed again by the notebook (the run kept no value to give it)" in notes(again.stderr)
+    assert mlkit("rerun", "c", "-p", "api_token", "x").returncode == 0  # -p still gives one
+
+
 def test_reruns_get_distinct_names_and_the_original_stays_findable(project):
     nb = notebook(project, "names.ipynb", "print(n)", params="n = 1")
     assert mlkit("run", nb, "--name", "base").returncode == 0
