@@ -399,13 +399,21 @@ def cmd_new(args) -> int:
     return 0
 
 def _run_outcome(r) -> int:
-    "Print how a run ended; its exit status."
+    "Print how a run ended; its exit status: the run's, even when the reader of its output has gone (`| head`)."
+    try: return _say_outcome(r)
+    except BrokenPipeError:  # the run is recorded: its status, not 141, is the command's
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0 if r.status in ("finished", "prepared") else 1
+
+def _say_outcome(r) -> int:
+    "Print how a run ended (finished: where, and its recorded values; else its status and error); its exit status."
     if r.status == "finished":
         print(f"run {r.id} finished in {_duration(r.meta.get('duration_s'))}: {r.path}")
         for k, v in r.records.items(): print(f"  {k:18s} {_fmt(v)}")
+        sys.stdout.flush()  # a reader gone early shows up here
         return 0
     if r.status == "prepared":  # --prepare-only, as papermill's: the parameterized notebook, not executed
-        print(f"run {r.id} prepared, not executed: {r.path/'notebook.ipynb'}")
+        print(f"run {r.id} prepared, not executed: {r.path/'notebook.ipynb'}", flush=True)
         return 0
     print(f"mlkit run: run {r.id} {r.status}: {r.meta.get('error')}\n  the executed notebook: {r.path/'notebook.ipynb'}",
           file=sys.stderr)

@@ -28,11 +28,12 @@ from .runmeta import REDACTED, redact
 from .runs import META, PARAMS, RECORDS, Run, open_run
 
 # %% auto #0
-__all__ = ['ANY', 'NONE', 'PATH', 'PARAMETERS_TAG', 'INJECTED_TAG', 'KERNEL_LOG', 'TRIAL_ENV', 'PRUNED_MARK', 'RERUN_LIST_MAX',
-           'NotebookError', 'ParameterError', 'read_notebook', 'Hint', 'parse_annotation', 'Parameter',
-           'parameters_cell_index', 'notebook_parameters', 'CliText', 'parse_value', 'convert', 'read_params_file',
-           'resolve_params', 'kernel_name', 'choose_kernel', 'parameterize', 'RunInterrupted', 'DistributedRunError',
-           'run_notebook', 'disk_full_message', 'what_changed', 'rerun_name', 'rerun', 'record', 'report']
+__all__ = ['ANY', 'NONE', 'PATH', 'PARAMETERS_TAG', 'INJECTED_TAG', 'ERROR_MARKER_TAG', 'KERNEL_LOG', 'TRIAL_ENV', 'PRUNED_MARK',
+           'RERUN_LIST_MAX', 'NotebookError', 'ParameterError', 'read_notebook', 'Hint', 'parse_annotation',
+           'Parameter', 'parameters_cell_index', 'notebook_parameters', 'CliText', 'parse_value', 'convert',
+           'read_params_file', 'resolve_params', 'kernel_name', 'choose_kernel', 'parameterize', 'RunInterrupted',
+           'DistributedRunError', 'run_notebook', 'disk_full_message', 'what_changed', 'rerun_name', 'rerun', 'record',
+           'report']
 
 # %% ../nbs/11_run.ipynb #536c6234
 class NotebookError(MlkitError):
@@ -412,19 +413,22 @@ def _writable_runs_folder(root:str|Path|None) -> Path:
 
 # %% ../nbs/11_run.ipynb #66a6e336
 INJECTED_TAG = "injected-parameters"  # papermill's tag for the cell of values it adds after the parameters cell
+ERROR_MARKER_TAG = "papermill-error-cell-tag"  # papermill's markdown cells around the cell it failed on
 
-def _value_source(p:Parameter|None, value) -> str:
-    "`value` as Python source for the injected cell (papermill's translation); a path parameter's as `Path('...')`."
+def _value_source(p:Parameter|None, value, path:bool=False) -> str:
+    "`value` as Python source for the injected cell (papermill's translation); a path parameter's (or `path`) as `Path('...')`."
     from papermill.translators import PythonTranslator
     text = PythonTranslator.translate(value)
-    if p is None or not getattr(p, "is_path", False) or not isinstance(value, str): return text
+    if p is None or not (p.is_path or path) or not isinstance(value, str): return text
     maker = (re.search(r"(?<![\w.])([\w.]*Path)\b", p.annotation or "")  # Path, pathlib.Path, Optional[Path]
              or (None if p.literal else re.match(r"\s*([\w.]*Path)\s*\(", str(p.default))))  # `data = Path("data")`
+    if not maker and path: maker = re.search(r"(?<![\w.])([\w.]*Path)\b", str(p.default)) or [None, "__import__('pathlib').Path"]
     return f"{maker[1]}({text})" if maker else text
 
 def parameterize(nb, # A notebook (`read_notebook`)
                  given:dict, # Converted values by name (`resolve_params`)
                  report_mode:bool=False, # Hide the code cells' sources, as papermill's --report-mode does
+                 paths=(), # Names whose values were paths when they ran (a rerun's): injected as paths
                 ) -> tuple:
     "(a copy of `nb` to execute, the source index of each of its cells): old injected cells out, mlkit's in."
     import copy
@@ -432,10 +436,10 @@ def parameterize(nb, # A notebook (`read_notebook`)
     from nbformat.v4 import new_code_cell
     nb, declared = copy.deepcopy(nb), notebook_parameters(nb) or {}
     origin = [i for i, c in enumerate(nb.cells)  # what ran before must not run again, nor papermill's error markers
-              if not {INJECTED_TAG, "papermill-error-cell-tag"} & set(_tags(c))]
+              if not {INJECTED_TAG, ERROR_MARKER_TAG} & set(_tags(c))]
     nb.cells = [nb.cells[i] for i in origin]
     if given:
-        lines = [f"{k} = {_value_source(declared.get(k), v)}" for k, v in given.items()]
+        lines = [f"{k} = {_value_source(declared.get(k), v, k in paths)}" for k, v in given.items()]
         cell = new_code_cell("# Parameters\n" + "\n".join(lines) + "\n", metadata={"tags": [INJECTED_TAG]})
         at = (parameters_cell_index(nb) if parameters_cell_index(nb) is not None else -1) + 1
         nb.cells.insert(at, cell)
@@ -779,13 +783,13 @@ def _ran_report(namespace:dict, # The kernel's globals after the parameters (and
                ) -> str:
     "JSON the kernel sends back: each parameter's value as it ran (repr and type where JSON cannot hold it), its environment."
     import platform
-    values, reprs, missing = {}, {}, []
+    values, reprs, missing, paths = {}, {}, [], []
     for k in names:
         if k not in namespace:
             missing.append(k)
             continue
         v = namespace[k]
-        if isinstance(v, os.PathLike): v = os.fspath(v)  # recorded as text; the injector writes it back as a path
+        if isinstance(v, os.PathLike): v, _ = os.fspath(v), paths.append(k)  # text; a rerun injects it as a path
         kind = f"{type(v).__module__}.{type(v).__qualname__}".removeprefix("builtins.")
         size = len(json.dumps(v, default=repr)) if _plain_kind(v) is None else 0
         if _plain_kind(v) is None and size <= _RAN_MAX: values[k] = v
@@ -795,7 +799,8 @@ def _ran_report(namespace:dict, # The kernel's globals after the parameters (and
         from mlkit.runmeta import distributions
         dists = distributions()
     except (ImportError, AttributeError): dists = None
-    return json.dumps({"params": values, "param_reprs": reprs, "missing": missing, "python": platform.python_version(),
+    return json.dumps({"params": values, "param_reprs": reprs, "missing": missing, "paths": paths,
+                       "python": platform.python_version(),
                        "executable": sys.executable, "platform": platform.platform(), "distributions": dists},
                       default=repr)
 
@@ -877,6 +882,8 @@ def _record_ran(tracker, ran:dict, streams:_Streams|None=None):
     was = {k: v for k, v in tracker.meta.get("notebook_params", {}).items() if k not in missing}  # `del x` in the cell
     tracker.meta["notebook_params"] = {**was, **values}
     if missing: tracker.meta["params_missing"] = missing
+    tracker.meta.pop("param_paths", None)
+    if ran.get("paths"): tracker.meta["param_paths"] = ran["paths"]  # `mlkit rerun` injects them as paths again
     tracker.meta.pop("param_reprs", None)
     if ran.get("param_reprs"): tracker.meta["param_reprs"] = ran["param_reprs"]
     tracker.meta.update({k: ran[k] for k in ("python", "platform", "distributions") if ran.get(k) is not None})
@@ -992,13 +999,15 @@ def run_notebook(path:str|Path, # The notebook to execute
     cwd = Path(cwd).expanduser().absolute() if cwd is not None else path.parent
     if not cwd.is_dir(): raise MlkitError(f"--cwd {cwd} is not a folder")
     nb = read_notebook(path)
+    nb.cells = [c for c in nb.cells if ERROR_MARKER_TAG not in _tags(c)]  # papermill's, not the notebook's: not counted
     given, final = resolve_params(nb, params, where=str(path))
     kernel, kernel_why = choose_kernel(nb, kernel)
-    ready, origin = parameterize(nb, given, report_mode)
+    ready, origin = parameterize(nb, given, report_mode, paths=(meta or {}).get("param_paths", ()))
     env = {**(env or {}), "MLKIT_PROGRESS": "lines", "MLKIT_NOTEBOOK": str(path)}
-    streams = _Streams(out, stdout_file, stderr_file, quiet)
-    if nodes and nodes["node_rank"] != 0: return _run_other_node(ready, path, cwd, nproc, nodes, streams, env, gpus)
+    if nodes and nodes["node_rank"] != 0:
+        return _run_other_node(ready, path, cwd, nproc, nodes, _Streams(out, stdout_file, stderr_file, quiet), env, gpus)
     root = _writable_runs_folder(runs_dir)
+    streams = _Streams(out, stdout_file, stderr_file, quiet)
     from mlkit.gpu import HELD_ENV
     from mlkit.track import RUN_DIR_ENV, LocalTracker, write_json_atomic
     _atomic_notebook_writes()
@@ -1029,7 +1038,10 @@ def run_notebook(path:str|Path, # The notebook to execute
     finally:
         _settle(tracker, error, cells, origin, given, saved, log, streams, nproc, name, cell_timeout,
                 "prepared" if prepare_only and error is None else None, output)
-    return open_run(tracker.path)
+    run = open_run(tracker.path)
+    if run.meta.get("status") == "running" and tracker.meta.get("status", "running") != "running":
+        run.meta.update({k: tracker.meta.get(k) for k in ("status", "error")})  # its end could not be written: disk full
+    return run
 
 def _pruned_at(folder:Path) -> int|None:
     "The step at which the sweep pruned the run's trial (the kernel's `report` left a mark), or None; the mark is removed."
@@ -1240,7 +1252,7 @@ def rerun(ref:str, # The run: an id, a unique prefix, a name, or its folder
                             cell_timeout=cell_timeout if cell_timeout is not None else old.meta.get("cell_timeout"),
                             runs_dir=folder, out=out, cwd=options.pop("cwd", None) or _rerun_cwd(old, source, tmp),
                             kernel=options.pop("kernel", None) or _rerun_kernel(old), **options,
-                            meta={"rerun_of": old.id, "notebook": str(source),
+                            meta={"rerun_of": old.id, "notebook": str(source), "param_paths": old.meta.get("param_paths") or [],
                                   **({"notebook_as_ran_in": old.id} if as_ran else {})})
 
 def _rerun_cwd(old:Run, source:Path, tmp:str) -> Path:

@@ -96,7 +96,10 @@ def test_output_notebook_by_flag_and_by_position(project):
     assert r.returncode == 0, r.stderr
     by_flag, by_position = runs(project)
     assert "hello 2" in outputs(project/"flag.ipynb") and "hello 3" in outputs(project/"positional.ipynb")
-    assert (project/"flag.ipynb").read_bytes() == (by_flag/"notebook.ipynb").read_bytes()
+    copy, kept = (nbformat.read(p, as_version=4) for p in (project/"flag.ipynb", by_flag/"notebook.ipynb"))
+    assert copy.metadata.papermill.output_path == str(project/"flag.ipynb")  # as papermill names its output
+    copy.metadata.papermill.output_path = kept.metadata.papermill.output_path
+    assert copy == kept  # the same notebook, outputs and all
     assert meta(by_position)["output"] == str(project/"positional.ipynb")
     r = mlkit("run", nb, "a.ipynb", "-o", "b.ipynb")
     assert (r.returncode, r.stderr.count("\n")) == (1, 1) and "two output notebooks" in r.stderr
@@ -210,3 +213,26 @@ def test_help_lists_papermills_flags_and_the_readme_table_matches():
     assert mine - {"--help"} <= mlkit_flags, sorted(mine - mlkit_flags)
     assert groups <= theirs | mine, sorted(groups - theirs - mine)
     assert groups - {"-p", "-f"} and "papermill's options" in ours.stdout
+
+
+def test_report_mode_hides_the_code_and_a_bad_start_timeout_is_refused(project):
+    "--report-mode: every code cell's source hidden in the executed notebook, outputs kept; --start-timeout 0: one line."
+    nb = notebook(project, "report.ipynb", "print('shown', n)", params="n = 1")
+    r = mlkit("run", nb, "--report-mode", "-p", "n", "2")
+    assert r.returncode == 0, r.stderr
+    [run] = runs(project)
+    executed = nbformat.read(run/"notebook.ipynb", as_version=4)
+    code = [c for c in executed.cells if c.cell_type == "code"]
+    assert len(code) == 3 and all(c.metadata.get("jupyter", {}).get("source_hidden") for c in code)
+    assert "shown 2" in outputs(run/"notebook.ipynb")
+    r = mlkit("run", nb, "--start-timeout", "0")
+    assert r.returncode == 1 and r.stderr.strip().splitlines() == [
+        "mlkit run: error: the start timeout must be a number of seconds above 0, got 0.0"]
+    assert len(runs(project)) == 1  # nothing made
+
+
+def test_stdout_file_in_a_folder_that_cannot_be_written_is_one_line_and_no_run(project):
+    nb = notebook(project, "talks.ipynb", "print('x')")
+    r = mlkit("run", nb, "--stdout-file", "nowhere/out.txt")
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1 and "cannot write nowhere/out.txt" in r.stderr
+    assert runs(project) == []

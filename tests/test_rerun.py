@@ -252,18 +252,32 @@ def test_rerun_reproduces_the_metrics(project):
 
 def test_a_computed_default_is_replayed_by_rerun(project):
     "SEED from the environment: recorded as the value it took, and the rerun runs that value without SEED set."
-    nb = notebook(project, "seeded.ipynb", "print('seed is', seed, 'shape', shape, 'data', repr(data_dir))",
+    nb = notebook(project, "seeded.ipynb", "print('seed is', seed, 'shape', shape, 'data', repr(data_dir))\nout / 'x'",
                   params="import os\nfrom pathlib import Path\nseed: int = int(os.environ.get('SEED', '0'))\n"
-                         "shape = (16, 8)\ndata_dir = Path('data')")
+                         "shape = (16, 8)\ndata_dir = Path('data')\nout = Path.cwd() / 'out'")
     r = mlkit("run", nb, "--name", "seeded", env={**os.environ, "SEED": "5"})
     assert r.returncode == 0, r.stderr
     assert "seed is 5 shape (16, 8) data PosixPath('data')" in r.stdout
     first = runs_by_name()["seeded"]
-    assert first["notebook_params"] == {"seed": 5, "shape": "(16, 8)", "data_dir": "data"}
-    assert first["param_reprs"] == {"shape": "tuple"}
+    out = str(project/"nbs"/"experiments"/"out")
+    assert first["notebook_params"] == {"seed": 5, "shape": "(16, 8)", "data_dir": "data", "out": out}
+    assert first["param_reprs"] == {"shape": "tuple"} and first["param_paths"] == ["data_dir", "out"]
     env = {k: v for k, v in os.environ.items() if k != "SEED"}
     again = mlkit("rerun", "seeded", env=env)
     assert again.returncode == 0, again.stderr
     # the recorded 5, not the 0 the notebook would compute now; the tuple its literal default makes again; a Path
     assert "seed is 5 shape (16, 8) data PosixPath('data')" in again.stdout
     assert runs_by_name()["seeded-rerun"]["notebook_params"] == first["notebook_params"]
+
+
+def test_a_rerun_keeps_the_originals_cwd_and_kernel(project, tmp_path):
+    "--cwd and -k are part of how a run ran: its rerun uses them again (and says so in meta.json)."
+    (project/"data").mkdir()
+    (project/"data"/"x.txt").write_text("rows 7")
+    nb = notebook(project, "reads.ipynb", "import os\nprint(open('data/x.txt').read(), os.path.basename(os.getcwd()))")
+    r = mlkit("run", nb, "--cwd", ".", "-k", "python3", "--name", "rooted")
+    assert r.returncode == 0, r.stderr
+    again = mlkit("rerun", "rooted")
+    assert again.returncode == 0, again.stderr  # from the notebook's own folder, data/x.txt is not there
+    m = runs_by_name()["rooted-rerun"]
+    assert (m["kernel_cwd"], m["kernel"], m["kernel_from"]) == (str(project), "python3", "asked for (--kernel)")
