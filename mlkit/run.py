@@ -25,7 +25,7 @@ from pathlib import Path
 
 from .core import TMP_PREFIX, MlkitError, atomic_write, runs_dir
 from .runmeta import REDACTED, redact
-from .runs import META, PARAMS, RECORDS, Run, open_run
+from .runs import META, PACKAGES, PARAMS, RECORDS, Run, open_run
 
 # %% auto #0
 __all__ = ['ANY', 'NONE', 'PATH', 'PARAMETERS_TAG', 'INJECTED_TAG', 'ERROR_MARKER_TAG', 'KERNEL_LOG', 'TRIAL_ENV', 'PRUNED_MARK',
@@ -886,7 +886,8 @@ def _record_ran(tracker, ran:dict, streams:_Streams|None=None):
     if ran.get("paths"): tracker.meta["param_paths"] = ran["paths"]  # `mlkit rerun` injects them as paths again
     tracker.meta.pop("param_reprs", None)
     if ran.get("param_reprs"): tracker.meta["param_reprs"] = ran["param_reprs"]
-    tracker.meta.update({k: ran[k] for k in ("python", "platform", "distributions") if ran.get(k) is not None})
+    tracker.meta.update({k: ran[k] for k in ("python", "platform") if ran.get(k) is not None})
+    if ran.get("distributions") is not None: write_json_atomic(tracker.path/PACKAGES, ran["distributions"])  # the kernel's
     tracker.meta["kernel_executable"] = ran.get("executable")
     tracker.params = {k: v for k, v in tracker.params.items() if k not in missing} | values  # not a param change
     write_json_atomic(tracker.path/PARAMS, tracker.params)
@@ -1237,7 +1238,7 @@ def rerun(ref:str, # The run: an id, a unique prefix, a name, or its folder
     source = Path(notebook)
     changed = not source.is_file() or _code(read_notebook(source)) != _code(read_notebook(old.path/"notebook.ipynb"))
     say = lambda line: print(f"mlkit rerun: {line}", file=out or sys.stderr, flush=True)  # noqa: E731
-    recorded_meta = {**old.meta, **({"git": _recorded_git(old)} if "git" in old.meta else {})}
+    recorded_meta = {**old.meta, **({"git": _recorded_git(old)} if "git" in old.meta else {}), **_recorded_packages(old)}
     for line in what_changed(recorded_meta, run_metadata(), changed): say(line)
     if computed: say(f"{', '.join(k for k in declared if k in computed)}: computed again by the notebook "
                      "(the run kept no value to give it)")
@@ -1254,6 +1255,11 @@ def rerun(ref:str, # The run: an id, a unique prefix, a name, or its folder
                             kernel=options.pop("kernel", None) or _rerun_kernel(old), **options,
                             meta={"rerun_of": old.id, "notebook": str(source), "param_paths": old.meta.get("param_paths") or [],
                                   **({"notebook_as_ran_in": old.id} if as_ran else {})})
+
+def _recorded_packages(run:Run) -> dict:
+    "{'distributions': the packages `run` started with} from its packages.json, or {} when it kept none."
+    try: return {"distributions": json.loads((run.path/PACKAGES).read_text())}
+    except (OSError, ValueError): return {}
 
 def _rerun_cwd(old:Run, source:Path, tmp:str) -> Path:
     "The kernel's folder for a rerun: the original's (`--cwd`), else the notebook's, else a temporary one."

@@ -24,14 +24,15 @@ from pathlib import Path
 from .core import MlkitError, runs_dir
 
 # %% auto #0
-__all__ = ['META', 'PARAMS', 'METRICS', 'ARTIFACTS', 'RECORDS', 'SUMMARY', 'METRICS_HEADER', 'STATUSES', 'HEARTBEAT_S',
-           'STALE_AFTER_S', 'RunNotFoundError', 'read_metrics', 'MetricsSummary', 'write_summary', 'summarize',
-           'metric_goal', 'Run', 'open_run', 'list_runs', 'find_run', 'parse_where', 'filter_runs', 'flatten',
-           'load_runs', 'load_metrics', 'compare_runs', 'plot_runs']
+__all__ = ['META', 'PARAMS', 'METRICS', 'ARTIFACTS', 'RECORDS', 'PACKAGES', 'SUMMARY', 'METRICS_HEADER', 'STATUSES',
+           'HEARTBEAT_S', 'STALE_AFTER_S', 'RunNotFoundError', 'read_metrics', 'MetricsSummary', 'write_summary',
+           'summarize', 'metric_goal', 'Run', 'open_run', 'list_runs', 'find_run', 'parse_where', 'filter_runs',
+           'flatten', 'load_runs', 'load_metrics', 'compare_runs', 'plot_runs']
 
 # %% ../nbs/09_runs.ipynb #2f3f5938
 META, PARAMS, METRICS, ARTIFACTS = "meta.json", "params.json", "metrics.csv", "artifacts"
 RECORDS = "records.json"  # summary values a notebook stored with mlkit.run.record
+PACKAGES = "packages.json"  # the installed distributions at the start, {name: version}: written once, kept out of meta.json
 SUMMARY = "summary.json"  # per-metric statistics of metrics.csv and the owner's heartbeat: what listing reads
 METRICS_HEADER = "step,time_ms,name,value\n"
 STATUSES = ("running", "finished", "failed", "interrupted", "pruned", "prepared")

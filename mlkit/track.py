@@ -23,7 +23,7 @@ from pathlib import Path
 from .core import RUN_DIR_ENV, SEED_MARK, TMP_PREFIX, MlkitError, atomic_write, last_seed, link_or_copy, runs_dir
 from .distributed import dist_env
 from .runmeta import mask, redact, run_metadata, secret_env_values
-from .runs import (ARTIFACTS, HEARTBEAT_S, META, METRICS, METRICS_HEADER, PARAMS, STATUSES, Run, find_run,
+from .runs import (ARTIFACTS, HEARTBEAT_S, META, METRICS, METRICS_HEADER, PACKAGES, PARAMS, STATUSES, Run, find_run,
                         flatten, load_runs, open_run, summarize, write_summary)
 from .events import Callback, CancelFit
 
@@ -246,6 +246,7 @@ class LocalTracker(Tracker):
         self.path = self.root/self.id
         # host and pid always: they let readers tell a live run from one whose process was killed
         meta = {"start": _now(), "host": socket.gethostname(), "pid": os.getpid(), **(run_metadata() if capture else {})}
+        packages = meta.pop("distributions", None)  # hundreds of lines: a file of their own, not in every meta.json write
         self.meta = {"id": self.id, "name": self.name, "status": "running", **meta, "end": None, "duration_s": None,
                      "error": None}
         self._t0 = time.time()
@@ -254,6 +255,7 @@ class LocalTracker(Tracker):
             self._write_code(tmp/ARTIFACTS, self.meta.get("git"), self.meta.get("project"))
             write_json_atomic(tmp/META, self.meta)
             write_json_atomic(tmp/PARAMS, {})
+            if packages is not None: write_json_atomic(tmp/PACKAGES, packages)
             (tmp/METRICS).write_text(METRICS_HEADER)
             os.replace(tmp, self.path)
         except BaseException:  # a full disk, say: no half-made folder stays behind
@@ -295,6 +297,7 @@ class LocalTracker(Tracker):
         note = {"at": _now(), "after_step": step, "host": socket.gethostname(), "pid": os.getpid()}
         if capture:  # the code may have changed since: keep what this process runs next to the original
             meta = run_metadata()
+            meta.pop("distributions", None)  # the run's packages.json keeps those it started with
             self._write_code(self.path/ARTIFACTS/f"resume-{len(resumes) + 1}", meta.get("git"), meta.get("project"))
             note["git"] = meta.get("git")
         resumes.append(note)

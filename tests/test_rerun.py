@@ -62,6 +62,13 @@ def runs_by_name() -> dict[str, dict]:
     return {m["name"]: m for m in metas}
 
 
+def packages(name: str) -> dict:
+    "The packages.json of the run named `name`."
+    [folder] = [p.parent for p in Path(os.environ["MLKIT_RUNS_DIR"]).glob("*/meta.json")
+                if json.loads(p.read_text())["name"] == name]
+    return json.loads((folder/"packages.json").read_text())
+
+
 def notes(stderr: str) -> list[str]:
     "What `mlkit rerun` said before the run started: its `mlkit rerun:` lines, without the prefix."
     return [line.removeprefix("mlkit rerun: ") for line in stderr.splitlines() if line.startswith("mlkit rerun: ")]
@@ -75,7 +82,8 @@ def test_the_difference_list_names_a_package_whose_version_differs(project, tmp_
     assert r.returncode == 0, r.stderr
     import importlib.metadata
     venv = importlib.metadata.version("pyyaml")
-    assert runs_by_name()["base"]["distributions"]["pyyaml"] == venv  # recorded at the start
+    assert packages("base")["pyyaml"] == venv  # recorded at the start, in the run's packages.json
+    assert "distributions" not in runs_by_name()["base"]  # not in meta.json, rewritten at every step of the run
     older = tmp_path/"older"/"PyYAML-5.1.dist-info"
     older.mkdir(parents=True)
     (older/"METADATA").write_text("Metadata-Version: 2.1\nName: PyYAML\nVersion: 5.1\n")
@@ -87,7 +95,7 @@ def test_the_difference_list_names_a_package_whose_version_differs(project, tmp_
     assert re.fullmatch(r"same as then: python [\d.]+, platform .+, git commit [0-9a-f]{12}, no uncommitted changes",
                         said[-1]), said
     assert "kernel has pyyaml 5.1" in again.stdout  # what the list said is what the notebook ran with
-    assert runs_by_name()["base-rerun"]["distributions"]["pyyaml"] == "5.1"  # and recorded so
+    assert packages("base-rerun")["pyyaml"] == "5.1"  # and recorded so
 
 
 def test_an_old_run_that_recorded_nothing_is_unknown_never_same(project):
@@ -97,6 +105,7 @@ def test_an_old_run_that_recorded_nothing_is_unknown_never_same(project):
     m = json.loads(meta_path.read_text())
     for key in ("distributions", "python", "platform", "git", "torch", "cuda", "requirements_sha256"): m.pop(key, None)
     meta_path.write_text(json.dumps(m))
+    (meta_path.parent/"packages.json").unlink()
     again = mlkit("rerun", "old")
     assert again.returncode == 0, again.stderr
     assert notes(again.stderr) == ["environment: unknown (the run recorded no package list)",
