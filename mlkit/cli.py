@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
 import os
@@ -637,4 +638,12 @@ def main(argv:list[str]|None=None) -> int:
         from mlkit.run import disk_full_message
         print(f"mlkit {args.command}: error: {disk_full_message(e)}", file=sys.stderr)
         return 1
+    _drop_gone_streams()
     return rc or 0
+
+def _drop_gone_streams():
+    "Point a stdout or stderr whose reader has gone at /dev/null, so that Python's own flush at exit cannot fail (120)."
+    for stream in (sys.stdout, sys.stderr):
+        try: stream.flush()
+        except (BrokenPipeError, ValueError):
+            with contextlib.suppress(OSError, ValueError): os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
