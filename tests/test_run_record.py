@@ -258,3 +258,15 @@ def test_a_computed_secret_stays_out_of_the_run_folder(project, monkeypatch):
     p = params(run)
     assert p["user"] == "bob" and p["api_token"] == p["service_key"] != "bob"  # both the redaction mark
     assert meta(run)["notebook_params"] == p
+
+
+def test_a_kernel_that_cannot_report_says_so_and_keeps_the_given_values(project):
+    "The report cannot run (here `__import__` is shadowed in the notebook): one line, and the record keeps what it knew."
+    nb = notebook(project, "shadow.ipynb", "print('ran', n)", params="n = 1\n__import__ = None  # shadows the builtin")
+    r = mlkit("run", nb, "-p", "n", "2")
+    assert r.returncode == 0, r.stderr
+    [run] = runs(project)
+    said = [line for line in r.stderr.splitlines() if "did not report" in line]
+    assert said == ["mlkit run: the kernel did not report its parameters' values (TypeError); the record keeps the "
+                    "values given and the literal defaults"], r.stderr
+    assert meta(run)["params_reported"] is False and params(run) == {"n": 2, "__import__": None}
