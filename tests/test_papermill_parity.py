@@ -9,25 +9,15 @@ from pathlib import Path
 
 import nbformat
 import pytest
+import test_run
 from test_run import meta, mlkit, notebook, runs
 
 COVERS = ("07_cli", "11_run")  # the notebooks these tests cover: `make test NB=...` runs them
+project = test_run.project  # the fixture: a project folder with its runs folder in MLKIT_RUNS_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 PAPERMILL = str(Path(sys.executable).parent/"papermill")
 FLAG = re.compile(r"(?<![\w-])(--?[A-Za-z][\w-]*)")
-
-
-@pytest.fixture
-def project(tmp_path, monkeypatch):
-    "A project folder (settings.ini, nbs/experiments/) with its runs folder in MLKIT_RUNS_DIR, as test_run's."
-    root = tmp_path/"proj"
-    (root/"nbs"/"experiments").mkdir(parents=True)
-    (root/"settings.ini").write_text("[DEFAULT]\nlib_name = proj\n")
-    monkeypatch.setenv("MLKIT_RUNS_DIR", str(tmp_path/"runs"))
-    monkeypatch.delenv("MLKIT_RUN_DIR", raising=False)
-    monkeypatch.chdir(root)
-    return root
 
 
 def params(run: Path) -> dict: return json.loads((run/"params.json").read_text())

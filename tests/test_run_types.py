@@ -8,9 +8,11 @@ from pathlib import Path
 
 import nbformat
 import pytest
+import test_run
 from nbformat.v4 import new_code_cell, new_notebook
 
 COVERS = ("11_run",)  # notebook_parameters, convert: the annotations of the parameters cell
+project = test_run.project  # the fixture: a project folder with its runs folder in MLKIT_RUNS_DIR
 
 MLKIT = str(Path(sys.executable).parent/"mlkit")
 
@@ -29,18 +31,6 @@ tag = "base"
 '''
 # what the notebook sees, one line: each value's repr and type
 SHOW = "print('saw', {k: (repr(v), type(v).__name__) for k, v in [(k, globals()[k]) for k in %r]})"
-
-
-@pytest.fixture
-def project(tmp_path, monkeypatch):
-    "A project folder (settings.ini, nbs/experiments/) with its runs folder in MLKIT_RUNS_DIR."
-    root = tmp_path/"proj"
-    (root/"nbs"/"experiments").mkdir(parents=True)
-    (root/"settings.ini").write_text("[DEFAULT]\nlib_name = proj\n")
-    monkeypatch.setenv("MLKIT_RUNS_DIR", str(tmp_path/"runs"))
-    monkeypatch.delenv("MLKIT_RUN_DIR", raising=False)
-    monkeypatch.chdir(root)
-    return root
 
 
 def notebook(project, *names, more="") -> str:
