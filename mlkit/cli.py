@@ -362,7 +362,19 @@ def cmd_rerun(args) -> int:
     return _run_outcome(rerun(args.run, _params_args(args), name=args.name, cell_timeout=args.cell_timeout,
                               runs_dir=args.runs_dir, **_papermill_kwargs(args)))
 
-_SWEEP_VIEWS = ("status", "best", "plot")
+_SWEEP_VIEWS = ("status", "best", "plot", "dashboard")
+
+def _serve_dashboard(study, spec:dict, host:str, port:int):
+    "`mlkit sweep dashboard NAME`: optuna-dashboard on the sweep's storage until Ctrl-C (which ends it with status 0)."
+    from mlkit.sweep import dashboard_server
+    server = dashboard_server(study, spec, host, port)
+    print(f"optuna-dashboard of sweep {study.study_name}: {server.url}  (Ctrl-C stops it)", flush=True)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"mlkit sweep: warning: the dashboard listens on {host} with no login; anyone who reaches it can read the "
+              "sweep and change its trials' notes", file=sys.stderr)
+    try: server.serve_forever()
+    except KeyboardInterrupt: print("mlkit sweep: dashboard stopped", file=sys.stderr)
+    finally: server.server_close()
 
 def cmd_sweep(args) -> int:
     "`mlkit sweep SPEC`, or `mlkit sweep status|best|plot NAME`: run a sweep, or look at one."
@@ -371,8 +383,9 @@ def cmd_sweep(args) -> int:
         study, spec = load_sweep(args.sweep_name, args.storage, args.runs_dir)
         if args.target == "status": print(status_table(study, spec))
         elif args.target == "best": print(best_text(study, spec))
-        else:
+        elif args.target == "plot":
             for path in plot_sweep(study, args.output or sweep_folder(args.sweep_name, args.runs_dir)): print(path)
+        if args.target == "dashboard": _serve_dashboard(study, spec, args.host, args.port)
         return 0
     if args.target in _SWEEP_VIEWS: raise MlkitError(f"which sweep? mlkit sweep {args.target} NAME")
     if args.sweep_name: raise MlkitError(f"mlkit sweep takes one spec; got {args.target} and {args.sweep_name}")
@@ -575,13 +588,14 @@ def parser() -> argparse.ArgumentParser:
     _papermill_options(again, run=False)
     again.set_defaults(func=cmd_rerun)
 
-    sw = sub.add_parser("sweep", help="search a notebook's parameters with Optuna: run, status, best, plot",
+    sw = sub.add_parser("sweep", help="search a notebook's parameters with Optuna: run, status, best, plot, dashboard",
                         usage="mlkit sweep SPEC.yaml [--workers N] [--gpus-per-trial K] [--storage URL] [--n-trials N]\n"
-                              "       mlkit sweep {status,best,plot} NAME [--storage URL]",
+                              "       mlkit sweep {status,best,plot,dashboard} NAME [--storage URL]",
                         description="Run the sweep in SPEC.yaml (the same spec again resumes it), or show a sweep: "
-                                    "'status' its trials, 'best' its best trial as an mlkit run command, 'plot' PNGs.")
-    sw.add_argument("target", metavar="SPEC.yaml|status|best|plot", help="a sweep spec to run, or what to show")
-    sw.add_argument("sweep_name", nargs="?", metavar="NAME", help="with status, best or plot: the sweep")
+                                    "'status' its trials, 'best' its best trial as an mlkit run command, 'plot' PNGs, "
+                                    "'dashboard' optuna-dashboard in the browser (pip install 'mlkit[dashboard]').")
+    sw.add_argument("target", metavar="SPEC.yaml|status|best|plot|dashboard", help="a sweep spec to run, or what to show")
+    sw.add_argument("sweep_name", nargs="?", metavar="NAME", help="with status, best, plot or dashboard: the sweep")
     sw.add_argument("--workers", type=int, default=1, metavar="N", help="worker processes on this machine (default 1)")
     sw.add_argument("--gpus-per-trial", type=int, metavar="K", help="GPUs each trial holds (gpu_lock) and sees")
     sw.add_argument("--storage", metavar="URL",
@@ -590,6 +604,8 @@ def parser() -> argparse.ArgumentParser:
     sw.add_argument("--n-trials", type=int, metavar="N", help="trials to have done, instead of the spec's n_trials")
     sw.add_argument("--runs-dir", metavar="DIR", help="the runs folder (default: runs/ at the project root, or $MLKIT_RUNS_DIR)")
     sw.add_argument("-o", "--output", metavar="DIR", help="with plot: the folder for the PNGs (default: the sweep's folder)")
+    sw.add_argument("--host", default="127.0.0.1", help="with dashboard: where to listen (default 127.0.0.1, this machine only)")
+    sw.add_argument("--port", type=int, default=8080, help="with dashboard: the port (default 8080; 0: any free port)")
     sw.set_defaults(func=cmd_sweep)
 
     new = sub.add_parser("new", help="start a new notebook-first project from mlkit's template",

@@ -27,10 +27,10 @@ from .runmeta import strip_url_credentials
 # %% auto #0
 __all__ = ['METHODS', 'PRUNERS', 'GOALS', 'SPEC_KEYS', 'PARAM_KEYS', 'SWEEPS', 'JOURNAL', 'SPEC_ATTR', 'WORKER_ATTR', 'RUN_ATTR',
            'ERROR_ATTR', 'DIED_ATTR', 'INTERRUPTED_ATTR', 'OVERHEAD_ATTR', 'WATCH_ATTR', 'HEARTBEAT_ENV', 'UNCLAIMED_S',
-           'STORAGE_ENV', 'POLL_S', 'PLOTS', 'SpecError', 'SweepSpec', 'grid_size', 'grid_values', 'load_spec',
-           'sweep_folder', 'open_storage', 'open_study', 'TrialLink', 'trial_link', 'TrialFailed', 'SweepFailed',
-           'metric_value', 'fail_dead_workers', 'trial_state', 'trial_line', 'SweepResult', 'count_done', 'sweep',
-           'load_sweep', 'status_table', 'best_text', 'plot_sweep']
+           'STORAGE_ENV', 'POLL_S', 'PLOTS', 'DASHBOARD_EXTRA', 'SpecError', 'SweepSpec', 'grid_size', 'grid_values',
+           'load_spec', 'sweep_folder', 'open_storage', 'open_study', 'TrialLink', 'trial_link', 'TrialFailed',
+           'SweepFailed', 'metric_value', 'fail_dead_workers', 'trial_state', 'trial_line', 'SweepResult', 'count_done',
+           'sweep', 'load_sweep', 'status_table', 'best_text', 'plot_sweep', 'dashboard_server']
 
 # %% ../nbs/12_sweep.ipynb #82e1add7
 class SpecError(MlkitError):
@@ -797,3 +797,33 @@ def plot_sweep(study, # The sweep's study (`load_sweep`)
         finally: plt.close(fig)
         written.append(path)
     return written
+
+# %% ../nbs/12_sweep.ipynb #6cb5d6c5
+DASHBOARD_EXTRA = "pip install 'mlkit[dashboard]'"
+
+def _metric_names(spec:dict) -> list[str]:
+    "The names of a sweep's objectives, from its stored spec: one, or several for a multi-objective sweep."
+    metric = spec.get("metric")
+    if isinstance(metric, list): return [m.get("name", "value") if isinstance(m, dict) else str(m) for m in metric]
+    return [metric] if isinstance(metric, str) else []
+
+def dashboard_server(study, # The sweep's study (`load_sweep`)
+                     spec:dict, # Its stored spec (`load_sweep`), for the objectives' names
+                     host:str="127.0.0.1", # Where to listen; 0.0.0.0 for every interface
+                     port:int=8080, # 0: any free port
+                    ):
+    "A wsgiref server of optuna-dashboard on `study`'s storage, bound and not yet serving; `.url` is the study's page."
+    try: import optuna_dashboard
+    except ImportError: raise MlkitError(f"mlkit sweep dashboard needs optuna-dashboard: {DASHBOARD_EXTRA}") from None
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, *args): pass  # a line per request would bury the URL
+    names = _metric_names(spec)
+    if names and len(names) == len(study.directions) and not study.metric_names:
+        with _quiet(): study.set_metric_names(names)  # the dashboard labels axes with the metric, not "Objective 0"
+    try: server = make_server(host, port, optuna_dashboard.wsgi(study._storage), handler_class=Quiet)
+    except OSError as e:
+        raise MlkitError(f"cannot listen on {host}:{port}: {e.strerror or e} (--port 0 takes a free one)") from None
+    shown = "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
+    server.url = f"http://{shown}:{server.server_port}/dashboard/studies/{study._study_id}"
+    return server
