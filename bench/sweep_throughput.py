@@ -5,7 +5,9 @@ values with `--workers 2`; the baseline runs `papermill` once per value, one aft
 Both run as a user would (fresh processes), in the same run, alternating, the order rotated each round; medians
 over the rounds are printed with their ratio (target: >= 1.7x on 2 cores), and the per-trial bookkeeping of the
 sweep beyond `mlkit run` (the `mlkit.overhead_s` each worker records: telling the last trial's end, choosing and
-creating the next, reading the run's result; target <= 0.2 s). Runs go to a temporary folder.
+creating the next, reading the run's result; target <= 0.2 s), and apart from it each worker's start-up: from the
+`mlkit sweep` command's launch to the start of that worker's first trial (the command's and the worker's Python
+start, imports, opening the storage). Runs go to a temporary folder.
 """
 import argparse
 import json
@@ -15,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 import nbformat
@@ -44,19 +47,22 @@ def papermill_loop(nb:Path, folder:Path, env:dict) -> float:
     return time.perf_counter() - t0
 
 
-def mlkit_sweep(nb:Path, folder:Path, env:dict, name:str) -> tuple[float, list[float]]:
-    "Seconds for the 12 trials as a sweep with 2 workers, and each trial's bookkeeping beyond its run."
+def mlkit_sweep(nb:Path, folder:Path, env:dict, name:str) -> tuple[float, list[float], list[float]]:
+    "Seconds for the 12 trials as a sweep with 2 workers, each trial's bookkeeping beyond its run, each worker's start-up."
     spec = folder/f"{name}.yaml"
     spec.write_text(json.dumps({"name": name, "notebook": str(nb), "metric": {"name": "score", "goal": "maximize"},
                                 "method": "grid", "n_trials": TRIALS,
                                 "params": {"i": {"type": "int", "low": 0, "high": TRIALS - 1}}}))
-    t0 = time.perf_counter()
+    launched, t0 = datetime.now(), time.perf_counter()  # Optuna's datetime_start is local time too
     subprocess.run([str(BIN/"mlkit"), "sweep", str(spec), "--workers", "2"], check=True, capture_output=True, env=env)
     elapsed = time.perf_counter() - t0
-    from mlkit.sweep import OVERHEAD_ATTR, load_sweep
+    from mlkit.sweep import OVERHEAD_ATTR, WORKER_ATTR, load_sweep
     study, _ = load_sweep(name, runs_dir=env["MLKIT_RUNS_DIR"])
     assert len(study.trials) == TRIALS and all(t.state.name == "COMPLETE" for t in study.trials), study.trials
-    return elapsed, [t.user_attrs[OVERHEAD_ATTR] for t in study.trials]
+    first = {}  # each worker's first trial's start
+    for t in study.trials: first.setdefault(t.user_attrs[WORKER_ATTR]["pid"], t.datetime_start)
+    return (elapsed, [t.user_attrs[OVERHEAD_ATTR] for t in study.trials],
+            [(start - launched).total_seconds() for start in first.values()])
 
 
 def main():
@@ -66,10 +72,11 @@ def main():
     folder = Path(tempfile.mkdtemp())
     nb = sleepy_notebook(folder)
     env = {**os.environ, "MLKIT_RUNS_DIR": str(folder/"runs")}
-    loop, swept, overheads = [], [], []
+    loop, swept, overheads, startups = [], [], [], []
     for r in range(max(args.rounds, 1)):
         steps = [lambda: loop.append(papermill_loop(nb, folder, env)),
-                 lambda r=r: (lambda s: (swept.append(s[0]), overheads.extend(s[1])))(mlkit_sweep(nb, folder, env, f"b{r}"))]
+                 lambda r=r: (lambda s: (swept.append(s[0]), overheads.extend(s[1]), startups.extend(s[2])))(
+                     mlkit_sweep(nb, folder, env, f"b{r}"))]
         for step in (steps if r % 2 == 0 else steps[::-1]): step()
     per_min = lambda s: TRIALS / s * 60  # noqa: E731
     lm, sm = statistics.median(loop), statistics.median(swept)
@@ -80,6 +87,8 @@ def main():
     print(f"speed-up: {lm / sm:.2f}x  (target >= 1.7x)")
     print(f"sweep bookkeeping per trial, beyond mlkit run: median {statistics.median(overheads):.3f} s, "
           f"max {max(overheads):.3f} s  (target <= 0.2 s)")
+    print(f"each worker's start-up, launch to its first trial: median {statistics.median(startups):.2f} s, "
+          f"max {max(startups):.2f} s  ({len(startups)} workers; paid once per worker, not per trial)")
     return 0
 
 
