@@ -364,6 +364,25 @@ def cmd_rerun(args) -> int:
 
 _SWEEP_VIEWS = ("status", "best", "plot")
 
+def _secrets_off_argv(params:list) -> dict|None:
+    "`mlkit sweep -p`: this command again (exec: the same process) with the -p values in its environment, not its argv."
+    from mlkit.sweep import SECRET_ENV
+    if not params: return None
+    names = [k for k, _ in params]
+    if bad := [k for k in names if not k.isidentifier()]: raise MlkitError(f"-p {bad[0]}: not a parameter name")
+    if twice := [k for i, k in enumerate(names) if k in names[:i]]: raise MlkitError(f"-p {twice[0]} is given twice")
+    argv, rest, taken, i = sys.argv[1:], [], [], 0
+    while i < len(argv):
+        if argv[i] in ("-p", "--param") and i + 2 < len(argv):
+            taken.append([argv[i + 1], argv[i + 2]])
+            i += 3
+        else: rest, i = [*rest, argv[i]], i + 1
+    if taken != [list(p) for p in params] or not os.path.isfile(sys.argv[0]):  # called with another argv (tests): no exec
+        return dict(params)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, sys.argv[0], *rest], {**os.environ, **{SECRET_ENV + k: v for k, v in params}})
+
 def cmd_sweep(args) -> int:
     "`mlkit sweep SPEC`, or `mlkit sweep status|best|plot NAME`: run a sweep, or look at one."
     if args.target in _SWEEP_VIEWS and args.sweep_name:
@@ -377,8 +396,9 @@ def cmd_sweep(args) -> int:
     if args.target in _SWEEP_VIEWS: raise MlkitError(f"which sweep? mlkit sweep {args.target} NAME")
     if args.sweep_name: raise MlkitError(f"mlkit sweep takes one spec; got {args.target} and {args.sweep_name}")
     from mlkit.sweep import sweep
+    given = _secrets_off_argv(args.param or [])
     r = sweep(args.target, workers=args.workers, gpus_per_trial=args.gpus_per_trial, storage=args.storage,
-              n_trials=args.n_trials, runs_dir=args.runs_dir)
+              n_trials=args.n_trials, runs_dir=args.runs_dir, params=given)
     if r.interrupted:
         print(f"mlkit sweep: {r.name} interrupted ({r.interrupted}) with {r.done} of {r.n_trials} trials done; "
               "the same command continues it", file=sys.stderr)
@@ -587,6 +607,9 @@ def parser() -> argparse.ArgumentParser:
     sw.add_argument("--storage", metavar="URL",
                     help="an Optuna RDB URL shared by several machines, e.g. postgresql+psycopg://user@host/db "
                          "(default: $MLKIT_SWEEP_STORAGE, else a journal file in runs/sweeps/NAME/)")
+    sw.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
+                    help="a notebook parameter for every trial, kept out of the spec, argv, the storage and the records "
+                         "(for secrets; or set $MLKIT_SWEEP_SECRET_NAME)")
     sw.add_argument("--n-trials", type=int, metavar="N", help="trials to have done, instead of the spec's n_trials")
     sw.add_argument("--runs-dir", metavar="DIR", help="the runs folder (default: runs/ at the project root, or $MLKIT_RUNS_DIR)")
     sw.add_argument("-o", "--output", metavar="DIR", help="with plot: the folder for the PNGs (default: the sweep's folder)")

@@ -26,11 +26,12 @@ from .runmeta import strip_url_credentials
 
 # %% auto #0
 __all__ = ['METHODS', 'PRUNERS', 'GOALS', 'SPEC_KEYS', 'PARAM_KEYS', 'SWEEPS', 'JOURNAL', 'SPEC_ATTR', 'WORKER_ATTR', 'RUN_ATTR',
-           'ERROR_ATTR', 'DIED_ATTR', 'INTERRUPTED_ATTR', 'OVERHEAD_ATTR', 'WATCH_ATTR', 'HEARTBEAT_ENV', 'UNCLAIMED_S',
-           'STORAGE_ENV', 'POLL_S', 'PLOTS', 'SpecError', 'SweepSpec', 'grid_size', 'grid_values', 'load_spec',
-           'sweep_folder', 'open_storage', 'open_study', 'TrialLink', 'trial_link', 'TrialFailed', 'SweepFailed',
-           'metric_value', 'fail_dead_workers', 'trial_state', 'trial_line', 'SweepResult', 'count_done', 'sweep',
-           'load_sweep', 'status_table', 'best_text', 'plot_sweep']
+           'ERROR_ATTR', 'DIED_ATTR', 'INTERRUPTED_ATTR', 'OVERHEAD_ATTR', 'WATCH_ATTR', 'GIVEN_ATTR', 'HEARTBEAT_ENV',
+           'UNCLAIMED_S', 'STORAGE_ENV', 'POLL_S', 'PLOTS', 'SECRET_ENV', 'SpecError', 'SweepSpec', 'grid_size',
+           'grid_values', 'load_spec', 'sweep_folder', 'open_storage', 'open_study', 'TrialLink', 'trial_link',
+           'TrialFailed', 'SweepFailed', 'metric_value', 'fail_dead_workers', 'trial_state', 'trial_line',
+           'SweepResult', 'count_done', 'sweep', 'load_sweep', 'status_table', 'best_text', 'plot_sweep', 'is_secret',
+           'secret_env', 'given_secrets', 'check_secrets', 'trial_command']
 
 # %% ../nbs/12_sweep.ipynb #82e1add7
 class SpecError(MlkitError):
@@ -68,8 +69,9 @@ class SweepSpec:
 
     def identity(self) -> dict:
         "What makes trials comparable: a sweep resumed with a different one of these is refused."
+        from mlkit.runmeta import redact  # fixed secrets as ***: a changed secret is the same sweep, and none is stored
         return {"notebook": _in_project(self.notebook), "metric": self.metric, "goal": self.goal, "method": self.method,
-                "params": self.params, "fixed": self.fixed}
+                "params": self.params, "fixed": redact(self.fixed, set())}
 
 # %% ../nbs/12_sweep.ipynb #37db41e4
 def _keys(where:str, given:dict, known) -> None:
@@ -260,6 +262,7 @@ JOURNAL = "journal.log"
 SPEC_ATTR, WORKER_ATTR, RUN_ATTR = "mlkit.spec", "mlkit.worker", "mlkit.run"  # trial and study attributes
 ERROR_ATTR, DIED_ATTR, INTERRUPTED_ATTR = "mlkit.error", "mlkit.died", "mlkit.interrupted"  # why a trial failed
 OVERHEAD_ATTR, WATCH_ATTR = "mlkit.overhead_s", "mlkit.watch"  # seconds of sweep bookkeeping around a trial's run
+GIVEN_ATTR = "mlkit.given"  # the study's: the names given with `mlkit sweep -p` (their values are never stored)
 HEARTBEAT_ENV = "MLKIT_SWEEP_HEARTBEAT"
 
 def sweep_folder(name:str, runs_dir:str|Path|None=None) -> Path:
@@ -529,9 +532,11 @@ class _Worker:
         t0 = time.perf_counter()
         before = t0 - self.cycle  # telling the last trial's end, choosing and creating this one
         try:
+            secrets = given_secrets()  # -p values and secret fixed ones: the kernel's environment holds them, nothing else
             run = run_notebook(self.spec.notebook, params, name=f"{self.spec.name}-{trial.number}", gpus=self.gpus,
-                               runs_dir=self.runs_dir, out=self.log, meta={"sweep": self.spec.name, "trial": trial.number},
-                               env={TRIAL_ENV: json.dumps(link)})
+                               runs_dir=self.runs_dir, out=self.log, env={TRIAL_ENV: json.dumps(link)}, secrets=secrets,
+                               meta={"sweep": self.spec.name, "trial": trial.number,
+                                     "command": trial_command(self.spec, params, secrets)})
         except MlkitError as e:  # before a run began: the runs folder, the notebook, the GPUs ...
             trial.set_user_attr(ERROR_ATTR, str(e))
             raise TrialFailed(str(e)) from None
@@ -651,6 +656,7 @@ def sweep(spec:str|Path|SweepSpec, # The spec's YAML file, or a checked spec
           n_trials:int|None=None, # Instead of the spec's n_trials
           runs_dir:str|Path|None=None, # The runs folder; `mlkit.core.runs_dir()` when None
           out=None, # Where the sweep's own lines go; sys.stdout when None
+          params:dict|None=None, # -p values: to the kernels only through the environment; None: $MLKIT_SWEEP_SECRET_<NAME>
          ) -> SweepResult:
     "Run the sweep `spec` with `workers` processes here until it has its `n_trials` done; resumes it if it exists."
     from mlkit.run import _writable_runs_folder
@@ -664,19 +670,24 @@ def sweep(spec:str|Path|SweepSpec, # The spec's YAML file, or a checked spec
             raise MlkitError(f"--gpus-per-trial takes a number of GPUs, 1 or more, got {gpus_per_trial!r}")
         if gpus_per_trial > (have := len(visible_gpus())):
             raise MlkitError(f"--gpus-per-trial {gpus_per_trial}: this machine shows {have} GPU(s)")
+    given = given_secrets() if params is None else {k: _as_text(v) for k, v in params.items()}
+    check_secrets(spec, given)
     storage = storage or os.environ.get(STORAGE_ENV) or None
     root = _writable_runs_folder(runs_dir)
     folder = root/SWEEPS/spec.name  # the workers' logs and lock; the journal too, unless `storage` says otherwise
     try: folder.mkdir(parents=True, exist_ok=True)
     except OSError as e: raise MlkitError(f"cannot create the sweep folder {folder}: {e.strerror or e}") from None
     study = open_study(spec, open_storage(storage, folder))
+    study.set_user_attr(GIVEN_ATTR, sorted(given))  # names only: `best` asks for their values
+    spec, secret_vars = secret_env(spec, given)  # the workers' argv holds no secret; their environment does
     done = count_done(study)
     where = strip_url_credentials(storage) if storage else str(folder/JOURNAL)
     print(f"sweep {spec.name}: {done} of {spec.n_trials} trials done; {workers} worker(s) on {socket.gethostname()}; "
           f"storage {where}; runs in {root}", file=out, flush=True)
     args = {"spec": _spec_json(spec), "folder": str(folder), "runs_dir": str(root), "gpus": gpus_per_trial,
             "parent": os.getpid(), "first": _last_trial(study)}  # the same for every worker, however late it starts
-    env = {**os.environ, STORAGE_ENV: storage or "", "PYTHONUNBUFFERED": "1"}
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(SECRET_ENV)}, **secret_vars,
+           STORAGE_ENV: storage or "", "PYTHONUNBUFFERED": "1"}
     procs, stopped = [], []
     def forward(signum, frame):
         stopped.append(signal.Signals(signum).name)
@@ -759,12 +770,16 @@ def best_text(study, spec:dict) -> str:
     params = {**(spec.get("fixed") or {}), **t.params}
     notebook = spec.get("notebook_path") or spec.get("notebook", "NOTEBOOK")
     strs = _str_params(notebook)
+    secret = [k for k, v in params.items() if '"***"' in json.dumps(v)]  # kept as *** (see Secrets), or given with -p:
+    secret += [k for k in study.user_attrs.get(GIVEN_ATTR) or [] if k not in secret]  # their values are nowhere
     command = " ".join(["mlkit run", shlex.quote(notebook),
-                        *(f"-p {k} {shlex.quote(_cli_text(v, k in strs))}" for k, v in params.items())])
+                        *(f"-p {k} {shlex.quote(_cli_text(v, k in strs))}" for k, v in params.items() if k not in secret),
+                        *(f"-p {k} VALUE" for k in secret)])
     lines = [f"best trial {t.number}: {spec.get('metric', 'value')} {t.value:.6g}" +
              (f"  (run {t.user_attrs[RUN_ATTR]})" if RUN_ATTR in t.user_attrs else "")]
     lines += [f"  {k:18s} {v}" for k, v in t.params.items()]
-    return "\n".join([*lines, command])
+    hint = [f"(VALUE: give {', '.join(secret)} again; the sweep keeps no secret)"] if secret else []
+    return "\n".join([*lines, *hint, command])
 
 # %% ../nbs/12_sweep.ipynb #66c9e763
 PLOTS = {"history": "plot_optimization_history", "parallel": "plot_parallel_coordinate", "importance": "plot_param_importances"}
@@ -797,3 +812,62 @@ def plot_sweep(study, # The sweep's study (`load_sweep`)
         finally: plt.close(fig)
         written.append(path)
     return written
+
+# %% ../nbs/12_sweep.ipynb #5ec7e7a2
+SECRET_ENV = "MLKIT_SWEEP_SECRET_"  # + a parameter's name: its value as -p takes it, for the workers and kernels alone
+
+def _hide_secrets(fixed:dict) -> dict:
+    "`fixed` with the values under secret-looking keys (at any depth) as `***`; nothing else is masked."
+    from mlkit.runmeta import redact
+    return redact(fixed, set())
+
+def is_secret(name:str, value) -> bool:
+    "Whether the parameter `name`'s `value` holds a secret: its name looks secret, or a key inside the value does."
+    return _hide_secrets({name: value}) != {name: value}
+
+def _as_text(v) -> str: return v if isinstance(v, str) else json.dumps(v)
+
+def secret_env(spec:SweepSpec, given:dict) -> tuple[SweepSpec, dict]:
+    "(`spec` without its secret fixed values, the environment that carries them and the -p values `given`)."
+    from dataclasses import replace
+    secret = {k: _as_text(v) for k, v in spec.fixed.items() if is_secret(k, v)}
+    plain = replace(spec, fixed={k: v for k, v in spec.fixed.items() if k not in secret})
+    return plain, {SECRET_ENV + k: _as_text(v) for k, v in {**secret, **given}.items()}
+
+def given_secrets(environ=None) -> dict:
+    "The values that reach a trial's kernel only through the environment (-p, secret fixed values), as -p text, by name."
+    from mlkit.run import CliText
+    environ = os.environ if environ is None else environ
+    return {k[len(SECRET_ENV):]: CliText(v) for k, v in environ.items() if k.startswith(SECRET_ENV) and k != SECRET_ENV}
+
+def check_secrets(spec:SweepSpec, given:dict) -> None:
+    "A one-line `SpecError` for a -p name the notebook lacks, searched or fixed, a value that does not fit, a searched secret."
+    from mlkit.run import ParameterError, convert, notebook_parameters, read_notebook
+    from mlkit.runmeta import is_secret_key
+    if searched := [k for k in spec.params if is_secret_key(k)]:
+        raise SpecError(f"params.{searched[0]}: a secret cannot be searched (Optuna stores every searched value); "
+                        "give it under fixed: or with -p")
+    if not given: return
+    declared = notebook_parameters(read_notebook(spec.notebook, validate=False)) or {}
+    for k, v in given.items():
+        if k not in declared:
+            raise SpecError(f"-p {k}: {spec.notebook.name} has no parameter {k!r}; its parameters are: "
+                            f"{', '.join(declared) or '(none)'}")
+        if k in spec.params or k in spec.fixed:
+            raise SpecError(f"-p {k}: {k} is {'searched (params)' if k in spec.params else 'fixed'} in the spec; "
+                            "give it in one place")
+        try: convert(declared[k], v)
+        except ParameterError as e:  # its message quotes the value: not this one's
+            raise SpecError(f"-p {k}: " + str(e).replace(repr(str(v)), "VALUE").replace(str(v), "VALUE")) from None
+
+def trial_command(spec:SweepSpec, # The worker's spec (its secret fixed values taken out)
+                  params:dict, # The trial's values, fixed and searched
+                  secrets=(), # The names whose values only the environment holds
+                 ) -> list[str]:
+    "The `mlkit run` command line that repeats a trial, from the project's root; secrets as `***`."
+    from mlkit.runmeta import REDACTED
+    strs = _str_params(str(spec.notebook))
+    return ["mlkit", "run", _in_project(spec.notebook),
+            *[w for k, v in params.items() for w in ("-p", k, _cli_text(v, k in strs))],
+            *[w for k in secrets for w in ("-p", k, REDACTED)]]
+
