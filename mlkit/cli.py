@@ -81,6 +81,7 @@ def _key_records(runs, sort:str|None, limit=4) -> list[str]:
 def runs_table(runs, sort:str|None=None, # The name the runs are sorted by: shown first after the parameters
                columns:list[str]|None=None, # Parameters, records and metrics to show, instead of the varying ones
                width:int=24, # Values longer than this are cut, with …
+               trials:bool=False, # A sweep's runs: a trial column, and the parameters it searched first
               ) -> str:
     "The `mlkit runs ls` table: every parameter that varies, recorded values, metrics' last values."
     if not runs: return "no runs"
@@ -95,16 +96,20 @@ def runs_table(runs, sort:str|None=None, # The name the runs are sorted by: show
             names = sorted(set().union(known, *flats))
             raise MlkitError("--columns: " + _unknown(unknown[0], names).replace("a metric or recorded value",
                                                                                 "a parameter, metric or recorded value"))
+    if columns is None and trials:  # searched, even where every trial drew the same value
+        searched = list(dict.fromkeys(k for r in runs if not r.error for k in r.meta.get("sweep_params") or []))
+        params = searched + [k for k in params if k not in searched]
     rows = []
     for r in runs:
         if r.error:
-            rows.append((r.id, f"({r.error})", "broken", "-", "-", *["-"] * (len(params) + len(values))))
+            rows.append((r.id, *["-"] * trials, f"({r.error})", "broken", "-", "-", *["-"] * (len(params) + len(values))))
             continue
         flat, got = flatten(r.params), r.values()
         start = (r.meta.get("start") or "-")[:16].replace("T", " ")
-        rows.append((r.id, _fmt(r.name, width), r.status, start, _duration(r.meta.get("duration_s")),
-                     *[_fmt(flat.get(k), width) for k in params], *[_fmt(got.get(k), width) for k in values]))
-    return _table(("id", "name", "status", "start", "duration", *params, *values), rows)
+        rows.append((r.id, *[_fmt(r.meta.get("trial"))] * trials, _fmt(r.name, width), r.status, start,
+                     _duration(r.meta.get("duration_s")), *[_fmt(flat.get(k, r.params.get(k)), width) for k in params],
+                     *[_fmt(got.get(k), width) for k in values]))
+    return _table(("id", *["trial"] * trials, "name", "status", "start", "duration", *params, *values), rows)
 
 def _metric_arg(text:str, option:str) -> tuple[str, str|None]:
     "'valid_acc:max' -> ('valid_acc', 'max'); 'valid_acc' -> ('valid_acc', None)."
@@ -191,9 +196,10 @@ def cmd_runs_ls(args):
                                  + (f"; numbers: {', '.join(known[:12])}" if known else ""))
             raise MlkitError(_unknown(sort[0], known))
         runs = _sorted_by(runs, *sort)
+    elif args.sweep: runs = sorted(runs, key=lambda r: (not isinstance(r.meta.get("trial"), int), r.meta.get("trial") or 0))
     else: runs = runs[::-1]  # newest first
     if args.limit: runs = runs[:args.limit]
-    print(runs_table(runs, sort[0] if sort else None, columns))
+    print(runs_table(runs, sort[0] if sort else None, columns, trials=bool(args.sweep)))
 
 def cmd_runs_show(args):
     "`mlkit runs show RUN`: one run's metadata, parameters, recorded values and metrics."

@@ -27,11 +27,12 @@ from .runmeta import strip_url_credentials
 # %% auto #0
 __all__ = ['METHODS', 'PRUNERS', 'GOALS', 'SPEC_KEYS', 'PARAM_KEYS', 'SWEEPS', 'JOURNAL', 'SPEC_ATTR', 'WORKER_ATTR', 'RUN_ATTR',
            'ERROR_ATTR', 'DIED_ATTR', 'INTERRUPTED_ATTR', 'OVERHEAD_ATTR', 'WATCH_ATTR', 'GIVEN_ATTR', 'HEARTBEAT_ENV',
-           'UNCLAIMED_S', 'STORAGE_ENV', 'POLL_S', 'PLOTS', 'SECRET_ENV', 'SpecError', 'SweepSpec', 'grid_size',
-           'grid_values', 'load_spec', 'sweep_folder', 'open_storage', 'open_study', 'TrialLink', 'trial_link',
-           'TrialFailed', 'SweepFailed', 'metric_value', 'fail_dead_workers', 'trial_state', 'trial_line',
-           'SweepResult', 'count_done', 'sweep', 'load_sweep', 'status_table', 'best_text', 'plot_sweep', 'is_secret',
-           'secret_env', 'given_secrets', 'check_secrets', 'trial_command']
+           'STORAGE_WAIT_ENV', 'UNCLAIMED_S', 'STORAGE_ENV', 'POLL_S', 'PLOTS', 'SECRET_ENV', 'SpecError', 'SweepSpec',
+           'grid_size', 'grid_values', 'load_spec', 'sweep_folder', 'TrialLost', 'fail_stale_trials', 'lost_trial',
+           'StorageUnavailable', 'open_storage', 'open_study', 'TrialLink', 'trial_link', 'TrialFailed', 'SweepFailed',
+           'metric_value', 'fail_dead_workers', 'trial_state', 'trial_line', 'SweepResult', 'count_done', 'sweep',
+           'load_sweep', 'status_table', 'best_text', 'plot_sweep', 'is_secret', 'secret_env', 'given_secrets',
+           'check_secrets', 'trial_command']
 
 # %% ../nbs/12_sweep.ipynb #82e1add7
 class SpecError(MlkitError):
@@ -276,6 +277,34 @@ def _heartbeat() -> int:
         raise MlkitError(f"{HEARTBEAT_ENV} must be a number of seconds, 1 or more, got {text!r}")
     return int(text)
 
+class TrialLost(Exception):
+    "This worker's trial was failed by the heartbeat (the worker was paused or cut off); its run is marked failed."
+
+def fail_stale_trials(study, storage) -> None:
+    "Optuna's `fail_stale_trials` (running trials its heartbeat no longer hears from), each noted first with why."
+    from optuna.exceptions import UpdateFinishedTrialError
+    beat = storage.get_heartbeat_interval()
+    for trial_id in storage._get_stale_trial_ids(study._study_id):
+        try: storage.set_trial_user_attr(trial_id, DIED_ATTR, f"the heartbeat failed it: its worker was not heard from "
+                                         f"for over {2 * beat} s (paused, cut off, or gone)")
+        except UpdateFinishedTrialError: continue
+    with _quiet():
+        import optuna
+        optuna.storages.fail_stale_trials(study)
+
+def lost_trial(storage, trial, run) -> str|None:
+    "Why `trial` is no longer this worker's to tell (the heartbeat failed it), with its `run` marked failed; else None."
+    from optuna.trial import TrialState
+    from mlkit.runs import META
+    from mlkit.track import write_json_atomic
+    if storage.get_trial(trial._trial_id).state == TrialState.RUNNING: return None
+    why = (f"the heartbeat failed trial {trial.number} while its worker (pid {os.getpid()}) was not heard from (paused, "
+           "or cut off from the database); its retry runs it again")
+    if run is not None:
+        run.meta.update(status="failed", error=why)
+        write_json_atomic(run.path/META, run.meta)
+    return why
+
 @contextmanager
 def _quiet():
     "Inside: Optuna's warnings that its heartbeat and retry callback are experimental are not shown."
@@ -290,27 +319,109 @@ def _retry_once():
     from optuna.storages import RetryHeartbeatStaleTrialCallback
     with _quiet(): return RetryHeartbeatStaleTrialCallback(max_retry=1)
 
+STORAGE_WAIT_ENV = "MLKIT_SWEEP_STORAGE_WAIT"  # seconds a process waits for its database to answer again (300)
+
+class StorageUnavailable(MlkitError):
+    "The sweep's database did not answer for longer than $MLKIT_SWEEP_STORAGE_WAIT seconds."
+
+def _storage_wait() -> float:
+    text = os.environ.get(STORAGE_WAIT_ENV, "300")
+    try: wait = float(text)
+    except ValueError: wait = -1.0
+    if not (math.isfinite(wait) and wait >= 0):
+        raise MlkitError(f"{STORAGE_WAIT_ENV} must be a number of seconds, 0 or more, got {text!r}")
+    return wait
+
+def _transient(e:BaseException) -> bool:
+    "Whether `e` says the database went away (restarted, a dropped connection), not that a query was wrong."
+    from optuna.exceptions import StorageInternalError
+    from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
+    if isinstance(e, StorageInternalError): e = e.__cause__
+    return (isinstance(e, (OperationalError, InterfaceError, DisconnectionError)) or
+            isinstance(e, DBAPIError) and bool(e.connection_invalidated))
+
+def _first_line(e:BaseException) -> str:
+    e = e.__cause__ if type(e).__name__ == "StorageInternalError" and e.__cause__ else e
+    return strip_url_credentials((str(e).strip().splitlines() or [type(e).__name__])[0][:200])
+
+_PATIENT = []
+
+def _patient_rdb():
+    "Optuna's RDBStorage whose calls wait, with backoff, while the database is away (up to $MLKIT_SWEEP_STORAGE_WAIT s)."
+    if _PATIENT: return _PATIENT[0]
+    from optuna.storages import BaseStorage, RDBStorage
+    class PatientRDBStorage(RDBStorage):
+        shown, wait, down_since = "the storage", 0.0, None  # open_storage sets them
+
+        def _say(self, text:str): print(f"mlkit sweep: {text}", file=sys.stderr, flush=True)
+
+        def _patiently(self, method, *args, **kwargs):
+            delay = 0.5
+            while True:
+                try: result = method(self, *args, **kwargs)
+                except Exception as e:
+                    if not _transient(e): raise
+                    now, down = time.monotonic(), self.down_since
+                    if down is None:
+                        self.down_since = down = now
+                        self._say(f"{self.shown} does not answer ({_first_line(e)}); waiting for it, up to "
+                                  f"{self.wait:g} s ({STORAGE_WAIT_ENV})")
+                    if now - down >= self.wait:
+                        raise StorageUnavailable(f"{self.shown} did not answer for {self.wait:g} s "
+                                                 f"({_first_line(e)}); the same command continues the sweep") from None
+                    time.sleep(min(delay, self.wait - (now - down)))
+                    delay = min(2 * delay, 10.0)
+                    continue
+                if self.down_since is not None:
+                    self._say(f"{self.shown} answers again, after {time.monotonic() - self.down_since:.0f} s")
+                    self.down_since = None
+                return result
+
+        def record_heartbeat(self, trial_id:int) -> None:
+            "A beat that cannot be recorded is a missed beat: noted once, never raised (it would end Optuna's thread)."
+            try: RDBStorage.record_heartbeat(self, trial_id)
+            except Exception as e:
+                if not _transient(e): raise
+                if self.down_since is None:
+                    self.down_since = time.monotonic()
+                    self._say(f"{self.shown} does not answer ({_first_line(e)}); waiting for it")
+
+    def patient(name:str):
+        method = getattr(RDBStorage, name)
+        def call(self, *args, **kwargs): return self._patiently(method, *args, **kwargs)
+        call.__name__ = call.__qualname__ = name
+        return call
+    for name in [*(n for n in vars(BaseStorage) if not n.startswith("_") and callable(getattr(BaseStorage, n))),
+                 "_get_stale_trial_ids"]:  # every call that reaches the database (Optuna's abstract storage API)
+        if name not in ("record_heartbeat", "remove_session"): setattr(PatientRDBStorage, name, patient(name))
+    _PATIENT.append(PatientRDBStorage)
+    return PatientRDBStorage
+
 def open_storage(url:str|None, # An Optuna RDB URL (postgresql+psycopg://...); None: the journal file in `folder`
                  folder:Path, # The sweep's folder
                  heartbeat:bool=True, # Beat while trials run (workers); the kernel's reports do not
                 ):
     "The Optuna storage of a sweep; an `MlkitError` naming the storage (without its password) when it cannot be opened."
     import optuna
-    from optuna.storages import JournalStorage, RDBStorage
+    from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
     if url is None:
         try: folder.mkdir(parents=True, exist_ok=True)
         except OSError as e: raise MlkitError(f"cannot create the sweep folder {folder}: {e.strerror or e}") from None
         return JournalStorage(JournalFileBackend(str(folder/JOURNAL)))
-    beat = _heartbeat() if heartbeat else None
+    beat, wait = _heartbeat() if heartbeat else None, _storage_wait()
     from sqlalchemy.exc import IntegrityError, ProgrammingError
     try:
         for attempt in range(5):
             try:
-                with _quiet():
-                    return RDBStorage(url, heartbeat_interval=beat, grace_period=beat and 2 * beat,
-                                      heartbeat_stale_trial_callback=_retry_once() if beat else None,
-                                      engine_kwargs={"pool_pre_ping": True})
+                engine = {"pool_pre_ping": True,  # a pooled connection the server dropped (restarted) is replaced
+                          **({"connect_args": {"connect_timeout": 10}} if url.startswith("postgres") else {})}
+                with _quiet():  # a database away for a moment (a restart) is waited for, call by call; see _patient_rdb
+                    storage = _patient_rdb()(url, heartbeat_interval=beat, grace_period=beat and 2 * beat,
+                                             heartbeat_stale_trial_callback=_retry_once() if beat else None,
+                                             engine_kwargs=engine)
+                storage.shown, storage.wait = f"the storage {strip_url_credentials(url)}", wait
+                return storage
             except (IntegrityError, ProgrammingError):  # another machine is creating Optuna's tables at this moment
                 if attempt == 4: raise
                 time.sleep(0.2 * (attempt + 1))
@@ -472,6 +583,7 @@ def _derived_seed(*parts) -> int:
 
 class _Worker:
     "One worker process of a sweep: runs trials until the sweep has `n_trials` done (finished or pruned)."
+    lost = None  # the line saying why its last trial was failed under it (`lost_trial`)
     def __init__(self, spec:SweepSpec, storage:str|None, folder:Path, runs_dir:str|None, gpus:int|None, index:int,
                  first:int|None=None): # The last trial before this session (the sweep's; counted here when None)
         self.spec, self.url, self.folder, self.runs_dir, self.gpus, self.index = spec, storage, folder, runs_dir, gpus, index
@@ -496,12 +608,11 @@ class _Worker:
 
     def go_on(self) -> bool:
         "Whether to run another trial; if so, the lock stays held until the objective has the trial."
-        import optuna
         from optuna.trial import TrialState as S
         while True:
             self._lock()
             fail_dead_workers(self.study, self.storage)
-            if self.url is not None: optuna.storages.fail_stale_trials(self.study)  # the heartbeat of other machines
+            if self.url is not None: fail_stale_trials(self.study, self.storage)  # the heartbeat of other machines
             trials = self.study.get_trials(deepcopy=False)
             states = [t.state for t in trials]
             done = states.count(S.COMPLETE) + states.count(S.PRUNED)
@@ -535,12 +646,15 @@ class _Worker:
             secrets = given_secrets()  # -p values and secret fixed ones: the kernel's environment holds them, nothing else
             run = run_notebook(self.spec.notebook, params, name=f"{self.spec.name}-{trial.number}", gpus=self.gpus,
                                runs_dir=self.runs_dir, out=self.log, env={TRIAL_ENV: json.dumps(link)}, secrets=secrets,
-                               meta={"sweep": self.spec.name, "trial": trial.number,
+                               meta={"sweep": self.spec.name, "trial": trial.number, "sweep_params": list(self.spec.params),
                                      "command": trial_command(self.spec, params, secrets)})
         except MlkitError as e:  # before a run began: the runs folder, the notebook, the GPUs ...
             trial.set_user_attr(ERROR_ATTR, str(e))
             raise TrialFailed(str(e)) from None
         finally: t1 = time.perf_counter()
+        if why := self.url and lost_trial(self.storage, trial, run):  # paused past the heartbeat: failed under us
+            self.lost = f"trial {trial.number} failed: {why}  (run {run.id})"
+            raise TrialLost(why)
         trial.set_user_attr(RUN_ATTR, run.id)
         if run.status == "pruned": raise TrialPruned(f"pruned at step {run.meta.get('pruned_at_step')}")
         if run.status == "interrupted":
@@ -567,7 +681,14 @@ class _Worker:
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # one line per trial is ours (a failed one says why)
         try:
             if not self.go_on(): return 0
-            self.study.optimize(self.objective, catch=(TrialFailed,), callbacks=[self.after_trial])
+            while True:
+                try: self.study.optimize(self.objective, catch=(TrialFailed,), callbacks=[self.after_trial])
+                except ValueError:  # Optuna's "Cannot tell a FAIL trial": the one the heartbeat failed (lost_trial)
+                    if self.lost is None: raise
+                    print(self.lost, flush=True)
+                    self.lost = None
+                    if self.go_on(): continue
+                break
         except (KeyboardInterrupt, RunInterrupted): return 130
         finally: self._unlock()
         return 0

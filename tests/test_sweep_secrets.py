@@ -7,6 +7,7 @@ import subprocess
 import threading
 from pathlib import Path
 
+import psutil
 import pytest
 import test_sweep
 from test_sweep import MLKIT, notebook, runs, spec, study, sweep
@@ -57,11 +58,13 @@ def test_secrets_reach_the_kernel_and_nothing_else(project):
         while not done.is_set():
             lines = _cmdlines()
             ps = subprocess.run(["ps", "-eo", "args"], capture_output=True).stdout
-            if any(b"ipykernel" in a for a in lines.values()):  # a trial's kernel is up: the sweep is under way
+            try: ours = {c.pid for c in psutil.Process(p.pid).children(recursive=True)}
+            except psutil.NoSuchProcess: ours = set()
+            if any(b"ipykernel" in lines.get(pid, b"") for pid in ours):  # a trial's kernel is up: the sweep is under way
                 samples.append(len(lines))
                 leaks.extend(a for a in [*lines.values(), ps] if FIXED.encode() in a or GIVEN.encode() in a)
                 leaks.extend(_files_holding(root, FIXED, GIVEN))  # a run's notebook as papermill saves it cell by cell
-                seen.update(a for a in lines.values() if b"mlkit.sweep" in a)
+                seen.update(pid for pid in ours if b"mlkit.sweep" in lines.get(pid, b""))
     sampler = threading.Thread(target=sample)
     sampler.start()
     try: out, err = p.communicate(timeout=300)
@@ -80,6 +83,10 @@ def test_secrets_reach_the_kernel_and_nothing_else(project):
         assert (r.records["check_a"], r.records["check_b"]) == (_sha(FIXED), _sha(GIVEN)), r.records
         assert r.params["api_key"] == r.params["db_password"] == "***" and isinstance(r.params["x"], float)
     assert study().user_attrs["mlkit.spec"]["fixed"] == {"nap": 1.0, "api_key": "***"}
+    ls = subprocess.run([MLKIT, "runs", "ls", "--sweep", "s"], capture_output=True, text=True)
+    head, *rows = ls.stdout.splitlines()
+    assert head.split()[:2] == ["id", "trial"] and "x" in head.split(), ls.stdout  # the trial, the searched parameter
+    assert [int(r.split()[1]) for r in rows] == [0, 1, 2, 3], ls.stdout  # by trial, whichever worker ended first
     b = sweep("best", "s")
     assert b.returncode == 0 and FIXED not in b.stdout and GIVEN not in b.stdout
     *_, hint, command = b.stdout.splitlines()
