@@ -28,11 +28,11 @@ from .runmeta import strip_url_credentials
 __all__ = ['METHODS', 'PRUNERS', 'GOALS', 'SPEC_KEYS', 'PARAM_KEYS', 'SWEEPS', 'JOURNAL', 'SPEC_ATTR', 'WORKER_ATTR', 'RUN_ATTR',
            'ERROR_ATTR', 'DIED_ATTR', 'INTERRUPTED_ATTR', 'OVERHEAD_ATTR', 'WATCH_ATTR', 'GIVEN_ATTR', 'HEARTBEAT_ENV',
            'STORAGE_WAIT_ENV', 'UNCLAIMED_S', 'STORAGE_ENV', 'POLL_S', 'PLOTS', 'SECRET_ENV', 'SpecError', 'SweepSpec',
-           'grid_size', 'grid_values', 'load_spec', 'sweep_folder', 'TrialLost', 'fail_stale_trials', 'lost_trial',
-           'StorageUnavailable', 'open_storage', 'open_study', 'TrialLink', 'trial_link', 'TrialFailed', 'SweepFailed',
-           'metric_value', 'fail_dead_workers', 'trial_state', 'trial_line', 'SweepResult', 'count_done', 'sweep',
-           'load_sweep', 'status_table', 'best_text', 'plot_sweep', 'is_secret', 'secret_env', 'given_secrets',
-           'check_secrets', 'trial_command']
+           'grid_size', 'grid_values', 'load_spec', 'sweep_folder', 'open_storage', 'StorageUnavailable',
+           'storage_gone', 'TrialLost', 'fail_stale_trials', 'lost_trial', 'open_study', 'TrialLink', 'trial_link',
+           'TrialFailed', 'SweepFailed', 'metric_value', 'fail_dead_workers', 'trial_state', 'trial_line',
+           'SweepResult', 'count_done', 'sweep', 'load_sweep', 'status_table', 'best_text', 'plot_sweep', 'is_secret',
+           'secret_env', 'given_secrets', 'check_secrets', 'trial_command']
 
 # %% ../nbs/12_sweep.ipynb #82e1add7
 class SpecError(MlkitError):
@@ -277,34 +277,6 @@ def _heartbeat() -> int:
         raise MlkitError(f"{HEARTBEAT_ENV} must be a number of seconds, 1 or more, got {text!r}")
     return int(text)
 
-class TrialLost(Exception):
-    "This worker's trial was failed by the heartbeat (the worker was paused or cut off); its run is marked failed."
-
-def fail_stale_trials(study, storage) -> None:
-    "Optuna's `fail_stale_trials` (running trials its heartbeat no longer hears from), each noted first with why."
-    from optuna.exceptions import UpdateFinishedTrialError
-    beat = storage.get_heartbeat_interval()
-    for trial_id in storage._get_stale_trial_ids(study._study_id):
-        try: storage.set_trial_user_attr(trial_id, DIED_ATTR, f"the heartbeat failed it: its worker was not heard from "
-                                         f"for over {2 * beat} s (paused, cut off, or gone)")
-        except UpdateFinishedTrialError: continue
-    with _quiet():
-        import optuna
-        optuna.storages.fail_stale_trials(study)
-
-def lost_trial(storage, trial, run) -> str|None:
-    "Why `trial` is no longer this worker's to tell (the heartbeat failed it), with its `run` marked failed; else None."
-    from optuna.trial import TrialState
-    from mlkit.runs import META
-    from mlkit.track import write_json_atomic
-    if storage.get_trial(trial._trial_id).state == TrialState.RUNNING: return None
-    why = (f"the heartbeat failed trial {trial.number} while its worker (pid {os.getpid()}) was not heard from (paused, "
-           "or cut off from the database); its retry runs it again")
-    if run is not None:
-        run.meta.update(status="failed", error=why)
-        write_json_atomic(run.path/META, run.meta)
-    return why
-
 @contextmanager
 def _quiet():
     "Inside: Optuna's warnings that its heartbeat and retry callback are experimental are not shown."
@@ -319,6 +291,43 @@ def _retry_once():
     from optuna.storages import RetryHeartbeatStaleTrialCallback
     with _quiet(): return RetryHeartbeatStaleTrialCallback(max_retry=1)
 
+def open_storage(url:str|None, # An Optuna RDB URL (postgresql+psycopg://...); None: the journal file in `folder`
+                 folder:Path, # The sweep's folder
+                 heartbeat:bool=True, # Beat while trials run (workers); the kernel's reports do not
+                ):
+    "The Optuna storage of a sweep; an `MlkitError` naming the storage (without its password) when it cannot be opened."
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+    if url is None:
+        try: folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e: raise MlkitError(f"cannot create the sweep folder {folder}: {e.strerror or e}") from None
+        return JournalStorage(JournalFileBackend(str(folder/JOURNAL)))
+    beat, wait = _heartbeat() if heartbeat else None, _storage_wait()
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+    try:
+        for attempt in range(5):
+            try:
+                engine = {"pool_pre_ping": True,  # a pooled connection the server dropped (restarted) is replaced
+                          **({"connect_args": {"connect_timeout": 10}} if url.startswith("postgres") else {})}
+                with _quiet():  # a database away for a moment (a restart) is waited for, call by call; see _patient_rdb
+                    storage = _patient_rdb()(url, heartbeat_interval=beat, grace_period=beat and 2 * beat,
+                                             heartbeat_stale_trial_callback=_retry_once() if beat else None,
+                                             engine_kwargs=engine)
+                storage.shown, storage.wait = f"the storage {strip_url_credentials(url)}", wait
+                return storage
+            except (IntegrityError, ProgrammingError):  # another machine is creating Optuna's tables at this moment
+                if attempt == 4: raise
+                time.sleep(0.2 * (attempt + 1))
+    except (ImportError, ModuleNotFoundError) as e:
+        raise MlkitError(f"the storage {strip_url_credentials(url)} needs {e.name or e} (pip install 'mlkit[postgres]' "
+                         "for PostgreSQL)") from None
+    except Exception as e:  # sqlalchemy's ArgumentError, OperationalError, ...: their first line says why
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise MlkitError(f"cannot open the storage {strip_url_credentials(url)}: {strip_url_credentials(first)}") from None
+    finally: optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+# %% ../nbs/12_sweep.ipynb #5ec7e7b1
 STORAGE_WAIT_ENV = "MLKIT_SWEEP_STORAGE_WAIT"  # seconds a process waits for its database to answer again (300)
 
 class StorageUnavailable(MlkitError):
@@ -392,46 +401,49 @@ def _patient_rdb():
         call.__name__ = call.__qualname__ = name
         return call
     for name in [*(n for n in vars(BaseStorage) if not n.startswith("_") and callable(getattr(BaseStorage, n))),
-                 "_get_stale_trial_ids"]:  # every call that reaches the database (Optuna's abstract storage API)
+                 "_get_stale_trial_ids", "_get_trials", "_create_new_trial", "_set_trial_param", "_get_best_trial_id"]:
+        # every call that reaches the database: Optuna's storage API, and what its _CachedStorage calls besides
         if name not in ("record_heartbeat", "remove_session"): setattr(PatientRDBStorage, name, patient(name))
     _PATIENT.append(PatientRDBStorage)
     return PatientRDBStorage
 
-def open_storage(url:str|None, # An Optuna RDB URL (postgresql+psycopg://...); None: the journal file in `folder`
-                 folder:Path, # The sweep's folder
-                 heartbeat:bool=True, # Beat while trials run (workers); the kernel's reports do not
-                ):
-    "The Optuna storage of a sweep; an `MlkitError` naming the storage (without its password) when it cannot be opened."
-    import optuna
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-    if url is None:
-        try: folder.mkdir(parents=True, exist_ok=True)
-        except OSError as e: raise MlkitError(f"cannot create the sweep folder {folder}: {e.strerror or e}") from None
-        return JournalStorage(JournalFileBackend(str(folder/JOURNAL)))
-    beat, wait = _heartbeat() if heartbeat else None, _storage_wait()
-    from sqlalchemy.exc import IntegrityError, ProgrammingError
-    try:
-        for attempt in range(5):
-            try:
-                engine = {"pool_pre_ping": True,  # a pooled connection the server dropped (restarted) is replaced
-                          **({"connect_args": {"connect_timeout": 10}} if url.startswith("postgres") else {})}
-                with _quiet():  # a database away for a moment (a restart) is waited for, call by call; see _patient_rdb
-                    storage = _patient_rdb()(url, heartbeat_interval=beat, grace_period=beat and 2 * beat,
-                                             heartbeat_stale_trial_callback=_retry_once() if beat else None,
-                                             engine_kwargs=engine)
-                storage.shown, storage.wait = f"the storage {strip_url_credentials(url)}", wait
-                return storage
-            except (IntegrityError, ProgrammingError):  # another machine is creating Optuna's tables at this moment
-                if attempt == 4: raise
-                time.sleep(0.2 * (attempt + 1))
-    except (ImportError, ModuleNotFoundError) as e:
-        raise MlkitError(f"the storage {strip_url_credentials(url)} needs {e.name or e} (pip install 'mlkit[postgres]' "
-                         "for PostgreSQL)") from None
-    except Exception as e:  # sqlalchemy's ArgumentError, OperationalError, ...: their first line says why
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-        raise MlkitError(f"cannot open the storage {strip_url_credentials(url)}: {strip_url_credentials(first)}") from None
-    finally: optuna.logging.set_verbosity(optuna.logging.WARNING)
+def storage_gone(e:BaseException|None) -> StorageUnavailable|None:
+    "The `StorageUnavailable` that `e` is or arose from (Optuna may raise another error while handling it), else None."
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, StorageUnavailable): return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+class TrialLost(Exception):
+    "This worker's trial was failed by the heartbeat (the worker was paused or cut off); its run is marked failed."
+
+def fail_stale_trials(study, storage) -> None:
+    "Optuna's `fail_stale_trials` (running trials its heartbeat no longer hears from), each noted first with why."
+    from optuna.exceptions import UpdateFinishedTrialError
+    beat = storage.get_heartbeat_interval()
+    for trial_id in storage._get_stale_trial_ids(study._study_id):
+        try: storage.set_trial_user_attr(trial_id, DIED_ATTR, f"the heartbeat failed it: its worker was not heard from "
+                                         f"for over {2 * beat} s (paused, cut off, or gone)")
+        except UpdateFinishedTrialError: continue
+    with _quiet():
+        import optuna
+        optuna.storages.fail_stale_trials(study)
+
+def lost_trial(storage, trial, run) -> str|None:
+    "Why `trial` is no longer this worker's to tell (the heartbeat failed it), with its `run` marked failed; else None."
+    from optuna.trial import TrialState
+    from mlkit.runs import META
+    from mlkit.track import write_json_atomic
+    if storage.get_trial(trial._trial_id).state == TrialState.RUNNING: return None
+    why = (f"the heartbeat failed trial {trial.number} while its worker (pid {os.getpid()}) was not heard from (paused, "
+           "or cut off from the database); its retry runs it again")
+    if run is not None:
+        run.meta.update(status="failed", error=why)
+        write_json_atomic(run.path/META, run.meta)
+    return why
+
 
 # %% ../nbs/12_sweep.ipynb #4f53734e
 def _sampler(spec:SweepSpec):
@@ -734,6 +746,10 @@ def _worker_main():
         print(f"mlkit sweep: worker {args['index']}: {e}", file=sys.stderr, flush=True)
         code = 1
     except KeyboardInterrupt: code = 130
+    except Exception as e:  # the database gone for good, surfacing as another error inside Optuna: one line too
+        if (gone := storage_gone(e)) is None: raise
+        print(f"mlkit sweep: worker {args['index']}: {gone}", file=sys.stderr, flush=True)
+        code = 1
     sys.exit(code)
 
 def _end_with_parent(parent:int):

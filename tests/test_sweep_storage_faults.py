@@ -50,6 +50,14 @@ def _restart(url: str, between, down_s: float = 4.0) -> subprocess.Popen:
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **as_user)
 
 
+def _accepts(url: str) -> bool:
+    import psycopg
+    port = url.rsplit(":", 1)[1].split("/")[0]
+    try: psycopg.connect(f"host=127.0.0.1 port={port} user=postgres dbname=postgres", connect_timeout=1).close()
+    except psycopg.OperationalError: return False
+    return True
+
+
 def _study(url: str):
     from optuna.storages import RDBStorage
     return optuna.load_study(study_name="s", storage=RDBStorage(url))
@@ -149,3 +157,41 @@ def _stale_ids(url: str) -> list:
     from optuna.storages import RDBStorage
     storage = RDBStorage(url, heartbeat_interval=1, grace_period=2)
     return storage._get_stale_trial_ids(storage.get_study_id_from_name("s"))
+
+
+@pytest.mark.slow
+def test_a_database_away_longer_than_the_wait_ends_the_sweep_with_one_line_and_the_same_command_finishes_it(
+        project, postgres, tmp_path):
+    notebook(project, "gated.ipynb", *GATED)
+    gate = tmp_path/"gate"
+    gate.mkdir()
+    path = spec(project, nb="gated.ipynb", fixed={"gate": str(gate)}, n_trials=2)
+    p = subprocess.Popen([MLKIT, "sweep", str(path), "--storage", postgres], text=True, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, env={**os.environ, "MLKIT_SWEEP_STORAGE_WAIT": "3"})
+    server = None
+    try:
+        def started(): "the trial is running"; return len(list(gate.glob("started-*"))) >= 1
+        _until(started)
+        pm = _server(postgres)
+        cmd, uid, gid = pm.cmdline(), pm.uids().real, pm.gids().real
+        pm.send_signal(signal.SIGINT)  # away, and not back before the command has given up
+        pm.wait(30)
+        (gate/"open").touch()
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 1, out + err
+        _no_traceback(out, err)
+        assert all(line.startswith("mlkit sweep: ") for line in err.splitlines()), err  # each a line of its own
+        assert "worker 0: the storage postgresql+psycopg://127.0.0.1" in err and "did not answer for 3 s" in err, err
+        assert "hunter2" not in out + err
+        server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                  **({"user": uid, "group": gid} if os.geteuid() == 0 else {}))
+        def accepting(): "the server is back"; return _accepts(postgres)
+        _until(accepting)
+        again = sweep(path, "--storage", postgres)  # the trial its worker could not tell is failed, retried, done
+        assert again.returncode == 0 and "sweep s: 2 trials done" in again.stdout, again.stdout + again.stderr
+        _no_traceback(again.stdout, again.stderr)
+    finally:
+        p.kill()
+        if server is not None:
+            server.send_signal(signal.SIGINT)
+            server.wait(30)
