@@ -91,6 +91,7 @@ def test_secrets_reach_the_kernel_and_nothing_else(project):
     assert b.returncode == 0 and FIXED not in b.stdout and GIVEN not in b.stdout
     *_, hint, command = b.stdout.splitlines()
     assert command.endswith("-p api_key VALUE -p db_password VALUE") and "api_key, db_password" in hint, b.stdout
+    assert command.count("-p api_key") == 1 and "***" not in command, command  # one placeholder, not the stored ***
     # the changed secret is the same sweep: resumed, not refused
     again = spec(project, fixed={"nap": 1.0, "api_key": "another-secret-value"}, n_trials=4)
     r = sweep(again, "-p", "db_password", "yet-another-value")
