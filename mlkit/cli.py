@@ -81,6 +81,7 @@ def _key_records(runs, sort:str|None, limit=4) -> list[str]:
 def runs_table(runs, sort:str|None=None, # The name the runs are sorted by: shown first after the parameters
                columns:list[str]|None=None, # Parameters, records and metrics to show, instead of the varying ones
                width:int=24, # Values longer than this are cut, with …
+               trials:bool=False, # A sweep's runs: a trial column, and the parameters it searched first
               ) -> str:
     "The `mlkit runs ls` table: every parameter that varies, recorded values, metrics' last values."
     if not runs: return "no runs"
@@ -95,16 +96,20 @@ def runs_table(runs, sort:str|None=None, # The name the runs are sorted by: show
             names = sorted(set().union(known, *flats))
             raise MlkitError("--columns: " + _unknown(unknown[0], names).replace("a metric or recorded value",
                                                                                 "a parameter, metric or recorded value"))
+    if columns is None and trials:  # searched, even where every trial drew the same value
+        searched = list(dict.fromkeys(k for r in runs if not r.error for k in r.meta.get("sweep_params") or []))
+        params = searched + [k for k in params if k not in searched]
     rows = []
     for r in runs:
         if r.error:
-            rows.append((r.id, f"({r.error})", "broken", "-", "-", *["-"] * (len(params) + len(values))))
+            rows.append((r.id, *["-"] * trials, f"({r.error})", "broken", "-", "-", *["-"] * (len(params) + len(values))))
             continue
         flat, got = flatten(r.params), r.values()
         start = (r.meta.get("start") or "-")[:16].replace("T", " ")
-        rows.append((r.id, _fmt(r.name, width), r.status, start, _duration(r.meta.get("duration_s")),
-                     *[_fmt(flat.get(k), width) for k in params], *[_fmt(got.get(k), width) for k in values]))
-    return _table(("id", "name", "status", "start", "duration", *params, *values), rows)
+        rows.append((r.id, *[_fmt(r.meta.get("trial"))] * trials, _fmt(r.name, width), r.status, start,
+                     _duration(r.meta.get("duration_s")), *[_fmt(flat.get(k, r.params.get(k)), width) for k in params],
+                     *[_fmt(got.get(k), width) for k in values]))
+    return _table(("id", *["trial"] * trials, "name", "status", "start", "duration", *params, *values), rows)
 
 def _metric_arg(text:str, option:str) -> tuple[str, str|None]:
     "'valid_acc:max' -> ('valid_acc', 'max'); 'valid_acc' -> ('valid_acc', None)."
@@ -191,9 +196,10 @@ def cmd_runs_ls(args):
                                  + (f"; numbers: {', '.join(known[:12])}" if known else ""))
             raise MlkitError(_unknown(sort[0], known))
         runs = _sorted_by(runs, *sort)
+    elif args.sweep: runs = sorted(runs, key=lambda r: (not isinstance(r.meta.get("trial"), int), r.meta.get("trial") or 0))
     else: runs = runs[::-1]  # newest first
     if args.limit: runs = runs[:args.limit]
-    print(runs_table(runs, sort[0] if sort else None, columns))
+    print(runs_table(runs, sort[0] if sort else None, columns, trials=bool(args.sweep)))
 
 def cmd_runs_show(args):
     "`mlkit runs show RUN`: one run's metadata, parameters, recorded values and metrics."
@@ -376,6 +382,25 @@ def _serve_dashboard(study, spec:dict, host:str, port:int):
     except KeyboardInterrupt: print("mlkit sweep: dashboard stopped", file=sys.stderr)
     finally: server.server_close()
 
+def _secrets_off_argv(params:list) -> dict|None:
+    "`mlkit sweep -p`: this command again (exec: the same process) with the -p values in its environment, not its argv."
+    from mlkit.sweep import SECRET_ENV
+    if not params: return None
+    names = [k for k, _ in params]
+    if bad := [k for k in names if not k.isidentifier()]: raise MlkitError(f"-p {bad[0]}: not a parameter name")
+    if twice := [k for i, k in enumerate(names) if k in names[:i]]: raise MlkitError(f"-p {twice[0]} is given twice")
+    argv, rest, taken, i = sys.argv[1:], [], [], 0
+    while i < len(argv):
+        if argv[i] in ("-p", "--param") and i + 2 < len(argv):
+            taken.append([argv[i + 1], argv[i + 2]])
+            i += 3
+        else: rest, i = [*rest, argv[i]], i + 1
+    if taken != [list(p) for p in params] or not os.path.isfile(sys.argv[0]):  # called with another argv (tests): no exec
+        return dict(params)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, sys.argv[0], *rest], {**os.environ, **{SECRET_ENV + k: v for k, v in params}})
+
 def cmd_sweep(args) -> int:
     "`mlkit sweep SPEC`, or `mlkit sweep status|best|plot NAME`: run a sweep, or look at one."
     if args.target in _SWEEP_VIEWS and args.sweep_name:
@@ -390,8 +415,9 @@ def cmd_sweep(args) -> int:
     if args.target in _SWEEP_VIEWS: raise MlkitError(f"which sweep? mlkit sweep {args.target} NAME")
     if args.sweep_name: raise MlkitError(f"mlkit sweep takes one spec; got {args.target} and {args.sweep_name}")
     from mlkit.sweep import sweep
+    given = _secrets_off_argv(args.param or [])
     r = sweep(args.target, workers=args.workers, gpus_per_trial=args.gpus_per_trial, storage=args.storage,
-              n_trials=args.n_trials, runs_dir=args.runs_dir)
+              n_trials=args.n_trials, runs_dir=args.runs_dir, params=given)
     if r.interrupted:
         print(f"mlkit sweep: {r.name} interrupted ({r.interrupted}) with {r.done} of {r.n_trials} trials done; "
               "the same command continues it", file=sys.stderr)
@@ -601,6 +627,9 @@ def parser() -> argparse.ArgumentParser:
     sw.add_argument("--storage", metavar="URL",
                     help="an Optuna RDB URL shared by several machines, e.g. postgresql+psycopg://user@host/db "
                          "(default: $MLKIT_SWEEP_STORAGE, else a journal file in runs/sweeps/NAME/)")
+    sw.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
+                    help="a notebook parameter for every trial, kept out of the spec, argv, the storage and the records "
+                         "(for secrets; or set $MLKIT_SWEEP_SECRET_NAME)")
     sw.add_argument("--n-trials", type=int, metavar="N", help="trials to have done, instead of the spec's n_trials")
     sw.add_argument("--runs-dir", metavar="DIR", help="the runs folder (default: runs/ at the project root, or $MLKIT_RUNS_DIR)")
     sw.add_argument("-o", "--output", metavar="DIR", help="with plot: the folder for the PNGs (default: the sweep's folder)")

@@ -28,12 +28,12 @@ from .runmeta import REDACTED, redact
 from .runs import META, PACKAGES, PARAMS, RECORDS, Run, open_run
 
 # %% auto #0
-__all__ = ['ANY', 'NONE', 'PATH', 'PARAMETERS_TAG', 'INJECTED_TAG', 'ERROR_MARKER_TAG', 'KERNEL_LOG', 'TRIAL_ENV', 'PRUNED_MARK',
-           'RERUN_LIST_MAX', 'NotebookError', 'ParameterError', 'read_notebook', 'Hint', 'parse_annotation',
-           'Parameter', 'parameters_cell_index', 'notebook_parameters', 'CliText', 'parse_value', 'convert',
-           'read_params_file', 'resolve_params', 'kernel_name', 'choose_kernel', 'parameterize', 'RunInterrupted',
-           'DistributedRunError', 'run_notebook', 'disk_full_message', 'what_changed', 'rerun_name', 'rerun', 'record',
-           'report']
+__all__ = ['ANY', 'NONE', 'PATH', 'PARAMETERS_TAG', 'INJECTED_TAG', 'ERROR_MARKER_TAG', 'KERNEL_LOG', 'SECRET_PARAM_ENV',
+           'TRIAL_ENV', 'PRUNED_MARK', 'RERUN_LIST_MAX', 'NotebookError', 'ParameterError', 'read_notebook', 'Hint',
+           'parse_annotation', 'Parameter', 'parameters_cell_index', 'notebook_parameters', 'CliText', 'parse_value',
+           'convert', 'read_params_file', 'resolve_params', 'kernel_name', 'choose_kernel', 'parameterize',
+           'RunInterrupted', 'DistributedRunError', 'run_notebook', 'disk_full_message', 'what_changed', 'rerun_name',
+           'rerun', 'record', 'report']
 
 # %% ../nbs/11_run.ipynb #536c6234
 class NotebookError(MlkitError):
@@ -429,6 +429,7 @@ def parameterize(nb, # A notebook (`read_notebook`)
                  given:dict, # Converted values by name (`resolve_params`)
                  report_mode:bool=False, # Hide the code cells' sources, as papermill's --report-mode does
                  paths=(), # Names whose values were paths when they ran (a rerun's): injected as paths
+                 from_env:dict|None=None, # {name: environment variable}: values the kernel reads there (JSON), never written
                 ) -> tuple:
     "(a copy of `nb` to execute, the source index of each of its cells): old injected cells out, mlkit's in."
     import copy
@@ -438,8 +439,9 @@ def parameterize(nb, # A notebook (`read_notebook`)
     origin = [i for i, c in enumerate(nb.cells)  # what ran before must not run again, nor papermill's error markers
               if not {INJECTED_TAG, ERROR_MARKER_TAG} & set(_tags(c))]
     nb.cells = [nb.cells[i] for i in origin]
-    if given:
+    if given or from_env:
         lines = [f"{k} = {_value_source(declared.get(k), v, k in paths)}" for k, v in given.items()]
+        lines += [f"{k} = __import__('json').loads(__import__('os').environ[{var!r}])" for k, var in (from_env or {}).items()]
         cell = new_code_cell("# Parameters\n" + "\n".join(lines) + "\n", metadata={"tags": [INJECTED_TAG]})
         at = (parameters_cell_index(nb) if parameters_cell_index(nb) is not None else -1) + 1
         nb.cells.insert(at, cell)
@@ -879,6 +881,7 @@ def _record_ran(tracker, ran:dict, streams:_Streams|None=None):
                                  "record keeps the values given and the literal defaults")
         return write_json_atomic(tracker.path/META, tracker.meta)
     values, missing = redact(ran.get("params") or {}), ran.get("missing") or []
+    values |= dict.fromkeys(set(tracker.meta.get("secret_params", ())) & set(values), REDACTED)  # whatever their names
     was = {k: v for k, v in tracker.meta.get("notebook_params", {}).items() if k not in missing}  # `del x` in the cell
     tracker.meta["notebook_params"] = {**was, **values}
     if missing: tracker.meta["params_missing"] = missing
@@ -970,6 +973,7 @@ def _settle(tracker, error, cells, origin:list, given:dict, saved:Path, log, str
 
 # %% ../nbs/11_run.ipynb #4de51e59
 KERNEL_LOG = "kernel.log"  # the kernel's own messages (warnings, crashes), in the run folder
+SECRET_PARAM_ENV = "MLKIT_SECRET_PARAM_"  # + a name: `run_notebook(secrets=...)`'s values (JSON), for the kernel alone
 TRIAL_ENV = "MLKIT_SWEEP_TRIAL"  # set by a sweep's worker for each trial's kernel: which trial, where, what it watches
 PRUNED_MARK = ".pruned.json"  # left in the run folder by `report` when the sweep's pruner stops the trial
 
@@ -984,6 +988,7 @@ def run_notebook(path:str|Path, # The notebook to execute
                  out=None, # Where progress and the cells' output go; sys.stderr and sys.stdout when None
                  meta:dict|None=None, # More fields for the run's meta.json (`rerun` adds `rerun_of`)
                  env:dict|None=None, # More environment variables for the kernel (a sweep passes its trial)
+                 secrets:dict|None=None, # Values by name that reach the kernel only through its environment, recorded as ***
                  cwd:str|Path|None=None, # The kernel's working folder; the notebook's own folder when None
                  kernel:str|None=None, # The kernel; the notebook's kernelspec when installed, else the project's
                  output:str|Path|None=None, # Also write the executed notebook here (papermill's output path)
@@ -1001,10 +1006,14 @@ def run_notebook(path:str|Path, # The notebook to execute
     if not cwd.is_dir(): raise MlkitError(f"--cwd {cwd} is not a folder")
     nb = read_notebook(path)
     nb.cells = [c for c in nb.cells if ERROR_MARKER_TAG not in _tags(c)]  # papermill's, not the notebook's: not counted
-    given, final = resolve_params(nb, params, where=str(path))
+    given, final = resolve_params(nb, {**(params or {}), **(secrets or {})}, where=str(path))
+    hidden = {k: given.pop(k) for k in secrets or {}}  # never in the notebook, argv or a record: the kernel's environment
+    final |= dict.fromkeys(hidden, REDACTED)
     kernel, kernel_why = choose_kernel(nb, kernel)
-    ready, origin = parameterize(nb, given, report_mode, paths=(meta or {}).get("param_paths", ()))
-    env = {**(env or {}), "MLKIT_PROGRESS": "lines", "MLKIT_NOTEBOOK": str(path)}
+    ready, origin = parameterize(nb, given, report_mode, paths=(meta or {}).get("param_paths", ()),
+                                 from_env={k: SECRET_PARAM_ENV + k for k in hidden})
+    env = {**(env or {}), **{SECRET_PARAM_ENV + k: json.dumps(v, default=str) for k, v in hidden.items()},
+           "MLKIT_PROGRESS": "lines", "MLKIT_NOTEBOOK": str(path)}
     if nodes and nodes["node_rank"] != 0:
         return _run_other_node(ready, path, cwd, nproc, nodes, _Streams(out, stdout_file, stderr_file, quiet), env, gpus)
     root = _writable_runs_folder(runs_dir)
@@ -1018,6 +1027,7 @@ def run_notebook(path:str|Path, # The notebook to execute
     cells, error, log = _CellLog(nb, origin, streams), None, None
     try:
         tracker.meta.update({"notebook": str(path), "notebook_params": redact(final), "kernel": kernel,
+                             **({"secret_params": sorted(hidden)} if hidden else {}),
                              "kernel_from": kernel_why, "kernel_cwd": str(cwd), "cell_timeout": cell_timeout, "nproc": nproc,
                              "gpus": gpus, **({"output": str(Path(output).expanduser().absolute())} if output else {}),
                              **(meta or {})})

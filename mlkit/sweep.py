@@ -26,11 +26,13 @@ from .runmeta import strip_url_credentials
 
 # %% auto #0
 __all__ = ['METHODS', 'PRUNERS', 'GOALS', 'SPEC_KEYS', 'PARAM_KEYS', 'SWEEPS', 'JOURNAL', 'SPEC_ATTR', 'WORKER_ATTR', 'RUN_ATTR',
-           'ERROR_ATTR', 'DIED_ATTR', 'INTERRUPTED_ATTR', 'OVERHEAD_ATTR', 'WATCH_ATTR', 'HEARTBEAT_ENV', 'UNCLAIMED_S',
-           'STORAGE_ENV', 'POLL_S', 'PLOTS', 'DASHBOARD_EXTRA', 'SpecError', 'SweepSpec', 'grid_size', 'grid_values',
-           'load_spec', 'sweep_folder', 'open_storage', 'open_study', 'TrialLink', 'trial_link', 'TrialFailed',
-           'SweepFailed', 'metric_value', 'fail_dead_workers', 'trial_state', 'trial_line', 'SweepResult', 'count_done',
-           'sweep', 'load_sweep', 'status_table', 'best_text', 'plot_sweep', 'dashboard_server']
+           'ERROR_ATTR', 'DIED_ATTR', 'INTERRUPTED_ATTR', 'OVERHEAD_ATTR', 'WATCH_ATTR', 'GIVEN_ATTR', 'HEARTBEAT_ENV',
+           'STORAGE_WAIT_ENV', 'UNCLAIMED_S', 'STORAGE_ENV', 'POLL_S', 'PLOTS', 'SECRET_ENV', 'DASHBOARD_EXTRA',
+           'SpecError', 'SweepSpec', 'grid_size', 'grid_values', 'load_spec', 'sweep_folder', 'open_storage',
+           'StorageUnavailable', 'storage_gone', 'TrialLost', 'fail_stale_trials', 'lost_trial', 'open_study',
+           'TrialLink', 'trial_link', 'TrialFailed', 'SweepFailed', 'metric_value', 'fail_dead_workers', 'trial_state',
+           'trial_line', 'SweepResult', 'count_done', 'sweep', 'load_sweep', 'status_table', 'best_text', 'plot_sweep',
+           'is_secret', 'secret_env', 'given_secrets', 'check_secrets', 'trial_command', 'dashboard_server']
 
 # %% ../nbs/12_sweep.ipynb #82e1add7
 class SpecError(MlkitError):
@@ -68,8 +70,9 @@ class SweepSpec:
 
     def identity(self) -> dict:
         "What makes trials comparable: a sweep resumed with a different one of these is refused."
+        from mlkit.runmeta import redact  # fixed secrets as ***: a changed secret is the same sweep, and none is stored
         return {"notebook": _in_project(self.notebook), "metric": self.metric, "goal": self.goal, "method": self.method,
-                "params": self.params, "fixed": self.fixed}
+                "params": self.params, "fixed": redact(self.fixed, set())}
 
 # %% ../nbs/12_sweep.ipynb #37db41e4
 def _keys(where:str, given:dict, known) -> None:
@@ -260,6 +263,7 @@ JOURNAL = "journal.log"
 SPEC_ATTR, WORKER_ATTR, RUN_ATTR = "mlkit.spec", "mlkit.worker", "mlkit.run"  # trial and study attributes
 ERROR_ATTR, DIED_ATTR, INTERRUPTED_ATTR = "mlkit.error", "mlkit.died", "mlkit.interrupted"  # why a trial failed
 OVERHEAD_ATTR, WATCH_ATTR = "mlkit.overhead_s", "mlkit.watch"  # seconds of sweep bookkeeping around a trial's run
+GIVEN_ATTR = "mlkit.given"  # the study's: the names given with `mlkit sweep -p` (their values are never stored)
 HEARTBEAT_ENV = "MLKIT_SWEEP_HEARTBEAT"
 
 def sweep_folder(name:str, runs_dir:str|Path|None=None) -> Path:
@@ -293,21 +297,25 @@ def open_storage(url:str|None, # An Optuna RDB URL (postgresql+psycopg://...); N
                 ):
     "The Optuna storage of a sweep; an `MlkitError` naming the storage (without its password) when it cannot be opened."
     import optuna
-    from optuna.storages import JournalStorage, RDBStorage
+    from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
     if url is None:
         try: folder.mkdir(parents=True, exist_ok=True)
         except OSError as e: raise MlkitError(f"cannot create the sweep folder {folder}: {e.strerror or e}") from None
         return JournalStorage(JournalFileBackend(str(folder/JOURNAL)))
-    beat = _heartbeat() if heartbeat else None
+    beat, wait = _heartbeat() if heartbeat else None, _storage_wait()
     from sqlalchemy.exc import IntegrityError, ProgrammingError
     try:
         for attempt in range(5):
             try:
-                with _quiet():
-                    return RDBStorage(url, heartbeat_interval=beat, grace_period=beat and 2 * beat,
-                                      heartbeat_stale_trial_callback=_retry_once() if beat else None,
-                                      engine_kwargs={"pool_pre_ping": True})
+                engine = {"pool_pre_ping": True,  # a pooled connection the server dropped (restarted) is replaced
+                          **({"connect_args": {"connect_timeout": 10}} if url.startswith("postgres") else {})}
+                with _quiet():  # a database away for a moment (a restart) is waited for, call by call; see _patient_rdb
+                    storage = _patient_rdb()(url, heartbeat_interval=beat, grace_period=beat and 2 * beat,
+                                             heartbeat_stale_trial_callback=_retry_once() if beat else None,
+                                             engine_kwargs=engine)
+                storage.shown, storage.wait = f"the storage {strip_url_credentials(url)}", wait
+                return storage
             except (IntegrityError, ProgrammingError):  # another machine is creating Optuna's tables at this moment
                 if attempt == 4: raise
                 time.sleep(0.2 * (attempt + 1))
@@ -318,6 +326,124 @@ def open_storage(url:str|None, # An Optuna RDB URL (postgresql+psycopg://...); N
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
         raise MlkitError(f"cannot open the storage {strip_url_credentials(url)}: {strip_url_credentials(first)}") from None
     finally: optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+# %% ../nbs/12_sweep.ipynb #5ec7e7b1
+STORAGE_WAIT_ENV = "MLKIT_SWEEP_STORAGE_WAIT"  # seconds a process waits for its database to answer again (300)
+
+class StorageUnavailable(MlkitError):
+    "The sweep's database did not answer for longer than $MLKIT_SWEEP_STORAGE_WAIT seconds."
+
+def _storage_wait() -> float:
+    text = os.environ.get(STORAGE_WAIT_ENV, "300")
+    try: wait = float(text)
+    except ValueError: wait = -1.0
+    if not (math.isfinite(wait) and wait >= 0):
+        raise MlkitError(f"{STORAGE_WAIT_ENV} must be a number of seconds, 0 or more, got {text!r}")
+    return wait
+
+def _transient(e:BaseException) -> bool:
+    "Whether `e` says the database went away (restarted, a dropped connection), not that a query was wrong."
+    from optuna.exceptions import StorageInternalError
+    from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
+    if isinstance(e, StorageInternalError): e = e.__cause__
+    return (isinstance(e, (OperationalError, InterfaceError, DisconnectionError)) or
+            isinstance(e, DBAPIError) and bool(e.connection_invalidated))
+
+def _first_line(e:BaseException) -> str:
+    e = e.__cause__ if type(e).__name__ == "StorageInternalError" and e.__cause__ else e
+    return strip_url_credentials((str(e).strip().splitlines() or [type(e).__name__])[0][:200])
+
+_PATIENT = []
+
+def _patient_rdb():
+    "Optuna's RDBStorage whose calls wait, with backoff, while the database is away (up to $MLKIT_SWEEP_STORAGE_WAIT s)."
+    if _PATIENT: return _PATIENT[0]
+    from optuna.storages import BaseStorage, RDBStorage
+    class PatientRDBStorage(RDBStorage):
+        shown, wait, down_since = "the storage", 0.0, None  # open_storage sets them
+
+        def _say(self, text:str): print(f"mlkit sweep: {text}", file=sys.stderr, flush=True)
+
+        def _patiently(self, method, *args, **kwargs):
+            delay = 0.5
+            while True:
+                try: result = method(self, *args, **kwargs)
+                except Exception as e:
+                    if not _transient(e): raise
+                    now, down = time.monotonic(), self.down_since
+                    if down is None:
+                        self.down_since = down = now
+                        self._say(f"{self.shown} does not answer ({_first_line(e)}); waiting for it, up to "
+                                  f"{self.wait:g} s ({STORAGE_WAIT_ENV})")
+                    if now - down >= self.wait:
+                        raise StorageUnavailable(f"{self.shown} did not answer for {self.wait:g} s "
+                                                 f"({_first_line(e)}); the same command continues the sweep") from None
+                    time.sleep(min(delay, self.wait - (now - down)))
+                    delay = min(2 * delay, 10.0)
+                    continue
+                if self.down_since is not None:
+                    self._say(f"{self.shown} answers again, after {time.monotonic() - self.down_since:.0f} s")
+                    self.down_since = None
+                return result
+
+        def record_heartbeat(self, trial_id:int) -> None:
+            "A beat that cannot be recorded is a missed beat: noted once, never raised (it would end Optuna's thread)."
+            try: RDBStorage.record_heartbeat(self, trial_id)
+            except Exception as e:
+                if not _transient(e): raise
+                if self.down_since is None:
+                    self.down_since = time.monotonic()
+                    self._say(f"{self.shown} does not answer ({_first_line(e)}); waiting for it")
+
+    def patient(name:str):
+        method = getattr(RDBStorage, name)
+        def call(self, *args, **kwargs): return self._patiently(method, *args, **kwargs)
+        call.__name__ = call.__qualname__ = name
+        return call
+    for name in [*(n for n in vars(BaseStorage) if not n.startswith("_") and callable(getattr(BaseStorage, n))),
+                 "_get_stale_trial_ids", "_get_trials", "_create_new_trial", "_set_trial_param", "_get_best_trial_id"]:
+        # every call that reaches the database: Optuna's storage API, and what its _CachedStorage calls besides
+        if name not in ("record_heartbeat", "remove_session"): setattr(PatientRDBStorage, name, patient(name))
+    _PATIENT.append(PatientRDBStorage)
+    return PatientRDBStorage
+
+def storage_gone(e:BaseException|None) -> StorageUnavailable|None:
+    "The `StorageUnavailable` that `e` is or arose from (Optuna may raise another error while handling it), else None."
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, StorageUnavailable): return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+class TrialLost(Exception):
+    "This worker's trial was failed by the heartbeat (the worker was paused or cut off); its run is marked failed."
+
+def fail_stale_trials(study, storage) -> None:
+    "Optuna's `fail_stale_trials` (running trials its heartbeat no longer hears from), each noted first with why."
+    from optuna.exceptions import UpdateFinishedTrialError
+    beat = storage.get_heartbeat_interval()
+    for trial_id in storage._get_stale_trial_ids(study._study_id):
+        try: storage.set_trial_user_attr(trial_id, DIED_ATTR, f"the heartbeat failed it: its worker was not heard from "
+                                         f"for over {2 * beat} s (paused, cut off, or gone)")
+        except UpdateFinishedTrialError: continue
+    with _quiet():
+        import optuna
+        optuna.storages.fail_stale_trials(study)
+
+def lost_trial(storage, trial, run) -> str|None:
+    "Why `trial` is no longer this worker's to tell (the heartbeat failed it), with its `run` marked failed; else None."
+    from optuna.trial import TrialState
+    from mlkit.runs import META
+    from mlkit.track import write_json_atomic
+    if storage.get_trial(trial._trial_id).state == TrialState.RUNNING: return None
+    why = (f"the heartbeat failed trial {trial.number} while its worker (pid {os.getpid()}) was not heard from (paused, "
+           "or cut off from the database); its retry runs it again")
+    if run is not None:
+        run.meta.update(status="failed", error=why)
+        write_json_atomic(run.path/META, run.meta)
+    return why
+
 
 # %% ../nbs/12_sweep.ipynb #4f53734e
 def _sampler(spec:SweepSpec):
@@ -469,6 +595,7 @@ def _derived_seed(*parts) -> int:
 
 class _Worker:
     "One worker process of a sweep: runs trials until the sweep has `n_trials` done (finished or pruned)."
+    lost = None  # the line saying why its last trial was failed under it (`lost_trial`)
     def __init__(self, spec:SweepSpec, storage:str|None, folder:Path, runs_dir:str|None, gpus:int|None, index:int,
                  first:int|None=None): # The last trial before this session (the sweep's; counted here when None)
         self.spec, self.url, self.folder, self.runs_dir, self.gpus, self.index = spec, storage, folder, runs_dir, gpus, index
@@ -493,12 +620,11 @@ class _Worker:
 
     def go_on(self) -> bool:
         "Whether to run another trial; if so, the lock stays held until the objective has the trial."
-        import optuna
         from optuna.trial import TrialState as S
         while True:
             self._lock()
             fail_dead_workers(self.study, self.storage)
-            if self.url is not None: optuna.storages.fail_stale_trials(self.study)  # the heartbeat of other machines
+            if self.url is not None: fail_stale_trials(self.study, self.storage)  # the heartbeat of other machines
             trials = self.study.get_trials(deepcopy=False)
             states = [t.state for t in trials]
             done = states.count(S.COMPLETE) + states.count(S.PRUNED)
@@ -529,13 +655,18 @@ class _Worker:
         t0 = time.perf_counter()
         before = t0 - self.cycle  # telling the last trial's end, choosing and creating this one
         try:
+            secrets = given_secrets()  # -p values and secret fixed ones: the kernel's environment holds them, nothing else
             run = run_notebook(self.spec.notebook, params, name=f"{self.spec.name}-{trial.number}", gpus=self.gpus,
-                               runs_dir=self.runs_dir, out=self.log, meta={"sweep": self.spec.name, "trial": trial.number},
-                               env={TRIAL_ENV: json.dumps(link)})
+                               runs_dir=self.runs_dir, out=self.log, env={TRIAL_ENV: json.dumps(link)}, secrets=secrets,
+                               meta={"sweep": self.spec.name, "trial": trial.number, "sweep_params": list(self.spec.params),
+                                     "command": trial_command(self.spec, params, secrets)})
         except MlkitError as e:  # before a run began: the runs folder, the notebook, the GPUs ...
             trial.set_user_attr(ERROR_ATTR, str(e))
             raise TrialFailed(str(e)) from None
         finally: t1 = time.perf_counter()
+        if why := self.url and lost_trial(self.storage, trial, run):  # paused past the heartbeat: failed under us
+            self.lost = f"trial {trial.number} failed: {why}  (run {run.id})"
+            raise TrialLost(why)
         trial.set_user_attr(RUN_ATTR, run.id)
         if run.status == "pruned": raise TrialPruned(f"pruned at step {run.meta.get('pruned_at_step')}")
         if run.status == "interrupted":
@@ -562,7 +693,14 @@ class _Worker:
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # one line per trial is ours (a failed one says why)
         try:
             if not self.go_on(): return 0
-            self.study.optimize(self.objective, catch=(TrialFailed,), callbacks=[self.after_trial])
+            while True:
+                try: self.study.optimize(self.objective, catch=(TrialFailed,), callbacks=[self.after_trial])
+                except ValueError:  # Optuna's "Cannot tell a FAIL trial": the one the heartbeat failed (lost_trial)
+                    if self.lost is None: raise
+                    print(self.lost, flush=True)
+                    self.lost = None
+                    if self.go_on(): continue
+                break
         except (KeyboardInterrupt, RunInterrupted): return 130
         finally: self._unlock()
         return 0
@@ -608,6 +746,10 @@ def _worker_main():
         print(f"mlkit sweep: worker {args['index']}: {e}", file=sys.stderr, flush=True)
         code = 1
     except KeyboardInterrupt: code = 130
+    except Exception as e:  # the database gone for good, surfacing as another error inside Optuna: one line too
+        if (gone := storage_gone(e)) is None: raise
+        print(f"mlkit sweep: worker {args['index']}: {gone}", file=sys.stderr, flush=True)
+        code = 1
     sys.exit(code)
 
 def _end_with_parent(parent:int):
@@ -651,6 +793,7 @@ def sweep(spec:str|Path|SweepSpec, # The spec's YAML file, or a checked spec
           n_trials:int|None=None, # Instead of the spec's n_trials
           runs_dir:str|Path|None=None, # The runs folder; `mlkit.core.runs_dir()` when None
           out=None, # Where the sweep's own lines go; sys.stdout when None
+          params:dict|None=None, # -p values: to the kernels only through the environment; None: $MLKIT_SWEEP_SECRET_<NAME>
          ) -> SweepResult:
     "Run the sweep `spec` with `workers` processes here until it has its `n_trials` done; resumes it if it exists."
     from mlkit.run import _writable_runs_folder
@@ -664,19 +807,24 @@ def sweep(spec:str|Path|SweepSpec, # The spec's YAML file, or a checked spec
             raise MlkitError(f"--gpus-per-trial takes a number of GPUs, 1 or more, got {gpus_per_trial!r}")
         if gpus_per_trial > (have := len(visible_gpus())):
             raise MlkitError(f"--gpus-per-trial {gpus_per_trial}: this machine shows {have} GPU(s)")
+    given = given_secrets() if params is None else {k: _as_text(v) for k, v in params.items()}
+    check_secrets(spec, given)
     storage = storage or os.environ.get(STORAGE_ENV) or None
     root = _writable_runs_folder(runs_dir)
     folder = root/SWEEPS/spec.name  # the workers' logs and lock; the journal too, unless `storage` says otherwise
     try: folder.mkdir(parents=True, exist_ok=True)
     except OSError as e: raise MlkitError(f"cannot create the sweep folder {folder}: {e.strerror or e}") from None
     study = open_study(spec, open_storage(storage, folder))
+    study.set_user_attr(GIVEN_ATTR, sorted(given))  # names only: `best` asks for their values
+    spec, secret_vars = secret_env(spec, given)  # the workers' argv holds no secret; their environment does
     done = count_done(study)
     where = strip_url_credentials(storage) if storage else str(folder/JOURNAL)
     print(f"sweep {spec.name}: {done} of {spec.n_trials} trials done; {workers} worker(s) on {socket.gethostname()}; "
           f"storage {where}; runs in {root}", file=out, flush=True)
     args = {"spec": _spec_json(spec), "folder": str(folder), "runs_dir": str(root), "gpus": gpus_per_trial,
             "parent": os.getpid(), "first": _last_trial(study)}  # the same for every worker, however late it starts
-    env = {**os.environ, STORAGE_ENV: storage or "", "PYTHONUNBUFFERED": "1"}
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(SECRET_ENV)}, **secret_vars,
+           STORAGE_ENV: storage or "", "PYTHONUNBUFFERED": "1"}
     procs, stopped = [], []
     def forward(signum, frame):
         stopped.append(signal.Signals(signum).name)
@@ -759,12 +907,16 @@ def best_text(study, spec:dict) -> str:
     params = {**(spec.get("fixed") or {}), **t.params}
     notebook = spec.get("notebook_path") or spec.get("notebook", "NOTEBOOK")
     strs = _str_params(notebook)
+    secret = [k for k, v in params.items() if '"***"' in json.dumps(v)]  # kept as *** (see Secrets), or given with -p:
+    secret += [k for k in study.user_attrs.get(GIVEN_ATTR) or [] if k not in secret]  # their values are nowhere
     command = " ".join(["mlkit run", shlex.quote(notebook),
-                        *(f"-p {k} {shlex.quote(_cli_text(v, k in strs))}" for k, v in params.items())])
+                        *(f"-p {k} {shlex.quote(_cli_text(v, k in strs))}" for k, v in params.items() if k not in secret),
+                        *(f"-p {k} VALUE" for k in secret)])
     lines = [f"best trial {t.number}: {spec.get('metric', 'value')} {t.value:.6g}" +
              (f"  (run {t.user_attrs[RUN_ATTR]})" if RUN_ATTR in t.user_attrs else "")]
     lines += [f"  {k:18s} {v}" for k, v in t.params.items()]
-    return "\n".join([*lines, command])
+    hint = [f"(VALUE: give {', '.join(secret)} again; the sweep keeps no secret)"] if secret else []
+    return "\n".join([*lines, *hint, command])
 
 # %% ../nbs/12_sweep.ipynb #66c9e763
 PLOTS = {"history": "plot_optimization_history", "parallel": "plot_parallel_coordinate", "importance": "plot_param_importances"}
@@ -797,6 +949,65 @@ def plot_sweep(study, # The sweep's study (`load_sweep`)
         finally: plt.close(fig)
         written.append(path)
     return written
+
+# %% ../nbs/12_sweep.ipynb #5ec7e7a2
+SECRET_ENV = "MLKIT_SWEEP_SECRET_"  # + a parameter's name: its value as -p takes it, for the workers and kernels alone
+
+def _hide_secrets(fixed:dict) -> dict:
+    "`fixed` with the values under secret-looking keys (at any depth) as `***`; nothing else is masked."
+    from mlkit.runmeta import redact
+    return redact(fixed, set())
+
+def is_secret(name:str, value) -> bool:
+    "Whether the parameter `name`'s `value` holds a secret: its name looks secret, or a key inside the value does."
+    return _hide_secrets({name: value}) != {name: value}
+
+def _as_text(v) -> str: return v if isinstance(v, str) else json.dumps(v)
+
+def secret_env(spec:SweepSpec, given:dict) -> tuple[SweepSpec, dict]:
+    "(`spec` without its secret fixed values, the environment that carries them and the -p values `given`)."
+    from dataclasses import replace
+    secret = {k: _as_text(v) for k, v in spec.fixed.items() if is_secret(k, v)}
+    plain = replace(spec, fixed={k: v for k, v in spec.fixed.items() if k not in secret})
+    return plain, {SECRET_ENV + k: _as_text(v) for k, v in {**secret, **given}.items()}
+
+def given_secrets(environ=None) -> dict:
+    "The values that reach a trial's kernel only through the environment (-p, secret fixed values), as -p text, by name."
+    from mlkit.run import CliText
+    environ = os.environ if environ is None else environ
+    return {k[len(SECRET_ENV):]: CliText(v) for k, v in environ.items() if k.startswith(SECRET_ENV) and k != SECRET_ENV}
+
+def check_secrets(spec:SweepSpec, given:dict) -> None:
+    "A one-line `SpecError` for a -p name the notebook lacks, searched or fixed, a value that does not fit, a searched secret."
+    from mlkit.run import ParameterError, convert, notebook_parameters, read_notebook
+    from mlkit.runmeta import is_secret_key
+    if searched := [k for k in spec.params if is_secret_key(k)]:
+        raise SpecError(f"params.{searched[0]}: a secret cannot be searched (Optuna stores every searched value); "
+                        "give it under fixed: or with -p")
+    if not given: return
+    declared = notebook_parameters(read_notebook(spec.notebook, validate=False)) or {}
+    for k, v in given.items():
+        if k not in declared:
+            raise SpecError(f"-p {k}: {spec.notebook.name} has no parameter {k!r}; its parameters are: "
+                            f"{', '.join(declared) or '(none)'}")
+        if k in spec.params or k in spec.fixed:
+            raise SpecError(f"-p {k}: {k} is {'searched (params)' if k in spec.params else 'fixed'} in the spec; "
+                            "give it in one place")
+        try: convert(declared[k], v)
+        except ParameterError as e:  # its message quotes the value: not this one's
+            raise SpecError(f"-p {k}: " + str(e).replace(repr(str(v)), "VALUE").replace(str(v), "VALUE")) from None
+
+def trial_command(spec:SweepSpec, # The worker's spec (its secret fixed values taken out)
+                  params:dict, # The trial's values, fixed and searched
+                  secrets=(), # The names whose values only the environment holds
+                 ) -> list[str]:
+    "The `mlkit run` command line that repeats a trial, from the project's root; secrets as `***`."
+    from mlkit.runmeta import REDACTED
+    strs = _str_params(str(spec.notebook))
+    return ["mlkit", "run", _in_project(spec.notebook),
+            *[w for k, v in params.items() for w in ("-p", k, _cli_text(v, k in strs))],
+            *[w for k in secrets for w in ("-p", k, REDACTED)]]
+
 
 # %% ../nbs/12_sweep.ipynb #6cb5d6c5
 DASHBOARD_EXTRA = "pip install 'mlkit[dashboard]'"
