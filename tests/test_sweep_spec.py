@@ -62,7 +62,7 @@ def test_a_multi_objective_nsgaii_sweep_shows_its_pareto_front(project):
     notebook(project, "toy.ipynb", *TWO)
     metric = [{"name": "score", "goal": "maximize"}, {"name": "cost", "goal": "minimize"}]
     path = spec(project, method={"name": "nsgaii", "population_size": 2}, metric=metric, n_trials=6)
-    r = sweep(path, "--workers", "2")
+    r = sweep(path, "--workers", "2", timeout=200)
     assert r.returncode == 0, r.stderr
     s = study()
     assert [d.name for d in s.directions] == ["MAXIMIZE", "MINIMIZE"] and len(s.trials) == 6
@@ -155,7 +155,7 @@ HANG = ("x = 0.5", "import time\nfrom mlkit.run import record\nif x == 0.5: time
 
 def test_a_trial_over_its_cell_timeout_fails_with_that_reason_and_the_sweep_goes_on(project):
     notebook(project, "toy.ipynb", *HANG)
-    r = sweep(spec(project, n_trials=2, start_with=[{"x": 0.5}]), "--cell-timeout", "3")
+    r = sweep(spec(project, n_trials=2, start_with=[{"x": 0.5}]), "--cell-timeout", "3", timeout=150)  # not 600 s
     assert r.returncode == 0, r.stderr
     trials = study().trials
     assert trials[0].state == TrialState.FAIL and [t.state for t in trials[-2:]] == [TrialState.COMPLETE] * 2
@@ -171,7 +171,7 @@ def test_a_trial_over_its_cell_timeout_fails_with_that_reason_and_the_sweep_goes
 def test_a_sweep_s_timeout_starts_no_trial_after_it_and_the_same_command_continues(project):
     notebook(project, "toy.ipynb", *test_sweep.TOY)
     path = spec(project, n_trials=50, timeout=1, fixed={"nap": 1.0})
-    r = sweep(path)
+    r = sweep(path, timeout=150)  # fifty trials of a second or more, were the timeout ignored
     assert r.returncode == 0, r.stderr
     assert "reached its timeout with" in r.stderr and "the same command continues it" in r.stderr, r.stderr
     first = study().trials
