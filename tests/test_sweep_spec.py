@@ -199,7 +199,7 @@ def test_a_key_given_twice_is_refused_with_its_lines(project, text, message):
 def test_numbers_in_any_notation_are_numbers(project):
     notebook(project, "toy.ipynb", *XY)
     (project/"s.yaml").write_text("name: s\nnotebook: toy.ipynb\nmetric: {name: score, goal: maximize}\nmethod: random\n"
-                                  "n_trials: 2\nparams:\n  x: {type: float, low: 1e-4, high: .5, log: true}\n"
+                                  "n_trials: 1\nparams:\n  x: {type: float, low: 1e-4, high: .5, log: true}\n"
                                   "  y: {type: float, low: -3e+2, high: 1E2}\n")
     r = sweep(project/"s.yaml")
     assert r.returncode == 0, r.stderr
