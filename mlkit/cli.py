@@ -417,12 +417,17 @@ def cmd_sweep(args) -> int:
     from mlkit.sweep import sweep
     given = _secrets_off_argv(args.param or [])
     r = sweep(args.target, workers=args.workers, gpus_per_trial=args.gpus_per_trial, storage=args.storage,
-              n_trials=args.n_trials, runs_dir=args.runs_dir, params=given)
+              n_trials=args.n_trials, runs_dir=args.runs_dir, params=given, timeout=args.timeout,
+              cell_timeout=args.cell_timeout)
     if r.interrupted:
         print(f"mlkit sweep: {r.name} interrupted ({r.interrupted}) with {r.done} of {r.n_trials} trials done; "
               "the same command continues it", file=sys.stderr)
         return _SIGNAL_STATUS.get(r.interrupted, 130)
-    if r.done < r.n_trials:
+    if r.timed_out:
+        print(f"mlkit sweep: {r.name} reached its timeout with {r.done} of {r.n_trials} trials done; no trial starts after "
+              "it (running ones finish); the same command continues it", file=sys.stderr)
+        if not any(t.state.name == "COMPLETE" for t in r.study.get_trials(deepcopy=False)): return 0
+    elif r.done < r.n_trials:
         print(f"mlkit sweep: {r.name} ended with {r.done} of {r.n_trials} trials done (the workers said why, above); "
               f"'mlkit sweep status {r.name}' lists them", file=sys.stderr)
         return 1
@@ -616,6 +621,7 @@ def parser() -> argparse.ArgumentParser:
 
     sw = sub.add_parser("sweep", help="search a notebook's parameters with Optuna: run, status, best, plot, dashboard",
                         usage="mlkit sweep SPEC.yaml [--workers N] [--gpus-per-trial K] [--storage URL] [--n-trials N]\n"
+                              "       [--timeout S] [--cell-timeout S] [-p NAME VALUE]\n"
                               "       mlkit sweep {status,best,plot,dashboard} NAME [--storage URL]",
                         description="Run the sweep in SPEC.yaml (the same spec again resumes it), or show a sweep: "
                                     "'status' its trials, 'best' its best trial as an mlkit run command, 'plot' PNGs, "
@@ -631,6 +637,10 @@ def parser() -> argparse.ArgumentParser:
                     help="a notebook parameter for every trial, kept out of the spec, argv, the storage and the records "
                          "(for secrets; or set $MLKIT_SWEEP_SECRET_NAME)")
     sw.add_argument("--n-trials", type=int, metavar="N", help="trials to have done, instead of the spec's n_trials")
+    sw.add_argument("--timeout", type=float, metavar="S", help="start no trial after S seconds of this command (running "
+                    "ones finish), instead of the spec's timeout")
+    sw.add_argument("--cell-timeout", type=float, metavar="S", help="fail a trial whose cell runs longer than S seconds, "
+                    "instead of the spec's cell_timeout")
     sw.add_argument("--runs-dir", metavar="DIR", help="the runs folder (default: runs/ at the project root, or $MLKIT_RUNS_DIR)")
     sw.add_argument("-o", "--output", metavar="DIR", help="with plot: the folder for the PNGs (default: the sweep's folder)")
     sw.add_argument("--host", default="127.0.0.1", help="with dashboard: where to listen (default 127.0.0.1, this machine only)")

@@ -25,26 +25,35 @@ from .core import MlkitError, atomic_write
 from .runmeta import strip_url_credentials
 
 # %% auto #0
-__all__ = ['METHODS', 'PRUNERS', 'GOALS', 'SPEC_KEYS', 'PARAM_KEYS', 'SWEEPS', 'JOURNAL', 'SPEC_ATTR', 'WORKER_ATTR', 'RUN_ATTR',
-           'ERROR_ATTR', 'DIED_ATTR', 'INTERRUPTED_ATTR', 'OVERHEAD_ATTR', 'WATCH_ATTR', 'GIVEN_ATTR', 'HEARTBEAT_ENV',
-           'STORAGE_WAIT_ENV', 'UNCLAIMED_S', 'STORAGE_ENV', 'POLL_S', 'PLOTS', 'SECRET_ENV', 'DASHBOARD_EXTRA',
-           'SpecError', 'SweepSpec', 'grid_size', 'grid_values', 'load_spec', 'sweep_folder', 'open_storage',
-           'StorageUnavailable', 'storage_gone', 'TrialLost', 'fail_stale_trials', 'lost_trial', 'open_study',
-           'TrialLink', 'trial_link', 'TrialFailed', 'SweepFailed', 'metric_value', 'fail_dead_workers', 'trial_state',
-           'trial_line', 'SweepResult', 'count_done', 'sweep', 'load_sweep', 'status_table', 'best_text', 'plot_sweep',
-           'is_secret', 'secret_env', 'given_secrets', 'check_secrets', 'trial_command', 'dashboard_server']
+__all__ = ['SAMPLERS', 'METHODS', 'SAMPLER_NEEDS', 'SINGLE_OBJECTIVE', 'PRUNERS', 'GOALS', 'SPEC_KEYS', 'PARAM_KEYS', 'SWEEPS',
+           'JOURNAL', 'SPEC_ATTR', 'WORKER_ATTR', 'RUN_ATTR', 'ERROR_ATTR', 'DIED_ATTR', 'INTERRUPTED_ATTR',
+           'OVERHEAD_ATTR', 'WATCH_ATTR', 'GIVEN_ATTR', 'HEARTBEAT_ENV', 'STORAGE_WAIT_ENV', 'UNCLAIMED_S',
+           'STORAGE_ENV', 'POLL_S', 'PLOTS', 'SECRET_ENV', 'DASHBOARD_EXTRA', 'SpecError', 'SweepSpec', 'grid_size',
+           'grid_values', 'to_optuna', 'from_optuna', 'trial_params', 'suggest_params', 'read_spec_yaml', 'load_spec',
+           'sweep_folder', 'open_storage', 'StorageUnavailable', 'storage_gone', 'TrialLost', 'fail_stale_trials',
+           'lost_trial', 'open_study', 'TrialLink', 'trial_link', 'TrialFailed', 'SweepFailed', 'metric_value',
+           'objective_value', 'fail_dead_workers', 'trial_state', 'trial_line', 'SweepResult', 'count_done', 'sweep',
+           'load_sweep', 'status_table', 'best_text', 'plot_sweep', 'is_secret', 'secret_env', 'given_secrets',
+           'check_secrets', 'trial_command', 'dashboard_server']
 
 # %% ../nbs/12_sweep.ipynb #82e1add7
 class SpecError(MlkitError):
     "The sweep spec cannot run: an unknown key, an empty range, a parameter the notebook lacks, a wrong type, ..."
 
-METHODS = ("grid", "random", "tpe")
-PRUNERS = {"none": (), "median": ("n_startup_trials", "n_warmup_steps", "interval_steps"),
-           "hyperband": ("min_resource", "max_resource", "reduction_factor")}
+SAMPLERS = {"grid": "GridSampler", "random": "RandomSampler", "tpe": "TPESampler", "cmaes": "CmaEsSampler",
+            "gp": "GPSampler", "qmc": "QMCSampler", "nsgaii": "NSGAIISampler", "nsgaiii": "NSGAIIISampler",
+            "bruteforce": "BruteForceSampler"}  # method: -> the class in optuna.samplers
+METHODS = tuple(SAMPLERS)
+SAMPLER_NEEDS = {"cmaes": ("cmaes",), "gp": ("torch", "scipy"), "qmc": ("scipy",)}  # packages beyond Optuna's own
+SINGLE_OBJECTIVE = ("cmaes",)  # samplers that search one objective only
+PRUNERS = {"none": "NopPruner", "median": "MedianPruner", "hyperband": "HyperbandPruner", "nop": "NopPruner",
+           "percentile": "PercentilePruner", "successive_halving": "SuccessiveHalvingPruner", "threshold": "ThresholdPruner",
+           "patient": "PatientPruner", "wilcoxon": "WilcoxonPruner"}  # pruner: -> the class in optuna.pruners
 GOALS = {"maximize": "maximize", "max": "maximize", "minimize": "minimize", "min": "minimize"}
 SPEC_KEYS = ("name", "notebook", "metric", "method", "n_trials", "pruner", "params", "fixed", "seed", "start_with")
-PARAM_KEYS = {"float": ("type", "low", "high", "log", "step"), "int": ("type", "low", "high", "log", "step"),
-              "categorical": ("type", "choices")}
+SPEC_KEYS += ("timeout", "cell_timeout")  # budgets: the whole sweep's (this command's session), each trial's cells
+PARAM_KEYS = {"float": ("type", "low", "high", "log", "step", "when"), "int": ("type", "low", "high", "log", "step", "when"),
+              "categorical": ("type", "choices", "when")}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 def _in_project(path:Path) -> str:
@@ -58,21 +67,33 @@ class SweepSpec:
     "A sweep as its YAML spec describes it (`load_spec` reads and checks one)."
     name: str
     notebook: Path
-    metric: str
+    metric: str # the (first) objective's metric
     goal: str # "maximize" or "minimize"
-    params: dict # name -> {"type": "float" | "int" | "categorical", ...}
+    params: dict # name -> {"type": "float" | "int" | "categorical", ..., "when": {earlier: values}}
     method: str = "tpe"
     n_trials: int = 20
     pruner: dict = field(default_factory=lambda: {"type": "none"}) # {"type", "metric", "goal", options}
     fixed: dict = field(default_factory=dict)
     seed: int|None = None
     start_with: list = field(default_factory=list)
+    method_options: dict = field(default_factory=dict) # keyword arguments of the Optuna sampler
+    objectives: list = field(default_factory=list) # [{"name", "goal"}, ...] when there are several; else empty
+    timeout: float|None = None # seconds: no trial starts after them (Optuna's optimize(timeout=)), per command
+    cell_timeout: float|None = None # seconds a trial's cell may run (run_notebook's cell_timeout)
+
+    def goals(self) -> list[dict]:
+        "The objectives: [{'name', 'goal'}], one for each metric (one unless `metric:` is a list)."
+        return self.objectives or [{"name": self.metric, "goal": self.goal}]
 
     def identity(self) -> dict:
         "What makes trials comparable: a sweep resumed with a different one of these is refused."
         from mlkit.runmeta import redact  # fixed secrets as ***: a changed secret is the same sweep, and none is stored
-        return {"notebook": _in_project(self.notebook), "metric": self.metric, "goal": self.goal, "method": self.method,
+        several = len(self.goals()) > 1
+        return {"notebook": _in_project(self.notebook),
+                "metric": [o["name"] for o in self.goals()] if several else self.metric,
+                "goal": [o["goal"] for o in self.goals()] if several else self.goal, "method": self.method,
                 "params": self.params, "fixed": redact(self.fixed, set())}
+
 
 # %% ../nbs/12_sweep.ipynb #37db41e4
 def _keys(where:str, given:dict, known) -> None:
@@ -87,20 +108,27 @@ def _mapping(where:str, value, what:str) -> dict:
 
 def _is_number(v) -> bool: return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
+def _choice_ok(c) -> bool:
+    "Whether `c` can be a categorical choice: a scalar, or a list or mapping of them that JSON keeps as it is."
+    if c is None or isinstance(c, (bool, int, str)) or isinstance(c, float) and math.isfinite(c): return True
+    try: return isinstance(c, (list, dict)) and json.loads(json.dumps(c, allow_nan=False)) == c
+    except (TypeError, ValueError): return False
+
 def _check_param(where:str, p:dict) -> dict:
-    "The parameter spec `p`, checked: its type, keys and range."
+    "The parameter spec `p`, checked: its type, keys and range (its `when` is checked by `_check_when`)."
     kind = p.get("type")
     if kind not in PARAM_KEYS: raise SpecError(f"{where}: type must be float, int or categorical, got {kind!r}")
     _keys(where, p, PARAM_KEYS[kind])
+    when = {"when": p["when"]} if "when" in p else {}
     if kind == "categorical":
         choices = p.get("choices")
         if not isinstance(choices, list) or not choices: raise SpecError(f"{where}: choices must be a non-empty list")
-        if bad := [c for c in choices if c is not None and not isinstance(c, (bool, int, float, str))]:
-            raise SpecError(f"{where}: choices must be numbers, strings, booleans or null (Optuna's categorical), "
+        if bad := [c for c in choices if not _choice_ok(c)]:
+            raise SpecError(f"{where}: choices must be numbers, strings, booleans, null, or lists and mappings of them, "
                             f"got {bad[0]!r}")
         if twice := [c for i, c in enumerate(choices) if any(c == d and type(c) is type(d) for d in choices[:i])]:
             raise SpecError(f"{where}: choice {twice[0]!r} is there twice")
-        return {"type": kind, "choices": choices}
+        return {"type": kind, "choices": choices, **when}
     low, high, log, step = p.get("low"), p.get("high"), p.get("log", False), p.get("step")
     number = (lambda v: isinstance(v, int) and not isinstance(v, bool)) if kind == "int" else _is_number
     for k, v in (("low", low), ("high", high)):
@@ -119,7 +147,7 @@ def _check_param(where:str, p:dict) -> dict:
             fit = low + int((high - low) / step + 1e-9) * step
             raise SpecError(f"{where}: step {step} does not divide the range {low}..{high}; make high {fit:g}, "
                             "or choose another step")
-    return {"type": kind, "low": low, "high": high, "log": log, **({"step": step} if step is not None else {})}
+    return {"type": kind, "low": low, "high": high, "log": log, **({"step": step} if step is not None else {}), **when}
 
 def grid_size(p:dict) -> int|None:
     "How many values a parameter spec can take; None when it has no finite grid (a float without step)."
@@ -135,6 +163,67 @@ def grid_values(p:dict) -> list|None:
     n = grid_size(p)
     return [p["low"] + i * step if p["type"] == "int" else round(p["low"] + i * step, 12) for i in range(n)]
 
+
+# %% ../nbs/12_sweep.ipynb #a1b2c304
+def _in_range(p:dict, v) -> bool:
+    "Whether `v` is a value the parameter spec `p` can take."
+    if p["type"] == "categorical": return any(v == c and type(v) is type(c) for c in p["choices"])
+    if not (_is_number(v) and p["low"] <= v <= p["high"] and (p["type"] == "float" or isinstance(v, int))): return False
+    steps = (v - p["low"]) / p["step"] if "step" in p else 0
+    return abs(steps - round(steps)) < 1e-9
+
+def _check_when(where:str, params:dict) -> None:
+    "Each parameter's `when: {other: value or [values]}`: `other` is searched before it, and can take each value."
+    for i, (k, p) in enumerate(params.items()):
+        if "when" not in p: continue
+        when = _mapping(f"{where}.{k}.when", p["when"], "earlier parameters to the values they must take")
+        if not when: raise SpecError(f"{where}.{k}.when is empty: name an earlier parameter and its value")
+        for other, values in when.items():
+            if other not in list(params)[:i]:
+                raise SpecError(f"{where}.{k}.when: {other!r} is not a parameter searched before {k!r} (params: "
+                                f"{', '.join(params)}); a condition names an earlier one")
+            for v in values if isinstance(values, list) else [values]:
+                if not _in_range(params[other], v):
+                    raise SpecError(f"{where}.{k}.when: {other} never takes {v!r} (a list names several values; "
+                                    "a list choice goes in a list of its own: [[16, 8]])")
+
+def _holds(when:dict|None, params:dict) -> bool:
+    "Whether the condition `when` holds for the parameters chosen so far."
+    return all(k in params and any(params[k] == v and type(params[k]) is type(v) or _is_number(params[k]) and
+                                   _is_number(v) and params[k] == v for v in (vs if isinstance(vs, list) else [vs]))
+               for k, vs in (when or {}).items())
+
+def _structured(p:dict) -> bool:
+    "Whether a parameter's choices include lists or mappings, which Optuna takes as their JSON text."
+    return p["type"] == "categorical" and any(isinstance(c, (list, dict)) for c in p["choices"])
+
+def to_optuna(p:dict, v):
+    "A parameter's value as Optuna keeps it: the JSON text of a choice, when its choices are lists or mappings."
+    return json.dumps(v, sort_keys=True) if _structured(p) else v
+
+def from_optuna(p:dict, v):
+    "A parameter's value as the notebook takes it, from the value Optuna keeps (`to_optuna`)."
+    return json.loads(v) if _structured(p) and isinstance(v, str) else v
+
+def trial_params(t, params:dict) -> dict:
+    "The searched parameters of trial `t`, as the notebook got them (`params`: the spec's, for lists and mappings)."
+    return {k: from_optuna(params[k], v) if k in params else v for k, v in t.params.items()}
+
+def _suggest(trial, name:str, p:dict):
+    "The value of parameter `name` for `trial` (a list or mapping choice goes through Optuna as its JSON text)."
+    if p["type"] == "categorical":
+        return from_optuna(p, trial.suggest_categorical(name, [to_optuna(p, c) for c in p["choices"]]))
+    suggest = trial.suggest_int if p["type"] == "int" else trial.suggest_float
+    return suggest(name, p["low"], p["high"], log=p["log"], **({"step": p["step"]} if "step" in p else {}))
+
+def suggest_params(trial, spec:SweepSpec) -> dict:
+    "A trial's parameters: the spec's fixed values, and a suggested one for each searched parameter whose `when` holds."
+    params = dict(spec.fixed)
+    for k, p in spec.params.items():
+        if _holds(p.get("when"), params): params[k] = _suggest(trial, k, p)
+    return params
+
+
 # %% ../nbs/12_sweep.ipynb #ef2a6fa5
 def _notebook_path(text, spec_path:Path) -> Path:
     "The notebook the spec names: relative to the working folder, or else to the spec's folder."
@@ -143,74 +232,221 @@ def _notebook_path(text, spec_path:Path) -> Path:
     if path.is_absolute() or path.exists() or not (spec_path.parent/path).exists(): return path.absolute()
     return (spec_path.parent/path).absolute()
 
+def _signature_options(cls, reserved=()) -> list[str]:
+    "The keyword arguments the Optuna class `cls` takes, less `reserved` (those mlkit fills in)."
+    import inspect
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return [k for k, p in inspect.signature(cls).parameters.items() if p.kind in kinds and k not in reserved]
+
+_INT_OPTIONS = {"n_startup_trials": 0, "n_warmup_steps": 0, "interval_steps": 1, "min_resource": 1, "max_resource": 1,
+                "reduction_factor": 2, "patience": 0, "min_early_stopping_rate": 0, "bootstrap_count": 0,
+                "n_min_trials": 1}
+
+def _pruner_options(where:str, kind:str, options:dict) -> dict:
+    "A pruner's options, checked against its Optuna class's signature (and the ints Optuna checks only when it prunes)."
+    import optuna
+    _keys(where, options, ("type", "metric", "goal", *_signature_options(getattr(optuna.pruners, PRUNERS[kind]))))
+    options = {k: v for k, v in options.items() if k not in ("type", "metric", "goal")}
+    for k, v in options.items():
+        auto = k == "max_resource" or k == "min_resource" and kind == "successive_halving"
+        if k not in _INT_OPTIONS or auto and v == "auto": continue
+        if isinstance(v, bool) or not isinstance(v, int) or v < _INT_OPTIONS[k]:
+            raise SpecError(f"{where}: {k} must be an int, {_INT_OPTIONS[k]} or more" + (" (or auto)" if auto else "") +
+                            f", got {v!r}")
+    if options.get("max_resource", "auto") != "auto" and options["max_resource"] < options.get("min_resource", 1):
+        raise SpecError(f"{where}: max_resource {options['max_resource']} is below min_resource "
+                        f"{options.get('min_resource', 1)}")
+    if kind == "patient":  # it wraps another: `wrapped_pruner: median` or {type: median, ...}
+        inner = options.get("wrapped_pruner")
+        if inner is not None:
+            inner = {"type": inner} if isinstance(inner, str) else _mapping(f"{where}.wrapped_pruner", inner, "settings")
+            if inner.get("type") not in PRUNERS or inner["type"] == "patient":
+                raise SpecError(f"{where}.wrapped_pruner: unknown pruner {inner.get('type')!r} (one of "
+                                f"{', '.join(k for k in PRUNERS if k != 'patient')})")
+            options["wrapped_pruner"] = {"type": inner["type"], **_pruner_options(f"{where}.wrapped_pruner",
+                                                                                  inner["type"], inner)}
+    return options
+
 def _pruner_spec(where:str, p, metric:str, goal:str) -> dict:
+    "The spec's `pruner:` checked: a pruner of `optuna.pruners` by name, its options, the metric it watches and its goal."
     from mlkit.runs import metric_goal
-    if p is None or p == "none" or p == {"type": "none"}: return {"type": "none"}
+    if p is None or p in ("none", "nop") or p in ({"type": "none"}, {"type": "nop"}): return {"type": "none"}
     if isinstance(p, str): p = {"type": p}
     p = _mapping(where, p, "pruner settings")
     kind = p.get("type")
-    if kind not in PRUNERS: raise SpecError(f"{where}: unknown pruner {kind!r} (one of {', '.join(PRUNERS)})")
-    _keys(where, p, ("type", "metric", "goal", *PRUNERS[kind]))
+    if kind not in PRUNERS:
+        raise SpecError(f"{where}: unknown pruner {kind!r} (one of {', '.join(list(PRUNERS)[:3])}); Optuna's other pruners: "
+                        f"{', '.join(list(PRUNERS)[3:])}")
+    options = _pruner_options(where, kind, p)
     watch = p.get("metric", metric)
     if not isinstance(watch, str) or not watch: raise SpecError(f"{where}: metric must be a metric's name, got {watch!r}")
     if "goal" in p and p["goal"] not in GOALS:
         raise SpecError(f"{where}: goal must be maximize or minimize, got {p['goal']!r}")
     guessed = {"min": "minimize", "max": "maximize"}.get(metric_goal(watch))
     watch_goal = GOALS[p["goal"]] if "goal" in p else goal if watch == metric else guessed or goal
-    options = {k: p[k] for k in PRUNERS[kind] if k in p}
-    for k, v in options.items():  # Optuna checks some of these only when it first prunes
-        least = {"interval_steps": 1, "min_resource": 1, "reduction_factor": 2}.get(k, 0)
-        if k == "max_resource" and v == "auto": continue
-        if isinstance(v, bool) or not isinstance(v, int) or v < least:
-            raise SpecError(f"{where}: {k} must be an int, {least} or more" +
-                            (" (or auto)" if k == "max_resource" else "") + f", got {v!r}")
-    if options.get("max_resource", "auto") != "auto" and options["max_resource"] < options.get("min_resource", 1):
-        raise SpecError(f"{where}: max_resource {options['max_resource']} is below min_resource "
-                        f"{options.get('min_resource', 1)}")
     try: _pruner({"type": kind, **options})  # and Optuna checks its own
-    except (TypeError, ValueError) as e: raise SpecError(f"{where}: {e}") from None
+    except (TypeError, ValueError) as e: raise SpecError(f"{where}: {' '.join(str(e).split())}") from None
     return {"type": kind, "metric": watch, "goal": watch_goal, **options}
 
 def _pruner(p:dict):
     "The Optuna pruner of a checked pruner spec."
+    import warnings
     import optuna
     options = {k: v for k, v in p.items() if k not in ("type", "metric", "goal")}
-    if p["type"] == "median": return optuna.pruners.MedianPruner(**options)
-    if p["type"] == "hyperband": return optuna.pruners.HyperbandPruner(**options)
-    return optuna.pruners.NopPruner()
+    if options.get("wrapped_pruner") is not None: options["wrapped_pruner"] = _pruner(options["wrapped_pruner"])
+    with warnings.catch_warnings():  # PatientPruner and WilcoxonPruner are experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return getattr(optuna.pruners, PRUNERS[p["type"]])(**options)
+
+def _sampler_options(where:str, method:str, options:dict) -> dict:
+    "A sampler's options (`method: {name: ..., option: value}`), checked against its Optuna class's signature."
+    import importlib.util
+    import optuna
+    if missing := [m for m in SAMPLER_NEEDS.get(method, ()) if importlib.util.find_spec(m) is None]:
+        raise SpecError(f"{where}: method {method} needs {' and '.join(missing)}: pip install {' '.join(missing)}")
+    if "seed" in options: raise SpecError(f"{where}: method: the sampler's seed is the spec's seed:, not one of its options")
+    known = _signature_options(getattr(optuna.samplers, SAMPLERS[method]), reserved=("seed", "search_space"))
+    if unknown := [k for k in options if k not in known]:
+        raise SpecError(f"{where}: method {method} has no option {', '.join(map(repr, unknown))} (Optuna's "
+                        f"{SAMPLERS[method]} takes: {', '.join(known) or 'none'})")
+    return dict(options)
+
+def _sampler(spec:SweepSpec):
+    "The Optuna sampler of a checked spec: its method's class, with its options and the spec's seed."
+    import warnings
+    import optuna
+    options = dict(spec.method_options)
+    if spec.method == "tpe": options = {"constant_liar": True, **options}  # constant liar: parallel workers spread out
+    if spec.method == "grid":
+        options["search_space"] = {k: [to_optuna(p, v) for v in grid_values(p)] for k, p in spec.params.items()}
+    with warnings.catch_warnings():  # GPSampler, QMCSampler, ... are experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return getattr(optuna.samplers, SAMPLERS[spec.method])(seed=spec.seed, **options)
+
+
+# %% ../nbs/12_sweep.ipynb #a1b2c301
+_FLOAT_12 = r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?"  # YAML 1.2's float: 1e-4, 1E-4, .5, -3e+2
+
+def _spec_loader():
+    "A YAML safe loader for specs: 1e-4 is a number (YAML 1.2), a key twice is an error, 010 is ten, dates are text."
+    import yaml
+    class Loader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge": continue
+                key, line = self.construct_object(key_node, deep=True), key_node.start_mark.line + 1
+                try: first = seen.get(key)
+                except TypeError: continue  # an unhashable key: the safe loader refuses it itself
+                if first is not None:
+                    raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r} (lines {first} and {line})")
+                seen[key] = line
+            return super().construct_mapping(node, deep)
+    Loader.yaml_implicit_resolvers = {c: [(tag, rx) for tag, rx in rs if tag != "tag:yaml.org,2002:timestamp"]
+                                      for c, rs in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(f"^(?:{_FLOAT_12})$"), list("-+0123456789."))
+    def decimal(loader, node):  # 010 is ten, as on mlkit run's command line (YAML 1.1 reads octal 8)
+        text = loader.construct_scalar(node).replace("_", "")
+        return int(text) if text.lstrip("+-").isdigit() else yaml.SafeLoader.construct_yaml_int(loader, node)
+    Loader.add_constructor("tag:yaml.org,2002:int", decimal)
+    return Loader
+
+def read_spec_yaml(path:Path):
+    "The YAML of the spec at `path`, read by `_spec_loader`; a one-line `SpecError` when it cannot be read."
+    import yaml
+    try: return yaml.load(path.read_text(), Loader=_spec_loader())
+    except OSError as e: raise SpecError(f"cannot read the sweep spec {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e: raise SpecError(f"invalid YAML in {path}: {e}") from None
+    except yaml.constructor.ConstructorError as e:
+        if e.problem and e.problem.startswith("duplicate key"): raise SpecError(f"{path}: {e.problem}") from None
+        raise SpecError(f"invalid YAML in {path}: {' '.join(str(e).split())[:200]}") from None
+    except yaml.YAMLError as e: raise SpecError(f"invalid YAML in {path}: {' '.join(str(e).split())[:200]}") from None
+
 
 # %% ../nbs/12_sweep.ipynb #c039acf4
+def _objectives(where:str, metric) -> list[dict]:
+    "The spec's `metric:` (a name, {name, goal}, or a list of those) as [{'name', 'goal'}], each goal known."
+    from mlkit.runs import metric_goal
+    several = isinstance(metric, list)
+    if several and not metric: raise SpecError(f"{where}: metric is an empty list; name one metric or more")
+    out = []
+    for i, m in enumerate(metric if several else [metric]):
+        at = f"{where}: metric" + (f"[{i}]" if several else "")
+        m = m if isinstance(m, dict) else {"name": m}
+        _keys(at, m, ("name", "goal"))
+        if not isinstance(m.get("name"), str) or not m["name"]:
+            raise SpecError(f"{at} needs a name, got {m.get('name')!r}")
+        goal = m.get("goal", {"min": "minimize", "max": "maximize"}.get(metric_goal(m["name"])))
+        if goal not in GOALS:
+            raise SpecError(f"{at} goal must be maximize or minimize, got {goal!r}" if "goal" in m else
+                            f"{where}: is a lower or a higher {m['name']!r} better? say goal: minimize or maximize")
+        if m["name"] in [o["name"] for o in out]: raise SpecError(f"{at}: {m['name']!r} is there twice")
+        out.append({"name": m["name"], "goal": GOALS[goal]})
+    return out
+
+def _method(where:str, method) -> tuple[str, dict]:
+    "(the sampler's name, its options) from the spec's `method:`, a name or {name: ..., option: value, ...}."
+    options = {}
+    if isinstance(method, dict):
+        options = dict(_mapping(f"{where}: method", method, "the sampler's name and options"))
+        if "name" not in options: raise SpecError(f"{where}: method needs a name (one of {', '.join(METHODS)})")
+        method = options.pop("name")
+    if method not in SAMPLERS:
+        raise SpecError(f"{where}: unknown method {method!r} (one of {', '.join(METHODS[:3])}); Optuna's other samplers: "
+                        f"{', '.join(METHODS[3:])}")
+    return method, _sampler_options(where, method, options)
+
+def _seconds(what:str, v) -> float|None:
+    if v is not None and (not _is_number(v) or v <= 0):
+        raise SpecError(f"{what} takes a number of seconds above 0, got {v!r}")
+    return v
+
 def load_spec(path:str|Path, # The spec's YAML file
               n_trials:int|None=None, # Instead of the spec's n_trials
+              timeout:float|None=None, # Instead of the spec's timeout: seconds after which no trial starts
+              cell_timeout:float|None=None, # Instead of the spec's cell_timeout: seconds a trial's cell may run
              ) -> SweepSpec:
     "The sweep spec at `path`, checked (against its notebook's parameters too); a one-line `SpecError` saying what is wrong."
-    from mlkit.run import ParameterError, _yaml_file, convert, notebook_parameters, read_notebook
+    from mlkit.run import ParameterError, convert, notebook_parameters, read_notebook
     path = Path(path)
-    data = _mapping(str(path), _yaml_file(path, "the sweep spec", SpecError), "the spec's keys")
+    data = _mapping(str(path), read_spec_yaml(path), "the spec's keys")
     _keys(str(path), data, SPEC_KEYS)
     for k in ("name", "notebook", "metric", "params"):
         if k not in data: raise SpecError(f"{path}: {k} is missing")
     name = data["name"]
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise SpecError(f"{path}: name must be letters, digits, '.', '_' and '-' (it names a folder), got {name!r}")
-    metric = data["metric"] if isinstance(data["metric"], dict) else {"name": data["metric"]}
-    _keys(f"{path}: metric", metric, ("name", "goal"))
-    if not isinstance(metric.get("name"), str) or not metric["name"]:
-        raise SpecError(f"{path}: metric needs a name, got {metric.get('name')!r}")
-    from mlkit.runs import metric_goal
-    goal = metric.get("goal", {"min": "minimize", "max": "maximize"}.get(metric_goal(metric["name"])))
-    if goal not in GOALS:
-        raise SpecError(f"{path}: metric goal must be maximize or minimize, got {goal!r}" if "goal" in metric else
-                        f"{path}: is a lower or a higher {metric['name']!r} better? say goal: minimize or maximize")
-    method = data.get("method", "tpe")
-    if method not in METHODS: raise SpecError(f"{path}: unknown method {method!r} (one of {', '.join(METHODS)})")
-    n = data.get("n_trials", 20) if n_trials is None else n_trials
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise SpecError(f"--n-trials takes a number of trials, 1 or more, got {n!r}" if n_trials is not None else
-                        f"{path}: n_trials must be a number of trials, 1 or more, got {n!r}")
+    objectives = _objectives(str(path), data["metric"])
+    metric, goal = objectives[0]["name"], objectives[0]["goal"]
+    method, method_options = _method(str(path), data.get("method", "tpe"))
+    if len(objectives) > 1 and method in SINGLE_OBJECTIVE:
+        raise SpecError(f"{path}: method {method} searches one metric, and metric has {len(objectives)}; use nsgaii, "
+                        "nsgaiii, tpe, gp or random")
     params = {k: _check_param(f"{path}: params.{k}", _mapping(f"{path}: params.{k}", v, "settings"))
               for k, v in _mapping(f"{path}: params", data["params"], "parameter names to settings").items()}
     if not params: raise SpecError(f"{path}: params is empty: nothing to search")
+    _check_when(f"{path}: params", params)
+    size = None
+    if method == "grid":
+        sizes = {k: grid_size(p) for k, p in params.items()}
+        if no_grid := [k for k, v in sizes.items() if v is None]:
+            raise SpecError(f"{path}: a grid needs a step for float parameters ({', '.join(no_grid)})")
+        if when := [k for k, p in params.items() if "when" in p]:
+            raise SpecError(f"{path}: a grid cannot search a conditional space ({', '.join(when)} has when:); "
+                            "method: bruteforce walks one")
+        if (size := math.prod(sizes.values())) > 1_000_000:
+            raise SpecError(f"{path}: the grid has {size:,} points; a grid search needs far fewer (use tpe or random)")
+    given = "--n-trials" if n_trials is not None else "n_trials" if "n_trials" in data else None
+    n = n_trials if n_trials is not None else data.get("n_trials", size or 20)  # a grid's size, unless it says
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise SpecError(f"--n-trials takes a number of trials, 1 or more, got {n!r}" if n_trials is not None else
+                        f"{path}: n_trials must be a number of trials, 1 or more, got {n!r}")
+    if size is not None and n > size:
+        raise SpecError(f"{path}: {given} is {n}, and the grid has {size} points; lower {given} to {size} or less, "
+                        "or leave n_trials out (a grid then runs all its points)")
+    timeout = _seconds("--timeout", timeout) if timeout is not None else _seconds(f"{path}: timeout", data.get("timeout"))
+    cell_timeout = (_seconds("--cell-timeout", cell_timeout) if cell_timeout is not None else
+                    _seconds(f"{path}: cell_timeout", data.get("cell_timeout")))
     fixed = _mapping(f"{path}: fixed", data.get("fixed") or {}, "parameter names to values")
     if both := [k for k in fixed if k in params]:
         raise SpecError(f"{path}: {', '.join(both)} both searched (params) and fixed")
@@ -222,17 +458,13 @@ def load_spec(path:str|Path, # The spec's YAML file
     if len(start_with) > n: raise SpecError(f"{path}: start_with has {len(start_with)} trials, more than n_trials ({n})")
     for i, t in enumerate(start_with):
         _keys(f"{path}: start_with[{i}]", _mapping(f"{path}: start_with[{i}]", t, "parameter names to values"), params)
-    if method == "grid":
-        sizes = {k: grid_size(p) for k, p in params.items()}
-        if no_grid := [k for k, v in sizes.items() if v is None]:
-            raise SpecError(f"{path}: a grid needs a step for float parameters ({', '.join(no_grid)})")
-        if (size := math.prod(sizes.values())) > 1_000_000:
-            raise SpecError(f"{path}: the grid has {size:,} points; a grid search needs far fewer (use tpe or random)")
-        if n > size:
-            raise SpecError(f"{path}: n_trials is {n}, and the grid has {size} points; lower n_trials to {size} or less")
-    spec = SweepSpec(name, _notebook_path(data["notebook"], path), metric["name"], GOALS[goal], params, method, n,
-                     _pruner_spec(f"{path}: pruner", data.get("pruner"), metric["name"], GOALS[goal]), fixed, seed,
-                     start_with)
+    pruner = _pruner_spec(f"{path}: pruner", data.get("pruner"), metric, goal)
+    if len(objectives) > 1 and pruner["type"] != "none":
+        raise SpecError(f"{path}: pruner: Optuna cannot prune a search of {len(objectives)} metrics; leave pruner out")
+    spec = SweepSpec(name, _notebook_path(data["notebook"], path), metric, goal, params, method, n, pruner, fixed, seed,
+                     start_with, method_options, objectives if len(objectives) > 1 else [], timeout, cell_timeout)
+    try: _sampler(spec)  # Optuna checks its options' values
+    except (TypeError, ValueError) as e: raise SpecError(f"{path}: method {method}: {' '.join(str(e).split())}") from None
     declared = notebook_parameters(read_notebook(spec.notebook, validate=False))
     if declared is None: raise SpecError(f"{path}: {spec.notebook} has no cell tagged 'parameters' to sweep over")
     if missing := [k for k in [*params, *fixed] if k not in declared]:
@@ -256,6 +488,7 @@ def load_spec(path:str|Path, # The spec's YAML file
                     raise ParameterError(f"start_with value {v!r} of '{k}' is not a point of the grid")
     except ParameterError as e: raise SpecError(f"{path}: {e}") from None
     return spec
+
 
 # %% ../nbs/12_sweep.ipynb #6400f8e4
 SWEEPS = "sweeps"  # runs/sweeps/<name>/: the journal, the workers' logs
@@ -446,13 +679,6 @@ def lost_trial(storage, trial, run) -> str|None:
 
 
 # %% ../nbs/12_sweep.ipynb #4f53734e
-def _sampler(spec:SweepSpec):
-    import optuna
-    if spec.method == "grid":
-        return optuna.samplers.GridSampler({k: grid_values(p) for k, p in spec.params.items()}, seed=spec.seed)
-    if spec.method == "random": return optuna.samplers.RandomSampler(seed=spec.seed)
-    return optuna.samplers.TPESampler(seed=spec.seed, constant_liar=True)  # constant liar: parallel workers spread out
-
 def _load_study(spec:SweepSpec, storage):
     import optuna
     return optuna.load_study(study_name=spec.name, storage=storage, sampler=_sampler(spec), pruner=_pruner(spec.pruner))
@@ -470,7 +696,8 @@ def open_study(spec:SweepSpec, # A checked spec (`load_spec`)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     want = spec.identity()
     try:
-        study = optuna.create_study(study_name=spec.name, storage=storage, direction=spec.goal, sampler=_sampler(spec),
+        study = optuna.create_study(study_name=spec.name, storage=storage, directions=[o["goal"] for o in spec.goals()],
+                                    sampler=_sampler(spec),
                                     pruner=_pruner(spec.pruner))
     except optuna.exceptions.DuplicatedStudyError:  # an earlier run of the spec, or another machine's
         study = _load_study(spec, storage)
@@ -482,7 +709,7 @@ def open_study(spec:SweepSpec, # A checked spec (`load_spec`)
             raise SpecError(f"sweep {spec.name} exists with a different {', '.join(differ)}; its trials would not be "
                             "comparable: name the new sweep differently") from None
         return study
-    for params in spec.start_with: study.enqueue_trial(params)
+    for params in spec.start_with: study.enqueue_trial({k: to_optuna(spec.params[k], v) for k, v in params.items()})
     study.set_user_attr(SPEC_ATTR, {**want, "notebook_path": _shown(spec.notebook)})
     return study
 
@@ -546,10 +773,11 @@ def metric_value(run, # A finished `mlkit.runs.Run`
     if not _is_number(value): raise TrialFailed(f"run {run.id}: {name} is {value!r}, not a finite number")
     return float(value)
 
-def _suggest(trial, name:str, p:dict):
-    if p["type"] == "categorical": return trial.suggest_categorical(name, p["choices"])
-    suggest = trial.suggest_int if p["type"] == "int" else trial.suggest_float
-    return suggest(name, p["low"], p["high"], log=p["log"], **({"step": p["step"]} if "step" in p else {}))
+def objective_value(run, # A finished `mlkit.runs.Run`
+                    spec:SweepSpec) -> float|tuple:
+    "What the trial tells Optuna: the metric's value, or a tuple of the metrics' values when the spec has several."
+    values = tuple(metric_value(run, o["name"]) for o in spec.goals())
+    return values[0] if len(values) == 1 else values
 
 def _started(pid:int) -> str|None:
     "When process `pid` started (clock ticks since boot, from /proc), so that a reused pid is not taken for it."
@@ -646,7 +874,7 @@ class _Worker:
         from mlkit.run import TRIAL_ENV, run_notebook
         trial.set_user_attr(WORKER_ATTR, self.me)  # whose it is, before the others may look at it
         self._unlock()  # the trial exists: the other workers count it
-        params = {**self.spec.fixed, **{k: _suggest(trial, k, p) for k, p in self.spec.params.items()}}
+        params = suggest_params(trial, self.spec)
         p = self.spec.pruner
         link = {"study": self.spec.name, "trial_id": trial._trial_id, "number": trial.number, "storage": self.url,
                 "folder": str(self.folder), "pruner": p, "watch": p.get("metric"),
@@ -659,7 +887,8 @@ class _Worker:
             run = run_notebook(self.spec.notebook, params, name=f"{self.spec.name}-{trial.number}", gpus=self.gpus,
                                runs_dir=self.runs_dir, out=self.log, env={TRIAL_ENV: json.dumps(link)}, secrets=secrets,
                                meta={"sweep": self.spec.name, "trial": trial.number, "sweep_params": list(self.spec.params),
-                                     "command": trial_command(self.spec, params, secrets)})
+                                     "command": trial_command(self.spec, params, secrets)},
+                               cell_timeout=self.spec.cell_timeout)
         except MlkitError as e:  # before a run began: the runs folder, the notebook, the GPUs ...
             trial.set_user_attr(ERROR_ATTR, str(e))
             raise TrialFailed(str(e)) from None
@@ -674,7 +903,7 @@ class _Worker:
             raise KeyboardInterrupt  # Optuna fails the trial; this worker stops
         try:
             if run.status != "finished": raise TrialFailed(f"run {run.id} {run.status}: {run.meta.get('error')}")
-            return metric_value(run, self.spec.metric)
+            return objective_value(run, self.spec)
         except TrialFailed as e:
             trial.set_user_attr(ERROR_ATTR, str(e))
             raise
@@ -694,7 +923,8 @@ class _Worker:
         try:
             if not self.go_on(): return 0
             while True:
-                try: self.study.optimize(self.objective, catch=(TrialFailed,), callbacks=[self.after_trial])
+                try: self.study.optimize(self.objective, catch=(TrialFailed,), callbacks=[self.after_trial],
+                                         timeout=self.spec.timeout)
                 except ValueError:  # Optuna's "Cannot tell a FAIL trial": the one the heartbeat failed (lost_trial)
                     if self.lost is None: raise
                     print(self.lost, flush=True)
@@ -722,12 +952,13 @@ def trial_state(t) -> str:
 def trial_line(t, spec:SweepSpec) -> str:
     "One line on how trial `t` ended: its state, value, parameters and run."
     state = trial_state(t)
-    value = f" {spec.metric} {t.value:.6g}" if t.value is not None and state == "finished" else ""
+    value = ("".join(f" {o['name']} {v:.6g}" for o, v in zip(spec.goals(), t.values, strict=False))
+             if t.values is not None and state == "finished" else "")
     why = t.user_attrs.get(ERROR_ATTR) or t.user_attrs.get(INTERRUPTED_ATTR) or t.user_attrs.get(DIED_ATTR)
     at = f" {_pruned_text(t)}" if state == "pruned" else ""
     run = t.user_attrs.get(RUN_ATTR)
-    return (f"trial {t.number} {state}{at}:{value}  {_params_text(t.params)}" + (f"  (run {run})" if run else "")
-            + (f"  {why}" if state == "failed" and why else ""))
+    return (f"trial {t.number} {state}{at}:{value}  {_params_text(trial_params(t, spec.params))}"
+            + (f"  (run {run})" if run else "") + (f"  {why}" if state == "failed" and why else ""))
 
 # %% ../nbs/12_sweep.ipynb #f5f3ff8f
 def _worker_main():
@@ -774,6 +1005,7 @@ class SweepResult:
     done: int # trials finished or pruned, all sessions counted
     interrupted: str|None = None # the signal that stopped it
     worker_codes: list = field(default_factory=list)
+    timed_out: bool = False # the workers stopped at the spec's timeout, before n_trials were done
 
 def _fd(stream):
     "`stream` for a child process to write to: itself if it has a file descriptor, else None (the child inherits ours)."
@@ -794,11 +1026,13 @@ def sweep(spec:str|Path|SweepSpec, # The spec's YAML file, or a checked spec
           runs_dir:str|Path|None=None, # The runs folder; `mlkit.core.runs_dir()` when None
           out=None, # Where the sweep's own lines go; sys.stdout when None
           params:dict|None=None, # -p values: to the kernels only through the environment; None: $MLKIT_SWEEP_SECRET_<NAME>
+          timeout:float|None=None, # Instead of the spec's timeout: seconds after which no trial starts
+          cell_timeout:float|None=None, # Instead of the spec's cell_timeout: seconds a trial's cell may run
          ) -> SweepResult:
     "Run the sweep `spec` with `workers` processes here until it has its `n_trials` done; resumes it if it exists."
     from mlkit.run import _writable_runs_folder
     out = out or sys.stdout
-    spec = load_spec(spec, n_trials) if not isinstance(spec, SweepSpec) else spec
+    spec = load_spec(spec, n_trials, timeout, cell_timeout) if not isinstance(spec, SweepSpec) else spec
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise MlkitError(f"--workers takes a number of processes, 1 or more, got {workers!r}")
     if gpus_per_trial is not None:
@@ -843,7 +1077,9 @@ def sweep(spec:str|Path|SweepSpec, # The spec's YAML file, or a checked spec
         for p in procs:  # an exception here (not a signal) must not leave workers behind
             if p.poll() is None: p.terminate()
         for s, h in before.items(): signal.signal(s, h)
-    return SweepResult(spec.name, study, spec.n_trials, count_done(study), stopped[0] if stopped else None, codes)
+    done = count_done(study)
+    return SweepResult(spec.name, study, spec.n_trials, done, stopped[0] if stopped else None, codes,
+                       spec.timeout is not None and not stopped and done < spec.n_trials and not any(codes))
 
 # %% ../nbs/12_sweep.ipynb #19269549
 def load_sweep(name:str, # The sweep's name (its spec's `name`)
@@ -868,12 +1104,18 @@ def _duration(t) -> str:
     end = t.datetime_complete or datetime.now()
     return f"{(end - t.datetime_start).total_seconds():.1f} s"
 
+def _metric_names(spec:dict) -> list[str]:
+    "The names of the metrics a sweep's spec identity (its study's `mlkit.spec`) searches: one, or several."
+    metric = spec.get("metric", "value")
+    return metric if isinstance(metric, list) else [metric]
+
 def status_table(study, spec:dict) -> str:
     "The `mlkit sweep status` table: each trial's number, state, value, parameters, duration, run and note."
     from mlkit.cli import _fmt, _table
     trials = study.get_trials(deepcopy=False)
     if not trials: return "no trials yet"
     names = list(spec.get("params") or dict.fromkeys(k for t in trials for k in t.params))
+    metrics = _metric_names(spec)
     rows = []
     for t in trials:
         state = trial_state(t)
@@ -881,12 +1123,14 @@ def status_table(study, spec:dict) -> str:
         note = (t.user_attrs.get(ERROR_ATTR) or t.user_attrs.get(INTERRUPTED_ATTR) or t.user_attrs.get(DIED_ATTR) or
                 (f"retry of trial {retry}" if retry is not None else ""))
         if state == "pruned": note = f"pruned {_pruned_text(t)}"
-        value = _fmt(t.value) if state != "pruned" else "-"  # a pruned trial's value is its last report's
-        rows.append((t.number, state, value, *[_fmt(t.params.get(k)) for k in names], _duration(t),
+        values = [_fmt(v) if state != "pruned" else "-" for v in t.values or [None] * len(metrics)]  # pruned: last report
+        params = trial_params(t, spec.get("params") or {})
+        rows.append((t.number, state, *values, *[_fmt(params.get(k)) for k in names], _duration(t),
                      t.user_attrs.get(RUN_ATTR, "-"), note[:120]))
     done = sum(t.state.name in ("COMPLETE", "PRUNED") for t in trials)
-    head = f"sweep {study.study_name}: {spec.get('metric', 'value')} ({study.direction.name.lower()}), {done} trial(s) done\n"
-    return head + _table(("trial", "state", spec.get("metric", "value"), *names, "duration", "run", "note"), rows)
+    goals = ", ".join(f"{m} ({d.name.lower()})" for m, d in zip(metrics, study.directions, strict=False))
+    head = f"sweep {study.study_name}: {goals}, {done} trial(s) done\n"
+    return head + _table(("trial", "state", *metrics, *names, "duration", "run", "note"), rows)
 
 def _cli_text(v, typed_str:bool=True) -> str:
     "`v` as `mlkit run -p` reads it back: as typed for a str parameter, else as YAML (floats in full, JSON-style)."
@@ -900,31 +1144,69 @@ def _str_params(notebook:str) -> set:
     try: return {k for k, p in (notebook_parameters(read_notebook(notebook, validate=False)) or {}).items() if p.type is str}
     except MlkitError: return set()
 
+def _secret_names(params:dict, given) -> list:
+    "The parameters whose values the sweep does not keep: kept as *** (see Secrets), or given with -p."
+    secret = [k for k, v in params.items() if '"***"' in json.dumps(v)]
+    return secret + [k for k in given or () if k not in secret]
+
+def _secret_hint(spec:dict, given) -> list:
+    "The line before commands holding `-p NAME VALUE` placeholders, or none."
+    secret = _secret_names(spec.get("fixed") or {}, given)
+    return [f"(VALUE: give {', '.join(secret)} again; the sweep keeps no secret)"] if secret else []
+
+def _command(t, spec:dict, strs:set, given=()) -> str:
+    "The `mlkit run` command that repeats trial `t`: the spec's fixed values, the trial's parameters, secrets as VALUE."
+    params = {**(spec.get("fixed") or {}), **trial_params(t, spec.get("params") or {})}
+    notebook = spec.get("notebook_path") or spec.get("notebook", "NOTEBOOK")
+    secret = _secret_names(params, given)
+    return " ".join(["mlkit run", shlex.quote(notebook),
+                     *(f"-p {k} {shlex.quote(_cli_text(v, k in strs))}" for k, v in params.items() if k not in secret),
+                     *(f"-p {k} VALUE" for k in secret)])
+
 def best_text(study, spec:dict) -> str:
-    "The `mlkit sweep best` text: the best trial's value, parameters and run, and the `mlkit run` command repeating it."
+    "The `mlkit sweep best` text: the best trial (or the Pareto front of several metrics) and `mlkit run` commands."
+    from mlkit.cli import _fmt, _table
+    metrics, strs = _metric_names(spec), _str_params(spec.get("notebook_path") or spec.get("notebook", "NOTEBOOK"))
+    given = study.user_attrs.get(GIVEN_ATTR) or []
+    if len(metrics) > 1:
+        front = sorted(study.best_trials, key=lambda t: t.number)
+        if not front: raise MlkitError(f"sweep {study.study_name} has no finished trial yet")
+        names = list(dict.fromkeys(k for t in front for k in t.params))
+        rows = [(t.number, *map(_fmt, t.values), *[_fmt(trial_params(t, spec.get("params") or {}).get(k)) for k in names],
+                 t.user_attrs.get(RUN_ATTR, "-")) for t in front]
+        goals = ", ".join(f"{m} ({d.name.lower()})" for m, d in zip(metrics, study.directions, strict=False))
+        return "\n".join([f"pareto front of sweep {study.study_name}: {len(front)} trial(s), none better in every metric: "
+                          f"{goals}", _table(("trial", *metrics, *names, "run"), rows), *_secret_hint(spec, given),
+                          *(f"trial {t.number}: {_command(t, spec, strs, given)}" for t in front)])
     try: t = study.best_trial
     except ValueError: raise MlkitError(f"sweep {study.study_name} has no finished trial yet") from None
-    params = {**(spec.get("fixed") or {}), **t.params}
-    notebook = spec.get("notebook_path") or spec.get("notebook", "NOTEBOOK")
-    strs = _str_params(notebook)
-    secret = [k for k, v in params.items() if '"***"' in json.dumps(v)]  # kept as *** (see Secrets), or given with -p:
-    secret += [k for k in study.user_attrs.get(GIVEN_ATTR) or [] if k not in secret]  # their values are nowhere
-    command = " ".join(["mlkit run", shlex.quote(notebook),
-                        *(f"-p {k} {shlex.quote(_cli_text(v, k in strs))}" for k, v in params.items() if k not in secret),
-                        *(f"-p {k} VALUE" for k in secret)])
-    lines = [f"best trial {t.number}: {spec.get('metric', 'value')} {t.value:.6g}" +
+    lines = [f"best trial {t.number}: {metrics[0]} {t.value:.6g}" +
              (f"  (run {t.user_attrs[RUN_ATTR]})" if RUN_ATTR in t.user_attrs else "")]
-    lines += [f"  {k:18s} {v}" for k, v in t.params.items()]
-    hint = [f"(VALUE: give {', '.join(secret)} again; the sweep keeps no secret)"] if secret else []
-    return "\n".join([*lines, *hint, command])
+    lines += [f"  {k:18s} {v}" for k, v in trial_params(t, spec.get("params") or {}).items()]
+    return "\n".join([*lines, *_secret_hint(spec, given), _command(t, spec, strs, given)])
+
 
 # %% ../nbs/12_sweep.ipynb #66c9e763
 PLOTS = {"history": "plot_optimization_history", "parallel": "plot_parallel_coordinate", "importance": "plot_param_importances"}
 
+def _plots(study, complete:list, metrics:list[str]) -> list[tuple]:
+    "(file name suffix, Optuna's plot function, its keyword arguments) for each plot of `study`."
+    several = len(metrics) > 1
+    out = []
+    for i, metric in enumerate(metrics):  # each plot of a value, its axis named after the metric
+        target = {"target": (lambda t, i=i: t.values[i])} if several else {}
+        for name, fn in PLOTS.items():
+            if name == "importance" and len(complete) < 2: continue  # importances need two finished trials
+            out.append((f"{name}-{metric}" if several else name, fn, {**target, "target_name": metric}))
+    if several: out.append(("pareto", "plot_pareto_front", {"target_names": metrics}))
+    elif any(t.intermediate_values for t in study.get_trials(deepcopy=False)):  # what the pruner watched, epoch by epoch
+        out.append(("intermediate", "plot_intermediate_values", {}))
+    return out
+
 def plot_sweep(study, # The sweep's study (`load_sweep`)
                folder:str|Path, # Where the PNG files go
               ) -> list[Path]:
-    "Optuna's optimization history, parallel coordinates and parameter importances of `study`, as PNG files; their paths."
+    "Optuna's plots of `study` as PNG files (history, parallel coordinates, importances, intermediate values or Pareto front)."
     import warnings
     import matplotlib
     matplotlib.use("Agg")
@@ -937,11 +1219,10 @@ def plot_sweep(study, # The sweep's study (`load_sweep`)
     try: folder.mkdir(parents=True, exist_ok=True)
     except OSError as e: raise MlkitError(f"cannot create {folder}: {e.strerror or e}") from None
     written = []
-    for name, fn in PLOTS.items():
-        if name == "importance" and len(complete) < 2: continue  # importances need two finished trials
+    for name, fn, kwargs in _plots(study, complete, _metric_names(study.user_attrs.get(SPEC_ATTR) or {})):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Optuna's matplotlib plots are marked experimental
-            ax = getattr(vis, fn)(study)
+            ax = getattr(vis, fn)(study, **kwargs)
         fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
         path = folder/f"{study.study_name}-{name}.png"
         try: fig.savefig(path, dpi=110, bbox_inches="tight")
@@ -949,6 +1230,7 @@ def plot_sweep(study, # The sweep's study (`load_sweep`)
         finally: plt.close(fig)
         written.append(path)
     return written
+
 
 # %% ../nbs/12_sweep.ipynb #5ec7e7a2
 SECRET_ENV = "MLKIT_SWEEP_SECRET_"  # + a parameter's name: its value as -p takes it, for the workers and kernels alone
@@ -1012,12 +1294,6 @@ def trial_command(spec:SweepSpec, # The worker's spec (its secret fixed values t
 # %% ../nbs/12_sweep.ipynb #6cb5d6c5
 DASHBOARD_EXTRA = "pip install 'mlkit[dashboard]'"
 
-def _metric_names(spec:dict) -> list[str]:
-    "The names of a sweep's objectives, from its stored spec: one, or several for a multi-objective sweep."
-    metric = spec.get("metric")
-    if isinstance(metric, list): return [m.get("name", "value") if isinstance(m, dict) else str(m) for m in metric]
-    return [metric] if isinstance(metric, str) else []
-
 def dashboard_server(study, # The sweep's study (`load_sweep`)
                      spec:dict, # Its stored spec (`load_sweep`), for the objectives' names
                      host:str="127.0.0.1", # Where to listen; 0.0.0.0 for every interface
@@ -1029,7 +1305,7 @@ def dashboard_server(study, # The sweep's study (`load_sweep`)
     from wsgiref.simple_server import WSGIRequestHandler, make_server
     class Quiet(WSGIRequestHandler):
         def log_message(self, *args): pass  # a line per request would bury the URL
-    names = _metric_names(spec)
+    names = _metric_names(spec) if spec.get("metric") else []
     if names and len(names) == len(study.directions) and not study.metric_names:
         with _quiet(): study.set_metric_names(names)  # the dashboard labels axes with the metric, not "Objective 0"
     try: server = make_server(host, port, optuna_dashboard.wsgi(study._storage), handler_class=Quiet)
