@@ -362,15 +362,31 @@ def cmd_rerun(args) -> int:
     return _run_outcome(rerun(args.run, _params_args(args), name=args.name, cell_timeout=args.cell_timeout,
                               runs_dir=args.runs_dir, **_papermill_kwargs(args)))
 
-_SWEEP_VIEWS = ("status", "best", "plot")
+_SWEEP_VIEWS = ("status", "best", "plot", "add", "stop")
+
+def _sweep_ls(args) -> int:
+    "`mlkit sweep ls`: the sweeps of the runs folder, or of --storage."
+    from mlkit.sweep import list_sweeps
+    rows = list_sweeps(args.runs_dir, args.storage)
+    print(_table(("sweep", "done", "best", "last activity"), rows) if rows else "no sweeps")
+    return 0
 
 def cmd_sweep(args) -> int:
     "`mlkit sweep SPEC`, or `mlkit sweep status|best|plot NAME`: run a sweep, or look at one."
+    if args.target == "ls" and not args.sweep_name: return _sweep_ls(args)
+    if args.param and args.target != "add": raise MlkitError("-p goes with mlkit sweep add NAME -p NAME VALUE ...")
     if args.target in _SWEEP_VIEWS and args.sweep_name:
-        from mlkit.sweep import best_text, load_sweep, plot_sweep, status_table, sweep_folder
+        from mlkit.sweep import add_trial, best_text, load_sweep, plot_sweep, point_text, status_table, stop_sweep, sweep_folder
         study, spec = load_sweep(args.sweep_name, args.storage, args.runs_dir)
         if args.target == "status": print(status_table(study, spec))
         elif args.target == "best": print(best_text(study, spec))
+        elif args.target == "add":
+            print(f"sweep {study.study_name}: queued a trial with {point_text(add_trial(study, spec, args.param or []))}; "
+                  "it runs first when the sweep runs (mlkit sweep SPEC)")
+        elif args.target == "stop":
+            stop_sweep(study)
+            print(f"sweep {study.study_name}: stopping: its running trials finish, none starts; the same "
+                  "'mlkit sweep SPEC' resumes it")
         else:
             for path in plot_sweep(study, args.output or sweep_folder(args.sweep_name, args.runs_dir)): print(path)
         return 0
@@ -383,6 +399,17 @@ def cmd_sweep(args) -> int:
         print(f"mlkit sweep: {r.name} interrupted ({r.interrupted}) with {r.done} of {r.n_trials} trials done; "
               "the same command continues it", file=sys.stderr)
         return _SIGNAL_STATUS.get(r.interrupted, 130)
+    if r.stopped:
+        print(f"mlkit sweep: {r.name} stopped (mlkit sweep stop) with {r.done} of {r.n_trials} trials done; "
+              "the same command resumes it", file=sys.stderr)
+        return 1
+    if r.missing or r.untried:
+        from mlkit.sweep import point_text
+        print(f"mlkit sweep: {r.name} ended with {r.done} of {r.n_trials} grid points done; missing: " +
+              ", ".join(map(point_text, r.missing[:20])) + (" ..." if len(r.missing) > 20 else "") +
+              (f"{' and ' if r.missing else ''}{r.untried} not yet tried" if r.untried else "") +
+              f" ('mlkit sweep status {r.name}' says why); the same command retries them", file=sys.stderr)
+        return 1
     if r.done < r.n_trials:
         print(f"mlkit sweep: {r.name} ended with {r.done} of {r.n_trials} trials done (the workers said why, above); "
               f"'mlkit sweep status {r.name}' lists them", file=sys.stderr)
@@ -575,13 +602,18 @@ def parser() -> argparse.ArgumentParser:
     _papermill_options(again, run=False)
     again.set_defaults(func=cmd_rerun)
 
-    sw = sub.add_parser("sweep", help="search a notebook's parameters with Optuna: run, status, best, plot",
+    sw = sub.add_parser("sweep", help="search a notebook's parameters with Optuna: run, status, best, plot, add, stop, ls",
                         usage="mlkit sweep SPEC.yaml [--workers N] [--gpus-per-trial K] [--storage URL] [--n-trials N]\n"
-                              "       mlkit sweep {status,best,plot} NAME [--storage URL]",
+                              "       mlkit sweep {status,best,plot,stop} NAME [--storage URL]\n"
+                              "       mlkit sweep add NAME -p NAME VALUE [-p NAME VALUE ...]\n"
+                              "       mlkit sweep ls [--storage URL]",
                         description="Run the sweep in SPEC.yaml (the same spec again resumes it), or show a sweep: "
-                                    "'status' its trials, 'best' its best trial as an mlkit run command, 'plot' PNGs.")
-    sw.add_argument("target", metavar="SPEC.yaml|status|best|plot", help="a sweep spec to run, or what to show")
-    sw.add_argument("sweep_name", nargs="?", metavar="NAME", help="with status, best or plot: the sweep")
+                                    "'status' its trials, 'best' its best trial as an mlkit run command, 'plot' PNGs; "
+                                    "'add' queues a trial, 'stop' lets running trials finish and starts none, 'ls' lists.")
+    sw.add_argument("target", metavar="SPEC.yaml|status|best|plot|add|stop|ls", help="a sweep spec to run, or what to do")
+    sw.add_argument("sweep_name", nargs="?", metavar="NAME", help="with status, best, plot, add or stop: the sweep")
+    sw.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
+                    help="with add: a parameter of the trial to queue, typed as the notebook's (repeatable)")
     sw.add_argument("--workers", type=int, default=1, metavar="N", help="worker processes on this machine (default 1)")
     sw.add_argument("--gpus-per-trial", type=int, metavar="K", help="GPUs each trial holds (gpu_lock) and sees")
     sw.add_argument("--storage", metavar="URL",
