@@ -372,7 +372,7 @@ def _sweep_ls(args) -> int:
     return 0
 
 def cmd_sweep(args) -> int:
-    "`mlkit sweep SPEC`, or `mlkit sweep status|best|plot NAME`: run a sweep, or look at one."
+    "`mlkit sweep SPEC`, `mlkit sweep status|best|plot|add|stop NAME` or `mlkit sweep ls`: run, look at, change sweeps."
     if args.target == "ls" and not args.sweep_name: return _sweep_ls(args)
     if args.param and args.target != "add": raise MlkitError("-p goes with mlkit sweep add NAME -p NAME VALUE ...")
     if args.target in _SWEEP_VIEWS and args.sweep_name:

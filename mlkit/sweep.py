@@ -334,15 +334,17 @@ def _point(t) -> dict:
 
 def _key(params:dict) -> str: return json.dumps(params, sort_keys=True)
 
+def _grid_marks(sampler, point:dict) -> dict:
+    "The marks Optuna's `GridSampler` gives its trial at `point` (its `grid_id`); none from another sampler."
+    if not hasattr(sampler, "_all_grids") or set(point) != set(getattr(sampler, "_param_names", ())): return {}
+    return {"search_space": sampler._search_space,
+            "grid_id": sampler._all_grids.index(tuple(point[k] for k in sampler._param_names))}
+
 def _queue(study, fixed:dict, **attrs):
     "Queue a trial with the parameters `fixed`; a grid's with the GridSampler's own marks, so that it counts it."
     import optuna
-    s = study.sampler
-    if hasattr(s, "_all_grids") and set(fixed) == set(getattr(s, "_param_names", ())):
-        attrs = {**attrs, "search_space": s._search_space,
-                 "grid_id": s._all_grids.index(tuple(fixed[k] for k in s._param_names))}
-    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.WAITING,
-                                              system_attrs={"fixed_params": fixed, **attrs}))
+    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.WAITING, system_attrs={
+        "fixed_params": fixed, **attrs, **_grid_marks(study.sampler, fixed)}))
 
 def _queue_start_with(study, spec):
     "Queue the spec's `start_with` entries that no trial of the study has (yet) the parameters of."
@@ -509,8 +511,8 @@ def grid_points(params:dict, # The spec's params (each with a grid: `grid_values
     "Every point of a grid, in the order its Optuna `GridSampler` visits them."
     import itertools
     if hasattr(sampler, "_all_grids") and hasattr(sampler, "_param_names"):
-        return [{k: dict(zip(sampler._param_names, g))[k] for k in params} for g in sampler._all_grids]
-    return [dict(zip(params, v)) for v in itertools.product(*(grid_values(p) for p in params.values()))]
+        return [{k: dict(zip(sampler._param_names, g, strict=True))[k] for k in params} for g in sampler._all_grids]
+    return [dict(zip(params, v, strict=True)) for v in itertools.product(*(grid_values(p) for p in params.values()))]
 
 def _done_keys(trials) -> set:
     return {_key(t.params) for t in trials if t.state.name in ("COMPLETE", "PRUNED")}
@@ -531,8 +533,11 @@ def requeue(study, t):
 
 def queue_next(study, spec, trials, first:int) -> bool:
     "Queue what runs next when it is not the sampler's to choose (a due retry; a grid's next point); False: nothing left."
-    S = {t.state.name for t in trials}
-    if "WAITING" in S: return True
+    if waiting := [t for t in trials if t.state.name == "WAITING"]:
+        for t in waiting:  # queued without the grid's marks (`mlkit sweep add` has no GridSampler at hand)
+            if "grid_id" not in t.system_attrs and (marks := _grid_marks(study.sampler, _point(t))):
+                for k, v in marks.items(): study._storage.set_trial_system_attr(t._trial_id, k, v)
+        return True
     done, active = _done_keys(trials), {_key(_point(t)) for t in trials if t.state.name in ("RUNNING", "WAITING")}
     retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
     for t in trials:
@@ -871,10 +876,11 @@ def sweep(spec:str|Path|SweepSpec, # The spec's YAML file, or a checked spec
         for s, h in before.items(): signal.signal(s, h)
         args.unlink(missing_ok=True)
     trials = study.get_trials(deepcopy=False)
-    missing, untried = missing_points(trials, spec.params, study.sampler) if spec.method == "grid" else ([], [])
-    return SweepResult(spec.name, study, spec.n_trials, count_done(study, spec.method), stopped[0] if stopped else None,
-                       codes, missing, min(len(untried), max(0, spec.n_trials - done_count(trials, True) - len(missing))),
-                       bool(study.user_attrs.get(STOP_ATTR)))
+    done = done_count(trials, spec.method == "grid")
+    missing, untried = (missing_points(trials, spec.params, study.sampler) if spec.method == "grid" and done < spec.n_trials
+                        else ([], []))
+    return SweepResult(spec.name, study, spec.n_trials, done, stopped[0] if stopped else None, codes, missing,
+                       min(len(untried), max(0, spec.n_trials - done - len(missing))), bool(study.user_attrs.get(STOP_ATTR)))
 
 # %% ../nbs/12_sweep.ipynb #19269549
 def load_sweep(name:str, # The sweep's name (its spec's `name`)
@@ -991,8 +997,8 @@ def add_trial(study, spec:dict, # `load_sweep`'s
 
 def stop_sweep(study) -> None:
     "Mark the sweep stopped: its workers start no new trial, their running ones finish; its next start clears the mark."
-    from datetime import datetime, timezone
-    study.set_user_attr(STOP_ATTR, {"at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    from datetime import UTC, datetime
+    study.set_user_attr(STOP_ATTR, {"at": datetime.now(UTC).isoformat(timespec="seconds"),
                                     "host": socket.gethostname()})
 
 def _sweep_row(study) -> tuple:
