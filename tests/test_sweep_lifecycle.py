@@ -1,19 +1,20 @@
 "A sweep's life as a user lives it: grids that complete after faults, seeds that repeat, resume/add/stop/ls, paths, workers."
-import json
 import os
 import re
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import optuna
 import psutil
 import pytest
+import test_sweep
 from optuna.trial import TrialState
-from test_sweep import MLKIT, TOY, notebook, postgres, project, runs, spec, study, sweep  # noqa: F401
+from test_sweep import MLKIT, TOY, notebook, runs, spec, study, sweep
+
+project, postgres = test_sweep.project, test_sweep.postgres  # the fixtures: a project folder; a PostgreSQL server's URL
 
 COVERS = ("07_cli", "12_sweep")
 
@@ -124,9 +125,9 @@ def test_start_with_added_later_and_added_trials_run_on_resume_and_stop_lets_the
     notebook(project, "toy.ipynb", *TOY)
     path = spec(project, n_trials=1, fixed={"nap": 2.0}, start_with=[{"x": 0.1}])
     assert sweep(path).returncode == 0
-    spec(project, n_trials=1, fixed={"nap": 2.0}, start_with=[{"x": 0.1}, {"x": 0.9}])  # an entry added to the spec
+    spec(project, n_trials=2, fixed={"nap": 2.0}, start_with=[{"x": 0.1}, {"x": 0.9}])  # an entry added to the spec
     for args, message in [(("-p", "y", "1"), "sweep s searches x; not y"),
-                          (("-p", "x", "2"), "x 2 is outside its range 0.0..1.0"),
+                          (("-p", "x", "2"), "x 2.0 is outside its range 0.0..1.0"),
                           (("-p", "x", "abc"), "parameter 'x' takes a float"),
                           ((), "which parameters?")]:
         bad = sweep("add", "s", *args)
@@ -136,7 +137,7 @@ def test_start_with_added_later_and_added_trials_run_on_resume_and_stop_lets_the
     r = sweep(path)
     assert r.returncode == 0, r.stdout + r.stderr
     xs = sorted(t.params["x"] for t in study().get_trials(states=(TrialState.COMPLETE,)))
-    assert xs == [0.1, 0.5, 0.9], xs  # each once: 0.1 is not queued again
+    assert xs == [0.1, 0.5, 0.9], xs  # each once (0.1 is not queued again); the added one beyond n_trials
     # stop: the running trial finishes, no new one starts, and the same command resumes
     p = subprocess.Popen([MLKIT, "sweep", str(path), "--n-trials", "6"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True)
