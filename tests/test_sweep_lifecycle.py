@@ -40,7 +40,9 @@ def grid(root, name="g", **fixed):
 def _workers(parent: psutil.Process) -> list:
     "The sweep's live worker processes (a killed one, not yet reaped, is left out)."
     found = []
-    for p in parent.children():
+    try: children = parent.children()
+    except psutil.Error: return found  # the sweep has ended
+    for p in children:
         try:
             if "_worker_main" in " ".join(p.cmdline()): found.append(p)
         except psutil.Error: continue
