@@ -368,7 +368,14 @@ def cmd_rerun(args) -> int:
     return _run_outcome(rerun(args.run, _params_args(args), name=args.name, cell_timeout=args.cell_timeout,
                               runs_dir=args.runs_dir, **_papermill_kwargs(args)))
 
-_SWEEP_VIEWS = ("status", "best", "plot", "dashboard")
+_SWEEP_VIEWS = ("status", "best", "plot", "dashboard", "add", "stop")
+
+def _sweep_ls(args) -> int:
+    "`mlkit sweep ls`: the sweeps of the runs folder, or of --storage."
+    from mlkit.sweep import list_sweeps
+    rows = list_sweeps(args.runs_dir, args.storage)
+    print(_table(("sweep", "done", "best", "last activity"), rows) if rows else "no sweeps")
+    return 0
 
 def _serve_dashboard(study, spec:dict, host:str, port:int):
     "`mlkit sweep dashboard NAME`: optuna-dashboard on the sweep's storage until Ctrl-C (which ends it with status 0)."
@@ -402,12 +409,22 @@ def _secrets_off_argv(params:list) -> dict|None:
     os.execve(sys.executable, [sys.executable, sys.argv[0], *rest], {**os.environ, **{SECRET_ENV + k: v for k, v in params}})
 
 def cmd_sweep(args) -> int:
-    "`mlkit sweep SPEC`, or `mlkit sweep status|best|plot NAME`: run a sweep, or look at one."
+    "`mlkit sweep SPEC`, `mlkit sweep status|best|plot|add|stop NAME` or `mlkit sweep ls`: run, look at, change sweeps."
+    if args.target == "ls" and not args.sweep_name: return _sweep_ls(args)
+    if args.param and args.target in (*_SWEEP_VIEWS, "ls") and args.target != "add":
+        raise MlkitError("-p goes with mlkit sweep SPEC (values kept out of every record) or mlkit sweep add NAME")
     if args.target in _SWEEP_VIEWS and args.sweep_name:
-        from mlkit.sweep import best_text, load_sweep, plot_sweep, status_table, sweep_folder
+        from mlkit.sweep import add_trial, best_text, load_sweep, plot_sweep, point_text, status_table, stop_sweep, sweep_folder
         study, spec = load_sweep(args.sweep_name, args.storage, args.runs_dir)
         if args.target == "status": print(status_table(study, spec))
         elif args.target == "best": print(best_text(study, spec))
+        elif args.target == "add":
+            print(f"sweep {study.study_name}: queued a trial with {point_text(add_trial(study, spec, args.param or []))}; "
+                  "it runs first when the sweep runs (mlkit sweep SPEC)")
+        elif args.target == "stop":
+            stop_sweep(study)
+            print(f"sweep {study.study_name}: stopping: its running trials finish, none starts; the same "
+                  "'mlkit sweep SPEC' resumes it")
         elif args.target == "plot":
             for path in plot_sweep(study, args.output or sweep_folder(args.sweep_name, args.runs_dir)): print(path)
         if args.target == "dashboard": _serve_dashboard(study, spec, args.host, args.port)
@@ -423,6 +440,17 @@ def cmd_sweep(args) -> int:
         print(f"mlkit sweep: {r.name} interrupted ({r.interrupted}) with {r.done} of {r.n_trials} trials done; "
               "the same command continues it", file=sys.stderr)
         return _SIGNAL_STATUS.get(r.interrupted, 130)
+    if r.stopped:
+        print(f"mlkit sweep: {r.name} stopped (mlkit sweep stop) with {r.done} of {r.n_trials} trials done; "
+              "the same command resumes it", file=sys.stderr)
+        return 1
+    if r.missing or r.untried:
+        from mlkit.sweep import point_text
+        print(f"mlkit sweep: {r.name} ended with {r.done} of {r.n_trials} grid points done; missing: " +
+              ", ".join(map(point_text, r.missing[:20])) + (" ..." if len(r.missing) > 20 else "") +
+              (f"{' and ' if r.missing else ''}{r.untried} not yet tried" if r.untried else "") +
+              f" ('mlkit sweep status {r.name}' says why); the same command retries them", file=sys.stderr)
+        return 1
     if r.timed_out:
         print(f"mlkit sweep: {r.name} reached its timeout with {r.done} of {r.n_trials} trials done; no trial starts after "
               "it (running ones finish); the same command continues it", file=sys.stderr)
@@ -619,23 +647,28 @@ def parser() -> argparse.ArgumentParser:
     _papermill_options(again, run=False)
     again.set_defaults(func=cmd_rerun)
 
-    sw = sub.add_parser("sweep", help="search a notebook's parameters with Optuna: run, status, best, plot, dashboard",
+    sw = sub.add_parser("sweep", help="search a notebook's parameters with Optuna: run, status, best, plot, add, stop, ls, "
+                        "dashboard",
                         usage="mlkit sweep SPEC.yaml [--workers N] [--gpus-per-trial K] [--storage URL] [--n-trials N]\n"
                               "       [--timeout S] [--cell-timeout S] [-p NAME VALUE]\n"
-                              "       mlkit sweep {status,best,plot,dashboard} NAME [--storage URL]",
+                              "       mlkit sweep {status,best,plot,stop,dashboard} NAME [--storage URL]\n"
+                              "       mlkit sweep add NAME -p NAME VALUE [-p NAME VALUE ...]\n"
+                              "       mlkit sweep ls [--storage URL]",
                         description="Run the sweep in SPEC.yaml (the same spec again resumes it), or show a sweep: "
                                     "'status' its trials, 'best' its best trial as an mlkit run command, 'plot' PNGs, "
-                                    "'dashboard' optuna-dashboard in the browser (pip install 'mlkit[dashboard]').")
-    sw.add_argument("target", metavar="SPEC.yaml|status|best|plot|dashboard", help="a sweep spec to run, or what to show")
-    sw.add_argument("sweep_name", nargs="?", metavar="NAME", help="with status, best, plot or dashboard: the sweep")
+                                    "'dashboard' optuna-dashboard in the browser (pip install 'mlkit[dashboard]'); "
+                                    "'add' queues a trial, 'stop' lets running trials finish and starts none, 'ls' lists.")
+    sw.add_argument("target", metavar="SPEC.yaml|status|best|plot|dashboard|add|stop|ls",
+                    help="a sweep spec to run, or what to do")
+    sw.add_argument("sweep_name", nargs="?", metavar="NAME", help="with status, best, plot, dashboard, add or stop: the sweep")
     sw.add_argument("--workers", type=int, default=1, metavar="N", help="worker processes on this machine (default 1)")
     sw.add_argument("--gpus-per-trial", type=int, metavar="K", help="GPUs each trial holds (gpu_lock) and sees")
     sw.add_argument("--storage", metavar="URL",
                     help="an Optuna RDB URL shared by several machines, e.g. postgresql+psycopg://user@host/db "
                          "(default: $MLKIT_SWEEP_STORAGE, else a journal file in runs/sweeps/NAME/)")
     sw.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
-                    help="a notebook parameter for every trial, kept out of the spec, argv, the storage and the records "
-                         "(for secrets; or set $MLKIT_SWEEP_SECRET_NAME)")
+                    help="with SPEC: a notebook parameter for every trial, kept out of the spec, argv, the storage and the "
+                         "records (for secrets; or set $MLKIT_SWEEP_SECRET_NAME); with add: a parameter of the trial")
     sw.add_argument("--n-trials", type=int, metavar="N", help="trials to have done, instead of the spec's n_trials")
     sw.add_argument("--timeout", type=float, metavar="S", help="start no trial after S seconds of this command (running "
                     "ones finish), instead of the spec's timeout")

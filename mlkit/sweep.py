@@ -27,13 +27,15 @@ from .runmeta import strip_url_credentials
 # %% auto #0
 __all__ = ['SAMPLERS', 'METHODS', 'SAMPLER_NEEDS', 'SINGLE_OBJECTIVE', 'PRUNERS', 'GOALS', 'SPEC_KEYS', 'PARAM_KEYS', 'SWEEPS',
            'JOURNAL', 'SPEC_ATTR', 'WORKER_ATTR', 'RUN_ATTR', 'ERROR_ATTR', 'DIED_ATTR', 'INTERRUPTED_ATTR',
-           'OVERHEAD_ATTR', 'WATCH_ATTR', 'GIVEN_ATTR', 'HEARTBEAT_ENV', 'STORAGE_WAIT_ENV', 'UNCLAIMED_S',
-           'STORAGE_ENV', 'POLL_S', 'PLOTS', 'SECRET_ENV', 'DASHBOARD_EXTRA', 'SpecError', 'SweepSpec', 'grid_size',
-           'grid_values', 'to_optuna', 'from_optuna', 'trial_params', 'suggest_params', 'read_spec_yaml', 'load_spec',
-           'sweep_folder', 'open_storage', 'StorageUnavailable', 'storage_gone', 'TrialLost', 'fail_stale_trials',
-           'lost_trial', 'open_study', 'TrialLink', 'trial_link', 'TrialFailed', 'SweepFailed', 'metric_value',
-           'objective_value', 'fail_dead_workers', 'trial_state', 'trial_line', 'SweepResult', 'count_done', 'sweep',
-           'load_sweep', 'status_table', 'best_text', 'plot_sweep', 'is_secret', 'secret_env', 'given_secrets',
+           'OVERHEAD_ATTR', 'WATCH_ATTR', 'GIVEN_ATTR', 'HEARTBEAT_ENV', 'STOP_ATTR', 'N_TRIALS_ATTR',
+           'STORAGE_WAIT_ENV', 'UNCLAIMED_S', 'STORAGE_ENV', 'POLL_S', 'PLOTS', 'SECRET_ENV', 'DASHBOARD_EXTRA',
+           'SpecError', 'SweepSpec', 'grid_size', 'grid_values', 'to_optuna', 'from_optuna', 'trial_params',
+           'suggest_params', 'read_spec_yaml', 'load_spec', 'sweep_folder', 'open_storage', 'StorageUnavailable',
+           'storage_gone', 'TrialLost', 'fail_stale_trials', 'lost_trial', 'open_study', 'TrialLink', 'trial_link',
+           'TrialFailed', 'SweepFailed', 'metric_value', 'objective_value', 'fail_dead_workers', 'point_text',
+           'grid_points', 'done_count', 'retry_due', 'requeue', 'queue_next', 'missing_points', 'failure_reason',
+           'trial_state', 'trial_line', 'SweepResult', 'count_done', 'sweep', 'load_sweep', 'status_table', 'best_text',
+           'add_trial', 'stop_sweep', 'list_sweeps', 'plot_sweep', 'is_secret', 'secret_env', 'given_secrets',
            'check_secrets', 'trial_command', 'dashboard_server']
 
 # %% ../nbs/12_sweep.ipynb #82e1add7
@@ -226,11 +228,15 @@ def suggest_params(trial, spec:SweepSpec) -> dict:
 
 # %% ../nbs/12_sweep.ipynb #ef2a6fa5
 def _notebook_path(text, spec_path:Path) -> Path:
-    "The notebook the spec names: relative to the working folder, or else to the spec's folder."
+    "The notebook the spec names: relative to the spec's folder, else to its project's root (else the working folder)."
+    from mlkit.core import ProjectNotFoundError, project_root
     if not isinstance(text, str) or not text.strip(): raise SpecError(f"{spec_path}: notebook must be a path, got {text!r}")
     path = Path(text).expanduser()
-    if path.is_absolute() or path.exists() or not (spec_path.parent/path).exists(): return path.absolute()
-    return (spec_path.parent/path).absolute()
+    if path.is_absolute(): return path
+    try: root = [project_root(spec_path.absolute().parent)]
+    except ProjectNotFoundError: root = []
+    found = [f for f in (spec_path.parent/path, *(r/path for r in root), path) if f.exists()]  # what `mlkit check` reads
+    return (found[0] if found else spec_path.parent/path).absolute()
 
 def _signature_options(cls, reserved=()) -> list[str]:
     "The keyword arguments the Optuna class `cls` takes, less `reserved` (those mlkit fills in)."
@@ -560,6 +566,35 @@ def open_storage(url:str|None, # An Optuna RDB URL (postgresql+psycopg://...); N
         raise MlkitError(f"cannot open the storage {strip_url_credentials(url)}: {strip_url_credentials(first)}") from None
     finally: optuna.logging.set_verbosity(optuna.logging.WARNING)
 
+# %% ../nbs/12_sweep.ipynb #c9a0b1d2
+STOP_ATTR, N_TRIALS_ATTR = "mlkit.stop", "mlkit.n_trials"  # study attributes: `mlkit sweep stop`, the last n_trials
+
+def _point(t) -> dict:
+    "Trial `t`'s parameters: those it drew, and those it was queued with (a waiting trial has only these)."
+    return {**(t.system_attrs.get("fixed_params") or {}), **t.params}
+
+def _key(params:dict) -> str: return json.dumps(params, sort_keys=True)
+
+def _grid_marks(sampler, point:dict) -> dict:
+    "The marks Optuna's `GridSampler` gives its trial at `point` (its `grid_id`); none from another sampler."
+    if not hasattr(sampler, "_all_grids") or set(point) != set(getattr(sampler, "_param_names", ())): return {}
+    return {"search_space": sampler._search_space,
+            "grid_id": sampler._all_grids.index(tuple(point[k] for k in sampler._param_names))}
+
+def _queue(study, fixed:dict, **attrs):
+    "Queue a trial with the parameters `fixed`; a grid's with the GridSampler's own marks, so that it counts it."
+    import optuna
+    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.WAITING, system_attrs={
+        "fixed_params": fixed, **attrs, **_grid_marks(study.sampler, fixed)}))
+
+def _queue_start_with(study, spec):
+    "Queue the spec's `start_with` entries that no trial of the study has (yet) the parameters of."
+    have = [_point(t) for t in study.get_trials(deepcopy=False)]
+    for entry in spec.start_with:
+        entry = {k: to_optuna(spec.params[k], v) if k in spec.params else v for k, v in entry.items()}  # as Optuna keeps it
+        if not any(all(k in p and p[k] == v for k, v in entry.items()) for p in have): _queue(study, entry)
+
+
 # %% ../nbs/12_sweep.ipynb #5ec7e7b1
 STORAGE_WAIT_ENV = "MLKIT_SWEEP_STORAGE_WAIT"  # seconds a process waits for its database to answer again (300)
 
@@ -683,15 +718,10 @@ def _load_study(spec:SweepSpec, storage):
     import optuna
     return optuna.load_study(study_name=spec.name, storage=storage, sampler=_sampler(spec), pruner=_pruner(spec.pruner))
 
-def _shown(path:Path) -> str:
-    "`path` relative to the working folder when it is below it (as a command to copy wants it), else absolute."
-    try: return str(path.relative_to(Path.cwd()))
-    except ValueError: return str(path)
-
 def open_study(spec:SweepSpec, # A checked spec (`load_spec`)
                storage, # `open_storage`'s
               ):
-    "The sweep's Optuna study: created (with the spec's `start_with` trials queued) or, if it exists, resumed."
+    "The sweep's Optuna study: created or, if it exists, resumed; the spec's `start_with` trials not yet in it are queued."
     import optuna
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     want = spec.identity()
@@ -708,9 +738,12 @@ def open_study(spec:SweepSpec, # A checked spec (`load_spec`)
         if differ := [k for k in want if json.dumps(had.get(k), sort_keys=True) != json.dumps(want[k], sort_keys=True)]:
             raise SpecError(f"sweep {spec.name} exists with a different {', '.join(differ)}; its trials would not be "
                             "comparable: name the new sweep differently") from None
-        return study
-    for params in spec.start_with: study.enqueue_trial({k: to_optuna(spec.params[k], v) for k, v in params.items()})
-    study.set_user_attr(SPEC_ATTR, {**want, "notebook_path": _shown(spec.notebook)})
+        if study.user_attrs.get(STOP_ATTR): study.set_user_attr(STOP_ATTR, None)  # `mlkit sweep stop` lasts until a start
+        _queue_start_with(study, spec)  # entries added to the spec since, or whose trial was interrupted before it began
+    else:
+        _queue_start_with(study, spec)
+        study.set_user_attr(SPEC_ATTR, {**want, "notebook_path": _in_project(spec.notebook)})  # from the project's root
+    study.set_user_attr(N_TRIALS_ATTR, spec.n_trials)  # what `mlkit sweep ls` shows as its total
     return study
 
 # %% ../nbs/12_sweep.ipynb #4de0e0c1
@@ -790,8 +823,17 @@ def _worker_alive(w:dict) -> bool:
 
 UNCLAIMED_S = 60  # a running trial no worker has claimed for this long is one whose worker died as it began
 
-def fail_dead_workers(study, storage) -> list[int]:
-    "Fail the running trials whose worker on this host is gone (or that none claimed), and queue each again once."
+def _trial_run(sweep_name:str, number:int, runs_dir) -> str|None:
+    "The id of the run trial `number` of sweep `sweep_name` left in `runs_dir`, if its folder exists."
+    from mlkit.runs import filter_runs, list_runs
+    try: found = [r for r in filter_runs(list_runs(runs_dir), sweep=sweep_name) if r.meta.get("trial") == number]
+    except (MlkitError, OSError): return None
+    return found[-1].id if found else None
+
+def fail_dead_workers(study, storage,
+                      runs_dir=None, # Where this host's runs are: a failed trial names its run when it has one
+                     ) -> list[int]:
+    "Fail the running trials whose worker on this host is gone (or that none claimed); `queue_next` retries them."
     from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
     from datetime import datetime
@@ -801,13 +843,77 @@ def fail_dead_workers(study, storage) -> list[int]:
         if not w:  # a worker marks its trial at once; one that died in between leaves it with no owner
             if t.datetime_start is None or (datetime.now() - t.datetime_start).total_seconds() < UNCLAIMED_S: continue
         elif w.get("host") != host or _worker_alive(w): continue
+        who = f"worker {w['index']} " if "index" in w else "worker "
         try:
-            storage.set_trial_user_attr(t._trial_id, DIED_ATTR, f"its worker (pid {w.get('pid')}) died")
+            storage.set_trial_user_attr(t._trial_id, DIED_ATTR, f"its {who}(pid {w.get('pid')}) died" if w else
+                                        f"no worker claimed it in {UNCLAIMED_S} s (its worker died as it began)")
+            if RUN_ATTR not in t.user_attrs and (run := _trial_run(study.study_name, t.number, runs_dir)):
+                storage.set_trial_user_attr(t._trial_id, RUN_ATTR, run)
             storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
         except UpdateFinishedTrialError: continue  # another worker failed it first
-        _retry_once()(study, storage.get_trial(t._trial_id))
         dead.append(t.number)
     return dead
+
+
+# %% ../nbs/12_sweep.ipynb #a7e1c0de
+def point_text(params:dict) -> str:
+    "'i=5 lr=0.01': a point of the search in one word per parameter."
+    return " ".join(f"{k}={v}" for k, v in params.items())
+
+def grid_points(params:dict, # The spec's params (each with a grid: `grid_values`)
+                sampler=None, # The study's GridSampler: its (seeded) order; else the spec's order
+               ) -> list[dict]:
+    "Every point of a grid, in the order its Optuna `GridSampler` visits them."
+    import itertools
+    if hasattr(sampler, "_all_grids") and hasattr(sampler, "_param_names"):
+        return [{k: dict(zip(sampler._param_names, g, strict=True))[k] for k in params} for g in sampler._all_grids]
+    return [dict(zip(params, v, strict=True)) for v in itertools.product(*(grid_values(p) for p in params.values()))]
+
+def _done_keys(trials) -> set:
+    return {_key(t.params) for t in trials if t.state.name in ("COMPLETE", "PRUNED")}
+
+def done_count(trials, grid:bool=False) -> int:
+    "How many of `trials` count towards n_trials: finished or pruned ones; for a grid, the distinct points they ran."
+    return len(_done_keys(trials)) if grid else sum(t.state.name in ("COMPLETE", "PRUNED") for t in trials)
+
+def retry_due(t, first:int) -> bool:
+    "Whether failed trial `t` runs again now: twice in all in the session its point first ran in, once in each later one."
+    chain = [*t.system_attrs.get("retry_history", []), t.number]  # its point's earlier tries, then itself
+    return sum(n > first for n in chain) < (2 if chain[0] > first else 1)
+
+def requeue(study, t):
+    "Queue failed trial `t` again: its parameters, marked as its retry as Optuna's `RetryFailedTrialCallback` marks one."
+    history = [*t.system_attrs.get("retry_history", []), t.number]
+    _queue(study, _point(t), failed_trial=t.system_attrs.get("failed_trial", t.number), retry_history=history)
+
+def queue_next(study, spec, trials, first:int) -> bool:
+    "Queue what runs next when it is not the sampler's to choose (a due retry; a grid's next point); False: nothing left."
+    if waiting := [t for t in trials if t.state.name == "WAITING"]:
+        for t in waiting:  # queued without the grid's marks (`mlkit sweep add` has no GridSampler at hand)
+            if "grid_id" not in t.system_attrs and (marks := _grid_marks(study.sampler, _point(t))):
+                for k, v in marks.items(): study._storage.set_trial_system_attr(t._trial_id, k, v)
+        return True
+    done, active = _done_keys(trials), {_key(_point(t)) for t in trials if t.state.name in ("RUNNING", "WAITING")}
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    for t in trials:
+        if (t.state.name == "FAIL" and t.number not in retried and _point(t) and _key(_point(t)) not in done | active
+                and retry_due(t, first)):
+            requeue(study, t)
+            return True
+    if spec.method != "grid": return True  # the sampler draws the next point
+    tried = {_key(_point(t)) for t in trials}
+    for point in grid_points(spec.params, study.sampler):
+        if _key(point) not in tried:
+            _queue(study, point)
+            return True
+    return False
+
+def missing_points(trials, params:dict, sampler=None) -> tuple[list, list]:
+    "A grid's points with no finished or pruned trial: (those that were tried, those never tried)."
+    done, tried = _done_keys(trials), {_key(_point(t)) for t in trials}
+    points = [p for p in grid_points(params, sampler) if _key(p) not in done]
+    return [p for p in points if _key(p) in tried], [p for p in points if _key(p) not in tried]
+
 
 # %% ../nbs/12_sweep.ipynb #c8dc3753
 STORAGE_ENV = "MLKIT_SWEEP_STORAGE"  # --storage's default; how workers get the URL (never on a command line)
@@ -821,6 +927,28 @@ def _derived_seed(*parts) -> int:
     import hashlib
     return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:4], "little")
 
+def _seeded_by_trial(make, seed:int):
+    "The sampler `make(seed)` makes, made afresh before each trial with a seed from (`seed`, the trial's number)."
+    import optuna
+    class PerTrial(optuna.samplers.BaseSampler):  # delegates: Optuna's sampler does all the drawing
+        def __init__(self): self.inner = make(seed)
+        def before_trial(self, study, trial):
+            self.inner = make(_derived_seed(seed, trial.number))
+            self.inner.before_trial(study, trial)
+        def infer_relative_search_space(self, study, trial): return self.inner.infer_relative_search_space(study, trial)
+        def sample_relative(self, study, trial, space): return self.inner.sample_relative(study, trial, space)
+        def sample_independent(self, study, trial, name, dist): return self.inner.sample_independent(study, trial, name, dist)
+        def after_trial(self, study, trial, state, values): self.inner.after_trial(study, trial, state, values)
+        def reseed_rng(self): self.inner.reseed_rng()
+    return PerTrial()
+
+def failure_reason(t) -> str|None:
+    "Why trial `t` failed, in one line (the cell and error, a signal, a dead worker); None unless it failed."
+    if t.state.name != "FAIL": return None
+    why = (t.user_attrs.get(ERROR_ATTR) or t.user_attrs.get(INTERRUPTED_ATTR) or t.user_attrs.get(DIED_ATTR) or
+           t.system_attrs.get("fail_reason") or "its worker stopped during it, saying nothing (a signal, or a lost heartbeat)")
+    return " ".join(str(why).split())
+
 class _Worker:
     "One worker process of a sweep: runs trials until the sweep has `n_trials` done (finished or pruned)."
     lost = None  # the line saying why its last trial was failed under it (`lost_trial`)
@@ -830,12 +958,12 @@ class _Worker:
         self.storage = open_storage(storage, folder)
         if first is None: first = _last_trial(_load_study(spec, self.storage))
         self.first = first  # failures up to it, before this session, do not count
-        # workers (here, in other commands, on other machines) must not all draw the same parameters: each its own seed
-        seed = None if spec.seed is None else _derived_seed(spec.seed, index, self.first, socket.gethostname(), os.getpid())
-        self.study = _load_study(SweepSpec(**{**spec.__dict__, "seed": seed}), self.storage)
-        self.me = {"host": socket.gethostname(), "pid": os.getpid(), "started": _started(os.getpid())}
+        self.study = _load_study(spec, self.storage)
+        if spec.seed is not None and spec.method not in ("grid", "qmc"):  # these two draw by the trial's number already
+            self.study.sampler = _seeded_by_trial(lambda n: _sampler(SweepSpec(**{**spec.__dict__, "seed": n})), spec.seed)
+        self.me = {"host": socket.gethostname(), "pid": os.getpid(), "started": _started(os.getpid()), "index": index}
         self.lock, self.locked = open(folder/".trials.lock", "a"), False
-        self.log = open(folder/f"worker-{index}.log", "a", buffering=1)
+        self.log = open(folder/f"worker-{socket.gethostname()}-{index}.log", "a", buffering=1)  # machines share runs/
         self.cycle = time.perf_counter()
 
     def _lock(self):
@@ -851,18 +979,21 @@ class _Worker:
         from optuna.trial import TrialState as S
         while True:
             self._lock()
-            fail_dead_workers(self.study, self.storage)
+            fail_dead_workers(self.study, self.storage, self.runs_dir)
             if self.url is not None: fail_stale_trials(self.study, self.storage)  # the heartbeat of other machines
+            if self.study.user_attrs.get(STOP_ATTR): break  # `mlkit sweep stop`: running trials finish, no new one starts
             trials = self.study.get_trials(deepcopy=False)
             states = [t.state for t in trials]
-            done = states.count(S.COMPLETE) + states.count(S.PRUNED)
-            if done >= self.spec.n_trials: break
+            done = done_count(trials, self.spec.method == "grid")
+            if done >= self.spec.n_trials and S.WAITING not in states: break  # a queued trial (`mlkit sweep add`) runs
             failed = [t for t in trials if t.number > self.first and ERROR_ATTR in t.user_attrs]
             if len(failed) >= self.spec.n_trials or (len(failed) >= 3 and done == 0):
                 self._unlock()
                 raise SweepFailed(f"{len(failed)} trials failed{' and none finished' if not done else ''}; the last, "
                                   f"trial {failed[-1].number}: {failed[-1].user_attrs[ERROR_ATTR]}")
-            if done + states.count(S.RUNNING) < self.spec.n_trials: return True  # a queued retry is taken first
+            if S.WAITING in states or done + states.count(S.RUNNING) < self.spec.n_trials:
+                if queue_next(self.study, self.spec, trials, self.first): return True  # a queued trial is taken first
+                if S.RUNNING not in states: break  # a grid whose missing points have had their tries
             self._unlock()
             time.sleep(POLL_S)  # the others' last trials are running, and may still fail
             self.cycle = time.perf_counter()  # waiting is not bookkeeping
@@ -912,25 +1043,26 @@ class _Worker:
             self.cycle = time.perf_counter()
 
     def after_trial(self, study, t):
-        "Print the trial's line; stop when the sweep needs no more trials."
+        "Print the trial's line; decide (`go_on`) whether another follows."
         print(trial_line(t, self.spec), flush=True)
-        if not self.go_on(): study.stop()
+        self.more = self.go_on()
 
     def run(self) -> int:
         import optuna
         from mlkit.run import RunInterrupted
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # one line per trial is ours (a failed one says why)
         try:
-            if not self.go_on(): return 0
-            while True:
-                try: self.study.optimize(self.objective, catch=(TrialFailed,), callbacks=[self.after_trial],
-                                         timeout=self.spec.timeout)
+            deadline = None if self.spec.timeout is None else time.monotonic() + self.spec.timeout  # Optuna's, per worker
+            self.more = self.go_on()
+            while self.more:  # one trial at a time: GridSampler stops `optimize` when no point is unvisited, failed or not
+                self.more = False
+                if deadline is not None and time.monotonic() >= deadline: break  # `timeout`: no trial starts after it
+                try: self.study.optimize(self.objective, n_trials=1, catch=(TrialFailed,), callbacks=[self.after_trial])
                 except ValueError:  # Optuna's "Cannot tell a FAIL trial": the one the heartbeat failed (lost_trial)
                     if self.lost is None: raise
                     print(self.lost, flush=True)
                     self.lost = None
-                    if self.go_on(): continue
-                break
+                    self.more = self.go_on()
         except (KeyboardInterrupt, RunInterrupted): return 130
         finally: self._unlock()
         return 0
@@ -954,7 +1086,7 @@ def trial_line(t, spec:SweepSpec) -> str:
     state = trial_state(t)
     value = ("".join(f" {o['name']} {v:.6g}" for o, v in zip(spec.goals(), t.values, strict=False))
              if t.values is not None and state == "finished" else "")
-    why = t.user_attrs.get(ERROR_ATTR) or t.user_attrs.get(INTERRUPTED_ATTR) or t.user_attrs.get(DIED_ATTR)
+    why = failure_reason(t)
     at = f" {_pruned_text(t)}" if state == "pruned" else ""
     run = t.user_attrs.get(RUN_ATTR)
     return (f"trial {t.number} {state}{at}:{value}  {_params_text(trial_params(t, spec.params))}"
@@ -962,11 +1094,12 @@ def trial_line(t, spec:SweepSpec) -> str:
 
 # %% ../nbs/12_sweep.ipynb #f5f3ff8f
 def _worker_main():
-    "The entry of a worker process: `python -c 'from mlkit.sweep import _worker_main; _worker_main()' ARGS_JSON`."
+    "The entry of a worker process: `python -c 'from mlkit.sweep import _worker_main; _worker_main()' ARGS_FILE INDEX`."
     def interrupt(signum, frame): raise KeyboardInterrupt(signal.Signals(signum).name)
     for s in (signal.SIGTERM, signal.SIGHUP):  # between runs as within them: end the trial, fail it, stop
         if s != signal.SIGHUP or signal.getsignal(s) != signal.SIG_IGN: signal.signal(s, interrupt)  # nohup: HUP ignored
-    args = json.loads(sys.argv[1])
+    args = {**json.loads(Path(sys.argv[1]).read_text()), "index": int(sys.argv[2])}  # argv: no spec values (`ps`)
+    _hush_experimental()
     _end_with_parent(args["parent"])
     try:
         spec = SweepSpec(**{**args["spec"], "notebook": Path(args["spec"]["notebook"])})
@@ -991,6 +1124,21 @@ def _end_with_parent(parent:int):
     except (OSError, AttributeError): return
     if os.getppid() != parent: os.kill(os.getpid(), signal.SIGTERM)  # it died before we asked
 
+def _hush_experimental():
+    "Optuna's ExperimentalWarning (the heartbeat, fail_stale_trials, retry callbacks) filtered once for this process."
+    # with `warnings.catch_warnings` around each call, Python shows the warning again each time: once per trial per worker
+    import warnings
+    from optuna.exceptions import ExperimentalWarning
+    warnings.filterwarnings("ignore", category=ExperimentalWarning)
+
+def _write_args(folder:Path, args:dict) -> Path:
+    "The workers' arguments in a file only this user can read, in the sweep's folder; its path."
+    path = folder/f".worker-args-{socket.gethostname()}-{os.getpid()}.json"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # an earlier one may have been made with other permissions
+    with os.fdopen(fd, "w") as f: json.dump(args, f)
+    return path
+
 def _spec_json(spec:SweepSpec) -> dict:
     from dataclasses import asdict
     return {**asdict(spec), "notebook": str(spec.notebook)}
@@ -1002,10 +1150,13 @@ class SweepResult:
     name: str
     study: object # the Optuna study
     n_trials: int
-    done: int # trials finished or pruned, all sessions counted
+    done: int # trials finished or pruned, all sessions counted (a grid's distinct points)
     interrupted: str|None = None # the signal that stopped it
     worker_codes: list = field(default_factory=list)
     timed_out: bool = False # the workers stopped at the spec's timeout, before n_trials were done
+    missing: list = field(default_factory=list) # a grid's points tried and not done: their parameters
+    untried: int = 0 # a grid's points not tried yet
+    stopped: bool = False # `mlkit sweep stop` stopped it
 
 def _fd(stream):
     "`stream` for a child process to write to: itself if it has a file descriptor, else None (the child inherits ours)."
@@ -1013,10 +1164,36 @@ def _fd(stream):
     except (AttributeError, OSError, ValueError): return None
     return stream
 
-def count_done(study) -> int:
-    "The trials of `study` that count towards its n_trials: finished or pruned."
-    from optuna.trial import TrialState
-    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+def count_done(study, method:str|None=None) -> int:
+    "The trials of `study` that count towards its n_trials: finished or pruned; for a grid, the distinct points."
+    method = method or (study.user_attrs.get(SPEC_ATTR) or {}).get("method")
+    return done_count(study.get_trials(deepcopy=False), method == "grid")
+
+def _default_runs_dir(spec:SweepSpec) -> Path:
+    "`runs_dir()`, from the spec's project when the working folder is in none (`mlkit sweep /abs/spec.yaml` from /tmp)."
+    from mlkit.core import ProjectNotFoundError, project_root, runs_dir
+    try: return runs_dir()
+    except ProjectNotFoundError:
+        return project_root(spec.notebook.parent)/Path(os.environ.get("MLKIT_RUNS_DIR") or "runs").expanduser()
+
+def _keep_workers(procs:list, start, limit:int, stopped:list, err) -> list[int]:
+    "Wait for the workers; one killed by a signal not ours is reported in one line and replaced, `limit` times at most."
+    live, codes, replaced = dict(enumerate(procs)), {}, 0
+    while live:
+        for i, p in list(live.items()):
+            if (code := p.poll()) is None: continue
+            del live[i]
+            codes[i] = code
+            if code >= 0 or stopped: continue
+            what = f"mlkit sweep: worker {i} (pid {p.pid}) died ({signal.Signals(-code).name})"
+            if replaced < limit:
+                replaced += 1
+                live[i] = start(i)
+                procs.append(live[i])
+                print(f"{what}; started another in its place ({replaced} of at most {limit})", file=err, flush=True)
+            else: print(f"{what}; {limit} replaced already: going on with {len(live)}", file=err, flush=True)
+        if live: time.sleep(0.2)
+    return [codes[i] for i in sorted(codes)]
 
 def sweep(spec:str|Path|SweepSpec, # The spec's YAML file, or a checked spec
           workers:int=1, # Worker processes on this machine
@@ -1044,19 +1221,20 @@ def sweep(spec:str|Path|SweepSpec, # The spec's YAML file, or a checked spec
     given = given_secrets() if params is None else {k: _as_text(v) for k, v in params.items()}
     check_secrets(spec, given)
     storage = storage or os.environ.get(STORAGE_ENV) or None
-    root = _writable_runs_folder(runs_dir)
+    _hush_experimental()
+    root = _writable_runs_folder(runs_dir if runs_dir is not None else _default_runs_dir(spec))
     folder = root/SWEEPS/spec.name  # the workers' logs and lock; the journal too, unless `storage` says otherwise
     try: folder.mkdir(parents=True, exist_ok=True)
     except OSError as e: raise MlkitError(f"cannot create the sweep folder {folder}: {e.strerror or e}") from None
     study = open_study(spec, open_storage(storage, folder))
     study.set_user_attr(GIVEN_ATTR, sorted(given))  # names only: `best` asks for their values
     spec, secret_vars = secret_env(spec, given)  # the workers' argv holds no secret; their environment does
-    done = count_done(study)
+    done = count_done(study, spec.method)
     where = strip_url_credentials(storage) if storage else str(folder/JOURNAL)
     print(f"sweep {spec.name}: {done} of {spec.n_trials} trials done; {workers} worker(s) on {socket.gethostname()}; "
           f"storage {where}; runs in {root}", file=out, flush=True)
-    args = {"spec": _spec_json(spec), "folder": str(folder), "runs_dir": str(root), "gpus": gpus_per_trial,
-            "parent": os.getpid(), "first": _last_trial(study)}  # the same for every worker, however late it starts
+    args = _write_args(folder, {"spec": _spec_json(spec), "folder": str(folder), "runs_dir": str(root),
+                                "gpus": gpus_per_trial, "parent": os.getpid(), "first": _last_trial(study)})  # all the same
     env = {**{k: v for k, v in os.environ.items() if not k.startswith(SECRET_ENV)}, **secret_vars,
            STORAGE_ENV: storage or "", "PYTHONUNBUFFERED": "1"}
     procs, stopped = [], []
@@ -1068,18 +1246,25 @@ def sweep(spec:str|Path|SweepSpec, # The spec's YAML file, or a checked spec
     signals = [s for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # SIGHUP: a closed terminal, a dropped ssh
                if s != signal.SIGHUP or signal.getsignal(s) != signal.SIG_IGN]  # `nohup mlkit sweep`: HUP stays ignored
     before = {s: signal.signal(s, forward) for s in signals} if main_thread else {}
+    def start(i:int):
+        return subprocess.Popen([sys.executable, "-c", "from mlkit.sweep import _worker_main; _worker_main()", str(args),
+                                 str(i)], env=env, stdout=_fd(out), stderr=_fd(sys.stderr))
     try:
-        for i in range(workers):
-            procs.append(subprocess.Popen([sys.executable, "-c", "from mlkit.sweep import _worker_main; _worker_main()",
-                                           json.dumps({**args, "index": i})], env=env, stdout=_fd(out), stderr=_fd(sys.stderr)))
-        codes = [p.wait() for p in procs]
+        procs.extend(start(i) for i in range(workers))
+        codes = _keep_workers(procs, start, 3 * workers, stopped, sys.stderr)
     finally:
         for p in procs:  # an exception here (not a signal) must not leave workers behind
             if p.poll() is None: p.terminate()
         for s, h in before.items(): signal.signal(s, h)
-    done = count_done(study)
-    return SweepResult(spec.name, study, spec.n_trials, done, stopped[0] if stopped else None, codes,
-                       spec.timeout is not None and not stopped and done < spec.n_trials and not any(codes))
+        args.unlink(missing_ok=True)
+    trials = study.get_trials(deepcopy=False)
+    done = done_count(trials, spec.method == "grid")
+    missing, untried = (missing_points(trials, spec.params, study.sampler) if spec.method == "grid" and done < spec.n_trials
+                        else ([], []))
+    timed_out = spec.timeout is not None and not stopped and done < spec.n_trials and not any(codes)
+    return SweepResult(spec.name, study, spec.n_trials, done, stopped[0] if stopped else None, codes, timed_out, missing,
+                       min(len(untried), max(0, spec.n_trials - done - len(missing))), bool(study.user_attrs.get(STOP_ATTR)))
+
 
 # %% ../nbs/12_sweep.ipynb #19269549
 def load_sweep(name:str, # The sweep's name (its spec's `name`)
@@ -1093,6 +1278,7 @@ def load_sweep(name:str, # The sweep's name (its spec's `name`)
     if storage is None and not (folder/JOURNAL).is_file():
         raise MlkitError(f"no sweep {name!r} in {folder.parent} (give --storage URL for one kept in a database)")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    _hush_experimental()
     try: study = optuna.load_study(study_name=name, storage=open_storage(storage, folder, heartbeat=False))
     except KeyError:
         raise MlkitError(f"no sweep {name!r} in {strip_url_credentials(storage) if storage else folder/JOURNAL}") from None
@@ -1115,22 +1301,27 @@ def status_table(study, spec:dict) -> str:
     trials = study.get_trials(deepcopy=False)
     if not trials: return "no trials yet"
     names = list(spec.get("params") or dict.fromkeys(k for t in trials for k in t.params))
-    metrics = _metric_names(spec)
+    metrics, searched = _metric_names(spec), spec.get("params") or {}
     rows = []
     for t in trials:
         state = trial_state(t)
-        retry = t.system_attrs.get("failed_trial")
-        note = (t.user_attrs.get(ERROR_ATTR) or t.user_attrs.get(INTERRUPTED_ATTR) or t.user_attrs.get(DIED_ATTR) or
-                (f"retry of trial {retry}" if retry is not None else ""))
+        retry = (t.system_attrs.get("retry_history") or [None])[-1]  # the trial it runs again
+        note = failure_reason(t) or (f"retry of trial {retry}" if retry is not None else "")
         if state == "pruned": note = f"pruned {_pruned_text(t)}"
         values = [_fmt(v) if state != "pruned" else "-" for v in t.values or [None] * len(metrics)]  # pruned: last report
-        params = trial_params(t, spec.get("params") or {})
+        params = {k: from_optuna(searched[k], v) if k in searched else v for k, v in _point(t).items()}  # a queued one's too
         rows.append((t.number, state, *values, *[_fmt(params.get(k)) for k in names], _duration(t),
-                     t.user_attrs.get(RUN_ATTR, "-"), note[:120]))
-    done = sum(t.state.name in ("COMPLETE", "PRUNED") for t in trials)
+                     t.user_attrs.get(RUN_ATTR, "-"), note[:160]))
+    grid = spec.get("method") == "grid" and spec.get("params")
+    done = done_count(trials, bool(grid))
     goals = ", ".join(f"{m} ({d.name.lower()})" for m, d in zip(metrics, study.directions, strict=False))
-    head = f"sweep {study.study_name}: {goals}, {done} trial(s) done\n"
-    return head + _table(("trial", "state", *metrics, *names, "duration", "run", "note"), rows)
+    head = (f"sweep {study.study_name}: {goals}, {done} {'point(s)' if grid else 'trial(s)'} done" +
+            (" (stopped: mlkit sweep stop)" if study.user_attrs.get(STOP_ATTR) else "") + "\n")
+    table = _table(("trial", "state", *metrics, *names, "duration", "run", "note"), rows)
+    if not grid: return head + table
+    missing, untried = missing_points(trials, spec["params"])
+    return head + table + "".join(f"\n{what}: " + ", ".join(map(point_text, points[:20])) + (" ..." * (len(points) > 20))
+                                  for what, points in (("failed, not yet done", missing), ("not yet tried", untried)) if points)
 
 def _cli_text(v, typed_str:bool=True) -> str:
     "`v` as `mlkit run -p` reads it back: as typed for a str parameter, else as YAML (floats in full, JSON-style)."
@@ -1183,7 +1374,81 @@ def best_text(study, spec:dict) -> str:
     lines = [f"best trial {t.number}: {metrics[0]} {t.value:.6g}" +
              (f"  (run {t.user_attrs[RUN_ATTR]})" if RUN_ATTR in t.user_attrs else "")]
     lines += [f"  {k:18s} {v}" for k, v in trial_params(t, spec.get("params") or {}).items()]
-    return "\n".join([*lines, *_secret_hint(spec, given), _command(t, spec, strs, given)])
+    return "\n".join([*lines, *_secret_hint(spec, given), "repeat it from the project's root with:",
+                      _command(t, spec, strs, given)])
+
+
+# %% ../nbs/12_sweep.ipynb #b3d2f1a0
+def _from_root(path:str) -> Path:
+    "A path a sweep keeps (its notebook's, relative to the project's root) as a path from here."
+    from mlkit.core import ProjectNotFoundError, project_root
+    try: return Path(path) if Path(path).is_absolute() else project_root()/path
+    except ProjectNotFoundError: return Path(path)
+
+def _outside(v, p:dict, grid:bool) -> str|None:
+    "Why `v` is not a value of the parameter spec `p` (of a grid when `grid`), or None."
+    if p["type"] == "categorical": return None if v in p["choices"] else f"not one of its choices {p['choices']}"
+    if not _is_number(v) or not p["low"] <= v <= p["high"]: return f"outside its range {p['low']}..{p['high']}"
+    if grid and v not in grid_values(p): return "not a point of the grid"
+    return None
+
+def add_trial(study, spec:dict, # `load_sweep`'s
+              given:list, # (name, text) pairs, as `-p NAME VALUE` gives them
+             ) -> dict:
+    "Queue a trial of the sweep with the parameters `given`, typed as its notebook's parameters are; those parameters."
+    from mlkit.run import CliText, ParameterError, convert, notebook_parameters, read_notebook
+    params, name = spec.get("params") or {}, study.study_name
+    if not given: raise MlkitError(f"which parameters? mlkit sweep add {name} -p NAME VALUE ...")
+    if unknown := [k for k, _ in given if k not in params]:
+        raise MlkitError(f"sweep {name} searches {', '.join(params)}; not {', '.join(unknown)}")
+    grid = spec.get("method") == "grid"
+    if grid and (lacking := [k for k in params if k not in dict(given)]):
+        raise MlkitError(f"a grid's trial needs every parameter; give {', '.join(lacking)} too")
+    declared = notebook_parameters(read_notebook(_from_root(spec.get("notebook_path") or spec["notebook"]),
+                                                 validate=False)) or {}
+    point = {}
+    for k, text in given:
+        try: v = convert(declared[k], CliText(text)) if k in declared else CliText(text)
+        except ParameterError as e: raise MlkitError(str(e)) from None
+        if why := _outside(v, params[k], grid): raise MlkitError(f"{k} {v!r} is {why}")
+        point[k] = v
+    _queue(study, {k: to_optuna(params[k], v) for k, v in point.items()})  # runs first, even in a sweep that has its n_trials
+    return point
+
+def stop_sweep(study) -> None:
+    "Mark the sweep stopped: its workers start no new trial, their running ones finish; its next start clears the mark."
+    from datetime import UTC, datetime
+    study.set_user_attr(STOP_ATTR, {"at": datetime.now(UTC).isoformat(timespec="seconds"),
+                                    "host": socket.gethostname()})
+
+def _sweep_row(study) -> tuple:
+    "(name, done/total, best, last activity) of a sweep's study, for `mlkit sweep ls`."
+    trials = study.get_trials(deepcopy=False)
+    spec = study.user_attrs.get(SPEC_ATTR) or {}
+    total = study.user_attrs.get(N_TRIALS_ATTR)
+    try: best = f"{study.best_value:.6g}"
+    except (ValueError, RuntimeError): best = "-"  # no finished trial yet; several objectives
+    times = [d for t in trials for d in (t.datetime_complete, t.datetime_start) if d is not None]
+    last = max(times).strftime("%Y-%m-%d %H:%M") if times else "-"
+    return (study.study_name, f"{done_count(trials, spec.get('method') == 'grid')}/{total or '?'}", best, last)
+
+def list_sweeps(runs_dir:str|Path|None=None, # The runs folder; `mlkit.core.runs_dir()` when None
+                storage:str|None=None, # An RDB URL: its sweeps instead of the runs folder's
+               ) -> list[tuple]:
+    "The sweeps of a runs folder (their journals) or of `storage`: (name, done/total, best, last activity) each."
+    import optuna
+    from mlkit.core import runs_dir as default_runs_dir
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    _hush_experimental()
+    if storage:
+        rdb = open_storage(storage, Path("."), heartbeat=False)
+        return [_sweep_row(optuna.load_study(study_name=n, storage=rdb)) for n in optuna.get_all_study_names(rdb)]
+    root = (Path(runs_dir).expanduser() if runs_dir is not None else default_runs_dir())/SWEEPS
+    rows = []
+    for f in sorted(f for f in root.glob("*") if (f/JOURNAL).is_file()):
+        try: rows.append(_sweep_row(optuna.load_study(study_name=f.name, storage=open_storage(None, f, heartbeat=False))))
+        except KeyError: continue  # a journal without its study: not a sweep
+    return rows
 
 
 # %% ../nbs/12_sweep.ipynb #66c9e763
