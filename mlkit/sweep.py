@@ -27,10 +27,11 @@ from .runmeta import strip_url_credentials
 # %% auto #0
 __all__ = ['METHODS', 'PRUNERS', 'GOALS', 'SPEC_KEYS', 'PARAM_KEYS', 'SWEEPS', 'JOURNAL', 'SPEC_ATTR', 'WORKER_ATTR', 'RUN_ATTR',
            'ERROR_ATTR', 'DIED_ATTR', 'INTERRUPTED_ATTR', 'OVERHEAD_ATTR', 'WATCH_ATTR', 'HEARTBEAT_ENV', 'UNCLAIMED_S',
-           'STORAGE_ENV', 'POLL_S', 'PLOTS', 'SpecError', 'SweepSpec', 'grid_size', 'grid_values', 'load_spec',
-           'sweep_folder', 'open_storage', 'open_study', 'TrialLink', 'trial_link', 'TrialFailed', 'SweepFailed',
-           'metric_value', 'fail_dead_workers', 'trial_state', 'trial_line', 'SweepResult', 'count_done', 'sweep',
-           'load_sweep', 'status_table', 'best_text', 'plot_sweep']
+           'STORAGE_ENV', 'POLL_S', 'WORKER_SIGNALS', 'PLOTS', 'SpecError', 'SweepSpec', 'grid_size', 'grid_values',
+           'load_spec', 'checked_nproc', 'with_nproc', 'sweep_folder', 'open_storage', 'open_study', 'TrialLink',
+           'trial_link', 'TrialFailed', 'SweepFailed', 'metric_value', 'fail_dead_workers', 'trial_state', 'trial_line',
+           'signals_held', 'SweepResult', 'count_done', 'sweep', 'load_sweep', 'status_table', 'best_text',
+           'plot_sweep']
 
 # %% ../nbs/12_sweep.ipynb #82e1add7
 class SpecError(MlkitError):
@@ -40,7 +41,8 @@ METHODS = ("grid", "random", "tpe")
 PRUNERS = {"none": (), "median": ("n_startup_trials", "n_warmup_steps", "interval_steps"),
            "hyperband": ("min_resource", "max_resource", "reduction_factor")}
 GOALS = {"maximize": "maximize", "max": "maximize", "minimize": "minimize", "min": "minimize"}
-SPEC_KEYS = ("name", "notebook", "metric", "method", "n_trials", "pruner", "params", "fixed", "seed", "start_with")
+SPEC_KEYS = ("name", "notebook", "metric", "method", "n_trials", "pruner", "params", "fixed", "seed", "start_with",
+             "nproc")
 PARAM_KEYS = {"float": ("type", "low", "high", "log", "step"), "int": ("type", "low", "high", "log", "step"),
               "categorical": ("type", "choices")}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -65,6 +67,7 @@ class SweepSpec:
     fixed: dict = field(default_factory=dict)
     seed: int|None = None
     start_with: list = field(default_factory=list)
+    nproc: int|None = None # each trial in this many processes under torchrun (`mlkit run --nproc`)
 
     def identity(self) -> dict:
         "What makes trials comparable: a sweep resumed with a different one of these is refused."
@@ -229,7 +232,7 @@ def load_spec(path:str|Path, # The spec's YAML file
             raise SpecError(f"{path}: n_trials is {n}, and the grid has {size} points; lower n_trials to {size} or less")
     spec = SweepSpec(name, _notebook_path(data["notebook"], path), metric["name"], GOALS[goal], params, method, n,
                      _pruner_spec(f"{path}: pruner", data.get("pruner"), metric["name"], GOALS[goal]), fixed, seed,
-                     start_with)
+                     start_with, nproc=checked_nproc(data.get("nproc"), f"{path}: nproc", SpecError))
     declared = notebook_parameters(read_notebook(spec.notebook, validate=False))
     if declared is None: raise SpecError(f"{path}: {spec.notebook} has no cell tagged 'parameters' to sweep over")
     if missing := [k for k in [*params, *fixed] if k not in declared]:
@@ -253,6 +256,28 @@ def load_spec(path:str|Path, # The spec's YAML file
                     raise ParameterError(f"start_with value {v!r} of '{k}' is not a point of the grid")
     except ParameterError as e: raise SpecError(f"{path}: {e}") from None
     return spec
+
+# %% ../nbs/12_sweep.ipynb #b9d0e001
+def checked_nproc(n, # A number of processes per trial, or None
+                  where:str="--nproc", # What gave it, for the message
+                  error:type=MlkitError, # The exception to raise
+                 ) -> int|None:
+    "`n`, a number of processes (1 or more) or None; else a one-line `error` naming `where`."
+    if n is None or (not isinstance(n, bool) and isinstance(n, int) and n >= 1): return n
+    raise error(f"{where} takes a number of processes per trial, 1 or more, got {n!r}")
+
+def with_nproc(spec:SweepSpec, # A checked spec
+               nproc:int|None, # `--nproc`: instead of the spec's `nproc`
+               gpus_per_trial:int|None, # `--gpus-per-trial`
+              ) -> SweepSpec:
+    "`spec` with `--nproc` applied, refusing GPUs per trial that do not give each rank one (torchrun's `cuda:LOCAL_RANK`)."
+    from dataclasses import replace
+    if (nproc := checked_nproc(nproc)) is not None: spec = replace(spec, nproc=nproc)
+    if spec.nproc is not None and gpus_per_trial is not None and gpus_per_trial != spec.nproc:
+        raise MlkitError(f"--gpus-per-trial {gpus_per_trial} with {spec.nproc} processes per trial: each rank uses the GPU "
+                         f"of its local rank, so give --gpus-per-trial {spec.nproc} (or leave it out on a CPU machine)")
+    return spec
+
 
 # %% ../nbs/12_sweep.ipynb #6400f8e4
 SWEEPS = "sweeps"  # runs/sweeps/<name>/: the journal, the workers' logs
@@ -531,7 +556,7 @@ class _Worker:
         try:
             run = run_notebook(self.spec.notebook, params, name=f"{self.spec.name}-{trial.number}", gpus=self.gpus,
                                runs_dir=self.runs_dir, out=self.log, meta={"sweep": self.spec.name, "trial": trial.number},
-                               env={TRIAL_ENV: json.dumps(link)})
+                               env={TRIAL_ENV: json.dumps(link)}, nproc=self.spec.nproc)
         except MlkitError as e:  # before a run began: the runs folder, the notebook, the GPUs ...
             trial.set_user_attr(ERROR_ATTR, str(e))
             raise TrialFailed(str(e)) from None
@@ -600,6 +625,7 @@ def _worker_main():
     args = json.loads(sys.argv[1])
     _end_with_parent(args["parent"])
     try:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, WORKER_SIGNALS)  # those `sweep` sent while this started arrive here
         spec = SweepSpec(**{**args["spec"], "notebook": Path(args["spec"]["notebook"])})
         worker = _Worker(spec, os.environ.get(STORAGE_ENV) or None, Path(args["folder"]), args["runs_dir"],
                          args["gpus"], args["index"], args["first"])
@@ -621,6 +647,17 @@ def _end_with_parent(parent:int):
 def _spec_json(spec:SweepSpec) -> dict:
     from dataclasses import asdict
     return {**asdict(spec), "notebook": str(spec.notebook)}
+
+# %% ../nbs/12_sweep.ipynb #a7c1e001
+WORKER_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # what stops a worker: Ctrl-C, kill, a closed terminal
+
+@contextmanager
+def signals_held(signals=WORKER_SIGNALS):
+    "Inside: `signals` wait (blocked) in this thread and in the processes it starts, until each unblocks them."
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    try: yield
+    finally: signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
 
 # %% ../nbs/12_sweep.ipynb #1f8a2d57
 @dataclass
@@ -649,6 +686,7 @@ def sweep(spec:str|Path|SweepSpec, # The spec's YAML file, or a checked spec
           gpus_per_trial:int|None=None, # GPUs each trial holds (gpu_lock) and sees
           storage:str|None=None, # An Optuna RDB URL; $MLKIT_SWEEP_STORAGE, else the journal in runs/sweeps/<name>/
           n_trials:int|None=None, # Instead of the spec's n_trials
+          nproc:int|None=None, # Each trial in this many processes under torchrun; the spec's `nproc` when None
           runs_dir:str|Path|None=None, # The runs folder; `mlkit.core.runs_dir()` when None
           out=None, # Where the sweep's own lines go; sys.stdout when None
          ) -> SweepResult:
@@ -656,6 +694,7 @@ def sweep(spec:str|Path|SweepSpec, # The spec's YAML file, or a checked spec
     from mlkit.run import _writable_runs_folder
     out = out or sys.stdout
     spec = load_spec(spec, n_trials) if not isinstance(spec, SweepSpec) else spec
+    spec = with_nproc(spec, nproc, gpus_per_trial)
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise MlkitError(f"--workers takes a number of processes, 1 or more, got {workers!r}")
     if gpus_per_trial is not None:
@@ -678,8 +717,9 @@ def sweep(spec:str|Path|SweepSpec, # The spec's YAML file, or a checked spec
             "parent": os.getpid(), "first": _last_trial(study)}  # the same for every worker, however late it starts
     env = {**os.environ, STORAGE_ENV: storage or "", "PYTHONUNBUFFERED": "1"}
     procs, stopped = [], []
-    def forward(signum, frame):
+    def forward(signum, frame):  # the workers are in sessions of their own: only this reaches them, once
         stopped.append(signal.Signals(signum).name)
+        if stopped.count(stopped[-1]) > 1: return  # a second Ctrl-C must not break off the workers' own ending
         for p in procs:
             if p.poll() is None: p.send_signal(signum)
     main_thread = threading.current_thread() is threading.main_thread()
@@ -688,8 +728,11 @@ def sweep(spec:str|Path|SweepSpec, # The spec's YAML file, or a checked spec
     before = {s: signal.signal(s, forward) for s in signals} if main_thread else {}
     try:
         for i in range(workers):
-            procs.append(subprocess.Popen([sys.executable, "-c", "from mlkit.sweep import _worker_main; _worker_main()",
-                                           json.dumps({**args, "index": i})], env=env, stdout=_fd(out), stderr=_fd(sys.stderr)))
+            if stopped: break  # signalled while starting them: start no more
+            with signals_held():  # a worker gets our signals once its handlers are set, never in its start-up
+                procs.append(subprocess.Popen([sys.executable, "-c", "from mlkit.sweep import _worker_main; _worker_main()",
+                                               json.dumps({**args, "index": i})], env=env, stdout=_fd(out),
+                                              stderr=_fd(sys.stderr), start_new_session=True))
         codes = [p.wait() for p in procs]
     finally:
         for p in procs:  # an exception here (not a signal) must not leave workers behind
