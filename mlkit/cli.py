@@ -10,15 +10,28 @@ import contextlib
 import errno
 import json
 import os
+import signal
 import sys
 import time
-from dataclasses import asdict
-
-from .core import MlkitError
 
 # %% auto #0
 __all__ = ['gpus_table', 'cmd_gpus', 'runs_table', 'cmd_runs_ls', 'cmd_runs_show', 'cmd_runs_compare', 'cmd_runs_plot',
            'params_table', 'cmd_run', 'cmd_rerun', 'cmd_sweep', 'cmd_new', 'parser', 'main']
+
+# %% ../nbs/07_cli.ipynb #c7a1e001
+def _interrupted_starting(signum, frame):
+    "SIGINT while the `mlkit` command starts (its imports, parsing): one line and status 130, not a traceback."
+    os.write(2, b"mlkit: interrupted\n")
+    os._exit(130)  # nothing is open yet: no run, no file
+
+if (os.path.basename(getattr(sys.modules.get("__main__"), "__file__", None) or "") == "mlkit"  # the console script
+        and signal.getsignal(signal.SIGINT) is signal.default_int_handler):  # not a program importing mlkit.cli
+    signal.signal(signal.SIGINT, _interrupted_starting)  # `main` puts Python's back before the command runs
+
+# %% ../nbs/07_cli.ipynb #c7a1e002
+from dataclasses import asdict
+
+from .core import MlkitError
 
 # %% ../nbs/07_cli.ipynb #81cb1951
 def _table(head:tuple, rows:list[tuple]) -> str:
@@ -435,7 +448,7 @@ def cmd_sweep(args) -> int:
     given = _secrets_off_argv(args.param or [])
     r = sweep(args.target, workers=args.workers, gpus_per_trial=args.gpus_per_trial, storage=args.storage,
               n_trials=args.n_trials, runs_dir=args.runs_dir, params=given, timeout=args.timeout,
-              cell_timeout=args.cell_timeout)
+              cell_timeout=args.cell_timeout, nproc=args.nproc)
     if r.interrupted:
         print(f"mlkit sweep: {r.name} interrupted ({r.interrupted}) with {r.done} of {r.n_trials} trials done; "
               "the same command continues it", file=sys.stderr)
@@ -663,6 +676,8 @@ def parser() -> argparse.ArgumentParser:
     sw.add_argument("sweep_name", nargs="?", metavar="NAME", help="with status, best, plot, dashboard, add or stop: the sweep")
     sw.add_argument("--workers", type=int, default=1, metavar="N", help="worker processes on this machine (default 1)")
     sw.add_argument("--gpus-per-trial", type=int, metavar="K", help="GPUs each trial holds (gpu_lock) and sees")
+    sw.add_argument("--nproc", type=int, metavar="N",
+                    help="each trial in N processes under torchrun, as mlkit run --nproc (default: the spec's nproc)")
     sw.add_argument("--storage", metavar="URL",
                     help="an Optuna RDB URL shared by several machines, e.g. postgresql+psycopg://user@host/db "
                          "(default: $MLKIT_SWEEP_STORAGE, else a journal file in runs/sweeps/NAME/)")
@@ -708,6 +723,7 @@ def main(argv:list[str]|None=None) -> int:
         if getattr(sys, name) is None: setattr(sys, name, open(os.devnull, "w"))
     args = parser().parse_args(argv)
     try:
+        if signal.getsignal(signal.SIGINT) is _interrupted_starting: signal.signal(signal.SIGINT, signal.default_int_handler)
         rc = args.func(args)
         if sys.stdout: sys.stdout.flush()  # a reader gone early shows up here rather than at exit
     except BrokenPipeError:

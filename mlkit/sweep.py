@@ -28,15 +28,16 @@ from .runmeta import strip_url_credentials
 __all__ = ['SAMPLERS', 'METHODS', 'SAMPLER_NEEDS', 'SINGLE_OBJECTIVE', 'PRUNERS', 'GOALS', 'SPEC_KEYS', 'PARAM_KEYS', 'SWEEPS',
            'JOURNAL', 'SPEC_ATTR', 'WORKER_ATTR', 'RUN_ATTR', 'ERROR_ATTR', 'DIED_ATTR', 'INTERRUPTED_ATTR',
            'OVERHEAD_ATTR', 'WATCH_ATTR', 'GIVEN_ATTR', 'HEARTBEAT_ENV', 'STOP_ATTR', 'N_TRIALS_ATTR',
-           'STORAGE_WAIT_ENV', 'UNCLAIMED_S', 'STORAGE_ENV', 'POLL_S', 'PLOTS', 'SECRET_ENV', 'DASHBOARD_EXTRA',
-           'SpecError', 'SweepSpec', 'grid_size', 'grid_values', 'to_optuna', 'from_optuna', 'trial_params',
-           'suggest_params', 'read_spec_yaml', 'load_spec', 'sweep_folder', 'open_storage', 'StorageUnavailable',
-           'storage_gone', 'TrialLost', 'fail_stale_trials', 'lost_trial', 'open_study', 'TrialLink', 'trial_link',
-           'TrialFailed', 'SweepFailed', 'metric_value', 'objective_value', 'fail_dead_workers', 'point_text',
-           'grid_points', 'done_count', 'retry_due', 'requeue', 'queue_next', 'missing_points', 'failure_reason',
-           'trial_state', 'trial_line', 'SweepResult', 'count_done', 'sweep', 'load_sweep', 'status_table', 'best_text',
-           'add_trial', 'stop_sweep', 'list_sweeps', 'plot_sweep', 'is_secret', 'secret_env', 'given_secrets',
-           'check_secrets', 'trial_command', 'dashboard_server']
+           'STORAGE_WAIT_ENV', 'UNCLAIMED_S', 'STORAGE_ENV', 'POLL_S', 'WORKER_SIGNALS', 'PLOTS', 'SECRET_ENV',
+           'DASHBOARD_EXTRA', 'SpecError', 'SweepSpec', 'grid_size', 'grid_values', 'to_optuna', 'from_optuna',
+           'trial_params', 'suggest_params', 'read_spec_yaml', 'load_spec', 'checked_nproc', 'with_nproc',
+           'sweep_folder', 'open_storage', 'StorageUnavailable', 'storage_gone', 'TrialLost', 'fail_stale_trials',
+           'lost_trial', 'open_study', 'TrialLink', 'trial_link', 'TrialFailed', 'SweepFailed', 'metric_value',
+           'objective_value', 'fail_dead_workers', 'point_text', 'grid_points', 'done_count', 'retry_due', 'requeue',
+           'queue_next', 'missing_points', 'failure_reason', 'trial_state', 'trial_line', 'signals_held', 'SweepResult',
+           'count_done', 'sweep', 'load_sweep', 'status_table', 'best_text', 'add_trial', 'stop_sweep', 'list_sweeps',
+           'plot_sweep', 'is_secret', 'secret_env', 'given_secrets', 'check_secrets', 'trial_command',
+           'dashboard_server']
 
 # %% ../nbs/12_sweep.ipynb #82e1add7
 class SpecError(MlkitError):
@@ -54,6 +55,7 @@ PRUNERS = {"none": "NopPruner", "median": "MedianPruner", "hyperband": "Hyperban
 GOALS = {"maximize": "maximize", "max": "maximize", "minimize": "minimize", "min": "minimize"}
 SPEC_KEYS = ("name", "notebook", "metric", "method", "n_trials", "pruner", "params", "fixed", "seed", "start_with")
 SPEC_KEYS += ("timeout", "cell_timeout")  # budgets: the whole sweep's (this command's session), each trial's cells
+SPEC_KEYS += ("nproc",)  # each trial under torchrun
 PARAM_KEYS = {"float": ("type", "low", "high", "log", "step", "when"), "int": ("type", "low", "high", "log", "step", "when"),
               "categorical": ("type", "choices", "when")}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -82,6 +84,7 @@ class SweepSpec:
     objectives: list = field(default_factory=list) # [{"name", "goal"}, ...] when there are several; else empty
     timeout: float|None = None # seconds: no trial starts after them (Optuna's optimize(timeout=)), per command
     cell_timeout: float|None = None # seconds a trial's cell may run (run_notebook's cell_timeout)
+    nproc: int|None = None # each trial in this many processes under torchrun (`mlkit run --nproc`)
 
     def goals(self) -> list[dict]:
         "The objectives: [{'name', 'goal'}], one for each metric (one unless `metric:` is a list)."
@@ -468,7 +471,8 @@ def load_spec(path:str|Path, # The spec's YAML file
     if len(objectives) > 1 and pruner["type"] != "none":
         raise SpecError(f"{path}: pruner: Optuna cannot prune a search of {len(objectives)} metrics; leave pruner out")
     spec = SweepSpec(name, _notebook_path(data["notebook"], path), metric, goal, params, method, n, pruner, fixed, seed,
-                     start_with, method_options, objectives if len(objectives) > 1 else [], timeout, cell_timeout)
+                     start_with, method_options, objectives if len(objectives) > 1 else [], timeout, cell_timeout,
+                     checked_nproc(data.get("nproc"), f"{path}: nproc", SpecError))
     try: _sampler(spec)  # Optuna checks its options' values
     except (TypeError, ValueError) as e: raise SpecError(f"{path}: method {method}: {' '.join(str(e).split())}") from None
     declared = notebook_parameters(read_notebook(spec.notebook, validate=False))
@@ -493,6 +497,30 @@ def load_spec(path:str|Path, # The spec's YAML file
                 if method == "grid" and v not in grid_values(p):
                     raise ParameterError(f"start_with value {v!r} of '{k}' is not a point of the grid")
     except ParameterError as e: raise SpecError(f"{path}: {e}") from None
+    return spec
+
+
+# %% ../nbs/12_sweep.ipynb #b9d0e001
+def checked_nproc(n, # A number of processes per trial, or None
+                  where:str="--nproc", # What gave it, for the message
+                  error:type=MlkitError, # The exception to raise
+                 ) -> int|None:
+    "`n`, a number of processes (1 or more) or None; else a one-line `error` naming `where`."
+    if n is None or (not isinstance(n, bool) and isinstance(n, int) and n >= 1): return n
+    raise error(f"{where} takes a number of processes per trial, 1 or more, got {n!r}")
+
+def with_nproc(spec:SweepSpec, # A checked spec
+               nproc:int|None, # `--nproc`: instead of the spec's `nproc`
+               gpus_per_trial:int|None, # `--gpus-per-trial`
+              ) -> SweepSpec:
+    "`spec` with `--nproc` applied, refusing GPUs per trial that do not give each rank one (torchrun's `cuda:LOCAL_RANK`)."
+    from dataclasses import replace
+    if (nproc := checked_nproc(nproc)) is not None: spec = replace(spec, nproc=nproc)
+    if spec.nproc is not None and gpus_per_trial is not None and gpus_per_trial != spec.nproc:
+        raise MlkitError(f"--gpus-per-trial {gpus_per_trial} with {spec.nproc} processes per trial: each rank uses the GPU "
+                         f"of its local rank, so give --gpus-per-trial {spec.nproc} (or leave it out on a CPU machine)")
+    if spec.nproc is not None and spec.cell_timeout is not None:  # refused before any trial, not by each one
+        raise MlkitError("cell_timeout applies to cells, and nproc runs each trial as a script: leave one out")
     return spec
 
 
@@ -1019,7 +1047,7 @@ class _Worker:
                                runs_dir=self.runs_dir, out=self.log, env={TRIAL_ENV: json.dumps(link)}, secrets=secrets,
                                meta={"sweep": self.spec.name, "trial": trial.number, "sweep_params": list(self.spec.params),
                                      "command": trial_command(self.spec, params, secrets)},
-                               cell_timeout=self.spec.cell_timeout)
+                               cell_timeout=self.spec.cell_timeout, nproc=self.spec.nproc)
         except MlkitError as e:  # before a run began: the runs folder, the notebook, the GPUs ...
             trial.set_user_attr(ERROR_ATTR, str(e))
             raise TrialFailed(str(e)) from None
@@ -1102,6 +1130,7 @@ def _worker_main():
     _hush_experimental()
     _end_with_parent(args["parent"])
     try:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, WORKER_SIGNALS)  # those `sweep` sent while this started arrive here
         spec = SweepSpec(**{**args["spec"], "notebook": Path(args["spec"]["notebook"])})
         worker = _Worker(spec, os.environ.get(STORAGE_ENV) or None, Path(args["folder"]), args["runs_dir"],
                          args["gpus"], args["index"], args["first"])
@@ -1142,6 +1171,17 @@ def _write_args(folder:Path, args:dict) -> Path:
 def _spec_json(spec:SweepSpec) -> dict:
     from dataclasses import asdict
     return {**asdict(spec), "notebook": str(spec.notebook)}
+
+# %% ../nbs/12_sweep.ipynb #a7c1e001
+WORKER_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # what stops a worker: Ctrl-C, kill, a closed terminal
+
+@contextmanager
+def signals_held(signals=WORKER_SIGNALS):
+    "Inside: `signals` wait (blocked) in this thread and in the processes it starts, until each unblocks them."
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    try: yield
+    finally: signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
 
 # %% ../nbs/12_sweep.ipynb #1f8a2d57
 @dataclass
@@ -1200,6 +1240,7 @@ def sweep(spec:str|Path|SweepSpec, # The spec's YAML file, or a checked spec
           gpus_per_trial:int|None=None, # GPUs each trial holds (gpu_lock) and sees
           storage:str|None=None, # An Optuna RDB URL; $MLKIT_SWEEP_STORAGE, else the journal in runs/sweeps/<name>/
           n_trials:int|None=None, # Instead of the spec's n_trials
+          nproc:int|None=None, # Each trial in this many processes under torchrun; the spec's `nproc` when None
           runs_dir:str|Path|None=None, # The runs folder; `mlkit.core.runs_dir()` when None
           out=None, # Where the sweep's own lines go; sys.stdout when None
           params:dict|None=None, # -p values: to the kernels only through the environment; None: $MLKIT_SWEEP_SECRET_<NAME>
@@ -1210,6 +1251,7 @@ def sweep(spec:str|Path|SweepSpec, # The spec's YAML file, or a checked spec
     from mlkit.run import _writable_runs_folder
     out = out or sys.stdout
     spec = load_spec(spec, n_trials, timeout, cell_timeout) if not isinstance(spec, SweepSpec) else spec
+    spec = with_nproc(spec, nproc, gpus_per_trial)
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise MlkitError(f"--workers takes a number of processes, 1 or more, got {workers!r}")
     if gpus_per_trial is not None:
@@ -1238,8 +1280,9 @@ def sweep(spec:str|Path|SweepSpec, # The spec's YAML file, or a checked spec
     env = {**{k: v for k, v in os.environ.items() if not k.startswith(SECRET_ENV)}, **secret_vars,
            STORAGE_ENV: storage or "", "PYTHONUNBUFFERED": "1"}
     procs, stopped = [], []
-    def forward(signum, frame):
+    def forward(signum, frame):  # the workers are in sessions of their own: only this reaches them, once
         stopped.append(signal.Signals(signum).name)
+        if stopped.count(stopped[-1]) > 1: return  # a second Ctrl-C must not break off the workers' own ending
         for p in procs:
             if p.poll() is None: p.send_signal(signum)
     main_thread = threading.current_thread() is threading.main_thread()
@@ -1247,10 +1290,13 @@ def sweep(spec:str|Path|SweepSpec, # The spec's YAML file, or a checked spec
                if s != signal.SIGHUP or signal.getsignal(s) != signal.SIG_IGN]  # `nohup mlkit sweep`: HUP stays ignored
     before = {s: signal.signal(s, forward) for s in signals} if main_thread else {}
     def start(i:int):
-        return subprocess.Popen([sys.executable, "-c", "from mlkit.sweep import _worker_main; _worker_main()", str(args),
-                                 str(i)], env=env, stdout=_fd(out), stderr=_fd(sys.stderr))
+        with signals_held():  # a worker gets our signals once its handlers are set, never in its start-up
+            return subprocess.Popen([sys.executable, "-c", "from mlkit.sweep import _worker_main; _worker_main()", str(args),
+                                     str(i)], env=env, stdout=_fd(out), stderr=_fd(sys.stderr), start_new_session=True)
     try:
-        procs.extend(start(i) for i in range(workers))
+        for i in range(workers):
+            if stopped: break  # signalled while starting them: start no more
+            procs.append(start(i))
         codes = _keep_workers(procs, start, 3 * workers, stopped, sys.stderr)
     finally:
         for p in procs:  # an exception here (not a signal) must not leave workers behind

@@ -31,8 +31,8 @@ _all_ = ["load_runs"]
 
 # %% auto #0
 __all__ = ['NAME_MARK', 'Tracker', 'new_run_id', 'write_json_atomic', 'LocalTracker', 'take_seed_mark', 'take_name_mark',
-           'TensorBoardTracker', 'MLflowTracker', 'WandbTracker', 'MultiTracker', 'current_run', 'TrackingCallback',
-           'load_runs']
+           'exit_outcome', 'TensorBoardTracker', 'MLflowTracker', 'WandbTracker', 'MultiTracker', 'current_run',
+           'TrackingCallback', 'load_runs']
 
 # %% ../nbs/10_track.ipynb #f2e5e844
 class Tracker:
@@ -159,8 +159,10 @@ class Tracker:
 
     def __enter__(self): return self
     def __exit__(self, exc_type, exc, tb):
-        if exc_type is None or (issubclass(exc_type, SystemExit) and exc.code in (0, None)): self.finish("finished")
-        elif issubclass(exc_type, SystemExit): self.finish("failed", f"exit code {exc.code}")
+        if exc_type is None: self.finish("finished")
+        elif issubclass(exc_type, SystemExit):
+            _exit_codes[:] = [exc.code]  # on its way out of the program, most likely: the runs open at exit take it too
+            self.finish(*exit_outcome(exc.code))
         elif issubclass(exc_type, KeyboardInterrupt): self.finish("interrupted", "KeyboardInterrupt")
         else: self.finish("failed", f"{exc_type.__name__}: {mask(str(exc))}"[:2000])
         return False
@@ -541,20 +543,29 @@ def _on_signal(signum, frame):
 
 _signalled: list = []
 
+_exit_codes: list = []  # what the program gave sys.exit: an atexit handler cannot see the exit status otherwise
+_sys_exit = sys.exit
+
+def _exit(status=None, /):
+    "`sys.exit`, noting `status` first: the runs still open at exit end as it says (`exit_outcome`)."
+    _exit_codes[:] = [status]
+    _sys_exit(status)
+
 def _on_exit():
     if _uncaught: _finish_all("failed", _uncaught[0])
     elif _signalled: _finish_all("interrupted", _signalled[0])
-    else: _finish_all("finished")
+    else: _finish_all(*exit_outcome(_exit_codes[0] if _exit_codes else 0))
 
 def _forget_in_child():
     "A forked child (a DataLoader worker, say) does not own its parent's runs: it must not end them at its exit."
     _open_trackers.clear()
     _current.clear()
+    _exit_codes.clear()
 
 os.register_at_fork(after_in_child=_forget_in_child)
 
 def _install_handlers():
-    "Finish open trackers at exit, on an uncaught exception, SIGTERM, SIGHUP and SIGINT (chaining to handlers set before)."
+    "Finish open trackers at exit (as its status says), on an uncaught exception, SIGTERM, SIGHUP and SIGINT (chaining)."
     global _hooks_installed, _signals_installed
     if not _hooks_installed:
         _hooks_installed = True
@@ -564,6 +575,7 @@ def _install_handlers():
             if issubclass(kind, KeyboardInterrupt): _finish_all("interrupted", "KeyboardInterrupt")
             previous_hook(kind, value, tb)
         sys.excepthook = hook
+        if sys.exit is _sys_exit: sys.exit = _exit  # argparse, click and `sys.exit(130)` after a caught Ctrl-C call it
     if _signals_installed or threading.get_ident() != _MAIN_THREAD: return  # only the main thread may set them
     _signals_installed = True
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # SIGHUP: a closed terminal or a dropped ssh
@@ -572,6 +584,19 @@ def _install_handlers():
         _previous_handlers[signum] = previous
         try: signal.signal(signum, _on_signal)
         except ValueError: pass
+
+# %% ../nbs/10_track.ipynb #e1a0c001
+def exit_outcome(code, # What the program gave `sys.exit` or `SystemExit` (None, an int, or a message)
+                ) -> tuple[str, str|None]:
+    "(status, error) of a run still open when its program exits with `code`: 0 finished, 128+N interrupted, else failed."
+    if code is None: return "finished", None
+    if not isinstance(code, int): return "failed", f"exit code 1: {mask(str(code))}"[:2000]  # sys.exit("why")
+    status = int(code) & 0xFF  # what the parent sees: sys.exit(256) is 0, sys.exit(-1) is 255
+    if status == 0: return "finished", None
+    if 128 < status < 128 + signal.NSIG and status - 128 in signal.Signals._value2member_map_:
+        return "interrupted", f"{signal.Signals(status - 128).name} (exit code {code})"  # 130: a caught Ctrl-C
+    return "failed", f"exit code {code}"
+
 
 # %% ../nbs/10_track.ipynb #0ae05e5e
 def _require(module:str, extra:str, tracker:str):
