@@ -1420,7 +1420,7 @@ def best_text(study, spec:dict) -> str:
     lines = [f"best trial {t.number}: {metrics[0]} {t.value:.6g}" +
              (f"  (run {t.user_attrs[RUN_ATTR]})" if RUN_ATTR in t.user_attrs else "")]
     lines += [f"  {k:18s} {v}" for k, v in trial_params(t, spec.get("params") or {}).items()]
-    return "\n".join([*lines, *_secret_hint(spec, given), "repeat it from the project's root with:",
+    return "\n".join([*lines, "repeat it from the project's root with:", *_secret_hint(spec, given),
                       _command(t, spec, strs, given)])
 
 
