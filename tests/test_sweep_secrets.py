@@ -147,3 +147,16 @@ def test_a_secret_set_in_the_environment_is_never_on_a_command_line(project):
     [run] = runs("s")
     assert run.records["check_b"] == _sha(GIVEN) and run.params["db_password"] == "***"
     assert shlex.join(run.meta["command"]).endswith("-p db_password '***'")
+
+
+def test_an_abbreviated_param_option_is_moved_off_argv_too(project):
+    "`--para NAME VALUE` is -p to argparse: the running sweep's argv must not hold VALUE (the kernel looks at every process)."
+    notebook(project, "toy.ipynb", "x = 0.5\ndb_password = ''",
+             "from pathlib import Path\nfrom mlkit.run import record\n"
+             "seen = [p.name for p in Path('/proc').iterdir() if p.name.isdigit() and (p/'cmdline').exists()\n"
+             "        and db_password.encode() in (p/'cmdline').read_bytes()]\n"
+             "record('score', x)\nrecord('argv_holding', len(seen))")
+    r = sweep(spec(project, n_trials=1), "--para", "db_password", GIVEN)
+    assert r.returncode == 0, r.stdout + r.stderr
+    [run] = runs("s")
+    assert run.records["argv_holding"] == 0 and run.params["db_password"] == "***", run.records
