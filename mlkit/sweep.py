@@ -32,7 +32,8 @@ __all__ = ['METHODS', 'PRUNERS', 'GOALS', 'SPEC_KEYS', 'PARAM_KEYS', 'SWEEPS', '
            'StorageUnavailable', 'storage_gone', 'TrialLost', 'fail_stale_trials', 'lost_trial', 'open_study',
            'TrialLink', 'trial_link', 'TrialFailed', 'SweepFailed', 'metric_value', 'fail_dead_workers', 'trial_state',
            'trial_line', 'SweepResult', 'count_done', 'sweep', 'load_sweep', 'status_table', 'best_text', 'plot_sweep',
-           'is_secret', 'secret_env', 'given_secrets', 'check_secrets', 'trial_command', 'dashboard_server']
+           'is_secret', 'secret_env', 'given_secrets', 'hide_secrets', 'check_secrets', 'trial_command',
+           'dashboard_server']
 
 # %% ../nbs/12_sweep.ipynb #82e1add7
 class SpecError(MlkitError):
@@ -644,6 +645,8 @@ class _Worker:
     def objective(self, trial) -> float:
         from optuna import TrialPruned
         from mlkit.run import TRIAL_ENV, run_notebook
+        from mlkit.runs import META
+        from mlkit.track import write_json_atomic
         trial.set_user_attr(WORKER_ATTR, self.me)  # whose it is, before the others may look at it
         self._unlock()  # the trial exists: the other workers count it
         params = {**self.spec.fixed, **{k: _suggest(trial, k, p) for k, p in self.spec.params.items()}}
@@ -661,8 +664,8 @@ class _Worker:
                                meta={"sweep": self.spec.name, "trial": trial.number, "sweep_params": list(self.spec.params),
                                      "command": trial_command(self.spec, params, secrets)})
         except MlkitError as e:  # before a run began: the runs folder, the notebook, the GPUs ...
-            trial.set_user_attr(ERROR_ATTR, str(e))
-            raise TrialFailed(str(e)) from None
+            trial.set_user_attr(ERROR_ATTR, hide_secrets(str(e), secrets))
+            raise TrialFailed(hide_secrets(str(e), secrets)) from None
         finally: t1 = time.perf_counter()
         if why := self.url and lost_trial(self.storage, trial, run):  # paused past the heartbeat: failed under us
             self.lost = f"trial {trial.number} failed: {why}  (run {run.id})"
@@ -673,11 +676,16 @@ class _Worker:
             trial.set_user_attr(INTERRUPTED_ATTR, str(run.meta.get("error")))
             raise KeyboardInterrupt  # Optuna fails the trial; this worker stops
         try:
-            if run.status != "finished": raise TrialFailed(f"run {run.id} {run.status}: {run.meta.get('error')}")
+            if run.status != "finished":
+                if (error := run.meta.get("error")) != (hidden := hide_secrets(error, secrets)):  # quoted in an exception
+                    run.meta["error"] = hidden
+                    write_json_atomic(run.path/META, run.meta)
+                raise TrialFailed(f"run {run.id} {run.status}: {hidden}")
             return metric_value(run, self.spec.metric)
         except TrialFailed as e:
+            e = TrialFailed(hide_secrets(str(e), secrets))
             trial.set_user_attr(ERROR_ATTR, str(e))
-            raise
+            raise e from None
         finally:  # the sweep's bookkeeping around the run, for the benchmark (telling its end counts in the next trial's)
             trial.set_user_attr(OVERHEAD_ATTR, round(before + time.perf_counter() - t1, 4))
             self.cycle = time.perf_counter()
@@ -976,6 +984,25 @@ def given_secrets(environ=None) -> dict:
     from mlkit.run import CliText
     environ = os.environ if environ is None else environ
     return {k[len(SECRET_ENV):]: CliText(v) for k, v in environ.items() if k.startswith(SECRET_ENV) and k != SECRET_ENV}
+
+def hide_secrets(text, secrets:dict):
+    "`text` with the `secrets` values (as -p text: each, and the secret-named leaves inside a structured one) as `***`."
+    from mlkit.run import parse_value
+    from mlkit.runmeta import REDACTED, is_secret_key
+    if not isinstance(text, str) or not secrets: return text
+    shown = set()
+    def leaves(v, secret:bool):
+        if isinstance(v, dict):
+            for k, x in v.items(): leaves(x, secret or is_secret_key(k))
+        elif isinstance(v, (list, tuple)):
+            for x in v: leaves(x, secret)
+        elif secret and v is not None and not isinstance(v, bool): shown.update({str(v), json.dumps(v)})
+    for v in secrets.values():
+        shown.add(str(v))
+        try: leaves(parse_value(str(v)), False)
+        except Exception: pass  # a value -p cannot read: its text alone
+    for s in sorted((s for s in shown if len(s) >= 4), key=len, reverse=True): text = text.replace(s, REDACTED)
+    return text
 
 def check_secrets(spec:SweepSpec, given:dict) -> None:
     "A one-line `SpecError` for a -p name the notebook lacks, searched or fixed, a value that does not fit, a searched secret."

@@ -160,3 +160,26 @@ def test_an_abbreviated_param_option_is_moved_off_argv_too(project):
     assert r.returncode == 0, r.stdout + r.stderr
     [run] = runs("s")
     assert run.records["argv_holding"] == 0 and run.params["db_password"] == "***", run.records
+
+
+def test_a_trial_failing_with_its_secret_in_the_error_keeps_it_out_of_the_storage_and_the_terminal(project):
+    "An exception quoting the secret (a rejected key): the trial's reason, the terminal, `status` and meta.json show ***."
+    notebook(project, "toy.ipynb", "x = 0.5\napi_key = ''\ndb_password = ''",
+             "raise ValueError(f'rejected {api_key} and {db_password}')")
+    r = sweep(spec(project, fixed={"api_key": FIXED}, n_trials=1), "-p", "db_password", GIVEN)
+    assert r.returncode == 1 and "rejected *** and ***" in r.stdout + r.stderr, r.stdout + r.stderr
+    assert FIXED not in r.stdout + r.stderr and GIVEN not in r.stdout + r.stderr
+    journal = Path(os.environ["MLKIT_RUNS_DIR"], "sweeps", "s", "journal.log").read_text()
+    assert FIXED not in journal and GIVEN not in journal
+    st = sweep("status", "s")
+    assert "rejected *** and ***" in st.stdout and FIXED not in st.stdout and GIVEN not in st.stdout, st.stdout
+    [run] = runs("s")
+    assert run.status == "failed" and "rejected *** and ***" in run.meta["error"], run.meta["error"]
+
+
+def test_runs_ls_sweep_shows_a_searched_parameter_that_did_not_vary(project):
+    "One trial: x took one value, so plain `runs ls` would hide it; --sweep shows what the sweep searched, first."
+    notebook(project, "toy.ipynb", *NB)
+    assert sweep(spec(project, n_trials=1)).returncode == 0
+    ls = subprocess.run([MLKIT, "runs", "ls", "--sweep", "s"], capture_output=True, text=True)
+    assert ls.stdout.split()[:7] == ["id", "trial", "name", "status", "start", "duration", "x"], ls.stdout
