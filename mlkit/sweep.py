@@ -395,6 +395,10 @@ def _patient_rdb():
                 if self.down_since is None:
                     self.down_since = time.monotonic()
                     self._say(f"{self.shown} does not answer ({_first_line(e)}); waiting for it")
+                return
+            if self.down_since is not None:  # back: a later outage is waited for afresh, not from this one's start
+                self._say(f"{self.shown} answers again, after {time.monotonic() - self.down_since:.0f} s")
+                self.down_since = None
 
     def patient(name:str):
         method = getattr(RDBStorage, name)
