@@ -827,7 +827,8 @@ def sweep(spec:str|Path|SweepSpec, # The spec's YAML file, or a checked spec
     try: folder.mkdir(parents=True, exist_ok=True)
     except OSError as e: raise MlkitError(f"cannot create the sweep folder {folder}: {e.strerror or e}") from None
     study = open_study(spec, open_storage(storage, folder))
-    study.set_user_attr(GIVEN_ATTR, sorted(given))  # names only: `best` asks for their values
+    had = study.user_attrs.get(GIVEN_ATTR) or []  # an earlier session's trials ran with those: `best` asks for them too
+    study.set_user_attr(GIVEN_ATTR, sorted({*had, *given}))  # names only: `best` asks for their values
     spec, secret_vars = secret_env(spec, given)  # the workers' argv holds no secret; their environment does
     done = count_done(study)
     where = strip_url_credentials(storage) if storage else str(folder/JOURNAL)

@@ -183,3 +183,13 @@ def test_runs_ls_sweep_shows_a_searched_parameter_that_did_not_vary(project):
     assert sweep(spec(project, n_trials=1)).returncode == 0
     ls = subprocess.run([MLKIT, "runs", "ls", "--sweep", "s"], capture_output=True, text=True)
     assert ls.stdout.split()[:7] == ["id", "trial", "name", "status", "start", "duration", "x"], ls.stdout
+
+
+def test_best_asks_for_a_p_secret_given_in_an_earlier_session(project):
+    "Started with -p, resumed without: the trials of the first session ran with the secret, and `best` still asks for it."
+    notebook(project, "toy.ipynb", "x = 0.5\ndb_password = ''",
+             "from mlkit.run import record\nrecord('score', x if db_password else -1)")
+    assert sweep(spec(project, n_trials=1), "-p", "db_password", GIVEN).returncode == 0
+    assert sweep(spec(project, n_trials=2)).returncode == 0  # the trial without the secret scores -1: not the best
+    b = sweep("best", "s")
+    assert b.stdout.splitlines()[-1].endswith("-p db_password VALUE"), b.stdout
