@@ -411,7 +411,7 @@ def _secrets_off_argv(params:list) -> dict|None:
     if twice := [k for i, k in enumerate(names) if k in names[:i]]: raise MlkitError(f"-p {twice[0]} is given twice")
     argv, rest, taken, i = sys.argv[1:], [], [], 0
     while i < len(argv):
-        if argv[i] in ("-p", "--param") and i + 2 < len(argv):
+        if (argv[i] == "-p" or len(argv[i]) > 2 and "--param".startswith(argv[i])) and i + 2 < len(argv):  # --par: argparse's
             taken.append([argv[i + 1], argv[i + 2]])
             i += 3
         else: rest, i = [*rest, argv[i]], i + 1

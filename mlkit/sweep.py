@@ -36,7 +36,7 @@ __all__ = ['SAMPLERS', 'METHODS', 'SAMPLER_NEEDS', 'SINGLE_OBJECTIVE', 'PRUNERS'
            'objective_value', 'fail_dead_workers', 'point_text', 'grid_points', 'done_count', 'retry_due', 'requeue',
            'queue_next', 'missing_points', 'failure_reason', 'trial_state', 'trial_line', 'signals_held', 'SweepResult',
            'count_done', 'sweep', 'load_sweep', 'status_table', 'best_text', 'add_trial', 'stop_sweep', 'list_sweeps',
-           'plot_sweep', 'is_secret', 'secret_env', 'given_secrets', 'check_secrets', 'trial_command',
+           'plot_sweep', 'is_secret', 'secret_env', 'given_secrets', 'hide_secrets', 'check_secrets', 'trial_command',
            'dashboard_server']
 
 # %% ../nbs/12_sweep.ipynb #82e1add7
@@ -690,6 +690,10 @@ def _patient_rdb():
                 if self.down_since is None:
                     self.down_since = time.monotonic()
                     self._say(f"{self.shown} does not answer ({_first_line(e)}); waiting for it")
+                return
+            if self.down_since is not None:  # back: a later outage is waited for afresh, not from this one's start
+                self._say(f"{self.shown} answers again, after {time.monotonic() - self.down_since:.0f} s")
+                self.down_since = None
 
     def patient(name:str):
         method = getattr(RDBStorage, name)
@@ -1031,6 +1035,8 @@ class _Worker:
     def objective(self, trial) -> float:
         from optuna import TrialPruned
         from mlkit.run import TRIAL_ENV, run_notebook
+        from mlkit.runs import META
+        from mlkit.track import write_json_atomic
         trial.set_user_attr(WORKER_ATTR, self.me)  # whose it is, before the others may look at it
         self._unlock()  # the trial exists: the other workers count it
         params = suggest_params(trial, self.spec)
@@ -1049,8 +1055,8 @@ class _Worker:
                                      "command": trial_command(self.spec, params, secrets)},
                                cell_timeout=self.spec.cell_timeout, nproc=self.spec.nproc)
         except MlkitError as e:  # before a run began: the runs folder, the notebook, the GPUs ...
-            trial.set_user_attr(ERROR_ATTR, str(e))
-            raise TrialFailed(str(e)) from None
+            trial.set_user_attr(ERROR_ATTR, hide_secrets(str(e), secrets))
+            raise TrialFailed(hide_secrets(str(e), secrets)) from None
         finally: t1 = time.perf_counter()
         if why := self.url and lost_trial(self.storage, trial, run):  # paused past the heartbeat: failed under us
             self.lost = f"trial {trial.number} failed: {why}  (run {run.id})"
@@ -1061,11 +1067,16 @@ class _Worker:
             trial.set_user_attr(INTERRUPTED_ATTR, str(run.meta.get("error")))
             raise KeyboardInterrupt  # Optuna fails the trial; this worker stops
         try:
-            if run.status != "finished": raise TrialFailed(f"run {run.id} {run.status}: {run.meta.get('error')}")
+            if run.status != "finished":
+                if (error := run.meta.get("error")) != (hidden := hide_secrets(error, secrets)):  # quoted in an exception
+                    run.meta["error"] = hidden
+                    write_json_atomic(run.path/META, run.meta)
+                raise TrialFailed(f"run {run.id} {run.status}: {hidden}")
             return objective_value(run, self.spec)
         except TrialFailed as e:
+            e = TrialFailed(hide_secrets(str(e), secrets))
             trial.set_user_attr(ERROR_ATTR, str(e))
-            raise
+            raise e from None
         finally:  # the sweep's bookkeeping around the run, for the benchmark (telling its end counts in the next trial's)
             trial.set_user_attr(OVERHEAD_ATTR, round(before + time.perf_counter() - t1, 4))
             self.cycle = time.perf_counter()
@@ -1269,7 +1280,8 @@ def sweep(spec:str|Path|SweepSpec, # The spec's YAML file, or a checked spec
     try: folder.mkdir(parents=True, exist_ok=True)
     except OSError as e: raise MlkitError(f"cannot create the sweep folder {folder}: {e.strerror or e}") from None
     study = open_study(spec, open_storage(storage, folder))
-    study.set_user_attr(GIVEN_ATTR, sorted(given))  # names only: `best` asks for their values
+    had = study.user_attrs.get(GIVEN_ATTR) or []  # an earlier session's trials ran with those: `best` asks for them too
+    study.set_user_attr(GIVEN_ATTR, sorted({*had, *given}))  # names only: `best` asks for their values
     spec, secret_vars = secret_env(spec, given)  # the workers' argv holds no secret; their environment does
     done = count_done(study, spec.method)
     where = strip_url_credentials(storage) if storage else str(folder/JOURNAL)
@@ -1569,6 +1581,25 @@ def given_secrets(environ=None) -> dict:
     from mlkit.run import CliText
     environ = os.environ if environ is None else environ
     return {k[len(SECRET_ENV):]: CliText(v) for k, v in environ.items() if k.startswith(SECRET_ENV) and k != SECRET_ENV}
+
+def hide_secrets(text, secrets:dict):
+    "`text` with the `secrets` values (as -p text: each, and the secret-named leaves inside a structured one) as `***`."
+    from mlkit.run import parse_value
+    from mlkit.runmeta import REDACTED, is_secret_key
+    if not isinstance(text, str) or not secrets: return text
+    shown = set()
+    def leaves(v, secret:bool):
+        if isinstance(v, dict):
+            for k, x in v.items(): leaves(x, secret or is_secret_key(k))
+        elif isinstance(v, (list, tuple)):
+            for x in v: leaves(x, secret)
+        elif secret and v is not None and not isinstance(v, bool): shown.update({str(v), json.dumps(v)})
+    for v in secrets.values():
+        shown.add(str(v))
+        try: leaves(parse_value(str(v)), False)
+        except Exception: pass  # a value -p cannot read: its text alone
+    for s in sorted((s for s in shown if len(s) >= 4), key=len, reverse=True): text = text.replace(s, REDACTED)
+    return text
 
 def check_secrets(spec:SweepSpec, given:dict) -> None:
     "A one-line `SpecError` for a -p name the notebook lacks, searched or fixed, a value that does not fit, a searched secret."

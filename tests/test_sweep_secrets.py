@@ -147,3 +147,49 @@ def test_a_secret_set_in_the_environment_is_never_on_a_command_line(project):
     [run] = runs("s")
     assert run.records["check_b"] == _sha(GIVEN) and run.params["db_password"] == "***"
     assert shlex.join(run.meta["command"]).endswith("-p db_password '***'")
+
+
+def test_an_abbreviated_param_option_is_moved_off_argv_too(project):
+    "`--para NAME VALUE` is -p to argparse: the running sweep's argv must not hold VALUE (the kernel looks at every process)."
+    notebook(project, "toy.ipynb", "x = 0.5\ndb_password = ''",
+             "from pathlib import Path\nfrom mlkit.run import record\n"
+             "seen = [p.name for p in Path('/proc').iterdir() if p.name.isdigit() and (p/'cmdline').exists()\n"
+             "        and db_password.encode() in (p/'cmdline').read_bytes()]\n"
+             "record('score', x)\nrecord('argv_holding', len(seen))")
+    r = sweep(spec(project, n_trials=1), "--para", "db_password", GIVEN)
+    assert r.returncode == 0, r.stdout + r.stderr
+    [run] = runs("s")
+    assert run.records["argv_holding"] == 0 and run.params["db_password"] == "***", run.records
+
+
+def test_a_trial_failing_with_its_secret_in_the_error_keeps_it_out_of_the_storage_and_the_terminal(project):
+    "An exception quoting the secret (a rejected key): the trial's reason, the terminal, `status` and meta.json show ***."
+    notebook(project, "toy.ipynb", "x = 0.5\napi_key = ''\ndb_password = ''",
+             "raise ValueError(f'rejected {api_key} and {db_password}')")
+    r = sweep(spec(project, fixed={"api_key": FIXED}, n_trials=1), "-p", "db_password", GIVEN)
+    assert r.returncode == 1 and "rejected *** and ***" in r.stdout + r.stderr, r.stdout + r.stderr
+    assert FIXED not in r.stdout + r.stderr and GIVEN not in r.stdout + r.stderr
+    journal = Path(os.environ["MLKIT_RUNS_DIR"], "sweeps", "s", "journal.log").read_text()
+    assert FIXED not in journal and GIVEN not in journal
+    st = sweep("status", "s")
+    assert "rejected *** and ***" in st.stdout and FIXED not in st.stdout and GIVEN not in st.stdout, st.stdout
+    [run] = runs("s")
+    assert run.status == "failed" and "rejected *** and ***" in run.meta["error"], run.meta["error"]
+
+
+def test_runs_ls_sweep_shows_a_searched_parameter_that_did_not_vary(project):
+    "One trial: x took one value, so plain `runs ls` would hide it; --sweep shows what the sweep searched, first."
+    notebook(project, "toy.ipynb", *NB)
+    assert sweep(spec(project, n_trials=1)).returncode == 0
+    ls = subprocess.run([MLKIT, "runs", "ls", "--sweep", "s"], capture_output=True, text=True)
+    assert ls.stdout.split()[:7] == ["id", "trial", "name", "status", "start", "duration", "x"], ls.stdout
+
+
+def test_best_asks_for_a_p_secret_given_in_an_earlier_session(project):
+    "Started with -p, resumed without: the trials of the first session ran with the secret, and `best` still asks for it."
+    notebook(project, "toy.ipynb", "x = 0.5\ndb_password = ''",
+             "from mlkit.run import record\nrecord('score', x if db_password else -1)")
+    assert sweep(spec(project, n_trials=1), "-p", "db_password", GIVEN).returncode == 0
+    assert sweep(spec(project, n_trials=2)).returncode == 0  # the trial without the secret scores -1: not the best
+    b = sweep("best", "s")
+    assert b.stdout.splitlines()[-1].endswith("-p db_password VALUE"), b.stdout

@@ -195,3 +195,31 @@ def test_a_database_away_longer_than_the_wait_ends_the_sweep_with_one_line_and_t
         if server is not None:
             server.send_signal(signal.SIGINT)
             server.wait(30)
+
+
+def test_a_missed_heartbeat_does_not_shorten_a_later_wait(tmp_path, monkeypatch, capsys):
+    "A beat missed long ago, the database back since: a later blip is waited for afresh, not judged over at once."
+    from optuna.storages import RDBStorage
+    from sqlalchemy.exc import OperationalError
+
+    from mlkit.sweep import open_storage
+    monkeypatch.setenv("MLKIT_SWEEP_STORAGE_WAIT", "2")
+    storage = open_storage(f"sqlite:///{tmp_path/'o.db'}", tmp_path)
+    study_id = storage.create_new_study([optuna.study.StudyDirection.MAXIMIZE], "s")
+    trial_id = storage.create_new_trial(study_id)
+    real_beat = RDBStorage.record_heartbeat
+    def down(*a, **k): raise OperationalError("SELECT 1", {}, Exception("server closed the connection"))
+    monkeypatch.setattr(RDBStorage, "record_heartbeat", down)
+    storage.record_heartbeat(trial_id)  # missed: noted, not raised
+    monkeypatch.setattr(RDBStorage, "record_heartbeat", real_beat)
+    storage.record_heartbeat(trial_id)  # the database is back
+    time.sleep(2.5)  # longer than the wait, with the database answering all along
+    calls = []
+    def blip(self):
+        calls.append(1)
+        if len(calls) == 1: down()
+        return "answered"
+    assert storage._patiently(blip) == "answered"  # waited 0.5 s for it, not given up at once
+    assert len(calls) == 2
+    err = capsys.readouterr().err
+    assert "answers again, after 0 s" in err or "answers again, after 1 s" in err, err  # not after the 3 s since the beat
