@@ -5,6 +5,7 @@ import os
 import shlex
 import subprocess
 import threading
+import uuid
 from pathlib import Path
 
 import psutil
@@ -15,7 +16,9 @@ from test_sweep import MLKIT, notebook, runs, spec, study, sweep
 COVERS = ("07_cli", "11_run", "12_sweep")
 project = test_sweep.project  # the fixture: a project folder with its runs folder in MLKIT_RUNS_DIR
 
-FIXED, GIVEN = "sk-FIXED-7f3a9c2e1b5d", "pw-GIVEN-4d8e6f0a2c9b"  # a secret in the spec, one on the command line
+# A secret in the spec, one on the command line: each test process its own, so that a test scanning every process's
+# argv (ps) does not find the values another test, run in parallel, passes on purpose.
+FIXED, GIVEN = f"sk-FIXED-{uuid.uuid4().hex[:12]}", f"pw-GIVEN-{uuid.uuid4().hex[:12]}"
 NB = ("x = 0.5\nnap = 0.0\napi_key = ''\ndb_password = ''",
       "import hashlib, time\nfrom mlkit.run import record\ntime.sleep(nap)\n"
       "record('check_a', hashlib.sha256(api_key.encode()).hexdigest())\n"
@@ -38,10 +41,11 @@ def _cmdlines() -> dict:
 def _files_holding(folder: Path, *secrets: str) -> list:
     "The files under `folder` that hold one of `secrets` (files that go away as we read, being replaced, are skipped)."
     found = []
-    for f in folder.rglob("*"):
-        try: data = f.read_bytes() if f.is_file() else b""
-        except OSError: continue
-        if any(s.encode() in data for s in secrets): found.append(f)
+    for top, _, names in os.walk(folder):  # unlike rglob, a folder renamed away while we walk is skipped
+        for f in (Path(top)/n for n in names):
+            try: data = f.read_bytes()
+            except OSError: continue
+            if any(s.encode() in data for s in secrets): found.append(f)
     return found
 
 
