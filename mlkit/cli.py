@@ -394,10 +394,10 @@ def _serve_dashboard(study, spec:dict, host:str, port:int):
     "`mlkit sweep dashboard NAME`: optuna-dashboard on the sweep's storage until Ctrl-C (which ends it with status 0)."
     from mlkit.sweep import dashboard_server
     server = dashboard_server(study, spec, host, port)
-    print(f"optuna-dashboard of sweep {study.study_name}: {server.url}  (Ctrl-C stops it)", flush=True)
-    if host not in ("127.0.0.1", "localhost", "::1"):
+    if host not in ("127.0.0.1", "localhost", "::1"):  # said before the URL, which a script may wait for
         print(f"mlkit sweep: warning: the dashboard listens on {host} with no login; anyone who reaches it can read the "
-              "sweep and change its trials' notes", file=sys.stderr)
+              "sweep and change its trials' notes", file=sys.stderr, flush=True)
+    print(f"optuna-dashboard of sweep {study.study_name}: {server.url}  (Ctrl-C stops it)", flush=True)
     try: server.serve_forever()
     except KeyboardInterrupt: print("mlkit sweep: dashboard stopped", file=sys.stderr)
     finally: server.server_close()

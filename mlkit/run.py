@@ -568,6 +568,11 @@ class _CellLog(logging.Handler):
 
 _log_users, _log_lock, _log_before = [0], threading.Lock(), {}
 
+def _unretrieved_dead_kernel(record:logging.LogRecord) -> bool:
+    "asyncio's filter: drop 'Task exception was never retrieved' for a kernel that died as its run ended (the run says why)."
+    exc = record.exc_info[1] if record.exc_info else None
+    return not (str(record.msg).startswith("Task exception was never retrieved") and type(exc).__name__ == "DeadKernelError")
+
 @contextmanager
 def _papermill_log(handler:logging.Handler):
     "Inside: papermill's log goes to `handler` only (its INFO lines included); restored when the last run using it ends."
@@ -576,6 +581,7 @@ def _papermill_log(handler:logging.Handler):
         if _log_users[0] == 0: _log_before.update(level=log.level, propagate=log.propagate)
         _log_users[0] += 1
         log.setLevel(logging.INFO); log.propagate = False; log.addHandler(handler)
+        logging.getLogger("asyncio").addFilter(_unretrieved_dead_kernel)  # once: a filter is added only if not there yet
     try: yield
     finally:
         with _log_lock:

@@ -718,6 +718,8 @@ def storage_gone(e:BaseException|None) -> StorageUnavailable|None:
 
 class TrialLost(Exception):
     "This worker's trial was failed by the heartbeat (the worker was paused or cut off); its run is marked failed."
+    def __init__(self, message:str): # Why, in one line
+        super().__init__(message)
 
 def fail_stale_trials(study, storage) -> None:
     "Optuna's `fail_stale_trials` (running trials its heartbeat no longer hears from), each noted first with why."
