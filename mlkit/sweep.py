@@ -1217,15 +1217,16 @@ def _default_runs_dir(spec:SweepSpec) -> Path:
         return project_root(spec.notebook.parent)/Path(os.environ.get("MLKIT_RUNS_DIR") or "runs").expanduser()
 
 def _keep_workers(procs:list, start, limit:int, stopped:list, err) -> list[int]:
-    "Wait for the workers; one killed by a signal not ours is reported in one line and replaced, `limit` times at most."
+    "Wait for the workers; one killed by a signal not ours (or ended 130 by one: `kill PID`) is reported in one line and replaced, `limit` times at most."
     live, codes, replaced = dict(enumerate(procs)), {}, 0
     while live:
         for i, p in list(live.items()):
             if (code := p.poll()) is None: continue
             del live[i]
             codes[i] = code
-            if code >= 0 or stopped: continue
-            what = f"mlkit sweep: worker {i} (pid {p.pid}) died ({signal.Signals(-code).name})"
+            if (code >= 0 and code != 130) or stopped: continue  # 130: a SIGINT/TERM/HUP that only it got
+            how = signal.Signals(-code).name if code < 0 else "SIGINT, SIGTERM or SIGHUP: exit 130"
+            what = f"mlkit sweep: worker {i} (pid {p.pid}) died ({how})"
             if replaced < limit:
                 replaced += 1
                 live[i] = start(i)
@@ -1310,7 +1311,6 @@ def sweep(spec:str|Path|SweepSpec, # The spec's YAML file, or a checked spec
     timed_out = spec.timeout is not None and not stopped and done < spec.n_trials and not any(codes)
     return SweepResult(spec.name, study, spec.n_trials, done, stopped[0] if stopped else None, codes, timed_out, missing,
                        min(len(untried), max(0, spec.n_trials - done - len(missing))), bool(study.user_attrs.get(STOP_ATTR)))
-
 
 # %% ../nbs/12_sweep.ipynb #19269549
 def load_sweep(name:str, # The sweep's name (its spec's `name`)
