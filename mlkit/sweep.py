@@ -938,7 +938,7 @@ def queue_next(study, spec, trials, first:int) -> bool:
 
 def missing_points(trials, params:dict, sampler=None) -> tuple[list, list]:
     "A grid's points with no finished or pruned trial: (those that were tried, those never tried)."
-    done, tried = _done_keys(trials), {_key(_point(t)) for t in trials}
+    done, tried = _done_keys(trials), {_key(_point(t)) for t in trials if t.state.name != "WAITING"}  # queued: not run
     points = [p for p in grid_points(params, sampler) if _key(p) not in done]
     return [p for p in points if _key(p) in tried], [p for p in points if _key(p) not in tried]
 
@@ -1217,7 +1217,7 @@ def _default_runs_dir(spec:SweepSpec) -> Path:
         return project_root(spec.notebook.parent)/Path(os.environ.get("MLKIT_RUNS_DIR") or "runs").expanduser()
 
 def _keep_workers(procs:list, start, limit:int, stopped:list, err) -> list[int]:
-    "Wait for the workers; one killed by a signal not ours (or ended 130 by one: `kill PID`) is reported in one line and replaced, `limit` times at most."
+    "Wait for the workers; one a signal not ours ended (killed; 130: `kill PID`) is reported, replaced (`limit` times at most)"
     live, codes, replaced = dict(enumerate(procs)), {}, 0
     while live:
         for i, p in list(live.items()):

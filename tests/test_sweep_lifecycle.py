@@ -1,4 +1,5 @@
 "A sweep's life as a user lives it: grids that complete after faults, seeds that repeat, resume/add/stop/ls, paths, workers."
+import json
 import os
 import re
 import signal
@@ -244,6 +245,7 @@ def test_a_postgresql_sweep_prints_no_optuna_experimental_warning(project, postg
 def test_a_worker_ended_by_a_plain_kill_is_reported_and_replaced_too():
     "`kill PID` (SIGTERM) or SIGHUP to one worker ends it with 130 (its trial interrupted): not ours, so replace it."
     import io
+
     from mlkit.sweep import _keep_workers
 
     class Proc:
@@ -261,3 +263,19 @@ def test_a_worker_ended_by_a_plain_kill_is_reported_and_replaced_too():
         in err.getvalue(), err.getvalue()
     started.clear()
     assert _keep_workers([Proc(1, 130)], start, 2, ["SIGINT"], io.StringIO()) == [130] and not started  # ours: not replaced
+
+
+def test_a_grid_point_queued_but_never_run_is_not_yet_tried_not_failed_and_a_timeout_says_so(project):
+    "A grid ended by its timeout leaves its next point queued (waiting): it never ran, so it is not a failed point."
+    notebook(project, "toy.ipynb", "i = 0\nnap = 0.0", "import time\nfrom mlkit.run import record\ntime.sleep(nap)\n"
+             "record('score', i)")
+    path = spec(project, method="grid", fixed={"nap": 2.0}, timeout=3, n_trials=None,
+                params={"i": {"type": "int", "low": 0, "high": 3}})
+    text = json.loads(path.read_text())
+    del text["n_trials"]
+    path.write_text(json.dumps(text))
+    r = sweep(path)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "reached its timeout" in r.stderr and "missing:" not in r.stderr, r.stderr
+    st = sweep("status", "s").stdout
+    assert "failed, not yet done" not in st and "not yet tried" in st, st
