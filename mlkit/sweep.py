@@ -939,7 +939,9 @@ def queue_next(study, spec, trials, first:int) -> bool:
 def missing_points(trials, params:dict, sampler=None) -> tuple[list, list]:
     "A grid's points with no finished or pruned trial: (those that were tried, those never tried)."
     done, tried = _done_keys(trials), {_key(_point(t)) for t in trials if t.state.name != "WAITING"}  # queued: not run
-    points = [p for p in grid_points(params, sampler) if _key(p) not in done]
+    points = grid_points(params, sampler)
+    if not hasattr(sampler, "_all_grids"): points = [{k: to_optuna(params[k], v) for k, v in p.items()} for p in points]
+    points = [p for p in points if _key(p) not in done]  # compared as Optuna keeps them (a list choice: its JSON text)
     return [p for p in points if _key(p) in tried], [p for p in points if _key(p) not in tried]
 
 

@@ -279,3 +279,15 @@ def test_a_grid_point_queued_but_never_run_is_not_yet_tried_not_failed_and_a_tim
     assert "reached its timeout" in r.stderr and "missing:" not in r.stderr, r.stderr
     st = sweep("status", "s").stdout
     assert "failed, not yet done" not in st and "not yet tried" in st, st
+
+
+def test_status_of_a_finished_grid_over_list_and_mapping_choices_lists_no_point_as_missing(project):
+    "Optuna keeps a list or mapping choice as its JSON text: status must compare the grid's points the same way."
+    notebook(project, "toy.ipynb", "layers = [4]\ncfg = {'a': 1}",
+             "from mlkit.run import record\nrecord('score', sum(layers) + cfg['a'])")
+    path = spec(project, method="grid", n_trials=2, params={
+        "layers": {"type": "categorical", "choices": [[16, 8], [4]]}, "cfg": {"type": "categorical", "choices": [{"a": 1}]}})
+    r = sweep(path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    st = sweep("status", "s").stdout
+    assert "2 point(s) done" in st and "not yet tried" not in st and "failed, not yet done" not in st, st
