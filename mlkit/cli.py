@@ -459,7 +459,8 @@ def cmd_sweep(args) -> int:
         return 1
     if r.missing or r.untried:
         from mlkit.sweep import point_text
-        print(f"mlkit sweep: {r.name} ended with {r.done} of {r.n_trials} grid points done; missing: " +
+        print(f"mlkit sweep: {r.name} {'reached its timeout' if r.timed_out else 'ended'} with {r.done} of {r.n_trials} "
+              f"grid points done; {'missing: ' if r.missing else ''}" +
               ", ".join(map(point_text, r.missing[:20])) + (" ..." if len(r.missing) > 20 else "") +
               (f"{' and ' if r.missing else ''}{r.untried} not yet tried" if r.untried else "") +
               f" ('mlkit sweep status {r.name}' says why); the same command retries them", file=sys.stderr)

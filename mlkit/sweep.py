@@ -198,6 +198,14 @@ def _holds(when:dict|None, params:dict) -> bool:
                                    _is_number(v) and params[k] == v for v in (vs if isinstance(vs, list) else [vs]))
                for k, vs in (when or {}).items())
 
+def _not_applying(point:dict, params:dict) -> str|None:
+    "Why a given point (`start_with`, `mlkit sweep add`) names a parameter whose `when` does not hold for it, or None."
+    for k in point:
+        if k in params and not _holds(params[k].get("when"), point):
+            return (f"{k} is searched only when " + " and ".join(f"{o} is {w}" for o, w in params[k]["when"].items()) +
+                    "; leave it out (the notebook's default stands)")
+    return None
+
 def _structured(p:dict) -> bool:
     "Whether a parameter's choices include lists or mappings, which Optuna takes as their JSON text."
     return p["type"] == "categorical" and any(isinstance(c, (list, dict)) for c in p["choices"])
@@ -467,6 +475,7 @@ def load_spec(path:str|Path, # The spec's YAML file
     if len(start_with) > n: raise SpecError(f"{path}: start_with has {len(start_with)} trials, more than n_trials ({n})")
     for i, t in enumerate(start_with):
         _keys(f"{path}: start_with[{i}]", _mapping(f"{path}: start_with[{i}]", t, "parameter names to values"), params)
+        if why := _not_applying(t, params): raise SpecError(f"{path}: start_with[{i}]: {why}")
     pruner = _pruner_spec(f"{path}: pruner", data.get("pruner"), metric, goal)
     if len(objectives) > 1 and pruner["type"] != "none":
         raise SpecError(f"{path}: pruner: Optuna cannot prune a search of {len(objectives)} metrics; leave pruner out")
@@ -944,8 +953,10 @@ def queue_next(study, spec, trials, first:int) -> bool:
 
 def missing_points(trials, params:dict, sampler=None) -> tuple[list, list]:
     "A grid's points with no finished or pruned trial: (those that were tried, those never tried)."
-    done, tried = _done_keys(trials), {_key(_point(t)) for t in trials}
-    points = [p for p in grid_points(params, sampler) if _key(p) not in done]
+    done, tried = _done_keys(trials), {_key(_point(t)) for t in trials if t.state.name != "WAITING"}  # queued: not run
+    points = grid_points(params, sampler)
+    if not hasattr(sampler, "_all_grids"): points = [{k: to_optuna(params[k], v) for k, v in p.items()} for p in points]
+    points = [p for p in points if _key(p) not in done]  # compared as Optuna keeps them (a list choice: its JSON text)
     return [p for p in points if _key(p) in tried], [p for p in points if _key(p) not in tried]
 
 
@@ -985,6 +996,7 @@ def failure_reason(t) -> str|None:
 
 class _Worker:
     "One worker process of a sweep: runs trials until the sweep has `n_trials` done (finished or pruned)."
+    deadline = None  # when no trial may start any more (time.time()): `timeout` counted from the `mlkit sweep` command
     lost = None  # the line saying why its last trial was failed under it (`lost_trial`)
     def __init__(self, spec:SweepSpec, storage:str|None, folder:Path, runs_dir:str|None, gpus:int|None, index:int,
                  first:int|None=None): # The last trial before this session (the sweep's; counted here when None)
@@ -1093,11 +1105,11 @@ class _Worker:
         from mlkit.run import RunInterrupted
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # one line per trial is ours (a failed one says why)
         try:
-            deadline = None if self.spec.timeout is None else time.monotonic() + self.spec.timeout  # Optuna's, per worker
+            deadline = self.deadline or (None if self.spec.timeout is None else time.time() + self.spec.timeout)
             self.more = self.go_on()
             while self.more:  # one trial at a time: GridSampler stops `optimize` when no point is unvisited, failed or not
                 self.more = False
-                if deadline is not None and time.monotonic() >= deadline: break  # `timeout`: no trial starts after it
+                if deadline is not None and time.time() >= deadline: break  # `timeout`: no trial starts after it
                 try: self.study.optimize(self.objective, n_trials=1, catch=(TrialFailed,), callbacks=[self.after_trial])
                 except ValueError:  # Optuna's "Cannot tell a FAIL trial": the one the heartbeat failed (lost_trial)
                     if self.lost is None: raise
@@ -1147,6 +1159,7 @@ def _worker_main():
         spec = SweepSpec(**{**args["spec"], "notebook": Path(args["spec"]["notebook"])})
         worker = _Worker(spec, os.environ.get(STORAGE_ENV) or None, Path(args["folder"]), args["runs_dir"],
                          args["gpus"], args["index"], args["first"])
+        worker.deadline = args.get("deadline")  # the command's: a worker started late (a replacement) keeps to it
         code = worker.run()
     except MlkitError as e:
         print(f"mlkit sweep: worker {args['index']}: {e}", file=sys.stderr, flush=True)
@@ -1230,15 +1243,16 @@ def _default_runs_dir(spec:SweepSpec) -> Path:
         return project_root(spec.notebook.parent)/Path(os.environ.get("MLKIT_RUNS_DIR") or "runs").expanduser()
 
 def _keep_workers(procs:list, start, limit:int, stopped:list, err) -> list[int]:
-    "Wait for the workers; one killed by a signal not ours is reported in one line and replaced, `limit` times at most."
+    "Wait for the workers; one a signal not ours ended (killed; 130: `kill PID`) is reported, replaced (`limit` times at most)"
     live, codes, replaced = dict(enumerate(procs)), {}, 0
     while live:
         for i, p in list(live.items()):
             if (code := p.poll()) is None: continue
             del live[i]
             codes[i] = code
-            if code >= 0 or stopped: continue
-            what = f"mlkit sweep: worker {i} (pid {p.pid}) died ({signal.Signals(-code).name})"
+            if (code >= 0 and code != 130) or stopped: continue  # 130: a SIGINT/TERM/HUP that only it got
+            how = signal.Signals(-code).name if code < 0 else "SIGINT, SIGTERM or SIGHUP: exit 130"
+            what = f"mlkit sweep: worker {i} (pid {p.pid}) died ({how})"
             if replaced < limit:
                 replaced += 1
                 live[i] = start(i)
@@ -1290,7 +1304,8 @@ def sweep(spec:str|Path|SweepSpec, # The spec's YAML file, or a checked spec
     print(f"sweep {spec.name}: {done} of {spec.n_trials} trials done; {workers} worker(s) on {socket.gethostname()}; "
           f"storage {where}; runs in {root}", file=out, flush=True)
     args = _write_args(folder, {"spec": _spec_json(spec), "folder": str(folder), "runs_dir": str(root),
-                                "gpus": gpus_per_trial, "parent": os.getpid(), "first": _last_trial(study)})  # all the same
+                                "gpus": gpus_per_trial, "parent": os.getpid(), "first": _last_trial(study),
+                                "deadline": None if spec.timeout is None else time.time() + spec.timeout})  # all the same
     env = {**{k: v for k, v in os.environ.items() if not k.startswith(SECRET_ENV)}, **secret_vars,
            STORAGE_ENV: storage or "", "PYTHONUNBUFFERED": "1"}
     procs, stopped = [], []
@@ -1324,7 +1339,6 @@ def sweep(spec:str|Path|SweepSpec, # The spec's YAML file, or a checked spec
     timed_out = spec.timeout is not None and not stopped and done < spec.n_trials and not any(codes)
     return SweepResult(spec.name, study, spec.n_trials, done, stopped[0] if stopped else None, codes, timed_out, missing,
                        min(len(untried), max(0, spec.n_trials - done - len(missing))), bool(study.user_attrs.get(STOP_ATTR)))
-
 
 # %% ../nbs/12_sweep.ipynb #19269549
 def load_sweep(name:str, # The sweep's name (its spec's `name`)
@@ -1472,6 +1486,7 @@ def add_trial(study, spec:dict, # `load_sweep`'s
         except ParameterError as e: raise MlkitError(str(e)) from None
         if why := _outside(v, params[k], grid): raise MlkitError(f"{k} {v!r} is {why}")
         point[k] = v
+    if why := _not_applying(point, params): raise MlkitError(why)
     _queue(study, {k: to_optuna(params[k], v) for k, v in point.items()})  # runs first, even in a sweep that has its n_trials
     return point
 

@@ -1,4 +1,5 @@
 "A sweep's life as a user lives it: grids that complete after faults, seeds that repeat, resume/add/stop/ls, paths, workers."
+import json
 import os
 import re
 import signal
@@ -239,3 +240,54 @@ def test_a_postgresql_sweep_prints_no_optuna_experimental_warning(project, postg
     assert len([x for x in r.stdout.splitlines() if x.startswith("trial ")]) == 2  # one line per trial
     ls = sweep("ls", "--storage", postgres)
     assert ls.returncode == 0 and re.search(r"\ns +2/2 ", ls.stdout) and "hunter2" not in ls.stdout, ls.stdout
+
+
+def test_a_worker_ended_by_a_plain_kill_is_reported_and_replaced_too():
+    "`kill PID` (SIGTERM) or SIGHUP to one worker ends it with 130 (its trial interrupted): not ours, so replace it."
+    import io
+
+    from mlkit.sweep import _keep_workers
+
+    class Proc:
+        def __init__(self, pid, code): self.pid, self.code = pid, code
+        def poll(self): return self.code
+
+    started = []
+    def start(i):
+        started.append(i)
+        return Proc(100 + len(started), 0)
+    err = io.StringIO()
+    codes = _keep_workers([Proc(1, 130), Proc(2, 0)], start, 2, [], err)
+    assert started == [0] and codes == [0, 0], (started, codes)
+    assert "worker 0 (pid 1) died (SIGINT, SIGTERM or SIGHUP: exit 130); started another in its place (1 of at most 2)" \
+        in err.getvalue(), err.getvalue()
+    started.clear()
+    assert _keep_workers([Proc(1, 130)], start, 2, ["SIGINT"], io.StringIO()) == [130] and not started  # ours: not replaced
+
+
+def test_a_grid_point_queued_but_never_run_is_not_yet_tried_not_failed_and_a_timeout_says_so(project):
+    "A grid ended by its timeout leaves its next point queued (waiting): it never ran, so it is not a failed point."
+    notebook(project, "toy.ipynb", "i = 0\nnap = 0.0", "import time\nfrom mlkit.run import record\ntime.sleep(nap)\n"
+             "record('score', i)")
+    path = spec(project, method="grid", fixed={"nap": 2.0}, timeout=3, n_trials=None,
+                params={"i": {"type": "int", "low": 0, "high": 3}})
+    text = json.loads(path.read_text())
+    del text["n_trials"]
+    path.write_text(json.dumps(text))
+    r = sweep(path)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "reached its timeout" in r.stderr and "missing:" not in r.stderr, r.stderr
+    st = sweep("status", "s").stdout
+    assert "failed, not yet done" not in st and "not yet tried" in st, st
+
+
+def test_status_of_a_finished_grid_over_list_and_mapping_choices_lists_no_point_as_missing(project):
+    "Optuna keeps a list or mapping choice as its JSON text: status must compare the grid's points the same way."
+    notebook(project, "toy.ipynb", "layers = [4]\ncfg = {'a': 1}",
+             "from mlkit.run import record\nrecord('score', sum(layers) + cfg['a'])")
+    path = spec(project, method="grid", n_trials=2, params={
+        "layers": {"type": "categorical", "choices": [[16, 8], [4]]}, "cfg": {"type": "categorical", "choices": [{"a": 1}]}})
+    r = sweep(path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    st = sweep("status", "s").stdout
+    assert "2 point(s) done" in st and "not yet tried" not in st and "failed, not yet done" not in st, st
