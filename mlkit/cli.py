@@ -723,8 +723,9 @@ def main(argv:list[str]|None=None) -> int:
     for name in ("stdout", "stderr"):  # `mlkit run NB 2>&-`: a closed stream is Python's None; the run must not mind
         if getattr(sys, name) is None: setattr(sys, name, open(os.devnull, "w"))
     args = parser().parse_args(argv)
+    console = signal.getsignal(signal.SIGINT) is _interrupted_starting  # the `mlkit` command, not a program calling main
     try:
-        if signal.getsignal(signal.SIGINT) is _interrupted_starting: signal.signal(signal.SIGINT, signal.default_int_handler)
+        if console: signal.signal(signal.SIGINT, signal.default_int_handler)
         rc = args.func(args)
         if sys.stdout: sys.stdout.flush()  # a reader gone early shows up here rather than at exit
     except BrokenPipeError:
@@ -743,6 +744,8 @@ def main(argv:list[str]|None=None) -> int:
         from mlkit.run import disk_full_message
         print(f"mlkit {args.command}: error: {disk_full_message(e)}", file=sys.stderr)
         return 1
+    finally:  # the command has ended: a Ctrl-C as Python exits must not turn its status into "killed by SIGINT"
+        if console: signal.signal(signal.SIGINT, signal.SIG_IGN)
     _drop_gone_streams()
     return rc or 0
 
