@@ -20,8 +20,7 @@ COVERS = ("07_cli", "12_sweep")  # the notebooks these tests cover: `make test N
 MLKIT = str(Path(sys.executable).parent/"mlkit")
 
 
-@pytest.fixture
-def project(tmp_path, monkeypatch):
+def new_project(tmp_path, monkeypatch) -> Path:
     "A project folder (settings.ini) with its runs folder in MLKIT_RUNS_DIR, as the working folder."
     root = tmp_path/"proj"
     root.mkdir()
@@ -31,6 +30,12 @@ def project(tmp_path, monkeypatch):
         monkeypatch.delenv(k, raising=False)
     monkeypatch.chdir(root)
     return root
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    "A project folder (settings.ini) with its runs folder in MLKIT_RUNS_DIR, as the working folder."
+    return new_project(tmp_path, monkeypatch)
 
 
 def notebook(root, name, params, *sources) -> str:

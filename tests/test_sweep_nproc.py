@@ -5,28 +5,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-import nbformat
 import optuna
 import pytest
-from nbformat.v4 import new_code_cell, new_notebook
 from optuna.trial import TrialState
+from test_sweep import TRAIN, new_project, notebook
 
 COVERS = ("07_cli", "12_sweep")  # the notebooks these tests cover: `make test NB=...` runs them
 
 MLKIT = str(Path(sys.executable).parent/"mlkit")
 
-TRAIN = ("lr = 0.1\nepochs = 6", """
-import torch
-from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
-from mlkit.track import TrackingCallback
-from mlkit.train import Trainer
-torch.manual_seed(0)
-x = torch.randn(64, 4); y = x @ torch.tensor([1.0, -2.0, 0.5, 3.0]) + 5.0
-ds = TensorDataset(x, y[:, None])
-trainer = Trainer(nn.Linear(4, 1), DataLoader(ds, batch_size=16), DataLoader(ds, batch_size=64), loss_fn=nn.MSELoss(),
-                  opt_fn=torch.optim.SGD, lr=lr, seed=0, device="cpu", cbs=[TrackingCallback()], progress=False)
-trainer.fit(epochs)""", """
+# The sweep tests' Trainer notebook, then a last cell in which each rank writes where its fit ended
+TRAIN = (*TRAIN[:2], """
 import os, pathlib
 from mlkit.distributed import dist_env
 from mlkit.run import record
@@ -39,18 +28,9 @@ record('score', -trainer.history[-1]['valid_loss'])""")
 @pytest.fixture
 def project(tmp_path, monkeypatch):
     "A project folder with the DDP notebook; its runs folder in MLKIT_RUNS_DIR; one thread per rank."
-    root = tmp_path/"proj"
-    root.mkdir()
-    (root/"settings.ini").write_text("[DEFAULT]\nlib_name = proj\n")
-    monkeypatch.setenv("MLKIT_RUNS_DIR", str(tmp_path/"runs"))
+    root = new_project(tmp_path, monkeypatch)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    for k in ("MLKIT_RUN_DIR", "MLKIT_SWEEP_STORAGE", "MLKIT_SWEEP_TRIAL", "MLKIT_FAKE_GPUS"):
-        monkeypatch.delenv(k, raising=False)
-    monkeypatch.chdir(root)
-    cells = [new_code_cell(TRAIN[0], metadata={"tags": ["parameters"]}), new_code_cell("import json"),
-             *map(new_code_cell, TRAIN[1:])]
-    nbformat.write(new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
-                                                                      "language": "python"}}), root/"ddp.ipynb")
+    notebook(root, "ddp.ipynb", TRAIN[0], "import json", *TRAIN[1:])
     return root
 
 
