@@ -13,10 +13,18 @@ import os
 import signal
 import sys
 import time
+from .tables import _duration, _fmt, _table
+from .tables import _unknown
+
 
 # %% auto #0
-__all__ = ['gpus_table', 'cmd_gpus', 'runs_table', 'cmd_runs_ls', 'cmd_runs_show', 'cmd_runs_compare', 'cmd_runs_plot',
-           'params_table', 'cmd_run', 'cmd_rerun', 'cmd_sweep', 'cmd_new', 'parser', 'main']
+__all__ = ['cmd_gpus', 'cmd_runs_ls', 'cmd_runs_show', 'cmd_runs_compare', 'cmd_runs_plot', 'params_table', 'cmd_run',
+           'cmd_rerun', 'cmd_sweep', 'cmd_new', 'parser', 'main', 'gpus_table', 'runs_table']
+
+# %% ../nbs/07_cli.ipynb #f59ce637
+from .tables import gpus_table, runs_table
+
+_all_ = ['gpus_table', 'runs_table']
 
 # %% ../nbs/07_cli.ipynb #c7a1e001
 def _interrupted_starting(signum, frame):
@@ -34,96 +42,14 @@ from dataclasses import asdict
 from .core import MlkitError
 
 # %% ../nbs/07_cli.ipynb #81cb1951
-def _table(head:tuple, rows:list[tuple]) -> str:
-    "Left-aligned columns, two spaces apart."
-    rows = [tuple(map(str, r)) for r in rows]
-    widths = [max(len(x) for x in col) for col in zip(head, *rows, strict=True)]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in [head, *rows])
-
-def _gib(n:int|None) -> str: return "-" if n is None else f"{n / 2**30:.1f}"
-
-def _holder(h:dict|None) -> str:
-    if h is None: return "-"
-    return (f"{h.get('user', '?')} pid {h.get('pid', '?')}" + (f" run {h['run_id']}" if h.get("run_id") else "")
-            + f" since {h.get('since', '?')}")
-
-def gpus_table(rows:list[dict]) -> str:
-    "The `mlkit gpus` table, from records of `gpus()` joined with their lock holders."
-    if not rows: return "no GPUs visible (no NVIDIA driver, or CUDA_VISIBLE_DEVICES hides them)"
-    return _table(("GPU", "name", "memory used/total GiB", "util", "procs", "locked by"),
-                  [(r["physical_index"], r["name"], f"{_gib(r['total_memory'] - r['free_memory'])}/{_gib(r['total_memory'])}",
-                    "-" if r["utilization"] is None else f"{r['utilization']}%", len(r["processes"]), _holder(r["lock"]))
-                   for r in rows])
-
 def cmd_gpus(args):
     "`mlkit gpus`: the GPUs with memory, utilisation and lock holders, as a table or `--json`."
     from mlkit.gpu import gpus, lock_holder
     rows = [{**asdict(g), "lock": lock_holder(g)} for g in gpus()]
     print(json.dumps(rows, indent=1) if args.json else gpus_table(rows))
 
+
 # %% ../nbs/07_cli.ipynb #cb9a8aa9
-def _fmt(v, width:int|None=None) -> str:
-    if v is None: return "-"
-    text = f"{v:.4g}" if isinstance(v, float) else json.dumps(v, default=str) if isinstance(v, (dict, list)) else str(v)
-    return text if width is None or len(text) <= width else text[:width - 1] + "…"
-
-def _duration(seconds) -> str:
-    if seconds is None: return "-"
-    s = int(seconds)
-    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
-
-def _key_params(runs) -> list[str]:
-    "Every parameter whose value is not the same in all of `runs`."
-    from mlkit.runs import flatten
-    flats = [flatten(r.params) for r in runs if not r.error]
-    keys = list(dict.fromkeys(k for f in flats for k in f))
-    return [k for k in keys if len({json.dumps(f.get(k), sort_keys=True, default=str) for f in flats}) > 1]
-
-def _key_metrics(runs, sort:str|None, limit=3) -> list[str]:
-    names = sorted(set().union(*(r.stats.keys() for r in runs if not r.error))) if runs else []
-    preferred = [m for m in names if m.startswith("valid")] + [m for m in names if not m.startswith("valid")]
-    chosen = [m for m in preferred if m != sort and not any(m in r.records for r in runs)]
-    return chosen[:limit]
-
-def _key_records(runs, sort:str|None, limit=4) -> list[str]:
-    "The names of the values runs stored with mlkit.run.record, first recorded first; the sort key first."
-    names = {}
-    for r in runs: names.update(dict.fromkeys(r.records))
-    return ([sort] if sort else []) + [k for k in names if k != sort][:limit]
-
-def runs_table(runs, sort:str|None=None, # The name the runs are sorted by: shown first after the parameters
-               columns:list[str]|None=None, # Parameters, records and metrics to show, instead of the varying ones
-               width:int=24, # Values longer than this are cut, with …
-               trials:bool=False, # A sweep's runs: a trial column, and the parameters it searched first
-              ) -> str:
-    "The `mlkit runs ls` table: every parameter that varies, recorded values, metrics' last values."
-    if not runs: return "no runs"
-    from mlkit.runs import flatten
-    if columns is None: params, values = _key_params(runs), _key_records(runs, sort) + _key_metrics(runs, sort)
-    else:
-        flats = [flatten(r.params) for r in runs if not r.error]
-        params = [c for c in columns if any(c in f for f in flats)]
-        values = [c for c in columns if c not in params]
-        known = set().union(*(r.values() for r in runs if not r.error))
-        if unknown := [c for c in values if c not in known]:
-            names = sorted(set().union(known, *flats))
-            raise MlkitError("--columns: " + _unknown(unknown[0], names).replace("a metric or recorded value",
-                                                                                "a parameter, metric or recorded value"))
-    if columns is None and trials:  # searched, even where every trial drew the same value
-        searched = list(dict.fromkeys(k for r in runs if not r.error for k in r.meta.get("sweep_params") or []))
-        params = searched + [k for k in params if k not in searched]
-    rows = []
-    for r in runs:
-        if r.error:
-            rows.append((r.id, *["-"] * trials, f"({r.error})", "broken", "-", "-", *["-"] * (len(params) + len(values))))
-            continue
-        flat, got = flatten(r.params), r.values()
-        start = (r.meta.get("start") or "-")[:16].replace("T", " ")
-        rows.append((r.id, *[_fmt(r.meta.get("trial"))] * trials, _fmt(r.name, width), r.status, start,
-                     _duration(r.meta.get("duration_s")), *[_fmt(flat.get(k, r.params.get(k)), width) for k in params],
-                     *[_fmt(got.get(k), width) for k in values]))
-    return _table(("id", *["trial"] * trials, "name", "status", "start", "duration", *params, *values), rows)
-
 def _metric_arg(text:str, option:str) -> tuple[str, str|None]:
     "'valid_acc:max' -> ('valid_acc', 'max'); 'valid_acc' -> ('valid_acc', None)."
     name, sep, goal = text.rpartition(":") if ":" in text else (text, "", None)
@@ -153,14 +79,6 @@ def _known_names(runs) -> list[str]:
     "The metrics and recorded numbers of `runs`, for the error about a name none of them has."
     return sorted({k for r in runs if not r.error for k, v in r.values().items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool)})
-
-def _unknown(name:str, known:list[str]) -> str:
-    "'no run has NAME ...; the runs have: closest first, then the rest'."
-    import difflib
-    close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
-    names = close + [k for k in known if k not in close]
-    listed = ", ".join(names[:12]) + (f" (and {len(names) - 12} more)" if len(names) > 12 else "")
-    return f"no run has a metric or recorded value '{name}'" + (f"; they have: {listed}" if names else "; they have none")
 
 def _sorted_by(runs, name:str, goal:str):
     "Runs by `name`'s value (a recorded value, else the metric's last), best first; runs without a number last."
@@ -293,6 +211,7 @@ def cmd_runs_plot(args):
     print(out)
     if args.show and (why := _open_file(out)): print(f"mlkit runs plot: not opened: {why}", file=sys.stderr)
 
+
 # %% ../nbs/07_cli.ipynb #b8d4f2e1
 _SIGNAL_STATUS = {"SIGINT": 130, "SIGHUP": 129, "SIGTERM": 143}  # 128 + the signal's number, as a shell reports
 
@@ -304,7 +223,7 @@ def params_table(params:dict) -> str:
 def _run_help(args, parser) -> None:
     parser.print_help()
     if not args.notebook: return
-    from mlkit.run import notebook_parameters, read_notebook
+    from mlkit.params import notebook_parameters, read_notebook
     params = notebook_parameters(read_notebook(args.notebook, validate=False))
     print(f"\n{args.notebook}: " + ("no parameters (no cell is tagged 'parameters')" if params is None else
                                    "no parameters in its 'parameters' cell" if not params else
@@ -312,7 +231,7 @@ def _run_help(args, parser) -> None:
 
 def _yaml_mapping(text:str, what:str) -> dict:
     "The YAML mapping of parameter names to values in `text` (-y, -b), read as -f's file is; a one-line error if not one."
-    from mlkit.run import ParameterError, parse_value
+    from mlkit.params import ParameterError, parse_value
     data = parse_value(text) if text.strip() else None
     if data is None: return {}
     if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
@@ -330,7 +249,7 @@ def _base64_yaml(text:str) -> dict:
 
 def _params_args(args) -> dict:
     "The parameters in papermill's order: each -b (base64 YAML), each -f (a YAML file), each -y (YAML), -p (YAML), -r (text)."
-    from mlkit.run import CliText, read_params_file
+    from mlkit.params import CliText, read_params_file
     params = {}
     for text in getattr(args, "params_base64", None) or []: params.update(_base64_yaml(text))
     for path in getattr(args, "params_file", None) or []: params.update(read_params_file(path))
@@ -363,7 +282,7 @@ def cmd_run(args) -> int:
         if args.output is not None and args.output != args.output_path:
             raise MlkitError(f"two output notebooks: {args.output_path} and -o {args.output}; give one")
         args.output = args.output_path
-    from mlkit.run import run_notebook
+    from mlkit.execute import run_notebook
     nodes = {"nnodes": args.nnodes, "node_rank": args.node_rank, "rdzv_endpoint": args.rdzv_endpoint}
     r = run_notebook(args.notebook, _params_args(args), name=args.name, gpus=args.gpus, nproc=args.nproc,
                      nodes=nodes if any(v is not None for v in nodes.values()) else None,
@@ -377,7 +296,7 @@ def cmd_run(args) -> int:
 
 def cmd_rerun(args) -> int:
     "`mlkit rerun RUN`: a recorded run's notebook again, with its parameters (and any `-p` overrides)."
-    from mlkit.run import rerun
+    from mlkit.rerun import rerun
     return _run_outcome(rerun(args.run, _params_args(args), name=args.name, cell_timeout=args.cell_timeout,
                               runs_dir=args.runs_dir, **_papermill_kwargs(args)))
 
@@ -385,14 +304,14 @@ _SWEEP_VIEWS = ("status", "best", "plot", "dashboard", "add", "stop")
 
 def _sweep_ls(args) -> int:
     "`mlkit sweep ls`: the sweeps of the runs folder, or of --storage."
-    from mlkit.sweep import list_sweeps
+    from mlkit.sweep_report import list_sweeps
     rows = list_sweeps(args.runs_dir, args.storage)
     print(_table(("sweep", "done", "best", "last activity"), rows) if rows else "no sweeps")
     return 0
 
 def _serve_dashboard(study, spec:dict, host:str, port:int):
     "`mlkit sweep dashboard NAME`: optuna-dashboard on the sweep's storage until Ctrl-C (which ends it with status 0)."
-    from mlkit.sweep import dashboard_server
+    from mlkit.sweep_report import dashboard_server
     server = dashboard_server(study, spec, host, port)
     if host not in ("127.0.0.1", "localhost", "::1"):  # said before the URL, which a script may wait for
         print(f"mlkit sweep: warning: the dashboard listens on {host} with no login; anyone who reaches it can read the "
@@ -404,7 +323,7 @@ def _serve_dashboard(study, spec:dict, host:str, port:int):
 
 def _secrets_off_argv(params:list) -> dict|None:
     "`mlkit sweep -p`: this command again (exec: the same process) with the -p values in its environment, not its argv."
-    from mlkit.sweep import SECRET_ENV
+    from mlkit.sweep_workers import SECRET_ENV
     if not params: return None
     names = [k for k, _ in params]
     if bad := [k for k in names if not k.isidentifier()]: raise MlkitError(f"-p {bad[0]}: not a parameter name")
@@ -427,7 +346,9 @@ def cmd_sweep(args) -> int:
     if args.param and args.target in (*_SWEEP_VIEWS, "ls") and args.target != "add":
         raise MlkitError("-p goes with mlkit sweep SPEC (values kept out of every record) or mlkit sweep add NAME")
     if args.target in _SWEEP_VIEWS and args.sweep_name:
-        from mlkit.sweep import add_trial, best_text, load_sweep, plot_sweep, point_text, status_table, stop_sweep, sweep_folder
+        from mlkit.sweep_report import add_trial, best_text, load_sweep, plot_sweep, status_table, stop_sweep
+        from mlkit.sweep_workers import point_text
+        from mlkit.sweep_storage import sweep_folder
         study, spec = load_sweep(args.sweep_name, args.storage, args.runs_dir)
         if args.target == "status": print(status_table(study, spec))
         elif args.target == "best": print(best_text(study, spec))
@@ -458,7 +379,7 @@ def cmd_sweep(args) -> int:
               "the same command resumes it", file=sys.stderr)
         return 1
     if r.missing or r.untried:
-        from mlkit.sweep import point_text
+        from mlkit.sweep_workers import point_text
         print(f"mlkit sweep: {r.name} {'reached its timeout' if r.timed_out else 'ended'} with {r.done} of {r.n_trials} "
               f"grid points done; {'missing: ' if r.missing else ''}" +
               ", ".join(map(point_text, r.missing[:20])) + (" ..." if len(r.missing) > 20 else "") +
@@ -473,7 +394,7 @@ def cmd_sweep(args) -> int:
         print(f"mlkit sweep: {r.name} ended with {r.done} of {r.n_trials} trials done (the workers said why, above); "
               f"'mlkit sweep status {r.name}' lists them", file=sys.stderr)
         return 1
-    from mlkit.sweep import best_text
+    from mlkit.sweep_report import best_text
     print(f"sweep {r.name}: {r.done} trials done\n" + best_text(r.study, r.study.user_attrs.get("mlkit.spec") or {}))
     return 0
 
@@ -741,7 +662,7 @@ def main(argv:list[str]|None=None) -> int:
         return 130
     except OSError as e:  # a full disk ends any command with one line, not a traceback
         if e.errno not in (errno.ENOSPC, errno.EDQUOT): raise
-        from mlkit.run import disk_full_message
+        from mlkit.execute import disk_full_message
         print(f"mlkit {args.command}: error: {disk_full_message(e)}", file=sys.stderr)
         return 1
     finally:  # the command has ended: a Ctrl-C as Python exits must not turn its status into "killed by SIGINT"

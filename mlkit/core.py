@@ -5,6 +5,7 @@
 # %% ../nbs/00_core.ipynb #fe155487
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -12,9 +13,11 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+
 # %% auto #0
 __all__ = ['ROOT_MARKERS', 'MAX_SEED', 'RUN_DIR_ENV', 'SEED_MARK', 'TMP_PREFIX', 'MlkitError', 'ProjectNotFoundError',
-           'project_root', 'runs_dir', 'seed_everything', 'last_seed', 'atomic_write', 'link_or_copy']
+           'project_root', 'runs_dir', 'seed_everything', 'last_seed', 'atomic_write', 'link_or_copy',
+           'write_json_atomic']
 
 # %% ../nbs/00_core.ipynb #d446f051
 class MlkitError(Exception):
@@ -127,3 +130,9 @@ def link_or_copy(src:str|Path, dst:str|Path) -> Path:
     except OSError: shutil.copy2(src, tmp)
     os.replace(tmp, dst)
     return dst
+
+# %% ../nbs/00_core.ipynb #c0e1a001
+def write_json_atomic(path:Path, obj):
+    "Write `obj` as JSON to `path` so that readers see the old file or the new one, never a part."
+    atomic_write(path, lambda f: json.dump(obj, f, indent=1, default=str), mode="w")
+

@@ -5,844 +5,40 @@
 # %% ../nbs/10_track.ipynb #363420c7
 from __future__ import annotations
 
-import atexit
-import importlib.util
+import fcntl
+from contextlib import contextmanager
 import json
 import os
-import secrets
-import shutil
-import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
-from .core import RUN_DIR_ENV, SEED_MARK, TMP_PREFIX, MlkitError, atomic_write, last_seed, link_or_copy, runs_dir
-from .distributed import dist_env
-from .runmeta import mask, redact, run_metadata, secret_env_values
-from .runs import (ARTIFACTS, HEARTBEAT_S, META, METRICS, METRICS_HEADER, PACKAGES, PARAMS, STATUSES, Run, find_run,
-                        flatten, load_runs, open_run, summarize, write_summary)
+from .core import RUN_DIR_ENV, MlkitError
+from .runmeta import mask, redact
+from .runs import load_runs
 from .events import Callback, CancelFit
 
 _all_ = ["load_runs"]
+from .runs import RECORDS
+from .tracker import _current
+
 
 # %% auto #0
-__all__ = ['NAME_MARK', 'Tracker', 'new_run_id', 'write_json_atomic', 'LocalTracker', 'take_seed_mark', 'take_name_mark',
-           'exit_outcome', 'TensorBoardTracker', 'MLflowTracker', 'WandbTracker', 'MultiTracker', 'current_run',
-           'TrackingCallback', 'load_runs']
-
-# %% ../nbs/10_track.ipynb #f2e5e844
-class Tracker:
-    "What every tracker does: buffer metrics, write them from a background thread, finish once; a context manager."
-    def __init__(self, name:str|None=None, flush_every:float=1.0):
-        self.name, self.id, self.flush_every, self._flusher, self._finished = name, None, flush_every, None, False
-        self.active = dist_env().rank == 0  # under torchrun only rank 0 records; the others write nothing
-        self._step, self._rows, self._warned = 0, [], set()
-        self._lock, self._closed, self._wake = threading.Lock(), threading.Event(), threading.Event()
-
-    def _start(self):
-        "Begin background writing and join the trackers finished at exit and on signals (subclasses call it once open)."
-        self._flusher = threading.Thread(target=self._flush_loop, name=f"mlkit-flush-{self.id}", daemon=True)
-        self._flusher.start()
-        _register(self)
-
-    def _next_step(self, step:int|None) -> int:
-        "`step`, or one more than the last step logged; remembered for the next call."
-        if step is None: step = self._step
-        self._step = step + 1
-        return step
-
-    def log_params(self, params:dict):
-        "Record hyperparameters and configuration (merged with what was logged before; secrets redacted)."
-        raise NotImplementedError
-
-    def log_metrics(self, metrics:dict, # name -> number
-                    step:int|None=None, # The step these values belong to; one more than the last when None
-                   ):
-        "Record scalar metrics at `step`: buffered, written by the background thread."
-        if not self.active: return
-        if self._finished:
-            if "" not in self._warned:
-                self._warned.add("")
-                print(f"mlkit: {type(self).__name__} {self.id} has finished; metrics logged now are not recorded",
-                      file=sys.stderr)
-            return
-        step = self._next_step(step)
-        ms = _time_ns() // 1_000_000
-        extend = self._rows.extend
-        for k, v in metrics.items(): extend((step, ms, k, v))  # one C call: never half a record in the list
-
-    def log_artifact(self, path:str|Path, # A file to keep with the run
-                     name:str|None=None, # Its name in the run (the file's name by default)
-                     link:bool=False, # Hard-link instead of copying, for large immutable files (checkpoints)
-                    ):
-        "Keep a file with the run."
-        raise NotImplementedError
-
-    def flush(self, wait:bool=True, # False: hand the metrics to the background writer and return at once
-             ):
-        "Write the buffered metrics now."
-        if not self.active or self._finished: return
-        if not wait:
-            self._wake.set()
-            return
-        with _deferral, self._lock: self._write_buffered()
-
-    def _write_buffered(self):
-        "Hand what is buffered to `_write` (the caller holds the lock)."
-        rows = self._rows
-        n = len(rows)
-        if not n: return
-        chunk = rows[:n]
-        del rows[:n]  # loggers only append: what arrived meanwhile stays for the next flush
-        it = iter(chunk)
-        self._write(list(zip(it, it, it, it, strict=True)))
-
-    def _write(self, rows:list[tuple]):
-        "Store (step, time_ms, name, value) rows in the backend."
-        raise NotImplementedError
-
-    def _numbers(self, rows:list[tuple]) -> list[tuple]:
-        "`rows` with values as floats; a value float() refuses is dropped, with one warning per name."
-        out = []
-        for step, ms, k, v in rows:
-            if type(v) is not float:
-                try: v = float(v)
-                except (TypeError, ValueError):
-                    if k not in self._warned:
-                        self._warned.add(k)
-                        print(f"mlkit: metric {k!r} is not a number ({type(v).__name__}); not recorded", file=sys.stderr)
-                    continue
-            out.append((step, ms, k, v))
-        return out
-
-    def _flush_loop(self):
-        while not self._closed.is_set():
-            self._wake.wait(self.flush_every)
-            self._wake.clear()
-            if self._closed.is_set(): return
-            try: self.flush()
-            except Exception as e:
-                if (why := f"flush: {e}") not in self._warned:  # once, not every second
-                    self._warned.add(why)
-                    print(f"mlkit: {type(self).__name__} could not write metrics: {e}", file=sys.stderr)
-
-    def finish(self, status:str="finished", error:str|None=None):
-        "End the run with `status` (finished, failed, interrupted or pruned): write what is buffered, close the store."
-        _check_status(status)
-        with _deferral:  # a signal handler that finishes trackers must not land halfway through this
-            if not self.active or self._finished: return
-            self._closed.set()  # stops the flusher; `_finished` only once all is written, so an interrupted finish is redone
-            self._wake.set()
-            if self._flusher not in (None, threading.current_thread()): self._flusher.join()
-            try:
-                with self._lock: self._write_buffered()
-            finally:
-                self._end(status, error)
-                self._finished = True
-                _open_trackers.discard(self)
-
-    def _end(self, status:str, error:str|None):
-        "Close the backend's run with `status`."
-
-    def run_ids(self) -> dict:
-        "What identifies this run in its store, saved in checkpoints so that a resumed fit continues the same run."
-        return {type(self).__name__: self.id} if self.active else {}
-
-    def resume_run(self, ids:dict, # run_ids() of the run to continue
-                   step:int|None=None, # Continue after this step: records of later steps are dropped
-                  ):
-        "Continue the run `ids` names instead of this fresh one (a resumed fit)."
-
-    def __enter__(self): return self
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is None: self.finish("finished")
-        elif issubclass(exc_type, SystemExit):
-            _exit_codes[:] = [exc.code]  # on its way out of the program, most likely: the runs open at exit take it too
-            self.finish(*exit_outcome(exc.code))
-        elif issubclass(exc_type, KeyboardInterrupt): self.finish("interrupted", "KeyboardInterrupt")
-        else: self.finish("failed", f"{exc_type.__name__}: {mask(str(exc))}"[:2000])
-        return False
-
-def _check_status(status:str):
-    if status not in STATUSES[1:]: raise MlkitError(f"a run ends as one of {', '.join(STATUSES[1:])}; got {status!r}")
-
-# %% ../nbs/10_track.ipynb #e509fd71
-def new_run_id() -> str:
-    "A run id that sorts by start time: 20261127-101502-3fa9c1."
-    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
-
-def write_json_atomic(path:Path, obj):
-    "Write `obj` as JSON to `path` so that readers see the old file or the new one, never a part."
-    atomic_write(path, lambda f: json.dump(obj, f, indent=1, default=str), mode="w")
-
-_time_ns = time.time_ns
-
-def _csv_name(name) -> str:
-    name = str(name)
-    return '"' + name.replace('"', '""') + '"' if any(c in name for c in ',"\n\r') else name
-
-def _now() -> str: return datetime.now(UTC).astimezone().isoformat(timespec="milliseconds")
-
-# %% ../nbs/10_track.ipynb #ba7bc531
-_SUMMARY_EVERY_S = 5.0  # seconds between rewrites of a run's summary.json while metrics arrive
-
-class LocalTracker(Tracker):
-    "A run recorded in a folder under the runs folder: params.json, metrics.csv, meta.json, artifacts/."
-    def __init__(self, root:str|Path|None=None, # The runs folder; runs_dir() (runs/ at the project root) when None
-                 name:str|None=None, # A human name for the run (ids are generated)
-                 capture:bool=True, # Capture git state, code, versions, host, command and seed in meta.json
-                 flush_every:float=1.0, # Seconds between background writes of buffered metrics
-                 resume:str|None=None, # Continue this run (an id, unique prefix or name) instead of starting one
-                ):
-        "Under `mlkit run` ($MLKIT_RUN_DIR), attach to its run (`attach`) unless `resume` or another `root` is given."
-        super().__init__(name, flush_every)
-        self.path, self.params, self._names, self._owner = None, {}, {}, True
-        self._summary, self._summary_at, self._summary_dirty, self._lost = None, 0.0, False, None
-        if not self.active: return
-        if resume is None and (owned := _run_of_mlkit_run(root)) is not None:  # one execution, one run folder
-            self._attach(owned, name)
-            return
-        self.root = Path(root) if root is not None else runs_dir()
-        self.root.mkdir(parents=True, exist_ok=True)
-        self._secrets = secret_env_values()
-        if resume is not None: self._open(find_run(resume, self.root), step=None, capture=capture)
-        else: self._create(capture)
-        self._start()
-
-    @classmethod
-    def attach(cls, path:str|Path, # A run folder that another process created and owns (`mlkit run`)
-              ) -> LocalTracker:
-        "Record metrics, parameters and artifacts into the run at `path`; its status and metadata stay its owner's."
-        self = cls.__new__(cls)
-        Tracker.__init__(self)
-        self.path, self.params, self._names, self._owner = None, {}, {}, False
-        if self.active: self._attach(path, None)
-        return self
-
-    def _attach(self, path:str|Path, name:str|None):
-        "Open the run at `path` as a guest; a `name` is left in `NAME_MARK` for the owner to give the run."
-        self._owner = False
-        self._summary, self._lost = None, None  # the owner keeps the summary and heartbeat, catching up with what this appends
-        run = open_run(path)
-        if run.error: raise MlkitError(f"cannot record into {path}: {run.error}")
-        self.path, self.root, self.id, self.name = run.path, run.path.parent, run.id, name or run.name
-        if name and name != run.name: write_json_atomic(self.path/NAME_MARK, {"name": name})
-        self.meta, self.params, self._secrets = run.meta, run.params, secret_env_values()
-        self._file = open(self.path/METRICS, "ab")
-        self._step = _last_step(_metrics_up_to(self.path/METRICS, None)) + 1
-        self._note_seed()
-        self._start()
-
-    def _note_seed(self):
-        "Record the seed `seed_everything` last used here: in meta.json (the owner), else in a mark the owner reads."
-        if (seed := last_seed()) is None or seed == self.meta.get("seed"): return
-        self.meta["seed"] = seed
-        write_json_atomic(self.path/(META if self._owner else SEED_MARK), self.meta if self._owner else {"seed": seed})
-
-    def _create(self, capture:bool):
-        self.id = new_run_id()
-        self.path = self.root/self.id
-        # host and pid always: they let readers tell a live run from one whose process was killed
-        meta = {"start": _now(), "host": socket.gethostname(), "pid": os.getpid(), **(run_metadata() if capture else {})}
-        packages = meta.pop("distributions", None)  # hundreds of lines: a file of their own, not in every meta.json write
-        self.meta = {"id": self.id, "name": self.name, "status": "running", **meta, "end": None, "duration_s": None,
-                     "error": None}
-        self._t0 = time.time()
-        tmp = self.root/f"{TMP_PREFIX}{self.id}"  # assembled here, renamed into place whole
-        try:
-            self._write_code(tmp/ARTIFACTS, self.meta.get("git"), self.meta.get("project"))
-            write_json_atomic(tmp/META, self.meta)
-            write_json_atomic(tmp/PARAMS, {})
-            if packages is not None: write_json_atomic(tmp/PACKAGES, packages)
-            (tmp/METRICS).write_text(METRICS_HEADER)
-            os.replace(tmp, self.path)
-        except BaseException:  # a full disk, say: no half-made folder stays behind
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        self._file = open(self.path/METRICS, "ab")
-        self._summary = summarize(self.path)
-        self._write_summary()  # the first heartbeat
-
-    def _write_code(self, folder:Path, git:dict|None, project:str|None):
-        "The uncommitted diff, untracked source files and requirements.txt, as artifacts under `folder`."
-        folder.mkdir(parents=True, exist_ok=True)
-        git = git if git is not None else {}
-        if diff := git.pop("diff", ""):  # masked already by git_state, like the untracked files
-            (folder/"git.diff").write_text(diff)
-            git["diff_artifact"] = f"{ARTIFACTS}/git.diff"
-        if untracked := git.pop("untracked", None):
-            for rel, text in untracked.items():
-                (folder/"untracked"/rel).parent.mkdir(parents=True, exist_ok=True)
-                (folder/"untracked"/rel).write_text(text)
-            git["untracked_artifact"] = f"{ARTIFACTS}/untracked"
-        reqs = Path(project or ".")/"requirements.txt"
-        if project and reqs.is_file(): (folder/"requirements.txt").write_text(mask(reqs.read_text(), self._secrets))
-
-    def _open(self, run:Run, step:int|None, capture:bool):
-        "Make `run`'s folder this tracker's again: status running, a note of the resume, metrics after `step` dropped."
-        if run.error: raise MlkitError(f"cannot continue run {run.id}: {run.error}")
-        if run.status == "running" and run.meta.get("host") == socket.gethostname():
-            mine = [t for t in list(_open_trackers) if isinstance(t, LocalTracker) and t.path == run.path]
-            if not mine: raise MlkitError(f"cannot continue run {run.id}: it is still running (pid {run.meta.get('pid')})")
-            for t in mine: t.finish("interrupted", "continued by a new tracker")  # e.g. a notebook cell run again
-            run = open_run(run.path)
-        elif run.status == "running":  # another host's process: this one cannot tell whether it is alive
-            print(f"mlkit: run {run.id} was last seen running on {run.meta.get('host')}; continuing it here",
-                  file=sys.stderr)
-        self.id, self.path, self.meta, self.params = run.id, run.path, run.meta, run.params
-        self.name = self.name or run.name
-        resumes = self.meta.setdefault("resumes", [])
-        note = {"at": _now(), "after_step": step, "host": socket.gethostname(), "pid": os.getpid()}
-        if capture:  # the code may have changed since: keep what this process runs next to the original
-            meta = run_metadata()
-            meta.pop("distributions", None)  # the run's packages.json keeps those it started with
-            self._write_code(self.path/ARTIFACTS/f"resume-{len(resumes) + 1}", meta.get("git"), meta.get("project"))
-            note["git"] = meta.get("git")
-        resumes.append(note)
-        self.meta.update(status="running", host=note["host"], pid=note["pid"], end=None, error=None)
-        self._t0 = time.time() - (self.meta.get("duration_s") or 0)  # durations add up over the pieces
-        self._truncate(step)
-        write_json_atomic(self.path/META, self.meta)
-        self._file = open(self.path/METRICS, "ab")
-
-    def _truncate(self, step:int|None):
-        "Drop metrics.csv's lines of steps after `step`, and a torn last line (a kill mid-write) whatever `step`."
-        kept = _metrics_up_to(self.path/METRICS, step)
-        if (self.path/METRICS).read_bytes() != kept.encode(): atomic_write(self.path/METRICS, lambda f: f.write(kept), mode="w")
-        self._step = _last_step(kept) + 1
-        if self._owner:  # the file may have been rewritten: its summary starts again
-            self._summary = summarize(self.path)
-            self._write_summary()
-
-    def resume_run(self, ids:dict, step:int|None=None):
-        run_id = ids.get("LocalTracker")
-        if not self.active or run_id is None: return
-        if run_id == self.id:  # the same tracker goes on (a notebook: interrupted, then fit(resume=...) again)
-            with _deferral, self._lock:
-                self._write_buffered()
-                self._file.close()
-                self._truncate(step)
-                self._file = open(self.path/METRICS, "ab")
-            return
-        if not self._owner:
-            print(f"mlkit: this run's folder belongs to the process that made it; run {run_id} is not continued "
-                  "(its checkpoint's weights are)", file=sys.stderr)
-            return
-        try: old = find_run(run_id, self.root)
-        except MlkitError as e:  # runs/ cleaned, or the checkpoint came from another machine: train on, say so
-            print(f"mlkit: the checkpoint's run cannot be continued ({e}); recording into run {self.id}", file=sys.stderr)
-            return
-        with _deferral, self._lock:
-            if self._rows or self._step: raise MlkitError(f"cannot continue run {run_id}: this tracker has logged metrics")
-            self._file.close()
-            fresh = self.path
-            self._open(old, step, capture=False)
-            if (fresh/ARTIFACTS).is_dir():  # this process's code snapshot goes along with the run
-                os.replace(fresh/ARTIFACTS, self.path/ARTIFACTS/f"resume-{len(self.meta['resumes'])}")
-                self.meta["resumes"][-1]["git"] = json.loads((fresh/META).read_text()).get("git")
-                write_json_atomic(self.path/META, self.meta)
-            if self.params: write_json_atomic(self.path/PARAMS, self.params)
-            shutil.rmtree(fresh, ignore_errors=True)
-
-    def log_params(self, params:dict):
-        if not self.active: return
-        try: self.params = json.loads((self.path/PARAMS).read_text())  # what trackers attached to this run wrote
-        except (OSError, ValueError): pass
-        new, before = redact(dict(params), self._secrets), flatten(self.params)
-        changed = {k: [before[k], w] for k, w in flatten(new).items() if k in before and before[k] != w}
-        if changed and self._owner:  # kept in the record: a later fit() of the same run with another setup
-            self.meta.setdefault("param_changes", []).append({"step": self._step, "changed": changed})
-            write_json_atomic(self.path/META, self.meta)
-        _merge(self.params, new)
-        write_json_atomic(self.path/PARAMS, self.params)
-        self._note_seed()  # the Trainer logs its setup as a fit starts: seeded by then
-
-    def flush(self, wait:bool=True):
-        "Write the buffered metrics to metrics.csv now (always at once: it costs microseconds), and the summary when due."
-        if not self.active or self._finished: return
-        with _deferral, self._lock:
-            self._write_buffered()
-            if self._summary is None: return
-            since = time.monotonic() - self._summary_at
-            if since >= HEARTBEAT_S or (self._summary_dirty and since >= _SUMMARY_EVERY_S): self._write_summary()
-
-    def _write_summary(self, final:bool=False):
-        "Catch the summary up with metrics.csv (what attached processes appended) and write it, with a heartbeat unless `final`."
-        try:
-            self._summary.catch_up(self.path/METRICS)
-            self._summary.remark(self.path/METRICS)
-            write_summary(self.path, self._summary, heartbeat=None if final else time.time())
-        except OSError as e:  # a cache: readers rebuild it; the run goes on
-            if "summary" not in self._warned:
-                self._warned.add("summary")
-                print(f"mlkit: could not write the summary of run {self.id}: {e.strerror or e}", file=sys.stderr)
-        self._summary_at, self._summary_dirty = time.monotonic(), False
-
-    def _write(self, rows):
-        if self._file.closed or self._lost: return
-        names, lines = self._names, []
-        append, get = lines.append, names.get
-        rows = self._numbers(rows)
-        if not rows: return
-        for step, ms, k, v in rows:
-            name = get(k)
-            if name is None: name = names[k] = _csv_name(k)
-            append("%d,%d,%s,%r\n" % (step, ms, name, v))  # noqa: UP031 (%-formatting is the fastest here)
-        data = "".join(lines).encode()
-        s = self._summary
-        mine = s is not None and os.fstat(self._file.fileno()).st_size == s.offset  # nobody else appended since
-        try:
-            self._file.write(data)
-            self._file.flush()
-        except OSError as e: return self._lose(e)
-        if s is None: return
-        if mine:
-            s.add_columns([r[0] for r in rows], [r[2] for r in rows], [r[3] for r in rows])  # list comps: 3x zip(*rows)
-            s.offset += len(data)
-        else: s.catch_up(self.path/METRICS)  # another process appended too (an attached kernel): read it all back
-        self._summary_dirty = True
-
-    def log_artifact(self, path:str|Path, name:str|None=None, link:bool=False) -> Path|None:
-        if not self.active: return None
-        src = Path(path)
-        if not src.is_file(): raise MlkitError(f"cannot log artifact {src}: no such file")
-        dst = self.path/ARTIFACTS/(name or src.name)
-        if link: return link_or_copy(src, dst)
-        def copy(f):
-            with open(src, "rb") as s: shutil.copyfileobj(s, f)
-        return atomic_write(dst, copy)
-
-    def _lose(self, e:OSError):
-        "metrics.csv cannot be written (a full disk, say): say so once, record nothing more; the run ends failed."
-        self._lost = f"{e.strerror or e} writing {self.path/METRICS}"
-        print(f"mlkit: run {self.id}: {self._lost}; metrics logged from now on are not recorded", file=sys.stderr)
-        try: self._file.close()  # it tries to write what is buffered once more; the file closes whatever happens
-        except OSError: pass
-
-    def _end(self, status:str, error:str|None):
-        try: self._file.close()
-        except OSError as e:
-            if not self._lost: self._lose(e)
-        self._note_seed()
-        if not self._owner: return  # the status is the owner's to write
-        if self._lost and status == "finished": status, error = "failed", self._lost
-        if not self._lost: self._write_summary(final=True)  # complete before meta.json says the run has ended
-        self.meta.update(status=status, end=_now(), duration_s=round(time.time() - self._t0, 3), error=error)
-        try: write_json_atomic(self.path/META, self.meta)
-        except OSError as e:
-            why = "either" if self._lost else f"({e.strerror or e})"  # the same full disk is said once
-            print(f"mlkit: run {self.id}: cannot write its end to meta.json {why}: it reads 'running' there, which "
-                  "`mlkit runs ls` shows as interrupted once this process is gone", file=sys.stderr)
-
-    def __repr__(self): return f"LocalTracker({self.path})"
-
-def take_seed_mark(path:str|Path, # A run folder
-                  ) -> int|None:
-    "The seed a process attached to the run at `path` noted (`SEED_MARK`), or None; the mark is removed."
-    seed = _take_mark(Path(path)/SEED_MARK, "seed")
-    return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
-
-def _take_mark(mark:Path, key:str):
-    "`key`'s value in the JSON mark file `mark` an attached process left for the run's owner (None if none); removed."
-    try: value = json.loads(mark.read_text()).get(key)
-    except (OSError, ValueError, AttributeError): return None
-    mark.unlink(missing_ok=True)
-    return value
-
-def _merge(into:dict, new:dict):
-    "Merge nested dicts: `new`'s values win, sub-dicts merge."
-    for k, v in new.items():
-        if isinstance(v, dict) and isinstance(into.get(k), dict): _merge(into[k], v)
-        else: into[k] = v
-
-def _metrics_up_to(path:Path, step:int|None) -> str:
-    "metrics.csv's whole lines, without those of steps after `step` (all of them when None)."
-    data = path.read_bytes().decode("utf-8", errors="replace")
-    lines = data[:data.rfind("\n") + 1].splitlines(keepends=True)  # a torn last line is dropped
-    if step is None: return "".join(lines)
-    kept = [lines[0]] if lines else [METRICS_HEADER]
-    for line in lines[1:]:
-        head = line.split(",", 1)[0]
-        if head.isdigit() and int(head) <= step: kept.append(line)
-    return "".join(kept)
-
-def _last_step(metrics_csv:str) -> int:
-    steps = [int(h) for line in metrics_csv.splitlines()[1:] if (h := line.split(",", 1)[0]).isdigit()]
-    return max(steps, default=-1)
-
-# %% ../nbs/10_track.ipynb #b6356d15
-NAME_MARK = ".name.json"  # left in a run folder by a `LocalTracker(name=...)` attached to it, for the owner to take
-
-def _run_of_mlkit_run(root:str|Path|None) -> Path|None:
-    "The run folder `mlkit run` made for this process ($MLKIT_RUN_DIR), if a LocalTracker on `root` belongs in it."
-    path = os.environ.get(RUN_DIR_ENV)
-    if not path: return None
-    if root is not None and Path(root).resolve() != Path(path).resolve().parent: return None  # another store
-    return Path(path)
-
-def take_name_mark(path:str|Path, # A run folder
-                  ) -> str|None:
-    "The name a `LocalTracker(name=...)` attached to the run at `path` was given (`NAME_MARK`), or None; the mark is removed."
-    name = _take_mark(Path(path)/NAME_MARK, "name")
-    return name if isinstance(name, str) and name else None
-
-# %% ../nbs/10_track.ipynb #856affd0
-_open_trackers: set = set()  # strong references: an open run is finished at exit even if its tracker was dropped
-_hooks_installed = _signals_installed = False
-_uncaught: list = []
-_MAIN_THREAD = threading.main_thread().ident
-
-class _Deferral:
-    "While the main thread holds a tracker's lock, SIGTERM, SIGHUP and SIGINT wait: their handlers take that lock too."
-    def __init__(self): self.depth, self.pending = 0, None
-    def __enter__(self):
-        if threading.get_ident() == _MAIN_THREAD: self.depth += 1
-    def __exit__(self, *exc):
-        if threading.get_ident() != _MAIN_THREAD: return False
-        self.depth -= 1
-        if self.depth == 0 and self.pending is not None:
-            signum, self.pending = self.pending, None
-            _on_signal(signum, None)  # the lock is free now: act on the signal that arrived meanwhile
-        return False
-
-_deferral = _Deferral()
-_previous_handlers: dict = {}
-
-def _register(tracker:Tracker):
-    with _deferral: _open_trackers.add(tracker)
-    _install_handlers()
-    # atexit runs the last registered first: come before the exit hooks of the libraries just opened (W&B's
-    # would end its run before mlkit could record the status)
-    atexit.unregister(_on_exit)
-    atexit.register(_on_exit)
-
-def _finish_all(status:str, error:str|None=None):
-    for t in list(_open_trackers):
-        try: t.finish(status, error)
-        except Exception as e: print(f"mlkit: could not finish {type(t).__name__}: {e}", file=sys.stderr)
-
-def _on_signal(signum, frame):
-    if _deferral.depth:  # the interrupted code is inside a tracker's critical section: act when it leaves
-        _deferral.pending = signum
-        return
-    previous = _previous_handlers.get(signum)
-    if signum == signal.SIGINT:
-        for t in list(_open_trackers): t.flush(wait=False)
-        if callable(previous): return previous(signum, frame)
-        raise KeyboardInterrupt
-    if callable(previous):  # the program stops gracefully on its own: the runs end when it does, as interrupted
-        _signalled.append(signal.Signals(signum).name)
-        return previous(signum, frame)
-    _finish_all("interrupted", signal.Signals(signum).name)
-    signal.signal(signum, signal.SIG_DFL)  # then die of the signal, as without mlkit
-    os.kill(os.getpid(), signum)
-
-_signalled: list = []
-
-_exit_codes: list = []  # what the program gave sys.exit: an atexit handler cannot see the exit status otherwise
-_sys_exit = sys.exit
-
-def _exit(status=None, /):
-    "`sys.exit`, noting `status` first: the runs still open at exit end as it says (`exit_outcome`)."
-    _exit_codes[:] = [status]
-    _sys_exit(status)
-
-def _on_exit():
-    if _uncaught: _finish_all("failed", _uncaught[0])
-    elif _signalled: _finish_all("interrupted", _signalled[0])
-    else: _finish_all(*exit_outcome(_exit_codes[0] if _exit_codes else 0))
-
-def _forget_in_child():
-    "A forked child (a DataLoader worker, say) does not own its parent's runs: it must not end them at its exit."
-    _open_trackers.clear()
-    _current.clear()
-    _exit_codes.clear()
-
-os.register_at_fork(after_in_child=_forget_in_child)
-
-def _install_handlers():
-    "Finish open trackers at exit (as its status says), on an uncaught exception, SIGTERM, SIGHUP and SIGINT (chaining)."
-    global _hooks_installed, _signals_installed
-    if not _hooks_installed:
-        _hooks_installed = True
-        previous_hook = sys.excepthook
-        def hook(kind, value, tb):
-            _uncaught.append(f"{kind.__name__}: {mask(str(value))}"[:2000])
-            if issubclass(kind, KeyboardInterrupt): _finish_all("interrupted", "KeyboardInterrupt")
-            previous_hook(kind, value, tb)
-        sys.excepthook = hook
-        if sys.exit is _sys_exit: sys.exit = _exit  # argparse, click and `sys.exit(130)` after a caught Ctrl-C call it
-    if _signals_installed or threading.get_ident() != _MAIN_THREAD: return  # only the main thread may set them
-    _signals_installed = True
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # SIGHUP: a closed terminal or a dropped ssh
-        previous = signal.getsignal(signum)
-        if previous == signal.SIG_IGN: continue  # ignored on purpose (nohup, a background job): stays ignored
-        _previous_handlers[signum] = previous
-        try: signal.signal(signum, _on_signal)
-        except ValueError: pass
-
-# %% ../nbs/10_track.ipynb #e1a0c001
-def exit_outcome(code, # What the program gave `sys.exit` or `SystemExit` (None, an int, or a message)
-                ) -> tuple[str, str|None]:
-    "(status, error) of a run still open when its program exits with `code`: 0 finished, 128+N interrupted, else failed."
-    if code is None: return "finished", None
-    if not isinstance(code, int): return "failed", f"exit code 1: {mask(str(code))}"[:2000]  # sys.exit("why")
-    status = int(code) & 0xFF  # what the parent sees: sys.exit(256) is 0, sys.exit(-1) is 255
-    if status == 0: return "finished", None
-    if 128 < status < 128 + signal.NSIG and status - 128 in signal.Signals._value2member_map_:
-        return "interrupted", f"{signal.Signals(status - 128).name} (exit code {code})"  # 130: a caught Ctrl-C
-    return "failed", f"exit code {code}"
-
-
-# %% ../nbs/10_track.ipynb #0ae05e5e
-def _require(module:str, extra:str, tracker:str):
-    import importlib
-    try: return importlib.import_module(module)
-    except ImportError: raise MlkitError(f"{tracker} needs the {extra} package: pip install 'mlkit[{extra}]'") from None
-
-# %% ../nbs/10_track.ipynb #e4a31b66
-class TensorBoardTracker(Tracker):
-    "Scalars as TensorBoard event files (torch.utils.tensorboard), parameters as a text summary."
-    def __init__(self, log_dir:str|Path|None=None, # Event file folder; runs/_tensorboard/<name or id> when None
-                 name:str|None=None, flush_every:float=1.0):
-        super().__init__(name, flush_every)
-        self.params, self.log_dir = {}, None
-        if not self.active: return
-        _require("tensorboard", "tensorboard", "TensorBoardTracker")
-        self.id = new_run_id()
-        self.log_dir = Path(log_dir) if log_dir is not None else runs_dir()/"_tensorboard"/(name or self.id)
-        self._open_writer()
-        self._start()
-
-    def _open_writer(self):
-        from torch.utils.tensorboard import SummaryWriter
-        self.writer = SummaryWriter(str(self.log_dir))
-
-    def log_params(self, params:dict):
-        if not self.active: return
-        with _deferral, self._lock:
-            _merge(self.params, redact(dict(params)))
-            table = "\n".join(f"| {k} | {v} |" for k, v in flatten(self.params).items())
-            self.writer.add_text("params", "| parameter | value |\n|---|---|\n" + table, self._step)
-
-    def _write(self, rows):
-        for step, ms, k, v in self._numbers(rows): self.writer.add_scalar(k, v, step, walltime=ms / 1000)
-        self.writer.flush()
-
-    def log_artifact(self, path, name=None, link=False):
-        if not self.active: return None
-        dst = self.log_dir/"artifacts"/(name or Path(path).name)
-        return link_or_copy(path, dst) if link else Path(shutil.copy2(path, _mkparent(dst)))
-
-    def run_ids(self) -> dict: return {"TensorBoardTracker": str(self.log_dir)} if self.active else {}
-
-    def resume_run(self, ids:dict, step:int|None=None):
-        old = ids.get("TensorBoardTracker")
-        if not self.active or old is None or old == str(self.log_dir): return
-        with _deferral, self._lock:  # points logged after the checkpoint stay: TensorBoard cannot delete them
-            self.writer.close()
-            if self.log_dir.is_dir() and not any(self.log_dir.glob("*/*")): shutil.rmtree(self.log_dir, ignore_errors=True)
-            self.log_dir = Path(old)
-            self._open_writer()
-
-    def _end(self, status, error):
-        self.writer.add_text("status", status + (f": {error}" if error else ""), self._step)
-        self.writer.close()
-
-def _mkparent(path:Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path
-
-# %% ../nbs/10_track.ipynb #2beef1b7
-_WRITER = "import sys; from mlkit.mlflow_writer import main; sys.exit(main())"
-
-class MLflowTracker(Tracker):
-    "A run in an MLflow tracking store (local SQLite by default, no server needed), written by a helper process."
-    def __init__(self, tracking_uri:str|None=None, # sqlite:///... or http://server; $MLFLOW_TRACKING_URI or local SQLite if None
-                 experiment:str="mlkit", name:str|None=None,
-                 flush_every:float=1.0, # Seconds between background writes of buffered metrics
-                 resume:str|None=None, # The MLflow run id of a run to continue
-                 timeout:float=60.0, # Seconds to wait for MLflow when creating the run and when finishing
-                ):
-        super().__init__(name, flush_every)
-        self.run_id = self.tracking_uri = self._proc = None
-        self._broken = False
-        if not self.active: return
-        if importlib.util.find_spec("mlflow") is None: _require("mlflow", "mlflow", "MLflowTracker")
-        self.timeout, artifacts, cwd = timeout, None, None  # a URI of yours is read from your working directory
-        if tracking_uri is None and not os.environ.get("MLFLOW_TRACKING_URI"):
-            store = runs_dir()/"_mlflow"
-            store.mkdir(parents=True, exist_ok=True)
-            tracking_uri, artifacts, cwd = f"sqlite:///{store/'mlflow.db'}", (store/"artifacts").as_uri(), store
-        # MLflow's store costs ~70 us of Python per metric; in a process of its own it costs the training loop nothing.
-        # Its own session: Ctrl-C in the terminal reaches the trainer, which then ends the run through it.
-        self._proc = subprocess.Popen([sys.executable, "-c", _WRITER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                      text=True, start_new_session=True, cwd=cwd)
-        try:
-            self._send({"uri": tracking_uri, "experiment": experiment, "run_name": name, "artifact_location": artifacts,
-                        "resume": resume})  # the URI travels on a pipe: credentials in it never show in `ps`
-            reply = self._reply("creating the MLflow run")
-            if "error" in reply: raise MlkitError(f"MLflowTracker: {mask(reply['error'])}")
-        except BaseException:
-            self._stop_writer()
-            raise
-        self.run_id = self.id = reply["run_id"]
-        self.tracking_uri = mask(reply["tracking_uri"])  # never keep credentials around
-        self._start()
-
-    def _send(self, msg:dict):
-        try:
-            self._proc.stdin.write(json.dumps(msg, default=str) + "\n")
-            self._proc.stdin.flush()
-        except (BrokenPipeError, ValueError, OSError):
-            raise MlkitError(f"MLflowTracker: its writer process has stopped (exit code {self._proc.poll()})") from None
-
-    def _reply(self, doing:str) -> dict:
-        line = [None]
-        reader = threading.Thread(target=lambda: line.__setitem__(0, self._proc.stdout.readline()), daemon=True)
-        reader.start()
-        reader.join(self.timeout)
-        if line[0] is None:
-            raise MlkitError(f"MLflowTracker: no answer from MLflow after {self.timeout:g} s while {doing}; "
-                             "is the tracking server reachable?")
-        if not line[0]:
-            raise MlkitError(f"MLflowTracker: its writer process stopped while {doing} (exit code {self._proc.wait()})")
-        return json.loads(line[0])
-
-    def _call(self, msg:dict, doing:str|None=None) -> dict:
-        "Send `msg` (and wait for the answer when `doing` says what for); once the writer is gone, say so once, go on."
-        if self._broken: return {}
-        try:
-            self._send(msg)
-            return self._reply(doing) if doing else {}
-        except MlkitError as e:
-            self._broken = True
-            print(f"mlkit: {e}; MLflow records nothing more of run {self.run_id}", file=sys.stderr)
-            return {}
-
-    def log_params(self, params:dict):
-        if not self.active: return
-        flat = flatten(redact(dict(params)))
-        with _deferral, self._lock: self._call({"params": {k: str(v)[:6000] for k, v in flat.items()}})
-
-    def _write(self, rows):
-        if rows := self._numbers(rows): self._call({"metrics": rows})
-
-    def flush(self, wait:bool=True):
-        "Hand the buffered metrics to MLflow's writer; with `wait`, return once MLflow has them."
-        super().flush(wait)
-        if wait and self.active and not self._finished:
-            with _deferral, self._lock: self._call({"sync": 1}, "flushing")
-
-    def log_artifact(self, path, name=None, link=False):
-        if not self.active: return
-        folder = str(Path(name).parent) if name and Path(name).parent != Path(".") else None
-        with _deferral, self._lock: self._call({"artifact": [str(Path(path).resolve()), folder]}, "uploading an artifact")
-
-    def run_ids(self) -> dict: return {"MLflowTracker": self.run_id} if self.active else {}
-
-    def resume_run(self, ids:dict, step:int|None=None):
-        old = ids.get("MLflowTracker")
-        if not self.active or old is None or old == self.run_id: return
-        with _deferral, self._lock:
-            reply = self._call({"switch": old}, "switching to the resumed run")
-        if reply.get("ok"): self.run_id = self.id = old
-        elif "error" in reply:
-            print(f"mlkit: MLflow run {old} cannot be continued ({mask(reply['error'])}); recording into {self.run_id}",
-                  file=sys.stderr)
-
-    def _end(self, status, error):
-        self._call({"end": status}, "ending the run")  # the writer ends the run even if this process dies meanwhile
-        self._stop_writer()
-
-    def _stop_writer(self):
-        "Close the pipes and reap the writer (it ends by itself once its input closes)."
-        try: self._proc.stdin.close()
-        except OSError: pass
-        try: self._proc.wait(self.timeout)
-        except subprocess.TimeoutExpired: pass  # still writing a backlog: it finishes on its own
-        else: self._proc.stdout.close()
-
-# %% ../nbs/10_track.ipynb #2aba512d
-class WandbTracker(Tracker):
-    "A Weights & Biases run (mode='offline' records locally and needs no account; `wandb sync` uploads later)."
-    def __init__(self, project:str="mlkit", name:str|None=None,
-                 mode:str|None=None, # "online", "offline" or "disabled"; W&B's own default (WANDB_MODE, login) when None
-                 dir:str|Path|None=None, # Where W&B writes its files; runs/_wandb when None
-                 flush_every:float=1.0, # Seconds between background writes of buffered metrics
-                 **init_kwargs, # Passed to wandb.init (e.g. id=..., resume="allow" to continue a run by hand)
-                ):
-        super().__init__(name, flush_every)
-        if not self.active: return
-        wandb = _require("wandb", "wandb", "WandbTracker")
-        folder = Path(dir) if dir is not None else runs_dir()/"_wandb"
-        folder.mkdir(parents=True, exist_ok=True)
-        # W&B's own metadata record keeps the raw command line (secrets included) and its console capture everything
-        # printed: both off. mlkit's redacted metadata is in the LocalTracker's meta.json.
-        settings = wandb.Settings(silent=True, console="off", save_code=False, disable_git=True, x_disable_meta=True)
-        self.run = wandb.init(project=project, name=name, mode=mode, dir=str(folder), settings=settings,
-                              reinit="create_new", **init_kwargs)
-        self.id = self.run.id
-        self._start()
-
-    def log_params(self, params:dict):
-        if not self.active: return
-        with _deferral, self._lock: self.run.config.update(redact(dict(params)), allow_val_change=True)
-
-    def _write(self, rows):
-        by_step: dict = {}
-        for step, _, k, v in self._numbers(rows): by_step.setdefault(step, {})[k] = v
-        for step, values in sorted(by_step.items()): self.run.log(values, step=step)
-
-    def log_artifact(self, path, name=None, link=False):
-        if not self.active: return
-        import wandb
-        art = wandb.Artifact((name or Path(path).name).replace("/", "-").replace(".", "-"), type="file")
-        art.add_file(str(path))
-        with _deferral, self._lock: self.run.log_artifact(art)
-
-    def _end(self, status, error):
-        self.run.summary["mlkit_status"] = status
-        self.run.finish(exit_code=0 if status == "finished" else 1)
-
-# %% ../nbs/10_track.ipynb #0e82df8b
-class MultiTracker(Tracker):
-    "Fan every call out to several trackers (e.g. the local store and the team's MLflow)."
-    def __init__(self, *trackers:Tracker):
-        if not trackers: raise MlkitError("MultiTracker needs at least one tracker")
-        self.trackers = list(trackers)
-        self.name, self.id = trackers[0].name, trackers[0].id
-        self.active = any(t.active for t in trackers)
-        self.path = next((t.path for t in trackers if isinstance(t, LocalTracker)), None)
-
-    def log_params(self, params):
-        for t in self.trackers: t.log_params(params)
-    def log_metrics(self, metrics, step=None):
-        for t in self.trackers: t.log_metrics(metrics, step)
-    def log_artifact(self, path, name=None, link=False):
-        for t in self.trackers: t.log_artifact(path, name, link)
-    def flush(self, wait=True):
-        for t in self.trackers: t.flush(wait)
-    def run_ids(self) -> dict: return {k: v for t in self.trackers for k, v in t.run_ids().items()}
-    def resume_run(self, ids, step=None):
-        for t in self.trackers: t.resume_run(ids, step)
-        self.id = self.trackers[0].id
-        self.path = next((t.path for t in self.trackers if isinstance(t, LocalTracker)), None)
-    def finish(self, status="finished", error=None):
-        _check_status(status)
-        errors = []
-        for t in self.trackers:  # finish every one, even if one fails
-            try: t.finish(status, error)
-            except Exception as e: errors.append(f"{type(t).__name__}: {e}")
-        if errors: raise MlkitError("some trackers failed to finish: " + "; ".join(errors))
+__all__ = ['current_run', 'TrackingCallback', 'record', 'load_runs', 'LocalTracker', 'NAME_MARK', 'new_run_id', 'take_name_mark',
+           'take_seed_mark', 'MLflowTracker', 'MultiTracker', 'TensorBoardTracker', 'WandbTracker', 'Tracker',
+           'exit_outcome', 'write_json_atomic']
+
+# %% ../nbs/10_track.ipynb #b3ea628d
+from .local_tracker import LocalTracker, NAME_MARK, new_run_id, take_name_mark, take_seed_mark
+from .trackers import MLflowTracker, MultiTracker, TensorBoardTracker, WandbTracker
+from .tracker import Tracker, exit_outcome
+from .core import write_json_atomic
+
+_all_ = ['LocalTracker', 'NAME_MARK', 'new_run_id', 'take_name_mark', 'take_seed_mark', 'MLflowTracker',
+         'MultiTracker', 'TensorBoardTracker', 'WandbTracker', 'Tracker', 'exit_outcome', 'write_json_atomic']
 
 # %% ../nbs/10_track.ipynb #d67071f6
-_current: list = []
-
 def current_run(name:str|None=None, # The name of a run made now (under `mlkit run`, the run is named already)
                ) -> Tracker:
     "The run to record into: `mlkit run`'s ($MLKIT_RUN_DIR), else one made now (a kernel's failing cell ends it; then a new one)."
@@ -865,6 +61,7 @@ def _end_with_failing_cell(run:Tracker):
         if run._finished: shell.events.unregister("post_run_cell", post_run_cell)
     shell.events.register("post_run_cell", post_run_cell)
 
+
 # %% ../nbs/10_track.ipynb #d5043053
 class TrackingCallback(Callback):
     "Log a Trainer's configuration, per-step loss and lr, per-epoch metrics, speed and memory, and checkpoints."
@@ -880,7 +77,7 @@ class TrackingCallback(Callback):
 
     def before_fit(self):
         from mlkit.distributed import is_main_process
-        from mlkit.run import TRIAL_ENV
+        from mlkit.runenv import TRIAL_ENV
         self._in_sweep, self._prune = bool(os.environ.get(TRIAL_ENV)), False  # the same on every rank
         if self.run is None: self.run = current_run()
         self.active = is_main_process() and getattr(self.run, "active", True)  # trackers of your own may lack it
@@ -953,8 +150,8 @@ class TrackingCallback(Callback):
 
     def _report(self):
         "Report the metric the sweep's pruner watches, as of this epoch (counted from 1), to the sweep's trial."
-        from mlkit.run import report
-        from mlkit.sweep import trial_link
+        from mlkit.runenv import report
+        from mlkit.runenv import trial_link
         t, watch = self.trainer, trial_link().watch
         if watch is None: return
         if watch in t.metrics: self._prune = report(t.epoch + 1, float(t.metrics[watch]))
@@ -971,3 +168,46 @@ class TrackingCallback(Callback):
                 if path is not None and Path(path).is_file():
                     self.run.log_artifact(path, f"checkpoints/{Path(path).name}", link=True)
         self.run.flush(wait=False)
+
+# %% ../nbs/10_track.ipynb #90afe3b7
+_records_lock = threading.Lock()
+
+def _plain(value):
+    "`value` as JSON can hold it: tensors and numpy scalars by `.item()` / `.tolist()`."
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)): value = value.tolist()
+    try: json.dumps(value, allow_nan=True)
+    except (TypeError, ValueError):
+        raise MlkitError(f"record takes a JSON value (number, string, list, dict), got {type(value).__name__}") from None
+    return value
+
+def record(name:str, # What the value is, e.g. "test_acc"
+           value, # A number, string, list or dict
+           run=None, # The tracker to record into; `mlkit.track.current_run()` when None
+          ):
+    "Store `value` as the summary value `name` of the current run, in its records.json, redacted as `log_params` is."
+    from mlkit.core import write_json_atomic
+    value = redact({str(name): _plain(value)})[str(name)]  # secret-named keys at any depth, secret env values
+    run = run or current_run()
+    if getattr(run, "path", None) is None: return  # not the recording process (a rank other than 0)
+    path = Path(run.path)/RECORDS
+    with _records_lock, _locked(path.with_name(RECORDS + ".lock")):  # threads, then processes: read, merge, write
+        try: records = json.loads(path.read_text())
+        except (FileNotFoundError, ValueError): records = {}
+        records[str(name)] = value
+        write_json_atomic(path, records)
+
+@contextmanager
+def _locked(path:Path):
+    "Inside: an exclusive `flock` on the file at `path` (made if missing), held by this process."
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try: yield
+        finally: fcntl.flock(f, fcntl.LOCK_UN)
+
+def _new_records_lock():
+    "A fresh lock in a forked child: the parent's threads, which may have held the old one, are gone."
+    global _records_lock
+    _records_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_records_lock)
