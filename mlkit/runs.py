@@ -323,8 +323,10 @@ def _pid_alive(pid) -> bool:
     except (PermissionError, TypeError, ValueError): return True
     return True
 
+# %% ../nbs/09_runs.ipynb #9dcf151d
 def _number(v) -> bool: return isinstance(v, (int, float)) and not isinstance(v, bool)
 
+# %% ../nbs/09_runs.ipynb #29ceb1d6
 @dataclass
 class Run:
     "One run folder, read back."
@@ -337,86 +339,16 @@ class Run:
     _summary_doc: dict|None = field(default=None, repr=False)
     _records: dict|None = field(default=None, repr=False)
 
-    @property
-    def id(self) -> str: return self.path.name
-    @property
-    def name(self) -> str|None: return self.meta.get("name")
-    @property
-    def short_id(self) -> str:
-        "The random end of the id (20261127-101502-3fa9c1 -> 3fa9c1): what tells runs of one name apart; find_run takes it."
-        return self.id.rsplit("-", 1)[-1] if self.id.count("-") == 2 else self.id
-    @property
-    def label(self) -> str: return f"{self.short_id} {self.name}" if self.name else self.id
-    @property
-    def heartbeat(self) -> float|None:
-        "When the run's process last said it was alive (time.time()), from summary.json; None if it never did."
-        if self._summary_doc is None: self._summary_doc = _read_summary_file(self.path)
-        hb = self._summary_doc.get("heartbeat")
-        return hb if _number(hb) else None
-    @property
-    def status(self) -> str:
-        "meta.json's status, but for a run marked running whose process is gone: `interrupted` on its own host, else `stale`."
-        if self.error: return "broken"
-        status = self.meta.get("status", "broken")
-        if status != "running": return status
-        if self.meta.get("host") == socket.gethostname():
-            return "running" if _pid_alive(self.meta.get("pid")) else "interrupted"  # killed, or the machine rebooted
-        hb = self.heartbeat  # another machine's process (or a folder copied from one): alive if heard from lately
-        return "running" if hb is not None and time.time() - hb < STALE_AFTER_S else "stale"
-    @property
-    def stats(self) -> dict[str, dict]:
-        "Each metric's last, min and max (with steps) and count, from summary.json brought up to date with metrics.csv."
-        if self._stats is None:
-            if self._summary_doc is None: self._summary_doc = _read_summary_file(self.path)
-            try: self._stats = summarize(self.path, self._summary_doc, keep=self.status not in ("running", "broken"))
-            except OSError as e:
-                self._stats, self.error = MetricsSummary(), self.error or _unreadable(METRICS, e)
-        return self._stats.metrics
-    @property
-    def metrics(self) -> dict[str, list[tuple[int, int, float]]]:
-        "Every logged scalar, by name: [(step, time_ms, value), ...] (the whole file: for curves, not for listing)."
-        if self._metrics is None:
-            try: self._metrics, _ = read_metrics(self.path/METRICS)
-            except OSError as e:  # open_run has usually found it already
-                self._metrics, self.error = {}, self.error or _unreadable(METRICS, e)
-        return self._metrics
-
-    def summary(self, goals:dict|None=None, # {metric: "min", "max" or None}, where metric_goal's answer is not wanted
-               ) -> dict[str, dict]:
-        "For each metric: its last value, its goal, its best value by that goal and the step of it (None without a goal)."
-        out = {}
-        for name, s in self.stats.items():
-            goal = _goal(name, goals)
-            end = {"min": "min", "max": "max"}.get(goal)
-            best, step = (s[end], s[f"{end}_step"]) if end else (None, None)
-            out[name] = {"last": s["last"], "goal": goal, "best": best, "best_step": step, "steps": s["count"]}
-        return out
-
-    @property
-    def records(self) -> dict:
-        "The summary values the run stored with `mlkit.run.record` ({} when none, or when records.json is unreadable)."
-        if self._records is None:
-            try: value = _read_json(os.path.join(self.path, RECORDS))
-            except (OSError, ValueError): value = {}
-            self._records = value if isinstance(value, dict) else {}
-        return self._records
-
-    def values(self) -> dict:
-        "Each metric's last value and each recorded value by name; a recorded value wins over a metric of the same name."
-        return {**{k: s["last"] for k, s in self.stats.items()}, **self.records}
-
-    @property
-    def artifacts(self) -> list[Path]:
-        folder = self.path/ARTIFACTS
-        return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
-
+# %% ../nbs/09_runs.ipynb #0713b47b
 def _unreadable(name:str, e:OSError) -> str: return f"unreadable {name}: {e.strerror or e}"
 
+# %% ../nbs/09_runs.ipynb #3709381d
 def _read_json(path:str) -> dict:
     with open(path, "rb") as f: value = json.loads(f.read().decode())  # str: json skips guessing the encoding
     if not isinstance(value, dict): raise ValueError(f"{os.path.basename(path)} holds a {type(value).__name__}, not an object")
     return value
 
+# %% ../nbs/09_runs.ipynb #e5e9183f
 def open_run(path:str|Path) -> Run:
     "Read the run folder at `path`; a damaged one comes back with status 'broken' and the reason in `error`."
     path = Path(path)
@@ -437,6 +369,98 @@ def open_run(path:str|Path) -> Run:
     except FileNotFoundError: pass
     except OSError as e: run.error = _unreadable(METRICS, e)
     return run
+
+# %% ../nbs/09_runs.ipynb #b5fb0123
+@patch(as_prop=True)
+def id(self:Run) -> str: return self.path.name
+
+@patch(as_prop=True)
+def name(self:Run) -> str|None: return self.meta.get("name")
+
+# %% ../nbs/09_runs.ipynb #5c018054
+@patch(as_prop=True)
+def short_id(self:Run) -> str:
+    "The random end of the id (20261127-101502-3fa9c1 -> 3fa9c1): what tells runs of one name apart; find_run takes it."
+    return self.id.rsplit("-", 1)[-1] if self.id.count("-") == 2 else self.id
+
+@patch(as_prop=True)
+def label(self:Run) -> str: return f"{self.short_id} {self.name}" if self.name else self.id
+
+# %% ../nbs/09_runs.ipynb #2dc57086
+@patch(as_prop=True)
+def heartbeat(self:Run) -> float|None:
+    "When the run's process last said it was alive (time.time()), from summary.json; None if it never did."
+    if self._summary_doc is None: self._summary_doc = _read_summary_file(self.path)
+    hb = self._summary_doc.get("heartbeat")
+    return hb if _number(hb) else None
+
+# %% ../nbs/09_runs.ipynb #72772e2c
+@patch(as_prop=True)
+def status(self:Run) -> str:
+    "meta.json's status, but for a run marked running whose process is gone: `interrupted` on its own host, else `stale`."
+    if self.error: return "broken"
+    status = self.meta.get("status", "broken")
+    if status != "running": return status
+    if self.meta.get("host") == socket.gethostname():
+        return "running" if _pid_alive(self.meta.get("pid")) else "interrupted"  # killed, or the machine rebooted
+    hb = self.heartbeat  # another machine's process (or a folder copied from one): alive if heard from lately
+    return "running" if hb is not None and time.time() - hb < STALE_AFTER_S else "stale"
+
+# %% ../nbs/09_runs.ipynb #f5942c04
+@patch(as_prop=True)
+def stats(self:Run) -> dict[str, dict]:
+    "Each metric's last, min and max (with steps) and count, from summary.json brought up to date with metrics.csv."
+    if self._stats is None:
+        if self._summary_doc is None: self._summary_doc = _read_summary_file(self.path)
+        try: self._stats = summarize(self.path, self._summary_doc, keep=self.status not in ("running", "broken"))
+        except OSError as e:
+            self._stats, self.error = MetricsSummary(), self.error or _unreadable(METRICS, e)
+    return self._stats.metrics
+
+# %% ../nbs/09_runs.ipynb #46649daf
+@patch(as_prop=True)
+def metrics(self:Run) -> dict[str, list[tuple[int, int, float]]]:
+    "Every logged scalar, by name: [(step, time_ms, value), ...] (the whole file: for curves, not for listing)."
+    if self._metrics is None:
+        try: self._metrics, _ = read_metrics(self.path/METRICS)
+        except OSError as e:  # open_run has usually found it already
+            self._metrics, self.error = {}, self.error or _unreadable(METRICS, e)
+    return self._metrics
+
+# %% ../nbs/09_runs.ipynb #c3f824d9
+@patch
+def summary(self:Run, goals:dict|None=None, # {metric: "min", "max" or None}, where metric_goal's answer is not wanted
+           ) -> dict[str, dict]:
+    "For each metric: its last value, its goal, its best value by that goal and the step of it (None without a goal)."
+    out = {}
+    for name, s in self.stats.items():
+        goal = _goal(name, goals)
+        end = {"min": "min", "max": "max"}.get(goal)
+        best, step = (s[end], s[f"{end}_step"]) if end else (None, None)
+        out[name] = {"last": s["last"], "goal": goal, "best": best, "best_step": step, "steps": s["count"]}
+    return out
+
+# %% ../nbs/09_runs.ipynb #5053a7f5
+@patch(as_prop=True)
+def records(self:Run) -> dict:
+    "The summary values the run stored with `mlkit.run.record` ({} when none, or when records.json is unreadable)."
+    if self._records is None:
+        try: value = _read_json(os.path.join(self.path, RECORDS))
+        except (OSError, ValueError): value = {}
+        self._records = value if isinstance(value, dict) else {}
+    return self._records
+
+# %% ../nbs/09_runs.ipynb #e6951a5a
+@patch
+def values(self:Run) -> dict:
+    "Each metric's last value and each recorded value by name; a recorded value wins over a metric of the same name."
+    return {**{k: s["last"] for k, s in self.stats.items()}, **self.records}
+
+# %% ../nbs/09_runs.ipynb #afa387c7
+@patch(as_prop=True)
+def artifacts(self:Run) -> list[Path]:
+    folder = self.path/ARTIFACTS
+    return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
 
 # %% ../nbs/09_runs.ipynb #6b1c22b6
 def _root(root) -> Path:
