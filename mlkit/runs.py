@@ -468,6 +468,7 @@ def _root(root) -> Path:
     if not root.is_dir(): raise RunNotFoundError(f"no runs folder at {root} (nothing has been tracked there yet)")
     return root
 
+# %% ../nbs/09_runs.ipynb #8881c0d3
 def list_runs(root:str|Path|None=None, # The runs folder; runs_dir() when None
              ) -> list[Run]:
     "Every run under `root`, oldest first; damaged ones included, marked broken."
@@ -479,6 +480,7 @@ def list_runs(root:str|Path|None=None, # The runs folder; runs_dir() when None
     runs = [open_run(p) for p in folders]
     return sorted(runs, key=lambda r: (r.meta.get("start") or "", r.id))
 
+# %% ../nbs/09_runs.ipynb #af1e57e6
 def find_run(ref:str, # A run id, a unique prefix of one, its short id (the random end), a run name, or a run folder
              root:str|Path|None=None) -> Run:
     "The run `ref` names, or a RunNotFoundError saying why not."
@@ -492,6 +494,7 @@ def find_run(ref:str, # A run id, a unique prefix of one, its short id (the rand
     if not matches: raise RunNotFoundError(f"no run '{ref}' under {root} ('mlkit runs ls' lists them)")
     raise RunNotFoundError(f"'{ref}' matches {len(matches)} runs ({', '.join(r.id for r in matches[:5])}); give more of the id")
 
+# %% ../nbs/09_runs.ipynb #fc5a0a90
 _OPS = {"<": float.__lt__, "<=": float.__le__, ">": float.__gt__, ">=": float.__ge__}
 
 def parse_where(text:str) -> tuple[str, str, str]:
@@ -505,6 +508,7 @@ def parse_where(text:str) -> tuple[str, str, str]:
         except ValueError: raise MlkitError(f"--where {text!r}: {op} compares numbers, and {value!r} is not one") from None
     return name, "=" if op == "==" else op, value
 
+# %% ../nbs/09_runs.ipynb #68b918d1
 def _holds(value, op:str, text:str) -> bool:
     "Whether a run's `value` satisfies `op text` (a missing value never does)."
     if value is None: return False
@@ -516,6 +520,7 @@ def _holds(value, op:str, text:str) -> bool:
         except ValueError: same = False
     return same if op == "=" else not same
 
+# %% ../nbs/09_runs.ipynb #34557ca8
 def filter_runs(runs:list[Run], status:str|None=None, name:str|None=None, params:dict|None=None,
                 sweep:str|None=None, # Only the trials of this sweep (`mlkit sweep`)
                 where:list|None=None, # (name, op, value) conditions on metrics' last values and records (`parse_where`)
@@ -533,6 +538,7 @@ def filter_runs(runs:list[Run], status:str|None=None, name:str|None=None, params
         out.append(r)
     return out
 
+# %% ../nbs/09_runs.ipynb #2fe12c6e
 def flatten(d:dict, prefix:str="") -> dict:
     "Nested parameters as dotted keys: {'opt': {'lr': 1}} -> {'opt.lr': 1}."
     out = {}
@@ -563,6 +569,7 @@ def load_runs(root:str|Path|None=None, # The runs folder; runs_dir() when None
         if col in df: df[col] = pd.to_datetime(df[col], errors="coerce", utc=True)
     return df
 
+# %% ../nbs/09_runs.ipynb #e6c55eba
 def _whole_lines(path:Path):
     "`path`, or its bytes up to the last line end when a write was torn (a live run mid-write, a kill): never half a value."
     with open(path, "rb") as f:
@@ -571,6 +578,7 @@ def _whole_lines(path:Path):
         data = f.read(size)
     return io.BytesIO(data[:data.rfind(b"\n") + 1])
 
+# %% ../nbs/09_runs.ipynb #50d24344
 def load_metrics(runs:list[Run]|str|Path|None=None, # Runs (`list_runs`, `filter_runs`), or a runs folder (runs_dir() when None)
                  names:list[str]|None=None, # Only these metrics
                 ):
@@ -610,6 +618,7 @@ def compare_runs(runs:list[Run],
     return {"differ": differ, "same": same, "goals": {m: _goal(m, goals) for m in names}, "metrics": metrics,
             "records": {k: [r.records.get(k) for r in runs] for k in recorded}}
 
+# %% ../nbs/09_runs.ipynb #207e50d4
 def plot_runs(runs:list[Run], metric:str, ax=None):
     "Learning curves of `metric` (value against step), one line per run labelled by short id and name; returns the Axes."
     import matplotlib.pyplot as plt
