@@ -42,6 +42,7 @@ class GPUProcess:
     pid: int
     used_memory: int|None  # bytes
 
+# %% ../nbs/01_gpu.ipynb #f57feb94
 @dataclass(frozen=True)
 class GPU:
     "One visible GPU."
@@ -71,6 +72,7 @@ def _given_env(key:str) -> str|None:
     "os.environ[key] as this process was given it, not as one of its own gpu_locks set it."
     with _env_lock: return _env_base.get(key) if _env_open else os.environ.get(key)
 
+# %% ../nbs/01_gpu.ipynb #4d0f5b61
 def _visible(physical:list[tuple[int, str]]) -> list[tuple[int, str]]|None:
     "The (physical index, uuid) pairs CUDA_VISIBLE_DEVICES lets through, in its order (None: all)."
     env = _given_env("CUDA_VISIBLE_DEVICES")  # not what a gpu_lock of another thread set
@@ -84,9 +86,11 @@ def _visible(physical:list[tuple[int, str]]) -> list[tuple[int, str]]|None:
         out.append(match[0])
     return out
 
+# %% ../nbs/01_gpu.ipynb #acbef0b4
 def _fake_gpus(n:int) -> list[GPU]:
     return [GPU(i, i, f"GPU-fake-{i:04d}", "mlkit fake GPU", 16 * GIB, 16 * GIB, 0, (8, 0)) for i in range(n)]
 
+# %% ../nbs/01_gpu.ipynb #dc28c949
 def _nvml_gpus() -> list[GPU]|None:
     try:
         import pynvml
@@ -108,6 +112,7 @@ def _nvml_gpus() -> list[GPU]|None:
 
 def _str(x) -> str: return x.decode() if isinstance(x, bytes) else str(x)
 
+# %% ../nbs/01_gpu.ipynb #a2dbfeae
 NVIDIA_DRIVER = Path("/proc/driver/nvidia/version")  # there when the NVIDIA kernel driver is loaded (Linux)
 ROCM_DRIVER = Path("/dev/kfd")  # there when AMD's is (torch.cuda runs on ROCm too)
 
@@ -125,6 +130,7 @@ def _torch_query(visible:str|None) -> list[list]:
         return json.loads(r.stdout) if r.returncode == 0 else []
     except (OSError, subprocess.TimeoutExpired, ValueError): return []
 
+# %% ../nbs/01_gpu.ipynb #d2535db0
 def _torch_gpus() -> list[GPU]:
     "The GPUs torch sees when NVML cannot tell; physical indices from CUDA_VISIBLE_DEVICES (torch's are relative to it)."
     given = _given_env("CUDA_VISIBLE_DEVICES")
@@ -135,6 +141,7 @@ def _torch_gpus() -> list[GPU]:
         out.append(GPU(i, physical, uuid if uuid.startswith("GPU-") else f"GPU-{uuid}", name, total, free, None, (major, minor)))
     return out  # already filtered by CUDA_VISIBLE_DEVICES
 
+# %% ../nbs/01_gpu.ipynb #4c7b2b06
 def gpus() -> list[GPU]:
     "The GPUs this process can see: from NVML, else torch.cuda (with a driver loaded), else none (`MLKIT_FAKE_GPUS=N`: N fakes)."
     if fake := os.environ.get("MLKIT_FAKE_GPUS"):
@@ -192,9 +199,11 @@ def autocast_dtype(precision:str):
 class GPULockTimeout(MlkitError):
     "No n GPUs became free within the timeout."
 
+# %% ../nbs/01_gpu.ipynb #36599a9d
 HELD_ENV = "MLKIT_GPU_LOCKS"  # physical ids a parent process holds for its children (mlkit run's kernel, say)
 _holding = threading.local()  # the ids the enclosing gpu_lock of this thread holds
 
+# %% ../nbs/01_gpu.ipynb #77c3e98e
 def lock_dir() -> Path:
     "The folder holding the GPU locks: `$MLKIT_LOCK_DIR`, or one in the system temporary folder shared by all users."
     path = Path(os.environ.get("MLKIT_LOCK_DIR") or Path(tempfile.gettempdir())/"mlkit-gpu-locks")
@@ -204,6 +213,7 @@ def lock_dir() -> Path:
         except PermissionError: pass
     return path
 
+# %% ../nbs/01_gpu.ipynb #b2f20ae8
 def _lock_file(gpu:GPU) -> Path: return lock_dir()/f"{gpu.uuid}.lock"
 
 def _open_lock(gpu:GPU) -> int:
@@ -222,6 +232,7 @@ def _open_lock(gpu:GPU) -> int:
     except PermissionError: pass  # created by someone else, who made it shareable
     return fd
 
+# %% ../nbs/01_gpu.ipynb #fbc2b4dd
 def _try_lock(gpu:GPU) -> int|None:
     "An fd holding `gpu`'s lock, or None if someone else holds it."
     fd = _open_lock(gpu)
@@ -232,6 +243,7 @@ def _try_lock(gpu:GPU) -> int|None:
         os.close(fd)
         return None
 
+# %% ../nbs/01_gpu.ipynb #846f77bb
 def lock_holder(gpu:GPU) -> dict|None:
     "Who holds `gpu`'s lock (pid, user, host, run_id, since), or None if it is free."
     path = _lock_file(gpu)
@@ -247,6 +259,7 @@ def lock_holder(gpu:GPU) -> dict|None:
         except ValueError: return {"pid": None}
     finally: os.close(fd)
 
+# %% ../nbs/01_gpu.ipynb #d068d2e1
 def _describe_holders(candidates:list[GPU]) -> str:
     parts = []
     for g in candidates:
@@ -257,57 +270,6 @@ def _describe_holders(candidates:list[GPU]) -> str:
     return "; ".join(parts)
 
 # %% ../nbs/01_gpu.ipynb #038a9c71
-@contextmanager
-def gpu_lock(n:int=1, # How many GPUs to hold
-             min_free_memory:int|None=None, # Only GPUs with at least this many bytes free
-             timeout:float|None=None, # Seconds to wait before raising GPULockTimeout (None: wait forever)
-             run_id:str|None=None, # Recorded in the lock, shown by `mlkit gpus`
-             poll:float=0.1, # Seconds between attempts while waiting
-             set_env:bool=True, # Point CUDA_VISIBLE_DEVICES at them in os.environ; False leaves that to you (threads)
-            ):
-    "Wait for `n` free GPUs, hold them (OS file locks), and point CUDA_VISIBLE_DEVICES at them; yield their indices."
-    if not isinstance(n, int) or n < 1: raise MlkitError(f"gpu_lock needs n >= 1 GPUs, got {n!r}")
-    ids = getattr(_holding, "ids", None)  # an enclosing block of this thread holds GPUs for us
-    if ids is None and (inherited := _given_env(HELD_ENV)):
-        ids = [int(i) for i in inherited.split(",")]  # a parent process does
-    if ids is not None:
-        if n > len(ids): raise MlkitError(f"gpu_lock asked for {n} GPU(s) inside a gpu_lock holding {len(ids)}")
-        with _visible_as(ids[:n], set_env): yield ids[:n]
-        return
-    visible = gpus()
-    if len(visible) < n: raise MlkitError(f"gpu_lock asked for {n} GPU(s), but this machine shows {len(visible)}")
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while True:
-        candidates = [g for g in gpus() if min_free_memory is None or g.free_memory >= min_free_memory]
-        held = []
-        for g in candidates:
-            if (fd := _try_lock(g)) is not None:
-                held.append((g, fd))
-                if len(held) == n: break
-        if len(held) == n: break
-        for _, fd in held: os.close(fd)  # all or nothing: never sit on part of what we need
-        if deadline is not None and time.monotonic() >= deadline:
-            memory = f" with {min_free_memory / GIB:.1f} GiB free" if min_free_memory else ""
-            raise GPULockTimeout(f"timed out after {timeout:g}s waiting for {n} GPU(s){memory}: "
-                                 + (_describe_holders(visible) or "no GPU qualifies"))
-        time.sleep(poll * (0.5 + random.random()))  # jitter: waiters do not retry in lockstep
-    record = {"pid": os.getpid(), "user": getpass.getuser(), "host": socket.gethostname(), "run_id": run_id,
-              "since": datetime.now(UTC).astimezone().isoformat(timespec="seconds")}
-    for _, fd in held:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(record).encode(), 0)
-    ids = [g.physical_index for g, _ in held]
-    if any(i < 0 for i in ids):  # named by UUID in CUDA_VISIBLE_DEVICES, and no NVML to say which index that is
-        for _, fd in held: os.close(fd)
-        raise MlkitError("CUDA_VISIBLE_DEVICES names GPUs by UUID and NVML is not available to tell their indices: "
-                         "install nvidia-ml-py (mlkit's requirements have it) or give CUDA_VISIBLE_DEVICES as indices")
-    try:
-        with _visible_as(ids, set_env): yield ids
-    finally:
-        for _, fd in held:
-            os.ftruncate(fd, 0)
-            os.close(fd)  # closing the last fd releases the flock
-
 @contextmanager
 def _visible_as(ids:list[int], set_env:bool=True):
     "Inside: this thread holds `ids`; with `set_env`, CUDA_VISIBLE_DEVICES and the marker for child processes too."
@@ -329,6 +291,74 @@ def _visible_as(ids:list[int], set_env:bool=True):
                     if v is None: os.environ.pop(k, None)
                     else: os.environ[k] = v
 
+# %% ../nbs/01_gpu.ipynb #e9f9521a
+def _held_ids() -> list[int]|None:
+    "The physical GPU ids held for this thread: by an enclosing gpu_lock of its own, else by a parent process."
+    ids = getattr(_holding, "ids", None)  # an enclosing block of this thread holds GPUs for us
+    if ids is None and (inherited := _given_env(HELD_ENV)):
+        ids = [int(i) for i in inherited.split(",")]  # a parent process does
+    return ids
+
+# %% ../nbs/01_gpu.ipynb #540227e7
+def _take_free(visible:list[GPU], n:int, min_free_memory:int|None, timeout:float|None, poll:float) -> list[tuple[GPU, int]]:
+    "Lock `n` free GPUs (with `min_free_memory`), all or none, retrying until `timeout`: [(gpu, fd)]; else GPULockTimeout."
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        candidates = [g for g in gpus() if min_free_memory is None or g.free_memory >= min_free_memory]
+        held = []
+        for g in candidates:
+            if (fd := _try_lock(g)) is not None:
+                held.append((g, fd))
+                if len(held) == n: break
+        if len(held) == n: return held
+        for _, fd in held: os.close(fd)  # all or nothing: never sit on part of what we need
+        if deadline is not None and time.monotonic() >= deadline:
+            memory = f" with {min_free_memory / GIB:.1f} GiB free" if min_free_memory else ""
+            raise GPULockTimeout(f"timed out after {timeout:g}s waiting for {n} GPU(s){memory}: "
+                                 + (_describe_holders(visible) or "no GPU qualifies"))
+        time.sleep(poll * (0.5 + random.random()))  # jitter: waiters do not retry in lockstep
+
+# %% ../nbs/01_gpu.ipynb #fd2b4d10
+def _sign(held:list[tuple[GPU, int]], run_id:str|None):
+    "Write who holds them (pid, user, host, run_id, since) into the lock files of `held`, for lock_holder."
+    record = {"pid": os.getpid(), "user": getpass.getuser(), "host": socket.gethostname(), "run_id": run_id,
+              "since": datetime.now(UTC).astimezone().isoformat(timespec="seconds")}
+    for _, fd in held:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(record).encode(), 0)
+
+# %% ../nbs/01_gpu.ipynb #7d131b0f
+@contextmanager
+def gpu_lock(n:int=1, # How many GPUs to hold
+             min_free_memory:int|None=None, # Only GPUs with at least this many bytes free
+             timeout:float|None=None, # Seconds to wait before raising GPULockTimeout (None: wait forever)
+             run_id:str|None=None, # Recorded in the lock, shown by `mlkit gpus`
+             poll:float=0.1, # Seconds between attempts while waiting
+             set_env:bool=True, # Point CUDA_VISIBLE_DEVICES at them in os.environ; False leaves that to you (threads)
+            ):
+    "Wait for `n` free GPUs, hold them (OS file locks), and point CUDA_VISIBLE_DEVICES at them; yield their indices."
+    if not isinstance(n, int) or n < 1: raise MlkitError(f"gpu_lock needs n >= 1 GPUs, got {n!r}")
+    ids = _held_ids()
+    if ids is not None:
+        if n > len(ids): raise MlkitError(f"gpu_lock asked for {n} GPU(s) inside a gpu_lock holding {len(ids)}")
+        with _visible_as(ids[:n], set_env): yield ids[:n]
+        return
+    visible = gpus()
+    if len(visible) < n: raise MlkitError(f"gpu_lock asked for {n} GPU(s), but this machine shows {len(visible)}")
+    held = _take_free(visible, n, min_free_memory, timeout, poll)
+    _sign(held, run_id)
+    ids = [g.physical_index for g, _ in held]
+    if any(i < 0 for i in ids):  # named by UUID in CUDA_VISIBLE_DEVICES, and no NVML to say which index that is
+        for _, fd in held: os.close(fd)
+        raise MlkitError("CUDA_VISIBLE_DEVICES names GPUs by UUID and NVML is not available to tell their indices: "
+                         "install nvidia-ml-py (mlkit's requirements have it) or give CUDA_VISIBLE_DEVICES as indices")
+    try:
+        with _visible_as(ids, set_env): yield ids
+    finally:
+        for _, fd in held:
+            os.ftruncate(fd, 0)
+            os.close(fd)  # closing the last fd releases the flock
+
 # %% ../nbs/01_gpu.ipynb #86524e98
 def _rss() -> tuple[int, int]:
     "(current, peak) resident set size of this process in bytes."
@@ -338,6 +368,7 @@ def _rss() -> tuple[int, int]:
     except (OSError, ValueError, IndexError): current = peak
     return current, max(current, peak)
 
+# %% ../nbs/01_gpu.ipynb #1da8a3b8
 def memory_stats(device=None, # A CUDA device, or None/"cpu" for the process's RSS
                 ) -> dict:
     "Memory in bytes: allocated, reserved, peak and total on a GPU; rss and peak for the CPU process."
@@ -349,6 +380,7 @@ def memory_stats(device=None, # A CUDA device, or None/"cpu" for the process's R
     rss, peak = _rss()
     return {"rss": rss, "peak": peak}
 
+# %% ../nbs/01_gpu.ipynb #3159b0fb
 def free_memory():
     "Collect garbage and empty the CUDA caching allocator."
     gc.collect()
@@ -361,10 +393,12 @@ def _is_oom(e:BaseException) -> bool:
     import torch
     return isinstance(e, torch.cuda.OutOfMemoryError) or (isinstance(e, RuntimeError) and "out of memory" in str(e).lower())
 
+# %% ../nbs/01_gpu.ipynb #6950dba0
 def _tile(batch, n:int):
     import torch
     return tuple(t[torch.arange(n, device=t.device) % len(t)] for t in batch)
 
+# %% ../nbs/01_gpu.ipynb #b535a3f6
 def _one_step(model, batch, loss_fn, opt, precision):
     import torch
     dtype = autocast_dtype(precision)
@@ -375,6 +409,7 @@ def _one_step(model, batch, loss_fn, opt, precision):
     opt.step()
     opt.zero_grad(set_to_none=True)
 
+# %% ../nbs/01_gpu.ipynb #16c5a7b7
 def _trial_setup(model, loss_fn, precision):
     "What trial training steps need: the loss, the model's device, the precision, and the weights to restore."
     import copy
@@ -383,6 +418,37 @@ def _trial_setup(model, loss_fn, precision):
     return (loss_fn or torch.nn.functional.cross_entropy, device,
             auto_precision(device) if precision == "auto" else precision, copy.deepcopy(model.state_dict()))
 
+# %% ../nbs/01_gpu.ipynb #06318089
+def _fits(model, sample_batch, n:int, loss_fn, opt_fn, precision:str) -> bool:
+    "Whether a training step on a batch of `n` (`sample_batch` repeated) runs without running out of memory."
+    import torch
+    opt = (opt_fn or torch.optim.AdamW)(model.parameters())
+    try:
+        _one_step(model, _tile(sample_batch, n), loss_fn, opt, precision)
+        return True
+    except Exception as e:
+        if not _is_oom(e): raise
+        return False
+    finally:
+        del opt
+        model.zero_grad(set_to_none=True)
+        free_memory()
+
+# %% ../nbs/01_gpu.ipynb #d6d69499
+def _largest(fits, start:int, max_size:int) -> int:
+    "The largest n in [start, max_size] with fits(n), given fits(start): doubling, then a binary search."
+    good, bad = start, None
+    while bad is None and good < max_size:
+        nxt = min(good * 2, max_size)
+        if fits(nxt): good = nxt
+        else: bad = nxt
+    while bad is not None and bad - good > 1:
+        mid = (good + bad) // 2
+        if fits(mid): good = mid
+        else: bad = mid
+    return good
+
+# %% ../nbs/01_gpu.ipynb #e0c2be50
 def find_batch_size(model, # The model, on the device to measure
                     sample_batch, # A batch of (input, ..., target) tensors on that device, any size
                     loss_fn=None, # loss_fn(preds, target); cross-entropy when None
@@ -391,34 +457,13 @@ def find_batch_size(model, # The model, on the device to measure
                     start:int=1, max_size:int=2**16, # Search range
                    ) -> int:
     "The largest batch size (<= max_size) for which one training step runs without running out of memory."
-    import torch
     loss_fn, device, precision, saved = _trial_setup(model, loss_fn, precision)
 
-    def fits(n):
-        opt = (opt_fn or torch.optim.AdamW)(model.parameters())
-        try:
-            _one_step(model, _tile(sample_batch, n), loss_fn, opt, precision)
-            return True
-        except Exception as e:
-            if not _is_oom(e): raise
-            return False
-        finally:
-            del opt
-            model.zero_grad(set_to_none=True)
-            free_memory()
+    def fits(n): return _fits(model, sample_batch, n, loss_fn, opt_fn, precision)
 
     try:
         if not fits(start): raise MlkitError(f"even a batch of {start} runs out of memory on {device}")
-        good, bad = start, None
-        while bad is None and good < max_size:
-            nxt = min(good * 2, max_size)
-            if fits(nxt): good = nxt
-            else: bad = nxt
-        while bad is not None and bad - good > 1:
-            mid = (good + bad) // 2
-            if fits(mid): good = mid
-            else: bad = mid
-        return good
+        return _largest(fits, start, max_size)
     finally: model.load_state_dict(saved)
 
 # %% ../nbs/01_gpu.ipynb #ef734eab
@@ -445,6 +490,7 @@ PEAK_TFLOPS = {
     "V100 PCIe": {"fp16": 112.0, "fp32": 14.0},                                 # V100 datasheet
 }
 
+# %% ../nbs/01_gpu.ipynb #84968e3d
 # The names torch and NVML give, without the vendor prefix, as whole-name patterns: "L40S" is not an "L4".
 _MODELS = [(re.compile(p), key) for p, key in [
     (r"H100( SXM5?)?( \d+GB)?( HBM3)?", "H100 SXM"), (r"H100 PCIE( \d+GB)?", "H100 PCIe"), (r"H100 NVL( \d+GB)?", "H100 NVL"),
@@ -453,12 +499,14 @@ _MODELS = [(re.compile(p), key) for p, key in [
     (r"L4", "L4"), (r"L40", "L40"), (r"L40S", "L40S"), (r"RTX 4090", "RTX 4090"), (r"RTX 3090", "RTX 3090"),
     (r"T4", "T4"), (r"V100 SXM2( \d+GB)?", "V100 SXM2"), (r"V100 PCIE( \d+GB)?", "V100 PCIe")]]
 
+# %% ../nbs/01_gpu.ipynb #725d498f
 def gpu_model(gpu_name:str, # As torch or NVML names it, e.g. "NVIDIA H100 80GB HBM3"
              ) -> str|None:
     "The `PEAK_TFLOPS` model `gpu_name` is, matched on the whole name; None for a GPU the table does not know."
     name = re.sub(r"^(NVIDIA |TESLA |GEFORCE |QUADRO )+", "", " ".join(gpu_name.upper().replace("-", " ").split()))
     return next((key for pattern, key in _MODELS if pattern.fullmatch(name)), None)
 
+# %% ../nbs/01_gpu.ipynb #36f9251d
 def peak_tflops(gpu_name:str, # As torch or NVML names it
                 precision:str, # "bf16", "fp16", "tf32" or "fp32"
                ) -> float|None:
@@ -480,6 +528,31 @@ class Throughput:
     device: str
     precision: str
 
+# %% ../nbs/01_gpu.ipynb #e1799c0e
+def _time_steps(model, batch, loss_fn, opt, precision:str, steps:int, warmup:int, device) -> tuple[int, float]:
+    "The FLOPs of one training step (counted on an untimed first one), and the mean time of `steps` after `warmup` more."
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    counter = FlopCounterMode(display=False)
+    with counter: _one_step(model, batch, loss_fn, opt, precision)
+    for _ in range(warmup): _one_step(model, batch, loss_fn, opt, precision)
+    if device.type == "cuda": torch.cuda.reset_peak_memory_stats(device)
+    sync(); t0 = time.perf_counter()
+    for _ in range(steps): _one_step(model, batch, loss_fn, opt, precision)
+    sync(); step = (time.perf_counter() - t0) / steps
+    return counter.get_total_flops(), step
+
+# %% ../nbs/01_gpu.ipynb #0ad9c308
+def _mfu(tflops:float, device, precision:str) -> float|None:
+    "Achieved over peak TFLOP/s on a GPU the table knows (fp32 matmuls count as TF32 when torch allows it); else None."
+    import torch
+    if device.type != "cuda": return None
+    tf32 = precision == "fp32" and torch.backends.cuda.matmul.allow_tf32
+    peak = peak_tflops(torch.cuda.get_device_name(device), "tf32" if tf32 else precision)
+    return tflops / peak if peak else None
+
+# %% ../nbs/01_gpu.ipynb #b5d73357
 def throughput(model, # The model, on the device to measure
                batch, # A batch of (input, ..., target) tensors on that device
                steps:int=20, warmup:int=3, # Timed and untimed steps
@@ -488,24 +561,11 @@ def throughput(model, # The model, on the device to measure
               ) -> Throughput:
     "Samples/s, step time, peak memory, achieved TFLOP/s and MFU of training `model` on `batch`."
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
     loss_fn, device, precision, saved = _trial_setup(model, loss_fn, precision)
     opt = (opt_fn or torch.optim.AdamW)(model.parameters())
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    try:
-        counter = FlopCounterMode(display=False)
-        with counter: _one_step(model, batch, loss_fn, opt, precision)
-        for _ in range(warmup): _one_step(model, batch, loss_fn, opt, precision)
-        if device.type == "cuda": torch.cuda.reset_peak_memory_stats(device)
-        sync(); t0 = time.perf_counter()
-        for _ in range(steps): _one_step(model, batch, loss_fn, opt, precision)
-        sync(); step = (time.perf_counter() - t0) / steps
+    try: flops, step = _time_steps(model, batch, loss_fn, opt, precision, steps, warmup, device)
     finally: model.load_state_dict(saved)
-    n, flops = len(batch[-1]), counter.get_total_flops()
+    n = len(batch[-1])
     tflops = flops / step / 1e12
-    mfu = None
-    if device.type == "cuda":
-        tf32 = precision == "fp32" and torch.backends.cuda.matmul.allow_tf32
-        peak = peak_tflops(torch.cuda.get_device_name(device), "tf32" if tf32 else precision)
-        mfu = tflops / peak if peak else None
-    return Throughput(n / step, step, n, flops, tflops, mfu, memory_stats(device)["peak"], str(device), precision)
+    return Throughput(n / step, step, n, flops, tflops, _mfu(tflops, device, precision), memory_stats(device)["peak"],
+                      str(device), precision)

@@ -10,6 +10,8 @@ import logging
 import os
 import sys
 
+from fastcore.basics import patch
+
 from .runmeta import mask
 
 # %% auto #0
@@ -18,19 +20,23 @@ __all__ = ['STATUS', 'MLflowWriter', 'main']
 # %% ../nbs/10a_mlflow_writer.ipynb #d3e20d3f
 STATUS = {"finished": "FINISHED", "failed": "FAILED", "interrupted": "KILLED", "pruned": "KILLED"}
 
+# %% ../nbs/10a_mlflow_writer.ipynb #b8d9a16d
 _replies = sys.stdout  # main() keeps the real stdout for the replies alone
 
 def _reply(obj):
     _replies.write(json.dumps(obj) + "\n")
     _replies.flush()
 
+# %% ../nbs/10a_mlflow_writer.ipynb #ce70254e
 class _MaskedStderr:
     "What MLflow prints, on stderr, with credentials and secrets masked."
     def write(self, text:str) -> int: return sys.stderr.write(mask(text))
     def flush(self): sys.stderr.flush()
 
+# %% ../nbs/10a_mlflow_writer.ipynb #5a18c81f
 def _warn(message:str): print(f"mlkit: MLflow: {mask(message)}"[:500], file=sys.stderr, flush=True)
 
+# %% ../nbs/10a_mlflow_writer.ipynb #37b22598
 class MLflowWriter:
     "One MLflow run, written as mlkit asks: params (a changed one becomes a tag), metrics, artifacts, the end."
     def __init__(self, uri:str|None, experiment:str, run_name:str|None, artifact_location:str|None, resume:str|None):
@@ -43,52 +49,63 @@ class MLflowWriter:
         self.params = dict(self.client.get_run(self.run_id).data.params) if resume else {}
         self.bad_names: set = set()
 
-    def log_params(self, params:dict):
-        from mlflow.entities import Param, RunTag
-        new = {k: v for k, v in params.items() if k not in self.params}
-        changed = {k: v for k, v in params.items() if k in self.params and self.params[k] != v}
-        if new: self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in new.items()])
-        if changed: self.client.log_batch(self.run_id, tags=[RunTag(f"mlkit.changed.{k}", v) for k, v in changed.items()])
-        self.params.update(new)
+# %% ../nbs/10a_mlflow_writer.ipynb #5b3f7d93
+@patch
+def log_params(self:MLflowWriter, params:dict):
+    "Log `params`: the new ones as parameters, a changed value as the tag `mlkit.changed.<name>` (MLflow's are fixed)."
+    from mlflow.entities import Param, RunTag
+    new = {k: v for k, v in params.items() if k not in self.params}
+    changed = {k: v for k, v in params.items() if k in self.params and self.params[k] != v}
+    if new: self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in new.items()])
+    if changed: self.client.log_batch(self.run_id, tags=[RunTag(f"mlkit.changed.{k}", v) for k, v in changed.items()])
+    self.params.update(new)
 
-    def log_metrics(self, rows:list):
-        from mlflow.entities import Metric
-        rows = [r for r in rows if r[2] not in self.bad_names]
-        for i in range(0, len(rows), 1000):  # MLflow takes at most 1000 metrics per batch
-            chunk = rows[i:i + 1000]
-            try: self.client.log_batch(self.run_id, metrics=[Metric(k, v, ms, step) for step, ms, k, v in chunk])
-            except Exception:  # one name MLflow refuses ("acc@1") must not cost the others: find it, drop it alone
-                for name in dict.fromkeys(r[2] for r in chunk):
-                    try: self.client.log_batch(self.run_id, metrics=[Metric(k, v, ms, s) for s, ms, k, v in chunk if k == name])
-                    except Exception as e:
-                        self.bad_names.add(name)
-                        _warn(f"metric {name!r} not recorded: {type(e).__name__}: {e}")
+# %% ../nbs/10a_mlflow_writer.ipynb #cbc504ba
+@patch
+def log_metrics(self:MLflowWriter, rows:list):
+    "Log (step, time_ms, name, value) rows in batches; a name MLflow refuses is dropped alone, with one warning."
+    from mlflow.entities import Metric
+    rows = [r for r in rows if r[2] not in self.bad_names]
+    for i in range(0, len(rows), 1000):  # MLflow takes at most 1000 metrics per batch
+        chunk = rows[i:i + 1000]
+        try: self.client.log_batch(self.run_id, metrics=[Metric(k, v, ms, step) for step, ms, k, v in chunk])
+        except Exception:  # one name MLflow refuses ("acc@1") must not cost the others: find it, drop it alone
+            for name in dict.fromkeys(r[2] for r in chunk):
+                try: self.client.log_batch(self.run_id, metrics=[Metric(k, v, ms, s) for s, ms, k, v in chunk if k == name])
+                except Exception as e:
+                    self.bad_names.add(name)
+                    _warn(f"metric {name!r} not recorded: {type(e).__name__}: {e}")
 
-    def switch(self, run_id:str):
-        "Continue the run `run_id` instead (a resumed fit); the fresh run made for this process is ended and deleted."
-        params = dict(self.client.get_run(run_id).data.params)  # fails, changing nothing, if there is no such run
-        self.client.update_run(run_id, status="RUNNING")
-        fresh, self.run_id, self.params = self.run_id, run_id, params
-        self.client.set_terminated(fresh, "KILLED")
-        self.client.delete_run(fresh)
+# %% ../nbs/10a_mlflow_writer.ipynb #d30ca887
+@patch
+def switch(self:MLflowWriter, run_id:str):
+    "Continue the run `run_id` instead (a resumed fit); the fresh run made for this process is ended and deleted."
+    params = dict(self.client.get_run(run_id).data.params)  # fails, changing nothing, if there is no such run
+    self.client.update_run(run_id, status="RUNNING")
+    fresh, self.run_id, self.params = self.run_id, run_id, params
+    self.client.set_terminated(fresh, "KILLED")
+    self.client.delete_run(fresh)
 
-    def end(self, status:str): self.client.set_terminated(self.run_id, STATUS[status])
+# %% ../nbs/10a_mlflow_writer.ipynb #a8efc9fb
+@patch
+def end(self:MLflowWriter, status:str):
+    "End the run with mlkit's `status` as MLflow names it (interrupted and pruned: KILLED)."
+    self.client.set_terminated(self.run_id, STATUS[status])
 
-def main():
-    "Serve one MLflow run over stdin/stdout, JSON lines; stdin's end without an `end` message means the parent died."
+# %% ../nbs/10a_mlflow_writer.ipynb #15a9460c
+def _quiet_stdout():
+    "Keep the real stdout for the replies alone: MLflow's prints go to stderr, masked, and its loggers say less."
     global _replies
     _replies = os.fdopen(os.dup(1), "w")
     with open(os.devnull, "w") as null: os.dup2(null.fileno(), 1)  # MLflow prints too: never into the replies,
     sys.stdout = _MaskedStderr()  # and its "View run at URL" holds the URL's credentials
     import mlflow  # noqa: F401 (configures its loggers on import: quieten them after)
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # not "Creating initial MLflow database tables..." each run
-    setup = json.loads(sys.stdin.readline())
-    try: w = MLflowWriter(**setup)
-    except Exception as e:
-        _reply({"error": mask(f"{type(e).__name__}: {e}")})
-        return 1
-    _reply({"run_id": w.run_id, "tracking_uri": w.client.tracking_uri})
-    for line in sys.stdin:
+
+# %% ../nbs/10a_mlflow_writer.ipynb #8352f9e2
+def _serve(w:MLflowWriter, lines) -> int:
+    "Do what each JSON line of `lines` asks of `w`, replying where the tracker waits; the exit code."
+    for line in lines:
         msg = json.loads(line)
         kind = next(iter(msg))
         answer = {"ok": True}
@@ -107,3 +124,15 @@ def main():
         if kind in ("sync", "artifact", "switch"): _reply(answer)
     w.end("interrupted")  # the parent is gone without a word (SIGKILL)
     return 0
+
+# %% ../nbs/10a_mlflow_writer.ipynb #1803f215
+def main():
+    "Serve one MLflow run over stdin/stdout, JSON lines; stdin's end without an `end` message means the parent died."
+    _quiet_stdout()
+    setup = json.loads(sys.stdin.readline())
+    try: w = MLflowWriter(**setup)
+    except Exception as e:
+        _reply({"error": mask(f"{type(e).__name__}: {e}")})
+        return 1
+    _reply({"run_id": w.run_id, "tracking_uri": w.client.tracking_uri})
+    return _serve(w, sys.stdin)

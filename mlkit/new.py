@@ -29,18 +29,22 @@ SHARED = TEMPLATES/"project"  # links to this repository's own files (copies of 
 ONLY_NEW = TEMPLATES/"new"  # what only a new project has: string.Template files ($name, $author, ...)
 LOCKS = ("requirements.txt", "requirements-cpu.txt", "requirements-cuda.txt")
 
+# %% ../nbs/13_new.ipynb #a4b60ea8
 # Template files are named so that no tool takes them for the package's own: git reads no .gitignore through a link,
 # and nbdev and ruff would index and lint .py files. `_project_path` gives their names in the project.
 GIT_FILES = {"dot-gitignore": ".gitignore", "dot-gitattributes": ".gitattributes"}
 
+# %% ../nbs/13_new.ipynb #7791d2a6
 def _project_path(rel:Path) -> Path:
     "Where the shared template file `rel` goes in a project (and is in this repository)."
     return rel.with_name(GIT_FILES.get(rel.name, rel.name.removesuffix(".tmpl")))
 
+# %% ../nbs/13_new.ipynb #31a726a6
 def _shared_files() -> list[Path]:
     "The shared template files, relative to the template's root."
     return sorted(p.relative_to(SHARED) for p in SHARED.rglob("*") if p.is_file())
 
+# %% ../nbs/13_new.ipynb #58be8fee
 def _substitutions(lib:str) -> dict:
     "Per shared file: the (old, new) replacements that make mlkit's lines the new project's."
     return {"environment.yml": [("name: mlkit", f"name: {lib}"), ("conda activate mlkit", f"conda activate {lib}"),
@@ -55,6 +59,7 @@ def suggest_name(text:str) -> str:
     name = re.sub(r"[^0-9a-zA-Z_]+", "_", text).strip("_").lower()
     return f"p_{name}" if name[:1].isdigit() else name or "my_project"
 
+# %% ../nbs/13_new.ipynb #457b5fd9
 def check_name(name:str) -> str:
     "`name` if it can be the new project's package; a one-line `MlkitError` saying why not, with a suggestion."
     if not name.isidentifier() or not name.isascii():
@@ -77,33 +82,34 @@ def _read(path:Path) -> str:
     try: return path.read_text()
     except (OSError, UnicodeDecodeError): return ""
 
+# %% ../nbs/13_new.ipynb #d6b03352
 def _git(root:Path, *args) -> str:
     "What `git -C root ARGS` prints, or '' when it fails."
     try: r = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError): return ""
     return r.stdout.strip() if r.returncode == 0 else ""
 
-def mlkit_reference(source:str|None=None, # A checkout, a wheel or a URL; None: this mlkit's git repository
-                    out=None, # Where a warning goes; sys.stderr when None
-                   ) -> str:
-    "The requirement that brings this mlkit into a new project: `mlkit @ URL` (never the bare name: PyPI's is another)."
-    if source is None:
-        import configparser
+# %% ../nbs/13_new.ipynb #06fe7491
+def _own_reference(out=None) -> str:
+    "This mlkit's git URL at its commit (its version's tag without git), warning when no remote has the commit."
+    import configparser
 
-        import mlkit
-        root = Path(mlkit.__file__).parent.parent
-        cfg = configparser.ConfigParser(delimiters=["="], interpolation=None)
-        cfg.read(root/"settings.ini")
-        origin = _git(root, "remote", "get-url", "origin")  # a clone's own: where this mlkit came from
-        url = origin if re.match(r"^https?://", origin) else cfg.get("DEFAULT", "git_url",
-                                                                    fallback="https://github.com/mlkit/mlkit")
-        commit = _git(root, "rev-parse", "HEAD") if (root/".git").exists() else ""
-        if commit and not _git(root, "branch", "-r", "--contains", commit):
-            print(f"mlkit new: warning: mlkit's commit {commit[:12]} is on no remote branch of {url}, so the project's "
-                  "make install cannot fetch it: push it, or give --mlkit-source", file=out or sys.stderr)
-        return f"mlkit @ git+{url}@{commit or 'v' + mlkit.__version__}"
-    if re.match(r"^[a-z][a-z0-9+.-]*://", source): return f"mlkit @ {source}"  # a URL: git+https://..., https://...whl
-    path = Path(source).expanduser().resolve()
+    import mlkit
+    root = Path(mlkit.__file__).parent.parent
+    cfg = configparser.ConfigParser(delimiters=["="], interpolation=None)
+    cfg.read(root/"settings.ini")
+    origin = _git(root, "remote", "get-url", "origin")  # a clone's own: where this mlkit came from
+    url = origin if re.match(r"^https?://", origin) else cfg.get("DEFAULT", "git_url",
+                                                                fallback="https://github.com/mlkit/mlkit")
+    commit = _git(root, "rev-parse", "HEAD") if (root/".git").exists() else ""
+    if commit and not _git(root, "branch", "-r", "--contains", commit):
+        print(f"mlkit new: warning: mlkit's commit {commit[:12]} is on no remote branch of {url}, so the project's "
+              "make install cannot fetch it: push it, or give --mlkit-source", file=out or sys.stderr)
+    return f"mlkit @ git+{url}@{commit or 'v' + mlkit.__version__}"
+
+# %% ../nbs/13_new.ipynb #a3e66400
+def _check_source(source:str, path:Path):
+    "A one-line MlkitError unless `path` (given as `source`) is an mlkit checkout or wheel."
     if not path.exists(): raise MlkitError(f"--mlkit-source {source}: no such checkout, wheel or folder")
     if path.is_dir() and not (re.search(r"(?m)^lib_name\s*=\s*mlkit\s*$", _read(path/"settings.ini"))
                               and (path/"setup.py").is_file()):
@@ -112,6 +118,16 @@ def mlkit_reference(source:str|None=None, # A checkout, a wheel or a URL; None: 
         import zipfile
         if not (path.name.startswith("mlkit-") and path.suffix == ".whl" and zipfile.is_zipfile(path)):
             raise MlkitError(f"--mlkit-source {source}: not an mlkit wheel (mlkit-*.whl)")
+
+# %% ../nbs/13_new.ipynb #7cef4ca4
+def mlkit_reference(source:str|None=None, # A checkout, a wheel or a URL; None: this mlkit's git repository
+                    out=None, # Where a warning goes; sys.stderr when None
+                   ) -> str:
+    "The requirement that brings this mlkit into a new project: `mlkit @ URL` (never the bare name: PyPI's is another)."
+    if source is None: return _own_reference(out)
+    if re.match(r"^[a-z][a-z0-9+.-]*://", source): return f"mlkit @ {source}"  # a URL: git+https://..., https://...whl
+    path = Path(source).expanduser().resolve()
+    _check_source(source, path)
     return f"mlkit @ {path.as_uri()}"
 
 # %% ../nbs/13_new.ipynb #f7b520c2
@@ -127,6 +143,7 @@ def _with_reference(text:str, ref:str, lock:bool) -> str:
             return "".join(lines[:i] + entry + lines[i:])
     return "".join(lines + entry)
 
+# %% ../nbs/13_new.ipynb #a2b5c746
 def _requirement_values() -> dict:
     "The template requirements.in's values: mlkit's torch pin (its CPU lock's), mlkit's version, mlkit's extras."
     from importlib.metadata import PackageNotFoundError, requires
@@ -141,16 +158,19 @@ def _requirement_values() -> dict:
     return {"torch_pin": torch[0] if torch else "torch", "mlkit_version": mlkit.__version__,
             "extras": "\n".join(lines) or "#   (none)"}
 
+# %% ../nbs/13_new.ipynb #54b04224
 def _render(path:Path, values:dict) -> str:
     "A template of `ONLY_NEW`, its $names filled in (with % doubled in settings.ini, which ConfigParser interpolates)."
     if path.name == "settings.ini": values = {k: str(v).replace("%", "%%") for k, v in values.items()}
     return string.Template(path.read_text()).substitute(values)
 
+# %% ../nbs/13_new.ipynb #ab1ce0bf
 def _template_paths(lib:str) -> list[Path]:
     "Every file a new project gets from the template, relative to its folder."
     return ([_project_path(rel) for rel in _shared_files()] + [Path("bench/README.md")] +
             [Path(str(p.relative_to(ONLY_NEW)).removesuffix(".tmpl")) for p in ONLY_NEW.rglob("*") if p.is_file()])
 
+# %% ../nbs/13_new.ipynb #145124e3
 def _check_force(dest:Path, lib:str):
     "Refuse --force where the template cannot go without replacing something of yours, or where a project is already."
     if (dest/"settings.ini").exists():
@@ -162,6 +182,7 @@ def _check_force(dest:Path, lib:str):
                 raise MlkitError(f"{there} is in the way of the template's {rel} (a {'folder' if there.is_dir() else 'file'}"
                                  "); move it, or choose another folder")
 
+# %% ../nbs/13_new.ipynb #896c8050
 def _mlkit_requires() -> list[str]:
     "mlkit's own runtime requirements (its package metadata's, without the extras)."
     from importlib.metadata import PackageNotFoundError, requires
@@ -169,12 +190,14 @@ def _mlkit_requires() -> list[str]:
     except PackageNotFoundError: reqs = []
     return [r for r in reqs if "extra ==" not in r]
 
+# %% ../nbs/13_new.ipynb #75a67ad9
 def _write_locks(dest:Path, ref:str):
     "The project's locks, from mlkit's: what its requirements.in reaches, with mlkit's direct reference."
     locks = derive_locks({f: (SHARED/f).read_text() for f in LOCKS}, (dest/"requirements.in").read_text(), _mlkit_requires())
     locks["requirements.txt"] = _with_reference(locks["requirements.txt"], ref, lock=True)
     for f, text in locks.items(): (dest/f).write_text(text)
 
+# %% ../nbs/13_new.ipynb #525d122a
 def _write_tree(dest:Path, lib:str, values:dict, ref:str):
     "Write the new project's files into `dest` (a new, empty folder)."
     subs = _substitutions(lib)
@@ -210,6 +233,74 @@ def _run(cmd:list, cwd:Path, what:str, check:bool=True, **kw) -> subprocess.Comp
         raise MlkitError(f"{what} failed in {cwd}: {last[0][:300]}")
     return r
 
+# %% ../nbs/13_new.ipynb #fa355584
+def _check_input(dest:Path, name:str|None, python:str, description:str, force:bool) -> str:
+    "The package name, once the input is checked: a one-line MlkitError before anything is written."
+    lib = check_name(name if name is not None else dest.name)
+    if python != "3.11": raise MlkitError(f"--python {python}: the locks mlkit ships are for Python 3.11; make the "
+                                          "project with 3.11, then change environment.yml and the Makefile and make lock")
+    if re.search(r'["\\]', description):  # nbdev writes it into nbs/nbdev.yml between double quotes, unescaped
+        raise MlkitError(f"--description {description!r}: a double quote or backslash would break the docs site's "
+                         "nbs/nbdev.yml (nbdev quotes it as it is); use single quotes")
+    if dest.exists() and not dest.is_dir(): raise MlkitError(f"{dest} exists and is not a folder")
+    if dest.is_dir() and any(dest.iterdir()) and not force:
+        raise MlkitError(f"{dest} exists and is not empty; choose a new folder (or --force: adds the files that are "
+                         "missing, replaces none)")
+    if force and dest.is_dir(): _check_force(dest, lib)
+    parent = next(p for p in dest.parents if p.exists())  # where the staging folder goes
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK): raise MlkitError(f"cannot write in {parent}")
+    if dest.is_dir() and not os.access(dest, os.W_OK | os.X_OK): raise MlkitError(f"cannot write in {dest}")
+    return lib
+
+# %% ../nbs/13_new.ipynb #32c7b9a9
+def _author(author:str|None, email:str|None) -> tuple[str, str]:
+    "The author and email: as given, else git's user.name and user.email, else placeholders."
+    who = lambda key: subprocess.run(["git", "config", key], capture_output=True, text=True).stdout.strip()  # noqa: E731
+    author = author or (shutil.which("git") and who("user.name")) or "Your Name"
+    email = email or (shutil.which("git") and who("user.email")) or "you@example.com"
+    return author, email
+
+# %% ../nbs/13_new.ipynb #8bbb7659
+def _values(lib:str, author:str, email:str, description:str, ref:str) -> dict:
+    "The $names the template files are filled with."
+    import datetime
+    return {"name": lib, "author": author, "email": email, "description": " ".join(description.split()),
+              "user": re.sub(r"[^a-z0-9-]", "", author.lower().replace(" ", "-")) or "you",
+              "year": datetime.date.today().year, "mlkit_requirement": ref.replace(" ", ""),
+              "mlkit_home": "https://github.com/mlkit/mlkit", **_requirement_values()}
+
+# %% ../nbs/13_new.ipynb #b96d9e23
+def _move_missing(staging:Path, dest:Path, out) -> list[str]:
+    "Move the staged files that `dest` does not have yet into it, keeping yours; the ones moved."
+    kept, written = [], []
+    for src in sorted(staging.rglob("*")):
+        if src.is_dir(): continue
+        target = dest/src.relative_to(staging)
+        if target.exists() or target.is_symlink(): kept.append(str(target.relative_to(dest)))
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(src, target)
+            written.append(str(target.relative_to(dest)))
+    if kept: print(f"mlkit new: kept your {len(kept)} file(s) that the template also has: {', '.join(kept[:8])}"
+                   + (" ..." if len(kept) > 8 else ""), file=out)
+    return written
+
+# %% ../nbs/13_new.ipynb #8f67dab3
+def _write_staged(dest:Path, lib:str, values:dict, ref:str, out) -> list[str]:
+    "Write the project beside `dest`, then move it there: whole, or file by file into a folder; the files moved so."
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.mlkit-new-", dir=dest.parent))
+    umask = os.umask(0); os.umask(umask)
+    staging.chmod(0o777 & ~umask)  # mkdtemp's folder is the owner's alone; a project folder is as mkdir makes it
+    written = []
+    try:
+        _write_tree(staging, lib, values, ref)
+        if not dest.exists(): staging.rename(dest)
+        else: written = _move_missing(staging, dest, out)
+    finally: shutil.rmtree(staging, ignore_errors=True)
+    return written
+
+# %% ../nbs/13_new.ipynb #1be8d59b
 def new_project(path:str|Path, # The project's folder: new, or empty (or anything, with `force`)
                 name:str|None=None, # The package's name; the folder's name when None
                 author:str|None=None, # git's user.name when None
@@ -225,50 +316,12 @@ def new_project(path:str|Path, # The project's folder: new, or empty (or anythin
     "Make a new mlkit project at `path`; its folder. A one-line `MlkitError` for bad input, before anything is written."
     out = out or sys.stderr
     dest = Path(path).expanduser().resolve()
-    lib = check_name(name if name is not None else dest.name)
-    if python != "3.11": raise MlkitError(f"--python {python}: the locks mlkit ships are for Python 3.11; make the "
-                                          "project with 3.11, then change environment.yml and the Makefile and make lock")
-    if re.search(r'["\\]', description):  # nbdev writes it into nbs/nbdev.yml between double quotes, unescaped
-        raise MlkitError(f"--description {description!r}: a double quote or backslash would break the docs site's "
-                         "nbs/nbdev.yml (nbdev quotes it as it is); use single quotes")
-    if dest.exists() and not dest.is_dir(): raise MlkitError(f"{dest} exists and is not a folder")
-    if dest.is_dir() and any(dest.iterdir()) and not force:
-        raise MlkitError(f"{dest} exists and is not empty; choose a new folder (or --force: adds the files that are "
-                         "missing, replaces none)")
-    if force and dest.is_dir(): _check_force(dest, lib)
-    parent = next(p for p in dest.parents if p.exists())  # where the staging folder goes
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK): raise MlkitError(f"cannot write in {parent}")
-    if dest.is_dir() and not os.access(dest, os.W_OK | os.X_OK): raise MlkitError(f"cannot write in {dest}")
+    lib = _check_input(dest, name, python, description, force)
     ref = mlkit_reference(mlkit_source, out)
-    who = lambda key: subprocess.run(["git", "config", key], capture_output=True, text=True).stdout.strip()  # noqa: E731
-    author = author or (shutil.which("git") and who("user.name")) or "Your Name"
-    email = email or (shutil.which("git") and who("user.email")) or "you@example.com"
-    import datetime
-    values = {"name": lib, "author": author, "email": email, "description": " ".join(description.split()),
-              "user": re.sub(r"[^a-z0-9-]", "", author.lower().replace(" ", "-")) or "you",
-              "year": datetime.date.today().year, "mlkit_requirement": ref.replace(" ", ""),
-              "mlkit_home": "https://github.com/mlkit/mlkit", **_requirement_values()}
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.mlkit-new-", dir=dest.parent))
-    umask = os.umask(0); os.umask(umask)
-    staging.chmod(0o777 & ~umask)  # mkdtemp's folder is the owner's alone; a project folder is as mkdir makes it
-    had_git, written = (dest/".git").exists(), []
-    try:
-        _write_tree(staging, lib, values, ref)
-        if not dest.exists(): staging.rename(dest)
-        else:
-            kept = []
-            for src in sorted(staging.rglob("*")):
-                if src.is_dir(): continue
-                target = dest/src.relative_to(staging)
-                if target.exists() or target.is_symlink(): kept.append(str(target.relative_to(dest)))
-                else:
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.move(src, target)
-                    written.append(str(target.relative_to(dest)))
-            if kept: print(f"mlkit new: kept your {len(kept)} file(s) that the template also has: {', '.join(kept[:8])}"
-                           + (" ..." if len(kept) > 8 else ""), file=out)
-    finally: shutil.rmtree(staging, ignore_errors=True)
+    author, email = _author(author, email)
+    values = _values(lib, author, email, description, ref)
+    had_git = (dest/".git").exists()
+    written = _write_staged(dest, lib, values, ref, out)
     _finish(dest, lib, ref, author, email, git and not had_git, lock, out, written if force else None)
     if git and had_git: print(f"mlkit new: {dest} is a git repository already: commit the new files yourself", file=out)
     return dest
@@ -279,6 +332,7 @@ def _finish(dest:Path, lib:str, ref:str, author:str, email:str, git:bool, lock:b
     try: _finish_steps(dest, lib, ref, author, email, git, lock, out, only)
     except MlkitError as e: raise MlkitError(f"made {dest}, but {e}; finish by hand there (make export, git commit)") from None
 
+# %% ../nbs/13_new.ipynb #08b1b240
 def _filter_config(dest:Path) -> list[str]:
     "git options that run the project's own notebook filter (its scripts/check_notebooks.py) once; [] without it."
     script = dest/"scripts"/"check_notebooks.py"
@@ -287,10 +341,16 @@ def _filter_config(dest:Path) -> list[str]:
     return ["-c", f"filter.nbstripout.clean={clean}", "-c", "filter.nbstripout.smudge=cat",
             "-c", "filter.nbstripout.required=true"]
 
-def _finish_steps(dest:Path, lib:str, ref:str, author:str, email:str, git:bool, lock:bool, out, only:list|None):
+# %% ../nbs/13_new.ipynb #3be159dd
+def _export_starter(dest:Path, lib:str, out):
+    "Export the starter notebook into the package, with nbdev when it is installed."
     if importlib.util.find_spec("nbdev") is not None:
         _run([str(Path(sys.executable).parent/"nbdev_export")], dest, "nbdev_export")
     else: print(f"mlkit new: nbdev is not installed here; 'make export' in {dest} writes {lib}/", file=out)
+
+# %% ../nbs/13_new.ipynb #4e57fa48
+def _relock(dest:Path, lock:bool, out):
+    "Re-resolve the locks with `make lock` where uv and make are there; say so when it cannot (offline)."
     uv = Path(sys.prefix)/"bin"/"uv"
     if lock and uv.exists() and shutil.which("make"):
         print("mlkit new: resolving the locks (make lock) ...", file=out, flush=True)
@@ -301,6 +361,10 @@ def _finish_steps(dest:Path, lib:str, ref:str, author:str, email:str, git:bool, 
         if not ok:
             print("mlkit new: could not re-resolve the locks (offline?); they are mlkit's own with the mlkit line added: "
                   "run 'make lock' when PyPI can be reached", file=out)
+
+# %% ../nbs/13_new.ipynb #bf3ff11d
+def _first_commit(dest:Path, lib:str, ref:str, author:str, email:str, git:bool, out, only:list|None):
+    "git init and the first commit (of `only`, if given), through the project's own notebook filter."
     if git and shutil.which("git"):
         _run(["git", "init", "-q", "-b", "main"], dest, "git init")
         strip = _filter_config(dest)
@@ -311,6 +375,13 @@ def _finish_steps(dest:Path, lib:str, ref:str, author:str, email:str, git:bool, 
         _run(["git", "-c", f"user.name={author}", "-c", f"user.email={email}", "-c", "commit.gpgsign=false", "commit", "-q",
               "-m", f"New project from mlkit ({ref})"], dest, "git commit")
     elif git: print("mlkit new: git is not installed; no repository made", file=out)
+
+# %% ../nbs/13_new.ipynb #8e607e81
+def _finish_steps(dest:Path, lib:str, ref:str, author:str, email:str, git:bool, lock:bool, out, only:list|None):
+    "The steps of `_finish`: export, lock, commit, and what to do next."
+    _export_starter(dest, lib, out)
+    _relock(dest, lock, out)
+    _first_commit(dest, lib, ref, author, email, git, out, only)
     print(f"mlkit new: made {dest}\n  cd {dest}\n  make test     # the environment, then the notebook tests and pytest\n"
           "  make train    # the experiment notebook, as a tracked run", file=out)
 
@@ -334,6 +405,7 @@ def _lock_entries(text:str) -> tuple[list[str], list[dict]]:
         elif not entries: header.append(line)
     return header, entries, footer
 
+# %% ../nbs/13_new.ipynb #9c85778a
 def _write_lock(header:list[str], entries:list[dict], footer:list[str]) -> str:
     "A lock's text as uv writes it: each entry, then `# via X` (one source) or `# via` and one source a line."
     out = list(header)
@@ -349,10 +421,12 @@ def _direct_names(requirements_in:str) -> set[str]:
     return {_canonical(re.split(r"[\s=<>!~;@\[]", ln.strip(), maxsplit=1)[0]) for ln in requirements_in.splitlines()
             if ln.strip() and not ln.lstrip().startswith(("#", "-"))}
 
+# %% ../nbs/13_new.ipynb #929dee3f
 def _sorted_via(via:list[str]) -> list[str]:
     "uv's order: requirement files first (-c, then -r), then the packages by name."
     return sorted(via, key=lambda v: (0, v) if v.startswith("-") else (1, v))
 
+# %% ../nbs/13_new.ipynb #1a4e4e4c
 def derive_locks(locks:dict[str, str], # mlkit's locks: file name -> text
                  requirements_in:str, # the project's requirements.in
                  mlkit_requires:list[str], # mlkit's own runtime requirements (its package metadata's, without extras)

@@ -58,12 +58,14 @@ def pytest_addoption(parser):
                      help="only the tests that cover this notebook (05_train, nbs/05_train.ipynb): their file's COVERS "
                           "or their own @pytest.mark.covers names it (mlkit's pytest plugin)")
 
+# %% ../nbs/14_pytest_plugin.ipynb #f26e4de6
 def pytest_configure(config):
     "Register the `covers` and `slow` markers."
     config.addinivalue_line("markers", "covers(*notebooks): the notebooks a test covers, where they differ from its "
                                        "file's COVERS (make test NB=...)")
     config.addinivalue_line("markers", "slow: a long end-to-end test (make test-all runs it; make test skips it)")
 
+# %% ../nbs/14_pytest_plugin.ipynb #cd993b89
 def wanted(config) -> set[str]:
     "The notebooks `--nb` names, as `notebook_key` gives them (empty: no selection)."
     return {notebook_key(n) for n in config.getoption("--nb", None) or []}
@@ -71,6 +73,7 @@ def wanted(config) -> set[str]:
 # %% ../nbs/14_pytest_plugin.ipynb #945526c8
 _UNCOVERED = pytest.StashKey[list]()  # the --nb notebooks no collected test covers
 
+# %% ../nbs/14_pytest_plugin.ipynb #11ea524c
 def pytest_ignore_collect(collection_path, config):
     "With --nb, a test file that names none of the notebooks (in COVERS or a covers mark) is not even imported."
     want = wanted(config)
@@ -79,11 +82,13 @@ def pytest_ignore_collect(collection_path, config):
     try: return None if want & covered_in(source) or _computed_marks(source) else True
     except SyntaxError: return None  # collected: pytest reports the error in that file, as without --nb
 
+# %% ../nbs/14_pytest_plugin.ipynb #9972c282
 def _covers(item) -> set[str]:
     "The notebooks a collected test covers: its own closest `covers` mark, else its file's COVERS."
     mark = item.get_closest_marker("covers")
     return set(mark.args) if mark else _names(getattr(getattr(item, "module", None), "COVERS", ()))
 
+# %% ../nbs/14_pytest_plugin.ipynb #78e7a397
 def pytest_collection_modifyitems(config, items):
     "With --nb, keep the tests that cover one of the notebooks; report the others as deselected."
     want = wanted(config)
@@ -93,6 +98,7 @@ def pytest_collection_modifyitems(config, items):
     items[:] = keep
     config.stash[_UNCOVERED] = sorted(want - set().union(*map(_covers, keep)))
 
+# %% ../nbs/14_pytest_plugin.ipynb #6929ccfc
 def pytest_terminal_summary(terminalreporter, config):
     "With --nb, say which of the notebooks no test covers (pytest alone would only say 'no tests ran')."
     for nb in config.stash.get(_UNCOVERED, []):

@@ -47,6 +47,7 @@ NOT_SECRET = {"pwd", "oldpwd"}  # the shell's working directories
 URL_SECRET_WORDS = {"sig", "signature"}  # secret only as URL query parameters
 REDACTED = "***"
 
+# %% ../nbs/08_runmeta.ipynb #e3c16402
 def _words(name:str) -> list[str]:
     "The lowercase words of `name`, split at non-alphanumerics, camelCase and digits, plurals made singular."
     spaced = re.sub(r"([a-z])([A-Z])", r"\1 \2", re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1 \2", name))
@@ -54,6 +55,7 @@ def _words(name:str) -> list[str]:
     return [w if w in known or not w.endswith("s") or w[:-1] not in known else w[:-1]
             for w in (w.lower() for w in re.findall(r"[A-Za-z]+|[0-9]+", spaced))]
 
+# %% ../nbs/08_runmeta.ipynb #95469bcc
 def is_secret_key(key) -> bool:
     "Whether a parameter, flag or variable named `key` probably holds a secret (the rules above)."
     name = str(key)
@@ -71,24 +73,29 @@ _BEARER = re.compile(r"\b(Bearer\s+)[\w\-.~+/]+=*")  # as HTTP writes it: "beare
 _PAIR = re.compile(r"(?<![\w.\-])(?P<name>-{0,2}[A-Za-z_][\w.\-]*)=(?P<value>\"[^\"\n]*\"|'[^'\n]*'|[^\s&;,'\"()\[\]{}<>\\]+)")
 _AMBIGUOUS_IN_TEXT = ({"key"}, {"token"}, {"auth"})  # alone, in free text: usually keyword arguments
 
+# %% ../nbs/08_runmeta.ipynb #946fa97a
 def strip_url_credentials(text:str) -> str:
     "`text` with any `user:password@` removed from the URLs in it."
     return _URL_CREDENTIALS.sub(lambda m: m["scheme"], text)
 
+# %% ../nbs/08_runmeta.ipynb #338a3e3f
 def secret_env_values(min_length:int=6) -> set[str]:
     "Values of environment variables whose names look secret (long enough to mask; paths like SSH_AUTH_SOCK's are not)."
     return {v for k, v in os.environ.items() if is_secret_key(k) and len(v) >= min_length and not os.path.exists(v)}
 
+# %% ../nbs/08_runmeta.ipynb #04e61b65
 def _mask_query(m) -> str:
     name = unquote(m["name"])
     secret = is_secret_key(name) or URL_SECRET_WORDS.intersection(_words(name))
     return m["lead"] + REDACTED if secret else m[0]
 
+# %% ../nbs/08_runmeta.ipynb #d554edb8
 def _mask_pair(m) -> str:
     name = m["name"]
     if not name.startswith("-") and set(_words(name)) in _AMBIGUOUS_IN_TEXT: return m[0]
     return f"{name}={REDACTED}" if is_secret_key(name) else m[0]
 
+# %% ../nbs/08_runmeta.ipynb #60f43f0b
 def mask(text:str, secrets:set[str]|None=None) -> str:
     "`text` with URL credentials, secret query parameters and `NAME=VALUE` pairs, bearer tokens and known secret values hidden."
     text = strip_url_credentials(text)
@@ -117,6 +124,7 @@ BASE64_FLAGS = ("-b", "--parameters_base64", "--parameters-base64")  # papermill
 _OVERRIDE = re.compile(r"[+~]*-{0,2}[A-Za-z_][\w.\-]*")  # NAME in NAME=VALUE, --flag=VALUE, +db.password=VALUE
 _YAML_KEY = re.compile(r"^[ \t]*[A-Za-z_][\w.\-]*[ \t]*:(?:[ \t]|$)", re.M)  # `key: value` on a line: a YAML mapping, maybe
 
+# %% ../nbs/08_runmeta.ipynb #a49bf10a
 def _parse_structured(text:str) -> tuple|None:
     "(value, syntax) of `text` read as JSON, else a Python literal, else YAML; None when none of them reads it."
     with contextlib.suppress(ValueError): return json.loads(text), "json"
@@ -126,6 +134,7 @@ def _parse_structured(text:str) -> tuple|None:
     try: return yaml.safe_load(text), "yaml"
     except (yaml.YAMLError, RecursionError): return None
 
+# %% ../nbs/08_runmeta.ipynb #31e1bf13
 def _redact_structured(text:str, secrets:set[str], yaml:bool=False) -> str:
     "`text` with the secrets inside a structured value (`{…}`, `[…]`; any YAML when `yaml`) redacted by key, in its syntax."
     if not (text.lstrip().startswith(("{", "[")) or _YAML_KEY.search(text) or yaml and any(c in text for c in ":-")):
@@ -139,6 +148,7 @@ def _redact_structured(text:str, secrets:set[str], yaml:bool=False) -> str:
     if hidden == value: return text  # nothing to hide: kept byte for byte
     return repr(hidden) if syntax == "python" else json.dumps(hidden, ensure_ascii=False, default=str)
 
+# %% ../nbs/08_runmeta.ipynb #639f67ba
 def _redact_base64(text:str, secrets:set[str]) -> str:
     "`-b`'s base64 YAML with its secrets redacted (re-encoded); as it is when it is not base64 text (`train.py -b 32`)."
     import base64
@@ -148,6 +158,7 @@ def _redact_base64(text:str, secrets:set[str]) -> str:
     hidden = mask(_redact_structured(decoded, secrets, yaml=True), secrets)
     return text if hidden == decoded else base64.b64encode(hidden.encode()).decode()
 
+# %% ../nbs/08_runmeta.ipynb #28587238
 def redact_argv(argv:list[str], # A command line, such as sys.argv
                 secrets:set[str]|None=None, # Values to mask everywhere; the secret environment variables' when None
                ) -> list[str]:
@@ -181,9 +192,11 @@ SECRET_FILES = (".env*", "*.env", "*.pem", "*.key", "*.p12", "*.pfx", "*.jks", "
                 "id_ecdsa*", "id_ed25519*", ".netrc", "_netrc", ".pgpass", ".pypirc", ".npmrc", ".htpasswd",
                 ".git-credentials", "*credentials*", "client_secret*")
 
+# %% ../nbs/08_runmeta.ipynb #b4d2e8bd
 class _GitFailed(Exception):
     "git did not answer; the message says why."
 
+# %% ../nbs/08_runmeta.ipynb #b0e80c66
 def _stop(p:subprocess.Popen):
     "End `p` and whatever it started: SIGTERM first, so that git removes its lock files, then SIGKILL."
     for sig in (signal.SIGTERM, signal.SIGKILL):
@@ -191,6 +204,7 @@ def _stop(p:subprocess.Popen):
         try: return p.communicate(timeout=2)
         except subprocess.TimeoutExpired: pass
 
+# %% ../nbs/08_runmeta.ipynb #af2b8db0
 def _git(*args, cwd, config:dict|None=None, env:dict|None=None, input:str|None=None, timeout:float|None=None) -> str:
     "What `git ARGS` prints (`input` on stdin); `_GitFailed` saying why when git is missing, fails or takes over `timeout` s."
     timeout = GIT_TIMEOUT if timeout is None else timeout
@@ -222,10 +236,12 @@ def _clean_filters(top:Path) -> dict:
         elif filters.get(driver, "") is not None: filters[driver] = command
     return filters
 
+# %% ../nbs/08_runmeta.ipynb #b47d246d
 def _filters_off(filters:dict) -> dict:
     "git config settings under which no clean filter runs: each file is read as its bytes, and no process starts."
     return {f"filter.{d}.{k}": v for d in filters for k, v in (("clean", ""), ("process", ""), ("required", "false"))}
 
+# %% ../nbs/08_runmeta.ipynb #3ef8d9ba
 def _inprocess_cleaner(top:Path, command:str|None):
     "bytes → bytes, cleaning a notebook as `command` does, in this process, when it is `make hooks`' filter; else None."
     script = top/"scripts"/"check_notebooks.py"  # what mlkit-nbfilter runs (nbstripout in a checkout without it)
@@ -270,6 +286,7 @@ def _restage_filtered(top:Path, env:dict, off:dict, filters:dict, paths:list[str
     info = "".join(f"{modes[p]} {sha}\t{p}\0" for p, sha in zip([p for p, _ in ours] + theirs, shas, strict=True))
     _git("update-index", "-z", "--index-info", cwd=top, env=env, config=off, input=info)
 
+# %% ../nbs/08_runmeta.ipynb #1f26c241
 def _diff_head(top:Path, index:Path, objects:Path) -> str:
     "The diff of the working tree against HEAD, filtered files as their filter writes them; unchanged files read raw."
     filters = _clean_filters(top)
@@ -294,6 +311,7 @@ def _runs_folder(top:Path) -> str|None:
     try: return runs_dir().resolve().relative_to(top.resolve()).as_posix()
     except (MlkitError, ValueError): return None
 
+# %% ../nbs/08_runmeta.ipynb #77dbd65e
 def _skip_reason(f:Path, rel:str, captured:int, size_so_far:int) -> str|None:
     "Why the untracked file `f` is not captured, or None."
     if any(fnmatch.fnmatchcase(rel.rsplit("/", 1)[-1].lower(), p) for p in SECRET_FILES): return "secret-looking file name"
@@ -305,6 +323,7 @@ def _skip_reason(f:Path, rel:str, captured:int, size_so_far:int) -> str|None:
     if size_so_far + st.st_size > UNTRACKED_TOTAL_CAP: return f"over the total cap of {UNTRACKED_TOTAL_CAP // 1024} KiB"
     return None
 
+# %% ../nbs/08_runmeta.ipynb #aa30226e
 def _capture_untracked(top:Path, paths:list[str], secrets:set[str]) -> tuple[dict, list]:
     "The masked text of the untracked files in `paths` worth keeping, and the ones left out with the reason."
     kept, skipped, size = {}, [], 0
@@ -323,6 +342,7 @@ def _capture_untracked(top:Path, paths:list[str], secrets:set[str]) -> tuple[dic
         skipped = skipped[:UNTRACKED_MAX_LISTED] + [{"path": "…", "reason": f"{rest} more files left out, not listed"}]
     return kept, skipped
 
+# %% ../nbs/08_runmeta.ipynb #42dbd38d
 def git_state(path:str|Path|None=None) -> dict|None:
     "Commit, branch, remote, dirty flag, diff and untracked files of the git repository at `path`; None outside one."
     cwd = Path(path or Path.cwd()).absolute()
@@ -355,10 +375,12 @@ def git_state(path:str|Path|None=None) -> dict|None:
 _DIST_INFO = re.compile(r"(?P<name>[^-]+)-(?P<version>\d[^-]*)\.dist-info", re.I)  # the name escaped: no "-" in it
 _EGG_INFO = re.compile(r"(?P<name>[^-]+)-(?P<version>\d[^-]*)(?:-py\d[\d.]*(?:-[^-]+)?)?\.egg(?:-info)?", re.I)
 
+# %% ../nbs/08_runmeta.ipynb #788bf64a
 def normalize_name(name:str) -> str:
     "A distribution's name as PEP 503 compares names: lowercase, each run of `-`, `_` and `.` made one `-`."
     return re.sub(r"[-_.]+", "-", name).lower()
 
+# %% ../nbs/08_runmeta.ipynb #8d4eb94d
 def _metadata_header(path:str) -> tuple[str, str]|None:
     "(Name, Version) from the headers of the metadata at `path`: a .dist-info or .egg-info folder, or an .egg-info file."
     if os.path.isdir(path):
@@ -373,6 +395,7 @@ def _metadata_header(path:str) -> tuple[str, str]|None:
     except OSError: return None
     return (found["Name"], found["Version"]) if len(found) == 2 else None
 
+# %% ../nbs/08_runmeta.ipynb #e20f6d69
 def _entry_distributions(entry:str) -> list[tuple[str, str]]:
     "(name, version) of each distribution in the `sys.path` entry `entry`, in name order."
     folder = entry or "."  # "" is the working folder
@@ -389,6 +412,7 @@ def _entry_distributions(entry:str) -> list[tuple[str, str]]:
         if found: out.append(found)
     return out
 
+# %% ../nbs/08_runmeta.ipynb #b06b3744
 def distributions(path:list[str]|None=None, # Folders to look in, in order; `sys.path` when None
                  ) -> dict[str, str]:
     "The distributions installed on `sys.path` (or `path`): {PEP 503 name: version}, the first found of a name winning."
@@ -401,10 +425,12 @@ def distributions(path:list[str]|None=None, # Folders to look in, in order; `sys
 ENV_KEEP = ("CUDA_VISIBLE_DEVICES", "MLKIT_RUNS_DIR", "MLKIT_NOTEBOOK", "MLKIT_SEED", "MLFLOW_TRACKING_URI",
             "WANDB_PROJECT", "WANDB_MODE", "SLURM_JOB_ID", "RANK", "LOCAL_RANK", "WORLD_SIZE", "HOSTNAME")
 
+# %% ../nbs/08_runmeta.ipynb #f1cb6121
 def _notebook() -> str|None:
     "The notebook this code runs in, when Jupyter or mlkit's papermill runner says so."
     return os.environ.get("MLKIT_NOTEBOOK") or os.environ.get("JPY_SESSION_NAME") or None
 
+# %% ../nbs/08_runmeta.ipynb #9bc8646c
 def _versions() -> dict:
     out = {"python": platform.python_version()}
     torch = sys.modules.get("torch")
@@ -414,6 +440,7 @@ def _versions() -> dict:
     elif installed := _installed_torch(): out.update(installed)
     return out
 
+# %% ../nbs/08_runmeta.ipynb #5979c5d6
 def _installed_torch() -> dict|None:
     "torch's version and CUDA from its version.py, without importing torch (a second); None if torch is not installed."
     try:
@@ -427,6 +454,7 @@ def _installed_torch() -> dict|None:
             found[target.id] = node.value.value
     return {"torch": found["__version__"], "cuda": found.get("cuda")} if "__version__" in found else None
 
+# %% ../nbs/08_runmeta.ipynb #cbf811dd
 def _gpu_names() -> list[str]:
     from mlkit.gpu import _nvml_gpus
     found = _nvml_gpus()
@@ -435,6 +463,7 @@ def _gpu_names() -> list[str]:
         found = _torch_gpus() if NVIDIA_DRIVER.exists() or ROCM_DRIVER.exists() else []
     return [g.name for g in found or []]
 
+# %% ../nbs/08_runmeta.ipynb #3d7ad2ad
 def run_metadata(root:str|Path|None=None, # The project to describe; found from the working directory when None
                 ) -> dict:
     "A redacted description of where and how this run runs (git, versions, packages, host, command, seed, env)."

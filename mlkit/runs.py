@@ -21,6 +21,8 @@ from itertools import compress
 from math import isnan
 from pathlib import Path
 
+from fastcore.basics import patch
+
 from .core import MlkitError, runs_dir
 
 # %% auto #0
@@ -67,150 +69,179 @@ def _mark(f, offset:int) -> str|None:
     if not offset: return None
     return hashlib.blake2b(os.pread(f.fileno(), _MARK_BYTES, max(0, offset - _MARK_BYTES)), digest_size=8).hexdigest()
 
+# %% ../nbs/09_runs.ipynb #5a8c456d
 class MetricsSummary:
     "Each metric's last, min and max value (with their steps) and count, over the first `offset` bytes of a metrics.csv."
     def __init__(self, metrics:dict|None=None, offset:int=0, bad:int=0, mark:str|None=None, stamp:list|None=None):
         self.metrics, self.offset, self.bad, self.mark = metrics if metrics is not None else {}, offset, bad, mark
         self.stamp = stamp  # [size, mtime_ns] of the file when this summary covered all of it: unchanged, nothing to read
 
-    def add(self, step:int, name:str, value:float):
-        "Count one value (NaN is counted and can be last, but is never the min or max unless all are NaN)."
-        s = self.metrics.get(name)
-        if s is None:
-            self.metrics[name] = {"last": value, "last_step": step, "min": value, "min_step": step,
-                                  "max": value, "max_step": step, "count": 1}
-            return
-        s["last"], s["last_step"], s["count"] = value, step, s["count"] + 1
-        lo, hi = s["min"], s["max"]
-        if value < lo or (lo != lo and value == value): s["min"], s["min_step"] = value, step
-        if value > hi or (hi != hi and value == value): s["max"], s["max_step"] = value, step
+# %% ../nbs/09_runs.ipynb #68848337
+@patch
+def add(self:MetricsSummary, step:int, name:str, value:float):
+    "Count one value (NaN is counted and can be last, but is never the min or max unless all are NaN)."
+    s = self.metrics.get(name)
+    if s is None:
+        self.metrics[name] = {"last": value, "last_step": step, "min": value, "min_step": step,
+                              "max": value, "max_step": step, "count": 1}
+        return
+    s["last"], s["last_step"], s["count"] = value, step, s["count"] + 1
+    lo, hi = s["min"], s["max"]
+    if value < lo or (lo != lo and value == value): s["min"], s["min_step"] = value, step
+    if value > hi or (hi != hi and value == value): s["max"], s["max_step"] = value, step
 
-    def feed(self, data:bytes, # metrics.csv's bytes from `offset` on
-             frame:bool=False, # Parse with pandas' C reader: several times faster, worth its import for many megabytes
-            ) -> int:
-        "Count the whole lines of `data`; the number of bytes used."
-        end = data.rfind(b"\n") + 1  # a torn last line is not data yet
-        text = data[:end].decode("utf-8", errors="replace")
-        if text.startswith(METRICS_HEADER): text = text[len(METRICS_HEADER):]
-        if not self._feed_columns(text, frame): self._feed_lines(text)
-        self.offset += end
-        return end
+# %% ../nbs/09_runs.ipynb #a5361b19
+@patch
+def feed(self:MetricsSummary, data:bytes, # metrics.csv's bytes from `offset` on
+         frame:bool=False, # Parse with pandas' C reader: several times faster, worth its import for many megabytes
+        ) -> int:
+    "Count the whole lines of `data`; the number of bytes used."
+    end = data.rfind(b"\n") + 1  # a torn last line is not data yet
+    text = data[:end].decode("utf-8", errors="replace")
+    if text.startswith(METRICS_HEADER): text = text[len(METRICS_HEADER):]
+    if not self._feed_columns(text, frame): self._feed_lines(text)
+    self.offset += end
+    return end
 
-    def _feed_columns(self, text:str, frame:bool=False) -> bool:
-        "The common case at C speed: plain lines of four fields, whole-number steps. False (nothing counted) otherwise."
-        n = text.count("\n")
-        if not n or '"' in text or "\r" in text or text.count(",") != 3 * n: return not n
-        if frame: return self._feed_frame(text)
-        fields = text[:-1].replace("\n", ",").split(",")
-        steps, names = fields[0::4], fields[2::4]
-        try: values = list(map(float, fields[3::4]))
-        except ValueError: return False
-        if not all(map(str.isdigit, steps)): return False
-        self.add_columns(steps, names, values)
-        return True
+# %% ../nbs/09_runs.ipynb #2c761f0c
+@patch
+def _feed_columns(self:MetricsSummary, text:str, frame:bool=False) -> bool:
+    "The common case at C speed: plain lines of four fields, whole-number steps. False (nothing counted) otherwise."
+    n = text.count("\n")
+    if not n or '"' in text or "\r" in text or text.count(",") != 3 * n: return not n
+    if frame: return self._feed_frame(text)
+    fields = text[:-1].replace("\n", ",").split(",")
+    steps, names = fields[0::4], fields[2::4]
+    try: values = list(map(float, fields[3::4]))
+    except ValueError: return False
+    if not all(map(str.isdigit, steps)): return False
+    self.add_columns(steps, names, values)
+    return True
 
-    def add_columns(self, steps:list, names:list[str], values:list[float]):
-        "Count values given as columns (steps as ints or digit strings), name by name at C speed: the tracker's flushes."
-        distinct, n = list(dict.fromkeys(names)), len(names)
-        k = len(distinct)
-        if k == 1: groups = {names[0]: (steps, values)}
-        elif n % k == 0 and len(set(names[:k])) == k and all(names[i::k].count(names[i]) == n // k for i in range(k)):
-            groups = {names[i]: (steps[i::k], values[i::k]) for i in range(k)}  # each step logs the same names: slices
-        elif k <= 8: groups = {n: (list(compress(steps, pick)), list(compress(values, pick)))
-                                           for n in distinct for pick in [[x == n for x in names]]}
-        else:  # many names: one pass
-            groups = {n: ([], []) for n in distinct}
-            for s, n, v in zip(steps, names, values, strict=True):
-                g = groups[n]; g[0].append(s); g[1].append(v)
-        for name, (at, vs) in groups.items():
-            finite = [v for v in vs if v == v] if any(map(isnan, vs)) else vs
-            lo, hi = (min(finite), max(finite)) if finite else (vs[0], vs[0])
-            lo_at, hi_at = (vs.index(v) if v == v else 0 for v in (lo, hi))  # all NaN: the first
-            chunk = {"last": vs[-1], "last_step": int(at[-1]), "min": lo, "min_step": int(at[lo_at]),
-                     "max": hi, "max_step": int(at[hi_at]), "count": len(vs)}
-            self._merge(name, chunk)
+# %% ../nbs/09_runs.ipynb #a4b39467
+@patch
+def _feed_frame(self:MetricsSummary, text:str) -> bool:
+    "`_feed_columns` through pandas' C reader (exact floats); False when a line does not parse."
+    import numpy as np
+    import pandas as pd
+    exact = {} if int(pd.__version__.split(".")[0]) >= 3 else {"float_precision": "round_trip"}  # 3's default
+    try: df = pd.read_csv(io.StringIO(text), header=None, names=["step", "time_ms", "name", "value"], engine="c",
+                          dtype={"step": "int64", "time_ms": "int64", "name": "str", "value": "float64"},
+                          keep_default_na=False, na_values={"value": ["nan"]}, **exact)
+    except ValueError: return False
+    steps, values = df["step"].to_numpy(), df["value"].to_numpy()
+    for name, idx in sorted(df.groupby("name", sort=False).indices.items(), key=lambda kv: kv[1][0]):
+        at, vs = steps[idx], values[idx]
+        lo, hi = (int(np.nanargmin(vs)), int(np.nanargmax(vs))) if not np.isnan(vs).all() else (0, 0)
+        self._merge(name, {"last": float(vs[-1]), "last_step": int(at[-1]), "min": float(vs[lo]), "min_step": int(at[lo]),
+                           "max": float(vs[hi]), "max_step": int(at[hi]), "count": len(vs)})
+    return True
 
-    def _feed_frame(self, text:str) -> bool:
-        "`_feed_columns` through pandas' C reader (exact floats); False when a line does not parse."
-        import numpy as np
-        import pandas as pd
-        exact = {} if int(pd.__version__.split(".")[0]) >= 3 else {"float_precision": "round_trip"}  # 3's default
-        try: df = pd.read_csv(io.StringIO(text), header=None, names=["step", "time_ms", "name", "value"], engine="c",
-                              dtype={"step": "int64", "time_ms": "int64", "name": "str", "value": "float64"},
-                              keep_default_na=False, na_values={"value": ["nan"]}, **exact)
-        except ValueError: return False
-        steps, values = df["step"].to_numpy(), df["value"].to_numpy()
-        for name, idx in sorted(df.groupby("name", sort=False).indices.items(), key=lambda kv: kv[1][0]):
-            at, vs = steps[idx], values[idx]
-            lo, hi = (int(np.nanargmin(vs)), int(np.nanargmax(vs))) if not np.isnan(vs).all() else (0, 0)
-            self._merge(name, {"last": float(vs[-1]), "last_step": int(at[-1]), "min": float(vs[lo]), "min_step": int(at[lo]),
-                               "max": float(vs[hi]), "max_step": int(at[hi]), "count": len(vs)})
-        return True
+# %% ../nbs/09_runs.ipynb #40b454bd
+@patch
+def _merge(self:MetricsSummary, name:str, c:dict):
+    "Fold the statistics `c` of later lines into those of `name`."
+    s = self.metrics.get(name)
+    if s is None:
+        self.metrics[name] = c
+        return
+    s.update(last=c["last"], last_step=c["last_step"], count=s["count"] + c["count"])
+    if c["min"] < s["min"] or (s["min"] != s["min"] and c["min"] == c["min"]): s.update(min=c["min"], min_step=c["min_step"])
+    if c["max"] > s["max"] or (s["max"] != s["max"] and c["max"] == c["max"]): s.update(max=c["max"], max_step=c["max_step"])
 
-    def _merge(self, name:str, c:dict):
-        "Fold the statistics `c` of later lines into those of `name`."
-        s = self.metrics.get(name)
-        if s is None:
-            self.metrics[name] = c
-            return
-        s.update(last=c["last"], last_step=c["last_step"], count=s["count"] + c["count"])
-        if c["min"] < s["min"] or (s["min"] != s["min"] and c["min"] == c["min"]): s.update(min=c["min"], min_step=c["min_step"])
-        if c["max"] > s["max"] or (s["max"] != s["max"] and c["max"] == c["max"]): s.update(max=c["max"], max_step=c["max_step"])
-
-    def _feed_lines(self, text:str):
-        "Line by line: names with commas or quotes, damaged lines (counted in `bad`)."
-        add, header = self.add, METRICS_HEADER.strip().split(",")
-        quoted = '"' in text  # a name with a comma, quote or line end: the csv module's reading, as the tracker wrote it
-        rows = csv.reader(io.StringIO(text, newline="")) if quoted else (line.split(",") for line in text[:-1].split("\n"))
-        for row in rows:  # only \n ends a line: not \u2028, \x1c or \x85 inside a name, as str.splitlines would have it
-            try:
-                step, _, name, value = row
-                add(int(step), name, float(value))
-            except (ValueError, csv.Error):
-                if row != header: self.bad += 1
-
-    def catch_up(self, path:str|Path, block:int=1 << 20) -> int:
-        "Stream the file at `path` from `offset` to its last whole line, in blocks; the number of bytes read."
-        start = self.offset
-        with open(path, "rb") as f:
-            left = os.fstat(f.fileno()).st_size - start
-            frame = left > _FRAME_BYTES or (left > _FRAME_BYTES // 32 and "pandas" in sys.modules)  # imported: cheap
-            block = max(block, _FRAME_BYTES) if frame else block
-            f.seek(start)
-            rest = b""
-            while chunk := f.read(block):
-                data = rest + chunk
-                rest = data[self.feed(data, frame):]
-            if self.offset != start: self.mark = _mark(f, self.offset)
-            self._stamp(os.fstat(f.fileno()))
-        return self.offset - start
-
-    def _stamp(self, st:os.stat_result):
-        self.stamp = [st.st_size, st.st_mtime_ns] if st.st_size == self.offset else None
-
-    def remark(self, path:str|Path):
-        "Hash the file's bytes before `offset` again, after values were added without reading them (the tracker's own)."
-        with open(path, "rb") as f:
-            self.mark = _mark(f, self.offset)
-            self._stamp(os.fstat(f.fileno()))
-
-    def fits(self, path:str|Path) -> bool:
-        "Whether the file at `path` still begins with the bytes this summary covers (as far as the hash can tell)."
+# %% ../nbs/09_runs.ipynb #d8980ef6
+@patch
+def _feed_lines(self:MetricsSummary, text:str):
+    "Line by line: names with commas or quotes, damaged lines (counted in `bad`)."
+    add, header = self.add, METRICS_HEADER.strip().split(",")
+    quoted = '"' in text  # a name with a comma, quote or line end: the csv module's reading, as the tracker wrote it
+    rows = csv.reader(io.StringIO(text, newline="")) if quoted else (line.split(",") for line in text[:-1].split("\n"))
+    for row in rows:  # only \n ends a line: not \u2028, \x1c or \x85 inside a name, as str.splitlines would have it
         try:
-            with open(path, "rb") as f:
-                return os.fstat(f.fileno()).st_size >= self.offset and _mark(f, self.offset) == self.mark
-        except OSError: return False
+            step, _, name, value = row
+            add(int(step), name, float(value))
+        except (ValueError, csv.Error):
+            if row != header: self.bad += 1
 
-    def to_json(self) -> dict:
-        return {"metrics": self.metrics, "metrics_bytes": self.offset, "metrics_mark": self.mark, "metrics_stamp": self.stamp,
-                "bad_lines": self.bad}
+# %% ../nbs/09_runs.ipynb #26597642
+@patch
+def add_columns(self:MetricsSummary, steps:list, names:list[str], values:list[float]):
+    "Count values given as columns (steps as ints or digit strings), name by name at C speed: the tracker's flushes."
+    distinct, n = list(dict.fromkeys(names)), len(names)
+    k = len(distinct)
+    if k == 1: groups = {names[0]: (steps, values)}
+    elif n % k == 0 and len(set(names[:k])) == k and all(names[i::k].count(names[i]) == n // k for i in range(k)):
+        groups = {names[i]: (steps[i::k], values[i::k]) for i in range(k)}  # each step logs the same names: slices
+    elif k <= 8: groups = {n: (list(compress(steps, pick)), list(compress(values, pick)))
+                                       for n in distinct for pick in [[x == n for x in names]]}
+    else:  # many names: one pass
+        groups = {n: ([], []) for n in distinct}
+        for s, n, v in zip(steps, names, values, strict=True):
+            g = groups[n]; g[0].append(s); g[1].append(v)
+    for name, (at, vs) in groups.items():
+        finite = [v for v in vs if v == v] if any(map(isnan, vs)) else vs
+        lo, hi = (min(finite), max(finite)) if finite else (vs[0], vs[0])
+        lo_at, hi_at = (vs.index(v) if v == v else 0 for v in (lo, hi))  # all NaN: the first
+        chunk = {"last": vs[-1], "last_step": int(at[-1]), "min": lo, "min_step": int(at[lo_at]),
+                 "max": hi, "max_step": int(at[hi_at]), "count": len(vs)}
+        self._merge(name, chunk)
 
-    @classmethod
-    def from_json(cls, d:dict) -> MetricsSummary:
-        m = d.get("metrics")
-        if not isinstance(m, dict) or not isinstance(d.get("metrics_bytes"), int): raise ValueError("not a summary")
-        return cls(m, d["metrics_bytes"], d.get("bad_lines") or 0, d.get("metrics_mark"), d.get("metrics_stamp"))
+# %% ../nbs/09_runs.ipynb #8281deb0
+@patch
+def _stamp(self:MetricsSummary, st:os.stat_result):
+    self.stamp = [st.st_size, st.st_mtime_ns] if st.st_size == self.offset else None
 
+# %% ../nbs/09_runs.ipynb #15d79498
+@patch
+def catch_up(self:MetricsSummary, path:str|Path, block:int=1 << 20) -> int:
+    "Stream the file at `path` from `offset` to its last whole line, in blocks; the number of bytes read."
+    start = self.offset
+    with open(path, "rb") as f:
+        left = os.fstat(f.fileno()).st_size - start
+        frame = left > _FRAME_BYTES or (left > _FRAME_BYTES // 32 and "pandas" in sys.modules)  # imported: cheap
+        block = max(block, _FRAME_BYTES) if frame else block
+        f.seek(start)
+        rest = b""
+        while chunk := f.read(block):
+            data = rest + chunk
+            rest = data[self.feed(data, frame):]
+        if self.offset != start: self.mark = _mark(f, self.offset)
+        self._stamp(os.fstat(f.fileno()))
+    return self.offset - start
+
+# %% ../nbs/09_runs.ipynb #e5eaa4a4
+@patch
+def fits(self:MetricsSummary, path:str|Path) -> bool:
+    "Whether the file at `path` still begins with the bytes this summary covers (as far as the hash can tell)."
+    try:
+        with open(path, "rb") as f:
+            return os.fstat(f.fileno()).st_size >= self.offset and _mark(f, self.offset) == self.mark
+    except OSError: return False
+
+# %% ../nbs/09_runs.ipynb #cfd05860
+@patch
+def remark(self:MetricsSummary, path:str|Path):
+    "Hash the file's bytes before `offset` again, after values were added without reading them (the tracker's own)."
+    with open(path, "rb") as f:
+        self.mark = _mark(f, self.offset)
+        self._stamp(os.fstat(f.fileno()))
+
+# %% ../nbs/09_runs.ipynb #2f66e92b
+@patch
+def to_json(self:MetricsSummary) -> dict:
+    "The summary as summary.json stores it (write_summary adds the format and the heartbeat)."
+    return {"metrics": self.metrics, "metrics_bytes": self.offset, "metrics_mark": self.mark, "metrics_stamp": self.stamp,
+            "bad_lines": self.bad}
+
+# %% ../nbs/09_runs.ipynb #339c5e52
+@patch(cls_method=True)
+def from_json(cls:MetricsSummary, d:dict) -> MetricsSummary:
+    "The summary a summary.json holds; ValueError when `d` is not one."
+    m = d.get("metrics")
+    if not isinstance(m, dict) or not isinstance(d.get("metrics_bytes"), int): raise ValueError("not a summary")
+    return cls(m, d["metrics_bytes"], d.get("bad_lines") or 0, d.get("metrics_mark"), d.get("metrics_stamp"))
+
+# %% ../nbs/09_runs.ipynb #3ef5d096
 def write_summary(folder:str|Path, # A run folder
                   summary:MetricsSummary, heartbeat:float|None=None, # time.time() of the owner's last sign of life
                  ) -> Path:
@@ -225,12 +256,14 @@ def write_summary(folder:str|Path, # A run folder
         raise
     return path
 
+# %% ../nbs/09_runs.ipynb #5a883b2f
 def _read_summary_file(folder:str|Path) -> dict:
     try:
         with open(os.path.join(folder, SUMMARY), "rb") as f: d = json.loads(f.read())
     except (OSError, ValueError): return {}
     return d if isinstance(d, dict) else {}
 
+# %% ../nbs/09_runs.ipynb #38ccc47b
 def summarize(folder:str|Path, # A run folder
               doc:dict|None=None, # Its summary.json as read already, if it was
               keep:bool=False, # Write the summary back when it had to be brought up to date
@@ -290,8 +323,10 @@ def _pid_alive(pid) -> bool:
     except (PermissionError, TypeError, ValueError): return True
     return True
 
+# %% ../nbs/09_runs.ipynb #9dcf151d
 def _number(v) -> bool: return isinstance(v, (int, float)) and not isinstance(v, bool)
 
+# %% ../nbs/09_runs.ipynb #29ceb1d6
 @dataclass
 class Run:
     "One run folder, read back."
@@ -304,86 +339,16 @@ class Run:
     _summary_doc: dict|None = field(default=None, repr=False)
     _records: dict|None = field(default=None, repr=False)
 
-    @property
-    def id(self) -> str: return self.path.name
-    @property
-    def name(self) -> str|None: return self.meta.get("name")
-    @property
-    def short_id(self) -> str:
-        "The random end of the id (20261127-101502-3fa9c1 -> 3fa9c1): what tells runs of one name apart; find_run takes it."
-        return self.id.rsplit("-", 1)[-1] if self.id.count("-") == 2 else self.id
-    @property
-    def label(self) -> str: return f"{self.short_id} {self.name}" if self.name else self.id
-    @property
-    def heartbeat(self) -> float|None:
-        "When the run's process last said it was alive (time.time()), from summary.json; None if it never did."
-        if self._summary_doc is None: self._summary_doc = _read_summary_file(self.path)
-        hb = self._summary_doc.get("heartbeat")
-        return hb if _number(hb) else None
-    @property
-    def status(self) -> str:
-        "meta.json's status, but for a run marked running whose process is gone: `interrupted` on its own host, else `stale`."
-        if self.error: return "broken"
-        status = self.meta.get("status", "broken")
-        if status != "running": return status
-        if self.meta.get("host") == socket.gethostname():
-            return "running" if _pid_alive(self.meta.get("pid")) else "interrupted"  # killed, or the machine rebooted
-        hb = self.heartbeat  # another machine's process (or a folder copied from one): alive if heard from lately
-        return "running" if hb is not None and time.time() - hb < STALE_AFTER_S else "stale"
-    @property
-    def stats(self) -> dict[str, dict]:
-        "Each metric's last, min and max (with steps) and count, from summary.json brought up to date with metrics.csv."
-        if self._stats is None:
-            if self._summary_doc is None: self._summary_doc = _read_summary_file(self.path)
-            try: self._stats = summarize(self.path, self._summary_doc, keep=self.status not in ("running", "broken"))
-            except OSError as e:
-                self._stats, self.error = MetricsSummary(), self.error or _unreadable(METRICS, e)
-        return self._stats.metrics
-    @property
-    def metrics(self) -> dict[str, list[tuple[int, int, float]]]:
-        "Every logged scalar, by name: [(step, time_ms, value), ...] (the whole file: for curves, not for listing)."
-        if self._metrics is None:
-            try: self._metrics, _ = read_metrics(self.path/METRICS)
-            except OSError as e:  # open_run has usually found it already
-                self._metrics, self.error = {}, self.error or _unreadable(METRICS, e)
-        return self._metrics
-
-    def summary(self, goals:dict|None=None, # {metric: "min", "max" or None}, where metric_goal's answer is not wanted
-               ) -> dict[str, dict]:
-        "For each metric: its last value, its goal, its best value by that goal and the step of it (None without a goal)."
-        out = {}
-        for name, s in self.stats.items():
-            goal = _goal(name, goals)
-            end = {"min": "min", "max": "max"}.get(goal)
-            best, step = (s[end], s[f"{end}_step"]) if end else (None, None)
-            out[name] = {"last": s["last"], "goal": goal, "best": best, "best_step": step, "steps": s["count"]}
-        return out
-
-    @property
-    def records(self) -> dict:
-        "The summary values the run stored with `mlkit.run.record` ({} when none, or when records.json is unreadable)."
-        if self._records is None:
-            try: value = _read_json(os.path.join(self.path, RECORDS))
-            except (OSError, ValueError): value = {}
-            self._records = value if isinstance(value, dict) else {}
-        return self._records
-
-    def values(self) -> dict:
-        "Each metric's last value and each recorded value by name; a recorded value wins over a metric of the same name."
-        return {**{k: s["last"] for k, s in self.stats.items()}, **self.records}
-
-    @property
-    def artifacts(self) -> list[Path]:
-        folder = self.path/ARTIFACTS
-        return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
-
+# %% ../nbs/09_runs.ipynb #0713b47b
 def _unreadable(name:str, e:OSError) -> str: return f"unreadable {name}: {e.strerror or e}"
 
+# %% ../nbs/09_runs.ipynb #3709381d
 def _read_json(path:str) -> dict:
     with open(path, "rb") as f: value = json.loads(f.read().decode())  # str: json skips guessing the encoding
     if not isinstance(value, dict): raise ValueError(f"{os.path.basename(path)} holds a {type(value).__name__}, not an object")
     return value
 
+# %% ../nbs/09_runs.ipynb #e5e9183f
 def open_run(path:str|Path) -> Run:
     "Read the run folder at `path`; a damaged one comes back with status 'broken' and the reason in `error`."
     path = Path(path)
@@ -405,12 +370,105 @@ def open_run(path:str|Path) -> Run:
     except OSError as e: run.error = _unreadable(METRICS, e)
     return run
 
+# %% ../nbs/09_runs.ipynb #b5fb0123
+@patch(as_prop=True)
+def id(self:Run) -> str: return self.path.name
+
+@patch(as_prop=True)
+def name(self:Run) -> str|None: return self.meta.get("name")
+
+# %% ../nbs/09_runs.ipynb #5c018054
+@patch(as_prop=True)
+def short_id(self:Run) -> str:
+    "The random end of the id (20261127-101502-3fa9c1 -> 3fa9c1): what tells runs of one name apart; find_run takes it."
+    return self.id.rsplit("-", 1)[-1] if self.id.count("-") == 2 else self.id
+
+@patch(as_prop=True)
+def label(self:Run) -> str: return f"{self.short_id} {self.name}" if self.name else self.id
+
+# %% ../nbs/09_runs.ipynb #2dc57086
+@patch(as_prop=True)
+def heartbeat(self:Run) -> float|None:
+    "When the run's process last said it was alive (time.time()), from summary.json; None if it never did."
+    if self._summary_doc is None: self._summary_doc = _read_summary_file(self.path)
+    hb = self._summary_doc.get("heartbeat")
+    return hb if _number(hb) else None
+
+# %% ../nbs/09_runs.ipynb #72772e2c
+@patch(as_prop=True)
+def status(self:Run) -> str:
+    "meta.json's status, but for a run marked running whose process is gone: `interrupted` on its own host, else `stale`."
+    if self.error: return "broken"
+    status = self.meta.get("status", "broken")
+    if status != "running": return status
+    if self.meta.get("host") == socket.gethostname():
+        return "running" if _pid_alive(self.meta.get("pid")) else "interrupted"  # killed, or the machine rebooted
+    hb = self.heartbeat  # another machine's process (or a folder copied from one): alive if heard from lately
+    return "running" if hb is not None and time.time() - hb < STALE_AFTER_S else "stale"
+
+# %% ../nbs/09_runs.ipynb #f5942c04
+@patch(as_prop=True)
+def stats(self:Run) -> dict[str, dict]:
+    "Each metric's last, min and max (with steps) and count, from summary.json brought up to date with metrics.csv."
+    if self._stats is None:
+        if self._summary_doc is None: self._summary_doc = _read_summary_file(self.path)
+        try: self._stats = summarize(self.path, self._summary_doc, keep=self.status not in ("running", "broken"))
+        except OSError as e:
+            self._stats, self.error = MetricsSummary(), self.error or _unreadable(METRICS, e)
+    return self._stats.metrics
+
+# %% ../nbs/09_runs.ipynb #46649daf
+@patch(as_prop=True)
+def metrics(self:Run) -> dict[str, list[tuple[int, int, float]]]:
+    "Every logged scalar, by name: [(step, time_ms, value), ...] (the whole file: for curves, not for listing)."
+    if self._metrics is None:
+        try: self._metrics, _ = read_metrics(self.path/METRICS)
+        except OSError as e:  # open_run has usually found it already
+            self._metrics, self.error = {}, self.error or _unreadable(METRICS, e)
+    return self._metrics
+
+# %% ../nbs/09_runs.ipynb #c3f824d9
+@patch
+def summary(self:Run, goals:dict|None=None, # {metric: "min", "max" or None}, where metric_goal's answer is not wanted
+           ) -> dict[str, dict]:
+    "For each metric: its last value, its goal, its best value by that goal and the step of it (None without a goal)."
+    out = {}
+    for name, s in self.stats.items():
+        goal = _goal(name, goals)
+        end = {"min": "min", "max": "max"}.get(goal)
+        best, step = (s[end], s[f"{end}_step"]) if end else (None, None)
+        out[name] = {"last": s["last"], "goal": goal, "best": best, "best_step": step, "steps": s["count"]}
+    return out
+
+# %% ../nbs/09_runs.ipynb #5053a7f5
+@patch(as_prop=True)
+def records(self:Run) -> dict:
+    "The summary values the run stored with `mlkit.run.record` ({} when none, or when records.json is unreadable)."
+    if self._records is None:
+        try: value = _read_json(os.path.join(self.path, RECORDS))
+        except (OSError, ValueError): value = {}
+        self._records = value if isinstance(value, dict) else {}
+    return self._records
+
+# %% ../nbs/09_runs.ipynb #e6951a5a
+@patch
+def values(self:Run) -> dict:
+    "Each metric's last value and each recorded value by name; a recorded value wins over a metric of the same name."
+    return {**{k: s["last"] for k, s in self.stats.items()}, **self.records}
+
+# %% ../nbs/09_runs.ipynb #afa387c7
+@patch(as_prop=True)
+def artifacts(self:Run) -> list[Path]:
+    folder = self.path/ARTIFACTS
+    return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
+
 # %% ../nbs/09_runs.ipynb #6b1c22b6
 def _root(root) -> Path:
     root = Path(root) if root is not None else runs_dir()
     if not root.is_dir(): raise RunNotFoundError(f"no runs folder at {root} (nothing has been tracked there yet)")
     return root
 
+# %% ../nbs/09_runs.ipynb #8881c0d3
 def list_runs(root:str|Path|None=None, # The runs folder; runs_dir() when None
              ) -> list[Run]:
     "Every run under `root`, oldest first; damaged ones included, marked broken."
@@ -422,6 +480,7 @@ def list_runs(root:str|Path|None=None, # The runs folder; runs_dir() when None
     runs = [open_run(p) for p in folders]
     return sorted(runs, key=lambda r: (r.meta.get("start") or "", r.id))
 
+# %% ../nbs/09_runs.ipynb #af1e57e6
 def find_run(ref:str, # A run id, a unique prefix of one, its short id (the random end), a run name, or a run folder
              root:str|Path|None=None) -> Run:
     "The run `ref` names, or a RunNotFoundError saying why not."
@@ -435,6 +494,7 @@ def find_run(ref:str, # A run id, a unique prefix of one, its short id (the rand
     if not matches: raise RunNotFoundError(f"no run '{ref}' under {root} ('mlkit runs ls' lists them)")
     raise RunNotFoundError(f"'{ref}' matches {len(matches)} runs ({', '.join(r.id for r in matches[:5])}); give more of the id")
 
+# %% ../nbs/09_runs.ipynb #fc5a0a90
 _OPS = {"<": float.__lt__, "<=": float.__le__, ">": float.__gt__, ">=": float.__ge__}
 
 def parse_where(text:str) -> tuple[str, str, str]:
@@ -448,6 +508,7 @@ def parse_where(text:str) -> tuple[str, str, str]:
         except ValueError: raise MlkitError(f"--where {text!r}: {op} compares numbers, and {value!r} is not one") from None
     return name, "=" if op == "==" else op, value
 
+# %% ../nbs/09_runs.ipynb #68b918d1
 def _holds(value, op:str, text:str) -> bool:
     "Whether a run's `value` satisfies `op text` (a missing value never does)."
     if value is None: return False
@@ -459,6 +520,7 @@ def _holds(value, op:str, text:str) -> bool:
         except ValueError: same = False
     return same if op == "=" else not same
 
+# %% ../nbs/09_runs.ipynb #34557ca8
 def filter_runs(runs:list[Run], status:str|None=None, name:str|None=None, params:dict|None=None,
                 sweep:str|None=None, # Only the trials of this sweep (`mlkit sweep`)
                 where:list|None=None, # (name, op, value) conditions on metrics' last values and records (`parse_where`)
@@ -476,6 +538,7 @@ def filter_runs(runs:list[Run], status:str|None=None, name:str|None=None, params
         out.append(r)
     return out
 
+# %% ../nbs/09_runs.ipynb #2fe12c6e
 def flatten(d:dict, prefix:str="") -> dict:
     "Nested parameters as dotted keys: {'opt': {'lr': 1}} -> {'opt.lr': 1}."
     out = {}
@@ -506,6 +569,7 @@ def load_runs(root:str|Path|None=None, # The runs folder; runs_dir() when None
         if col in df: df[col] = pd.to_datetime(df[col], errors="coerce", utc=True)
     return df
 
+# %% ../nbs/09_runs.ipynb #e6c55eba
 def _whole_lines(path:Path):
     "`path`, or its bytes up to the last line end when a write was torn (a live run mid-write, a kill): never half a value."
     with open(path, "rb") as f:
@@ -514,6 +578,7 @@ def _whole_lines(path:Path):
         data = f.read(size)
     return io.BytesIO(data[:data.rfind(b"\n") + 1])
 
+# %% ../nbs/09_runs.ipynb #50d24344
 def load_metrics(runs:list[Run]|str|Path|None=None, # Runs (`list_runs`, `filter_runs`), or a runs folder (runs_dir() when None)
                  names:list[str]|None=None, # Only these metrics
                 ):
@@ -553,6 +618,7 @@ def compare_runs(runs:list[Run],
     return {"differ": differ, "same": same, "goals": {m: _goal(m, goals) for m in names}, "metrics": metrics,
             "records": {k: [r.records.get(k) for r in runs] for k in recorded}}
 
+# %% ../nbs/09_runs.ipynb #207e50d4
 def plot_runs(runs:list[Run], metric:str, ax=None):
     "Learning curves of `metric` (value against step), one line per run labelled by short id and name; returns the Axes."
     import matplotlib.pyplot as plt

@@ -164,6 +164,7 @@ def test_nbdev_s_processors_render_the_notebook_and_its_signatures(nb, processed
         call = next(n for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "show_doc")
         name = ast.unparse(call.args[0])
         obj = eval(name, dict(scope))
+        obj = obj.fget if isinstance(obj, property) else obj  # a @patch(as_prop=True) property: its getter
         shown = _signature_block(cell)
         assert shown, f"{nb}: show_doc({name}) rendered no signature"
         params = [p for p in inspect.signature(obj).parameters.values() if p.name not in ("self", "cls")]

@@ -207,28 +207,6 @@ def test_the_runs_folder_flag_has_one_name_everywhere():
         assert "--runs-dir" in mlkit(*cmd, "--help").stdout, cmd
 
 
-def test_summary_matches_the_file_under_random_appends(tmp_path):
-    "Any split of metrics.csv into appends, read back at any point, gives the statistics of the whole."
-    rng = random.Random(1)
-    names, values = ["a", "b", '"c,d"'], [float("nan"), float("inf"), -1e300]
-    lines = ["step,time_ms,name,value\n"] + [
-        f"{s},{s},{rng.choice(names)},{rng.choice([rng.random(), *values])}\n" for s in range(2000)] + ["garbage\n", "1,2\n"]
-    data = "".join(lines).encode()
-    f = tmp_path/METRICS
-    f.write_bytes(b"")
-    s = MetricsSummary()
-    pos = 0
-    while pos < len(data):
-        cut = min(len(data), pos + rng.randint(1, 5000))
-        with open(f, "ab") as out: out.write(data[pos:cut])
-        pos = cut
-        s.catch_up(f, block=rng.randint(10, 3000))
-    whole = MetricsSummary()
-    whole.catch_up(f)
-    assert json.dumps(s.metrics, sort_keys=True) == json.dumps(whole.metrics, sort_keys=True)
-    assert (s.offset, s.bad) == (len(data), 2) == (whole.offset, whole.bad)
-
-
 def test_a_mlkit_run_leaves_a_complete_summary_of_what_its_kernel_logged(tmp_path, monkeypatch):
     "The kernel appends to metrics.csv; the `mlkit run` process that owns the run keeps the summary and the heartbeat."
     import nbformat
