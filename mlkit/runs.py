@@ -294,12 +294,14 @@ _LOWER = {"time", "duration", "latency", "elapsed", "sec", "secs", "seconds", "m
 _HIGHER = {"acc", "accuracy", "f1", "auc", "auroc", "precision", "recall", "iou", "miou", "map", "bleu", "rouge",
            "score", "dice", "top", "ndcg", "mrr", "psnr", "ssim", "r2", "reward"}
 
+# %% ../nbs/09_runs.ipynb #90ed4a2c
 def _words(name:str) -> list[str]:
     "The lower-case words of a metric name: 'valid/topAcc1' -> ['valid', 'top', 'acc1']; 'tokens/s' -> ['tokens', 'per', 's']."
     name = re.sub(r"/(?=(s|sec|second)$)", "_per_", name)
     name = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
     return [w for w in re.split(r"[^a-z0-9]+", name) if w]
 
+# %% ../nbs/09_runs.ipynb #f01af394
 def metric_goal(name:str) -> str|None:
     "'min' if lower values of the metric `name` are better, 'max' if higher ones are, None if neither or not known."
     words = _words(name)
@@ -310,6 +312,7 @@ def metric_goal(name:str) -> str|None:
     if vocab & _HIGHER: return "max"
     return None
 
+# %% ../nbs/09_runs.ipynb #9fe0212b
 def _goal(name:str, goals:dict|None) -> str|None:
     "The goal of `name`: from `goals` if it says, else metric_goal's."
     goal = goals[name] if goals and name in goals else metric_goal(name)
