@@ -5,38 +5,38 @@
 # %% ../nbs/09_runs.ipynb #d1f76eb8
 from __future__ import annotations
 
-import csv
-import hashlib
 import io
 import json
 import os
 import re
 import socket
 import stat
-import sys
 import time
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
-from itertools import compress
-from math import isnan
 from pathlib import Path
 
 from fastcore.basics import patch
 
 from .core import MlkitError, runs_dir
+from .summary import _read_summary_file
+
 
 # %% auto #0
-__all__ = ['META', 'PARAMS', 'METRICS', 'ARTIFACTS', 'RECORDS', 'PACKAGES', 'SUMMARY', 'METRICS_HEADER', 'STATUSES',
-           'HEARTBEAT_S', 'STALE_AFTER_S', 'RunNotFoundError', 'read_metrics', 'MetricsSummary', 'write_summary',
-           'summarize', 'metric_goal', 'Run', 'open_run', 'list_runs', 'find_run', 'parse_where', 'filter_runs',
-           'flatten', 'load_runs', 'load_metrics', 'compare_runs', 'plot_runs']
+__all__ = ['META', 'PARAMS', 'ARTIFACTS', 'RECORDS', 'PACKAGES', 'STATUSES', 'HEARTBEAT_S', 'STALE_AFTER_S', 'RunNotFoundError',
+           'metric_goal', 'Run', 'open_run', 'list_runs', 'find_run', 'parse_where', 'filter_runs', 'flatten',
+           'load_runs', 'load_metrics', 'compare_runs', 'plot_runs', 'METRICS', 'SUMMARY', 'METRICS_HEADER',
+           'read_metrics', 'MetricsSummary', 'write_summary', 'summarize']
+
+# %% ../nbs/09_runs.ipynb #5bf26a65
+from .summary import METRICS, SUMMARY, METRICS_HEADER, read_metrics, MetricsSummary, write_summary, summarize
+
+_all_ = ['METRICS', 'SUMMARY', 'METRICS_HEADER', 'read_metrics', 'MetricsSummary', 'write_summary', 'summarize']
 
 # %% ../nbs/09_runs.ipynb #2f3f5938
-META, PARAMS, METRICS, ARTIFACTS = "meta.json", "params.json", "metrics.csv", "artifacts"
+META, PARAMS, ARTIFACTS = "meta.json", "params.json", "artifacts"
 RECORDS = "records.json"  # summary values a notebook stored with mlkit.run.record
 PACKAGES = "packages.json"  # the installed distributions at the start, {name: version}: written once, kept out of meta.json
-SUMMARY = "summary.json"  # per-metric statistics of metrics.csv and the owner's heartbeat: what listing reads
-METRICS_HEADER = "step,time_ms,name,value\n"
 STATUSES = ("running", "finished", "failed", "interrupted", "pruned", "prepared")
 HEARTBEAT_S = 30  # how often a running run's process rewrites its heartbeat
 STALE_AFTER_S = 600  # a running run not heard from for this long, whose process this machine cannot see, is "stale"
@@ -44,246 +44,6 @@ STALE_AFTER_S = 600  # a running run not heard from for this long, whose process
 class RunNotFoundError(MlkitError):
     "No run matches the given id, or the runs folder does not exist."
 
-# %% ../nbs/09_runs.ipynb #2e0f176a
-def read_metrics(path:str|Path) -> tuple[dict[str, list[tuple[int, int, float]]], int]:
-    "({name: [(step, time_ms, value), ...]}, number of unreadable lines) from a metrics.csv."
-    try: data = Path(path).read_bytes()
-    except FileNotFoundError: return {}, 0
-    data = data[:data.rfind(b"\n") + 1]  # a torn last line is not data yet
-    out, bad = {}, 0
-    for row in csv.reader(io.StringIO(data.decode("utf-8", errors="replace"))):
-        if row == ["step", "time_ms", "name", "value"]: continue
-        try: step, ms, name, value = int(row[0]), int(row[1]), row[2], float(row[3])
-        except (ValueError, IndexError):
-            bad += 1
-            continue
-        out.setdefault(name, []).append((step, ms, value))
-    return out, bad
-
-# %% ../nbs/09_runs.ipynb #70407c41
-_MARK_BYTES = 64  # the bytes before a summary's end that it hashes
-_FRAME_BYTES = 8 << 20  # more to read than this (1/32 of it once pandas is imported): pandas parses it
-
-def _mark(f, offset:int) -> str|None:
-    "A short hash of the bytes of the open file `f` just before `offset` (None at 0)."
-    if not offset: return None
-    return hashlib.blake2b(os.pread(f.fileno(), _MARK_BYTES, max(0, offset - _MARK_BYTES)), digest_size=8).hexdigest()
-
-# %% ../nbs/09_runs.ipynb #5a8c456d
-class MetricsSummary:
-    "Each metric's last, min and max value (with their steps) and count, over the first `offset` bytes of a metrics.csv."
-    def __init__(self, metrics:dict|None=None, offset:int=0, bad:int=0, mark:str|None=None, stamp:list|None=None):
-        self.metrics, self.offset, self.bad, self.mark = metrics if metrics is not None else {}, offset, bad, mark
-        self.stamp = stamp  # [size, mtime_ns] of the file when this summary covered all of it: unchanged, nothing to read
-
-# %% ../nbs/09_runs.ipynb #68848337
-@patch
-def add(self:MetricsSummary, step:int, name:str, value:float):
-    "Count one value (NaN is counted and can be last, but is never the min or max unless all are NaN)."
-    s = self.metrics.get(name)
-    if s is None:
-        self.metrics[name] = {"last": value, "last_step": step, "min": value, "min_step": step,
-                              "max": value, "max_step": step, "count": 1}
-        return
-    s["last"], s["last_step"], s["count"] = value, step, s["count"] + 1
-    lo, hi = s["min"], s["max"]
-    if value < lo or (lo != lo and value == value): s["min"], s["min_step"] = value, step
-    if value > hi or (hi != hi and value == value): s["max"], s["max_step"] = value, step
-
-# %% ../nbs/09_runs.ipynb #a5361b19
-@patch
-def feed(self:MetricsSummary, data:bytes, # metrics.csv's bytes from `offset` on
-         frame:bool=False, # Parse with pandas' C reader: several times faster, worth its import for many megabytes
-        ) -> int:
-    "Count the whole lines of `data`; the number of bytes used."
-    end = data.rfind(b"\n") + 1  # a torn last line is not data yet
-    text = data[:end].decode("utf-8", errors="replace")
-    if text.startswith(METRICS_HEADER): text = text[len(METRICS_HEADER):]
-    if not self._feed_columns(text, frame): self._feed_lines(text)
-    self.offset += end
-    return end
-
-# %% ../nbs/09_runs.ipynb #2c761f0c
-@patch
-def _feed_columns(self:MetricsSummary, text:str, frame:bool=False) -> bool:
-    "The common case at C speed: plain lines of four fields, whole-number steps. False (nothing counted) otherwise."
-    n = text.count("\n")
-    if not n or '"' in text or "\r" in text or text.count(",") != 3 * n: return not n
-    if frame: return self._feed_frame(text)
-    fields = text[:-1].replace("\n", ",").split(",")
-    steps, names = fields[0::4], fields[2::4]
-    try: values = list(map(float, fields[3::4]))
-    except ValueError: return False
-    if not all(map(str.isdigit, steps)): return False
-    self.add_columns(steps, names, values)
-    return True
-
-# %% ../nbs/09_runs.ipynb #a4b39467
-@patch
-def _feed_frame(self:MetricsSummary, text:str) -> bool:
-    "`_feed_columns` through pandas' C reader (exact floats); False when a line does not parse."
-    import numpy as np
-    import pandas as pd
-    exact = {} if int(pd.__version__.split(".")[0]) >= 3 else {"float_precision": "round_trip"}  # 3's default
-    try: df = pd.read_csv(io.StringIO(text), header=None, names=["step", "time_ms", "name", "value"], engine="c",
-                          dtype={"step": "int64", "time_ms": "int64", "name": "str", "value": "float64"},
-                          keep_default_na=False, na_values={"value": ["nan"]}, **exact)
-    except ValueError: return False
-    steps, values = df["step"].to_numpy(), df["value"].to_numpy()
-    for name, idx in sorted(df.groupby("name", sort=False).indices.items(), key=lambda kv: kv[1][0]):
-        at, vs = steps[idx], values[idx]
-        lo, hi = (int(np.nanargmin(vs)), int(np.nanargmax(vs))) if not np.isnan(vs).all() else (0, 0)
-        self._merge(name, {"last": float(vs[-1]), "last_step": int(at[-1]), "min": float(vs[lo]), "min_step": int(at[lo]),
-                           "max": float(vs[hi]), "max_step": int(at[hi]), "count": len(vs)})
-    return True
-
-# %% ../nbs/09_runs.ipynb #40b454bd
-@patch
-def _merge(self:MetricsSummary, name:str, c:dict):
-    "Fold the statistics `c` of later lines into those of `name`."
-    s = self.metrics.get(name)
-    if s is None:
-        self.metrics[name] = c
-        return
-    s.update(last=c["last"], last_step=c["last_step"], count=s["count"] + c["count"])
-    if c["min"] < s["min"] or (s["min"] != s["min"] and c["min"] == c["min"]): s.update(min=c["min"], min_step=c["min_step"])
-    if c["max"] > s["max"] or (s["max"] != s["max"] and c["max"] == c["max"]): s.update(max=c["max"], max_step=c["max_step"])
-
-# %% ../nbs/09_runs.ipynb #d8980ef6
-@patch
-def _feed_lines(self:MetricsSummary, text:str):
-    "Line by line: names with commas or quotes, damaged lines (counted in `bad`)."
-    add, header = self.add, METRICS_HEADER.strip().split(",")
-    quoted = '"' in text  # a name with a comma, quote or line end: the csv module's reading, as the tracker wrote it
-    rows = csv.reader(io.StringIO(text, newline="")) if quoted else (line.split(",") for line in text[:-1].split("\n"))
-    for row in rows:  # only \n ends a line: not \u2028, \x1c or \x85 inside a name, as str.splitlines would have it
-        try:
-            step, _, name, value = row
-            add(int(step), name, float(value))
-        except (ValueError, csv.Error):
-            if row != header: self.bad += 1
-
-# %% ../nbs/09_runs.ipynb #26597642
-@patch
-def add_columns(self:MetricsSummary, steps:list, names:list[str], values:list[float]):
-    "Count values given as columns (steps as ints or digit strings), name by name at C speed: the tracker's flushes."
-    distinct, n = list(dict.fromkeys(names)), len(names)
-    k = len(distinct)
-    if k == 1: groups = {names[0]: (steps, values)}
-    elif n % k == 0 and len(set(names[:k])) == k and all(names[i::k].count(names[i]) == n // k for i in range(k)):
-        groups = {names[i]: (steps[i::k], values[i::k]) for i in range(k)}  # each step logs the same names: slices
-    elif k <= 8: groups = {n: (list(compress(steps, pick)), list(compress(values, pick)))
-                                       for n in distinct for pick in [[x == n for x in names]]}
-    else:  # many names: one pass
-        groups = {n: ([], []) for n in distinct}
-        for s, n, v in zip(steps, names, values, strict=True):
-            g = groups[n]; g[0].append(s); g[1].append(v)
-    for name, (at, vs) in groups.items():
-        finite = [v for v in vs if v == v] if any(map(isnan, vs)) else vs
-        lo, hi = (min(finite), max(finite)) if finite else (vs[0], vs[0])
-        lo_at, hi_at = (vs.index(v) if v == v else 0 for v in (lo, hi))  # all NaN: the first
-        chunk = {"last": vs[-1], "last_step": int(at[-1]), "min": lo, "min_step": int(at[lo_at]),
-                 "max": hi, "max_step": int(at[hi_at]), "count": len(vs)}
-        self._merge(name, chunk)
-
-# %% ../nbs/09_runs.ipynb #8281deb0
-@patch
-def _stamp(self:MetricsSummary, st:os.stat_result):
-    self.stamp = [st.st_size, st.st_mtime_ns] if st.st_size == self.offset else None
-
-# %% ../nbs/09_runs.ipynb #15d79498
-@patch
-def catch_up(self:MetricsSummary, path:str|Path, block:int=1 << 20) -> int:
-    "Stream the file at `path` from `offset` to its last whole line, in blocks; the number of bytes read."
-    start = self.offset
-    with open(path, "rb") as f:
-        left = os.fstat(f.fileno()).st_size - start
-        frame = left > _FRAME_BYTES or (left > _FRAME_BYTES // 32 and "pandas" in sys.modules)  # imported: cheap
-        block = max(block, _FRAME_BYTES) if frame else block
-        f.seek(start)
-        rest = b""
-        while chunk := f.read(block):
-            data = rest + chunk
-            rest = data[self.feed(data, frame):]
-        if self.offset != start: self.mark = _mark(f, self.offset)
-        self._stamp(os.fstat(f.fileno()))
-    return self.offset - start
-
-# %% ../nbs/09_runs.ipynb #e5eaa4a4
-@patch
-def fits(self:MetricsSummary, path:str|Path) -> bool:
-    "Whether the file at `path` still begins with the bytes this summary covers (as far as the hash can tell)."
-    try:
-        with open(path, "rb") as f:
-            return os.fstat(f.fileno()).st_size >= self.offset and _mark(f, self.offset) == self.mark
-    except OSError: return False
-
-# %% ../nbs/09_runs.ipynb #cfd05860
-@patch
-def remark(self:MetricsSummary, path:str|Path):
-    "Hash the file's bytes before `offset` again, after values were added without reading them (the tracker's own)."
-    with open(path, "rb") as f:
-        self.mark = _mark(f, self.offset)
-        self._stamp(os.fstat(f.fileno()))
-
-# %% ../nbs/09_runs.ipynb #2f66e92b
-@patch
-def to_json(self:MetricsSummary) -> dict:
-    "The summary as summary.json stores it (write_summary adds the format and the heartbeat)."
-    return {"metrics": self.metrics, "metrics_bytes": self.offset, "metrics_mark": self.mark, "metrics_stamp": self.stamp,
-            "bad_lines": self.bad}
-
-# %% ../nbs/09_runs.ipynb #339c5e52
-@patch(cls_method=True)
-def from_json(cls:MetricsSummary, d:dict) -> MetricsSummary:
-    "The summary a summary.json holds; ValueError when `d` is not one."
-    m = d.get("metrics")
-    if not isinstance(m, dict) or not isinstance(d.get("metrics_bytes"), int): raise ValueError("not a summary")
-    return cls(m, d["metrics_bytes"], d.get("bad_lines") or 0, d.get("metrics_mark"), d.get("metrics_stamp"))
-
-# %% ../nbs/09_runs.ipynb #3ef5d096
-def write_summary(folder:str|Path, # A run folder
-                  summary:MetricsSummary, heartbeat:float|None=None, # time.time() of the owner's last sign of life
-                 ) -> Path:
-    "Write the run's summary.json: a temporary file renamed into place (a cache, so not fsynced)."
-    path = Path(folder)/SUMMARY
-    tmp = path.with_name(f".tmp-{SUMMARY}.{os.getpid()}.{time.monotonic_ns()}")
-    try:
-        tmp.write_text(json.dumps({"format": 1, **summary.to_json(), "heartbeat": heartbeat}))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-# %% ../nbs/09_runs.ipynb #5a883b2f
-def _read_summary_file(folder:str|Path) -> dict:
-    try:
-        with open(os.path.join(folder, SUMMARY), "rb") as f: d = json.loads(f.read())
-    except (OSError, ValueError): return {}
-    return d if isinstance(d, dict) else {}
-
-# %% ../nbs/09_runs.ipynb #38ccc47b
-def summarize(folder:str|Path, # A run folder
-              doc:dict|None=None, # Its summary.json as read already, if it was
-              keep:bool=False, # Write the summary back when it had to be brought up to date
-             ) -> MetricsSummary:
-    "The run's metric summary: its summary.json where it still fits metrics.csv, brought up to date by streaming the rest."
-    doc = _read_summary_file(folder) if doc is None else doc
-    try: s = MetricsSummary.from_json(doc)
-    except (ValueError, TypeError): s = None
-    metrics = os.path.join(folder, METRICS)
-    try: st = os.stat(metrics)
-    except FileNotFoundError: return s or MetricsSummary()
-    if s is not None and s.stamp == [st.st_size, st.st_mtime_ns]: return s  # the file has not changed since: no need to open it
-    rewritten = s is not None and s.stamp is not None and s.stamp[0] == st.st_size  # same size, touched since: edited?
-    if s is None or rewritten or not s.fits(metrics): s = MetricsSummary()
-    try: read = s.catch_up(metrics)
-    except FileNotFoundError: return s
-    if keep and (read or s.stamp != doc.get("metrics_stamp")):
-        try: write_summary(folder, s, doc.get("heartbeat"))
-        except OSError: pass  # a runs folder this user cannot write: summarized again next time
-    return s
 
 # %% ../nbs/09_runs.ipynb #17f701af
 _THROUGHPUT = {"throughput", "tflops", "mfu", "hfu"}

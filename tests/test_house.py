@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO
-from test_docs import EXPORTING, _key, _module, per_notebook
+from test_docs import EXPORTING, _key, per_notebook
 
 COVERS = ("index",)
 
@@ -109,7 +109,7 @@ EXPORT = re.compile(r"^\s*#\s*\|\s*export\s*$", re.M)
 def _cells(nb:Path) -> list[dict]: return json.loads((REPO/"nbs"/nb).read_text())["cells"]
 def _src(cell:dict) -> str: return cell["source"] if isinstance(cell["source"], str) else "".join(cell["source"])
 def _exported(cell:dict) -> bool: return cell["cell_type"] == "code" and bool(EXPORT.match(_src(cell)))
-def _lines(source:str) -> int: return len([l for l in source.splitlines() if not re.match(r"\s*#\s*\|", l)])
+def _lines(source:str) -> int: return len([line for line in source.splitlines() if not re.match(r"\s*#\s*\|", line)])
 
 
 def cell_sizes(nb:Path) -> list[int]: return [_lines(_src(c)) for c in _cells(nb) if _exported(c)]
@@ -146,7 +146,8 @@ def undocumented(cells:list[dict]) -> list[str]:
         if not _exported(c): continue
         nxt = next((j for j in range(i + 1, len(cells)) if _exported(cells[j])), len(cells))
         prose = any(cells[j]["cell_type"] == "markdown" for j in range(i + 1, nxt))
-        later = [re.sub(r"show_doc\([^)]*\)", "", _src(d)) for d in cells[i + 1:] if d["cell_type"] == "code" and not _exported(d)]
+        later = [re.sub(r"show_doc\([^)]*\)", "", _src(d)) for d in cells[i + 1:]
+                 if d["cell_type"] == "code" and not _exported(d)]
         for full in public_definitions(_src(c)):
             name = full.split(".")[-1]
             used = any(re.search(rf"(?<![\w]){re.escape(name)}\b", s) for s in later)

@@ -16,7 +16,7 @@ from mlkit.run import record
 from mlkit.runs import METRICS, SUMMARY, MetricsSummary, list_runs, open_run, read_metrics
 from mlkit.track import LocalTracker
 
-COVERS = ("09_runs", "07_cli", "10_track")
+COVERS = ("09_runs", "09b_summary", "07_cli", "10_track")
 
 MLKIT = str(Path(sys.executable).parent/"mlkit")
 
@@ -253,7 +253,7 @@ def test_plot_show_opens_the_png_where_there_is_a_display_and_says_why_not_elsew
 
 def test_a_big_catch_up_through_pandas_agrees_with_the_line_reader(tmp_path, monkeypatch):
     "Over _FRAME_BYTES to read, pandas' C reader parses it (a run from an older mlkit): the same statistics, exactly."
-    import mlkit.runs
+    import mlkit.summary
     rng = random.Random(3)
     f = tmp_path/METRICS
     special = ["nan", "inf", "-inf", repr(-1e300), repr(5e-324)]
@@ -262,7 +262,7 @@ def test_a_big_catch_up_through_pandas_agrees_with_the_line_reader(tmp_path, mon
         for s in range(50_000)) + "1,2,loss,not-a-number\n3,4,loss,0.5\n7,8,lo")
     slow = MetricsSummary()
     slow.catch_up(f)
-    monkeypatch.setattr(mlkit.runs, "_FRAME_BYTES", 1 << 14)
+    monkeypatch.setattr(mlkit.summary, "_FRAME_BYTES", 1 << 14)
     framed, feed_frame = [], MetricsSummary._feed_frame
     monkeypatch.setattr(MetricsSummary, "_feed_frame", lambda self, text: framed.append(1) or feed_frame(self, text))
     fast = MetricsSummary()
