@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fastcore.basics import patch
+
 from .core import MlkitError
 
 
@@ -69,18 +71,22 @@ class SweepSpec:
     cell_timeout: float|None = None # seconds a trial's cell may run (run_notebook's cell_timeout)
     nproc: int|None = None # each trial in this many processes under torchrun (`mlkit run --nproc`)
 
-    def goals(self) -> list[dict]:
-        "The objectives: [{'name', 'goal'}], one for each metric (one unless `metric:` is a list)."
-        return self.objectives or [{"name": self.metric, "goal": self.goal}]
+# %% ../nbs/12a_sweep_spec.ipynb #731343a5
+@patch
+def goals(self:SweepSpec) -> list[dict]:
+    "The objectives: [{'name', 'goal'}], one for each metric (one unless `metric:` is a list)."
+    return self.objectives or [{"name": self.metric, "goal": self.goal}]
 
-    def identity(self) -> dict:
-        "What makes trials comparable: a sweep resumed with a different one of these is refused."
-        from mlkit.runmeta import redact  # fixed secrets as ***: a changed secret is the same sweep, and none is stored
-        several = len(self.goals()) > 1
-        return {"notebook": _in_project(self.notebook),
-                "metric": [o["name"] for o in self.goals()] if several else self.metric,
-                "goal": [o["goal"] for o in self.goals()] if several else self.goal, "method": self.method,
-                "params": self.params, "fixed": redact(self.fixed, set())}
+# %% ../nbs/12a_sweep_spec.ipynb #4fc362ae
+@patch
+def identity(self:SweepSpec) -> dict:
+    "What makes trials comparable: a sweep resumed with a different one of these is refused."
+    from mlkit.runmeta import redact  # fixed secrets as ***: a changed secret is the same sweep, and none is stored
+    several = len(self.goals()) > 1
+    return {"notebook": _in_project(self.notebook),
+            "metric": [o["name"] for o in self.goals()] if several else self.metric,
+            "goal": [o["goal"] for o in self.goals()] if several else self.goal, "method": self.method,
+            "params": self.params, "fixed": redact(self.fixed, set())}
 
 # %% ../nbs/12a_sweep_spec.ipynb #37db41e4
 def _keys(where:str, given:dict, known) -> None:
@@ -102,21 +108,19 @@ def _choice_ok(c) -> bool:
     except (TypeError, ValueError): return False
 
 # %% ../nbs/12a_sweep_spec.ipynb #e9b7d50e
-def _check_param(where:str, p:dict) -> dict:
-    "The parameter spec `p`, checked: its type, keys and range (its `when` is checked by `_check_when`)."
-    kind = p.get("type")
-    if kind not in PARAM_KEYS: raise SpecError(f"{where}: type must be float, int or categorical, got {kind!r}")
-    _keys(where, p, PARAM_KEYS[kind])
-    when = {"when": p["when"]} if "when" in p else {}
-    if kind == "categorical":
-        choices = p.get("choices")
-        if not isinstance(choices, list) or not choices: raise SpecError(f"{where}: choices must be a non-empty list")
-        if bad := [c for c in choices if not _choice_ok(c)]:
-            raise SpecError(f"{where}: choices must be numbers, strings, booleans, null, or lists and mappings of them, "
-                            f"got {bad[0]!r}")
-        if twice := [c for i, c in enumerate(choices) if any(c == d and type(c) is type(d) for d in choices[:i])]:
-            raise SpecError(f"{where}: choice {twice[0]!r} is there twice")
-        return {"type": kind, "choices": choices, **when}
+def _check_choices(where:str, choices) -> list:
+    "A categorical's choices: a non-empty list of distinct values that JSON keeps as they are."
+    if not isinstance(choices, list) or not choices: raise SpecError(f"{where}: choices must be a non-empty list")
+    if bad := [c for c in choices if not _choice_ok(c)]:
+        raise SpecError(f"{where}: choices must be numbers, strings, booleans, null, or lists and mappings of them, "
+                        f"got {bad[0]!r}")
+    if twice := [c for i, c in enumerate(choices) if any(c == d and type(c) is type(d) for d in choices[:i])]:
+        raise SpecError(f"{where}: choice {twice[0]!r} is there twice")
+    return choices
+
+# %% ../nbs/12a_sweep_spec.ipynb #32350b5b
+def _check_range(where:str, kind:str, p:dict) -> dict:
+    "A float's or an int's range: low below high, a log range above 0, a step that divides it; as {low, high, log, step}."
     low, high, log, step = p.get("low"), p.get("high"), p.get("log", False), p.get("step")
     number = (lambda v: isinstance(v, int) and not isinstance(v, bool)) if kind == "int" else _is_number
     for k, v in (("low", low), ("high", high)):
@@ -135,7 +139,17 @@ def _check_param(where:str, p:dict) -> dict:
             fit = low + int((high - low) / step + 1e-9) * step
             raise SpecError(f"{where}: step {step} does not divide the range {low}..{high}; make high {fit:g}, "
                             "or choose another step")
-    return {"type": kind, "low": low, "high": high, "log": log, **({"step": step} if step is not None else {}), **when}
+    return {"low": low, "high": high, "log": log, **({"step": step} if step is not None else {})}
+
+# %% ../nbs/12a_sweep_spec.ipynb #c5773de3
+def _check_param(where:str, p:dict) -> dict:
+    "The parameter spec `p`, checked: its type, keys and range (its `when` is checked by `_check_when`)."
+    kind = p.get("type")
+    if kind not in PARAM_KEYS: raise SpecError(f"{where}: type must be float, int or categorical, got {kind!r}")
+    _keys(where, p, PARAM_KEYS[kind])
+    when = {"when": p["when"]} if "when" in p else {}
+    if kind == "categorical": return {"type": kind, "choices": _check_choices(where, p.get("choices")), **when}
+    return {"type": kind, **_check_range(where, kind, p), **when}
 
 # %% ../nbs/12a_sweep_spec.ipynb #915b006f
 def grid_size(p:dict) -> int|None:
@@ -161,7 +175,6 @@ def _in_range(p:dict, v) -> bool:
     steps = (v - p["low"]) / p["step"] if "step" in p else 0
     return abs(steps - round(steps)) < 1e-9
 
-# %% ../nbs/12a_sweep_spec.ipynb #e96e7884
 def _check_when(where:str, params:dict) -> None:
     "Each parameter's `when: {other: value or [values]}`: `other` is searched before it, and can take each value."
     for i, (k, p) in enumerate(params.items()):
@@ -297,7 +310,6 @@ def _pruner_spec(where:str, p, metric:str, goal:str) -> dict:
     except (TypeError, ValueError) as e: raise SpecError(f"{where}: {' '.join(str(e).split())}") from None
     return {"type": kind, "metric": watch, "goal": watch_goal, **options}
 
-# %% ../nbs/12a_sweep_spec.ipynb #f676813a
 def _pruner(p:dict):
     "The Optuna pruner of a checked pruner spec."
     import warnings
@@ -408,7 +420,6 @@ def _method(where:str, method) -> tuple[str, dict]:
                         f"{', '.join(METHODS[3:])}")
     return method, _sampler_options(where, method, options)
 
-# %% ../nbs/12a_sweep_spec.ipynb #276fb4fe
 def _seconds(what:str, v) -> float|None:
     if v is not None and (not _is_number(v) or v <= 0):
         raise SpecError(f"{what} takes a number of seconds above 0, got {v!r}")
@@ -435,7 +446,6 @@ def _spec_method(path:Path, method, objectives:list) -> tuple[str, dict]:
                         "nsgaiii, tpe, gp or random")
     return method, method_options
 
-# %% ../nbs/12a_sweep_spec.ipynb #e8cfbc9a
 def _spec_params(path:Path, params) -> dict:
     "The spec's `params:`, each checked (`_check_param`), and their conditions (`_check_when`)."
     params = {k: _check_param(f"{path}: params.{k}", _mapping(f"{path}: params.{k}", v, "settings"))
@@ -523,7 +533,6 @@ def _check_values(spec:SweepSpec, declared:dict) -> None:
             if spec.method == "grid" and v not in grid_values(p):
                 raise ParameterError(f"start_with value {v!r} of '{k}' is not a point of the grid")
 
-# %% ../nbs/12a_sweep_spec.ipynb #9afce46e
 def _check_notebook(path:Path, spec:SweepSpec) -> None:
     "The spec against its notebook's `parameters` cell: every name declared there, every value of its type."
     from mlkit.params import ParameterError, notebook_parameters, read_notebook
