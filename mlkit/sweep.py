@@ -80,17 +80,20 @@ class SweepResult:
     untried: int = 0 # a grid's points not tried yet
     stopped: bool = False # `mlkit sweep stop` stopped it
 
+# %% ../nbs/12_sweep.ipynb #3e4447ec
 def _fd(stream):
     "`stream` for a child process to write to: itself if it has a file descriptor, else None (the child inherits ours)."
     try: stream.fileno()
     except (AttributeError, OSError, ValueError): return None
     return stream
 
+# %% ../nbs/12_sweep.ipynb #cfa864a5
 def count_done(study, method:str|None=None) -> int:
     "The trials of `study` that count towards its n_trials: finished or pruned; for a grid, the distinct points."
     method = method or (study.user_attrs.get(SPEC_ATTR) or {}).get("method")
     return done_count(study.get_trials(deepcopy=False), method == "grid")
 
+# %% ../nbs/12_sweep.ipynb #3fa206c4
 def _default_runs_dir(spec:SweepSpec) -> Path:
     "`runs_dir()`, from the spec's project when the working folder is in none (`mlkit sweep /abs/spec.yaml` from /tmp)."
     from mlkit.core import ProjectNotFoundError, project_root, runs_dir
@@ -98,6 +101,7 @@ def _default_runs_dir(spec:SweepSpec) -> Path:
     except ProjectNotFoundError:
         return project_root(spec.notebook.parent)/Path(os.environ.get("MLKIT_RUNS_DIR") or "runs").expanduser()
 
+# %% ../nbs/12_sweep.ipynb #07b354e4
 def _keep_workers(procs:list, start, limit:int, stopped:list, err) -> list[int]:
     "Wait for the workers; one a signal not ours ended (killed; 130: `kill PID`) is reported, replaced (`limit` times at most)"
     live, codes, replaced = dict(enumerate(procs)), {}, 0
@@ -118,6 +122,107 @@ def _keep_workers(procs:list, start, limit:int, stopped:list, err) -> list[int]:
         if live: time.sleep(0.2)
     return [codes[i] for i in sorted(codes)]
 
+# %% ../nbs/12_sweep.ipynb #b63ffaec
+def _checked_spec(spec:str|Path|SweepSpec, workers, gpus_per_trial, n_trials, nproc, timeout, cell_timeout) -> SweepSpec:
+    "The spec (`load_spec`'s, unless it is checked already) with `--nproc` applied, and the workers and GPUs asked checked."
+    spec = load_spec(spec, n_trials, timeout, cell_timeout) if not isinstance(spec, SweepSpec) else spec
+    spec = with_nproc(spec, nproc, gpus_per_trial)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise MlkitError(f"--workers takes a number of processes, 1 or more, got {workers!r}")
+    if gpus_per_trial is not None:
+        from mlkit.gpu import gpus as visible_gpus
+        if isinstance(gpus_per_trial, bool) or not isinstance(gpus_per_trial, int) or gpus_per_trial < 1:
+            raise MlkitError(f"--gpus-per-trial takes a number of GPUs, 1 or more, got {gpus_per_trial!r}")
+        if gpus_per_trial > (have := len(visible_gpus())):
+            raise MlkitError(f"--gpus-per-trial {gpus_per_trial}: this machine shows {have} GPU(s)")
+    return spec
+
+# %% ../nbs/12_sweep.ipynb #2780d4df
+def _open_sweep(spec:SweepSpec, storage:str|None, runs_dir, given:dict) -> tuple[Path, Path, object]:
+    "The runs folder, the sweep's folder in it, and the sweep's study, which keeps the names given with `-p`."
+    from mlkit.execute import _writable_runs_folder
+    root = _writable_runs_folder(runs_dir if runs_dir is not None else _default_runs_dir(spec))
+    folder = root/SWEEPS/spec.name  # the workers' logs and lock; the journal too, unless `storage` says otherwise
+    try: folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e: raise MlkitError(f"cannot create the sweep folder {folder}: {e.strerror or e}") from None
+    study = open_study(spec, open_storage(storage, folder))
+    had = study.user_attrs.get(GIVEN_ATTR) or []  # an earlier session's trials ran with those: `best` asks for them too
+    study.set_user_attr(GIVEN_ATTR, sorted({*had, *given}))  # names only: `best` asks for their values
+    return root, folder, study
+
+# %% ../nbs/12_sweep.ipynb #85b55afb
+def _announce(spec:SweepSpec, study, workers:int, storage:str|None, folder:Path, root:Path, out) -> None:
+    "The sweep's first line: how many trials are done, the workers, the storage (without its password), the runs folder."
+    done = count_done(study, spec.method)
+    where = strip_url_credentials(storage) if storage else str(folder/JOURNAL)
+    print(f"sweep {spec.name}: {done} of {spec.n_trials} trials done; {workers} worker(s) on {socket.gethostname()}; "
+          f"storage {where}; runs in {root}", file=out, flush=True)
+
+# %% ../nbs/12_sweep.ipynb #2d14edca
+def _worker_args(spec:SweepSpec, folder:Path, root:Path, gpus_per_trial:int|None, study) -> Path:
+    "The file that gives every worker its arguments, in the sweep's folder, readable by the user only."
+    return _write_args(folder, {"spec": _spec_json(spec), "folder": str(folder), "runs_dir": str(root),
+                                "gpus": gpus_per_trial, "parent": os.getpid(), "first": _last_trial(study),
+                                "deadline": None if spec.timeout is None else time.time() + spec.timeout})  # all the same
+
+def _worker_env(secret_vars:dict, storage:str|None) -> dict:
+    "The workers' environment: ours without any `$MLKIT_SWEEP_SECRET_*`, with this sweep's secrets and storage."
+    return {**{k: v for k, v in os.environ.items() if not k.startswith(SECRET_ENV)}, **secret_vars,
+            STORAGE_ENV: storage or "", "PYTHONUNBUFFERED": "1"}
+
+# %% ../nbs/12_sweep.ipynb #84469c65
+def _forward_signals(procs:list, stopped:list) -> dict:
+    "SIGINT, SIGTERM and SIGHUP forwarded to the workers `procs`, each noted in `stopped`; the handlers they replace."
+    def forward(signum, frame):  # the workers are in sessions of their own: only this reaches them, once
+        stopped.append(signal.Signals(signum).name)
+        if stopped.count(stopped[-1]) > 1: return  # a second Ctrl-C must not break off the workers' own ending
+        for p in procs:
+            if p.poll() is None: p.send_signal(signum)
+    main_thread = threading.current_thread() is threading.main_thread()
+    signals = [s for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # SIGHUP: a closed terminal, a dropped ssh
+               if s != signal.SIGHUP or signal.getsignal(s) != signal.SIG_IGN]  # `nohup mlkit sweep`: HUP stays ignored
+    return {s: signal.signal(s, forward) for s in signals} if main_thread else {}
+
+# %% ../nbs/12_sweep.ipynb #ce5dc208
+def _starter(args:Path, env:dict, out):
+    "A function that starts worker `i`: a process in a session of its own, reading its arguments from `args`."
+    def start(i:int):
+        with signals_held():  # a worker gets our signals once its handlers are set, never in its start-up
+            return subprocess.Popen([sys.executable, "-c", "from mlkit.sweep_workers import _worker_main; _worker_main()",
+                                     str(args), str(i)], env=env, stdout=_fd(out), stderr=_fd(sys.stderr),
+                                    start_new_session=True)
+    return start
+
+# %% ../nbs/12_sweep.ipynb #e3fede26
+def _run_workers(args:Path, env:dict, workers:int, out) -> tuple[list[int], list[str]]:
+    "Start `workers` workers and wait for them (`_keep_workers`), our signals forwarded; their exit codes, the signals."
+    procs, stopped = [], []
+    before = _forward_signals(procs, stopped)
+    start = _starter(args, env, out)
+    try:
+        for i in range(workers):
+            if stopped: break  # signalled while starting them: start no more
+            procs.append(start(i))
+        codes = _keep_workers(procs, start, 3 * workers, stopped, sys.stderr)
+    finally:
+        for p in procs:  # an exception here (not a signal) must not leave workers behind
+            if p.poll() is None: p.terminate()
+        for s, h in before.items(): signal.signal(s, h)
+        args.unlink(missing_ok=True)
+    return codes, stopped
+
+# %% ../nbs/12_sweep.ipynb #d3ffbfd6
+def _result(spec:SweepSpec, study, codes:list[int], stopped:list[str]) -> SweepResult:
+    "How the sweep ended, from its study: trials done, a grid's points missing or not tried, a timeout, a stop."
+    trials = study.get_trials(deepcopy=False)
+    done = done_count(trials, spec.method == "grid")
+    missing, untried = (missing_points(trials, spec.params, study.sampler) if spec.method == "grid" and done < spec.n_trials
+                        else ([], []))
+    timed_out = spec.timeout is not None and not stopped and done < spec.n_trials and not any(codes)
+    return SweepResult(spec.name, study, spec.n_trials, done, stopped[0] if stopped else None, codes, timed_out, missing,
+                       min(len(untried), max(0, spec.n_trials - done - len(missing))), bool(study.user_attrs.get(STOP_ATTR)))
+
+# %% ../nbs/12_sweep.ipynb #a78f2e64
 def sweep(spec:str|Path|SweepSpec, # The spec's YAML file, or a checked spec
           workers:int=1, # Worker processes on this machine
           gpus_per_trial:int|None=None, # GPUs each trial holds (gpu_lock) and sees
@@ -131,67 +236,15 @@ def sweep(spec:str|Path|SweepSpec, # The spec's YAML file, or a checked spec
           cell_timeout:float|None=None, # Instead of the spec's cell_timeout: seconds a trial's cell may run
          ) -> SweepResult:
     "Run the sweep `spec` with `workers` processes here until it has its `n_trials` done; resumes it if it exists."
-    from mlkit.execute import _writable_runs_folder
     out = out or sys.stdout
-    spec = load_spec(spec, n_trials, timeout, cell_timeout) if not isinstance(spec, SweepSpec) else spec
-    spec = with_nproc(spec, nproc, gpus_per_trial)
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise MlkitError(f"--workers takes a number of processes, 1 or more, got {workers!r}")
-    if gpus_per_trial is not None:
-        from mlkit.gpu import gpus as visible_gpus
-        if isinstance(gpus_per_trial, bool) or not isinstance(gpus_per_trial, int) or gpus_per_trial < 1:
-            raise MlkitError(f"--gpus-per-trial takes a number of GPUs, 1 or more, got {gpus_per_trial!r}")
-        if gpus_per_trial > (have := len(visible_gpus())):
-            raise MlkitError(f"--gpus-per-trial {gpus_per_trial}: this machine shows {have} GPU(s)")
+    spec = _checked_spec(spec, workers, gpus_per_trial, n_trials, nproc, timeout, cell_timeout)
     given = given_secrets() if params is None else {k: _as_text(v) for k, v in params.items()}
     check_secrets(spec, given)
     storage = storage or os.environ.get(STORAGE_ENV) or None
     _hush_experimental()
-    root = _writable_runs_folder(runs_dir if runs_dir is not None else _default_runs_dir(spec))
-    folder = root/SWEEPS/spec.name  # the workers' logs and lock; the journal too, unless `storage` says otherwise
-    try: folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e: raise MlkitError(f"cannot create the sweep folder {folder}: {e.strerror or e}") from None
-    study = open_study(spec, open_storage(storage, folder))
-    had = study.user_attrs.get(GIVEN_ATTR) or []  # an earlier session's trials ran with those: `best` asks for them too
-    study.set_user_attr(GIVEN_ATTR, sorted({*had, *given}))  # names only: `best` asks for their values
+    root, folder, study = _open_sweep(spec, storage, runs_dir, given)
     spec, secret_vars = secret_env(spec, given)  # the workers' argv holds no secret; their environment does
-    done = count_done(study, spec.method)
-    where = strip_url_credentials(storage) if storage else str(folder/JOURNAL)
-    print(f"sweep {spec.name}: {done} of {spec.n_trials} trials done; {workers} worker(s) on {socket.gethostname()}; "
-          f"storage {where}; runs in {root}", file=out, flush=True)
-    args = _write_args(folder, {"spec": _spec_json(spec), "folder": str(folder), "runs_dir": str(root),
-                                "gpus": gpus_per_trial, "parent": os.getpid(), "first": _last_trial(study),
-                                "deadline": None if spec.timeout is None else time.time() + spec.timeout})  # all the same
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith(SECRET_ENV)}, **secret_vars,
-           STORAGE_ENV: storage or "", "PYTHONUNBUFFERED": "1"}
-    procs, stopped = [], []
-    def forward(signum, frame):  # the workers are in sessions of their own: only this reaches them, once
-        stopped.append(signal.Signals(signum).name)
-        if stopped.count(stopped[-1]) > 1: return  # a second Ctrl-C must not break off the workers' own ending
-        for p in procs:
-            if p.poll() is None: p.send_signal(signum)
-    main_thread = threading.current_thread() is threading.main_thread()
-    signals = [s for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # SIGHUP: a closed terminal, a dropped ssh
-               if s != signal.SIGHUP or signal.getsignal(s) != signal.SIG_IGN]  # `nohup mlkit sweep`: HUP stays ignored
-    before = {s: signal.signal(s, forward) for s in signals} if main_thread else {}
-    def start(i:int):
-        with signals_held():  # a worker gets our signals once its handlers are set, never in its start-up
-            return subprocess.Popen([sys.executable, "-c", "from mlkit.sweep import _worker_main; _worker_main()", str(args),
-                                     str(i)], env=env, stdout=_fd(out), stderr=_fd(sys.stderr), start_new_session=True)
-    try:
-        for i in range(workers):
-            if stopped: break  # signalled while starting them: start no more
-            procs.append(start(i))
-        codes = _keep_workers(procs, start, 3 * workers, stopped, sys.stderr)
-    finally:
-        for p in procs:  # an exception here (not a signal) must not leave workers behind
-            if p.poll() is None: p.terminate()
-        for s, h in before.items(): signal.signal(s, h)
-        args.unlink(missing_ok=True)
-    trials = study.get_trials(deepcopy=False)
-    done = done_count(trials, spec.method == "grid")
-    missing, untried = (missing_points(trials, spec.params, study.sampler) if spec.method == "grid" and done < spec.n_trials
-                        else ([], []))
-    timed_out = spec.timeout is not None and not stopped and done < spec.n_trials and not any(codes)
-    return SweepResult(spec.name, study, spec.n_trials, done, stopped[0] if stopped else None, codes, timed_out, missing,
-                       min(len(untried), max(0, spec.n_trials - done - len(missing))), bool(study.user_attrs.get(STOP_ATTR)))
+    _announce(spec, study, workers, storage, folder, root, out)
+    args = _worker_args(spec, folder, root, gpus_per_trial, study)
+    codes, stopped = _run_workers(args, _worker_env(secret_vars, storage), workers, out)
+    return _result(spec, study, codes, stopped)

@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fastcore.basics import patch
+
 from .core import MlkitError
 
 
@@ -23,6 +25,7 @@ __all__ = ['SAMPLERS', 'METHODS', 'SAMPLER_NEEDS', 'SINGLE_OBJECTIVE', 'PRUNERS'
 class SpecError(MlkitError):
     "The sweep spec cannot run: an unknown key, an empty range, a parameter the notebook lacks, a wrong type, ..."
 
+# %% ../nbs/12a_sweep_spec.ipynb #10ba3156
 SAMPLERS = {"grid": "GridSampler", "random": "RandomSampler", "tpe": "TPESampler", "cmaes": "CmaEsSampler",
             "gp": "GPSampler", "qmc": "QMCSampler", "nsgaii": "NSGAIISampler", "nsgaiii": "NSGAIIISampler",
             "bruteforce": "BruteForceSampler"}  # method: -> the class in optuna.samplers
@@ -40,12 +43,14 @@ PARAM_KEYS = {"float": ("type", "low", "high", "log", "step", "when"), "int": ("
               "categorical": ("type", "choices", "when")}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
+# %% ../nbs/12a_sweep_spec.ipynb #1a3ca5b9
 def _in_project(path:Path) -> str:
     "`path` relative to the project's root when it is in the project (so that a sweep resumes from any folder)."
     from mlkit.core import ProjectNotFoundError, project_root
     try: return str(path.resolve().relative_to(project_root(path.parent)))
     except (ProjectNotFoundError, ValueError): return str(path.resolve())
 
+# %% ../nbs/12a_sweep_spec.ipynb #41f59945
 @dataclass
 class SweepSpec:
     "A sweep as its YAML spec describes it (`load_spec` reads and checks one)."
@@ -66,19 +71,22 @@ class SweepSpec:
     cell_timeout: float|None = None # seconds a trial's cell may run (run_notebook's cell_timeout)
     nproc: int|None = None # each trial in this many processes under torchrun (`mlkit run --nproc`)
 
-    def goals(self) -> list[dict]:
-        "The objectives: [{'name', 'goal'}], one for each metric (one unless `metric:` is a list)."
-        return self.objectives or [{"name": self.metric, "goal": self.goal}]
+# %% ../nbs/12a_sweep_spec.ipynb #731343a5
+@patch
+def goals(self:SweepSpec) -> list[dict]:
+    "The objectives: [{'name', 'goal'}], one for each metric (one unless `metric:` is a list)."
+    return self.objectives or [{"name": self.metric, "goal": self.goal}]
 
-    def identity(self) -> dict:
-        "What makes trials comparable: a sweep resumed with a different one of these is refused."
-        from mlkit.runmeta import redact  # fixed secrets as ***: a changed secret is the same sweep, and none is stored
-        several = len(self.goals()) > 1
-        return {"notebook": _in_project(self.notebook),
-                "metric": [o["name"] for o in self.goals()] if several else self.metric,
-                "goal": [o["goal"] for o in self.goals()] if several else self.goal, "method": self.method,
-                "params": self.params, "fixed": redact(self.fixed, set())}
-
+# %% ../nbs/12a_sweep_spec.ipynb #4fc362ae
+@patch
+def identity(self:SweepSpec) -> dict:
+    "What makes trials comparable: a sweep resumed with a different one of these is refused."
+    from mlkit.runmeta import redact  # fixed secrets as ***: a changed secret is the same sweep, and none is stored
+    several = len(self.goals()) > 1
+    return {"notebook": _in_project(self.notebook),
+            "metric": [o["name"] for o in self.goals()] if several else self.metric,
+            "goal": [o["goal"] for o in self.goals()] if several else self.goal, "method": self.method,
+            "params": self.params, "fixed": redact(self.fixed, set())}
 
 # %% ../nbs/12a_sweep_spec.ipynb #37db41e4
 def _keys(where:str, given:dict, known) -> None:
@@ -99,21 +107,20 @@ def _choice_ok(c) -> bool:
     try: return isinstance(c, (list, dict)) and json.loads(json.dumps(c, allow_nan=False)) == c
     except (TypeError, ValueError): return False
 
-def _check_param(where:str, p:dict) -> dict:
-    "The parameter spec `p`, checked: its type, keys and range (its `when` is checked by `_check_when`)."
-    kind = p.get("type")
-    if kind not in PARAM_KEYS: raise SpecError(f"{where}: type must be float, int or categorical, got {kind!r}")
-    _keys(where, p, PARAM_KEYS[kind])
-    when = {"when": p["when"]} if "when" in p else {}
-    if kind == "categorical":
-        choices = p.get("choices")
-        if not isinstance(choices, list) or not choices: raise SpecError(f"{where}: choices must be a non-empty list")
-        if bad := [c for c in choices if not _choice_ok(c)]:
-            raise SpecError(f"{where}: choices must be numbers, strings, booleans, null, or lists and mappings of them, "
-                            f"got {bad[0]!r}")
-        if twice := [c for i, c in enumerate(choices) if any(c == d and type(c) is type(d) for d in choices[:i])]:
-            raise SpecError(f"{where}: choice {twice[0]!r} is there twice")
-        return {"type": kind, "choices": choices, **when}
+# %% ../nbs/12a_sweep_spec.ipynb #e9b7d50e
+def _check_choices(where:str, choices) -> list:
+    "A categorical's choices: a non-empty list of distinct values that JSON keeps as they are."
+    if not isinstance(choices, list) or not choices: raise SpecError(f"{where}: choices must be a non-empty list")
+    if bad := [c for c in choices if not _choice_ok(c)]:
+        raise SpecError(f"{where}: choices must be numbers, strings, booleans, null, or lists and mappings of them, "
+                        f"got {bad[0]!r}")
+    if twice := [c for i, c in enumerate(choices) if any(c == d and type(c) is type(d) for d in choices[:i])]:
+        raise SpecError(f"{where}: choice {twice[0]!r} is there twice")
+    return choices
+
+# %% ../nbs/12a_sweep_spec.ipynb #32350b5b
+def _check_range(where:str, kind:str, p:dict) -> dict:
+    "A float's or an int's range: low below high, a log range above 0, a step that divides it; as {low, high, log, step}."
     low, high, log, step = p.get("low"), p.get("high"), p.get("log", False), p.get("step")
     number = (lambda v: isinstance(v, int) and not isinstance(v, bool)) if kind == "int" else _is_number
     for k, v in (("low", low), ("high", high)):
@@ -132,14 +139,26 @@ def _check_param(where:str, p:dict) -> dict:
             fit = low + int((high - low) / step + 1e-9) * step
             raise SpecError(f"{where}: step {step} does not divide the range {low}..{high}; make high {fit:g}, "
                             "or choose another step")
-    return {"type": kind, "low": low, "high": high, "log": log, **({"step": step} if step is not None else {}), **when}
+    return {"low": low, "high": high, "log": log, **({"step": step} if step is not None else {})}
 
+# %% ../nbs/12a_sweep_spec.ipynb #c5773de3
+def _check_param(where:str, p:dict) -> dict:
+    "The parameter spec `p`, checked: its type, keys and range (its `when` is checked by `_check_when`)."
+    kind = p.get("type")
+    if kind not in PARAM_KEYS: raise SpecError(f"{where}: type must be float, int or categorical, got {kind!r}")
+    _keys(where, p, PARAM_KEYS[kind])
+    when = {"when": p["when"]} if "when" in p else {}
+    if kind == "categorical": return {"type": kind, "choices": _check_choices(where, p.get("choices")), **when}
+    return {"type": kind, **_check_range(where, kind, p), **when}
+
+# %% ../nbs/12a_sweep_spec.ipynb #915b006f
 def grid_size(p:dict) -> int|None:
     "How many values a parameter spec can take; None when it has no finite grid (a float without step)."
     if p["type"] == "categorical": return len(p["choices"])
     step = p.get("step", 1 if p["type"] == "int" else None)
     return None if step is None else int((p["high"] - p["low"]) / step + 1e-9) + 1
 
+# %% ../nbs/12a_sweep_spec.ipynb #88a4719e
 def grid_values(p:dict) -> list|None:
     "Every value a parameter spec can take, for a grid; None when it has no finite grid (a float without step)."
     if p["type"] == "categorical": return list(p["choices"])
@@ -147,7 +166,6 @@ def grid_values(p:dict) -> list|None:
     if step is None: return None
     n = grid_size(p)
     return [p["low"] + i * step if p["type"] == "int" else round(p["low"] + i * step, 12) for i in range(n)]
-
 
 # %% ../nbs/12a_sweep_spec.ipynb #a1b2c304
 def _in_range(p:dict, v) -> bool:
@@ -172,6 +190,7 @@ def _check_when(where:str, params:dict) -> None:
                     raise SpecError(f"{where}.{k}.when: {other} never takes {v!r} (a list names several values; "
                                     "a list choice goes in a list of its own: [[16, 8]])")
 
+# %% ../nbs/12a_sweep_spec.ipynb #065d240a
 def _holds(when:dict|None, params:dict) -> bool:
     "Whether the condition `when` holds for the parameters chosen so far."
     return all(k in params and any(params[k] == v and type(params[k]) is type(v) or _is_number(params[k]) and
@@ -186,6 +205,7 @@ def _not_applying(point:dict, params:dict) -> str|None:
                     "; leave it out (the notebook's default stands)")
     return None
 
+# %% ../nbs/12a_sweep_spec.ipynb #f672f54d
 def _structured(p:dict) -> bool:
     "Whether a parameter's choices include lists or mappings, which Optuna takes as their JSON text."
     return p["type"] == "categorical" and any(isinstance(c, (list, dict)) for c in p["choices"])
@@ -194,14 +214,17 @@ def to_optuna(p:dict, v):
     "A parameter's value as Optuna keeps it: the JSON text of a choice, when its choices are lists or mappings."
     return json.dumps(v, sort_keys=True) if _structured(p) else v
 
+# %% ../nbs/12a_sweep_spec.ipynb #635d95da
 def from_optuna(p:dict, v):
     "A parameter's value as the notebook takes it, from the value Optuna keeps (`to_optuna`)."
     return json.loads(v) if _structured(p) and isinstance(v, str) else v
 
+# %% ../nbs/12a_sweep_spec.ipynb #82573f0f
 def trial_params(t, params:dict) -> dict:
     "The searched parameters of trial `t`, as the notebook got them (`params`: the spec's, for lists and mappings)."
     return {k: from_optuna(params[k], v) if k in params else v for k, v in t.params.items()}
 
+# %% ../nbs/12a_sweep_spec.ipynb #93aa5e5f
 def _suggest(trial, name:str, p:dict):
     "The value of parameter `name` for `trial` (a list or mapping choice goes through Optuna as its JSON text)."
     if p["type"] == "categorical":
@@ -216,7 +239,6 @@ def suggest_params(trial, spec:SweepSpec) -> dict:
         if _holds(p.get("when"), params): params[k] = _suggest(trial, k, p)
     return params
 
-
 # %% ../nbs/12a_sweep_spec.ipynb #ef2a6fa5
 def _notebook_path(text, spec_path:Path) -> Path:
     "The notebook the spec names: relative to the spec's folder, else to its project's root (else the working folder)."
@@ -229,6 +251,7 @@ def _notebook_path(text, spec_path:Path) -> Path:
     found = [f for f in (spec_path.parent/path, *(r/path for r in root), path) if f.exists()]  # what `mlkit check` reads
     return (found[0] if found else spec_path.parent/path).absolute()
 
+# %% ../nbs/12a_sweep_spec.ipynb #2d63ed9a
 def _signature_options(cls, reserved=()) -> list[str]:
     "The keyword arguments the Optuna class `cls` takes, less `reserved` (those mlkit fills in)."
     import inspect
@@ -239,6 +262,7 @@ _INT_OPTIONS = {"n_startup_trials": 0, "n_warmup_steps": 0, "interval_steps": 1,
                 "reduction_factor": 2, "patience": 0, "min_early_stopping_rate": 0, "bootstrap_count": 0,
                 "n_min_trials": 1}
 
+# %% ../nbs/12a_sweep_spec.ipynb #09db3fb2
 def _pruner_options(where:str, kind:str, options:dict) -> dict:
     "A pruner's options, checked against its Optuna class's signature (and the ints Optuna checks only when it prunes)."
     import optuna
@@ -264,6 +288,7 @@ def _pruner_options(where:str, kind:str, options:dict) -> dict:
                                                                                   inner["type"], inner)}
     return options
 
+# %% ../nbs/12a_sweep_spec.ipynb #5785ee35
 def _pruner_spec(where:str, p, metric:str, goal:str) -> dict:
     "The spec's `pruner:` checked: a pruner of `optuna.pruners` by name, its options, the metric it watches and its goal."
     from mlkit.runs import metric_goal
@@ -295,6 +320,7 @@ def _pruner(p:dict):
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return getattr(optuna.pruners, PRUNERS[p["type"]])(**options)
 
+# %% ../nbs/12a_sweep_spec.ipynb #187050ac
 def _sampler_options(where:str, method:str, options:dict) -> dict:
     "A sampler's options (`method: {name: ..., option: value}`), checked against its Optuna class's signature."
     import importlib.util
@@ -308,6 +334,7 @@ def _sampler_options(where:str, method:str, options:dict) -> dict:
                         f"{SAMPLERS[method]} takes: {', '.join(known) or 'none'})")
     return dict(options)
 
+# %% ../nbs/12a_sweep_spec.ipynb #3238a94f
 def _sampler(spec:SweepSpec):
     "The Optuna sampler of a checked spec: its method's class, with its options and the spec's seed."
     import warnings
@@ -319,7 +346,6 @@ def _sampler(spec:SweepSpec):
     with warnings.catch_warnings():  # GPSampler, QMCSampler, ... are experimental
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return getattr(optuna.samplers, SAMPLERS[spec.method])(seed=spec.seed, **options)
-
 
 # %% ../nbs/12a_sweep_spec.ipynb #a1b2c301
 _FLOAT_12 = r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?"  # YAML 1.2's float: 1e-4, 1E-4, .5, -3e+2
@@ -348,6 +374,7 @@ def _spec_loader():
     Loader.add_constructor("tag:yaml.org,2002:int", decimal)
     return Loader
 
+# %% ../nbs/12a_sweep_spec.ipynb #11b9608b
 def read_spec_yaml(path:Path):
     "The YAML of the spec at `path`, read by `_spec_loader`; a one-line `SpecError` when it cannot be read."
     import yaml
@@ -358,7 +385,6 @@ def read_spec_yaml(path:Path):
         if e.problem and e.problem.startswith("duplicate key"): raise SpecError(f"{path}: {e.problem}") from None
         raise SpecError(f"invalid YAML in {path}: {' '.join(str(e).split())[:200]}") from None
     except yaml.YAMLError as e: raise SpecError(f"invalid YAML in {path}: {' '.join(str(e).split())[:200]}") from None
-
 
 # %% ../nbs/12a_sweep_spec.ipynb #c039acf4
 def _objectives(where:str, metric) -> list[dict]:
@@ -381,6 +407,7 @@ def _objectives(where:str, metric) -> list[dict]:
         out.append({"name": m["name"], "goal": GOALS[goal]})
     return out
 
+# %% ../nbs/12a_sweep_spec.ipynb #9a6cab6c
 def _method(where:str, method) -> tuple[str, dict]:
     "(the sampler's name, its options) from the spec's `method:`, a name or {name: ..., option: value, ...}."
     options = {}
@@ -398,14 +425,9 @@ def _seconds(what:str, v) -> float|None:
         raise SpecError(f"{what} takes a number of seconds above 0, got {v!r}")
     return v
 
-def load_spec(path:str|Path, # The spec's YAML file
-              n_trials:int|None=None, # Instead of the spec's n_trials
-              timeout:float|None=None, # Instead of the spec's timeout: seconds after which no trial starts
-              cell_timeout:float|None=None, # Instead of the spec's cell_timeout: seconds a trial's cell may run
-             ) -> SweepSpec:
-    "The sweep spec at `path`, checked (against its notebook's parameters too); a one-line `SpecError` saying what is wrong."
-    from mlkit.params import ParameterError, convert, notebook_parameters, read_notebook
-    path = Path(path)
+# %% ../nbs/12a_sweep_spec.ipynb #425a17a5
+def _spec_data(path:Path) -> dict:
+    "The spec's YAML at `path`: a mapping of known keys, with the ones it needs and a name that can name a folder."
     data = _mapping(str(path), read_spec_yaml(path), "the spec's keys")
     _keys(str(path), data, SPEC_KEYS)
     for k in ("name", "notebook", "metric", "params"):
@@ -413,26 +435,42 @@ def load_spec(path:str|Path, # The spec's YAML file
     name = data["name"]
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise SpecError(f"{path}: name must be letters, digits, '.', '_' and '-' (it names a folder), got {name!r}")
-    objectives = _objectives(str(path), data["metric"])
-    metric, goal = objectives[0]["name"], objectives[0]["goal"]
-    method, method_options = _method(str(path), data.get("method", "tpe"))
+    return data
+
+# %% ../nbs/12a_sweep_spec.ipynb #42e6aa8c
+def _spec_method(path:Path, method, objectives:list) -> tuple[str, dict]:
+    "The spec's sampler and its options (`_method`); one that searches one metric is refused when there are several."
+    method, method_options = _method(str(path), method)
     if len(objectives) > 1 and method in SINGLE_OBJECTIVE:
         raise SpecError(f"{path}: method {method} searches one metric, and metric has {len(objectives)}; use nsgaii, "
                         "nsgaiii, tpe, gp or random")
+    return method, method_options
+
+def _spec_params(path:Path, params) -> dict:
+    "The spec's `params:`, each checked (`_check_param`), and their conditions (`_check_when`)."
     params = {k: _check_param(f"{path}: params.{k}", _mapping(f"{path}: params.{k}", v, "settings"))
-              for k, v in _mapping(f"{path}: params", data["params"], "parameter names to settings").items()}
+              for k, v in _mapping(f"{path}: params", params, "parameter names to settings").items()}
     if not params: raise SpecError(f"{path}: params is empty: nothing to search")
     _check_when(f"{path}: params", params)
-    size = None
-    if method == "grid":
-        sizes = {k: grid_size(p) for k, p in params.items()}
-        if no_grid := [k for k, v in sizes.items() if v is None]:
-            raise SpecError(f"{path}: a grid needs a step for float parameters ({', '.join(no_grid)})")
-        if when := [k for k, p in params.items() if "when" in p]:
-            raise SpecError(f"{path}: a grid cannot search a conditional space ({', '.join(when)} has when:); "
-                            "method: bruteforce walks one")
-        if (size := math.prod(sizes.values())) > 1_000_000:
-            raise SpecError(f"{path}: the grid has {size:,} points; a grid search needs far fewer (use tpe or random)")
+    return params
+
+# %% ../nbs/12a_sweep_spec.ipynb #cf61f265
+def _grid_points(path:Path, method:str, params:dict) -> int|None:
+    "How many points the spec's grid has (None for another method); a grid that cannot be searched is refused."
+    if method != "grid": return None
+    sizes = {k: grid_size(p) for k, p in params.items()}
+    if no_grid := [k for k, v in sizes.items() if v is None]:
+        raise SpecError(f"{path}: a grid needs a step for float parameters ({', '.join(no_grid)})")
+    if when := [k for k, p in params.items() if "when" in p]:
+        raise SpecError(f"{path}: a grid cannot search a conditional space ({', '.join(when)} has when:); "
+                        "method: bruteforce walks one")
+    if (size := math.prod(sizes.values())) > 1_000_000:
+        raise SpecError(f"{path}: the grid has {size:,} points; a grid search needs far fewer (use tpe or random)")
+    return size
+
+# %% ../nbs/12a_sweep_spec.ipynb #cf0527bd
+def _n_trials(path:Path, data:dict, n_trials:int|None, size:int|None) -> int:
+    "The number of trials: `--n-trials`, else the spec's, else a grid's size (or 20); never more than the grid has."
     given = "--n-trials" if n_trials is not None else "n_trials" if "n_trials" in data else None
     n = n_trials if n_trials is not None else data.get("n_trials", size or 20)  # a grid's size, unless it says
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
@@ -441,53 +479,99 @@ def load_spec(path:str|Path, # The spec's YAML file
     if size is not None and n > size:
         raise SpecError(f"{path}: {given} is {n}, and the grid has {size} points; lower {given} to {size} or less, "
                         "or leave n_trials out (a grid then runs all its points)")
-    timeout = _seconds("--timeout", timeout) if timeout is not None else _seconds(f"{path}: timeout", data.get("timeout"))
-    cell_timeout = (_seconds("--cell-timeout", cell_timeout) if cell_timeout is not None else
-                    _seconds(f"{path}: cell_timeout", data.get("cell_timeout")))
-    fixed = _mapping(f"{path}: fixed", data.get("fixed") or {}, "parameter names to values")
+    return n
+
+# %% ../nbs/12a_sweep_spec.ipynb #d875a950
+def _spec_fixed(path:Path, fixed, params:dict) -> dict:
+    "The spec's `fixed:` values, none of them also searched."
+    fixed = _mapping(f"{path}: fixed", fixed or {}, "parameter names to values")
     if both := [k for k in fixed if k in params]:
         raise SpecError(f"{path}: {', '.join(both)} both searched (params) and fixed")
-    seed = data.get("seed")
+    return fixed
+
+def _seed(path:Path, seed) -> int|None:
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32):
         raise SpecError(f"{path}: seed must be an int from 0 to 2**32 - 1, got {seed!r}")
-    start_with = data.get("start_with") or []
+    return seed
+
+# %% ../nbs/12a_sweep_spec.ipynb #cd83c5ab
+def _start_with(path:Path, start_with, params:dict, n:int) -> list:
+    "The spec's `start_with:` points: no more than `n`, each naming searched parameters whose condition holds."
+    start_with = start_with or []
     if not isinstance(start_with, list): raise SpecError(f"{path}: start_with must be a list of parameter mappings")
     if len(start_with) > n: raise SpecError(f"{path}: start_with has {len(start_with)} trials, more than n_trials ({n})")
     for i, t in enumerate(start_with):
         _keys(f"{path}: start_with[{i}]", _mapping(f"{path}: start_with[{i}]", t, "parameter names to values"), params)
         if why := _not_applying(t, params): raise SpecError(f"{path}: start_with[{i}]: {why}")
-    pruner = _pruner_spec(f"{path}: pruner", data.get("pruner"), metric, goal)
-    if len(objectives) > 1 and pruner["type"] != "none":
-        raise SpecError(f"{path}: pruner: Optuna cannot prune a search of {len(objectives)} metrics; leave pruner out")
-    spec = SweepSpec(name, _notebook_path(data["notebook"], path), metric, goal, params, method, n, pruner, fixed, seed,
-                     start_with, method_options, objectives if len(objectives) > 1 else [], timeout, cell_timeout,
+    return start_with
+
+# %% ../nbs/12a_sweep_spec.ipynb #9834159e
+def _spec_pruner(path:Path, pruner, metric:str, goal:str, n_objectives:int) -> dict:
+    "The spec's `pruner:` checked (`_pruner_spec`); none can prune a search of several metrics."
+    pruner = _pruner_spec(f"{path}: pruner", pruner, metric, goal)
+    if n_objectives > 1 and pruner["type"] != "none":
+        raise SpecError(f"{path}: pruner: Optuna cannot prune a search of {n_objectives} metrics; leave pruner out")
+    return pruner
+
+# %% ../nbs/12a_sweep_spec.ipynb #09e538ab
+def _check_values(spec:SweepSpec, declared:dict) -> None:
+    "Each value the spec can pass (ranges, choices, fixed values, `start_with`) converts to its parameter's type."
+    from mlkit.params import ParameterError, convert
+    for k, p in spec.params.items():
+        if p["type"] == "float" and declared[k].type is int:
+            raise ParameterError(f"parameter '{k}' takes an int (default {declared[k].default!r}), "
+                                 "and a float range gives floats: make it type: int")
+        for v in p["choices"] if p["type"] == "categorical" else [p["low"], p["high"]]: convert(declared[k], v)
+    for k, v in spec.fixed.items(): convert(declared[k], v)
+    for t in spec.start_with:
+        for k, v in t.items():
+            convert(declared[k], v)
+            p = spec.params[k]
+            if p["type"] == "categorical" and v not in p["choices"] or p["type"] != "categorical" and not (
+                    _is_number(v) and p["low"] <= v <= p["high"]):
+                raise ParameterError(f"start_with value {v!r} of '{k}' is outside its params range")
+            if spec.method == "grid" and v not in grid_values(p):
+                raise ParameterError(f"start_with value {v!r} of '{k}' is not a point of the grid")
+
+def _check_notebook(path:Path, spec:SweepSpec) -> None:
+    "The spec against its notebook's `parameters` cell: every name declared there, every value of its type."
+    from mlkit.params import ParameterError, notebook_parameters, read_notebook
+    declared = notebook_parameters(read_notebook(spec.notebook, validate=False))
+    if declared is None: raise SpecError(f"{path}: {spec.notebook} has no cell tagged 'parameters' to sweep over")
+    if missing := [k for k in [*spec.params, *spec.fixed] if k not in declared]:
+        raise SpecError(f"{path}: {spec.notebook.name} has no parameter {', '.join(map(repr, missing))}; "
+                        f"its parameters are: {', '.join(declared) or '(none)'}")
+    try: _check_values(spec, declared)
+    except ParameterError as e: raise SpecError(f"{path}: {e}") from None
+
+# %% ../nbs/12a_sweep_spec.ipynb #838cdb06
+def load_spec(path:str|Path, # The spec's YAML file
+              n_trials:int|None=None, # Instead of the spec's n_trials
+              timeout:float|None=None, # Instead of the spec's timeout: seconds after which no trial starts
+              cell_timeout:float|None=None, # Instead of the spec's cell_timeout: seconds a trial's cell may run
+             ) -> SweepSpec:
+    "The sweep spec at `path`, checked (against its notebook's parameters too); a one-line `SpecError` saying what is wrong."
+    path = Path(path)
+    data = _spec_data(path)
+    objectives = _objectives(str(path), data["metric"])
+    metric, goal = objectives[0]["name"], objectives[0]["goal"]
+    method, method_options = _spec_method(path, data.get("method", "tpe"), objectives)
+    params = _spec_params(path, data["params"])
+    n = _n_trials(path, data, n_trials, _grid_points(path, method, params))
+    timeout = _seconds("--timeout", timeout) if timeout is not None else _seconds(f"{path}: timeout", data.get("timeout"))
+    cell_timeout = (_seconds("--cell-timeout", cell_timeout) if cell_timeout is not None else
+                    _seconds(f"{path}: cell_timeout", data.get("cell_timeout")))
+    fixed = _spec_fixed(path, data.get("fixed"), params)
+    seed = _seed(path, data.get("seed"))
+    start_with = _start_with(path, data.get("start_with"), params, n)
+    pruner = _spec_pruner(path, data.get("pruner"), metric, goal, len(objectives))
+    spec = SweepSpec(data["name"], _notebook_path(data["notebook"], path), metric, goal, params, method, n, pruner, fixed,
+                     seed, start_with, method_options, objectives if len(objectives) > 1 else [], timeout, cell_timeout,
                      checked_nproc(data.get("nproc"), f"{path}: nproc", SpecError))
     try: _sampler(spec)  # Optuna checks its options' values
     except (TypeError, ValueError) as e: raise SpecError(f"{path}: method {method}: {' '.join(str(e).split())}") from None
-    declared = notebook_parameters(read_notebook(spec.notebook, validate=False))
-    if declared is None: raise SpecError(f"{path}: {spec.notebook} has no cell tagged 'parameters' to sweep over")
-    if missing := [k for k in [*params, *fixed] if k not in declared]:
-        raise SpecError(f"{path}: {spec.notebook.name} has no parameter {', '.join(map(repr, missing))}; "
-                        f"its parameters are: {', '.join(declared) or '(none)'}")
-    try:
-        for k, p in params.items():
-            if p["type"] == "float" and declared[k].type is int:
-                raise ParameterError(f"parameter '{k}' takes an int (default {declared[k].default!r}), "
-                                     "and a float range gives floats: make it type: int")
-            for v in p["choices"] if p["type"] == "categorical" else [p["low"], p["high"]]: convert(declared[k], v)
-        for k, v in fixed.items(): convert(declared[k], v)
-        for t in start_with:
-            for k, v in t.items():
-                convert(declared[k], v)
-                p = params[k]
-                if p["type"] == "categorical" and v not in p["choices"] or p["type"] != "categorical" and not (
-                        _is_number(v) and p["low"] <= v <= p["high"]):
-                    raise ParameterError(f"start_with value {v!r} of '{k}' is outside its params range")
-                if method == "grid" and v not in grid_values(p):
-                    raise ParameterError(f"start_with value {v!r} of '{k}' is not a point of the grid")
-    except ParameterError as e: raise SpecError(f"{path}: {e}") from None
+    _check_notebook(path, spec)
     return spec
-
 
 # %% ../nbs/12a_sweep_spec.ipynb #b9d0e001
 def checked_nproc(n, # A number of processes per trial, or None
@@ -498,6 +582,7 @@ def checked_nproc(n, # A number of processes per trial, or None
     if n is None or (not isinstance(n, bool) and isinstance(n, int) and n >= 1): return n
     raise error(f"{where} takes a number of processes per trial, 1 or more, got {n!r}")
 
+# %% ../nbs/12a_sweep_spec.ipynb #f9f7c9cb
 def with_nproc(spec:SweepSpec, # A checked spec
                nproc:int|None, # `--nproc`: instead of the spec's `nproc`
                gpus_per_trial:int|None, # `--gpus-per-trial`
@@ -511,4 +596,3 @@ def with_nproc(spec:SweepSpec, # A checked spec
     if spec.nproc is not None and spec.cell_timeout is not None:  # refused before any trial, not by each one
         raise MlkitError("cell_timeout applies to cells, and nproc runs each trial as a script: leave one out")
     return spec
-

@@ -33,17 +33,20 @@ OVERHEAD_ATTR, WATCH_ATTR = "mlkit.overhead_s", "mlkit.watch"  # seconds of swee
 GIVEN_ATTR = "mlkit.given"  # the study's: the names given with `mlkit sweep -p` (their values are never stored)
 HEARTBEAT_ENV = "MLKIT_SWEEP_HEARTBEAT"
 
+# %% ../nbs/12b_sweep_storage.ipynb #6577c392
 def sweep_folder(name:str, runs_dir:str|Path|None=None) -> Path:
     "Where a sweep keeps its journal and logs: `runs/sweeps/<name>/`."
     from mlkit.core import runs_dir as default_runs_dir
     return (Path(runs_dir).expanduser() if runs_dir is not None else default_runs_dir())/SWEEPS/name
 
+# %% ../nbs/12b_sweep_storage.ipynb #e90f3496
 def _heartbeat() -> int:
     text = os.environ.get(HEARTBEAT_ENV, "30")
     if not text.isdigit() or int(text) < 1:
         raise MlkitError(f"{HEARTBEAT_ENV} must be a number of seconds, 1 or more, got {text!r}")
     return int(text)
 
+# %% ../nbs/12b_sweep_storage.ipynb #8d026463
 @contextmanager
 def _quiet():
     "Inside: Optuna's warnings that its heartbeat and retry callback are experimental are not shown."
@@ -58,18 +61,19 @@ def _retry_once():
     from optuna.storages import RetryHeartbeatStaleTrialCallback
     with _quiet(): return RetryHeartbeatStaleTrialCallback(max_retry=1)
 
-def open_storage(url:str|None, # An Optuna RDB URL (postgresql+psycopg://...); None: the journal file in `folder`
-                 folder:Path, # The sweep's folder
-                 heartbeat:bool=True, # Beat while trials run (workers); the kernel's reports do not
-                ):
-    "The Optuna storage of a sweep; an `MlkitError` naming the storage (without its password) when it cannot be opened."
-    import optuna
+# %% ../nbs/12b_sweep_storage.ipynb #7d1e5ffe
+def _journal_storage(folder:Path):
+    "Optuna's journal file in the sweep's folder, which is made if need be."
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
-    if url is None:
-        try: folder.mkdir(parents=True, exist_ok=True)
-        except OSError as e: raise MlkitError(f"cannot create the sweep folder {folder}: {e.strerror or e}") from None
-        return JournalStorage(JournalFileBackend(str(folder/JOURNAL)))
+    try: folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e: raise MlkitError(f"cannot create the sweep folder {folder}: {e.strerror or e}") from None
+    return JournalStorage(JournalFileBackend(str(folder/JOURNAL)))
+
+# %% ../nbs/12b_sweep_storage.ipynb #93d55717
+def _rdb_storage(url:str, heartbeat:bool):
+    "A patient RDB storage on `url` (`_patient_rdb`); an `MlkitError` naming it (without its password) when it cannot be opened."
+    import optuna
     beat, wait = _heartbeat() if heartbeat else None, _storage_wait()
     from sqlalchemy.exc import IntegrityError, ProgrammingError
     try:
@@ -94,6 +98,15 @@ def open_storage(url:str|None, # An Optuna RDB URL (postgresql+psycopg://...); N
         raise MlkitError(f"cannot open the storage {strip_url_credentials(url)}: {strip_url_credentials(first)}") from None
     finally: optuna.logging.set_verbosity(optuna.logging.WARNING)
 
+# %% ../nbs/12b_sweep_storage.ipynb #44571069
+def open_storage(url:str|None, # An Optuna RDB URL (postgresql+psycopg://...); None: the journal file in `folder`
+                 folder:Path, # The sweep's folder
+                 heartbeat:bool=True, # Beat while trials run (workers); the kernel's reports do not
+                ):
+    "The Optuna storage of a sweep; an `MlkitError` naming the storage (without its password) when it cannot be opened."
+    if url is None: return _journal_storage(folder)
+    return _rdb_storage(url, heartbeat)
+
 # %% ../nbs/12b_sweep_storage.ipynb #c9a0b1d2
 STOP_ATTR, N_TRIALS_ATTR = "mlkit.stop", "mlkit.n_trials"  # study attributes: `mlkit sweep stop`, the last n_trials
 
@@ -109,6 +122,7 @@ def _grid_marks(sampler, point:dict) -> dict:
     return {"search_space": sampler._search_space,
             "grid_id": sampler._all_grids.index(tuple(point[k] for k in sampler._param_names))}
 
+# %% ../nbs/12b_sweep_storage.ipynb #983f7f33
 def _queue(study, fixed:dict, **attrs):
     "Queue a trial with the parameters `fixed`; a grid's with the GridSampler's own marks, so that it counts it."
     import optuna
@@ -122,13 +136,13 @@ def _queue_start_with(study, spec):
         entry = {k: to_optuna(spec.params[k], v) if k in spec.params else v for k, v in entry.items()}  # as Optuna keeps it
         if not any(all(k in p and p[k] == v for k, v in entry.items()) for p in have): _queue(study, entry)
 
-
 # %% ../nbs/12b_sweep_storage.ipynb #5ec7e7b1
 STORAGE_WAIT_ENV = "MLKIT_SWEEP_STORAGE_WAIT"  # seconds a process waits for its database to answer again (300)
 
 class StorageUnavailable(MlkitError):
     "The sweep's database did not answer for longer than $MLKIT_SWEEP_STORAGE_WAIT seconds."
 
+# %% ../nbs/12b_sweep_storage.ipynb #9240cc9c
 def _storage_wait() -> float:
     text = os.environ.get(STORAGE_WAIT_ENV, "300")
     try: wait = float(text)
@@ -137,6 +151,7 @@ def _storage_wait() -> float:
         raise MlkitError(f"{STORAGE_WAIT_ENV} must be a number of seconds, 0 or more, got {text!r}")
     return wait
 
+# %% ../nbs/12b_sweep_storage.ipynb #780c7d4d
 def _transient(e:BaseException) -> bool:
     "Whether `e` says the database went away (restarted, a dropped connection), not that a query was wrong."
     from optuna.exceptions import StorageInternalError
@@ -149,7 +164,55 @@ def _first_line(e:BaseException) -> str:
     e = e.__cause__ if type(e).__name__ == "StorageInternalError" and e.__cause__ else e
     return strip_url_credentials((str(e).strip().splitlines() or [type(e).__name__])[0][:200])
 
+# %% ../nbs/12b_sweep_storage.ipynb #df2e57d5
+def _patiently(self, method, *args, **kwargs):
+    "Storage `self`'s `method`, called again with backoff while the database is away, for up to `self.wait` s."
+    delay = 0.5
+    while True:
+        try: result = method(self, *args, **kwargs)
+        except Exception as e:
+            if not _transient(e): raise
+            now, down = time.monotonic(), self.down_since
+            if down is None:
+                self.down_since = down = now
+                self._say(f"{self.shown} does not answer ({_first_line(e)}); waiting for it, up to "
+                          f"{self.wait:g} s ({STORAGE_WAIT_ENV})")
+            if now - down >= self.wait:
+                raise StorageUnavailable(f"{self.shown} did not answer for {self.wait:g} s "
+                                         f"({_first_line(e)}); the same command continues the sweep") from None
+            time.sleep(min(delay, self.wait - (now - down)))
+            delay = min(2 * delay, 10.0)
+            continue
+        if self.down_since is not None:
+            self._say(f"{self.shown} answers again, after {time.monotonic() - self.down_since:.0f} s")
+            self.down_since = None
+        return result
+
+# %% ../nbs/12b_sweep_storage.ipynb #115780e2
+def _record_heartbeat(self, trial_id:int) -> None:
+    "A beat that cannot be recorded is a missed beat: noted once, never raised (it would end Optuna's thread)."
+    from optuna.storages import RDBStorage
+    try: RDBStorage.record_heartbeat(self, trial_id)
+    except Exception as e:
+        if not _transient(e): raise
+        if self.down_since is None:
+            self.down_since = time.monotonic()
+            self._say(f"{self.shown} does not answer ({_first_line(e)}); waiting for it")
+        return
+    if self.down_since is not None:  # back: a later outage is waited for afresh, not from this one's start
+        self._say(f"{self.shown} answers again, after {time.monotonic() - self.down_since:.0f} s")
+        self.down_since = None
+
+# %% ../nbs/12b_sweep_storage.ipynb #b3d8cfc6
 _PATIENT = []
+
+def _patient_call(name:str):
+    "RDBStorage's method `name`, made to wait while the database is away (`_patiently`)."
+    from optuna.storages import RDBStorage
+    method = getattr(RDBStorage, name)
+    def call(self, *args, **kwargs): return self._patiently(method, *args, **kwargs)
+    call.__name__ = call.__qualname__ = name
+    return call
 
 def _patient_rdb():
     "Optuna's RDBStorage whose calls wait, with backoff, while the database is away (up to $MLKIT_SWEEP_STORAGE_WAIT s)."
@@ -157,56 +220,18 @@ def _patient_rdb():
     from optuna.storages import BaseStorage, RDBStorage
     class PatientRDBStorage(RDBStorage):
         shown, wait, down_since = "the storage", 0.0, None  # open_storage sets them
+        _patiently, record_heartbeat = _patiently, _record_heartbeat
 
         def _say(self, text:str): print(f"mlkit sweep: {text}", file=sys.stderr, flush=True)
 
-        def _patiently(self, method, *args, **kwargs):
-            delay = 0.5
-            while True:
-                try: result = method(self, *args, **kwargs)
-                except Exception as e:
-                    if not _transient(e): raise
-                    now, down = time.monotonic(), self.down_since
-                    if down is None:
-                        self.down_since = down = now
-                        self._say(f"{self.shown} does not answer ({_first_line(e)}); waiting for it, up to "
-                                  f"{self.wait:g} s ({STORAGE_WAIT_ENV})")
-                    if now - down >= self.wait:
-                        raise StorageUnavailable(f"{self.shown} did not answer for {self.wait:g} s "
-                                                 f"({_first_line(e)}); the same command continues the sweep") from None
-                    time.sleep(min(delay, self.wait - (now - down)))
-                    delay = min(2 * delay, 10.0)
-                    continue
-                if self.down_since is not None:
-                    self._say(f"{self.shown} answers again, after {time.monotonic() - self.down_since:.0f} s")
-                    self.down_since = None
-                return result
-
-        def record_heartbeat(self, trial_id:int) -> None:
-            "A beat that cannot be recorded is a missed beat: noted once, never raised (it would end Optuna's thread)."
-            try: RDBStorage.record_heartbeat(self, trial_id)
-            except Exception as e:
-                if not _transient(e): raise
-                if self.down_since is None:
-                    self.down_since = time.monotonic()
-                    self._say(f"{self.shown} does not answer ({_first_line(e)}); waiting for it")
-                return
-            if self.down_since is not None:  # back: a later outage is waited for afresh, not from this one's start
-                self._say(f"{self.shown} answers again, after {time.monotonic() - self.down_since:.0f} s")
-                self.down_since = None
-
-    def patient(name:str):
-        method = getattr(RDBStorage, name)
-        def call(self, *args, **kwargs): return self._patiently(method, *args, **kwargs)
-        call.__name__ = call.__qualname__ = name
-        return call
     for name in [*(n for n in vars(BaseStorage) if not n.startswith("_") and callable(getattr(BaseStorage, n))),
                  "_get_stale_trial_ids", "_get_trials", "_create_new_trial", "_set_trial_param", "_get_best_trial_id"]:
         # every call that reaches the database: Optuna's storage API, and what its _CachedStorage calls besides
-        if name not in ("record_heartbeat", "remove_session"): setattr(PatientRDBStorage, name, patient(name))
+        if name not in ("record_heartbeat", "remove_session"): setattr(PatientRDBStorage, name, _patient_call(name))
     _PATIENT.append(PatientRDBStorage)
     return PatientRDBStorage
 
+# %% ../nbs/12b_sweep_storage.ipynb #70e80e2c
 def storage_gone(e:BaseException|None) -> StorageUnavailable|None:
     "The `StorageUnavailable` that `e` is or arose from (Optuna may raise another error while handling it), else None."
     seen = set()
@@ -216,11 +241,13 @@ def storage_gone(e:BaseException|None) -> StorageUnavailable|None:
         e = e.__cause__ or e.__context__
     return None
 
+# %% ../nbs/12b_sweep_storage.ipynb #0dafb904
 class TrialLost(Exception):
     "This worker's trial was failed by the heartbeat (the worker was paused or cut off); its run is marked failed."
     def __init__(self, message:str): # Why, in one line
         super().__init__(message)
 
+# %% ../nbs/12b_sweep_storage.ipynb #a28d8a11
 def fail_stale_trials(study, storage) -> None:
     "Optuna's `fail_stale_trials` (running trials its heartbeat no longer hears from), each noted first with why."
     from optuna.exceptions import UpdateFinishedTrialError
@@ -233,6 +260,7 @@ def fail_stale_trials(study, storage) -> None:
         import optuna
         optuna.storages.fail_stale_trials(study)
 
+# %% ../nbs/12b_sweep_storage.ipynb #583374af
 def lost_trial(storage, trial, run) -> str|None:
     "Why `trial` is no longer this worker's to tell (the heartbeat failed it), with its `run` marked failed; else None."
     from optuna.trial import TrialState
@@ -245,7 +273,6 @@ def lost_trial(storage, trial, run) -> str|None:
         run.meta.update(status="failed", error=why)
         write_json_atomic(run.path/META, run.meta)
     return why
-
 
 # %% ../nbs/12b_sweep_storage.ipynb #4f53734e
 def _load_study(spec:SweepSpec, storage):

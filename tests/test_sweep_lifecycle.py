@@ -242,29 +242,6 @@ def test_a_postgresql_sweep_prints_no_optuna_experimental_warning(project, postg
     assert ls.returncode == 0 and re.search(r"\ns +2/2 ", ls.stdout) and "hunter2" not in ls.stdout, ls.stdout
 
 
-def test_a_worker_ended_by_a_plain_kill_is_reported_and_replaced_too():
-    "`kill PID` (SIGTERM) or SIGHUP to one worker ends it with 130 (its trial interrupted): not ours, so replace it."
-    import io
-
-    from mlkit.sweep import _keep_workers
-
-    class Proc:
-        def __init__(self, pid, code): self.pid, self.code = pid, code
-        def poll(self): return self.code
-
-    started = []
-    def start(i):
-        started.append(i)
-        return Proc(100 + len(started), 0)
-    err = io.StringIO()
-    codes = _keep_workers([Proc(1, 130), Proc(2, 0)], start, 2, [], err)
-    assert started == [0] and codes == [0, 0], (started, codes)
-    assert "worker 0 (pid 1) died (SIGINT, SIGTERM or SIGHUP: exit 130); started another in its place (1 of at most 2)" \
-        in err.getvalue(), err.getvalue()
-    started.clear()
-    assert _keep_workers([Proc(1, 130)], start, 2, ["SIGINT"], io.StringIO()) == [130] and not started  # ours: not replaced
-
-
 def test_a_grid_point_queued_but_never_run_is_not_yet_tried_not_failed_and_a_timeout_says_so(project):
     "A grid ended by its timeout leaves its next point queued (waiting): it never ran, so it is not a failed point."
     notebook(project, "toy.ipynb", "i = 0\nnap = 0.0", "import time\nfrom mlkit.run import record\ntime.sleep(nap)\n"

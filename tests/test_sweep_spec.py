@@ -11,7 +11,7 @@ import test_sweep
 from optuna.trial import TrialState
 from test_sweep import notebook, runs, spec, study, sweep
 
-COVERS = ("07_cli", "12_sweep")  # the notebooks these tests cover: `make test NB=...` runs them
+COVERS = ("07_cli", "12_sweep", "12a_sweep_spec")  # the notebooks these tests cover: `make test NB=...` runs them
 
 project = test_sweep.project  # the fixture: a project folder with its runs folder in MLKIT_RUNS_DIR
 

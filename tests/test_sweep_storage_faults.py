@@ -12,7 +12,7 @@ import test_sweep
 from optuna.trial import TrialState
 from test_sweep import MLKIT, notebook, runs, spec, sweep
 
-COVERS = ("12_sweep",)
+COVERS = ("12_sweep", "12b_sweep_storage")
 project, postgres = test_sweep.project, test_sweep.postgres  # the fixtures: a project folder, the tests' PostgreSQL
 
 # each trial marks that it started, then waits for the test to open the gate: the test knows where every trial is
