@@ -178,28 +178,28 @@ def _call(self:MLflowTracker, msg:dict, doing:str|None=None) -> dict:
 
 # %% ../nbs/10d_trackers.ipynb #3026b61b
 @patch
-def log_params(self:MLflowTracker, params:dict):
+def log_params(self:MLflowTracker, params:dict):  # noqa: F811 (another class's method, by @patch)
     if not self.active: return
     flat = flatten(redact(dict(params)))
     with _deferral, self._lock: self._call({"params": {k: str(v)[:6000] for k, v in flat.items()}})
 
 @patch
-def _write(self:MLflowTracker, rows):
+def _write(self:MLflowTracker, rows):  # noqa: F811 (another class's method, by @patch)
     if rows := self._numbers(rows): self._call({"metrics": rows})
 
 # %% ../nbs/10d_trackers.ipynb #c3c3105b
 @patch
-def log_artifact(self:MLflowTracker, path, name=None, link=False):
+def log_artifact(self:MLflowTracker, path, name=None, link=False):  # noqa: F811 (another class's method, by @patch)
     if not self.active: return
     folder = str(Path(name).parent) if name and Path(name).parent != Path(".") else None
     with _deferral, self._lock: self._call({"artifact": [str(Path(path).resolve()), folder]}, "uploading an artifact")
 
 # %% ../nbs/10d_trackers.ipynb #8e4a7713
 @patch
-def run_ids(self:MLflowTracker) -> dict: return {"MLflowTracker": self.run_id} if self.active else {}
+def run_ids(self:MLflowTracker) -> dict: return {"MLflowTracker": self.run_id} if self.active else {}  # noqa: F811 (another class's method, by @patch)
 
 @patch
-def resume_run(self:MLflowTracker, ids:dict, step:int|None=None):
+def resume_run(self:MLflowTracker, ids:dict, step:int|None=None):  # noqa: F811 (another class's method, by @patch)
     old = ids.get("MLflowTracker")
     if not self.active or old is None or old == self.run_id: return
     with _deferral, self._lock:
@@ -211,7 +211,7 @@ def resume_run(self:MLflowTracker, ids:dict, step:int|None=None):
 
 # %% ../nbs/10d_trackers.ipynb #ca7e5deb
 @patch
-def _end(self:MLflowTracker, status, error):
+def _end(self:MLflowTracker, status, error):  # noqa: F811 (another class's method, by @patch)
     self._call({"end": status}, "ending the run")  # the writer ends the run even if this process dies meanwhile
     self._stop_writer()
 
@@ -248,19 +248,19 @@ class WandbTracker(Tracker):
 
 # %% ../nbs/10d_trackers.ipynb #35a95bb9
 @patch
-def log_params(self:WandbTracker, params:dict):
+def log_params(self:WandbTracker, params:dict):  # noqa: F811 (another class's method, by @patch)
     if not self.active: return
     with _deferral, self._lock: self.run.config.update(redact(dict(params)), allow_val_change=True)
 
 @patch
-def _write(self:WandbTracker, rows):
+def _write(self:WandbTracker, rows):  # noqa: F811 (another class's method, by @patch)
     by_step: dict = {}
     for step, _, k, v in self._numbers(rows): by_step.setdefault(step, {})[k] = v
     for step, values in sorted(by_step.items()): self.run.log(values, step=step)
 
 # %% ../nbs/10d_trackers.ipynb #300e5b21
 @patch
-def log_artifact(self:WandbTracker, path, name=None, link=False):
+def log_artifact(self:WandbTracker, path, name=None, link=False):  # noqa: F811 (another class's method, by @patch)
     if not self.active: return
     import wandb
     art = wandb.Artifact((name or Path(path).name).replace("/", "-").replace(".", "-"), type="file")
@@ -268,7 +268,7 @@ def log_artifact(self:WandbTracker, path, name=None, link=False):
     with _deferral, self._lock: self.run.log_artifact(art)
 
 @patch
-def _end(self:WandbTracker, status, error):
+def _end(self:WandbTracker, status, error):  # noqa: F811 (another class's method, by @patch)
     self.run.summary["mlkit_status"] = status
     self.run.finish(exit_code=0 if status == "finished" else 1)
 
