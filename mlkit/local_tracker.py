@@ -211,6 +211,7 @@ def _end(self:LocalTracker, status:str, error:str|None):
 # %% ../nbs/10c_local_tracker.ipynb #b4a44468
 @patch
 def log_params(self:LocalTracker, params:dict):
+    "Merge `params` into params.json (secrets redacted); a changed value is noted in meta.json."
     if not self.active: return
     try: self.params = json.loads((self.path/PARAMS).read_text())  # what trackers attached to this run wrote
     except (OSError, ValueError): pass
@@ -233,6 +234,7 @@ def _merge(into:dict, new:dict):
 # %% ../nbs/10c_local_tracker.ipynb #222ab4ce
 @patch
 def log_artifact(self:LocalTracker, path:str|Path, name:str|None=None, link:bool=False) -> Path|None:
+    "Copy (or with `link`, hard-link) the file at `path` into the run's artifacts/, as `name`."
     if not self.active: return None
     src = Path(path)
     if not src.is_file(): raise MlkitError(f"cannot log artifact {src}: no such file")
@@ -351,6 +353,7 @@ def _truncate(self:LocalTracker, step:int|None):
 # %% ../nbs/10c_local_tracker.ipynb #95282763
 @patch
 def resume_run(self:LocalTracker, ids:dict, step:int|None=None):
+    "Continue the run `ids` names in its own folder, dropping its metrics after `step`."
     run_id = ids.get("LocalTracker")
     if not self.active or run_id is None: return
     if run_id == self.id:  # the same tracker goes on (a notebook: interrupted, then fit(resume=...) again)

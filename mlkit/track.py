@@ -80,6 +80,7 @@ class TrackingCallback(Callback):
 # %% ../nbs/10_track.ipynb #0a0b0063
 @patch
 def before_fit(self:TrackingCallback):
+    "Find the run, continue the checkpoint's run on a resumed fit, log the configuration and hyperparameters."
     from mlkit.distributed import is_main_process
     from mlkit.runenv import TRIAL_ENV
     self._in_sweep, self._prune = bool(os.environ.get(TRIAL_ENV)), False  # the same on every rank
@@ -111,6 +112,7 @@ def before_epoch(self:TrackingCallback):
 # %% ../nbs/10_track.ipynb #2e06fbb0
 @patch
 def before_train(self:TrackingCallback):
+    "Start the epoch's clock and its peak-memory count."
     if not self.active: return
     self._t0, self._seen, self._windows, self._lrs = time.perf_counter(), 0, {}, {}
     if self.trainer.device.type == "cuda":
@@ -119,11 +121,13 @@ def before_train(self:TrackingCallback):
 
 @patch
 def before_step(self:TrackingCallback):
+    "Note the learning rate of the coming optimizer step."
     if self.active: self._lrs[self.trainer.step + 1] = self.trainer.opt.param_groups[0]["lr"]
 
 # %% ../nbs/10_track.ipynb #24fc74bc
 @patch
 def after_batch(self:TrackingCallback):
+    "Log the steps whose batch losses have all reached the host."
     t = self.trainer
     if self.active and t.training and len(t.host_losses) > self._seen: self._log_steps(final=False)
 
@@ -149,11 +153,13 @@ def _log_steps(self:TrackingCallback, final:bool):
 # %% ../nbs/10_track.ipynb #3cd83de1
 @patch
 def after_train(self:TrackingCallback):
+    "Log the epoch's remaining steps."
     if self.active: self._log_steps(final=True)
 
 # %% ../nbs/10_track.ipynb #c916549e
 @patch
 def after_epoch(self:TrackingCallback):
+    "Log the epoch's metrics, time, speed and peak memory; in a sweep, report to the trial."
     if not self.active: return
     from mlkit.gpu import memory_stats
     t, elapsed = self.trainer, time.perf_counter() - self._t0
@@ -182,6 +188,7 @@ def _report(self:TrackingCallback):
 # %% ../nbs/10_track.ipynb #23e64921
 @patch
 def after_fit(self:TrackingCallback):
+    "Keep a Checkpoint callback's last and best files as artifacts (hard links)."
     if not self.active: return
     for cb in self.trainer.cbs:
         if getattr(cb, "checkpoint_dir", None) is None: continue

@@ -55,6 +55,7 @@ class TensorBoardTracker(Tracker):
 # %% ../nbs/10d_trackers.ipynb #1f9c212a
 @patch
 def log_params(self:TensorBoardTracker, params:dict):
+    "Merge `params` (secrets redacted) and write them all as a text summary."
     if not self.active: return
     with _deferral, self._lock:
         _merge(self.params, redact(dict(params)))
@@ -69,6 +70,7 @@ def _write(self:TensorBoardTracker, rows):
 # %% ../nbs/10d_trackers.ipynb #99b9bdd1
 @patch
 def log_artifact(self:TensorBoardTracker, path, name=None, link=False):
+    "Copy (or hard-link) the file at `path` into the event folder's artifacts/."
     if not self.active: return None
     dst = self.log_dir/"artifacts"/(name or Path(path).name)
     return link_or_copy(path, dst) if link else Path(shutil.copy2(path, _mkparent(dst)))
@@ -79,10 +81,13 @@ def _mkparent(path:Path) -> Path:
 
 # %% ../nbs/10d_trackers.ipynb #b5947ac4
 @patch
-def run_ids(self:TensorBoardTracker) -> dict: return {"TensorBoardTracker": str(self.log_dir)} if self.active else {}
+def run_ids(self:TensorBoardTracker) -> dict:
+    "The event folder, which a resumed fit writes into again."
+    return {"TensorBoardTracker": str(self.log_dir)} if self.active else {}
 
 @patch
 def resume_run(self:TensorBoardTracker, ids:dict, step:int|None=None):
+    "Write on into the event folder `ids` names."
     old = ids.get("TensorBoardTracker")
     if not self.active or old is None or old == str(self.log_dir): return
     with _deferral, self._lock:  # points logged after the checkpoint stay: TensorBoard cannot delete them
@@ -179,6 +184,7 @@ def _call(self:MLflowTracker, msg:dict, doing:str|None=None) -> dict:
 # %% ../nbs/10d_trackers.ipynb #3026b61b
 @patch
 def log_params(self:MLflowTracker, params:dict):  # noqa: F811 (another class's method, by @patch)
+    "Log `params` flattened (secrets redacted) as MLflow parameters; a changed value becomes a tag."
     if not self.active: return
     flat = flatten(redact(dict(params)))
     with _deferral, self._lock: self._call({"params": {k: str(v)[:6000] for k, v in flat.items()}})
@@ -190,16 +196,20 @@ def _write(self:MLflowTracker, rows):  # noqa: F811 (another class's method, by 
 # %% ../nbs/10d_trackers.ipynb #c3c3105b
 @patch
 def log_artifact(self:MLflowTracker, path, name=None, link=False):  # noqa: F811 (another class's method, by @patch)
+    "Upload the file at `path` to the run's artifacts (in `name`'s folder), waiting until it is stored."
     if not self.active: return
     folder = str(Path(name).parent) if name and Path(name).parent != Path(".") else None
     with _deferral, self._lock: self._call({"artifact": [str(Path(path).resolve()), folder]}, "uploading an artifact")
 
 # %% ../nbs/10d_trackers.ipynb #8e4a7713
 @patch
-def run_ids(self:MLflowTracker) -> dict: return {"MLflowTracker": self.run_id} if self.active else {}  # noqa: F811 (another class's method, by @patch)
+def run_ids(self:MLflowTracker) -> dict:  # noqa: F811 (another class's method, by @patch)
+    "The MLflow run id, which a resumed fit continues."
+    return {"MLflowTracker": self.run_id} if self.active else {}
 
 @patch
 def resume_run(self:MLflowTracker, ids:dict, step:int|None=None):  # noqa: F811 (another class's method, by @patch)
+    "Switch the writer to the MLflow run `ids` names, if MLflow can continue it."
     old = ids.get("MLflowTracker")
     if not self.active or old is None or old == self.run_id: return
     with _deferral, self._lock:
@@ -249,6 +259,7 @@ class WandbTracker(Tracker):
 # %% ../nbs/10d_trackers.ipynb #35a95bb9
 @patch
 def log_params(self:WandbTracker, params:dict):  # noqa: F811 (another class's method, by @patch)
+    "Update the W&B run's config with `params` (secrets redacted; changed values allowed)."
     if not self.active: return
     with _deferral, self._lock: self.run.config.update(redact(dict(params)), allow_val_change=True)
 
@@ -261,6 +272,7 @@ def _write(self:WandbTracker, rows):  # noqa: F811 (another class's method, by @
 # %% ../nbs/10d_trackers.ipynb #300e5b21
 @patch
 def log_artifact(self:WandbTracker, path, name=None, link=False):  # noqa: F811 (another class's method, by @patch)
+    "Log the file at `path` as a W&B artifact of type file."
     if not self.active: return
     import wandb
     art = wandb.Artifact((name or Path(path).name).replace("/", "-").replace(".", "-"), type="file")
