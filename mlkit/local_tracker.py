@@ -23,12 +23,12 @@ from .runs import (ARTIFACTS, HEARTBEAT_S, META, METRICS, METRICS_HEADER, PACKAG
                         flatten, load_runs, open_run, summarize, write_summary)
 
 _all_ = ["load_runs"]
-from .tracker import Tracker, _deferral, _open_trackers
+from .tracker import Tracker, deferral, open_trackers
 from .core import write_json_atomic
 
 
 # %% auto #0
-__all__ = ['NAME_MARK', 'new_run_id', 'LocalTracker', 'take_seed_mark', 'take_name_mark', 'load_runs']
+__all__ = ['NAME_MARK', 'new_run_id', 'LocalTracker', 'merge_params', 'take_seed_mark', 'take_name_mark', 'load_runs']
 
 # %% ../nbs/10c_local_tracker.ipynb #e509fd71
 def new_run_id() -> str:
@@ -185,7 +185,7 @@ _SUMMARY_EVERY_S = 5.0  # seconds between rewrites of a run's summary.json while
 def flush(self:LocalTracker, wait:bool=True):
     "Write the buffered metrics to metrics.csv now (always at once: it costs microseconds), and the summary when due."
     if not self.active or self._finished: return
-    with _deferral, self._lock:
+    with deferral, self._lock:
         self._write_buffered()
         if self._summary is None: return
         since = time.monotonic() - self._summary_at
@@ -220,15 +220,15 @@ def log_params(self:LocalTracker, params:dict):
     if changed and self._owner:  # kept in the record: a later fit() of the same run with another setup
         self.meta.setdefault("param_changes", []).append({"step": self._step, "changed": changed})
         write_json_atomic(self.path/META, self.meta)
-    _merge(self.params, new)
+    merge_params(self.params, new)
     write_json_atomic(self.path/PARAMS, self.params)
     self._note_seed()  # the Trainer logs its setup as a fit starts: seeded by then
 
 # %% ../nbs/10c_local_tracker.ipynb #a5d2ed07
-def _merge(into:dict, new:dict):
+def merge_params(into:dict, new:dict):
     "Merge nested dicts: `new`'s values win, sub-dicts merge."
     for k, v in new.items():
-        if isinstance(v, dict) and isinstance(into.get(k), dict): _merge(into[k], v)
+        if isinstance(v, dict) and isinstance(into.get(k), dict): merge_params(into[k], v)
         else: into[k] = v
 
 # %% ../nbs/10c_local_tracker.ipynb #222ab4ce
@@ -316,7 +316,7 @@ def _open(self:LocalTracker, run:Run, step:int|None, capture:bool):
     "Make `run`'s folder this tracker's again: status running, a note of the resume, metrics after `step` dropped."
     if run.error: raise MlkitError(f"cannot continue run {run.id}: {run.error}")
     if run.status == "running" and run.meta.get("host") == socket.gethostname():
-        mine = [t for t in list(_open_trackers) if isinstance(t, LocalTracker) and t.path == run.path]
+        mine = [t for t in list(open_trackers) if isinstance(t, LocalTracker) and t.path == run.path]
         if not mine: raise MlkitError(f"cannot continue run {run.id}: it is still running (pid {run.meta.get('pid')})")
         for t in mine: t.finish("interrupted", "continued by a new tracker")  # e.g. a notebook cell run again
         run = open_run(run.path)
@@ -357,7 +357,7 @@ def resume_run(self:LocalTracker, ids:dict, step:int|None=None):
     run_id = ids.get("LocalTracker")
     if not self.active or run_id is None: return
     if run_id == self.id:  # the same tracker goes on (a notebook: interrupted, then fit(resume=...) again)
-        with _deferral, self._lock:
+        with deferral, self._lock:
             self._write_buffered()
             self._file.close()
             self._truncate(step)
@@ -371,7 +371,7 @@ def resume_run(self:LocalTracker, ids:dict, step:int|None=None):
     except MlkitError as e:  # runs/ cleaned, or the checkpoint came from another machine: train on, say so
         print(f"mlkit: the checkpoint's run cannot be continued ({e}); recording into run {self.id}", file=sys.stderr)
         return
-    with _deferral, self._lock:
+    with deferral, self._lock:
         if self._rows or self._step: raise MlkitError(f"cannot continue run {run_id}: this tracker has logged metrics")
         self._file.close()
         fresh = self.path

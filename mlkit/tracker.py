@@ -24,10 +24,10 @@ _all_ = ["load_runs"]
 
 
 # %% auto #0
-__all__ = ['exit_outcome', 'Tracker', 'load_runs']
+__all__ = ['open_trackers', 'deferral', 'exit_outcome', 'Tracker', 'check_status', 'load_runs']
 
 # %% ../nbs/10b_tracker.ipynb #a3d0beac
-_open_trackers: set = set()  # strong references: an open run is finished at exit even if its tracker was dropped
+open_trackers: set = set()  # strong references: an open run is finished at exit even if its tracker was dropped
 _hooks_installed = _signals_installed = False
 _uncaught: list = []
 _MAIN_THREAD = threading.main_thread().ident
@@ -45,12 +45,12 @@ class _Deferral:
             _on_signal(signum, None)  # the lock is free now: act on the signal that arrived meanwhile
         return False
 
-_deferral = _Deferral()
+deferral = _Deferral()
 _previous_handlers: dict = {}
 
 # %% ../nbs/10b_tracker.ipynb #cde78384
 def _register(tracker:Tracker):
-    with _deferral: _open_trackers.add(tracker)
+    with deferral: open_trackers.add(tracker)
     _install_handlers()
     # atexit runs the last registered first: come before the exit hooks of the libraries just opened (W&B's
     # would end its run before mlkit could record the status)
@@ -58,18 +58,18 @@ def _register(tracker:Tracker):
     atexit.register(_on_exit)
 
 def _finish_all(status:str, error:str|None=None):
-    for t in list(_open_trackers):
+    for t in list(open_trackers):
         try: t.finish(status, error)
         except Exception as e: print(f"mlkit: could not finish {type(t).__name__}: {e}", file=sys.stderr)
 
 # %% ../nbs/10b_tracker.ipynb #9c5af3c4
 def _on_signal(signum, frame):
-    if _deferral.depth:  # the interrupted code is inside a tracker's critical section: act when it leaves
-        _deferral.pending = signum
+    if deferral.depth:  # the interrupted code is inside a tracker's critical section: act when it leaves
+        deferral.pending = signum
         return
     previous = _previous_handlers.get(signum)
     if signum == signal.SIGINT:
-        for t in list(_open_trackers): t.flush(wait=False)
+        for t in list(open_trackers): t.flush(wait=False)
         if callable(previous): return previous(signum, frame)
         raise KeyboardInterrupt
     if callable(previous):  # the program stops gracefully on its own: the runs end when it does, as interrupted
@@ -98,7 +98,7 @@ def _on_exit():
 # %% ../nbs/10b_tracker.ipynb #650c4085
 def _forget_in_child():
     "A forked child (a DataLoader worker, say) does not own its parent's runs: it must not end them at its exit."
-    _open_trackers.clear()
+    open_trackers.clear()
     _current.clear()
     _exit_codes.clear()
 
@@ -224,7 +224,7 @@ def flush(self:Tracker, wait:bool=True, # False: hand the metrics to the backgro
     if not wait:
         self._wake.set()
         return
-    with _deferral, self._lock: self._write_buffered()
+    with deferral, self._lock: self._write_buffered()
 
 # %% ../nbs/10b_tracker.ipynb #c938541e
 @patch
@@ -258,8 +258,8 @@ def _numbers(self:Tracker, rows:list[tuple]) -> list[tuple]:
 @patch
 def finish(self:Tracker, status:str="finished", error:str|None=None):
     "End the run with `status` (finished, failed, interrupted or pruned): write what is buffered, close the store."
-    _check_status(status)
-    with _deferral:  # a signal handler that finishes trackers must not land halfway through this
+    check_status(status)
+    with deferral:  # a signal handler that finishes trackers must not land halfway through this
         if not self.active or self._finished: return
         self._closed.set()  # stops the flusher; `_finished` only once all is written, so an interrupted finish is redone
         self._wake.set()
@@ -269,9 +269,10 @@ def finish(self:Tracker, status:str="finished", error:str|None=None):
         finally:
             self._end(status, error)
             self._finished = True
-            _open_trackers.discard(self)
+            open_trackers.discard(self)
 
-def _check_status(status:str):
+def check_status(status:str):
+    "Refuse `status` unless a run can end with it: finished, failed, interrupted or pruned."
     if status not in STATUSES[1:]: raise MlkitError(f"a run ends as one of {', '.join(STATUSES[1:])}; got {status!r}")
 
 # %% ../nbs/10b_tracker.ipynb #dac42dac

@@ -21,8 +21,8 @@ from .runmeta import mask, redact
 from .runs import flatten, load_runs
 
 _all_ = ["load_runs"]
-from .local_tracker import LocalTracker, _merge, new_run_id
-from .tracker import Tracker, _check_status, _deferral
+from .local_tracker import LocalTracker, merge_params, new_run_id
+from .tracker import Tracker, check_status, deferral
 
 
 # %% auto #0
@@ -57,8 +57,8 @@ class TensorBoardTracker(Tracker):
 def log_params(self:TensorBoardTracker, params:dict):
     "Merge `params` (secrets redacted) and write them all as a text summary."
     if not self.active: return
-    with _deferral, self._lock:
-        _merge(self.params, redact(dict(params)))
+    with deferral, self._lock:
+        merge_params(self.params, redact(dict(params)))
         table = "\n".join(f"| {k} | {v} |" for k, v in flatten(self.params).items())
         self.writer.add_text("params", "| parameter | value |\n|---|---|\n" + table, self._step)
 
@@ -90,7 +90,7 @@ def resume_run(self:TensorBoardTracker, ids:dict, step:int|None=None):
     "Write on into the event folder `ids` names."
     old = ids.get("TensorBoardTracker")
     if not self.active or old is None or old == str(self.log_dir): return
-    with _deferral, self._lock:  # points logged after the checkpoint stay: TensorBoard cannot delete them
+    with deferral, self._lock:  # points logged after the checkpoint stay: TensorBoard cannot delete them
         self.writer.close()
         if self.log_dir.is_dir() and not any(self.log_dir.glob("*/*")): shutil.rmtree(self.log_dir, ignore_errors=True)
         self.log_dir = Path(old)
@@ -143,7 +143,7 @@ class MLflowTracker(Tracker):
         "Hand the buffered metrics to MLflow's writer; with `wait`, return once MLflow has them."
         super().flush(wait)
         if wait and self.active and not self._finished:
-            with _deferral, self._lock: self._call({"sync": 1}, "flushing")
+            with deferral, self._lock: self._call({"sync": 1}, "flushing")
 
 # %% ../nbs/10d_trackers.ipynb #a6246070
 @patch
@@ -187,7 +187,7 @@ def log_params(self:MLflowTracker, params:dict):  # noqa: F811 (another class's 
     "Log `params` flattened (secrets redacted) as MLflow parameters; a changed value becomes a tag."
     if not self.active: return
     flat = flatten(redact(dict(params)))
-    with _deferral, self._lock: self._call({"params": {k: str(v)[:6000] for k, v in flat.items()}})
+    with deferral, self._lock: self._call({"params": {k: str(v)[:6000] for k, v in flat.items()}})
 
 @patch
 def _write(self:MLflowTracker, rows):  # noqa: F811 (another class's method, by @patch)
@@ -199,7 +199,7 @@ def log_artifact(self:MLflowTracker, path, name=None, link=False):  # noqa: F811
     "Upload the file at `path` to the run's artifacts (in `name`'s folder), waiting until it is stored."
     if not self.active: return
     folder = str(Path(name).parent) if name and Path(name).parent != Path(".") else None
-    with _deferral, self._lock: self._call({"artifact": [str(Path(path).resolve()), folder]}, "uploading an artifact")
+    with deferral, self._lock: self._call({"artifact": [str(Path(path).resolve()), folder]}, "uploading an artifact")
 
 # %% ../nbs/10d_trackers.ipynb #8e4a7713
 @patch
@@ -212,7 +212,7 @@ def resume_run(self:MLflowTracker, ids:dict, step:int|None=None):  # noqa: F811 
     "Switch the writer to the MLflow run `ids` names, if MLflow can continue it."
     old = ids.get("MLflowTracker")
     if not self.active or old is None or old == self.run_id: return
-    with _deferral, self._lock:
+    with deferral, self._lock:
         reply = self._call({"switch": old}, "switching to the resumed run")
     if reply.get("ok"): self.run_id = self.id = old
     elif "error" in reply:
@@ -261,7 +261,7 @@ class WandbTracker(Tracker):
 def log_params(self:WandbTracker, params:dict):  # noqa: F811 (another class's method, by @patch)
     "Update the W&B run's config with `params` (secrets redacted; changed values allowed)."
     if not self.active: return
-    with _deferral, self._lock: self.run.config.update(redact(dict(params)), allow_val_change=True)
+    with deferral, self._lock: self.run.config.update(redact(dict(params)), allow_val_change=True)
 
 @patch
 def _write(self:WandbTracker, rows):  # noqa: F811 (another class's method, by @patch)
@@ -277,7 +277,7 @@ def log_artifact(self:WandbTracker, path, name=None, link=False):  # noqa: F811 
     import wandb
     art = wandb.Artifact((name or Path(path).name).replace("/", "-").replace(".", "-"), type="file")
     art.add_file(str(path))
-    with _deferral, self._lock: self.run.log_artifact(art)
+    with deferral, self._lock: self.run.log_artifact(art)
 
 @patch
 def _end(self:WandbTracker, status, error):  # noqa: F811 (another class's method, by @patch)
@@ -308,7 +308,7 @@ class MultiTracker(Tracker):
         self.id = self.trackers[0].id
         self.path = next((t.path for t in self.trackers if isinstance(t, LocalTracker)), None)
     def finish(self, status="finished", error=None):
-        _check_status(status)
+        check_status(status)
         errors = []
         for t in self.trackers:  # finish every one, even if one fails
             try: t.finish(status, error)
