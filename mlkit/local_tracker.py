@@ -15,34 +15,44 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from fastcore.basics import patch
+
 from .core import RUN_DIR_ENV, SEED_MARK, TMP_PREFIX, MlkitError, atomic_write, last_seed, link_or_copy, runs_dir
 from .runmeta import mask, redact, run_metadata, secret_env_values
 from .runs import (ARTIFACTS, HEARTBEAT_S, META, METRICS, METRICS_HEADER, PACKAGES, PARAMS, Run, find_run,
                         flatten, load_runs, open_run, summarize, write_summary)
 
 _all_ = ["load_runs"]
-from .tracker import Tracker, _deferral, _open_trackers
+from .tracker import Tracker, deferral, open_trackers
 from .core import write_json_atomic
 
 
 # %% auto #0
-__all__ = ['NAME_MARK', 'new_run_id', 'LocalTracker', 'take_seed_mark', 'take_name_mark', 'load_runs']
+__all__ = ['NAME_MARK', 'new_run_id', 'LocalTracker', 'merge_params', 'take_seed_mark', 'take_name_mark', 'load_runs']
 
 # %% ../nbs/10c_local_tracker.ipynb #e509fd71
 def new_run_id() -> str:
     "A run id that sorts by start time: 20261127-101502-3fa9c1."
     return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
 
+# %% ../nbs/10c_local_tracker.ipynb #9d2aedfd
 def _csv_name(name) -> str:
     name = str(name)
     return '"' + name.replace('"', '""') + '"' if any(c in name for c in ',"\n\r') else name
 
 def _now() -> str: return datetime.now(UTC).astimezone().isoformat(timespec="milliseconds")
 
+# %% ../nbs/10c_local_tracker.ipynb #b6356d15
+NAME_MARK = ".name.json"  # left in a run folder by a `LocalTracker(name=...)` attached to it, for the owner to take
+
+def _run_of_mlkit_run(root:str|Path|None) -> Path|None:
+    "The run folder `mlkit run` made for this process ($MLKIT_RUN_DIR), if a LocalTracker on `root` belongs in it."
+    path = os.environ.get(RUN_DIR_ENV)
+    if not path: return None
+    if root is not None and Path(root).resolve() != Path(path).resolve().parent: return None  # another store
+    return Path(path)
 
 # %% ../nbs/10c_local_tracker.ipynb #ba7bc531
-_SUMMARY_EVERY_S = 5.0  # seconds between rewrites of a run's summary.json while metrics arrive
-
 class LocalTracker(Tracker):
     "A run recorded in a folder under the runs folder: params.json, metrics.csv, meta.json, artifacts/."
     def __init__(self, root:str|Path|None=None, # The runs folder; runs_dir() (runs/ at the project root) when None
@@ -66,252 +76,175 @@ class LocalTracker(Tracker):
         else: self._create(capture)
         self._start()
 
-    @classmethod
-    def attach(cls, path:str|Path, # A run folder that another process created and owns (`mlkit run`)
-              ) -> LocalTracker:
-        "Record metrics, parameters and artifacts into the run at `path`; its status and metadata stay its owner's."
-        self = cls.__new__(cls)
-        Tracker.__init__(self)
-        self.path, self.params, self._names, self._owner = None, {}, {}, False
-        if self.active: self._attach(path, None)
-        return self
-
-    def _attach(self, path:str|Path, name:str|None):
-        "Open the run at `path` as a guest; a `name` is left in `NAME_MARK` for the owner to give the run."
-        self._owner = False
-        self._summary, self._lost = None, None  # the owner keeps the summary and heartbeat, catching up with what this appends
-        run = open_run(path)
-        if run.error: raise MlkitError(f"cannot record into {path}: {run.error}")
-        self.path, self.root, self.id, self.name = run.path, run.path.parent, run.id, name or run.name
-        if name and name != run.name: write_json_atomic(self.path/NAME_MARK, {"name": name})
-        self.meta, self.params, self._secrets = run.meta, run.params, secret_env_values()
-        self._file = open(self.path/METRICS, "ab")
-        self._step = _last_step(_metrics_up_to(self.path/METRICS, None)) + 1
-        self._note_seed()
-        self._start()
-
-    def _note_seed(self):
-        "Record the seed `seed_everything` last used here: in meta.json (the owner), else in a mark the owner reads."
-        if (seed := last_seed()) is None or seed == self.meta.get("seed"): return
-        self.meta["seed"] = seed
-        write_json_atomic(self.path/(META if self._owner else SEED_MARK), self.meta if self._owner else {"seed": seed})
-
-    def _create(self, capture:bool):
-        self.id = new_run_id()
-        self.path = self.root/self.id
-        # host and pid always: they let readers tell a live run from one whose process was killed
-        meta = {"start": _now(), "host": socket.gethostname(), "pid": os.getpid(), **(run_metadata() if capture else {})}
-        packages = meta.pop("distributions", None)  # hundreds of lines: a file of their own, not in every meta.json write
-        self.meta = {"id": self.id, "name": self.name, "status": "running", **meta, "end": None, "duration_s": None,
-                     "error": None}
-        self._t0 = time.time()
-        tmp = self.root/f"{TMP_PREFIX}{self.id}"  # assembled here, renamed into place whole
-        try:
-            self._write_code(tmp/ARTIFACTS, self.meta.get("git"), self.meta.get("project"))
-            write_json_atomic(tmp/META, self.meta)
-            write_json_atomic(tmp/PARAMS, {})
-            if packages is not None: write_json_atomic(tmp/PACKAGES, packages)
-            (tmp/METRICS).write_text(METRICS_HEADER)
-            os.replace(tmp, self.path)
-        except BaseException:  # a full disk, say: no half-made folder stays behind
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        self._file = open(self.path/METRICS, "ab")
-        self._summary = summarize(self.path)
-        self._write_summary()  # the first heartbeat
-
-    def _write_code(self, folder:Path, git:dict|None, project:str|None):
-        "The uncommitted diff, untracked source files and requirements.txt, as artifacts under `folder`."
-        folder.mkdir(parents=True, exist_ok=True)
-        git = git if git is not None else {}
-        if diff := git.pop("diff", ""):  # masked already by git_state, like the untracked files
-            (folder/"git.diff").write_text(diff)
-            git["diff_artifact"] = f"{ARTIFACTS}/git.diff"
-        if untracked := git.pop("untracked", None):
-            for rel, text in untracked.items():
-                (folder/"untracked"/rel).parent.mkdir(parents=True, exist_ok=True)
-                (folder/"untracked"/rel).write_text(text)
-            git["untracked_artifact"] = f"{ARTIFACTS}/untracked"
-        reqs = Path(project or ".")/"requirements.txt"
-        if project and reqs.is_file(): (folder/"requirements.txt").write_text(mask(reqs.read_text(), self._secrets))
-
-    def _open(self, run:Run, step:int|None, capture:bool):
-        "Make `run`'s folder this tracker's again: status running, a note of the resume, metrics after `step` dropped."
-        if run.error: raise MlkitError(f"cannot continue run {run.id}: {run.error}")
-        if run.status == "running" and run.meta.get("host") == socket.gethostname():
-            mine = [t for t in list(_open_trackers) if isinstance(t, LocalTracker) and t.path == run.path]
-            if not mine: raise MlkitError(f"cannot continue run {run.id}: it is still running (pid {run.meta.get('pid')})")
-            for t in mine: t.finish("interrupted", "continued by a new tracker")  # e.g. a notebook cell run again
-            run = open_run(run.path)
-        elif run.status == "running":  # another host's process: this one cannot tell whether it is alive
-            print(f"mlkit: run {run.id} was last seen running on {run.meta.get('host')}; continuing it here",
-                  file=sys.stderr)
-        self.id, self.path, self.meta, self.params = run.id, run.path, run.meta, run.params
-        self.name = self.name or run.name
-        resumes = self.meta.setdefault("resumes", [])
-        note = {"at": _now(), "after_step": step, "host": socket.gethostname(), "pid": os.getpid()}
-        if capture:  # the code may have changed since: keep what this process runs next to the original
-            meta = run_metadata()
-            meta.pop("distributions", None)  # the run's packages.json keeps those it started with
-            self._write_code(self.path/ARTIFACTS/f"resume-{len(resumes) + 1}", meta.get("git"), meta.get("project"))
-            note["git"] = meta.get("git")
-        resumes.append(note)
-        self.meta.update(status="running", host=note["host"], pid=note["pid"], end=None, error=None)
-        self._t0 = time.time() - (self.meta.get("duration_s") or 0)  # durations add up over the pieces
-        self._truncate(step)
-        write_json_atomic(self.path/META, self.meta)
-        self._file = open(self.path/METRICS, "ab")
-
-    def _truncate(self, step:int|None):
-        "Drop metrics.csv's lines of steps after `step`, and a torn last line (a kill mid-write) whatever `step`."
-        kept = _metrics_up_to(self.path/METRICS, step)
-        if (self.path/METRICS).read_bytes() != kept.encode(): atomic_write(self.path/METRICS, lambda f: f.write(kept), mode="w")
-        self._step = _last_step(kept) + 1
-        if self._owner:  # the file may have been rewritten: its summary starts again
-            self._summary = summarize(self.path)
-            self._write_summary()
-
-    def resume_run(self, ids:dict, step:int|None=None):
-        run_id = ids.get("LocalTracker")
-        if not self.active or run_id is None: return
-        if run_id == self.id:  # the same tracker goes on (a notebook: interrupted, then fit(resume=...) again)
-            with _deferral, self._lock:
-                self._write_buffered()
-                self._file.close()
-                self._truncate(step)
-                self._file = open(self.path/METRICS, "ab")
-            return
-        if not self._owner:
-            print(f"mlkit: this run's folder belongs to the process that made it; run {run_id} is not continued "
-                  "(its checkpoint's weights are)", file=sys.stderr)
-            return
-        try: old = find_run(run_id, self.root)
-        except MlkitError as e:  # runs/ cleaned, or the checkpoint came from another machine: train on, say so
-            print(f"mlkit: the checkpoint's run cannot be continued ({e}); recording into run {self.id}", file=sys.stderr)
-            return
-        with _deferral, self._lock:
-            if self._rows or self._step: raise MlkitError(f"cannot continue run {run_id}: this tracker has logged metrics")
-            self._file.close()
-            fresh = self.path
-            self._open(old, step, capture=False)
-            if (fresh/ARTIFACTS).is_dir():  # this process's code snapshot goes along with the run
-                os.replace(fresh/ARTIFACTS, self.path/ARTIFACTS/f"resume-{len(self.meta['resumes'])}")
-                self.meta["resumes"][-1]["git"] = json.loads((fresh/META).read_text()).get("git")
-                write_json_atomic(self.path/META, self.meta)
-            if self.params: write_json_atomic(self.path/PARAMS, self.params)
-            shutil.rmtree(fresh, ignore_errors=True)
-
-    def log_params(self, params:dict):
-        if not self.active: return
-        try: self.params = json.loads((self.path/PARAMS).read_text())  # what trackers attached to this run wrote
-        except (OSError, ValueError): pass
-        new, before = redact(dict(params), self._secrets), flatten(self.params)
-        changed = {k: [before[k], w] for k, w in flatten(new).items() if k in before and before[k] != w}
-        if changed and self._owner:  # kept in the record: a later fit() of the same run with another setup
-            self.meta.setdefault("param_changes", []).append({"step": self._step, "changed": changed})
-            write_json_atomic(self.path/META, self.meta)
-        _merge(self.params, new)
-        write_json_atomic(self.path/PARAMS, self.params)
-        self._note_seed()  # the Trainer logs its setup as a fit starts: seeded by then
-
-    def flush(self, wait:bool=True):
-        "Write the buffered metrics to metrics.csv now (always at once: it costs microseconds), and the summary when due."
-        if not self.active or self._finished: return
-        with _deferral, self._lock:
-            self._write_buffered()
-            if self._summary is None: return
-            since = time.monotonic() - self._summary_at
-            if since >= HEARTBEAT_S or (self._summary_dirty and since >= _SUMMARY_EVERY_S): self._write_summary()
-
-    def _write_summary(self, final:bool=False):
-        "Catch the summary up with metrics.csv (what attached processes appended) and write it, with a heartbeat unless `final`."
-        try:
-            self._summary.catch_up(self.path/METRICS)
-            self._summary.remark(self.path/METRICS)
-            write_summary(self.path, self._summary, heartbeat=None if final else time.time())
-        except OSError as e:  # a cache: readers rebuild it; the run goes on
-            if "summary" not in self._warned:
-                self._warned.add("summary")
-                print(f"mlkit: could not write the summary of run {self.id}: {e.strerror or e}", file=sys.stderr)
-        self._summary_at, self._summary_dirty = time.monotonic(), False
-
-    def _write(self, rows):
-        if self._file.closed or self._lost: return
-        names, lines = self._names, []
-        append, get = lines.append, names.get
-        rows = self._numbers(rows)
-        if not rows: return
-        for step, ms, k, v in rows:
-            name = get(k)
-            if name is None: name = names[k] = _csv_name(k)
-            append("%d,%d,%s,%r\n" % (step, ms, name, v))  # noqa: UP031 (%-formatting is the fastest here)
-        data = "".join(lines).encode()
-        s = self._summary
-        mine = s is not None and os.fstat(self._file.fileno()).st_size == s.offset  # nobody else appended since
-        try:
-            self._file.write(data)
-            self._file.flush()
-        except OSError as e: return self._lose(e)
-        if s is None: return
-        if mine:
-            s.add_columns([r[0] for r in rows], [r[2] for r in rows], [r[3] for r in rows])  # list comps: 3x zip(*rows)
-            s.offset += len(data)
-        else: s.catch_up(self.path/METRICS)  # another process appended too (an attached kernel): read it all back
-        self._summary_dirty = True
-
-    def log_artifact(self, path:str|Path, name:str|None=None, link:bool=False) -> Path|None:
-        if not self.active: return None
-        src = Path(path)
-        if not src.is_file(): raise MlkitError(f"cannot log artifact {src}: no such file")
-        dst = self.path/ARTIFACTS/(name or src.name)
-        if link: return link_or_copy(src, dst)
-        def copy(f):
-            with open(src, "rb") as s: shutil.copyfileobj(s, f)
-        return atomic_write(dst, copy)
-
-    def _lose(self, e:OSError):
-        "metrics.csv cannot be written (a full disk, say): say so once, record nothing more; the run ends failed."
-        self._lost = f"{e.strerror or e} writing {self.path/METRICS}"
-        print(f"mlkit: run {self.id}: {self._lost}; metrics logged from now on are not recorded", file=sys.stderr)
-        try: self._file.close()  # it tries to write what is buffered once more; the file closes whatever happens
-        except OSError: pass
-
-    def _end(self, status:str, error:str|None):
-        try: self._file.close()
-        except OSError as e:
-            if not self._lost: self._lose(e)
-        self._note_seed()
-        if not self._owner: return  # the status is the owner's to write
-        if self._lost and status == "finished": status, error = "failed", self._lost
-        if not self._lost: self._write_summary(final=True)  # complete before meta.json says the run has ended
-        self.meta.update(status=status, end=_now(), duration_s=round(time.time() - self._t0, 3), error=error)
-        try: write_json_atomic(self.path/META, self.meta)
-        except OSError as e:
-            why = "either" if self._lost else f"({e.strerror or e})"  # the same full disk is said once
-            print(f"mlkit: run {self.id}: cannot write its end to meta.json {why}: it reads 'running' there, which "
-                  "`mlkit runs ls` shows as interrupted once this process is gone", file=sys.stderr)
-
     def __repr__(self): return f"LocalTracker({self.path})"
 
-def take_seed_mark(path:str|Path, # A run folder
-                  ) -> int|None:
-    "The seed a process attached to the run at `path` noted (`SEED_MARK`), or None; the mark is removed."
-    seed = _take_mark(Path(path)/SEED_MARK, "seed")
-    return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
+# %% ../nbs/10c_local_tracker.ipynb #4f594af6
+@patch
+def _create(self:LocalTracker, capture:bool):
+    self.id = new_run_id()
+    self.path = self.root/self.id
+    # host and pid always: they let readers tell a live run from one whose process was killed
+    meta = {"start": _now(), "host": socket.gethostname(), "pid": os.getpid(), **(run_metadata() if capture else {})}
+    packages = meta.pop("distributions", None)  # hundreds of lines: a file of their own, not in every meta.json write
+    self.meta = {"id": self.id, "name": self.name, "status": "running", **meta, "end": None, "duration_s": None,
+                 "error": None}
+    self._t0 = time.time()
+    tmp = self.root/f"{TMP_PREFIX}{self.id}"  # assembled here, renamed into place whole
+    try:
+        self._write_code(tmp/ARTIFACTS, self.meta.get("git"), self.meta.get("project"))
+        write_json_atomic(tmp/META, self.meta)
+        write_json_atomic(tmp/PARAMS, {})
+        if packages is not None: write_json_atomic(tmp/PACKAGES, packages)
+        (tmp/METRICS).write_text(METRICS_HEADER)
+        os.replace(tmp, self.path)
+    except BaseException:  # a full disk, say: no half-made folder stays behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    self._file = open(self.path/METRICS, "ab")
+    self._summary = summarize(self.path)
+    self._write_summary()  # the first heartbeat
 
-def _take_mark(mark:Path, key:str):
-    "`key`'s value in the JSON mark file `mark` an attached process left for the run's owner (None if none); removed."
-    try: value = json.loads(mark.read_text()).get(key)
-    except (OSError, ValueError, AttributeError): return None
-    mark.unlink(missing_ok=True)
-    return value
+# %% ../nbs/10c_local_tracker.ipynb #37e28ad7
+@patch
+def _write_code(self:LocalTracker, folder:Path, git:dict|None, project:str|None):
+    "The uncommitted diff, untracked source files and requirements.txt, as artifacts under `folder`."
+    folder.mkdir(parents=True, exist_ok=True)
+    git = git if git is not None else {}
+    if diff := git.pop("diff", ""):  # masked already by git_state, like the untracked files
+        (folder/"git.diff").write_text(diff)
+        git["diff_artifact"] = f"{ARTIFACTS}/git.diff"
+    if untracked := git.pop("untracked", None):
+        for rel, text in untracked.items():
+            (folder/"untracked"/rel).parent.mkdir(parents=True, exist_ok=True)
+            (folder/"untracked"/rel).write_text(text)
+        git["untracked_artifact"] = f"{ARTIFACTS}/untracked"
+    reqs = Path(project or ".")/"requirements.txt"
+    if project and reqs.is_file(): (folder/"requirements.txt").write_text(mask(reqs.read_text(), self._secrets))
 
-def _merge(into:dict, new:dict):
+# %% ../nbs/10c_local_tracker.ipynb #a798fa7a
+@patch
+def _note_seed(self:LocalTracker):
+    "Record the seed `seed_everything` last used here: in meta.json (the owner), else in a mark the owner reads."
+    if (seed := last_seed()) is None or seed == self.meta.get("seed"): return
+    self.meta["seed"] = seed
+    write_json_atomic(self.path/(META if self._owner else SEED_MARK), self.meta if self._owner else {"seed": seed})
+
+# %% ../nbs/10c_local_tracker.ipynb #11ec9db3
+@patch
+def _write(self:LocalTracker, rows):
+    if self._file.closed or self._lost: return
+    names, lines = self._names, []
+    append, get = lines.append, names.get
+    rows = self._numbers(rows)
+    if not rows: return
+    for step, ms, k, v in rows:
+        name = get(k)
+        if name is None: name = names[k] = _csv_name(k)
+        append("%d,%d,%s,%r\n" % (step, ms, name, v))  # noqa: UP031 (%-formatting is the fastest here)
+    data = "".join(lines).encode()
+    s = self._summary
+    mine = s is not None and os.fstat(self._file.fileno()).st_size == s.offset  # nobody else appended since
+    try:
+        self._file.write(data)
+        self._file.flush()
+    except OSError as e: return self._lose(e)
+    if s is None: return
+    if mine:
+        s.add_columns([r[0] for r in rows], [r[2] for r in rows], [r[3] for r in rows])  # list comps: 3x zip(*rows)
+        s.offset += len(data)
+    else: s.catch_up(self.path/METRICS)  # another process appended too (an attached kernel): read it all back
+    self._summary_dirty = True
+
+# %% ../nbs/10c_local_tracker.ipynb #55c9ead9
+@patch
+def _write_summary(self:LocalTracker, final:bool=False):
+    "Catch the summary up with metrics.csv (what attached processes appended) and write it, with a heartbeat unless `final`."
+    try:
+        self._summary.catch_up(self.path/METRICS)
+        self._summary.remark(self.path/METRICS)
+        write_summary(self.path, self._summary, heartbeat=None if final else time.time())
+    except OSError as e:  # a cache: readers rebuild it; the run goes on
+        if "summary" not in self._warned:
+            self._warned.add("summary")
+            print(f"mlkit: could not write the summary of run {self.id}: {e.strerror or e}", file=sys.stderr)
+    self._summary_at, self._summary_dirty = time.monotonic(), False
+
+# %% ../nbs/10c_local_tracker.ipynb #0893e69d
+@patch
+def _lose(self:LocalTracker, e:OSError):
+    "metrics.csv cannot be written (a full disk, say): say so once, record nothing more; the run ends failed."
+    self._lost = f"{e.strerror or e} writing {self.path/METRICS}"
+    print(f"mlkit: run {self.id}: {self._lost}; metrics logged from now on are not recorded", file=sys.stderr)
+    try: self._file.close()  # it tries to write what is buffered once more; the file closes whatever happens
+    except OSError: pass
+
+# %% ../nbs/10c_local_tracker.ipynb #2ea4ddb4
+_SUMMARY_EVERY_S = 5.0  # seconds between rewrites of a run's summary.json while metrics arrive
+
+@patch
+def flush(self:LocalTracker, wait:bool=True):
+    "Write the buffered metrics to metrics.csv now (always at once: it costs microseconds), and the summary when due."
+    if not self.active or self._finished: return
+    with deferral, self._lock:
+        self._write_buffered()
+        if self._summary is None: return
+        since = time.monotonic() - self._summary_at
+        if since >= HEARTBEAT_S or (self._summary_dirty and since >= _SUMMARY_EVERY_S): self._write_summary()
+
+# %% ../nbs/10c_local_tracker.ipynb #5f30a5a2
+@patch
+def _end(self:LocalTracker, status:str, error:str|None):
+    try: self._file.close()
+    except OSError as e:
+        if not self._lost: self._lose(e)
+    self._note_seed()
+    if not self._owner: return  # the status is the owner's to write
+    if self._lost and status == "finished": status, error = "failed", self._lost
+    if not self._lost: self._write_summary(final=True)  # complete before meta.json says the run has ended
+    self.meta.update(status=status, end=_now(), duration_s=round(time.time() - self._t0, 3), error=error)
+    try: write_json_atomic(self.path/META, self.meta)
+    except OSError as e:
+        why = "either" if self._lost else f"({e.strerror or e})"  # the same full disk is said once
+        print(f"mlkit: run {self.id}: cannot write its end to meta.json {why}: it reads 'running' there, which "
+              "`mlkit runs ls` shows as interrupted once this process is gone", file=sys.stderr)
+
+# %% ../nbs/10c_local_tracker.ipynb #b4a44468
+@patch
+def log_params(self:LocalTracker, params:dict):
+    "Merge `params` into params.json (secrets redacted); a changed value is noted in meta.json."
+    if not self.active: return
+    try: self.params = json.loads((self.path/PARAMS).read_text())  # what trackers attached to this run wrote
+    except (OSError, ValueError): pass
+    new, before = redact(dict(params), self._secrets), flatten(self.params)
+    changed = {k: [before[k], w] for k, w in flatten(new).items() if k in before and before[k] != w}
+    if changed and self._owner:  # kept in the record: a later fit() of the same run with another setup
+        self.meta.setdefault("param_changes", []).append({"step": self._step, "changed": changed})
+        write_json_atomic(self.path/META, self.meta)
+    merge_params(self.params, new)
+    write_json_atomic(self.path/PARAMS, self.params)
+    self._note_seed()  # the Trainer logs its setup as a fit starts: seeded by then
+
+# %% ../nbs/10c_local_tracker.ipynb #a5d2ed07
+def merge_params(into:dict, new:dict):
     "Merge nested dicts: `new`'s values win, sub-dicts merge."
     for k, v in new.items():
-        if isinstance(v, dict) and isinstance(into.get(k), dict): _merge(into[k], v)
+        if isinstance(v, dict) and isinstance(into.get(k), dict): merge_params(into[k], v)
         else: into[k] = v
 
+# %% ../nbs/10c_local_tracker.ipynb #222ab4ce
+@patch
+def log_artifact(self:LocalTracker, path:str|Path, name:str|None=None, link:bool=False) -> Path|None:
+    "Copy (or with `link`, hard-link) the file at `path` into the run's artifacts/, as `name`."
+    if not self.active: return None
+    src = Path(path)
+    if not src.is_file(): raise MlkitError(f"cannot log artifact {src}: no such file")
+    dst = self.path/ARTIFACTS/(name or src.name)
+    if link: return link_or_copy(src, dst)
+    def copy(f):
+        with open(src, "rb") as s: shutil.copyfileobj(s, f)
+    return atomic_write(dst, copy)
+
+# %% ../nbs/10c_local_tracker.ipynb #00492c98
 def _metrics_up_to(path:Path, step:int|None) -> str:
     "metrics.csv's whole lines, without those of steps after `step` (all of them when None)."
     data = path.read_bytes().decode("utf-8", errors="replace")
@@ -323,22 +256,129 @@ def _metrics_up_to(path:Path, step:int|None) -> str:
         if head.isdigit() and int(head) <= step: kept.append(line)
     return "".join(kept)
 
+# %% ../nbs/10c_local_tracker.ipynb #2e6c4a89
 def _last_step(metrics_csv:str) -> int:
     steps = [int(h) for line in metrics_csv.splitlines()[1:] if (h := line.split(",", 1)[0]).isdigit()]
     return max(steps, default=-1)
 
-# %% ../nbs/10c_local_tracker.ipynb #b6356d15
-NAME_MARK = ".name.json"  # left in a run folder by a `LocalTracker(name=...)` attached to it, for the owner to take
+# %% ../nbs/10c_local_tracker.ipynb #8f35aa54
+@patch(cls_method=True)
+def attach(cls:LocalTracker, path:str|Path, # A run folder that another process created and owns (`mlkit run`)
+                       ) -> LocalTracker:
+    "Record metrics, parameters and artifacts into the run at `path`; its status and metadata stay its owner's."
+    self = cls.__new__(cls)
+    Tracker.__init__(self)
+    self.path, self.params, self._names, self._owner = None, {}, {}, False
+    if self.active: self._attach(path, None)
+    return self
 
-def _run_of_mlkit_run(root:str|Path|None) -> Path|None:
-    "The run folder `mlkit run` made for this process ($MLKIT_RUN_DIR), if a LocalTracker on `root` belongs in it."
-    path = os.environ.get(RUN_DIR_ENV)
-    if not path: return None
-    if root is not None and Path(root).resolve() != Path(path).resolve().parent: return None  # another store
-    return Path(path)
+# %% ../nbs/10c_local_tracker.ipynb #8f1bec62
+@patch
+def _attach(self:LocalTracker, path:str|Path, name:str|None):
+    "Open the run at `path` as a guest; a `name` is left in `NAME_MARK` for the owner to give the run."
+    self._owner = False
+    self._summary, self._lost = None, None  # the owner keeps the summary and heartbeat, catching up with what this appends
+    run = open_run(path)
+    if run.error: raise MlkitError(f"cannot record into {path}: {run.error}")
+    self.path, self.root, self.id, self.name = run.path, run.path.parent, run.id, name or run.name
+    if name and name != run.name: write_json_atomic(self.path/NAME_MARK, {"name": name})
+    self.meta, self.params, self._secrets = run.meta, run.params, secret_env_values()
+    self._file = open(self.path/METRICS, "ab")
+    self._step = _last_step(_metrics_up_to(self.path/METRICS, None)) + 1
+    self._note_seed()
+    self._start()
 
+# %% ../nbs/10c_local_tracker.ipynb #632cdc1e
+def _take_mark(mark:Path, key:str):
+    "`key`'s value in the JSON mark file `mark` an attached process left for the run's owner (None if none); removed."
+    try: value = json.loads(mark.read_text()).get(key)
+    except (OSError, ValueError, AttributeError): return None
+    mark.unlink(missing_ok=True)
+    return value
+
+# %% ../nbs/10c_local_tracker.ipynb #b38e11f9
+def take_seed_mark(path:str|Path, # A run folder
+                  ) -> int|None:
+    "The seed a process attached to the run at `path` noted (`SEED_MARK`), or None; the mark is removed."
+    seed = _take_mark(Path(path)/SEED_MARK, "seed")
+    return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
+
+# %% ../nbs/10c_local_tracker.ipynb #74540184
 def take_name_mark(path:str|Path, # A run folder
                   ) -> str|None:
     "The name a `LocalTracker(name=...)` attached to the run at `path` was given (`NAME_MARK`), or None; the mark is removed."
     name = _take_mark(Path(path)/NAME_MARK, "name")
     return name if isinstance(name, str) and name else None
+
+# %% ../nbs/10c_local_tracker.ipynb #7da52fe0
+@patch
+def _open(self:LocalTracker, run:Run, step:int|None, capture:bool):
+    "Make `run`'s folder this tracker's again: status running, a note of the resume, metrics after `step` dropped."
+    if run.error: raise MlkitError(f"cannot continue run {run.id}: {run.error}")
+    if run.status == "running" and run.meta.get("host") == socket.gethostname():
+        mine = [t for t in list(open_trackers) if isinstance(t, LocalTracker) and t.path == run.path]
+        if not mine: raise MlkitError(f"cannot continue run {run.id}: it is still running (pid {run.meta.get('pid')})")
+        for t in mine: t.finish("interrupted", "continued by a new tracker")  # e.g. a notebook cell run again
+        run = open_run(run.path)
+    elif run.status == "running":  # another host's process: this one cannot tell whether it is alive
+        print(f"mlkit: run {run.id} was last seen running on {run.meta.get('host')}; continuing it here",
+              file=sys.stderr)
+    self.id, self.path, self.meta, self.params = run.id, run.path, run.meta, run.params
+    self.name = self.name or run.name
+    resumes = self.meta.setdefault("resumes", [])
+    note = {"at": _now(), "after_step": step, "host": socket.gethostname(), "pid": os.getpid()}
+    if capture:  # the code may have changed since: keep what this process runs next to the original
+        meta = run_metadata()
+        meta.pop("distributions", None)  # the run's packages.json keeps those it started with
+        self._write_code(self.path/ARTIFACTS/f"resume-{len(resumes) + 1}", meta.get("git"), meta.get("project"))
+        note["git"] = meta.get("git")
+    resumes.append(note)
+    self.meta.update(status="running", host=note["host"], pid=note["pid"], end=None, error=None)
+    self._t0 = time.time() - (self.meta.get("duration_s") or 0)  # durations add up over the pieces
+    self._truncate(step)
+    write_json_atomic(self.path/META, self.meta)
+    self._file = open(self.path/METRICS, "ab")
+
+# %% ../nbs/10c_local_tracker.ipynb #6bfdb922
+@patch
+def _truncate(self:LocalTracker, step:int|None):
+    "Drop metrics.csv's lines of steps after `step`, and a torn last line (a kill mid-write) whatever `step`."
+    kept = _metrics_up_to(self.path/METRICS, step)
+    if (self.path/METRICS).read_bytes() != kept.encode(): atomic_write(self.path/METRICS, lambda f: f.write(kept), mode="w")
+    self._step = _last_step(kept) + 1
+    if self._owner:  # the file may have been rewritten: its summary starts again
+        self._summary = summarize(self.path)
+        self._write_summary()
+
+# %% ../nbs/10c_local_tracker.ipynb #95282763
+@patch
+def resume_run(self:LocalTracker, ids:dict, step:int|None=None):
+    "Continue the run `ids` names in its own folder, dropping its metrics after `step`."
+    run_id = ids.get("LocalTracker")
+    if not self.active or run_id is None: return
+    if run_id == self.id:  # the same tracker goes on (a notebook: interrupted, then fit(resume=...) again)
+        with deferral, self._lock:
+            self._write_buffered()
+            self._file.close()
+            self._truncate(step)
+            self._file = open(self.path/METRICS, "ab")
+        return
+    if not self._owner:
+        print(f"mlkit: this run's folder belongs to the process that made it; run {run_id} is not continued "
+              "(its checkpoint's weights are)", file=sys.stderr)
+        return
+    try: old = find_run(run_id, self.root)
+    except MlkitError as e:  # runs/ cleaned, or the checkpoint came from another machine: train on, say so
+        print(f"mlkit: the checkpoint's run cannot be continued ({e}); recording into run {self.id}", file=sys.stderr)
+        return
+    with deferral, self._lock:
+        if self._rows or self._step: raise MlkitError(f"cannot continue run {run_id}: this tracker has logged metrics")
+        self._file.close()
+        fresh = self.path
+        self._open(old, step, capture=False)
+        if (fresh/ARTIFACTS).is_dir():  # this process's code snapshot goes along with the run
+            os.replace(fresh/ARTIFACTS, self.path/ARTIFACTS/f"resume-{len(self.meta['resumes'])}")
+            self.meta["resumes"][-1]["git"] = json.loads((fresh/META).read_text()).get("git")
+            write_json_atomic(self.path/META, self.meta)
+        if self.params: write_json_atomic(self.path/PARAMS, self.params)
+        shutil.rmtree(fresh, ignore_errors=True)

@@ -14,6 +14,8 @@ import threading
 import time
 from pathlib import Path
 
+from fastcore.basics import patch
+
 from .core import RUN_DIR_ENV, MlkitError
 from .runmeta import mask, redact
 from .runs import load_runs
@@ -38,17 +40,7 @@ from .core import write_json_atomic
 _all_ = ['LocalTracker', 'NAME_MARK', 'new_run_id', 'take_name_mark', 'take_seed_mark', 'MLflowTracker',
          'MultiTracker', 'TensorBoardTracker', 'WandbTracker', 'Tracker', 'exit_outcome', 'write_json_atomic']
 
-# %% ../nbs/10_track.ipynb #d67071f6
-def current_run(name:str|None=None, # The name of a run made now (under `mlkit run`, the run is named already)
-               ) -> Tracker:
-    "The run to record into: `mlkit run`'s ($MLKIT_RUN_DIR), else one made now (a kernel's failing cell ends it; then a new one)."
-    if _current and not _current[0]._finished: return _current[0]
-    path = os.environ.get(RUN_DIR_ENV)
-    run = LocalTracker.attach(path) if path else LocalTracker(name=name)
-    if not path: _end_with_failing_cell(run)  # its own run in a kernel: nobody else will say that a cell failed
-    _current[:] = [run]
-    return run
-
+# %% ../nbs/10_track.ipynb #50013e91
 def _end_with_failing_cell(run:Tracker):
     "In an IPython kernel, end `run` as `failed` (`interrupted` for KeyboardInterrupt) when a cell raises; a no-op elsewhere."
     shell = getattr(sys.modules.get("IPython"), "get_ipython", lambda: None)()
@@ -61,6 +53,16 @@ def _end_with_failing_cell(run:Tracker):
         if run._finished: shell.events.unregister("post_run_cell", post_run_cell)
     shell.events.register("post_run_cell", post_run_cell)
 
+# %% ../nbs/10_track.ipynb #d67071f6
+def current_run(name:str|None=None, # The name of a run made now (under `mlkit run`, the run is named already)
+               ) -> Tracker:
+    "The run to record into: `mlkit run`'s ($MLKIT_RUN_DIR), else one made now (a kernel's failing cell ends it; then a new one)."
+    if _current and not _current[0]._finished: return _current[0]
+    path = os.environ.get(RUN_DIR_ENV)
+    run = LocalTracker.attach(path) if path else LocalTracker(name=name)
+    if not path: _end_with_failing_cell(run)  # its own run in a kernel: nobody else will say that a cell failed
+    _current[:] = [run]
+    return run
 
 # %% ../nbs/10_track.ipynb #d5043053
 class TrackingCallback(Callback):
@@ -75,101 +77,127 @@ class TrackingCallback(Callback):
     def state_dict(self) -> dict: return {"run": self.run.run_ids()}
     def load_state_dict(self, state:dict): self._resume = state.get("run")
 
-    def before_fit(self):
-        from mlkit.distributed import is_main_process
-        from mlkit.runenv import TRIAL_ENV
-        self._in_sweep, self._prune = bool(os.environ.get(TRIAL_ENV)), False  # the same on every rank
-        if self.run is None: self.run = current_run()
-        self.active = is_main_process() and getattr(self.run, "active", True)  # trackers of your own may lack it
-        if not self.active: return
-        t = self.trainer
-        if self._resume and t.resumed_from is not None:
-            self.run.resume_run(self._resume, step=t.step)  # the checkpoint's run goes on; later records are redone
-            self._resume = None
-        sched = type(t.scheduler).__name__ if t.scheduler is not None else None
-        params = {**self.hparams, "trainer": {
-            "model": type(t.module).__name__, "parameters": sum(p.numel() for p in t.module.parameters()),
-            "optimizer": type(t.opt).__name__, "lr": t.lr, "precision": t.precision, "grad_accum": t.grad_accum,
-            "grad_clip": t.grad_clip, "scheduler": sched, "batch_size": getattr(t.train_dl, "batch_size", None),
-            "epochs": t.n_epochs, "device": str(t.device), "world_size": t.dist.world_size,
-            "metrics": list(t.metric_fns), "callbacks": [cb.name for cb in t.cbs]}}
-        if params != self._logged: self.run.log_params(params)  # a second fit() with the same setup rewrites nothing
-        self._logged = params
+# %% ../nbs/10_track.ipynb #0a0b0063
+@patch
+def before_fit(self:TrackingCallback):
+    "Find the run, continue the checkpoint's run on a resumed fit, log the configuration and hyperparameters."
+    from mlkit.distributed import is_main_process
+    from mlkit.runenv import TRIAL_ENV
+    self._in_sweep, self._prune = bool(os.environ.get(TRIAL_ENV)), False  # the same on every rank
+    if self.run is None: self.run = current_run()
+    self.active = is_main_process() and getattr(self.run, "active", True)  # trackers of your own may lack it
+    if not self.active: return
+    t = self.trainer
+    if self._resume and t.resumed_from is not None:
+        self.run.resume_run(self._resume, step=t.step)  # the checkpoint's run goes on; later records are redone
+        self._resume = None
+    sched = type(t.scheduler).__name__ if t.scheduler is not None else None
+    params = {**self.hparams, "trainer": {
+        "model": type(t.module).__name__, "parameters": sum(p.numel() for p in t.module.parameters()),
+        "optimizer": type(t.opt).__name__, "lr": t.lr, "precision": t.precision, "grad_accum": t.grad_accum,
+        "grad_clip": t.grad_clip, "scheduler": sched, "batch_size": getattr(t.train_dl, "batch_size", None),
+        "epochs": t.n_epochs, "device": str(t.device), "world_size": t.dist.world_size,
+        "metrics": list(t.metric_fns), "callbacks": [cb.name for cb in t.cbs]}}
+    if params != self._logged: self.run.log_params(params)  # a second fit() with the same setup rewrites nothing
+    self._logged = params
 
-    def before_epoch(self):
-        "In a sweep, end the fit (every rank, together) once the pruner has said so for the last epoch."
-        if not self._in_sweep: return
-        from mlkit.distributed import broadcast_int
-        if broadcast_int(int(self._prune), self.trainer.device): raise CancelFit
+# %% ../nbs/10_track.ipynb #8602a481
+@patch
+def before_epoch(self:TrackingCallback):
+    "In a sweep, end the fit (every rank, together) once the pruner has said so for the last epoch."
+    if not self._in_sweep: return
+    from mlkit.distributed import broadcast_int
+    if broadcast_int(int(self._prune), self.trainer.device): raise CancelFit
 
-    def before_train(self):
-        if not self.active: return
-        self._t0, self._seen, self._windows, self._lrs = time.perf_counter(), 0, {}, {}
-        if self.trainer.device.type == "cuda":
-            import torch
-            torch.cuda.reset_peak_memory_stats(self.trainer.device)
+# %% ../nbs/10_track.ipynb #2e06fbb0
+@patch
+def before_train(self:TrackingCallback):
+    "Start the epoch's clock and its peak-memory count."
+    if not self.active: return
+    self._t0, self._seen, self._windows, self._lrs = time.perf_counter(), 0, {}, {}
+    if self.trainer.device.type == "cuda":
+        import torch
+        torch.cuda.reset_peak_memory_stats(self.trainer.device)
 
-    def before_step(self):
-        if self.active: self._lrs[self.trainer.step + 1] = self.trainer.opt.param_groups[0]["lr"]
+@patch
+def before_step(self:TrackingCallback):
+    "Note the learning rate of the coming optimizer step."
+    if self.active: self._lrs[self.trainer.step + 1] = self.trainer.opt.param_groups[0]["lr"]
 
-    def after_batch(self):
-        t = self.trainer
-        if self.active and t.training and len(t.host_losses) > self._seen: self._log_steps(final=False)
+# %% ../nbs/10_track.ipynb #24fc74bc
+@patch
+def after_batch(self:TrackingCallback):
+    "Log the steps whose batch losses have all reached the host."
+    t = self.trainer
+    if self.active and t.training and len(t.host_losses) > self._seen: self._log_steps(final=False)
 
-    def _log_steps(self, final:bool):
-        "Log each optimizer step's loss (the sample-weighted mean of its batches) once all of them reached the host."
-        t, windows = self.trainer, self._windows
-        losses = t.host_losses
-        for it, step, value, n in losses[self._seen:]:  # on accelerators they arrive in bunches of 32
-            w = windows.setdefault(step, [0.0, 0, False])
-            w[0] += value * n; w[1] += n
-            if (it + 1) % t.grad_accum == 0 or it + 1 == t.n_batches: w[2] = True  # the window's last batch
-        self._seen = len(losses)
-        for step in list(windows):  # in step order: they arrive in order
-            total, n, complete = windows[step]
-            if not (complete or final): break
-            del windows[step]
-            values = {"train_loss_step": total / max(n, 1)}
-            if (lr := self._lrs.pop(step + 1, None)) is not None: values["lr"] = lr
-            self.run.log_metrics(values, step + 1)
+# %% ../nbs/10_track.ipynb #52ca6376
+@patch
+def _log_steps(self:TrackingCallback, final:bool):
+    "Log each optimizer step's loss (the sample-weighted mean of its batches) once all of them reached the host."
+    t, windows = self.trainer, self._windows
+    losses = t.host_losses
+    for it, step, value, n in losses[self._seen:]:  # on accelerators they arrive in bunches of 32
+        w = windows.setdefault(step, [0.0, 0, False])
+        w[0] += value * n; w[1] += n
+        if (it + 1) % t.grad_accum == 0 or it + 1 == t.n_batches: w[2] = True  # the window's last batch
+    self._seen = len(losses)
+    for step in list(windows):  # in step order: they arrive in order
+        total, n, complete = windows[step]
+        if not (complete or final): break
+        del windows[step]
+        values = {"train_loss_step": total / max(n, 1)}
+        if (lr := self._lrs.pop(step + 1, None)) is not None: values["lr"] = lr
+        self.run.log_metrics(values, step + 1)
 
-    def after_train(self):
-        if self.active: self._log_steps(final=True)
+# %% ../nbs/10_track.ipynb #3cd83de1
+@patch
+def after_train(self:TrackingCallback):
+    "Log the epoch's remaining steps."
+    if self.active: self._log_steps(final=True)
 
-    def after_epoch(self):
-        if not self.active: return
-        from mlkit.gpu import memory_stats
-        t, elapsed = self.trainer, time.perf_counter() - self._t0
-        world = t.dist.world_size
-        self.run.log_metrics({"epoch": t.epoch + 1, **t.metrics, "epoch_time_s": elapsed,
-                              "samples_per_s": t.epoch_samples * world / elapsed if elapsed > 0 else 0.0,
-                              "peak_memory_bytes": memory_stats(t.device if t.device.type == "cuda" else None)["peak"]},
-                             t.step)
-        self.run.flush(wait=False)  # external stores write in the background: the next epoch does not wait for them
-        if self._in_sweep and not self._prune: self._report()
+# %% ../nbs/10_track.ipynb #c916549e
+@patch
+def after_epoch(self:TrackingCallback):
+    "Log the epoch's metrics, time, speed and peak memory; in a sweep, report to the trial."
+    if not self.active: return
+    from mlkit.gpu import memory_stats
+    t, elapsed = self.trainer, time.perf_counter() - self._t0
+    world = t.dist.world_size
+    self.run.log_metrics({"epoch": t.epoch + 1, **t.metrics, "epoch_time_s": elapsed,
+                          "samples_per_s": t.epoch_samples * world / elapsed if elapsed > 0 else 0.0,
+                          "peak_memory_bytes": memory_stats(t.device if t.device.type == "cuda" else None)["peak"]},
+                         t.step)
+    self.run.flush(wait=False)  # external stores write in the background: the next epoch does not wait for them
+    if self._in_sweep and not self._prune: self._report()
 
-    def _report(self):
-        "Report the metric the sweep's pruner watches, as of this epoch (counted from 1), to the sweep's trial."
-        from mlkit.runenv import report
-        from mlkit.runenv import trial_link
-        t, watch = self.trainer, trial_link().watch
-        if watch is None: return
-        if watch in t.metrics: self._prune = report(t.epoch + 1, float(t.metrics[watch]))
-        elif watch not in self._warned:
-            self._warned.add(watch)
-            print(f"mlkit: the sweep's pruner watches {watch!r}, which this fit does not have (it has "
-                  f"{', '.join(t.metrics)}): the trial will not be pruned", file=sys.stderr)
+# %% ../nbs/10_track.ipynb #853841ef
+@patch
+def _report(self:TrackingCallback):
+    "Report the metric the sweep's pruner watches, as of this epoch (counted from 1), to the sweep's trial."
+    from mlkit.runenv import report
+    from mlkit.runenv import trial_link
+    t, watch = self.trainer, trial_link().watch
+    if watch is None: return
+    if watch in t.metrics: self._prune = report(t.epoch + 1, float(t.metrics[watch]))
+    elif watch not in self._warned:
+        self._warned.add(watch)
+        print(f"mlkit: the sweep's pruner watches {watch!r}, which this fit does not have (it has "
+              f"{', '.join(t.metrics)}): the trial will not be pruned", file=sys.stderr)
 
-    def after_fit(self):
-        if not self.active: return
-        for cb in self.trainer.cbs:
-            if getattr(cb, "checkpoint_dir", None) is None: continue
-            for path in {getattr(cb, "last_path", None), getattr(cb, "best_path", None)}:
-                if path is not None and Path(path).is_file():
-                    self.run.log_artifact(path, f"checkpoints/{Path(path).name}", link=True)
-        self.run.flush(wait=False)
+# %% ../nbs/10_track.ipynb #23e64921
+@patch
+def after_fit(self:TrackingCallback):
+    "Keep a Checkpoint callback's last and best files as artifacts (hard links)."
+    if not self.active: return
+    for cb in self.trainer.cbs:
+        if getattr(cb, "checkpoint_dir", None) is None: continue
+        for path in {getattr(cb, "last_path", None), getattr(cb, "best_path", None)}:
+            if path is not None and Path(path).is_file():
+                self.run.log_artifact(path, f"checkpoints/{Path(path).name}", link=True)
+    self.run.flush(wait=False)
 
-# %% ../nbs/10_track.ipynb #90afe3b7
+# %% ../nbs/10_track.ipynb #b7f2035f
 _records_lock = threading.Lock()
 
 def _plain(value):
@@ -180,6 +208,16 @@ def _plain(value):
         raise MlkitError(f"record takes a JSON value (number, string, list, dict), got {type(value).__name__}") from None
     return value
 
+# %% ../nbs/10_track.ipynb #8f733e67
+@contextmanager
+def _locked(path:Path):
+    "Inside: an exclusive `flock` on the file at `path` (made if missing), held by this process."
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try: yield
+        finally: fcntl.flock(f, fcntl.LOCK_UN)
+
+# %% ../nbs/10_track.ipynb #90afe3b7
 def record(name:str, # What the value is, e.g. "test_acc"
            value, # A number, string, list or dict
            run=None, # The tracker to record into; `mlkit.track.current_run()` when None
@@ -196,14 +234,7 @@ def record(name:str, # What the value is, e.g. "test_acc"
         records[str(name)] = value
         write_json_atomic(path, records)
 
-@contextmanager
-def _locked(path:Path):
-    "Inside: an exclusive `flock` on the file at `path` (made if missing), held by this process."
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try: yield
-        finally: fcntl.flock(f, fcntl.LOCK_UN)
-
+# %% ../nbs/10_track.ipynb #7a500182
 def _new_records_lock():
     "A fresh lock in a forked child: the parent's threads, which may have held the old one, are gone."
     global _records_lock

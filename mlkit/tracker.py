@@ -13,6 +13,8 @@ import sys
 import threading
 from pathlib import Path
 
+from fastcore.basics import patch
+
 from .core import MlkitError
 from .distributed import dist_env
 from .runmeta import mask
@@ -22,151 +24,10 @@ _all_ = ["load_runs"]
 
 
 # %% auto #0
-__all__ = ['Tracker', 'exit_outcome', 'load_runs']
+__all__ = ['open_trackers', 'deferral', 'exit_outcome', 'Tracker', 'check_status', 'load_runs']
 
-# %% ../nbs/10b_tracker.ipynb #f2e5e844
-class Tracker:
-    "What every tracker does: buffer metrics, write them from a background thread, finish once; a context manager."
-    def __init__(self, name:str|None=None, flush_every:float=1.0):
-        self.name, self.id, self.flush_every, self._flusher, self._finished = name, None, flush_every, None, False
-        self.active = dist_env().rank == 0  # under torchrun only rank 0 records; the others write nothing
-        self._step, self._rows, self._warned = 0, [], set()
-        self._lock, self._closed, self._wake = threading.Lock(), threading.Event(), threading.Event()
-
-    def _start(self):
-        "Begin background writing and join the trackers finished at exit and on signals (subclasses call it once open)."
-        self._flusher = threading.Thread(target=self._flush_loop, name=f"mlkit-flush-{self.id}", daemon=True)
-        self._flusher.start()
-        _register(self)
-
-    def _next_step(self, step:int|None) -> int:
-        "`step`, or one more than the last step logged; remembered for the next call."
-        if step is None: step = self._step
-        self._step = step + 1
-        return step
-
-    def log_params(self, params:dict):
-        "Record hyperparameters and configuration (merged with what was logged before; secrets redacted)."
-        raise NotImplementedError
-
-    def log_metrics(self, metrics:dict, # name -> number
-                    step:int|None=None, # The step these values belong to; one more than the last when None
-                   ):
-        "Record scalar metrics at `step`: buffered, written by the background thread."
-        if not self.active: return
-        if self._finished:
-            if "" not in self._warned:
-                self._warned.add("")
-                print(f"mlkit: {type(self).__name__} {self.id} has finished; metrics logged now are not recorded",
-                      file=sys.stderr)
-            return
-        step = self._next_step(step)
-        ms = _time_ns() // 1_000_000
-        extend = self._rows.extend
-        for k, v in metrics.items(): extend((step, ms, k, v))  # one C call: never half a record in the list
-
-    def log_artifact(self, path:str|Path, # A file to keep with the run
-                     name:str|None=None, # Its name in the run (the file's name by default)
-                     link:bool=False, # Hard-link instead of copying, for large immutable files (checkpoints)
-                    ):
-        "Keep a file with the run."
-        raise NotImplementedError
-
-    def flush(self, wait:bool=True, # False: hand the metrics to the background writer and return at once
-             ):
-        "Write the buffered metrics now."
-        if not self.active or self._finished: return
-        if not wait:
-            self._wake.set()
-            return
-        with _deferral, self._lock: self._write_buffered()
-
-    def _write_buffered(self):
-        "Hand what is buffered to `_write` (the caller holds the lock)."
-        rows = self._rows
-        n = len(rows)
-        if not n: return
-        chunk = rows[:n]
-        del rows[:n]  # loggers only append: what arrived meanwhile stays for the next flush
-        it = iter(chunk)
-        self._write(list(zip(it, it, it, it, strict=True)))
-
-    def _write(self, rows:list[tuple]):
-        "Store (step, time_ms, name, value) rows in the backend."
-        raise NotImplementedError
-
-    def _numbers(self, rows:list[tuple]) -> list[tuple]:
-        "`rows` with values as floats; a value float() refuses is dropped, with one warning per name."
-        out = []
-        for step, ms, k, v in rows:
-            if type(v) is not float:
-                try: v = float(v)
-                except (TypeError, ValueError):
-                    if k not in self._warned:
-                        self._warned.add(k)
-                        print(f"mlkit: metric {k!r} is not a number ({type(v).__name__}); not recorded", file=sys.stderr)
-                    continue
-            out.append((step, ms, k, v))
-        return out
-
-    def _flush_loop(self):
-        while not self._closed.is_set():
-            self._wake.wait(self.flush_every)
-            self._wake.clear()
-            if self._closed.is_set(): return
-            try: self.flush()
-            except Exception as e:
-                if (why := f"flush: {e}") not in self._warned:  # once, not every second
-                    self._warned.add(why)
-                    print(f"mlkit: {type(self).__name__} could not write metrics: {e}", file=sys.stderr)
-
-    def finish(self, status:str="finished", error:str|None=None):
-        "End the run with `status` (finished, failed, interrupted or pruned): write what is buffered, close the store."
-        _check_status(status)
-        with _deferral:  # a signal handler that finishes trackers must not land halfway through this
-            if not self.active or self._finished: return
-            self._closed.set()  # stops the flusher; `_finished` only once all is written, so an interrupted finish is redone
-            self._wake.set()
-            if self._flusher not in (None, threading.current_thread()): self._flusher.join()
-            try:
-                with self._lock: self._write_buffered()
-            finally:
-                self._end(status, error)
-                self._finished = True
-                _open_trackers.discard(self)
-
-    def _end(self, status:str, error:str|None):
-        "Close the backend's run with `status`."
-
-    def run_ids(self) -> dict:
-        "What identifies this run in its store, saved in checkpoints so that a resumed fit continues the same run."
-        return {type(self).__name__: self.id} if self.active else {}
-
-    def resume_run(self, ids:dict, # run_ids() of the run to continue
-                   step:int|None=None, # Continue after this step: records of later steps are dropped
-                  ):
-        "Continue the run `ids` names instead of this fresh one (a resumed fit)."
-
-    def __enter__(self): return self
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is None: self.finish("finished")
-        elif issubclass(exc_type, SystemExit):
-            _exit_codes[:] = [exc.code]  # on its way out of the program, most likely: the runs open at exit take it too
-            self.finish(*exit_outcome(exc.code))
-        elif issubclass(exc_type, KeyboardInterrupt): self.finish("interrupted", "KeyboardInterrupt")
-        else: self.finish("failed", f"{exc_type.__name__}: {mask(str(exc))}"[:2000])
-        return False
-
-def _check_status(status:str):
-    if status not in STATUSES[1:]: raise MlkitError(f"a run ends as one of {', '.join(STATUSES[1:])}; got {status!r}")
-
-_current: list = []
-
-_time_ns = time.time_ns
-
-
-# %% ../nbs/10b_tracker.ipynb #856affd0
-_open_trackers: set = set()  # strong references: an open run is finished at exit even if its tracker was dropped
+# %% ../nbs/10b_tracker.ipynb #a3d0beac
+open_trackers: set = set()  # strong references: an open run is finished at exit even if its tracker was dropped
 _hooks_installed = _signals_installed = False
 _uncaught: list = []
 _MAIN_THREAD = threading.main_thread().ident
@@ -184,11 +45,12 @@ class _Deferral:
             _on_signal(signum, None)  # the lock is free now: act on the signal that arrived meanwhile
         return False
 
-_deferral = _Deferral()
+deferral = _Deferral()
 _previous_handlers: dict = {}
 
+# %% ../nbs/10b_tracker.ipynb #cde78384
 def _register(tracker:Tracker):
-    with _deferral: _open_trackers.add(tracker)
+    with deferral: open_trackers.add(tracker)
     _install_handlers()
     # atexit runs the last registered first: come before the exit hooks of the libraries just opened (W&B's
     # would end its run before mlkit could record the status)
@@ -196,17 +58,18 @@ def _register(tracker:Tracker):
     atexit.register(_on_exit)
 
 def _finish_all(status:str, error:str|None=None):
-    for t in list(_open_trackers):
+    for t in list(open_trackers):
         try: t.finish(status, error)
         except Exception as e: print(f"mlkit: could not finish {type(t).__name__}: {e}", file=sys.stderr)
 
+# %% ../nbs/10b_tracker.ipynb #9c5af3c4
 def _on_signal(signum, frame):
-    if _deferral.depth:  # the interrupted code is inside a tracker's critical section: act when it leaves
-        _deferral.pending = signum
+    if deferral.depth:  # the interrupted code is inside a tracker's critical section: act when it leaves
+        deferral.pending = signum
         return
     previous = _previous_handlers.get(signum)
     if signum == signal.SIGINT:
-        for t in list(_open_trackers): t.flush(wait=False)
+        for t in list(open_trackers): t.flush(wait=False)
         if callable(previous): return previous(signum, frame)
         raise KeyboardInterrupt
     if callable(previous):  # the program stops gracefully on its own: the runs end when it does, as interrupted
@@ -218,6 +81,7 @@ def _on_signal(signum, frame):
 
 _signalled: list = []
 
+# %% ../nbs/10b_tracker.ipynb #57b638ff
 _exit_codes: list = []  # what the program gave sys.exit: an atexit handler cannot see the exit status otherwise
 _sys_exit = sys.exit
 
@@ -231,14 +95,16 @@ def _on_exit():
     elif _signalled: _finish_all("interrupted", _signalled[0])
     else: _finish_all(*exit_outcome(_exit_codes[0] if _exit_codes else 0))
 
+# %% ../nbs/10b_tracker.ipynb #650c4085
 def _forget_in_child():
     "A forked child (a DataLoader worker, say) does not own its parent's runs: it must not end them at its exit."
-    _open_trackers.clear()
+    open_trackers.clear()
     _current.clear()
     _exit_codes.clear()
 
 os.register_at_fork(after_in_child=_forget_in_child)
 
+# %% ../nbs/10b_tracker.ipynb #a5730ee4
 def _install_handlers():
     "Finish open trackers at exit (as its status says), on an uncaught exception, SIGTERM, SIGHUP and SIGINT (chaining)."
     global _hooks_installed, _signals_installed
@@ -272,3 +138,169 @@ def exit_outcome(code, # What the program gave `sys.exit` or `SystemExit` (None,
         return "interrupted", f"{signal.Signals(status - 128).name} (exit code {code})"  # 130: a caught Ctrl-C
     return "failed", f"exit code {code}"
 
+
+# %% ../nbs/10b_tracker.ipynb #f2e5e844
+class Tracker:
+    "What every tracker does: buffer metrics, write them from a background thread, finish once; a context manager."
+    def __init__(self, name:str|None=None, flush_every:float=1.0):
+        self.name, self.id, self.flush_every, self._flusher, self._finished = name, None, flush_every, None, False
+        self.active = dist_env().rank == 0  # under torchrun only rank 0 records; the others write nothing
+        self._step, self._rows, self._warned = 0, [], set()
+        self._lock, self._closed, self._wake = threading.Lock(), threading.Event(), threading.Event()
+
+    def log_params(self, params:dict):
+        "Record hyperparameters and configuration (merged with what was logged before; secrets redacted)."
+        raise NotImplementedError
+
+    def log_artifact(self, path:str|Path, # A file to keep with the run
+                     name:str|None=None, # Its name in the run (the file's name by default)
+                     link:bool=False, # Hard-link instead of copying, for large immutable files (checkpoints)
+                    ):
+        "Keep a file with the run."
+        raise NotImplementedError
+
+    def _write(self, rows:list[tuple]):
+        "Store (step, time_ms, name, value) rows in the backend."
+        raise NotImplementedError
+
+    def _end(self, status:str, error:str|None):
+        "Close the backend's run with `status`."
+
+# %% ../nbs/10b_tracker.ipynb #81aed04c
+@patch
+def _start(self:Tracker):
+    "Begin background writing and join the trackers finished at exit and on signals (subclasses call it once open)."
+    self._flusher = threading.Thread(target=self._flush_loop, name=f"mlkit-flush-{self.id}", daemon=True)
+    self._flusher.start()
+    _register(self)
+
+# %% ../nbs/10b_tracker.ipynb #138530cc
+@patch
+def _flush_loop(self:Tracker):
+    while not self._closed.is_set():
+        self._wake.wait(self.flush_every)
+        self._wake.clear()
+        if self._closed.is_set(): return
+        try: self.flush()
+        except Exception as e:
+            if (why := f"flush: {e}") not in self._warned:  # once, not every second
+                self._warned.add(why)
+                print(f"mlkit: {type(self).__name__} could not write metrics: {e}", file=sys.stderr)
+
+# %% ../nbs/10b_tracker.ipynb #77d4b704
+@patch
+def _next_step(self:Tracker, step:int|None) -> int:
+    "`step`, or one more than the last step logged; remembered for the next call."
+    if step is None: step = self._step
+    self._step = step + 1
+    return step
+
+# %% ../nbs/10b_tracker.ipynb #ec2f8424
+_time_ns = time.time_ns
+
+@patch
+def log_metrics(self:Tracker, metrics:dict, # name -> number
+                        step:int|None=None, # The step these values belong to; one more than the last when None
+                       ):
+    "Record scalar metrics at `step`: buffered, written by the background thread."
+    if not self.active: return
+    if self._finished:
+        if "" not in self._warned:
+            self._warned.add("")
+            print(f"mlkit: {type(self).__name__} {self.id} has finished; metrics logged now are not recorded",
+                  file=sys.stderr)
+        return
+    step = self._next_step(step)
+    ms = _time_ns() // 1_000_000
+    extend = self._rows.extend
+    for k, v in metrics.items(): extend((step, ms, k, v))  # one C call: never half a record in the list
+
+# %% ../nbs/10b_tracker.ipynb #388f7fee
+@patch
+def flush(self:Tracker, wait:bool=True, # False: hand the metrics to the background writer and return at once
+                 ):
+    "Write the buffered metrics now."
+    if not self.active or self._finished: return
+    if not wait:
+        self._wake.set()
+        return
+    with deferral, self._lock: self._write_buffered()
+
+# %% ../nbs/10b_tracker.ipynb #c938541e
+@patch
+def _write_buffered(self:Tracker):
+    "Hand what is buffered to `_write` (the caller holds the lock)."
+    rows = self._rows
+    n = len(rows)
+    if not n: return
+    chunk = rows[:n]
+    del rows[:n]  # loggers only append: what arrived meanwhile stays for the next flush
+    it = iter(chunk)
+    self._write(list(zip(it, it, it, it, strict=True)))
+
+# %% ../nbs/10b_tracker.ipynb #936f230f
+@patch
+def _numbers(self:Tracker, rows:list[tuple]) -> list[tuple]:
+    "`rows` with values as floats; a value float() refuses is dropped, with one warning per name."
+    out = []
+    for step, ms, k, v in rows:
+        if type(v) is not float:
+            try: v = float(v)
+            except (TypeError, ValueError):
+                if k not in self._warned:
+                    self._warned.add(k)
+                    print(f"mlkit: metric {k!r} is not a number ({type(v).__name__}); not recorded", file=sys.stderr)
+                continue
+        out.append((step, ms, k, v))
+    return out
+
+# %% ../nbs/10b_tracker.ipynb #8001eada
+@patch
+def finish(self:Tracker, status:str="finished", error:str|None=None):
+    "End the run with `status` (finished, failed, interrupted or pruned): write what is buffered, close the store."
+    check_status(status)
+    with deferral:  # a signal handler that finishes trackers must not land halfway through this
+        if not self.active or self._finished: return
+        self._closed.set()  # stops the flusher; `_finished` only once all is written, so an interrupted finish is redone
+        self._wake.set()
+        if self._flusher not in (None, threading.current_thread()): self._flusher.join()
+        try:
+            with self._lock: self._write_buffered()
+        finally:
+            self._end(status, error)
+            self._finished = True
+            open_trackers.discard(self)
+
+def check_status(status:str):
+    "Refuse `status` unless a run can end with it: finished, failed, interrupted or pruned."
+    if status not in STATUSES[1:]: raise MlkitError(f"a run ends as one of {', '.join(STATUSES[1:])}; got {status!r}")
+
+# %% ../nbs/10b_tracker.ipynb #dac42dac
+_current: list = []  # the run `current_run()` returns (mlkit.track); forgotten in a forked child
+
+# %% ../nbs/10b_tracker.ipynb #335c93f8
+@patch
+def run_ids(self:Tracker) -> dict:
+    "What identifies this run in its store, saved in checkpoints so that a resumed fit continues the same run."
+    return {type(self).__name__: self.id} if self.active else {}
+
+# %% ../nbs/10b_tracker.ipynb #16122925
+@patch
+def resume_run(self:Tracker, ids:dict, # run_ids() of the run to continue
+                       step:int|None=None, # Continue after this step: records of later steps are dropped
+                      ):
+    "Continue the run `ids` names instead of this fresh one (a resumed fit)."
+
+# %% ../nbs/10b_tracker.ipynb #7301403a
+@patch
+def __enter__(self:Tracker): return self
+
+@patch
+def __exit__(self:Tracker, exc_type, exc, tb):
+    if exc_type is None: self.finish("finished")
+    elif issubclass(exc_type, SystemExit):
+        _exit_codes[:] = [exc.code]  # on its way out of the program, most likely: the runs open at exit take it too
+        self.finish(*exit_outcome(exc.code))
+    elif issubclass(exc_type, KeyboardInterrupt): self.finish("interrupted", "KeyboardInterrupt")
+    else: self.finish("failed", f"{exc_type.__name__}: {mask(str(exc))}"[:2000])
+    return False

@@ -14,13 +14,15 @@ import sys
 import threading
 from pathlib import Path
 
+from fastcore.basics import patch
+
 from .core import MlkitError, link_or_copy, runs_dir
 from .runmeta import mask, redact
 from .runs import flatten, load_runs
 
 _all_ = ["load_runs"]
-from .local_tracker import LocalTracker, _merge, new_run_id
-from .tracker import Tracker, _check_status, _deferral
+from .local_tracker import LocalTracker, merge_params, new_run_id
+from .tracker import Tracker, check_status, deferral
 
 
 # %% auto #0
@@ -50,40 +52,55 @@ class TensorBoardTracker(Tracker):
         from torch.utils.tensorboard import SummaryWriter
         self.writer = SummaryWriter(str(self.log_dir))
 
-    def log_params(self, params:dict):
-        if not self.active: return
-        with _deferral, self._lock:
-            _merge(self.params, redact(dict(params)))
-            table = "\n".join(f"| {k} | {v} |" for k, v in flatten(self.params).items())
-            self.writer.add_text("params", "| parameter | value |\n|---|---|\n" + table, self._step)
+# %% ../nbs/10d_trackers.ipynb #1f9c212a
+@patch
+def log_params(self:TensorBoardTracker, params:dict):
+    "Merge `params` (secrets redacted) and write them all as a text summary."
+    if not self.active: return
+    with deferral, self._lock:
+        merge_params(self.params, redact(dict(params)))
+        table = "\n".join(f"| {k} | {v} |" for k, v in flatten(self.params).items())
+        self.writer.add_text("params", "| parameter | value |\n|---|---|\n" + table, self._step)
 
-    def _write(self, rows):
-        for step, ms, k, v in self._numbers(rows): self.writer.add_scalar(k, v, step, walltime=ms / 1000)
-        self.writer.flush()
+@patch
+def _write(self:TensorBoardTracker, rows):
+    for step, ms, k, v in self._numbers(rows): self.writer.add_scalar(k, v, step, walltime=ms / 1000)
+    self.writer.flush()
 
-    def log_artifact(self, path, name=None, link=False):
-        if not self.active: return None
-        dst = self.log_dir/"artifacts"/(name or Path(path).name)
-        return link_or_copy(path, dst) if link else Path(shutil.copy2(path, _mkparent(dst)))
-
-    def run_ids(self) -> dict: return {"TensorBoardTracker": str(self.log_dir)} if self.active else {}
-
-    def resume_run(self, ids:dict, step:int|None=None):
-        old = ids.get("TensorBoardTracker")
-        if not self.active or old is None or old == str(self.log_dir): return
-        with _deferral, self._lock:  # points logged after the checkpoint stay: TensorBoard cannot delete them
-            self.writer.close()
-            if self.log_dir.is_dir() and not any(self.log_dir.glob("*/*")): shutil.rmtree(self.log_dir, ignore_errors=True)
-            self.log_dir = Path(old)
-            self._open_writer()
-
-    def _end(self, status, error):
-        self.writer.add_text("status", status + (f": {error}" if error else ""), self._step)
-        self.writer.close()
+# %% ../nbs/10d_trackers.ipynb #99b9bdd1
+@patch
+def log_artifact(self:TensorBoardTracker, path, name=None, link=False):
+    "Copy (or hard-link) the file at `path` into the event folder's artifacts/."
+    if not self.active: return None
+    dst = self.log_dir/"artifacts"/(name or Path(path).name)
+    return link_or_copy(path, dst) if link else Path(shutil.copy2(path, _mkparent(dst)))
 
 def _mkparent(path:Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
+
+# %% ../nbs/10d_trackers.ipynb #b5947ac4
+@patch
+def run_ids(self:TensorBoardTracker) -> dict:
+    "The event folder, which a resumed fit writes into again."
+    return {"TensorBoardTracker": str(self.log_dir)} if self.active else {}
+
+@patch
+def resume_run(self:TensorBoardTracker, ids:dict, step:int|None=None):
+    "Write on into the event folder `ids` names."
+    old = ids.get("TensorBoardTracker")
+    if not self.active or old is None or old == str(self.log_dir): return
+    with deferral, self._lock:  # points logged after the checkpoint stay: TensorBoard cannot delete them
+        self.writer.close()
+        if self.log_dir.is_dir() and not any(self.log_dir.glob("*/*")): shutil.rmtree(self.log_dir, ignore_errors=True)
+        self.log_dir = Path(old)
+        self._open_writer()
+
+# %% ../nbs/10d_trackers.ipynb #ad3737fb
+@patch
+def _end(self:TensorBoardTracker, status, error):
+    self.writer.add_text("status", status + (f": {error}" if error else ""), self._step)
+    self.writer.close()
 
 # %% ../nbs/10d_trackers.ipynb #2beef1b7
 _WRITER = "import sys; from mlkit.mlflow_writer import main; sys.exit(main())"
@@ -122,78 +139,100 @@ class MLflowTracker(Tracker):
         self.tracking_uri = mask(reply["tracking_uri"])  # never keep credentials around
         self._start()
 
-    def _send(self, msg:dict):
-        try:
-            self._proc.stdin.write(json.dumps(msg, default=str) + "\n")
-            self._proc.stdin.flush()
-        except (BrokenPipeError, ValueError, OSError):
-            raise MlkitError(f"MLflowTracker: its writer process has stopped (exit code {self._proc.poll()})") from None
-
-    def _reply(self, doing:str) -> dict:
-        line = [None]
-        reader = threading.Thread(target=lambda: line.__setitem__(0, self._proc.stdout.readline()), daemon=True)
-        reader.start()
-        reader.join(self.timeout)
-        if line[0] is None:
-            raise MlkitError(f"MLflowTracker: no answer from MLflow after {self.timeout:g} s while {doing}; "
-                             "is the tracking server reachable?")
-        if not line[0]:
-            raise MlkitError(f"MLflowTracker: its writer process stopped while {doing} (exit code {self._proc.wait()})")
-        return json.loads(line[0])
-
-    def _call(self, msg:dict, doing:str|None=None) -> dict:
-        "Send `msg` (and wait for the answer when `doing` says what for); once the writer is gone, say so once, go on."
-        if self._broken: return {}
-        try:
-            self._send(msg)
-            return self._reply(doing) if doing else {}
-        except MlkitError as e:
-            self._broken = True
-            print(f"mlkit: {e}; MLflow records nothing more of run {self.run_id}", file=sys.stderr)
-            return {}
-
-    def log_params(self, params:dict):
-        if not self.active: return
-        flat = flatten(redact(dict(params)))
-        with _deferral, self._lock: self._call({"params": {k: str(v)[:6000] for k, v in flat.items()}})
-
-    def _write(self, rows):
-        if rows := self._numbers(rows): self._call({"metrics": rows})
-
     def flush(self, wait:bool=True):
         "Hand the buffered metrics to MLflow's writer; with `wait`, return once MLflow has them."
         super().flush(wait)
         if wait and self.active and not self._finished:
-            with _deferral, self._lock: self._call({"sync": 1}, "flushing")
+            with deferral, self._lock: self._call({"sync": 1}, "flushing")
 
-    def log_artifact(self, path, name=None, link=False):
-        if not self.active: return
-        folder = str(Path(name).parent) if name and Path(name).parent != Path(".") else None
-        with _deferral, self._lock: self._call({"artifact": [str(Path(path).resolve()), folder]}, "uploading an artifact")
+# %% ../nbs/10d_trackers.ipynb #a6246070
+@patch
+def _send(self:MLflowTracker, msg:dict):
+    try:
+        self._proc.stdin.write(json.dumps(msg, default=str) + "\n")
+        self._proc.stdin.flush()
+    except (BrokenPipeError, ValueError, OSError):
+        raise MlkitError(f"MLflowTracker: its writer process has stopped (exit code {self._proc.poll()})") from None
 
-    def run_ids(self) -> dict: return {"MLflowTracker": self.run_id} if self.active else {}
+# %% ../nbs/10d_trackers.ipynb #0930eeec
+@patch
+def _reply(self:MLflowTracker, doing:str) -> dict:
+    line = [None]
+    reader = threading.Thread(target=lambda: line.__setitem__(0, self._proc.stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(self.timeout)
+    if line[0] is None:
+        raise MlkitError(f"MLflowTracker: no answer from MLflow after {self.timeout:g} s while {doing}; "
+                         "is the tracking server reachable?")
+    if not line[0]:
+        raise MlkitError(f"MLflowTracker: its writer process stopped while {doing} (exit code {self._proc.wait()})")
+    return json.loads(line[0])
 
-    def resume_run(self, ids:dict, step:int|None=None):
-        old = ids.get("MLflowTracker")
-        if not self.active or old is None or old == self.run_id: return
-        with _deferral, self._lock:
-            reply = self._call({"switch": old}, "switching to the resumed run")
-        if reply.get("ok"): self.run_id = self.id = old
-        elif "error" in reply:
-            print(f"mlkit: MLflow run {old} cannot be continued ({mask(reply['error'])}); recording into {self.run_id}",
-                  file=sys.stderr)
+# %% ../nbs/10d_trackers.ipynb #60ce4a8e
+@patch
+def _call(self:MLflowTracker, msg:dict, doing:str|None=None) -> dict:
+    "Send `msg` (and wait for the answer when `doing` says what for); once the writer is gone, say so once, go on."
+    if self._broken: return {}
+    try:
+        self._send(msg)
+        return self._reply(doing) if doing else {}
+    except MlkitError as e:
+        self._broken = True
+        print(f"mlkit: {e}; MLflow records nothing more of run {self.run_id}", file=sys.stderr)
+        return {}
 
-    def _end(self, status, error):
-        self._call({"end": status}, "ending the run")  # the writer ends the run even if this process dies meanwhile
-        self._stop_writer()
+# %% ../nbs/10d_trackers.ipynb #3026b61b
+@patch
+def log_params(self:MLflowTracker, params:dict):  # noqa: F811 (another class's method, by @patch)
+    "Log `params` flattened (secrets redacted) as MLflow parameters; a changed value becomes a tag."
+    if not self.active: return
+    flat = flatten(redact(dict(params)))
+    with deferral, self._lock: self._call({"params": {k: str(v)[:6000] for k, v in flat.items()}})
 
-    def _stop_writer(self):
-        "Close the pipes and reap the writer (it ends by itself once its input closes)."
-        try: self._proc.stdin.close()
-        except OSError: pass
-        try: self._proc.wait(self.timeout)
-        except subprocess.TimeoutExpired: pass  # still writing a backlog: it finishes on its own
-        else: self._proc.stdout.close()
+@patch
+def _write(self:MLflowTracker, rows):  # noqa: F811 (another class's method, by @patch)
+    if rows := self._numbers(rows): self._call({"metrics": rows})
+
+# %% ../nbs/10d_trackers.ipynb #c3c3105b
+@patch
+def log_artifact(self:MLflowTracker, path, name=None, link=False):  # noqa: F811 (another class's method, by @patch)
+    "Upload the file at `path` to the run's artifacts (in `name`'s folder), waiting until it is stored."
+    if not self.active: return
+    folder = str(Path(name).parent) if name and Path(name).parent != Path(".") else None
+    with deferral, self._lock: self._call({"artifact": [str(Path(path).resolve()), folder]}, "uploading an artifact")
+
+# %% ../nbs/10d_trackers.ipynb #8e4a7713
+@patch
+def run_ids(self:MLflowTracker) -> dict:  # noqa: F811 (another class's method, by @patch)
+    "The MLflow run id, which a resumed fit continues."
+    return {"MLflowTracker": self.run_id} if self.active else {}
+
+@patch
+def resume_run(self:MLflowTracker, ids:dict, step:int|None=None):  # noqa: F811 (another class's method, by @patch)
+    "Switch the writer to the MLflow run `ids` names, if MLflow can continue it."
+    old = ids.get("MLflowTracker")
+    if not self.active or old is None or old == self.run_id: return
+    with deferral, self._lock:
+        reply = self._call({"switch": old}, "switching to the resumed run")
+    if reply.get("ok"): self.run_id = self.id = old
+    elif "error" in reply:
+        print(f"mlkit: MLflow run {old} cannot be continued ({mask(reply['error'])}); recording into {self.run_id}",
+              file=sys.stderr)
+
+# %% ../nbs/10d_trackers.ipynb #ca7e5deb
+@patch
+def _end(self:MLflowTracker, status, error):  # noqa: F811 (another class's method, by @patch)
+    self._call({"end": status}, "ending the run")  # the writer ends the run even if this process dies meanwhile
+    self._stop_writer()
+
+@patch
+def _stop_writer(self:MLflowTracker):
+    "Close the pipes and reap the writer (it ends by itself once its input closes)."
+    try: self._proc.stdin.close()
+    except OSError: pass
+    try: self._proc.wait(self.timeout)
+    except subprocess.TimeoutExpired: pass  # still writing a backlog: it finishes on its own
+    else: self._proc.stdout.close()
 
 # %% ../nbs/10d_trackers.ipynb #2aba512d
 class WandbTracker(Tracker):
@@ -217,25 +256,33 @@ class WandbTracker(Tracker):
         self.id = self.run.id
         self._start()
 
-    def log_params(self, params:dict):
-        if not self.active: return
-        with _deferral, self._lock: self.run.config.update(redact(dict(params)), allow_val_change=True)
+# %% ../nbs/10d_trackers.ipynb #35a95bb9
+@patch
+def log_params(self:WandbTracker, params:dict):  # noqa: F811 (another class's method, by @patch)
+    "Update the W&B run's config with `params` (secrets redacted; changed values allowed)."
+    if not self.active: return
+    with deferral, self._lock: self.run.config.update(redact(dict(params)), allow_val_change=True)
 
-    def _write(self, rows):
-        by_step: dict = {}
-        for step, _, k, v in self._numbers(rows): by_step.setdefault(step, {})[k] = v
-        for step, values in sorted(by_step.items()): self.run.log(values, step=step)
+@patch
+def _write(self:WandbTracker, rows):  # noqa: F811 (another class's method, by @patch)
+    by_step: dict = {}
+    for step, _, k, v in self._numbers(rows): by_step.setdefault(step, {})[k] = v
+    for step, values in sorted(by_step.items()): self.run.log(values, step=step)
 
-    def log_artifact(self, path, name=None, link=False):
-        if not self.active: return
-        import wandb
-        art = wandb.Artifact((name or Path(path).name).replace("/", "-").replace(".", "-"), type="file")
-        art.add_file(str(path))
-        with _deferral, self._lock: self.run.log_artifact(art)
+# %% ../nbs/10d_trackers.ipynb #300e5b21
+@patch
+def log_artifact(self:WandbTracker, path, name=None, link=False):  # noqa: F811 (another class's method, by @patch)
+    "Log the file at `path` as a W&B artifact of type file."
+    if not self.active: return
+    import wandb
+    art = wandb.Artifact((name or Path(path).name).replace("/", "-").replace(".", "-"), type="file")
+    art.add_file(str(path))
+    with deferral, self._lock: self.run.log_artifact(art)
 
-    def _end(self, status, error):
-        self.run.summary["mlkit_status"] = status
-        self.run.finish(exit_code=0 if status == "finished" else 1)
+@patch
+def _end(self:WandbTracker, status, error):  # noqa: F811 (another class's method, by @patch)
+    self.run.summary["mlkit_status"] = status
+    self.run.finish(exit_code=0 if status == "finished" else 1)
 
 # %% ../nbs/10d_trackers.ipynb #0e82df8b
 class MultiTracker(Tracker):
@@ -261,7 +308,7 @@ class MultiTracker(Tracker):
         self.id = self.trackers[0].id
         self.path = next((t.path for t in self.trackers if isinstance(t, LocalTracker)), None)
     def finish(self, status="finished", error=None):
-        _check_status(status)
+        check_status(status)
         errors = []
         for t in self.trackers:  # finish every one, even if one fails
             try: t.finish(status, error)

@@ -12,7 +12,8 @@ from mlkit.runmeta import is_secret_key, redact, redact_argv
 from mlkit.runs import flatten
 from mlkit.track import LocalTracker, MLflowTracker, MultiTracker, TensorBoardTracker, WandbTracker
 
-COVERS = ("08_runmeta", "10_track")  # the notebooks these tests cover: `make test NB=...` runs them
+# the notebooks these tests cover: `make test NB=...` runs them
+COVERS = ("08_runmeta", "10_track", "10c_local_tracker", "10d_trackers")
 
 # Where each secret is given, how (VALUE stands for it; a dotted name nests parameters), and the secret itself.
 # The values are distinctive, so that a scan of the bytes of every file finds any copy of them.

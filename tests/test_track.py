@@ -13,7 +13,8 @@ import pytest
 from mlkit.runs import list_runs, open_run, read_metrics
 from mlkit.track import LocalTracker, MLflowTracker, MultiTracker, TensorBoardTracker, TrackingCallback, WandbTracker
 
-COVERS = ("09_runs", "10_track", "10a_mlflow_writer")  # the notebooks these tests cover: `make test NB=...` runs them
+# the notebooks these tests cover: `make test NB=...` runs them
+COVERS = ("09_runs", "10_track", "10b_tracker", "10c_local_tracker", "10d_trackers", "10a_mlflow_writer")
 
 JOBS = Path(__file__).parent/"jobs"
 JOB = JOBS/"track_job.py"
