@@ -27,6 +27,7 @@ class DistEnv:
     @property
     def is_main(self) -> bool: return self.rank == 0
 
+# %% ../nbs/04_distributed.ipynb #96ce7318
 def dist_env() -> DistEnv:
     "This process's rank, local rank and world size, from torchrun's environment variables."
     get = lambda k, d: int(os.environ.get(k, d))
@@ -44,11 +45,13 @@ def init_distributed(device_type:str="cpu", # The device type training runs on: 
         dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
     return env
 
+# %% ../nbs/04_distributed.ipynb #73b2303b
 def is_main_process() -> bool:
     "True on rank 0 (and when not distributed): the process that prints, shows progress and writes files."
     import torch.distributed as dist
     return (dist.get_rank() if dist.is_available() and dist.is_initialized() else dist_env().rank) == 0
 
+# %% ../nbs/04_distributed.ipynb #845b68eb
 def broadcast_int(value:int, # The value on rank 0; ignored elsewhere
                   device:torch.device|str="cpu") -> int:
     "Rank 0's `value` on every rank (just `value` when not distributed)."
@@ -59,6 +62,7 @@ def broadcast_int(value:int, # The value on rank 0; ignored elsewhere
     dist.broadcast(t, src=0)
     return int(t.item())
 
+# %% ../nbs/04_distributed.ipynb #6b4729cb
 def all_reduce_sum(t:torch.Tensor) -> torch.Tensor:
     "Sum `t` over all ranks, in place (a no-op when not distributed)."
     import torch.distributed as dist
