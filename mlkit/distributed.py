@@ -5,14 +5,16 @@
 # %% ../nbs/04_distributed.ipynb #36d192ae
 from __future__ import annotations
 
+import gc
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING: import torch  # imported where a function needs it: reading the rank costs nothing
 
 # %% auto #0
-__all__ = ['DistEnv', 'dist_env', 'init_distributed', 'is_main_process', 'broadcast_int', 'all_reduce_sum']
+__all__ = ['DistEnv', 'dist_env', 'init_distributed', 'is_main_process', 'broadcast_int', 'all_reduce_sum', 'data_parallel']
 
 # %% ../nbs/04_distributed.ipynb #bcd5266b
 @dataclass(frozen=True)
@@ -68,3 +70,22 @@ def all_reduce_sum(t:torch.Tensor) -> torch.Tensor:
     import torch.distributed as dist
     if dist.is_available() and dist.is_initialized(): dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
+
+# %% ../nbs/04_distributed.ipynb #e8ecf600
+@contextmanager
+def data_parallel(trainer, # Anything with `dist`, `device`, `module` and `model`: a `mlkit.train.Trainer`
+                 ):
+    "Under torchrun, `trainer.model` is the DDP wrapper of `trainer.module` while it trains, and the module otherwise."
+    if not trainer.dist.is_distributed:
+        yield
+        return
+    from torch.nn.parallel import DistributedDataParallel
+    ids = [trainer.device.index] if trainer.device.type == "cuda" else None
+    trainer.model = DistributedDataParallel(trainer.module, device_ids=ids)  # broadcasts rank 0's weights
+    try: yield
+    finally:
+        # Freed here, while the process group lives. A wrapper kept until the interpreter's teardown outlives the user's
+        # destroy_process_group(), and gloo can then abort a rank that finished its work ("terminate called without
+        # an active exception", SIGABRT): torchrun reports the job failed.
+        trainer.model = trainer.module
+        gc.collect()

@@ -6,33 +6,32 @@
 from __future__ import annotations
 
 import copy
-import gc
 import math
 import warnings
 from collections.abc import Callable, Mapping
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
 from fastcore.basics import patch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 from .callbacks import ProgressBar  # callbacks need only mlkit.events: the dependency runs one way
 from .checkpoint import (CheckpointError, latest_checkpoint, load_checkpoint, load_model_state, rng_states,
                               set_rng_states)
 from .core import MlkitError
 from .data import resumable_loader
-from .distributed import all_reduce_sum, broadcast_int, init_distributed
+from .distributed import all_reduce_sum, broadcast_int, data_parallel, init_distributed
 from .events import EVENTS, Callback, CallbackError, CancelBatch, CancelEpoch, CancelFit
 from .gpu import PRECISIONS, auto_precision, autocast_dtype, pick_device
+from .schedule import LRFinder, lr_sweep, one_cycle
 
 # %% auto #0
-__all__ = ['NonFiniteLossError', 'Trainer', 'LRFinder', 'one_cycle', 'EVENTS', 'CancelBatch', 'CancelEpoch', 'CancelFit',
-           'CallbackError', 'Callback']
+__all__ = ['NonFiniteLossError', 'Trainer', 'EVENTS', 'CancelBatch', 'CancelEpoch', 'CancelFit', 'CallbackError', 'Callback',
+           'LRFinder', 'one_cycle']
 
 # %% ../nbs/05_train.ipynb #c13d3fc4
-_all_ = ['EVENTS', 'CancelBatch', 'CancelEpoch', 'CancelFit', 'CallbackError', 'Callback']
+_all_ = ['EVENTS', 'CancelBatch', 'CancelEpoch', 'CancelFit', 'CallbackError', 'Callback', 'LRFinder', 'one_cycle']
 class NonFiniteLossError(MlkitError):
     "The loss became NaN or infinite."
 
@@ -99,7 +98,7 @@ class Trainer:
         self._setup_device(device)
         self._setup_precision(precision)
         self.module = model.to(self.device)
-        self.model = self.module  # under torchrun, its DDP wrapper while fit() and lr_find() train (_data_parallel)
+        self.model = self.module  # under torchrun, its DDP wrapper while fit() and lr_find() train (data_parallel)
         self._setup_data(train_dl, valid_dl, seed)
         self.loss_fn = loss_fn or nn.functional.cross_entropy
         self.lr, self.metric_fns = lr, dict(metrics or {})
@@ -124,8 +123,6 @@ def _setup_device(self:Trainer, device):
     self._non_blocking = self.device.type == "cuda"
     self._move = self.device.type != "cpu"  # CPU batches stay where they are: no per-batch .to()
     self._sync_every = 1 if self.device.type == "cpu" else 32  # host syncs to check the loss
-
-# %% ../nbs/05_train.ipynb #95c897d6
 @patch
 def _on_device(self:Trainer, batch):
     "`batch` moved to the training device (CPU batches on the CPU are left alone: no per-batch .to())."
@@ -140,11 +137,8 @@ def _setup_precision(self:Trainer, precision:str):
         raise MlkitError(f"precision 'fp16' needs a CUDA GPU (this run is on {self.device.type}); use 'bf16' or 'fp32'")
     self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
     self._autocast_dtype = autocast_dtype(self.precision)
-
-# %% ../nbs/05_train.ipynb #ed3f7621
 @patch
 def _autocast(self:Trainer):
-    "The autocast context of this precision (none in fp32)."
     return nullcontext() if self._autocast_dtype is None else torch.autocast(self.device.type, dtype=self._autocast_dtype)
 
 # %% ../nbs/05_train.ipynb #91dc5ee5
@@ -160,8 +154,6 @@ def _setup_data(self:Trainer, train_dl, valid_dl, seed:int|None):
     self.valid_dl = valid_dl
     if valid_dl is not None and self.dist.is_distributed:
         self.valid_dl, _ = resumable_loader(valid_dl, self.dist.rank, self.dist.world_size, pad=False)
-
-# %% ../nbs/05_train.ipynb #718bb70c
 @patch
 def _init_state(self:Trainer):
     "The counters and records of a Trainer that has not trained yet."
@@ -187,16 +179,12 @@ def add_cbs(self:Trainer, cbs:list[Callback]):
 # %% ../nbs/05_train.ipynb #c6565665
 @patch
 def _call(self:Trainer, event:str):
-    "Run the handlers of `event`, naming the callback in any error but those that steer the loop."
     for name, f in self._handlers[event]:
         try: f()
         except (CancelBatch, CancelEpoch, CancelFit, NonFiniteLossError): raise
         except Exception as e: raise CallbackError(name, event, e) from e
-
-# %% ../nbs/05_train.ipynb #0e44f52e
 @patch
 def _with_events(self:Trainer, f:Callable, stage:str, cancel:type|None=None):
-    "Run `f` between the events of `stage`; `cancel` ends it early through `after_cancel_<stage>`."
     try:
         self._call(f"before_{stage}")
         f()
@@ -205,27 +193,9 @@ def _with_events(self:Trainer, f:Callable, stage:str, cancel:type|None=None):
         self._call(f"after_cancel_{stage}")
     self._call(f"after_{stage}")
 
-# %% ../nbs/05_train.ipynb #a1115348
-@contextmanager
-def _data_parallel(trainer):
-    "Under torchrun, `trainer.model` is the DDP wrapper of `trainer.module` while it trains, and the module otherwise."
-    if not trainer.dist.is_distributed:
-        yield
-        return
-    ids = [trainer.device.index] if trainer.device.type == "cuda" else None
-    trainer.model = DistributedDataParallel(trainer.module, device_ids=ids)  # broadcasts rank 0's weights
-    try: yield
-    finally:
-        # Freed here, while the process group lives. A wrapper kept until the interpreter's teardown outlives the user's
-        # destroy_process_group(), and gloo can then abort a rank that finished its work ("terminate called without
-        # an active exception", SIGABRT): torchrun reports the job failed.
-        trainer.model = trainer.module
-        gc.collect()
-
 # %% ../nbs/05_train.ipynb #fe152407
 @patch
 def _track_loss(self:Trainer, loss:torch.Tensor, n:int):
-    "Count this batch's `loss` over its `n` samples: at once on the CPU, in groups on accelerators."
     tally = self._losses
     if self.dist.is_distributed: loss = self._mean_over_ranks(loss, n)
     if self._sync_every == 1:  # CPU: .item() costs nothing, so check and count at once
@@ -244,11 +214,8 @@ def _mean_over_ranks(self:Trainer, loss:torch.Tensor, n:int) -> torch.Tensor:
     t = torch.stack([loss.detach().double() * n, torch.tensor(float(n), dtype=torch.float64, device=loss.device)])
     all_reduce_sum(t)  # on the loss's device: the one the process group's backend serves
     return t[0] / t[1]
-
-# %% ../nbs/05_train.ipynb #76a712a0
 @patch
 def _non_finite(self:Trainer, v:float, it:int, step:int):
-    "Stop training on a NaN or infinite loss `v`, naming where it happened."
     self._losses.pending.clear()
     raise NonFiniteLossError(f"loss is {v} at epoch {self.epoch}, batch {it} (optimizer step {step}): "
                              "training stopped; lower the learning rate, set grad_clip, or check that batch's data")
@@ -274,14 +241,10 @@ def _check_losses(self:Trainer):
 def last_loss(self:Trainer) -> float:
     "The latest training loss already brought to the host (NaN before the first)."
     return self._losses.last
-
-# %% ../nbs/05_train.ipynb #49332245
 @patch(as_prop=True)
 def host_losses(self:Trainer) -> list[tuple[int, int, float, int]]:
     "(batch, optimizer steps before it, loss, samples) of this epoch's batches whose loss reached the host, in order."
     return self._losses.host
-
-# %% ../nbs/05_train.ipynb #1cb9397e
 @patch(as_prop=True)
 def epoch_samples(self:Trainer) -> int:
     "Training samples of this epoch counted so far on this rank (exact at the epoch's end)."
@@ -290,13 +253,10 @@ def epoch_samples(self:Trainer) -> int:
 # %% ../nbs/05_train.ipynb #bba0384c
 @patch
 def _with_validate(self:Trainer, dl) -> dict:
-    "Run the validation stage, with its events, on `dl`; its loss and metrics."
     self._validation = {}
     self._valid_dl = dl
     self._with_events(self._validate_epoch, "validate")
     return self._validation
-
-# %% ../nbs/05_train.ipynb #c24901c9
 @patch
 def validate(self:Trainer, dl=None) -> dict:
     "Loss and metrics on `dl` (the validation loader by default), averaged over its samples."
@@ -307,7 +267,6 @@ def validate(self:Trainer, dl=None) -> dict:
 # %% ../nbs/05_train.ipynb #9f5a512d
 @patch
 def _validate_epoch(self:Trainer):
-    "Loss and metrics over `self._valid_dl`, in eval mode and without gradients, reduced over ranks."
     was_training, self.training = self.training, False
     self.module.eval()
     sums = [0.0] * (2 + len(self.metric_fns))  # samples, then loss and metrics times samples: summed on the host
@@ -315,14 +274,11 @@ def _validate_epoch(self:Trainer):
         for i, batch in enumerate(self._valid_dl):
             self.iter, self.batch = i, batch
             sums = [a + b for a, b in zip(sums, self._validate_batch(), strict=True)]
-    # reduced on the training device: the one the process group's backend serves (NCCL has no CPU tensors)
     sums = all_reduce_sum(torch.tensor(sums, dtype=torch.float64, device=self.device)).tolist()
     n = max(sums[0], 1)
     self._validation = dict(zip(["valid_loss", *self.metric_fns], [v / n for v in sums[1:]], strict=True))
     self.module.train(was_training)
     self.training = was_training
-
-# %% ../nbs/05_train.ipynb #93ae0d36
 @patch
 def _validate_batch(self:Trainer) -> list[float]:
     "This validation batch's samples, then its loss and each metric times its samples."
@@ -360,10 +316,8 @@ def fit(self:Trainer, epochs:int, # Train until this many epochs are done (count
     self._plan_fit(epochs)
     self.epoch, self._start_batch, self.resumed_from = 0, 0, None
     if resume is not None: self._load_resume(resume)
-    with _data_parallel(self): self._with_events(self._fit_epochs, "fit", CancelFit)
+    with data_parallel(self): self._with_events(self._fit_epochs, "fit", CancelFit)
     return self
-
-# %% ../nbs/05_train.ipynb #127a22da
 @patch
 def _plan_fit(self:Trainer, epochs:int):
     "Count the fit's batches and optimizer steps, and build its scheduler."
@@ -377,16 +331,12 @@ def _plan_fit(self:Trainer, epochs:int):
 # %% ../nbs/05_train.ipynb #43518cd1
 @patch
 def _fit_epochs(self:Trainer):
-    "Run the epochs left, each wrapped in its events."
     for epoch in range(self.epoch, self.n_epochs):
         self.epoch = epoch
         self._with_events(self._run_epoch, "epoch", CancelEpoch)
         self._start_batch = 0
-
-# %% ../nbs/05_train.ipynb #f31ce362
 @patch
 def _run_epoch(self:Trainer):
-    "Train one epoch, validate, and record the epoch's metrics in `history`."
     self.metrics = {}
     self._with_events(self._train_epoch, "train")
     if self.valid_dl is not None: self.metrics.update(self._with_validate(self.valid_dl))
@@ -396,7 +346,6 @@ def _run_epoch(self:Trainer):
 # %% ../nbs/05_train.ipynb #9a7bc302
 @patch
 def _train_epoch(self:Trainer):
-    "Train on this epoch's batches, then fold its losses into `train_loss`."
     self.training = True
     self.model.train()
     for i, batch in enumerate(self._epoch_batches(), self._start_batch):
@@ -437,7 +386,6 @@ def _epoch_batches(self:Trainer):
 # %% ../nbs/05_train.ipynb #b15bfeef
 @patch
 def _train_batch(self:Trainer):
-    "Forward and backward on `self.batch`; an optimizer step if it closes its accumulation window."
     xb, yb = _split(self._on_device(self.batch))
     self.xb, self.yb = xb, yb
     n = _batch_size(yb)
@@ -445,8 +393,6 @@ def _train_batch(self:Trainer):
     sync = nullcontext() if boundary or not self.dist.is_distributed else self.model.no_sync()
     with sync: self._forward_backward(xb, yb, n, first, window_size)
     if boundary: self._optimizer_step()
-
-# %% ../nbs/05_train.ipynb #da57c70b
 @patch
 def _window_of(self:Trainer, n:int) -> tuple[int, int, bool]:
     "Count this batch's `n` samples into its window: (the window's first batch size, its batches, whether this batch ends it)."
@@ -476,7 +422,6 @@ def _forward_backward(self:Trainer, xb:tuple, yb:tuple, n:int, first:int, window
 # %% ../nbs/05_train.ipynb #e7962ec3
 @patch
 def _optimizer_step(self:Trainer):
-    "Close the accumulation window: rescale, clip, step the optimizer (and the scheduler), zero the gradients."
     _, expected, seen = self._window or (0, 0, 0)
     self._window = None
     if seen and seen != expected:  # batches of unequal size in this window: weigh them by their samples
@@ -524,8 +469,6 @@ def _sampler_state(self:Trainer, epoch_done:bool, batch:int) -> dict|None:
     if self.sampler is not None and self.sampler.generator is not None:  # the user's generator, as the next epoch needs it
         return {"generator_now": self.sampler.generator.get_state()}
     return None
-
-# %% ../nbs/05_train.ipynb #236f3f38
 @patch
 def _gather_rngs(self:Trainer, rng:dict, epoch_rng:dict|None) -> list:
     "Every rank's random states (each process's own: its CUDA generator, and what it drew on its own)."
@@ -536,7 +479,6 @@ def _gather_rngs(self:Trainer, rng:dict, epoch_rng:dict|None) -> list:
 # %% ../nbs/05_train.ipynb #1f3522d1
 @patch
 def _load_resume(self:Trainer, resume:str):
-    "Continue from checkpoint `resume` (a path, or 'latest'): state, position and random states."
     path = self._resume_path(resume)
     if path is None: return
     state = self._own_rng_state(self._restore_state(path), path)
@@ -561,8 +503,6 @@ def _resume_path(self:Trainer, resume:str):
     path = latest_checkpoint(folder)
     if path is None: print(f"no checkpoint in {folder} yet: starting from scratch")
     return path
-
-# %% ../nbs/05_train.ipynb #eb442963
 @patch
 def _restore_state(self:Trainer, path) -> dict:
     "Load checkpoint `path` into the model, optimizer, scheduler, scaler and callbacks; the checkpoint."
@@ -598,8 +538,6 @@ def _resume_after_epoch(self:Trainer, state:dict):
     set_rng_states(state["rng"])
     if (saved := state.get("sampler") or {}).get("generator_now") is not None and self.sampler is not None:
         self.sampler.generator.set_state(saved["generator_now"])
-
-# %% ../nbs/05_train.ipynb #66d1efef
 @patch
 def _resume_mid_epoch(self:Trainer, state:dict, path):
     "Continue the checkpoint's epoch from its next batch (random states restored as that epoch trains)."
@@ -617,36 +555,11 @@ def _resume_mid_epoch(self:Trainer, state:dict, path):
     self._resume_state = state
 
 # %% ../nbs/05_train.ipynb #efb1bc39
-@dataclass
-class LRFinder:
-    "The result of `Trainer.lr_find`: learning rates, smoothed losses, and a suggested learning rate."
-    lrs: list[float]
-    losses: list[float]
-
-    @property
-    def suggestion(self) -> float|None:
-        "The learning rate of steepest loss descent (None if the sweep was too short)."
-        if len(self.lrs) < 3: return None
-        logs = [math.log10(lr) for lr in self.lrs]
-        slopes = [(self.losses[i+1] - self.losses[i-1]) / (logs[i+1] - logs[i-1]) for i in range(1, len(logs) - 1)]
-        return self.lrs[1 + min(range(len(slopes)), key=slopes.__getitem__)]
-
-    def plot(self, ax=None):
-        "Loss against learning rate (log scale), with the suggestion marked."
-        import matplotlib.pyplot as plt
-        ax = ax or plt.subplots()[1]
-        ax.plot(self.lrs, self.losses)
-        ax.set_xscale("log"); ax.set_xlabel("learning rate"); ax.set_ylabel("loss (smoothed)")
-        if (s := self.suggestion) is not None: ax.axvline(s, color="tab:red", ls="--", label=f"suggestion {s:.2e}"); ax.legend()
-        return ax
-
 def _in_notebook() -> bool:
     try: from IPython import get_ipython
     except ImportError: return False
     shell = get_ipython()
     return shell is not None and "IPKernelApp" in shell.config
-
-# %% ../nbs/05_train.ipynb #1db165fd
 @patch
 def lr_find(self:Trainer, start_lr:float=1e-7, end_lr:float=10.0, num_iter:int=100, # Exponential sweep
             stop_div:bool=True, # Stop once the smoothed loss exceeds 4x its minimum
@@ -657,36 +570,15 @@ def lr_find(self:Trainer, start_lr:float=1e-7, end_lr:float=10.0, num_iter:int=1
     saved = {"model": copy.deepcopy(self.module.state_dict()), "opt": copy.deepcopy(self.opt.state_dict()),
              "rng": rng_states(), "scaler": self.scaler.state_dict() if self.scaler is not None else None}
     self.module.train()
-    with _data_parallel(self):  # under torchrun, every rank sweeps its own batches with DDP
-        try: lrs, losses = self._lr_sweep(start_lr, end_lr, num_iter, stop_div)
+    with data_parallel(self):  # under torchrun, every rank sweeps its own batches with DDP
+        try: result = lr_sweep(self._lr_step, self.train_dl, start_lr, end_lr, num_iter, stop_div)
         finally:
             self.module.load_state_dict(saved["model"])
             self.opt.load_state_dict(saved["opt"])
             if self.scaler is not None: self.scaler.load_state_dict(saved["scaler"])
             set_rng_states(saved["rng"])
-    result = LRFinder(lrs, losses)
     if plot or (plot is None and _in_notebook()): result.plot()
     return result
-
-# %% ../nbs/05_train.ipynb #4db92197
-@patch
-def _lr_sweep(self:Trainer, start_lr:float, end_lr:float, num_iter:int, stop_div:bool) -> tuple[list, list]:
-    "Train at exponentially rising learning rates until `num_iter` steps or divergence; the rates and smoothed losses."
-    lrs, losses, smooth, best = [], [], 0.0, math.inf
-    batches = iter(self.train_dl)
-    for i in range(num_iter):
-        try: batch = next(batches)
-        except StopIteration: batches = iter(self.train_dl); batch = next(batches)
-        lr = start_lr * (end_lr / start_lr) ** (i / max(num_iter - 1, 1))
-        smooth = 0.98 * smooth + 0.02 * self._lr_step(batch, lr)
-        smoothed = smooth / (1 - 0.98 ** (i + 1))
-        if not math.isfinite(smoothed): break
-        lrs.append(lr); losses.append(smoothed)
-        best = min(best, smoothed)
-        if stop_div and smoothed > 4 * best: break
-    return lrs, losses
-
-# %% ../nbs/05_train.ipynb #519b0af7
 @patch
 def _lr_step(self:Trainer, batch, lr:float) -> float:
     "One optimizer step on `batch` at learning rate `lr`; its loss."
@@ -698,14 +590,3 @@ def _lr_step(self:Trainer, batch, lr:float) -> float:
     else: self.opt.step()
     self.opt.zero_grad(set_to_none=True)
     return loss.item()
-
-# %% ../nbs/05_train.ipynb #283b3a38
-def one_cycle(max_lr:float|None=None, # Peak learning rate; the optimizer's lr when None
-              pct_start:float=0.25, # Fraction of the steps spent warming up
-              div_factor:float=25.0, final_div_factor:float=1e4):
-    "A scheduler factory for the one-cycle policy (torch's OneCycleLR over the whole fit)."
-    def make(opt, total_steps):
-        peak = max_lr if max_lr is not None else [g["lr"] for g in opt.param_groups]
-        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=peak, total_steps=total_steps, pct_start=pct_start,
-                                                   div_factor=div_factor, final_div_factor=final_div_factor)
-    return make
