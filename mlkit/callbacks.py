@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+from fastcore.basics import patch
+
 from .checkpoint import checkpoint_name, list_checkpoints, save_checkpoint
 from .core import TMP_PREFIX, MlkitError, link_or_copy
 from .distributed import is_main_process
@@ -34,6 +36,7 @@ def _headless_kernel() -> bool:
     except psutil.Error: pass
     return False
 
+# %% ../nbs/06_callbacks.ipynb #ea4e8759
 def _interactive() -> bool:
     "Whether a person is watching: a notebook front end, or a terminal on stderr."
     try:
@@ -46,6 +49,7 @@ def _interactive() -> bool:
 def _fmt(metrics:dict) -> str:
     return "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
 
+# %% ../nbs/06_callbacks.ipynb #f8ad7c76
 class ProgressBar(Callback):
     "Epoch progress: a live bar in notebooks and terminals, readable lines in logs and papermill output."
     order = 90
@@ -57,51 +61,72 @@ class ProgressBar(Callback):
         if not every >= 0: raise MlkitError(f"ProgressBar every must be a number of seconds >= 0, got {every!r}")
         self._mode, self.file, self.bar, self.every = mode, file, None, every
 
-    def before_fit(self):
-        self.active = is_main_process()
-        mode = self._mode or os.environ.get("MLKIT_PROGRESS") or ("bar" if _interactive() else "lines")
-        self.mode = mode if mode in ("bar", "lines") else "lines"
-        self.fit_start = time.perf_counter()
+# %% ../nbs/06_callbacks.ipynb #47a27942
+@patch
+def before_fit(self:ProgressBar):
+    "Decide who shows progress (rank 0) and how (bar or lines)."
+    self.active = is_main_process()
+    mode = self._mode or os.environ.get("MLKIT_PROGRESS") or ("bar" if _interactive() else "lines")
+    self.mode = mode if mode in ("bar", "lines") else "lines"
+    self.fit_start = time.perf_counter()
 
-    def _print(self, line:str):
-        if self.bar is not None: self.bar.write(line)
-        else: print(line, file=self.file or sys.stdout, flush=True)
-        self.last_line = time.perf_counter()
+# %% ../nbs/06_callbacks.ipynb #f1eeba59
+@patch
+def _print(self:ProgressBar, line:str):
+    "Print `line` above the bar if there is one, else to the file."
+    if self.bar is not None: self.bar.write(line)
+    else: print(line, file=self.file or sys.stdout, flush=True)
+    self.last_line = time.perf_counter()
 
-    def before_train(self):
-        if not self.active: return
-        t = self.trainer
-        self.epoch_start, self.done = time.perf_counter(), t._start_batch
-        self.desc = f"epoch {t.epoch + 1}/{t.n_epochs}"
-        if self.mode == "bar":
-            from tqdm.auto import tqdm
-            self.bar = tqdm(total=t.n_batches, initial=self.done, desc=self.desc, unit="batch", leave=False, dynamic_ncols=True)
-            self.next_postfix = 0.0
-        else: self.last_line = self.epoch_start
+# %% ../nbs/06_callbacks.ipynb #92960998
+@patch
+def before_train(self:ProgressBar):
+    "Open this epoch's bar, or start its clock in lines mode."
+    if not self.active: return
+    t = self.trainer
+    self.epoch_start, self.done = time.perf_counter(), t._start_batch
+    self.desc = f"epoch {t.epoch + 1}/{t.n_epochs}"
+    if self.mode == "bar":
+        from tqdm.auto import tqdm
+        self.bar = tqdm(total=t.n_batches, initial=self.done, desc=self.desc, unit="batch", leave=False, dynamic_ncols=True)
+        self.next_postfix = 0.0
+    else: self.last_line = self.epoch_start
 
-    def after_batch(self):
-        if not self.active or not self.trainer.training: return
-        self.done += 1
-        if self.bar is not None:
-            self.bar.update(1)
-            if (now := time.monotonic()) >= self.next_postfix:
-                self.bar.set_postfix_str(f"loss {self.trainer.last_loss:.4g}", refresh=False)
-                self.next_postfix = now + 0.5
-        elif (now := time.perf_counter()) - self.last_line >= self.every:
-            n, elapsed = self.trainer.n_batches, now - self.epoch_start
-            self._print(f"{self.desc}  {100 * self.done // n:3d}%  {self.done}/{n} batches  "
-                        f"loss {self.trainer.last_loss:.4g}  {elapsed:.1f}s")
+# %% ../nbs/06_callbacks.ipynb #bd4a103b
+@patch
+def after_batch(self:ProgressBar):
+    "Count a training batch: advance the bar, or print a line every `every` seconds."
+    if not self.active or not self.trainer.training: return
+    self.done += 1
+    if self.bar is not None:
+        self.bar.update(1)
+        if (now := time.monotonic()) >= self.next_postfix:
+            self.bar.set_postfix_str(f"loss {self.trainer.last_loss:.4g}", refresh=False)
+            self.next_postfix = now + 0.5
+    elif (now := time.perf_counter()) - self.last_line >= self.every:
+        n, elapsed = self.trainer.n_batches, now - self.epoch_start
+        self._print(f"{self.desc}  {100 * self.done // n:3d}%  {self.done}/{n} batches  "
+                    f"loss {self.trainer.last_loss:.4g}  {elapsed:.1f}s")
 
-    def after_train(self):
-        if self.bar is not None: self.bar.close(); self.bar = None
+# %% ../nbs/06_callbacks.ipynb #09bfd039
+@patch
+def after_train(self:ProgressBar):
+    "Close the epoch's bar."
+    if self.bar is not None: self.bar.close(); self.bar = None
 
-    def after_epoch(self):
-        if not self.active: return
-        t = self.trainer
-        self._print(f"{self.desc}  {_fmt(t.metrics)}  ({time.perf_counter() - self.epoch_start:.1f}s)")
+# %% ../nbs/06_callbacks.ipynb #1e683010
+@patch
+def after_epoch(self:ProgressBar):
+    "Print the epoch's summary line."
+    if not self.active: return
+    t = self.trainer
+    self._print(f"{self.desc}  {_fmt(t.metrics)}  ({time.perf_counter() - self.epoch_start:.1f}s)")
 
-    def after_fit(self):
-        if self.bar is not None: self.bar.close(); self.bar = None
+# %% ../nbs/06_callbacks.ipynb #461ca247
+@patch
+def after_fit(self:ProgressBar):
+    "Close a bar a cancelled epoch left open."
+    if self.bar is not None: self.bar.close(); self.bar = None
 
 # %% ../nbs/06_callbacks.ipynb #134baa73
 class Checkpoint(Callback):
@@ -128,46 +153,66 @@ class Checkpoint(Callback):
     @property
     def checkpoint_dir(self) -> Path: return self.dir  # where `fit(resume="latest")` looks
 
-    def before_fit(self):
-        if is_main_process() and self.dir.is_dir():
-            for stale in self.dir.glob(f"{TMP_PREFIX}*"): stale.unlink(missing_ok=True)  # left by a killed save
-
-    def after_step(self):
-        self._due = bool(self.every_n_steps) and self.trainer.step % self.every_n_steps == 0
-
-    def after_batch(self):
-        if self._due and self.trainer.training:
-            self._due = False
-            self._save(epoch_done=False)
-
-    def after_epoch(self):
-        improved = self.monitor is not None and self._improved(self._monitored())
-        path = self._save(epoch_done=True) if self.every_epoch else None
-        if improved and not self.every_epoch:  # not `path is None`: that is every epoch on ranks other than 0
-            state = self.trainer.checkpoint_state(epoch_done=True, gather=True)  # every rank: it gathers their RNG states
-            if is_main_process(): save_checkpoint(state, self.best_path)
-        elif improved and is_main_process(): link_or_copy(path, self.best_path)
-
-    def _monitored(self) -> float:
-        metrics = self.trainer.metrics
-        if self.monitor not in metrics:
-            raise MlkitError(f"Checkpoint monitors '{self.monitor}', but the metrics are: {', '.join(metrics) or 'none'}")
-        return metrics[self.monitor]
-
-    def _improved(self, value:float) -> bool:
-        better = self.best is None or (value < self.best if self.mode == "min" else value > self.best)
-        if better: self.best = value
-        return better
-
-    def _save(self, epoch_done:bool) -> Path|None:
-        state = self.trainer.checkpoint_state(epoch_done, gather=True)  # on every rank: it gathers their random states
-        if not is_main_process(): return None
-        self.last_path = save_checkpoint(state, self.dir/checkpoint_name(self.trainer.step))
-        for old in list_checkpoints(self.dir)[:-self.keep_last]: old.unlink(missing_ok=True)
-        return self.last_path
-
     def state_dict(self) -> dict: return {"best": self.best}
     def load_state_dict(self, state:dict): self.best = state["best"]
+
+# %% ../nbs/06_callbacks.ipynb #25417802
+@patch
+def before_fit(self:Checkpoint):  # noqa: F811
+    "Remove the temporary files a killed save left (rank 0)."
+    if is_main_process() and self.dir.is_dir():
+        for stale in self.dir.glob(f"{TMP_PREFIX}*"): stale.unlink(missing_ok=True)  # left by a killed save
+
+# %% ../nbs/06_callbacks.ipynb #93084f88
+@patch
+def after_step(self:Checkpoint):
+    "Note whether this optimizer step is due a checkpoint."
+    self._due = bool(self.every_n_steps) and self.trainer.step % self.every_n_steps == 0
+
+# %% ../nbs/06_callbacks.ipynb #11443d35
+@patch
+def after_batch(self:Checkpoint):  # noqa: F811
+    "Save the checkpoint the last step was due."
+    if self._due and self.trainer.training:
+        self._due = False
+        self._save(epoch_done=False)
+
+# %% ../nbs/06_callbacks.ipynb #1b6233c0
+@patch
+def after_epoch(self:Checkpoint):  # noqa: F811
+    "Save the epoch's checkpoint, and best.pt when the monitored metric improved."
+    improved = self.monitor is not None and self._improved(self._monitored())
+    path = self._save(epoch_done=True) if self.every_epoch else None
+    if improved and not self.every_epoch:  # not `path is None`: that is every epoch on ranks other than 0
+        state = self.trainer.checkpoint_state(epoch_done=True, gather=True)  # every rank: it gathers their RNG states
+        if is_main_process(): save_checkpoint(state, self.best_path)
+    elif improved and is_main_process(): link_or_copy(path, self.best_path)
+
+# %% ../nbs/06_callbacks.ipynb #16364a99
+@patch
+def _monitored(self:Checkpoint) -> float:
+    "The monitored metric's value this epoch."
+    metrics = self.trainer.metrics
+    if self.monitor not in metrics:
+        raise MlkitError(f"Checkpoint monitors '{self.monitor}', but the metrics are: {', '.join(metrics) or 'none'}")
+    return metrics[self.monitor]
+
+@patch
+def _improved(self:Checkpoint, value:float) -> bool:
+    "Whether `value` beats the best so far (and then it is the best)."
+    better = self.best is None or (value < self.best if self.mode == "min" else value > self.best)
+    if better: self.best = value
+    return better
+
+# %% ../nbs/06_callbacks.ipynb #7cf8f76b
+@patch
+def _save(self:Checkpoint, epoch_done:bool) -> Path|None:
+    "Save a checkpoint named by the step; keep the newest `keep_last`."
+    state = self.trainer.checkpoint_state(epoch_done, gather=True)  # on every rank: it gathers their random states
+    if not is_main_process(): return None
+    self.last_path = save_checkpoint(state, self.dir/checkpoint_name(self.trainer.step))
+    for old in list_checkpoints(self.dir)[:-self.keep_last]: old.unlink(missing_ok=True)
+    return self.last_path
 
 # %% ../nbs/06_callbacks.ipynb #3197973f
 class EarlyStopping(Callback):
@@ -184,30 +229,39 @@ class EarlyStopping(Callback):
         self.monitor, self.patience, self.mode, self.min_delta = monitor, patience, mode, min_delta
         self.best, self.wait, self.stopped_epoch = None, 0, None
 
-    def after_epoch(self):
-        metrics = self.trainer.metrics
-        if self.monitor not in metrics:
-            raise MlkitError(f"EarlyStopping monitors '{self.monitor}', but the metrics are: {', '.join(metrics) or 'none'}")
-        value = metrics[self.monitor]
-        sign = 1 if self.mode == "min" else -1
-        if self.best is None or sign * (self.best - value) > self.min_delta:
-            self.best, self.wait = value, 0
-            return
-        self.wait += 1
-        if self.wait >= self.patience:
-            self.stopped_epoch = self.trainer.epoch
-            if is_main_process():
-                print(f"early stopping at epoch {self.trainer.epoch + 1}: {self.monitor} has not improved for "
-                      f"{self.patience} epochs (best {self.best:.4g})")
-
-    def before_fit(self):
-        if self.trainer.resumed_from is None: self.stopped_epoch = None  # a second fit() trains again
-
-    def before_epoch(self):
-        if self.stopped_epoch is not None:  # decided at the end of the last epoch (and saved with it)
-            self.trainer.epoch = self.stopped_epoch  # the epoch that ran last, not the one that will not
-            raise CancelFit()
-
     def state_dict(self) -> dict: return {"best": self.best, "wait": self.wait, "stopped_epoch": self.stopped_epoch}
     def load_state_dict(self, state:dict):
         self.best, self.wait, self.stopped_epoch = state["best"], state["wait"], state.get("stopped_epoch")
+
+# %% ../nbs/06_callbacks.ipynb #a42ae70c
+@patch
+def after_epoch(self:EarlyStopping):  # noqa: F811
+    "Count an epoch without improvement of `monitor`; decide to stop after `patience` of them."
+    metrics = self.trainer.metrics
+    if self.monitor not in metrics:
+        raise MlkitError(f"EarlyStopping monitors '{self.monitor}', but the metrics are: {', '.join(metrics) or 'none'}")
+    value = metrics[self.monitor]
+    sign = 1 if self.mode == "min" else -1
+    if self.best is None or sign * (self.best - value) > self.min_delta:
+        self.best, self.wait = value, 0
+        return
+    self.wait += 1
+    if self.wait >= self.patience:
+        self.stopped_epoch = self.trainer.epoch
+        if is_main_process():
+            print(f"early stopping at epoch {self.trainer.epoch + 1}: {self.monitor} has not improved for "
+                  f"{self.patience} epochs (best {self.best:.4g})")
+
+# %% ../nbs/06_callbacks.ipynb #c53f833d
+@patch
+def before_fit(self:EarlyStopping):  # noqa: F811
+    "Forget an earlier fit's decision to stop (a resumed run keeps it)."
+    if self.trainer.resumed_from is None: self.stopped_epoch = None  # a second fit() trains again
+
+# %% ../nbs/06_callbacks.ipynb #f9639412
+@patch
+def before_epoch(self:EarlyStopping):
+    "Stop the fit if the last epoch decided so."
+    if self.stopped_epoch is not None:  # decided at the end of the last epoch (and saved with it)
+        self.trainer.epoch = self.stopped_epoch  # the epoch that ran last, not the one that will not
+        raise CancelFit()

@@ -99,6 +99,7 @@ def checkpoint_name(step:int) -> str:
     "The file name of the checkpoint at global step `step`, zero-padded so that names sort by step."
     return f"step-{step:08d}.pt"
 
+# %% ../nbs/02_checkpoint.ipynb #828b0e17
 def list_checkpoints(folder:str|Path) -> list[Path]:
     "The complete checkpoints in `folder`, oldest first."
     folder = Path(folder)
@@ -106,6 +107,7 @@ def list_checkpoints(folder:str|Path) -> list[Path]:
     found = [(int(m[1]), p) for p in folder.iterdir() if (m := CKPT_RE.match(p.name))]
     return [p for _, p in sorted(found)]
 
+# %% ../nbs/02_checkpoint.ipynb #2f60c7c3
 def latest_checkpoint(folder:str|Path) -> Path|None:
     "The checkpoint with the highest step in `folder`, or None."
     found = list_checkpoints(folder)

@@ -63,6 +63,24 @@ def _mark_seed(seed:int):
     if folder and Path(folder).is_dir():
         atomic_write(Path(folder)/SEED_MARK, lambda f: f.write(f'{{"seed": {seed}}}'), "w")
 
+# %% ../nbs/00_core.ipynb #f3fd53b1
+def _seed_generators(seed:int, deterministic:bool):
+    "Seed python's, numpy's and torch's generators (numpy and torch where installed)."
+    random.seed(seed)
+    try:
+        import numpy as np
+        np.random.seed(seed)
+    except ImportError: pass
+    try:
+        import torch
+    except ImportError: return
+    torch.manual_seed(seed)  # seeds every CUDA device too
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+
+# %% ../nbs/00_core.ipynb #e946ca70
 def seed_everything(seed:int|None=None, # The seed; drawn at random when None
                     deterministic:bool=False, # Also ask torch for deterministic algorithms
                    ) -> int:
@@ -74,21 +92,10 @@ def seed_everything(seed:int|None=None, # The seed; drawn at random when None
     os.environ["PYTHONHASHSEED"] = os.environ["MLKIT_SEED"] = str(seed)
     _last_seed = seed
     _mark_seed(seed)
-    random.seed(seed)
-    try:
-        import numpy as np
-        np.random.seed(seed)
-    except ImportError: pass
-    try:
-        import torch
-    except ImportError: return seed
-    torch.manual_seed(seed)  # seeds every CUDA device too
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
+    _seed_generators(seed, deterministic)
     return seed
 
+# %% ../nbs/00_core.ipynb #9e12be09
 def last_seed() -> int|None:
     "The seed `seed_everything` last used in this process; None when it has not run here."
     return _last_seed
@@ -99,6 +106,7 @@ TMP_PREFIX = ".tmp-"
 def _tmp_beside(path:Path) -> Path:
     return path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}.{threading.get_ident()}")  # unique per writer
 
+# %% ../nbs/00_core.ipynb #195fd4fd
 def atomic_write(path:str|Path, # The file to (re)write
                  write:Callable, # write(f) fills the open temporary file
                  mode:str="wb", # "wb" or "w"
@@ -121,6 +129,7 @@ def atomic_write(path:str|Path, # The file to (re)write
     finally: os.close(fd)
     return path
 
+# %% ../nbs/00_core.ipynb #518ee578
 def link_or_copy(src:str|Path, dst:str|Path) -> Path:
     "Put `src`'s content at `dst` atomically: a hard link where possible, else a copy."
     src, dst = Path(src), Path(dst)

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import torch
+from fastcore.basics import patch
 from torch.utils.data import (BatchSampler, DataLoader, DistributedSampler, RandomSampler, Sampler,
                               SequentialSampler)
 
@@ -29,48 +30,66 @@ class ResumableSampler(Sampler[int]):
         self.epoch, self.start = 0, 0
         self._epoch_seed = self._gen_state = None
 
-    def set_epoch(self, epoch:int):
-        "Start epoch `epoch` from its beginning."
-        self.epoch, self.start = epoch, 0
-        self._epoch_seed = self._gen_state = None
-
-    def _order(self) -> list[int]:
-        n = self.n
-        if not self.shuffle: order = list(range(n))
-        elif self.seed is not None:
-            g = torch.Generator(); g.manual_seed(self.seed + self.epoch)
-            order = torch.randperm(n, generator=g).tolist()
-        elif self.generator is not None:
-            if self._gen_state is None: self._gen_state = self.generator.get_state()
-            else: self.generator.set_state(self._gen_state)
-            order = torch.randperm(n, generator=self.generator).tolist()
-            torch.randperm(n, generator=self.generator)  # RandomSampler draws a second, empty slice: stay in step
-        else:
-            if self._epoch_seed is None: self._epoch_seed = int(torch.empty((), dtype=torch.int64).random_().item())
-            g = torch.Generator(); g.manual_seed(self._epoch_seed)
-            order = torch.randperm(n, generator=g).tolist()
-        if self.world_size > 1:
-            if self.pad and n:  # repeat the order as often as it takes: 8 ranks over 3 items each get one
-                need = len(self) * self.world_size - n
-                order += (order * -(-need // n))[:need]
-            order = order[self.rank::self.world_size]
-        return order
-
     def __iter__(self):
         yield from self._order()[self.start:]
 
     def __len__(self) -> int:
         return -(-self.n // self.world_size) if self.pad else len(range(self.rank, self.n, self.world_size))
 
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "start": self.start, "epoch_seed": self._epoch_seed, "gen_state": self._gen_state}
+# %% ../nbs/03_data.ipynb #c22f511f
+@patch
+def set_epoch(self:ResumableSampler, epoch:int):
+    "Start epoch `epoch` from its beginning."
+    self.epoch, self.start = epoch, 0
+    self._epoch_seed = self._gen_state = None
 
-    def load_state_dict(self, state:dict):
-        self.epoch, self.start = state["epoch"], state["start"]
-        self._epoch_seed, self._gen_state = state["epoch_seed"], state["gen_state"]
+# %% ../nbs/03_data.ipynb #8a9afe5d
+@patch
+def _epoch_order(self:ResumableSampler) -> list[int]:
+    "The whole epoch's order, drawn as RandomSampler or DistributedSampler would, and drawn the same way again."
+    n = self.n
+    if not self.shuffle: return list(range(n))
+    if self.seed is not None:
+        g = torch.Generator(); g.manual_seed(self.seed + self.epoch)
+        return torch.randperm(n, generator=g).tolist()
+    if self.generator is not None:
+        if self._gen_state is None: self._gen_state = self.generator.get_state()
+        else: self.generator.set_state(self._gen_state)
+        order = torch.randperm(n, generator=self.generator).tolist()
+        torch.randperm(n, generator=self.generator)  # RandomSampler draws a second, empty slice: stay in step
+        return order
+    if self._epoch_seed is None: self._epoch_seed = int(torch.empty((), dtype=torch.int64).random_().item())
+    g = torch.Generator(); g.manual_seed(self._epoch_seed)
+    return torch.randperm(n, generator=g).tolist()
+
+# %% ../nbs/03_data.ipynb #c8b9f9bc
+@patch
+def _order(self:ResumableSampler) -> list[int]:
+    "This rank's indices for the epoch, from its first."
+    order = self._epoch_order()
+    if self.world_size > 1:
+        if self.pad and self.n:  # repeat the order as often as it takes: 8 ranks over 3 items each get one
+            need = len(self) * self.world_size - self.n
+            order += (order * -(-need // self.n))[:need]
+        order = order[self.rank::self.world_size]
+    return order
+
+# %% ../nbs/03_data.ipynb #8d3f7465
+@patch
+def state_dict(self:ResumableSampler) -> dict:
+    "The epoch, the position in it, and what decides its order."
+    return {"epoch": self.epoch, "start": self.start, "epoch_seed": self._epoch_seed, "gen_state": self._gen_state}
+
+# %% ../nbs/03_data.ipynb #e0766e8f
+@patch
+def load_state_dict(self:ResumableSampler, state:dict):
+    "Continue from `state` (from `state_dict`)."
+    self.epoch, self.start = state["epoch"], state["start"]
+    self._epoch_seed, self._gen_state = state["epoch_seed"], state["gen_state"]
 
 # %% ../nbs/03_data.ipynb #aede52ec
 def _sampler_like(sampler, n, rank, world_size, seed, pad):
+    "A ResumableSampler that draws as `sampler` does, or None if it cannot."
     if isinstance(sampler, ResumableSampler): return sampler
     if isinstance(sampler, SequentialSampler):
         return ResumableSampler(n, shuffle=False, rank=rank, world_size=world_size, pad=pad)
@@ -82,6 +101,7 @@ def _sampler_like(sampler, n, rank, world_size, seed, pad):
                                 seed=sampler.seed)
     return None
 
+# %% ../nbs/03_data.ipynb #2449f62f
 def resumable_loader(dl:DataLoader, # The user's loader
                      rank:int=0, world_size:int=1, # Shard for this process (data parallelism)
                      seed:int|None=None, # Shared seed for sharded shuffling
@@ -95,10 +115,15 @@ def resumable_loader(dl:DataLoader, # The user's loader
     except TypeError: return dl, None
     sampler = _sampler_like(bs.sampler, n, rank, world_size, seed, pad)
     if sampler is None: return dl, None
-    new = DataLoader(dl.dataset, batch_size=bs.batch_size, sampler=sampler, drop_last=bs.drop_last,
-                     num_workers=dl.num_workers, collate_fn=dl.collate_fn, pin_memory=dl.pin_memory,
-                     timeout=dl.timeout, worker_init_fn=dl.worker_init_fn,
-                     multiprocessing_context=dl.multiprocessing_context, generator=dl.generator,
-                     prefetch_factor=dl.prefetch_factor if dl.num_workers > 0 else None,
-                     persistent_workers=dl.persistent_workers, pin_memory_device=dl.pin_memory_device)
-    return new, sampler
+    return _rebuilt(dl, sampler), sampler
+
+# %% ../nbs/03_data.ipynb #9349bb96
+def _rebuilt(dl:DataLoader, sampler:ResumableSampler) -> DataLoader:
+    "`dl` with `sampler` in place of its own, every other setting kept."
+    bs = dl.batch_sampler
+    return DataLoader(dl.dataset, batch_size=bs.batch_size, sampler=sampler, drop_last=bs.drop_last,
+                      num_workers=dl.num_workers, collate_fn=dl.collate_fn, pin_memory=dl.pin_memory,
+                      timeout=dl.timeout, worker_init_fn=dl.worker_init_fn,
+                      multiprocessing_context=dl.multiprocessing_context, generator=dl.generator,
+                      prefetch_factor=dl.prefetch_factor if dl.num_workers > 0 else None,
+                      persistent_workers=dl.persistent_workers, pin_memory_device=dl.pin_memory_device)

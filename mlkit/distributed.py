@@ -5,14 +5,16 @@
 # %% ../nbs/04_distributed.ipynb #36d192ae
 from __future__ import annotations
 
+import gc
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING: import torch  # imported where a function needs it: reading the rank costs nothing
 
 # %% auto #0
-__all__ = ['DistEnv', 'dist_env', 'init_distributed', 'is_main_process', 'broadcast_int', 'all_reduce_sum']
+__all__ = ['DistEnv', 'dist_env', 'init_distributed', 'is_main_process', 'broadcast_int', 'all_reduce_sum', 'data_parallel']
 
 # %% ../nbs/04_distributed.ipynb #bcd5266b
 @dataclass(frozen=True)
@@ -27,6 +29,7 @@ class DistEnv:
     @property
     def is_main(self) -> bool: return self.rank == 0
 
+# %% ../nbs/04_distributed.ipynb #96ce7318
 def dist_env() -> DistEnv:
     "This process's rank, local rank and world size, from torchrun's environment variables."
     get = lambda k, d: int(os.environ.get(k, d))
@@ -44,11 +47,13 @@ def init_distributed(device_type:str="cpu", # The device type training runs on: 
         dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
     return env
 
+# %% ../nbs/04_distributed.ipynb #73b2303b
 def is_main_process() -> bool:
     "True on rank 0 (and when not distributed): the process that prints, shows progress and writes files."
     import torch.distributed as dist
     return (dist.get_rank() if dist.is_available() and dist.is_initialized() else dist_env().rank) == 0
 
+# %% ../nbs/04_distributed.ipynb #845b68eb
 def broadcast_int(value:int, # The value on rank 0; ignored elsewhere
                   device:torch.device|str="cpu") -> int:
     "Rank 0's `value` on every rank (just `value` when not distributed)."
@@ -59,8 +64,28 @@ def broadcast_int(value:int, # The value on rank 0; ignored elsewhere
     dist.broadcast(t, src=0)
     return int(t.item())
 
+# %% ../nbs/04_distributed.ipynb #6b4729cb
 def all_reduce_sum(t:torch.Tensor) -> torch.Tensor:
     "Sum `t` over all ranks, in place (a no-op when not distributed)."
     import torch.distributed as dist
     if dist.is_available() and dist.is_initialized(): dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
+
+# %% ../nbs/04_distributed.ipynb #e8ecf600
+@contextmanager
+def data_parallel(trainer, # Anything with `dist`, `device`, `module` and `model`: a `mlkit.train.Trainer`
+                 ):
+    "Under torchrun, `trainer.model` is the DDP wrapper of `trainer.module` while it trains, and the module otherwise."
+    if not trainer.dist.is_distributed:
+        yield
+        return
+    from torch.nn.parallel import DistributedDataParallel
+    ids = [trainer.device.index] if trainer.device.type == "cuda" else None
+    trainer.model = DistributedDataParallel(trainer.module, device_ids=ids)  # broadcasts rank 0's weights
+    try: yield
+    finally:
+        # Freed here, while the process group lives. A wrapper kept until the interpreter's teardown outlives the user's
+        # destroy_process_group(), and gloo can then abort a rank that finished its work ("terminate called without
+        # an active exception", SIGABRT): torchrun reports the job failed.
+        trainer.model = trainer.module
+        gc.collect()

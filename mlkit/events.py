@@ -24,12 +24,14 @@ class CancelEpoch(_Cancel):
 class CancelFit(_Cancel):
     "Stop training; `after_fit` still runs."
 
+# %% ../nbs/04a_events.ipynb #948891a6
 class CallbackError(RuntimeError):
     "An exception raised inside a callback, naming the callback and the event."
     def __init__(self, callback:str, event:str, error:BaseException):
         super().__init__(f"callback {callback} failed in {event}: {type(error).__name__}: {error}")
         self.callback, self.event, self.error = callback, event, error
 
+# %% ../nbs/04a_events.ipynb #08e7c794
 class Callback:
     "Base class of callbacks: define methods named after `EVENTS`; `self.trainer` is the trainer running them."
     order = 0

@@ -6,35 +6,34 @@
 from __future__ import annotations
 
 import copy
-import gc
 import math
 import warnings
 from collections.abc import Callable, Mapping
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
+from fastcore.basics import patch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 from .callbacks import ProgressBar  # callbacks need only mlkit.events: the dependency runs one way
 from .checkpoint import (CheckpointError, latest_checkpoint, load_checkpoint, load_model_state, rng_states,
                               set_rng_states)
 from .core import MlkitError
 from .data import resumable_loader
-from .distributed import all_reduce_sum, broadcast_int, init_distributed
+from .distributed import all_reduce_sum, broadcast_int, data_parallel, init_distributed
 from .events import EVENTS, Callback, CallbackError, CancelBatch, CancelEpoch, CancelFit
 from .gpu import PRECISIONS, auto_precision, autocast_dtype, pick_device
+from .schedule import LRFinder, lr_sweep, one_cycle
 
 # %% auto #0
-__all__ = ['NonFiniteLossError', 'Trainer', 'LRFinder', 'one_cycle', 'EVENTS', 'CancelBatch', 'CancelEpoch', 'CancelFit',
-           'CallbackError', 'Callback']
+__all__ = ['NonFiniteLossError', 'Trainer', 'EVENTS', 'CancelBatch', 'CancelEpoch', 'CancelFit', 'CallbackError', 'Callback',
+           'LRFinder', 'one_cycle']
 
 # %% ../nbs/05_train.ipynb #c13d3fc4
-_all_ = ['EVENTS', 'CancelBatch', 'CancelEpoch', 'CancelFit', 'CallbackError', 'Callback']
+_all_ = ['EVENTS', 'CancelBatch', 'CancelEpoch', 'CancelFit', 'CallbackError', 'Callback', 'LRFinder', 'one_cycle']
 class NonFiniteLossError(MlkitError):
     "The loss became NaN or infinite."
-
 
 # %% ../nbs/05_train.ipynb #ad4072ab
 @dataclass
@@ -64,22 +63,16 @@ def _batch_size(yb) -> int:
     if isinstance(t, torch.Tensor): return t.shape[0] if t.dim() else 1
     return len(t) if hasattr(t, "__len__") else 1
 
-# %% ../nbs/05_train.ipynb #a1115348
-@contextmanager
-def _data_parallel(trainer):
-    "Under torchrun, `trainer.model` is the DDP wrapper of `trainer.module` while it trains, and the module otherwise."
-    if not trainer.dist.is_distributed:
-        yield
-        return
-    ids = [trainer.device.index] if trainer.device.type == "cuda" else None
-    trainer.model = DistributedDataParallel(trainer.module, device_ids=ids)  # broadcasts rank 0's weights
-    try: yield
-    finally:
-        # Freed here, while the process group lives. A wrapper kept until the interpreter's teardown outlives the user's
-        # destroy_process_group(), and gloo can then abort a rank that finished its work ("terminate called without
-        # an active exception", SIGABRT): torchrun reports the job failed.
-        trainer.model = trainer.module
-        gc.collect()
+# %% ../nbs/05_train.ipynb #1230fa38
+def _check_args(grad_accum, grad_clip, precision, sched_interval):
+    "Refuse the Trainer arguments that cannot work, before anything is set up."
+    if not isinstance(grad_accum, int) or grad_accum < 1:
+        raise MlkitError(f"grad_accum must be an integer >= 1, got {grad_accum!r}")
+    if grad_clip is not None and not grad_clip > 0: raise MlkitError(f"grad_clip must be positive, got {grad_clip!r}")
+    if precision != "auto" and precision not in PRECISIONS:
+        raise MlkitError(f"precision must be 'auto' or one of {', '.join(PRECISIONS)}; got {precision!r}")
+    if sched_interval not in ("step", "epoch"):
+        raise MlkitError(f"sched_interval must be 'step' or 'epoch', got {sched_interval!r}")
 
 # %% ../nbs/05_train.ipynb #139d8f07
 class Trainer:
@@ -101,449 +94,499 @@ class Trainer:
                  progress:bool=True, # Show a ProgressBar (unless `cbs` has one)
                  seed:int|None=None, # Seed for sharding shuffled data across ranks; rank 0's random one when None
                 ):
-        if not isinstance(grad_accum, int) or grad_accum < 1:
-            raise MlkitError(f"grad_accum must be an integer >= 1, got {grad_accum!r}")
-        if grad_clip is not None and not grad_clip > 0: raise MlkitError(f"grad_clip must be positive, got {grad_clip!r}")
-        if precision != "auto" and precision not in PRECISIONS:
-            raise MlkitError(f"precision must be 'auto' or one of {', '.join(PRECISIONS)}; got {precision!r}")
-        if sched_interval not in ("step", "epoch"):
-            raise MlkitError(f"sched_interval must be 'step' or 'epoch', got {sched_interval!r}")
-        self.device = pick_device(device)
-        self.dist = init_distributed(self.device.type)
-        if self.dist.is_distributed and self.device.type == "cuda":
-            self.device = torch.device("cuda", self.dist.local_rank)
-            torch.cuda.set_device(self.device)  # object collectives use the current device, even if the user made the group
-        self.precision = auto_precision(self.device) if precision == "auto" else precision
-        if self.precision == "fp16" and self.device.type != "cuda":
-            raise MlkitError(f"precision 'fp16' needs a CUDA GPU (this run is on {self.device.type}); use 'bf16' or 'fp32'")
+        _check_args(grad_accum, grad_clip, precision, sched_interval)
+        self._setup_device(device)
+        self._setup_precision(precision)
         self.module = model.to(self.device)
-        self.model = self.module  # under torchrun, its DDP wrapper while fit() and lr_find() train (_data_parallel)
-        self.seed = broadcast_int(seed if seed is not None else int(torch.randint(2**31, ()).item()), self.device) \
-            if self.dist.is_distributed else seed
-        self.train_dl, self.sampler = resumable_loader(train_dl, self.dist.rank, self.dist.world_size, self.seed)
-        if self.dist.is_distributed and self.sampler is None:
-            raise MlkitError("under torchrun the training DataLoader must use a map-style dataset with shuffle=True/False "
-                             "or a DistributedSampler, so that mlkit can shard it")
-        self.valid_dl = valid_dl
-        if valid_dl is not None and self.dist.is_distributed:
-            self.valid_dl, _ = resumable_loader(valid_dl, self.dist.rank, self.dist.world_size, pad=False)
+        self.model = self.module  # under torchrun, its DDP wrapper while fit() and lr_find() train (data_parallel)
+        self._setup_data(train_dl, valid_dl, seed)
         self.loss_fn = loss_fn or nn.functional.cross_entropy
         self.lr, self.metric_fns = lr, dict(metrics or {})
         self.opt = opt_fn if isinstance(opt_fn, torch.optim.Optimizer) else opt_fn(self.module.parameters(), lr=lr)
         self.grad_accum, self.grad_clip = grad_accum, grad_clip
         self.scheduler_fn, self.sched_interval, self.scheduler = scheduler, sched_interval, None
-        self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
-        self._autocast_dtype = autocast_dtype(self.precision)
-        self._non_blocking = self.device.type == "cuda"
-        self._move = self.device.type != "cpu"  # CPU batches stay where they are: no per-batch .to()
-        self._sync_every = 1 if self.device.type == "cpu" else 32  # host syncs to check the loss
-        self.epoch, self.step, self.iter, self.n_epochs, self.n_batches = 0, 0, 0, 0, 0
-        self.training = False
-        self.metrics, self.history = {}, []
-        self._losses = _LossTally()
-        self._resume_state = self.resumed_from = None
-        self._window = None  # the accumulation window: [first batch's samples, samples expected, samples seen]
-        self._epoch_rng = None  # the random state as this epoch began (saved in mid-epoch checkpoints)
+        self._init_state()
         self.cbs = []
         cbs = list(cbs or [])
         if progress and not any(isinstance(cb, ProgressBar) for cb in cbs): cbs.append(ProgressBar())
         self.add_cbs(cbs)
 
-    # -- callbacks ---------------------------------------------------------------------------------------
-    def add_cbs(self, cbs:list[Callback]):
-        "Adopt `cbs` and rebuild the event table."
-        for cb in cbs:
-            if not isinstance(cb, Callback): raise MlkitError(f"callbacks must be Callback instances, got {cb!r}")
-            cb.trainer = self
-            self.cbs.append(cb)
-        self.cbs.sort(key=lambda cb: cb.order)
-        self._handlers = {e: [(cb.name, getattr(cb, e)) for cb in self.cbs if callable(getattr(cb, e, None))] for e in EVENTS}
+# %% ../nbs/05_train.ipynb #a62075ca
+@patch
+def _setup_device(self:Trainer, device):
+    "Pick the device and join torchrun's process group (each rank on the GPU of its local rank)."
+    self.device = pick_device(device)
+    self.dist = init_distributed(self.device.type)
+    if self.dist.is_distributed and self.device.type == "cuda":
+        self.device = torch.device("cuda", self.dist.local_rank)
+        torch.cuda.set_device(self.device)  # object collectives use the current device, even if the user made the group
+    self._non_blocking = self.device.type == "cuda"
+    self._move = self.device.type != "cpu"  # CPU batches stay where they are: no per-batch .to()
+    self._sync_every = 1 if self.device.type == "cpu" else 32  # host syncs to check the loss
+@patch
+def _on_device(self:Trainer, batch):
+    "`batch` moved to the training device (CPU batches on the CPU are left alone: no per-batch .to())."
+    return _to_device(batch, self.device, self._non_blocking) if self._move else batch
 
-    def _call(self, event:str):
-        for name, f in self._handlers[event]:
-            try: f()
-            except (CancelBatch, CancelEpoch, CancelFit, NonFiniteLossError): raise
-            except Exception as e: raise CallbackError(name, event, e) from e
+# %% ../nbs/05_train.ipynb #da34f2b6
+@patch
+def _setup_precision(self:Trainer, precision:str):
+    "Resolve `precision` for this device: the autocast dtype, and a GradScaler for fp16."
+    self.precision = auto_precision(self.device) if precision == "auto" else precision
+    if self.precision == "fp16" and self.device.type != "cuda":
+        raise MlkitError(f"precision 'fp16' needs a CUDA GPU (this run is on {self.device.type}); use 'bf16' or 'fp32'")
+    self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
+    self._autocast_dtype = autocast_dtype(self.precision)
+@patch
+def _autocast(self:Trainer):
+    return nullcontext() if self._autocast_dtype is None else torch.autocast(self.device.type, dtype=self._autocast_dtype)
 
-    def _with_events(self, f:Callable, stage:str, cancel:type|None=None):
-        try:
-            self._call(f"before_{stage}")
-            f()
-        except Exception as e:
-            if cancel is None or not isinstance(e, cancel): raise
-            self._call(f"after_cancel_{stage}")
-        self._call(f"after_{stage}")
+# %% ../nbs/05_train.ipynb #91dc5ee5
+@patch
+def _setup_data(self:Trainer, train_dl, valid_dl, seed:int|None):
+    "Wrap the loaders for exact resume and, under torchrun, shard them across ranks."
+    self.seed = broadcast_int(seed if seed is not None else int(torch.randint(2**31, ()).item()), self.device) \
+        if self.dist.is_distributed else seed
+    self.train_dl, self.sampler = resumable_loader(train_dl, self.dist.rank, self.dist.world_size, self.seed)
+    if self.dist.is_distributed and self.sampler is None:
+        raise MlkitError("under torchrun the training DataLoader must use a map-style dataset with shuffle=True/False "
+                         "or a DistributedSampler, so that mlkit can shard it")
+    self.valid_dl = valid_dl
+    if valid_dl is not None and self.dist.is_distributed:
+        self.valid_dl, _ = resumable_loader(valid_dl, self.dist.rank, self.dist.world_size, pad=False)
+@patch
+def _init_state(self:Trainer):
+    "The counters and records of a Trainer that has not trained yet."
+    self.epoch, self.step, self.iter, self.n_epochs, self.n_batches = 0, 0, 0, 0, 0
+    self.training = False
+    self.metrics, self.history = {}, []
+    self._losses = _LossTally()
+    self._resume_state = self.resumed_from = None
+    self._window = None  # the accumulation window: [first batch's samples, samples expected, samples seen]
+    self._epoch_rng = None  # the random state as this epoch began (saved in mid-epoch checkpoints)
 
-    # -- fitting ------------------------------------------------------------------------------------------
-    def fit(self, epochs:int, # Train until this many epochs are done (counting those of a resumed run)
-            resume:str|None=None, # A checkpoint file, or "latest" in the Checkpoint callback's folder
-           ):
-        "Train for `epochs` epochs, optionally resuming exactly where a checkpoint left off."
-        if not isinstance(epochs, int) or epochs < 1: raise MlkitError(f"epochs must be an integer >= 1, got {epochs!r}")
-        self.n_epochs = epochs
-        self.n_batches = len(self.train_dl)
-        self.steps_per_epoch = -(-self.n_batches // self.grad_accum)
-        if self.scheduler_fn is not None:
-            total = epochs * (self.steps_per_epoch if self.sched_interval == "step" else 1)
-            self.scheduler = self.scheduler_fn(self.opt, total)
-        self.epoch, self._start_batch, self.resumed_from = 0, 0, None
-        if resume is not None: self._load_resume(resume)
-        with _data_parallel(self): self._with_events(self._fit_epochs, "fit", CancelFit)
-        return self
+# %% ../nbs/05_train.ipynb #b90cb73b
+@patch
+def add_cbs(self:Trainer, cbs:list[Callback]):
+    "Adopt `cbs` and rebuild the event table."
+    for cb in cbs:
+        if not isinstance(cb, Callback): raise MlkitError(f"callbacks must be Callback instances, got {cb!r}")
+        cb.trainer = self
+        self.cbs.append(cb)
+    self.cbs.sort(key=lambda cb: cb.order)
+    self._handlers = {e: [(cb.name, getattr(cb, e)) for cb in self.cbs if callable(getattr(cb, e, None))] for e in EVENTS}
 
-    def _fit_epochs(self):
-        for epoch in range(self.epoch, self.n_epochs):
-            self.epoch = epoch
-            self._with_events(self._run_epoch, "epoch", CancelEpoch)
-            self._start_batch = 0
+# %% ../nbs/05_train.ipynb #c6565665
+@patch
+def _call(self:Trainer, event:str):
+    for name, f in self._handlers[event]:
+        try: f()
+        except (CancelBatch, CancelEpoch, CancelFit, NonFiniteLossError): raise
+        except Exception as e: raise CallbackError(name, event, e) from e
+@patch
+def _with_events(self:Trainer, f:Callable, stage:str, cancel:type|None=None):
+    try:
+        self._call(f"before_{stage}")
+        f()
+    except Exception as e:
+        if cancel is None or not isinstance(e, cancel): raise
+        self._call(f"after_cancel_{stage}")
+    self._call(f"after_{stage}")
 
-    def _run_epoch(self):
-        self.metrics = {}
-        self._with_events(self._train_epoch, "train")
-        if self.valid_dl is not None: self.metrics.update(self._with_validate(self.valid_dl))
-        self.history.append({"epoch": self.epoch + 1, **self.metrics})  # counted from 1, as people (and the progress bar) count
-        if self.scheduler is not None and self.sched_interval == "epoch": self.scheduler.step()
+# %% ../nbs/05_train.ipynb #fe152407
+@patch
+def _track_loss(self:Trainer, loss:torch.Tensor, n:int):
+    tally = self._losses
+    if self.dist.is_distributed: loss = self._mean_over_ranks(loss, n)
+    if self._sync_every == 1:  # CPU: .item() costs nothing, so check and count at once
+        v = loss.item()
+        if not math.isfinite(v): self._non_finite(v, self.iter, self.step)
+        tally.total += v * n; tally.count += n; tally.last = v
+        tally.host.append((self.iter, self.step, v, n))
+        return
+    tally.pending.append((self.iter, self.step, loss.detach(), n))
+    if len(tally.pending) >= self._sync_every: self._check_losses()
 
-    def _train_epoch(self):
-        self.training = True
-        self.model.train()
-        resume, self._resume_state = self._resume_state, None
-        if self._start_batch == 0:
-            self._losses, self._window = _LossTally(), None
-            self.opt.zero_grad(set_to_none=True)  # nothing from a cancelled epoch's open window leaks into this one
-        if self.sampler is not None:
-            if resume is not None and resume["sampler"] is not None: self.sampler.load_state_dict(resume["sampler"])
-            else: self.sampler.set_epoch(self.epoch)
-        # the random state at this epoch's start: the loader draws its seeds (and, unless mlkit rebuilt it, its order)
-        # from it as the epoch begins, so a run resumed mid-epoch begins the epoch from it again
-        if resume is not None and resume.get("epoch_rng") is not None: set_rng_states(resume["epoch_rng"])
-        self._epoch_rng = rng_states()
-        batches = iter(self.train_dl)
-        if self.sampler is None:  # a loader mlkit cannot rebuild: replay and discard what was already seen
-            for _ in range(self._start_batch): next(batches)
-        if resume is not None: set_rng_states(resume["rng"])  # after the iterator drew its seeds, as in the original run
-        for i, batch in enumerate(batches, self._start_batch):
+# %% ../nbs/05_train.ipynb #db124952
+@patch
+def _mean_over_ranks(self:Trainer, loss:torch.Tensor, n:int) -> torch.Tensor:
+    "This batch's loss averaged over the samples of every rank (so every rank logs, and stops on, the same value)."
+    t = torch.stack([loss.detach().double() * n, torch.tensor(float(n), dtype=torch.float64, device=loss.device)])
+    all_reduce_sum(t)  # on the loss's device: the one the process group's backend serves
+    return t[0] / t[1]
+@patch
+def _non_finite(self:Trainer, v:float, it:int, step:int):
+    self._losses.pending.clear()
+    raise NonFiniteLossError(f"loss is {v} at epoch {self.epoch}, batch {it} (optimizer step {step}): "
+                             "training stopped; lower the learning rate, set grad_clip, or check that batch's data")
+
+# %% ../nbs/05_train.ipynb #38396540
+@patch
+def _check_losses(self:Trainer):
+    "Fold pending losses into the epoch's mean; raise `NonFiniteLossError` naming the first bad step."
+    tally = self._losses
+    if not tally.pending: return
+    values = ([tally.pending[0][2].item()] if len(tally.pending) == 1
+              else torch.stack([p[2] for p in tally.pending]).float().tolist())
+    for (it, step, _, n), v in zip(tally.pending, values, strict=True):
+        if not math.isfinite(v): self._non_finite(v, it, step)
+        tally.total += v * n
+        tally.count += n
+        tally.host.append((it, step, v, n))
+    tally.last = values[-1]
+    tally.pending.clear()
+
+# %% ../nbs/05_train.ipynb #0ef67f10
+@patch(as_prop=True)
+def last_loss(self:Trainer) -> float:
+    "The latest training loss already brought to the host (NaN before the first)."
+    return self._losses.last
+@patch(as_prop=True)
+def host_losses(self:Trainer) -> list[tuple[int, int, float, int]]:
+    "(batch, optimizer steps before it, loss, samples) of this epoch's batches whose loss reached the host, in order."
+    return self._losses.host
+@patch(as_prop=True)
+def epoch_samples(self:Trainer) -> int:
+    "Training samples of this epoch counted so far on this rank (exact at the epoch's end)."
+    return self._losses.count
+
+# %% ../nbs/05_train.ipynb #bba0384c
+@patch
+def _with_validate(self:Trainer, dl) -> dict:
+    self._validation = {}
+    self._valid_dl = dl
+    self._with_events(self._validate_epoch, "validate")
+    return self._validation
+@patch
+def validate(self:Trainer, dl=None) -> dict:
+    "Loss and metrics on `dl` (the validation loader by default), averaged over its samples."
+    dl = dl if dl is not None else self.valid_dl
+    if dl is None: raise MlkitError("no validation data: pass valid_dl to the Trainer or a loader to validate()")
+    return self._with_validate(dl)
+
+# %% ../nbs/05_train.ipynb #9f5a512d
+@patch
+def _validate_epoch(self:Trainer):
+    was_training, self.training = self.training, False
+    self.module.eval()
+    sums = [0.0] * (2 + len(self.metric_fns))  # samples, then loss and metrics times samples: summed on the host
+    with torch.no_grad():
+        for i, batch in enumerate(self._valid_dl):
             self.iter, self.batch = i, batch
-            try:
-                self._call("before_batch")
-                self._train_batch()
-            except CancelBatch:
-                self.opt.zero_grad(set_to_none=True)
-                self._window = None  # the window's gradients are gone: the batches after it make a window of their own
-                self._call("after_cancel_batch")
-            self._call("after_batch")
-        self._check_losses()
-        self.metrics["train_loss"] = self._losses.total / max(self._losses.count, 1)
-        self.training = False
+            sums = [a + b for a, b in zip(sums, self._validate_batch(), strict=True)]
+    sums = all_reduce_sum(torch.tensor(sums, dtype=torch.float64, device=self.device)).tolist()
+    n = max(sums[0], 1)
+    self._validation = dict(zip(["valid_loss", *self.metric_fns], [v / n for v in sums[1:]], strict=True))
+    self.module.train(was_training)
+    self.training = was_training
+@patch
+def _validate_batch(self:Trainer) -> list[float]:
+    "This validation batch's samples, then its loss and each metric times its samples."
+    self.xb, self.yb = _split(self._on_device(self.batch))
+    self._call("before_batch")
+    with self._autocast():
+        self.pred = self.module(*self.xb); self._call("after_pred")
+        self.loss = self.loss_fn(self.pred, *self.yb)
+    self._call("after_loss")
+    n = _batch_size(self.yb)
+    vals = [float(self.loss)] + [float(fn(self.pred, *self.yb)) for fn in self.metric_fns.values()]
+    self._call("after_batch")
+    return [n] + [v * n for v in vals]
 
-    def _train_batch(self):
-        xb, yb = _split(self._on_device(self.batch))
-        self.xb, self.yb = xb, yb
-        window = self.iter // self.grad_accum * self.grad_accum
-        window_size = min(self.grad_accum, self.n_batches - window)
-        boundary = self.iter + 1 == window + window_size
-        n = _batch_size(yb)
-        if self.iter == window or self._window is None: self._window = [n, n * window_size, 0]  # first size, expected, seen
-        first, _, _ = self._window
-        self._window[2] += n
-        sync = nullcontext() if boundary or not self.dist.is_distributed else self.model.no_sync()
-        with sync:
-            with self._autocast():
-                self.pred = self.model(*xb); self._call("after_pred")
-                self.loss = self.loss_fn(self.pred, *yb)
-            self._call("after_loss")
-            self._track_loss(self.loss, n)
-            self._call("before_backward")
-            # weighed by samples: each batch counts n/first, and the step rescales if the window held other than
-            # window_size * first samples (a short last batch), so the update is that of one batch of all of them
-            loss = self.loss if window_size == 1 else (self.loss if n == first else self.loss * (n / first)) / window_size
-            if self.scaler is not None: self.scaler.scale(loss).backward()
-            else: loss.backward()
-            self._call("after_backward")
-        if boundary: self._optimizer_step()
+# %% ../nbs/05_train.ipynb #e286db6b
+@patch
+def predict(self:Trainer, dl) -> torch.Tensor:
+    "The model's outputs on `dl` (batches of inputs, or (input, ..., target)), concatenated on the CPU."
+    self.module.eval()
+    outs = []
+    with torch.no_grad(), self._autocast():
+        for batch in dl:
+            batch = self._on_device(batch)
+            xb = (batch,) if isinstance(batch, torch.Tensor) else tuple(batch) if len(batch) == 1 else _split(batch)[0]
+            outs.append(self.module(*xb).float().cpu())
+    return torch.cat(outs)
 
-    def _optimizer_step(self):
-        _, expected, seen = self._window or (0, 0, 0)
-        self._window = None
-        if seen and seen != expected:  # batches of unequal size in this window: weigh them by their samples
-            torch._foreach_mul_([p.grad for p in self.module.parameters() if p.grad is not None], expected / seen)
-        if self.grad_clip is not None:
-            if self.scaler is not None: self.scaler.unscale_(self.opt)
-            torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.grad_clip)
-        self._call("before_step")
-        if self.scaler is not None:
-            self.scaler.step(self.opt)
-            self.scaler.update()
-        else: self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
-        self.step += 1
-        if self.scheduler is not None and self.sched_interval == "step": self.scheduler.step()
-        self._call("after_step")
+# %% ../nbs/05_train.ipynb #61ba4870
+@patch
+def fit(self:Trainer, epochs:int, # Train until this many epochs are done (counting those of a resumed run)
+        resume:str|None=None, # A checkpoint file, or "latest" in the Checkpoint callback's folder
+       ):
+    "Train for `epochs` epochs, optionally resuming exactly where a checkpoint left off."
+    if not isinstance(epochs, int) or epochs < 1: raise MlkitError(f"epochs must be an integer >= 1, got {epochs!r}")
+    self._plan_fit(epochs)
+    self.epoch, self._start_batch, self.resumed_from = 0, 0, None
+    if resume is not None: self._load_resume(resume)
+    with data_parallel(self): self._with_events(self._fit_epochs, "fit", CancelFit)
+    return self
+@patch
+def _plan_fit(self:Trainer, epochs:int):
+    "Count the fit's batches and optimizer steps, and build its scheduler."
+    self.n_epochs = epochs
+    self.n_batches = len(self.train_dl)
+    self.steps_per_epoch = -(-self.n_batches // self.grad_accum)
+    if self.scheduler_fn is not None:
+        total = epochs * (self.steps_per_epoch if self.sched_interval == "step" else 1)
+        self.scheduler = self.scheduler_fn(self.opt, total)
 
-    # -- loss bookkeeping: one host sync per batch on the CPU, every 32 batches on accelerators -----------
-    def _track_loss(self, loss:torch.Tensor, n:int):
-        tally = self._losses
-        if self.dist.is_distributed: loss = self._mean_over_ranks(loss, n)
-        if self._sync_every == 1:  # CPU: .item() costs nothing, so check and count at once
-            v = loss.item()
-            if not math.isfinite(v): self._non_finite(v, self.iter, self.step)
-            tally.total += v * n; tally.count += n; tally.last = v
-            tally.host.append((self.iter, self.step, v, n))
-            return
-        tally.pending.append((self.iter, self.step, loss.detach(), n))
-        if len(tally.pending) >= self._sync_every: self._check_losses()
+# %% ../nbs/05_train.ipynb #43518cd1
+@patch
+def _fit_epochs(self:Trainer):
+    for epoch in range(self.epoch, self.n_epochs):
+        self.epoch = epoch
+        self._with_events(self._run_epoch, "epoch", CancelEpoch)
+        self._start_batch = 0
+@patch
+def _run_epoch(self:Trainer):
+    self.metrics = {}
+    self._with_events(self._train_epoch, "train")
+    if self.valid_dl is not None: self.metrics.update(self._with_validate(self.valid_dl))
+    self.history.append({"epoch": self.epoch + 1, **self.metrics})  # counted from 1, as people (and the progress bar) count
+    if self.scheduler is not None and self.sched_interval == "epoch": self.scheduler.step()
 
-    def _mean_over_ranks(self, loss:torch.Tensor, n:int) -> torch.Tensor:
-        "This batch's loss averaged over the samples of every rank (so every rank logs, and stops on, the same value)."
-        t = torch.stack([loss.detach().double() * n, torch.tensor(float(n), dtype=torch.float64, device=loss.device)])
-        all_reduce_sum(t)  # on the loss's device: the one the process group's backend serves
-        return t[0] / t[1]
-
-    def _non_finite(self, v:float, it:int, step:int):
-        self._losses.pending.clear()
-        raise NonFiniteLossError(f"loss is {v} at epoch {self.epoch}, batch {it} (optimizer step {step}): "
-                                 "training stopped; lower the learning rate, set grad_clip, or check that batch's data")
-
-    def _check_losses(self):
-        "Fold pending losses into the epoch's mean; raise `NonFiniteLossError` naming the first bad step."
-        tally = self._losses
-        if not tally.pending: return
-        values = ([tally.pending[0][2].item()] if len(tally.pending) == 1
-                  else torch.stack([p[2] for p in tally.pending]).float().tolist())
-        for (it, step, _, n), v in zip(tally.pending, values, strict=True):
-            if not math.isfinite(v): self._non_finite(v, it, step)
-            tally.total += v * n
-            tally.count += n
-            tally.host.append((it, step, v, n))
-        tally.last = values[-1]
-        tally.pending.clear()
-
-    @property
-    def last_loss(self) -> float:
-        "The latest training loss already brought to the host (NaN before the first)."
-        return self._losses.last
-
-    @property
-    def host_losses(self) -> list[tuple[int, int, float, int]]:
-        "(batch, optimizer steps before it, loss, samples) of this epoch's batches whose loss reached the host, in order."
-        return self._losses.host
-
-    @property
-    def epoch_samples(self) -> int:
-        "Training samples of this epoch counted so far on this rank (exact at the epoch's end)."
-        return self._losses.count
-
-    # -- validation and prediction ------------------------------------------------------------------------
-    def _with_validate(self, dl) -> dict:
-        self._validation = {}
-        self._valid_dl = dl
-        self._with_events(self._validate_epoch, "validate")
-        return self._validation
-
-    def validate(self, dl=None) -> dict:
-        "Loss and metrics on `dl` (the validation loader by default), averaged over its samples."
-        dl = dl if dl is not None else self.valid_dl
-        if dl is None: raise MlkitError("no validation data: pass valid_dl to the Trainer or a loader to validate()")
-        return self._with_validate(dl)
-
-    def _autocast(self):
-        return nullcontext() if self._autocast_dtype is None else torch.autocast(self.device.type, dtype=self._autocast_dtype)
-
-    def _on_device(self, batch):
-        "`batch` moved to the training device (CPU batches on the CPU are left alone: no per-batch .to())."
-        return _to_device(batch, self.device, self._non_blocking) if self._move else batch
-
-    def _validate_epoch(self):
-        was_training, self.training = self.training, False
-        self.module.eval()
-        sums = [0.0] * (2 + len(self.metric_fns))  # samples, then loss and metrics times samples: summed on the host
-        with torch.no_grad():
-            for i, batch in enumerate(self._valid_dl):
-                self.iter, self.batch = i, batch
-                self.xb, self.yb = _split(self._on_device(self.batch))
-                self._call("before_batch")
-                with self._autocast():
-                    self.pred = self.module(*self.xb); self._call("after_pred")
-                    self.loss = self.loss_fn(self.pred, *self.yb)
-                self._call("after_loss")
-                n = _batch_size(self.yb)
-                vals = [float(self.loss)] + [float(fn(self.pred, *self.yb)) for fn in self.metric_fns.values()]
-                sums = [a + b for a, b in zip(sums, [n] + [v * n for v in vals], strict=True)]
-                self._call("after_batch")
-        # reduced on the training device: the one the process group's backend serves (NCCL has no CPU tensors)
-        sums = all_reduce_sum(torch.tensor(sums, dtype=torch.float64, device=self.device)).tolist()
-        n = max(sums[0], 1)
-        self._validation = dict(zip(["valid_loss", *self.metric_fns], [v / n for v in sums[1:]], strict=True))
-        self.module.train(was_training)
-        self.training = was_training
-
-    def predict(self, dl) -> torch.Tensor:
-        "The model's outputs on `dl` (batches of inputs, or (input, ..., target)), concatenated on the CPU."
-        self.module.eval()
-        outs = []
-        with torch.no_grad(), self._autocast():
-            for batch in dl:
-                batch = self._on_device(batch)
-                xb = (batch,) if isinstance(batch, torch.Tensor) else tuple(batch) if len(batch) == 1 else _split(batch)[0]
-                outs.append(self.module(*xb).float().cpu())
-        return torch.cat(outs)
-
-    # -- checkpoints ----------------------------------------------------------------------------------------
-    def checkpoint_state(self, epoch_done:bool=False, # Saved after the epoch's last callback (else mid-epoch)
-                         gather:bool=False, # Under torchrun, gather every rank's RNG states: then all ranks must call it
-                        ) -> dict:
-        "All it takes to continue this run exactly: weights, optimizer, scheduler, scaler, position, RNGs."
-        self._check_losses()  # never save the weights of a diverged run
-        batch = self.n_batches if epoch_done else self.iter + 1
-        sampler = None
-        if self.sampler is not None and not epoch_done:
-            sampler = {**self.sampler.state_dict(), "start": batch * self.train_dl.batch_size}
-        elif self.sampler is not None and self.sampler.generator is not None:  # the user's generator, as the next epoch needs it
-            sampler = {"generator_now": self.sampler.generator.get_state()}
-        rng, epoch_rng, ranks = rng_states(), None if epoch_done else self._epoch_rng, None
-        if gather and self.dist.is_distributed:  # each process's own: its CUDA generator, and what it drew on its own
-            ranks = [None] * self.dist.world_size
-            torch.distributed.all_gather_object(ranks, {"rng": rng, "epoch_rng": epoch_rng})
-        return {"format": "mlkit-checkpoint-1", "model": self.module.state_dict(), "optimizer": self.opt.state_dict(),
-                "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-                "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-                "epoch": self.epoch, "batch": batch, "epoch_done": epoch_done, "step": self.step,
-                "sampler": sampler, "rng": rng, "epoch_rng": epoch_rng, "rng_ranks": ranks,
-                "losses": {"total": self._losses.total, "count": self._losses.count},
-                "metrics": dict(self.metrics), "history": list(self.history),
-                "callbacks": {cb.name: cb.state_dict() for cb in self.cbs},
-                "precision": self.precision, "grad_accum": self.grad_accum}
-
-    def _load_resume(self, resume:str):
-        if resume == "latest":
-            # any callback that keeps checkpoints (mlkit.callbacks.Checkpoint) says where, through `checkpoint_dir`
-            folder = next((cb.checkpoint_dir for cb in self.cbs if getattr(cb, "checkpoint_dir", None)), None)
-            if folder is None: raise MlkitError("resume='latest' needs a Checkpoint callback to say where checkpoints are")
-            path = latest_checkpoint(folder)
-            if path is None:
-                print(f"no checkpoint in {folder} yet: starting from scratch")
-                return
-        else: path = resume
-        state = load_checkpoint(path)
-        if state.get("format") != "mlkit-checkpoint-1": raise CheckpointError(f"{path} is not an mlkit training checkpoint")
-        load_model_state(self.module, state["model"], source=str(path))
+# %% ../nbs/05_train.ipynb #9a7bc302
+@patch
+def _train_epoch(self:Trainer):
+    self.training = True
+    self.model.train()
+    for i, batch in enumerate(self._epoch_batches(), self._start_batch):
+        self.iter, self.batch = i, batch
         try:
-            self.opt.load_state_dict(state["optimizer"])
-            if self.scheduler is not None and state["scheduler"] is not None: self.scheduler.load_state_dict(state["scheduler"])
-            if self.scaler is not None and state["scaler"] is not None: self.scaler.load_state_dict(state["scaler"])
-        except (ValueError, KeyError, RuntimeError) as e:
-            raise CheckpointError(f"{path} does not match this optimizer or scheduler: {e}") from None
-        for cb in self.cbs:
-            if cb.name in state["callbacks"]: cb.load_state_dict(state["callbacks"][cb.name])
-        if (ranks := state.get("rng_ranks")) and len(ranks) == self.dist.world_size:
-            state = {**state, **ranks[self.dist.rank]}  # this rank's own random state
-        elif ranks:
-            warnings.warn(f"{path} was saved by {len(ranks)} processes and this run has {self.dist.world_size}: every "
-                          "process starts from rank 0's random state", RuntimeWarning, stacklevel=3)
-        self.step, self.history = state["step"], list(state["history"])
-        self.metrics = dict(state["metrics"])
-        if state["epoch_done"]:
-            self.epoch, self._start_batch = state["epoch"] + 1, 0
-            set_rng_states(state["rng"])
-            if (saved := state.get("sampler") or {}).get("generator_now") is not None and self.sampler is not None:
-                self.sampler.generator.set_state(saved["generator_now"])
-        else:
-            if self.sampler is None and getattr(getattr(self.train_dl, "sampler", None), "generator", None) is not None:
-                warnings.warn(f"resuming {path} mid-epoch: the loader's sampler draws from a generator of its own, which "
-                              "mlkit cannot rebuild or restore, so this epoch's remaining order may differ from the "
-                              "original run", RuntimeWarning, stacklevel=3)
-            if getattr(self.train_dl, "num_workers", 0) > 0 and state["batch"] < self.n_batches:
-                warnings.warn(f"resuming {path} mid-epoch with num_workers={self.train_dl.num_workers}: the data order is "
-                              "exact, but not the workers' random state, so random augmentation in the dataset differs "
-                              "from the original run for the rest of this epoch (an epoch-end checkpoint, or "
-                              "num_workers=0, resumes bit-identically)", RuntimeWarning, stacklevel=3)
-            self.epoch, self._start_batch = state["epoch"], state["batch"]
-            self._losses = _LossTally(total=state["losses"]["total"], count=state["losses"]["count"])
-            self._resume_state = state
-        self.resumed_from = path
-        if self.dist.is_main:
-            where = f"end of epoch {state['epoch'] + 1}" if state["epoch_done"] else \
-                    f"epoch {state['epoch'] + 1}, batch {state['batch']}/{self.n_batches}"
-            print(f"resumed from {path}: {where}, optimizer step {self.step}")
+            self._call("before_batch")
+            self._train_batch()
+        except CancelBatch:
+            self.opt.zero_grad(set_to_none=True)
+            self._window = None  # the window's gradients are gone: the batches after it make a window of their own
+            self._call("after_cancel_batch")
+        self._call("after_batch")
+    self._check_losses()
+    self.metrics["train_loss"] = self._losses.total / max(self._losses.count, 1)
+    self.training = False
 
-    # -- learning-rate finder -------------------------------------------------------------------------------
-    def lr_find(self, start_lr:float=1e-7, end_lr:float=10.0, num_iter:int=100, # Exponential sweep
-                stop_div:bool=True, # Stop once the smoothed loss exceeds 4x its minimum
-                plot:bool|None=None, # Plot the curve; by default only inside a notebook
-               ) -> LRFinder:
-        "Sweep the learning rate exponentially over training batches, restore everything, suggest a learning rate."
-        if not 0 < start_lr < end_lr: raise MlkitError(f"lr_find needs 0 < start_lr < end_lr, got {start_lr}, {end_lr}")
-        saved = {"model": copy.deepcopy(self.module.state_dict()), "opt": copy.deepcopy(self.opt.state_dict()),
-                 "rng": rng_states(), "scaler": self.scaler.state_dict() if self.scaler is not None else None}
-        lrs, losses, smooth, best = [], [], 0.0, math.inf
-        self.module.train()
-        with _data_parallel(self):  # under torchrun, every rank sweeps its own batches with DDP
-            try:
-                batches = iter(self.train_dl)
-                for i in range(num_iter):
-                    try: batch = next(batches)
-                    except StopIteration: batches = iter(self.train_dl); batch = next(batches)
-                    lr = start_lr * (end_lr / start_lr) ** (i / max(num_iter - 1, 1))
-                    for g in self.opt.param_groups: g["lr"] = lr
-                    xb, yb = _split(self._on_device(batch))
-                    with self._autocast(): loss = self.loss_fn(self.model(*xb), *yb)
-                    (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
-                    if self.scaler is not None: self.scaler.step(self.opt); self.scaler.update()
-                    else: self.opt.step()
-                    self.opt.zero_grad(set_to_none=True)
-                    value = loss.item()
-                    smooth = 0.98 * smooth + 0.02 * value
-                    smoothed = smooth / (1 - 0.98 ** (i + 1))
-                    if not math.isfinite(smoothed): break
-                    lrs.append(lr); losses.append(smoothed)
-                    best = min(best, smoothed)
-                    if stop_div and smoothed > 4 * best: break
-            finally:
-                self.module.load_state_dict(saved["model"])
-                self.opt.load_state_dict(saved["opt"])
-                if self.scaler is not None: self.scaler.load_state_dict(saved["scaler"])
-                set_rng_states(saved["rng"])
-        result = LRFinder(lrs, losses)
-        if plot or (plot is None and _in_notebook()): result.plot()
-        return result
+# %% ../nbs/05_train.ipynb #eca33c50
+@patch
+def _epoch_batches(self:Trainer):
+    "This epoch's batches, from its start or from where a resumed run left off, with the random states restored."
+    resume, self._resume_state = self._resume_state, None
+    if self._start_batch == 0:
+        self._losses, self._window = _LossTally(), None
+        self.opt.zero_grad(set_to_none=True)  # nothing from a cancelled epoch's open window leaks into this one
+    if self.sampler is not None:
+        if resume is not None and resume["sampler"] is not None: self.sampler.load_state_dict(resume["sampler"])
+        else: self.sampler.set_epoch(self.epoch)
+    # the random state at this epoch's start: the loader draws its seeds (and, unless mlkit rebuilt it, its order)
+    # from it as the epoch begins, so a run resumed mid-epoch begins the epoch from it again
+    if resume is not None and resume.get("epoch_rng") is not None: set_rng_states(resume["epoch_rng"])
+    self._epoch_rng = rng_states()
+    batches = iter(self.train_dl)
+    if self.sampler is None:  # a loader mlkit cannot rebuild: replay and discard what was already seen
+        for _ in range(self._start_batch): next(batches)
+    if resume is not None: set_rng_states(resume["rng"])  # after the iterator drew its seeds, as in the original run
+    return batches
+
+# %% ../nbs/05_train.ipynb #b15bfeef
+@patch
+def _train_batch(self:Trainer):
+    xb, yb = _split(self._on_device(self.batch))
+    self.xb, self.yb = xb, yb
+    n = _batch_size(yb)
+    first, window_size, boundary = self._window_of(n)
+    sync = nullcontext() if boundary or not self.dist.is_distributed else self.model.no_sync()
+    with sync: self._forward_backward(xb, yb, n, first, window_size)
+    if boundary: self._optimizer_step()
+@patch
+def _window_of(self:Trainer, n:int) -> tuple[int, int, bool]:
+    "Count this batch's `n` samples into its window: (the window's first batch size, its batches, whether this batch ends it)."
+    window = self.iter // self.grad_accum * self.grad_accum
+    window_size = min(self.grad_accum, self.n_batches - window)
+    if self.iter == window or self._window is None: self._window = [n, n * window_size, 0]  # first size, expected, seen
+    self._window[2] += n
+    return self._window[0], window_size, self.iter + 1 == window + window_size
+
+# %% ../nbs/05_train.ipynb #f195581a
+@patch
+def _forward_backward(self:Trainer, xb:tuple, yb:tuple, n:int, first:int, window_size:int):
+    "The forward pass under autocast, the loss counted, and its gradients, weighed for accumulation, added up."
+    with self._autocast():
+        self.pred = self.model(*xb); self._call("after_pred")
+        self.loss = self.loss_fn(self.pred, *yb)
+    self._call("after_loss")
+    self._track_loss(self.loss, n)
+    self._call("before_backward")
+    # weighed by samples: each batch counts n/first, and the step rescales if the window held other than
+    # window_size * first samples (a short last batch), so the update is that of one batch of all of them
+    loss = self.loss if window_size == 1 else (self.loss if n == first else self.loss * (n / first)) / window_size
+    if self.scaler is not None: self.scaler.scale(loss).backward()
+    else: loss.backward()
+    self._call("after_backward")
+
+# %% ../nbs/05_train.ipynb #e7962ec3
+@patch
+def _optimizer_step(self:Trainer):
+    _, expected, seen = self._window or (0, 0, 0)
+    self._window = None
+    if seen and seen != expected:  # batches of unequal size in this window: weigh them by their samples
+        torch._foreach_mul_([p.grad for p in self.module.parameters() if p.grad is not None], expected / seen)
+    if self.grad_clip is not None:
+        if self.scaler is not None: self.scaler.unscale_(self.opt)
+        torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.grad_clip)
+    self._call("before_step")
+    if self.scaler is not None:
+        self.scaler.step(self.opt)
+        self.scaler.update()
+    else: self.opt.step()
+    self.opt.zero_grad(set_to_none=True)
+    self.step += 1
+    if self.scheduler is not None and self.sched_interval == "step": self.scheduler.step()
+    self._call("after_step")
+
+# %% ../nbs/05_train.ipynb #f7506b74
+@patch
+def checkpoint_state(self:Trainer, epoch_done:bool=False, # Saved after the epoch's last callback (else mid-epoch)
+                     gather:bool=False, # Under torchrun, gather every rank's RNG states: then all ranks must call it
+                    ) -> dict:
+    "All it takes to continue this run exactly: weights, optimizer, scheduler, scaler, position, RNGs."
+    self._check_losses()  # never save the weights of a diverged run
+    batch = self.n_batches if epoch_done else self.iter + 1
+    sampler = self._sampler_state(epoch_done, batch)
+    rng, epoch_rng = rng_states(), None if epoch_done else self._epoch_rng
+    ranks = self._gather_rngs(rng, epoch_rng) if gather and self.dist.is_distributed else None
+    return {"format": "mlkit-checkpoint-1", "model": self.module.state_dict(), "optimizer": self.opt.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "epoch": self.epoch, "batch": batch, "epoch_done": epoch_done, "step": self.step,
+            "sampler": sampler, "rng": rng, "epoch_rng": epoch_rng, "rng_ranks": ranks,
+            "losses": {"total": self._losses.total, "count": self._losses.count},
+            "metrics": dict(self.metrics), "history": list(self.history),
+            "callbacks": {cb.name: cb.state_dict() for cb in self.cbs},
+            "precision": self.precision, "grad_accum": self.grad_accum}
+
+# %% ../nbs/05_train.ipynb #239bdd2b
+@patch
+def _sampler_state(self:Trainer, epoch_done:bool, batch:int) -> dict|None:
+    "The sampler's place mid-epoch, or the user's generator as the next epoch needs it (None when neither applies)."
+    if self.sampler is not None and not epoch_done:
+        return {**self.sampler.state_dict(), "start": batch * self.train_dl.batch_size}
+    if self.sampler is not None and self.sampler.generator is not None:  # the user's generator, as the next epoch needs it
+        return {"generator_now": self.sampler.generator.get_state()}
+    return None
+@patch
+def _gather_rngs(self:Trainer, rng:dict, epoch_rng:dict|None) -> list:
+    "Every rank's random states (each process's own: its CUDA generator, and what it drew on its own)."
+    ranks = [None] * self.dist.world_size
+    torch.distributed.all_gather_object(ranks, {"rng": rng, "epoch_rng": epoch_rng})
+    return ranks
+
+# %% ../nbs/05_train.ipynb #1f3522d1
+@patch
+def _load_resume(self:Trainer, resume:str):
+    path = self._resume_path(resume)
+    if path is None: return
+    state = self._own_rng_state(self._restore_state(path), path)
+    self.step, self.history = state["step"], list(state["history"])
+    self.metrics = dict(state["metrics"])
+    if state["epoch_done"]: self._resume_after_epoch(state)
+    else: self._resume_mid_epoch(state, path)
+    self.resumed_from = path
+    if self.dist.is_main:
+        where = f"end of epoch {state['epoch'] + 1}" if state["epoch_done"] else \
+                f"epoch {state['epoch'] + 1}, batch {state['batch']}/{self.n_batches}"
+        print(f"resumed from {path}: {where}, optimizer step {self.step}")
+
+# %% ../nbs/05_train.ipynb #bf6f5fe3
+@patch
+def _resume_path(self:Trainer, resume:str):
+    "The checkpoint `resume` names; None when 'latest' finds none yet."
+    if resume != "latest": return resume
+    # any callback that keeps checkpoints (mlkit.callbacks.Checkpoint) says where, through `checkpoint_dir`
+    folder = next((cb.checkpoint_dir for cb in self.cbs if getattr(cb, "checkpoint_dir", None)), None)
+    if folder is None: raise MlkitError("resume='latest' needs a Checkpoint callback to say where checkpoints are")
+    path = latest_checkpoint(folder)
+    if path is None: print(f"no checkpoint in {folder} yet: starting from scratch")
+    return path
+@patch
+def _restore_state(self:Trainer, path) -> dict:
+    "Load checkpoint `path` into the model, optimizer, scheduler, scaler and callbacks; the checkpoint."
+    state = load_checkpoint(path)
+    if state.get("format") != "mlkit-checkpoint-1": raise CheckpointError(f"{path} is not an mlkit training checkpoint")
+    load_model_state(self.module, state["model"], source=str(path))
+    try:
+        self.opt.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state["scheduler"] is not None: self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state["scaler"] is not None: self.scaler.load_state_dict(state["scaler"])
+    except (ValueError, KeyError, RuntimeError) as e:
+        raise CheckpointError(f"{path} does not match this optimizer or scheduler: {e}") from None
+    for cb in self.cbs:
+        if cb.name in state["callbacks"]: cb.load_state_dict(state["callbacks"][cb.name])
+    return state
+
+# %% ../nbs/05_train.ipynb #89c12a73
+@patch
+def _own_rng_state(self:Trainer, state:dict, path) -> dict:
+    "`state` with this rank's own random states, when every rank's were saved by as many processes as this run has."
+    if (ranks := state.get("rng_ranks")) and len(ranks) == self.dist.world_size:
+        return {**state, **ranks[self.dist.rank]}  # this rank's own random state
+    if ranks:
+        warnings.warn(f"{path} was saved by {len(ranks)} processes and this run has {self.dist.world_size}: every "
+                      "process starts from rank 0's random state", RuntimeWarning, stacklevel=4)
+    return state
+
+# %% ../nbs/05_train.ipynb #b675160a
+@patch
+def _resume_after_epoch(self:Trainer, state:dict):
+    "Continue with the epoch after the checkpoint's, with the random states as they were when it ended."
+    self.epoch, self._start_batch = state["epoch"] + 1, 0
+    set_rng_states(state["rng"])
+    if (saved := state.get("sampler") or {}).get("generator_now") is not None and self.sampler is not None:
+        self.sampler.generator.set_state(saved["generator_now"])
+@patch
+def _resume_mid_epoch(self:Trainer, state:dict, path):
+    "Continue the checkpoint's epoch from its next batch (random states restored as that epoch trains)."
+    if self.sampler is None and getattr(getattr(self.train_dl, "sampler", None), "generator", None) is not None:
+        warnings.warn(f"resuming {path} mid-epoch: the loader's sampler draws from a generator of its own, which "
+                      "mlkit cannot rebuild or restore, so this epoch's remaining order may differ from the "
+                      "original run", RuntimeWarning, stacklevel=4)
+    if getattr(self.train_dl, "num_workers", 0) > 0 and state["batch"] < self.n_batches:
+        warnings.warn(f"resuming {path} mid-epoch with num_workers={self.train_dl.num_workers}: the data order is "
+                      "exact, but not the workers' random state, so random augmentation in the dataset differs "
+                      "from the original run for the rest of this epoch (an epoch-end checkpoint, or "
+                      "num_workers=0, resumes bit-identically)", RuntimeWarning, stacklevel=4)
+    self.epoch, self._start_batch = state["epoch"], state["batch"]
+    self._losses = _LossTally(total=state["losses"]["total"], count=state["losses"]["count"])
+    self._resume_state = state
 
 # %% ../nbs/05_train.ipynb #efb1bc39
-@dataclass
-class LRFinder:
-    "The result of `Trainer.lr_find`: learning rates, smoothed losses, and a suggested learning rate."
-    lrs: list[float]
-    losses: list[float]
-
-    @property
-    def suggestion(self) -> float|None:
-        "The learning rate of steepest loss descent (None if the sweep was too short)."
-        if len(self.lrs) < 3: return None
-        logs = [math.log10(lr) for lr in self.lrs]
-        slopes = [(self.losses[i+1] - self.losses[i-1]) / (logs[i+1] - logs[i-1]) for i in range(1, len(logs) - 1)]
-        return self.lrs[1 + min(range(len(slopes)), key=slopes.__getitem__)]
-
-    def plot(self, ax=None):
-        "Loss against learning rate (log scale), with the suggestion marked."
-        import matplotlib.pyplot as plt
-        ax = ax or plt.subplots()[1]
-        ax.plot(self.lrs, self.losses)
-        ax.set_xscale("log"); ax.set_xlabel("learning rate"); ax.set_ylabel("loss (smoothed)")
-        if (s := self.suggestion) is not None: ax.axvline(s, color="tab:red", ls="--", label=f"suggestion {s:.2e}"); ax.legend()
-        return ax
-
 def _in_notebook() -> bool:
     try: from IPython import get_ipython
     except ImportError: return False
     shell = get_ipython()
     return shell is not None and "IPKernelApp" in shell.config
-
-# %% ../nbs/05_train.ipynb #283b3a38
-def one_cycle(max_lr:float|None=None, # Peak learning rate; the optimizer's lr when None
-              pct_start:float=0.25, # Fraction of the steps spent warming up
-              div_factor:float=25.0, final_div_factor:float=1e4):
-    "A scheduler factory for the one-cycle policy (torch's OneCycleLR over the whole fit)."
-    def make(opt, total_steps):
-        peak = max_lr if max_lr is not None else [g["lr"] for g in opt.param_groups]
-        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=peak, total_steps=total_steps, pct_start=pct_start,
-                                                   div_factor=div_factor, final_div_factor=final_div_factor)
-    return make
+@patch
+def lr_find(self:Trainer, start_lr:float=1e-7, end_lr:float=10.0, num_iter:int=100, # Exponential sweep
+            stop_div:bool=True, # Stop once the smoothed loss exceeds 4x its minimum
+            plot:bool|None=None, # Plot the curve; by default only inside a notebook
+           ) -> LRFinder:
+    "Sweep the learning rate exponentially over training batches, restore everything, suggest a learning rate."
+    if not 0 < start_lr < end_lr: raise MlkitError(f"lr_find needs 0 < start_lr < end_lr, got {start_lr}, {end_lr}")
+    saved = {"model": copy.deepcopy(self.module.state_dict()), "opt": copy.deepcopy(self.opt.state_dict()),
+             "rng": rng_states(), "scaler": self.scaler.state_dict() if self.scaler is not None else None}
+    self.module.train()
+    with data_parallel(self):  # under torchrun, every rank sweeps its own batches with DDP
+        try: result = lr_sweep(self._lr_step, self.train_dl, start_lr, end_lr, num_iter, stop_div)
+        finally:
+            self.module.load_state_dict(saved["model"])
+            self.opt.load_state_dict(saved["opt"])
+            if self.scaler is not None: self.scaler.load_state_dict(saved["scaler"])
+            set_rng_states(saved["rng"])
+    if plot or (plot is None and _in_notebook()): result.plot()
+    return result
+@patch
+def _lr_step(self:Trainer, batch, lr:float) -> float:
+    "One optimizer step on `batch` at learning rate `lr`; its loss."
+    for g in self.opt.param_groups: g["lr"] = lr
+    xb, yb = _split(self._on_device(batch))
+    with self._autocast(): loss = self.loss_fn(self.model(*xb), *yb)
+    (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+    if self.scaler is not None: self.scaler.step(self.opt); self.scaler.update()
+    else: self.opt.step()
+    self.opt.zero_grad(set_to_none=True)
+    return loss.item()

@@ -95,35 +95,6 @@ def test_only_rank_zero_records_and_losses_are_means_over_ranks(tmp_path):
     torch.testing.assert_close([v for _, _, v in run.metrics["train_loss"]], train_loss, rtol=0, atol=1e-6)
 
 
-class _Collective(Exception):
-    "Raised by the stand-in collectives below, once they have seen the tensor."
-
-
-def test_collectives_get_tensors_on_the_backends_device(monkeypatch):
-    """Every tensor the Trainer reduces or broadcasts lives on the training device, the one the process group's
-    backend serves (NCCL declares CUDA only: a CPU tensor there fails at the first validation on a GPU machine).
-    Tried without a GPU: the trainer is told its device is `meta`, a device no CPU code path would pick by accident."""
-    import torch.distributed as dist
-
-    import mlkit.train as train
-    assert "cpu" not in dist.Backend.backend_capability.get("nccl", ["cuda"])  # why it matters
-    seen = []
-    def collective(t, *args, **kw):
-        seen.append(t.device.type)
-        raise _Collective
-    monkeypatch.setattr(train, "all_reduce_sum", collective)
-    x, y = torch.randn(8, 4), torch.randint(0, 2, (8,))
-    t = train.Trainer(nn.Linear(4, 2), torch.utils.data.DataLoader(list(zip(x, y, strict=True)), batch_size=4),
-                      torch.utils.data.DataLoader(list(zip(x, y, strict=True)), batch_size=4), progress=False, device="cpu")
-    t.device = torch.device("meta")  # as if on a GPU; batches stay on the CPU (the trainer decided that at start)
-    try: t.validate()
-    except _Collective: pass
-    t.dist = train.init_distributed("cpu").__class__(rank=0, local_rank=0, world_size=2)  # as if under torchrun
-    try: t._mean_over_ranks(torch.tensor(1.0, device="meta"), 4)
-    except _Collective: pass
-    assert seen == ["meta", "meta"], seen
-
-
 @pytest.mark.slow
 def test_each_rank_resumes_with_its_own_random_state(tmp_path):
     "Ranks whose random states differ (dropout seeded by rank), stopped after an epoch and resumed: as if never stopped."
