@@ -103,12 +103,13 @@ def test_no_module_is_over_600_lines(module):
     assert n <= MAX_MODULE_LINES, f"mlkit/{module}.py has {n} lines: split it along its notebook's sections"
 
 
-EXPORT = re.compile(r"^\s*#\s*\|\s*export\s*$", re.M)
+EXPORT = re.compile(r"^\s*#\s*\|\s*exporti?\s*$", re.M)  # exporti: exported, not public
 
 
 def _cells(nb:Path) -> list[dict]: return json.loads((REPO/"nbs"/nb).read_text())["cells"]
 def _src(cell:dict) -> str: return cell["source"] if isinstance(cell["source"], str) else "".join(cell["source"])
 def _exported(cell:dict) -> bool: return cell["cell_type"] == "code" and bool(EXPORT.match(_src(cell)))
+def _public(cell:dict) -> bool: return _exported(cell) and not re.match(r"\s*#\s*\|\s*exporti", _src(cell))
 def _lines(source:str) -> int: return len([line for line in source.splitlines() if not re.match(r"\s*#\s*\|", line)])
 
 
@@ -148,7 +149,7 @@ def undocumented(cells:list[dict]) -> list[str]:
         prose = any(cells[j]["cell_type"] == "markdown" for j in range(i + 1, nxt))
         later = [re.sub(r"show_doc\([^)]*\)", "", _src(d)) for d in cells[i + 1:]
                  if d["cell_type"] == "code" and not _exported(d)]
-        for full in public_definitions(_src(c)):
+        for full in public_definitions(_src(c)) if _public(c) else []:
             name = full.split(".")[-1]
             used = any(re.search(rf"(?<![\w]){re.escape(name)}\b", s) for s in later)
             if not prose: missing.append(f"{full} (no prose after it)")
