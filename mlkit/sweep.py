@@ -176,8 +176,8 @@ def sweep(spec:str|Path|SweepSpec, # The spec's YAML file, or a checked spec
     before = {s: signal.signal(s, forward) for s in signals} if main_thread else {}
     def start(i:int):
         with signals_held():  # a worker gets our signals once its handlers are set, never in its start-up
-            return subprocess.Popen([sys.executable, "-c", "from mlkit.sweep import _worker_main; _worker_main()", str(args),
-                                     str(i)], env=env, stdout=_fd(out), stderr=_fd(sys.stderr), start_new_session=True)
+            return subprocess.Popen([sys.executable, "-c", "from mlkit.sweep_workers import _worker_main; _worker_main()",
+                                     str(args), str(i)], env=env, stdout=_fd(out), stderr=_fd(sys.stderr), start_new_session=True)
     try:
         for i in range(workers):
             if stopped: break  # signalled while starting them: start no more
