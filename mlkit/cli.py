@@ -5,24 +5,13 @@
 # %% ../nbs/07_cli.ipynb #ca2ac8f7
 from __future__ import annotations
 
-import argparse
-import contextlib
-import errno
-import json
 import os
 import signal
 import sys
-from .tables import (compare_text, number_names, order_runs, outcome_text, params_help, run_text, summarizing_note,
-                          sweeps_table, unknown)
 
 # %% auto #0
 __all__ = ['cmd_gpus', 'cmd_runs_ls', 'cmd_runs_show', 'cmd_runs_compare', 'cmd_runs_plot', 'cmd_run', 'cmd_rerun', 'cmd_sweep',
            'cmd_new', 'parser', 'main', 'gpus_table', 'runs_table', 'params_table']
-
-# %% ../nbs/07_cli.ipynb #f59ce637
-from .tables import gpus_table, params_table, runs_table
-
-_all_ = ['gpus_table', 'runs_table', 'params_table']
 
 # %% ../nbs/07_cli.ipynb #c7a1e001
 def _interrupted_starting(signum, frame):
@@ -35,9 +24,20 @@ if (os.path.basename(getattr(sys.modules.get("__main__"), "__file__", None) or "
     signal.signal(signal.SIGINT, _interrupted_starting)  # `main` puts Python's back before the command runs
 
 # %% ../nbs/07_cli.ipynb #c7a1e002
+import argparse
+import contextlib
+import errno
+import json
 from dataclasses import asdict
 
 from .core import MlkitError
+from .tables import (compare_text, number_names, order_runs, outcome_text, params_help, run_text, summarizing_note,
+                          sweeps_table, unknown)
+
+# %% ../nbs/07_cli.ipynb #f59ce637
+from .tables import gpus_table, params_table, runs_table
+
+_all_ = ['gpus_table', 'runs_table', 'params_table']
 
 # %% ../nbs/07_cli.ipynb #81cb1951
 def cmd_gpus(args):
