@@ -16,11 +16,10 @@ from .core import MlkitError
 from .runmeta import strip_url_credentials
 from .sweep_storage import (GIVEN_ATTR, JOURNAL, N_TRIALS_ATTR, RUN_ATTR, SPEC_ATTR, STOP_ATTR, SWEEPS, _point,
                                  _queue, _quiet, open_storage, sweep_folder)
-from .sweep_workers import (STORAGE_ENV, _hush_experimental, _pruned_text, done_count, failure_reason,
-                                 missing_points, point_text, trial_state)
+from .sweep_workers import (STORAGE_ENV, _hush_experimental, cli_text, done_count, failure_reason, missing_points,
+                                 point_text, pruned_text, str_params, trial_state)
 from .tables import fmt, table
 from .sweep_spec import _is_number, _not_applying, from_optuna, grid_values, to_optuna, trial_params
-from .sweep_workers import _cli_text, _str_params
 
 
 # %% auto #0
@@ -63,7 +62,7 @@ def _status_row(t, names:list, metrics:list, searched:dict) -> tuple:
     state = trial_state(t)
     retry = (t.system_attrs.get("retry_history") or [None])[-1]  # the trial it runs again
     note = failure_reason(t) or (f"retry of trial {retry}" if retry is not None else "")
-    if state == "pruned": note = f"pruned {_pruned_text(t)}"
+    if state == "pruned": note = f"pruned {pruned_text(t)}"
     values = [fmt(v) if state != "pruned" else "-" for v in t.values or [None] * len(metrics)]  # pruned: last report
     params = {k: from_optuna(searched[k], v) if k in searched else v for k, v in _point(t).items()}  # a queued one's too
     return (t.number, state, *values, *[fmt(params.get(k)) for k in names], _duration(t),
@@ -111,7 +110,7 @@ def _command(t, spec:dict, strs:set, given=()) -> str:
     notebook = spec.get("notebook_path") or spec.get("notebook", "NOTEBOOK")
     secret = _secret_names(params, given)
     return " ".join(["mlkit run", shlex.quote(notebook),
-                     *(f"-p {k} {shlex.quote(_cli_text(v, k in strs))}" for k, v in params.items() if k not in secret),
+                     *(f"-p {k} {shlex.quote(cli_text(v, k in strs))}" for k, v in params.items() if k not in secret),
                      *(f"-p {k} VALUE" for k in secret)])
 
 # %% ../nbs/12e_sweep_report.ipynb #cb8344aa
@@ -132,7 +131,7 @@ def best_text(study, # The sweep's study (`load_sweep`)
               spec:dict, # Its stored spec (`load_sweep`)
              ) -> str:
     "The `mlkit sweep best` text: the best trial (or the Pareto front of several metrics) and `mlkit run` commands."
-    metrics, strs = _metric_names(spec), _str_params(spec.get("notebook_path") or spec.get("notebook", "NOTEBOOK"))
+    metrics, strs = _metric_names(spec), str_params(spec.get("notebook_path") or spec.get("notebook", "NOTEBOOK"))
     given = study.user_attrs.get(GIVEN_ATTR) or []
     if len(metrics) > 1: return _pareto_text(study, spec, metrics, strs, given)
     try: t = study.best_trial

@@ -28,8 +28,9 @@ from .sweep_spec import (SpecError, SweepSpec, _in_project, _is_number, _sampler
 # %% auto #0
 __all__ = ['UNCLAIMED_S', 'STORAGE_ENV', 'POLL_S', 'WORKER_SIGNALS', 'SECRET_ENV', 'TrialFailed', 'SweepFailed', 'metric_value',
            'objective_value', 'fail_dead_workers', 'point_text', 'grid_points', 'done_count', 'retry_due', 'requeue',
-           'queue_next', 'missing_points', 'failure_reason', 'trial_state', 'trial_line', 'signals_held', 'is_secret',
-           'secret_env', 'given_secrets', 'hide_secrets', 'check_secrets', 'trial_command', 'secrets_off_argv']
+           'queue_next', 'missing_points', 'failure_reason', 'pruned_text', 'trial_state', 'trial_line', 'signals_held',
+           'is_secret', 'secret_env', 'given_secrets', 'hide_secrets', 'check_secrets', 'trial_command', 'cli_text',
+           'str_params', 'secrets_off_argv']
 
 # %% ../nbs/12d_sweep_workers.ipynb #1cd30a3a
 class TrialFailed(Exception):
@@ -375,7 +376,8 @@ def run(self:_Worker) -> int:
 def _params_text(params:dict) -> str:
     return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
 
-def _pruned_text(t) -> str:
+# %% ../nbs/12d_sweep_workers.ipynb #25918e14
+def pruned_text(t) -> str:
     "'at step 3 (valid_loss 0.41)': where a pruned trial stopped and its watched metric's value there."
     steps, watch = t.intermediate_values, t.user_attrs.get(WATCH_ATTR) or {}
     if not steps: return ""
@@ -394,7 +396,7 @@ def trial_line(t, spec:SweepSpec) -> str:
     value = ("".join(f" {o['name']} {v:.6g}" for o, v in zip(spec.goals(), t.values, strict=False))
              if t.values is not None and state == "finished" else "")
     why = failure_reason(t)
-    at = f" {_pruned_text(t)}" if state == "pruned" else ""
+    at = f" {pruned_text(t)}" if state == "pruned" else ""
     run = t.user_attrs.get(RUN_ATTR)
     return (f"trial {t.number} {state}{at}:{value}  {_params_text(trial_params(t, spec.params))}"
             + (f"  (run {run})" if run else "") + (f"  {why}" if state == "failed" and why else ""))
@@ -542,18 +544,18 @@ def trial_command(spec:SweepSpec, # The worker's spec (its secret fixed values t
                  ) -> list[str]:
     "The `mlkit run` command line that repeats a trial, from the project's root; secrets as `***`."
     from mlkit.runmeta import REDACTED
-    strs = _str_params(str(spec.notebook))
+    strs = str_params(str(spec.notebook))
     return ["mlkit", "run", _in_project(spec.notebook),
-            *[w for k, v in params.items() for w in ("-p", k, _cli_text(v, k in strs))],
+            *[w for k, v in params.items() for w in ("-p", k, cli_text(v, k in strs))],
             *[w for k in secrets for w in ("-p", k, REDACTED)]]
 
 # %% ../nbs/12d_sweep_workers.ipynb #dde4fe88
-def _cli_text(v, typed_str:bool=True) -> str:
+def cli_text(v, typed_str:bool=True) -> str:
     "`v` as `mlkit run -p` reads it back: as typed for a str parameter, else as YAML (floats in full, JSON-style)."
     from mlkit.params import parse_value
     if isinstance(v, str) and (typed_str or (parse_value(v) == v and v.strip() == v and v)): return v
     return json.dumps(v)
-def _str_params(notebook:str) -> set:
+def str_params(notebook:str) -> set:
     "The names of the notebook's str parameters (-p takes their values as typed); empty when it cannot be read."
     from mlkit.params import notebook_parameters, read_notebook
     try: return {k for k, p in (notebook_parameters(read_notebook(notebook, validate=False)) or {}).items() if p.type is str}
