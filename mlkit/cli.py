@@ -5,26 +5,13 @@
 # %% ../nbs/07_cli.ipynb #ca2ac8f7
 from __future__ import annotations
 
-import argparse
-import contextlib
-import errno
-import json
 import os
 import signal
 import sys
-import time
-from .tables import _duration, _fmt, _table
-from .tables import _unknown
-
 
 # %% auto #0
-__all__ = ['cmd_gpus', 'cmd_runs_ls', 'cmd_runs_show', 'cmd_runs_compare', 'cmd_runs_plot', 'params_table', 'cmd_run',
-           'cmd_rerun', 'cmd_sweep', 'cmd_new', 'parser', 'main', 'gpus_table', 'runs_table']
-
-# %% ../nbs/07_cli.ipynb #f59ce637
-from .tables import gpus_table, runs_table
-
-_all_ = ['gpus_table', 'runs_table']
+__all__ = ['cmd_gpus', 'cmd_runs_ls', 'cmd_runs_show', 'cmd_runs_compare', 'cmd_runs_plot', 'cmd_run', 'cmd_rerun', 'cmd_sweep',
+           'cmd_new', 'parser', 'main', 'gpus_table', 'runs_table', 'params_table']
 
 # %% ../nbs/07_cli.ipynb #c7a1e001
 def _interrupted_starting(signum, frame):
@@ -37,9 +24,20 @@ if (os.path.basename(getattr(sys.modules.get("__main__"), "__file__", None) or "
     signal.signal(signal.SIGINT, _interrupted_starting)  # `main` puts Python's back before the command runs
 
 # %% ../nbs/07_cli.ipynb #c7a1e002
+import argparse
+import contextlib
+import errno
+import json
 from dataclasses import asdict
 
 from .core import MlkitError
+from .tables import (compare_text, number_names, order_runs, outcome_text, params_help, run_text, summarizing_note,
+                          sweeps_table, unknown)
+
+# %% ../nbs/07_cli.ipynb #f59ce637
+from .tables import gpus_table, params_table, runs_table
+
+_all_ = ['gpus_table', 'runs_table', 'params_table']
 
 # %% ../nbs/07_cli.ipynb #81cb1951
 def cmd_gpus(args):
@@ -47,7 +45,6 @@ def cmd_gpus(args):
     from mlkit.gpu import gpus, lock_holder
     rows = [{**asdict(g), "lock": lock_holder(g)} for g in gpus()]
     print(json.dumps(rows, indent=1) if args.json else gpus_table(rows))
-
 
 # %% ../nbs/07_cli.ipynb #cb9a8aa9
 def _metric_arg(text:str, option:str) -> tuple[str, str|None]:
@@ -75,20 +72,6 @@ def _goals_arg(texts:list[str]|None) -> dict:
         goals[name] = goal
     return goals
 
-def _known_names(runs) -> list[str]:
-    "The metrics and recorded numbers of `runs`, for the error about a name none of them has."
-    return sorted({k for r in runs if not r.error for k, v in r.values().items()
-                   if isinstance(v, (int, float)) and not isinstance(v, bool)})
-
-def _sorted_by(runs, name:str, goal:str):
-    "Runs by `name`'s value (a recorded value, else the metric's last), best first; runs without a number last."
-    sign = 1 if goal == "min" else -1
-    def key(r):
-        v = None if r.error else r.values().get(name)
-        missing = not isinstance(v, (int, float)) or isinstance(v, bool) or v != v
-        return (missing, 0 if missing else sign * v)
-    return sorted(runs, key=key)
-
 def _params_filter(pairs:list[str]) -> dict:
     out = {}
     for p in pairs or []:
@@ -97,15 +80,7 @@ def _params_filter(pairs:list[str]) -> dict:
         out[k] = v
     return out
 
-def _say_if_summarizing(runs, at_least:int=20):
-    "A note on stderr when many runs have no summary yet: this listing reads their metric files, once."
-    from mlkit.runs import SUMMARY
-    missing = sum(not os.path.exists(os.path.join(r.path, SUMMARY)) for r in runs if not r.error)
-    if missing >= at_least:
-        import pandas  # noqa: F401 (imported, it parses every metrics file over 256 KB, several times faster)
-        print(f"mlkit runs: summarizing {missing} runs that have no summary.json yet (made by an older mlkit, or killed "
-              "early): this once, then they list fast", file=sys.stderr, flush=True)
-
+# %% ../nbs/07_cli.ipynb #4c648ed3
 def cmd_runs_ls(args):
     "`mlkit runs ls`: one line per run, newest first, or best first by --sort; filtered."
     from mlkit.runs import filter_runs, list_runs, parse_where
@@ -115,53 +90,21 @@ def cmd_runs_ls(args):
     columns = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns is not None else None
     if columns == []: raise MlkitError("--columns takes names separated by commas, e.g. lr,width,test_accuracy")
     runs = filter_runs(list_runs(args.runs_dir), status=args.status, name=args.name, params=params, sweep=args.sweep)
-    _say_if_summarizing(runs)
+    if note := summarizing_note(runs): print(note, file=sys.stderr, flush=True)
     if where:
         if runs and (missing := [k for k, _, _ in where if k not in set().union(*(r.values() for r in runs if not r.error))]):
-            raise MlkitError("--where: " + _unknown(missing[0], _known_names(runs)))
+            raise MlkitError("--where: " + unknown(missing[0], number_names(runs)))
         runs = filter_runs(runs, where=where)
-    if sort:
-        if runs and sort[0] not in (known := _known_names(runs)):  # a name with no number anywhere (a text record) sorts nothing
-            if any(sort[0] in r.values() for r in runs if not r.error):
-                raise MlkitError(f"no run has a number for '{sort[0]}' to sort by (it is recorded as text, a flag or a list)"
-                                 + (f"; numbers: {', '.join(known[:12])}" if known else ""))
-            raise MlkitError(_unknown(sort[0], known))
-        runs = _sorted_by(runs, *sort)
-    elif args.sweep: runs = sorted(runs, key=lambda r: (not isinstance(r.meta.get("trial"), int), r.meta.get("trial") or 0))
-    else: runs = runs[::-1]  # newest first
+    runs = order_runs(runs, sort, bool(args.sweep))
     if args.limit: runs = runs[:args.limit]
     print(runs_table(runs, sort[0] if sort else None, columns, trials=bool(args.sweep)))
 
+# %% ../nbs/07_cli.ipynb #845a1c3c
 def cmd_runs_show(args):
     "`mlkit runs show RUN`: one run's metadata, parameters, recorded values and metrics."
-    from mlkit.runs import find_run, flatten
+    from mlkit.runs import find_run
     goals = _goals_arg(args.goal)
-    r = find_run(args.run, args.runs_dir)
-    print(f"run {r.id}" + (f" ({r.name})" if r.name else "") + f"  status {r.status}  {r.path}")
-    if r.error:
-        print(f"broken: {r.error}")
-        return
-    m = r.meta
-    git = m.get("git") or {}
-    seen = r.heartbeat
-    for k, v in [("start", m.get("start")), ("end", m.get("end")), ("duration", _duration(m.get("duration_s"))),
-                 ("host", m.get("host") if r.status != "stale" else f"{m.get('host')} (pid {m.get('pid')}): last heard from "
-                  + (f"{_duration(time.time() - seen)} ago" if seen else "never (no heartbeat)") + "; it may have died there"),
-                 ("command", " ".join(m.get("command") or []) or m.get("notebook")),
-                 ("git", f"{git.get('commit', '-')[:12]} on {git.get('branch')}{' (dirty)' if git.get('dirty') else ''}"
-                  if git else None),
-                 ("python/torch/cuda", f"{m.get('python')} / {m.get('torch') or '-'} / {m.get('cuda') or '-'}"),
-                 ("gpus", ", ".join(m.get("gpus") or []) or None), ("seed", m.get("seed")), ("error", m.get("error"))]:
-        if v not in (None, ""): print(f"  {k:18s} {v}")
-    print("parameters")
-    for k, v in flatten(r.params).items(): print(f"  {k:18s} {_fmt(v)}")
-    if r.records:
-        print("recorded")
-        for k, v in r.records.items(): print(f"  {k:18s} {_fmt(v)}")
-    print(_table(("metric", "goal", "last", "best", "at step", "points"),
-                 [(k, _fmt(s["goal"]), _fmt(s["last"]), _fmt(s["best"]), _fmt(s["best_step"]), s["steps"])
-                  for k, s in r.summary(goals).items()]))
-    if r.artifacts: print("artifacts\n" + "\n".join(f"  {p.relative_to(r.path)}" for p in r.artifacts))
+    print(run_text(find_run(args.run, args.runs_dir), goals))
 
 def cmd_runs_compare(args):
     "`mlkit runs compare RUN RUN...`: the parameters that differ, recorded values and metrics side by side."
@@ -169,16 +112,9 @@ def cmd_runs_compare(args):
     if len(args.runs) < 2: raise MlkitError("compare needs at least two runs")
     goals = _goals_arg(args.goal)
     runs = [find_run(ref, args.runs_dir) for ref in args.runs]
-    c = compare_runs(runs, goals)
-    head = [r.label for r in runs]
-    print(_table(("parameter", *head), [(k, *map(_fmt, vs)) for k, vs in c["differ"].items()]) if c["differ"]
-          else "parameters: all the same")
-    if c["same"]: print(f"({len(c['same'])} parameters the same in all)")
-    if c["records"]: print(_table(("recorded", *head), [(k, *map(_fmt, vs)) for k, vs in c["records"].items()]))
-    print(_table(("metric (last / best)", "goal", *head),
-                 [(k, _fmt(c["goals"][k]), *[_fmt(a) if c["goals"][k] is None else f"{_fmt(a)} / {_fmt(b)}" for a, b in vs])
-                  for k, vs in c["metrics"].items()]))
+    print(compare_text(runs, compare_runs(runs, goals)))
 
+# %% ../nbs/07_cli.ipynb #b5dd17d1
 def _open_file(path) -> str|None:
     "Open `path` in the desktop's viewer; why not, when there is no display."
     import shutil
@@ -211,24 +147,17 @@ def cmd_runs_plot(args):
     print(out)
     if args.show and (why := _open_file(out)): print(f"mlkit runs plot: not opened: {why}", file=sys.stderr)
 
-
 # %% ../nbs/07_cli.ipynb #b8d4f2e1
 _SIGNAL_STATUS = {"SIGINT": 130, "SIGHUP": 129, "SIGTERM": 143}  # 128 + the signal's number, as a shell reports
 
-def params_table(params:dict) -> str:
-    "The table `mlkit run NOTEBOOK --help` prints: name, type, default and help of each parameter."
-    return _table(("parameter", "type", "default", "help"),
-                  [(p.name, p.type_name, repr(p.default) if p.literal else p.default, p.help) for p in params.values()])
-
 def _run_help(args, parser) -> None:
+    "`mlkit run [NOTEBOOK] --help`: the options, then the notebook's parameters."
     parser.print_help()
     if not args.notebook: return
     from mlkit.params import notebook_parameters, read_notebook
-    params = notebook_parameters(read_notebook(args.notebook, validate=False))
-    print(f"\n{args.notebook}: " + ("no parameters (no cell is tagged 'parameters')" if params is None else
-                                   "no parameters in its 'parameters' cell" if not params else
-                                   "parameters (-p NAME VALUE)\n" + params_table(params)))
+    print(params_help(args.notebook, notebook_parameters(read_notebook(args.notebook, validate=False))))
 
+# %% ../nbs/07_cli.ipynb #7a38cf5d
 def _yaml_mapping(text:str, what:str) -> dict:
     "The YAML mapping of parameter names to values in `text` (-y, -b), read as -f's file is; a one-line error if not one."
     from mlkit.params import ParameterError, parse_value
@@ -247,6 +176,7 @@ def _base64_yaml(text:str) -> dict:
         raise MlkitError(f"-b takes base64 of a YAML mapping (base64 -w0 params.yaml), got {text[:40]!r}: {e}") from None
     return _yaml_mapping(decoded, "-b's YAML")
 
+# %% ../nbs/07_cli.ipynb #0d74457f
 def _params_args(args) -> dict:
     "The parameters in papermill's order: each -b (base64 YAML), each -f (a YAML file), each -y (YAML), -p (YAML), -r (text)."
     from mlkit.params import CliText, read_params_file
@@ -272,6 +202,7 @@ def _papermill_kwargs(args) -> dict:
              "start_timeout": args.start_timeout, "stdout_file": args.stdout_file, "stderr_file": args.stderr_file}
     return {**{k: v for k, v in given.items() if v is not None}, "report_mode": args.report_mode, "quiet": args.quiet}
 
+# %% ../nbs/07_cli.ipynb #84140918
 def cmd_run(args) -> int:
     "`mlkit run NOTEBOOK [OUTPUT] -p NAME VALUE...`: the notebook as a tracked, headless run (`run_notebook`)."
     if args.help: return _run_help(args, args.run_parser)
@@ -294,79 +225,56 @@ def cmd_run(args) -> int:
         return 0
     return _run_outcome(r)
 
+# %% ../nbs/07_cli.ipynb #dcbb2704
 def cmd_rerun(args) -> int:
     "`mlkit rerun RUN`: a recorded run's notebook again, with its parameters (and any `-p` overrides)."
     from mlkit.rerun import rerun
     return _run_outcome(rerun(args.run, _params_args(args), name=args.name, cell_timeout=args.cell_timeout,
                               runs_dir=args.runs_dir, **_papermill_kwargs(args)))
 
+# %% ../nbs/07_cli.ipynb #666a657d
 _SWEEP_VIEWS = ("status", "best", "plot", "dashboard", "add", "stop")
 
 def _sweep_ls(args) -> int:
     "`mlkit sweep ls`: the sweeps of the runs folder, or of --storage."
     from mlkit.sweep_report import list_sweeps
-    rows = list_sweeps(args.runs_dir, args.storage)
-    print(_table(("sweep", "done", "best", "last activity"), rows) if rows else "no sweeps")
+    print(sweeps_table(list_sweeps(args.runs_dir, args.storage)))
     return 0
 
-def _serve_dashboard(study, spec:dict, host:str, port:int):
-    "`mlkit sweep dashboard NAME`: optuna-dashboard on the sweep's storage until Ctrl-C (which ends it with status 0)."
-    from mlkit.sweep_report import dashboard_server
-    server = dashboard_server(study, spec, host, port)
-    if host not in ("127.0.0.1", "localhost", "::1"):  # said before the URL, which a script may wait for
-        print(f"mlkit sweep: warning: the dashboard listens on {host} with no login; anyone who reaches it can read the "
-              "sweep and change its trials' notes", file=sys.stderr, flush=True)
-    print(f"optuna-dashboard of sweep {study.study_name}: {server.url}  (Ctrl-C stops it)", flush=True)
-    try: server.serve_forever()
-    except KeyboardInterrupt: print("mlkit sweep: dashboard stopped", file=sys.stderr)
-    finally: server.server_close()
+def _sweep_view(args) -> int:
+    "`mlkit sweep status|best|plot|dashboard|add|stop NAME`."
+    from mlkit.sweep_report import (add_trial, best_text, load_sweep, plot_sweep, serve_dashboard, status_table,
+                                    stop_sweep)
+    from mlkit.sweep_workers import point_text
+    from mlkit.sweep_storage import sweep_folder
+    study, spec = load_sweep(args.sweep_name, args.storage, args.runs_dir)
+    if args.target == "status": print(status_table(study, spec))
+    elif args.target == "best": print(best_text(study, spec))
+    elif args.target == "add":
+        print(f"sweep {study.study_name}: queued a trial with {point_text(add_trial(study, spec, args.param or []))}; "
+              "it runs first when the sweep runs (mlkit sweep SPEC)")
+    elif args.target == "stop":
+        stop_sweep(study)
+        print(f"sweep {study.study_name}: stopping: its running trials finish, none starts; the same "
+              "'mlkit sweep SPEC' resumes it")
+    elif args.target == "plot":
+        for path in plot_sweep(study, args.output or sweep_folder(args.sweep_name, args.runs_dir)): print(path)
+    if args.target == "dashboard": serve_dashboard(study, spec, args.host, args.port)
+    return 0
 
-def _secrets_off_argv(params:list) -> dict|None:
-    "`mlkit sweep -p`: this command again (exec: the same process) with the -p values in its environment, not its argv."
-    from mlkit.sweep_workers import SECRET_ENV
-    if not params: return None
-    names = [k for k, _ in params]
-    if bad := [k for k in names if not k.isidentifier()]: raise MlkitError(f"-p {bad[0]}: not a parameter name")
-    if twice := [k for i, k in enumerate(names) if k in names[:i]]: raise MlkitError(f"-p {twice[0]} is given twice")
-    argv, rest, taken, i = sys.argv[1:], [], [], 0
-    while i < len(argv):
-        if (argv[i] == "-p" or len(argv[i]) > 2 and "--param".startswith(argv[i])) and i + 2 < len(argv):  # --par: argparse's
-            taken.append([argv[i + 1], argv[i + 2]])
-            i += 3
-        else: rest, i = [*rest, argv[i]], i + 1
-    if taken != [list(p) for p in params] or not os.path.isfile(sys.argv[0]):  # called with another argv (tests): no exec
-        return dict(params)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, sys.argv[0], *rest], {**os.environ, **{SECRET_ENV + k: v for k, v in params}})
-
+# %% ../nbs/07_cli.ipynb #a7d258d8
 def cmd_sweep(args) -> int:
     "`mlkit sweep SPEC`, `mlkit sweep status|best|plot|add|stop NAME` or `mlkit sweep ls`: run, look at, change sweeps."
     if args.target == "ls" and not args.sweep_name: return _sweep_ls(args)
     if args.param and args.target in (*_SWEEP_VIEWS, "ls") and args.target != "add":
         raise MlkitError("-p goes with mlkit sweep SPEC (values kept out of every record) or mlkit sweep add NAME")
-    if args.target in _SWEEP_VIEWS and args.sweep_name:
-        from mlkit.sweep_report import add_trial, best_text, load_sweep, plot_sweep, status_table, stop_sweep
-        from mlkit.sweep_workers import point_text
-        from mlkit.sweep_storage import sweep_folder
-        study, spec = load_sweep(args.sweep_name, args.storage, args.runs_dir)
-        if args.target == "status": print(status_table(study, spec))
-        elif args.target == "best": print(best_text(study, spec))
-        elif args.target == "add":
-            print(f"sweep {study.study_name}: queued a trial with {point_text(add_trial(study, spec, args.param or []))}; "
-                  "it runs first when the sweep runs (mlkit sweep SPEC)")
-        elif args.target == "stop":
-            stop_sweep(study)
-            print(f"sweep {study.study_name}: stopping: its running trials finish, none starts; the same "
-                  "'mlkit sweep SPEC' resumes it")
-        elif args.target == "plot":
-            for path in plot_sweep(study, args.output or sweep_folder(args.sweep_name, args.runs_dir)): print(path)
-        if args.target == "dashboard": _serve_dashboard(study, spec, args.host, args.port)
-        return 0
+    if args.target in _SWEEP_VIEWS and args.sweep_name: return _sweep_view(args)
     if args.target in _SWEEP_VIEWS: raise MlkitError(f"which sweep? mlkit sweep {args.target} NAME")
     if args.sweep_name: raise MlkitError(f"mlkit sweep takes one spec; got {args.target} and {args.sweep_name}")
     from mlkit.sweep import sweep
-    given = _secrets_off_argv(args.param or [])
+    from mlkit.sweep_report import best_text, sweep_outcome
+    from mlkit.sweep_workers import secrets_off_argv
+    given = secrets_off_argv(args.param or [])
     r = sweep(args.target, workers=args.workers, gpus_per_trial=args.gpus_per_trial, storage=args.storage,
               n_trials=args.n_trials, runs_dir=args.runs_dir, params=given, timeout=args.timeout,
               cell_timeout=args.cell_timeout, nproc=args.nproc)
@@ -374,30 +282,13 @@ def cmd_sweep(args) -> int:
         print(f"mlkit sweep: {r.name} interrupted ({r.interrupted}) with {r.done} of {r.n_trials} trials done; "
               "the same command continues it", file=sys.stderr)
         return _SIGNAL_STATUS.get(r.interrupted, 130)
-    if r.stopped:
-        print(f"mlkit sweep: {r.name} stopped (mlkit sweep stop) with {r.done} of {r.n_trials} trials done; "
-              "the same command resumes it", file=sys.stderr)
-        return 1
-    if r.missing or r.untried:
-        from mlkit.sweep_workers import point_text
-        print(f"mlkit sweep: {r.name} {'reached its timeout' if r.timed_out else 'ended'} with {r.done} of {r.n_trials} "
-              f"grid points done; {'missing: ' if r.missing else ''}" +
-              ", ".join(map(point_text, r.missing[:20])) + (" ..." if len(r.missing) > 20 else "") +
-              (f"{' and ' if r.missing else ''}{r.untried} not yet tried" if r.untried else "") +
-              f" ('mlkit sweep status {r.name}' says why); the same command retries them", file=sys.stderr)
-        return 1
-    if r.timed_out:
-        print(f"mlkit sweep: {r.name} reached its timeout with {r.done} of {r.n_trials} trials done; no trial starts after "
-              "it (running ones finish); the same command continues it", file=sys.stderr)
-        if not any(t.state.name == "COMPLETE" for t in r.study.get_trials(deepcopy=False)): return 0
-    elif r.done < r.n_trials:
-        print(f"mlkit sweep: {r.name} ended with {r.done} of {r.n_trials} trials done (the workers said why, above); "
-              f"'mlkit sweep status {r.name}' lists them", file=sys.stderr)
-        return 1
-    from mlkit.sweep_report import best_text
+    message, status = sweep_outcome(r)
+    if message: print(message, file=sys.stderr)
+    if status is not None: return status
     print(f"sweep {r.name}: {r.done} trials done\n" + best_text(r.study, r.study.user_attrs.get("mlkit.spec") or {}))
     return 0
 
+# %% ../nbs/07_cli.ipynb #300fc30e
 def cmd_new(args) -> int:
     "`mlkit new PATH`: a new project from this template (`new_project`)."
     from mlkit.new import new_project
@@ -406,6 +297,7 @@ def cmd_new(args) -> int:
                 lock=not args.no_lock)
     return 0
 
+# %% ../nbs/07_cli.ipynb #0e5d17e2
 def _run_outcome(r) -> int:
     "Print how a run ended; its exit status: the run's, even when the reader of its output has gone (`| head`)."
     try: return _say_outcome(r)
@@ -414,17 +306,11 @@ def _run_outcome(r) -> int:
         return 0 if r.status in ("finished", "prepared") else 1
 
 def _say_outcome(r) -> int:
-    "Print how a run ended (finished: where, and its recorded values; else its status and error); its exit status."
-    if r.status == "finished":
-        print(f"run {r.id} finished in {_duration(r.meta.get('duration_s'))}: {r.path}")
-        for k, v in r.records.items(): print(f"  {k:18s} {_fmt(v)}")
-        sys.stdout.flush()  # a reader gone early shows up here
+    "Print how a run ended (`outcome_text`: on stdout when it finished or was prepared, else on stderr); its exit status."
+    if r.status in ("finished", "prepared"):
+        print(outcome_text(r), flush=True)  # a reader gone early shows up here
         return 0
-    if r.status == "prepared":  # --prepare-only, as papermill's: the parameterized notebook, not executed
-        print(f"run {r.id} prepared, not executed: {r.path/'notebook.ipynb'}", flush=True)
-        return 0
-    print(f"mlkit run: run {r.id} {r.status}: {r.meta.get('error')}\n  the executed notebook: {r.path/'notebook.ipynb'}",
-          file=sys.stderr)
+    print(outcome_text(r), file=sys.stderr)
     return _SIGNAL_STATUS.get(str(r.meta.get("error")).split(" ")[0], 130) if r.status == "interrupted" else 1
 
 # %% ../nbs/07_cli.ipynb #5e1c0a72
@@ -441,6 +327,7 @@ class _Refused(argparse.Action):
     def __call__(self, parser, namespace, values, option_string=None):
         if not namespace.refused: namespace.refused = f"papermill's {option_string}: {self.help}"
 
+# %% ../nbs/07_cli.ipynb #fc41e2af
 _REFUSED = [  # papermill's options that mlkit answers another way: (flags, metavar or None for a flag, mlkit's way)
     (("--engine",), "NAME", "mlkit runs with papermill's nbclient engine; for several processes use --nproc N"),
     (("-l", "--language"), "LANG", "mlkit runs Python notebooks; -k/--kernel names the kernel"),
@@ -456,6 +343,7 @@ _REFUSED = [  # papermill's options that mlkit answers another way: (flags, meta
     (("--version",), None, "'pip show mlkit' says mlkit's version; each run's meta.json records the versions it ran with"),
 ]
 
+# %% ../nbs/07_cli.ipynb #b8035a25
 def _papermill_options(p:argparse.ArgumentParser, run:bool):
     "Add papermill's options to `mlkit run` (`run`) or `mlkit rerun`'s parser, with papermill's meaning."
     g = p.add_argument_group("papermill's options", "papermill's flags, meaning what they mean there")
@@ -478,6 +366,12 @@ def _papermill_options(p:argparse.ArgumentParser, run:bool):
                    help="no cell output, progress or traceback in the terminal: the outcome only")
     g.add_argument("--log-output", dest="quiet", action="store_false", help="the cells' output in the terminal (the default)")
     if not run: return
+    _papermill_run_options(g)
+    _refused_options(p)
+
+# %% ../nbs/07_cli.ipynb #408a3b2e
+def _papermill_run_options(g):
+    "The papermill options of `mlkit run` alone: --prepare-only, -y, -b, -r, and the accepted ones."
     g.add_argument("--prepare-only", action="store_true",
                    help="write the parameterized notebook into a run folder marked 'prepared'; execute nothing")
     g.add_argument("--prepare-execute", dest="prepare_only", action="store_false", help="execute it (the default)")
@@ -491,22 +385,17 @@ def _papermill_options(p:argparse.ArgumentParser, run:bool):
                    help="accepted: mlkit prints a line as each cell starts, never a bar (--quiet hides them)")
     g.add_argument("--request-save-on-cell-execute", action="store_true",
                    help="accepted: mlkit saves the executed notebook after each cell (the default)")
+
+def _refused_options(p:argparse.ArgumentParser):
+    "papermill's options that mlkit answers another way, each refused in one line."
     r = p.add_argument_group("papermill's options mlkit answers another way", "each is refused in one line that says how")
     for flags, metavar, how in _REFUSED:
         r.add_argument(*flags, dest="refused", action=_Refused, nargs=None if metavar else 0, metavar=metavar, help=how)
     p.set_defaults(refused=None)
 
-# %% ../nbs/07_cli.ipynb #12269740
-def parser() -> argparse.ArgumentParser:
-    "The `mlkit` command's argument parser: one subcommand per `cmd_*` function."
-    p = argparse.ArgumentParser(prog="mlkit", description="Notebook-first, reproducible ML projects.")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    g = sub.add_parser("gpus", help="list GPUs with memory, utilisation and who holds each lock",
-                       description="The GPUs this process can see, their memory and utilisation, and who holds "
-                                   "each mlkit GPU lock (MLKIT_LOCK_DIR).")
-    g.add_argument("--json", action="store_true", help="print JSON records instead of a table")
-    g.set_defaults(func=cmd_gpus)
-
+# %% ../nbs/07_cli.ipynb #5f6487fe
+def _runs_parser(sub):
+    "`mlkit runs ls|show|compare|plot`."
     runs = sub.add_parser("runs", help="list, show, compare and plot tracked runs",
                           description="Runs recorded by mlkit.track.LocalTracker under the runs folder.")
     rsub = runs.add_subparsers(dest="runs_command", metavar="SUBCOMMAND", required=True)
@@ -516,6 +405,23 @@ def parser() -> argparse.ArgumentParser:
     goal = argparse.ArgumentParser(add_help=False)
     goal.add_argument("--goal", action="append", metavar="METRIC:min|max",
                       help="whether a lower (min) or higher (max) METRIC is best, for metrics mlkit cannot tell (repeatable)")
+    _runs_ls_parser(rsub, root)
+    show = rsub.add_parser("show", parents=[root, goal], help="one run: metadata, parameters, metrics, artifacts")
+    show.add_argument("run", help="run id, unique prefix, or name")
+    show.set_defaults(func=cmd_runs_show)
+    cmp = rsub.add_parser("compare", parents=[root, goal], help="parameters that differ and metrics side by side")
+    cmp.add_argument("runs", nargs="+", metavar="RUN")
+    cmp.set_defaults(func=cmd_runs_compare)
+    plot = rsub.add_parser("plot", parents=[root], help="learning curves of a metric to a PNG")
+    plot.add_argument("runs", nargs="+", metavar="RUN")
+    plot.add_argument("--metric", required=True, help="the metric to plot, e.g. valid_loss")
+    plot.add_argument("-o", "--output", help="the PNG to write (default: _plots/METRIC-SHORTIDS.png in the runs folder)")
+    plot.add_argument("--show", action="store_true", help="also open the PNG in the desktop's viewer, where there is a display")
+    plot.set_defaults(func=cmd_runs_plot)
+
+# %% ../nbs/07_cli.ipynb #21f9f186
+def _runs_ls_parser(rsub, root):
+    "`mlkit runs ls`: its filters, sort, limit and columns."
     ls = rsub.add_parser("ls", parents=[root], help="a table of runs")
     ls.add_argument("--status", help="only runs with this status (running, finished, failed, interrupted, pruned, prepared, "
                                      "stale, broken)")
@@ -533,19 +439,10 @@ def parser() -> argparse.ArgumentParser:
                     help="the parameters, recorded values and metrics to show (default: every parameter that varies, "
                          "the recorded values, three metrics)")
     ls.set_defaults(func=cmd_runs_ls)
-    show = rsub.add_parser("show", parents=[root, goal], help="one run: metadata, parameters, metrics, artifacts")
-    show.add_argument("run", help="run id, unique prefix, or name")
-    show.set_defaults(func=cmd_runs_show)
-    cmp = rsub.add_parser("compare", parents=[root, goal], help="parameters that differ and metrics side by side")
-    cmp.add_argument("runs", nargs="+", metavar="RUN")
-    cmp.set_defaults(func=cmd_runs_compare)
-    plot = rsub.add_parser("plot", parents=[root], help="learning curves of a metric to a PNG")
-    plot.add_argument("runs", nargs="+", metavar="RUN")
-    plot.add_argument("--metric", required=True, help="the metric to plot, e.g. valid_loss")
-    plot.add_argument("-o", "--output", help="the PNG to write (default: _plots/METRIC-SHORTIDS.png in the runs folder)")
-    plot.add_argument("--show", action="store_true", help="also open the PNG in the desktop's viewer, where there is a display")
-    plot.set_defaults(func=cmd_runs_plot)
 
+# %% ../nbs/07_cli.ipynb #4dfdadff
+def _run_parser(sub):
+    "`mlkit run NOTEBOOK`: mlkit's options, then papermill's."
     run = sub.add_parser("run", add_help=False, help="execute a notebook as a tracked run, with parameters",
                          usage="mlkit run NOTEBOOK [OUTPUT] [-p NAME VALUE]... [-f params.yaml] [options]",
                          description="Execute NOTEBOOK with papermill as a run under the runs folder. "
@@ -570,6 +467,9 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--rdzv-endpoint", metavar="HOST:PORT", help="with --nproc: where the machines meet (node 0's)")
     _papermill_options(run, run=True)
     run.set_defaults(func=cmd_run, run_parser=run)
+
+def _rerun_parser(sub):
+    "`mlkit rerun RUN`."
     again = sub.add_parser("rerun", help="run a recorded run's notebook again, with its parameters",
                            description="Execute the notebook of a recorded run again with the parameters it ran with "
                                        "(-p changes some) as a new run; says first whether code and environment match.")
@@ -582,6 +482,9 @@ def parser() -> argparse.ArgumentParser:
     _papermill_options(again, run=False)
     again.set_defaults(func=cmd_rerun)
 
+# %% ../nbs/07_cli.ipynb #02c837fc
+def _sweep_parser(sub):
+    "`mlkit sweep SPEC` and `mlkit sweep status|best|plot|dashboard|add|stop|ls`."
     sw = sub.add_parser("sweep", help="search a notebook's parameters with Optuna: run, status, best, plot, add, stop, ls, "
                         "dashboard",
                         usage="mlkit sweep SPEC.yaml [--workers N] [--gpus-per-trial K] [--storage URL] [--n-trials N]\n"
@@ -617,6 +520,9 @@ def parser() -> argparse.ArgumentParser:
     sw.add_argument("--port", type=int, default=8080, help="with dashboard: the port (default 8080; 0: any free port)")
     sw.set_defaults(func=cmd_sweep)
 
+# %% ../nbs/07_cli.ipynb #0ccaf1e4
+def _new_parser(sub):
+    "`mlkit new PATH`."
     new = sub.add_parser("new", help="start a new notebook-first project from mlkit's template",
                          description="Make PATH a new project with mlkit's layout and way of working: nbs/ exported "
                                      "to its package and tested, pinned locks, clean notebooks in git, mlkit run and "
@@ -637,8 +543,21 @@ def parser() -> argparse.ArgumentParser:
     new.add_argument("--force", action="store_true",
                      help="write into a non-empty folder: adds the template's files that are missing, replaces none")
     new.set_defaults(func=cmd_new)
+
+# %% ../nbs/07_cli.ipynb #aa9d449b
+def parser() -> argparse.ArgumentParser:
+    "The `mlkit` command's argument parser: one subcommand per `cmd_*` function."
+    p = argparse.ArgumentParser(prog="mlkit", description="Notebook-first, reproducible ML projects.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    g = sub.add_parser("gpus", help="list GPUs with memory, utilisation and who holds each lock",
+                       description="The GPUs this process can see, their memory and utilisation, and who holds "
+                                   "each mlkit GPU lock (MLKIT_LOCK_DIR).")
+    g.add_argument("--json", action="store_true", help="print JSON records instead of a table")
+    g.set_defaults(func=cmd_gpus)
+    for add in (_runs_parser, _run_parser, _rerun_parser, _sweep_parser, _new_parser): add(sub)
     return p
 
+# %% ../nbs/07_cli.ipynb #e4e3da12
 def main(argv:list[str]|None=None) -> int:
     "Entry point of the `mlkit` command."
     for name in ("stdout", "stderr"):  # `mlkit run NB 2>&-`: a closed stream is Python's None; the run must not mind
@@ -670,6 +589,7 @@ def main(argv:list[str]|None=None) -> int:
     _drop_gone_streams()
     return rc or 0
 
+# %% ../nbs/07_cli.ipynb #94343c72
 def _drop_gone_streams():
     "Point a stdout or stderr whose reader has gone at /dev/null, so that Python's own flush at exit cannot fail (120)."
     for stream in (sys.stdout, sys.stderr):

@@ -80,6 +80,7 @@ class SweepResult:
     untried: int = 0 # a grid's points not tried yet
     stopped: bool = False # `mlkit sweep stop` stopped it
 
+
 # %% ../nbs/12_sweep.ipynb #3e4447ec
 def _fd(stream):
     "`stream` for a child process to write to: itself if it has a file descriptor, else None (the child inherits ours)."

@@ -9,21 +9,22 @@ import json
 import os
 import shlex
 import socket
+import sys
 from pathlib import Path
 
 from .core import MlkitError
 from .runmeta import strip_url_credentials
 from .sweep_storage import (GIVEN_ATTR, JOURNAL, N_TRIALS_ATTR, RUN_ATTR, SPEC_ATTR, STOP_ATTR, SWEEPS, _point,
                                  _queue, _quiet, open_storage, sweep_folder)
-from .sweep_workers import (STORAGE_ENV, _hush_experimental, _pruned_text, done_count, failure_reason,
-                                 missing_points, point_text, trial_state)
+from .sweep_workers import (STORAGE_ENV, _hush_experimental, cli_text, done_count, failure_reason, missing_points,
+                                 point_text, pruned_text, str_params, trial_state)
+from .tables import fmt, table
 from .sweep_spec import _is_number, _not_applying, from_optuna, grid_values, to_optuna, trial_params
-from .sweep_workers import _cli_text, _str_params
 
 
 # %% auto #0
 __all__ = ['PLOTS', 'DASHBOARD_EXTRA', 'load_sweep', 'status_table', 'best_text', 'add_trial', 'stop_sweep', 'list_sweeps',
-           'plot_sweep', 'dashboard_server']
+           'plot_sweep', 'sweep_outcome', 'dashboard_server', 'serve_dashboard']
 
 # %% ../nbs/12e_sweep_report.ipynb #19269549
 def load_sweep(name:str, # The sweep's name (its spec's `name`)
@@ -43,6 +44,7 @@ def load_sweep(name:str, # The sweep's name (its spec's `name`)
         raise MlkitError(f"no sweep {name!r} in {strip_url_credentials(storage) if storage else folder/JOURNAL}") from None
     return study, study.user_attrs.get(SPEC_ATTR) or {}
 
+# %% ../nbs/12e_sweep_report.ipynb #65001ce9
 def _duration(t) -> str:
     if t.datetime_start is None: return "-"
     from datetime import datetime
@@ -54,34 +56,44 @@ def _metric_names(spec:dict) -> list[str]:
     metric = spec.get("metric", "value")
     return metric if isinstance(metric, list) else [metric]
 
-def status_table(study, spec:dict) -> str:
+# %% ../nbs/12e_sweep_report.ipynb #d69ef9e1
+def _status_row(t, names:list, metrics:list, searched:dict) -> tuple:
+    "Trial `t`'s row of `status_table`."
+    state = trial_state(t)
+    retry = (t.system_attrs.get("retry_history") or [None])[-1]  # the trial it runs again
+    note = failure_reason(t) or (f"retry of trial {retry}" if retry is not None else "")
+    if state == "pruned": note = f"pruned {pruned_text(t)}"
+    values = [fmt(v) if state != "pruned" else "-" for v in t.values or [None] * len(metrics)]  # pruned: last report
+    params = {k: from_optuna(searched[k], v) if k in searched else v for k, v in _point(t).items()}  # a queued one's too
+    return (t.number, state, *values, *[fmt(params.get(k)) for k in names], _duration(t),
+            t.user_attrs.get(RUN_ATTR, "-"), note[:160])
+
+def _missing_text(trials, params:dict) -> str:
+    "The lines under a grid's table: its points that failed and are not yet done, and those not yet tried."
+    missing, untried = missing_points(trials, params)
+    return "".join(f"\n{what}: " + ", ".join(map(point_text, points[:20])) + (" ..." * (len(points) > 20))
+                   for what, points in (("failed, not yet done", missing), ("not yet tried", untried)) if points)
+
+# %% ../nbs/12e_sweep_report.ipynb #5dd6e284
+def status_table(study, # The sweep's study (`load_sweep`)
+                 spec:dict, # Its stored spec (`load_sweep`)
+                ) -> str:
     "The `mlkit sweep status` table: each trial's number, state, value, parameters, duration, run and note."
-    from mlkit.tables import _fmt, _table
     trials = study.get_trials(deepcopy=False)
     if not trials: return "no trials yet"
     names = list(spec.get("params") or dict.fromkeys(k for t in trials for k in t.params))
     metrics, searched = _metric_names(spec), spec.get("params") or {}
-    rows = []
-    for t in trials:
-        state = trial_state(t)
-        retry = (t.system_attrs.get("retry_history") or [None])[-1]  # the trial it runs again
-        note = failure_reason(t) or (f"retry of trial {retry}" if retry is not None else "")
-        if state == "pruned": note = f"pruned {_pruned_text(t)}"
-        values = [_fmt(v) if state != "pruned" else "-" for v in t.values or [None] * len(metrics)]  # pruned: last report
-        params = {k: from_optuna(searched[k], v) if k in searched else v for k, v in _point(t).items()}  # a queued one's too
-        rows.append((t.number, state, *values, *[_fmt(params.get(k)) for k in names], _duration(t),
-                     t.user_attrs.get(RUN_ATTR, "-"), note[:160]))
+    rows = [_status_row(t, names, metrics, searched) for t in trials]
     grid = spec.get("method") == "grid" and spec.get("params")
     done = done_count(trials, bool(grid))
     goals = ", ".join(f"{m} ({d.name.lower()})" for m, d in zip(metrics, study.directions, strict=False))
     head = (f"sweep {study.study_name}: {goals}, {done} {'point(s)' if grid else 'trial(s)'} done" +
             (" (stopped: mlkit sweep stop)" if study.user_attrs.get(STOP_ATTR) else "") + "\n")
-    table = _table(("trial", "state", *metrics, *names, "duration", "run", "note"), rows)
-    if not grid: return head + table
-    missing, untried = missing_points(trials, spec["params"])
-    return head + table + "".join(f"\n{what}: " + ", ".join(map(point_text, points[:20])) + (" ..." * (len(points) > 20))
-                                  for what, points in (("failed, not yet done", missing), ("not yet tried", untried)) if points)
+    listed = table(("trial", "state", *metrics, *names, "duration", "run", "note"), rows)
+    if not grid: return head + listed
+    return head + listed + _missing_text(trials, spec["params"])
 
+# %% ../nbs/12e_sweep_report.ipynb #b181c141
 def _secret_names(params:dict, given) -> list:
     "The parameters whose values the sweep does not keep: kept as *** (see Secrets), or given with -p."
     secret = [k for k, v in params.items() if '"***"' in json.dumps(v)]
@@ -98,24 +110,30 @@ def _command(t, spec:dict, strs:set, given=()) -> str:
     notebook = spec.get("notebook_path") or spec.get("notebook", "NOTEBOOK")
     secret = _secret_names(params, given)
     return " ".join(["mlkit run", shlex.quote(notebook),
-                     *(f"-p {k} {shlex.quote(_cli_text(v, k in strs))}" for k, v in params.items() if k not in secret),
+                     *(f"-p {k} {shlex.quote(cli_text(v, k in strs))}" for k, v in params.items() if k not in secret),
                      *(f"-p {k} VALUE" for k in secret)])
 
-def best_text(study, spec:dict) -> str:
+# %% ../nbs/12e_sweep_report.ipynb #cb8344aa
+def _pareto_text(study, spec:dict, metrics:list, strs:set, given) -> str:
+    "`best_text` for several metrics: the Pareto front's trials and a command for each."
+    front = sorted(study.best_trials, key=lambda t: t.number)
+    if not front: raise MlkitError(f"sweep {study.study_name} has no finished trial yet")
+    names = list(dict.fromkeys(k for t in front for k in t.params))
+    rows = [(t.number, *map(fmt, t.values), *[fmt(trial_params(t, spec.get("params") or {}).get(k)) for k in names],
+             t.user_attrs.get(RUN_ATTR, "-")) for t in front]
+    goals = ", ".join(f"{m} ({d.name.lower()})" for m, d in zip(metrics, study.directions, strict=False))
+    return "\n".join([f"pareto front of sweep {study.study_name}: {len(front)} trial(s), none better in every metric: "
+                      f"{goals}", table(("trial", *metrics, *names, "run"), rows), *_secret_hint(spec, given),
+                      *(f"trial {t.number}: {_command(t, spec, strs, given)}" for t in front)])
+
+# %% ../nbs/12e_sweep_report.ipynb #63ddbf22
+def best_text(study, # The sweep's study (`load_sweep`)
+              spec:dict, # Its stored spec (`load_sweep`)
+             ) -> str:
     "The `mlkit sweep best` text: the best trial (or the Pareto front of several metrics) and `mlkit run` commands."
-    from mlkit.tables import _fmt, _table
-    metrics, strs = _metric_names(spec), _str_params(spec.get("notebook_path") or spec.get("notebook", "NOTEBOOK"))
+    metrics, strs = _metric_names(spec), str_params(spec.get("notebook_path") or spec.get("notebook", "NOTEBOOK"))
     given = study.user_attrs.get(GIVEN_ATTR) or []
-    if len(metrics) > 1:
-        front = sorted(study.best_trials, key=lambda t: t.number)
-        if not front: raise MlkitError(f"sweep {study.study_name} has no finished trial yet")
-        names = list(dict.fromkeys(k for t in front for k in t.params))
-        rows = [(t.number, *map(_fmt, t.values), *[_fmt(trial_params(t, spec.get("params") or {}).get(k)) for k in names],
-                 t.user_attrs.get(RUN_ATTR, "-")) for t in front]
-        goals = ", ".join(f"{m} ({d.name.lower()})" for m, d in zip(metrics, study.directions, strict=False))
-        return "\n".join([f"pareto front of sweep {study.study_name}: {len(front)} trial(s), none better in every metric: "
-                          f"{goals}", _table(("trial", *metrics, *names, "run"), rows), *_secret_hint(spec, given),
-                          *(f"trial {t.number}: {_command(t, spec, strs, given)}" for t in front)])
+    if len(metrics) > 1: return _pareto_text(study, spec, metrics, strs, given)
     try: t = study.best_trial
     except ValueError: raise MlkitError(f"sweep {study.study_name} has no finished trial yet") from None
     lines = [f"best trial {t.number}: {metrics[0]} {t.value:.6g}" +
@@ -123,7 +141,6 @@ def best_text(study, spec:dict) -> str:
     lines += [f"  {k:18s} {v}" for k, v in trial_params(t, spec.get("params") or {}).items()]
     return "\n".join([*lines, "repeat it from the project's root with:", *_secret_hint(spec, given),
                       _command(t, spec, strs, given)])
-
 
 # %% ../nbs/12e_sweep_report.ipynb #b3d2f1a0
 def _from_root(path:str) -> Path:
@@ -139,6 +156,7 @@ def _outside(v, p:dict, grid:bool) -> str|None:
     if grid and v not in grid_values(p): return "not a point of the grid"
     return None
 
+# %% ../nbs/12e_sweep_report.ipynb #9681bbeb
 def add_trial(study, spec:dict, # `load_sweep`'s
               given:list, # (name, text) pairs, as `-p NAME VALUE` gives them
              ) -> dict:
@@ -163,12 +181,14 @@ def add_trial(study, spec:dict, # `load_sweep`'s
     _queue(study, {k: to_optuna(params[k], v) for k, v in point.items()})  # runs first, even in a sweep that has its n_trials
     return point
 
+# %% ../nbs/12e_sweep_report.ipynb #80aa307c
 def stop_sweep(study) -> None:
     "Mark the sweep stopped: its workers start no new trial, their running ones finish; its next start clears the mark."
     from datetime import UTC, datetime
     study.set_user_attr(STOP_ATTR, {"at": datetime.now(UTC).isoformat(timespec="seconds"),
                                     "host": socket.gethostname()})
 
+# %% ../nbs/12e_sweep_report.ipynb #80832565
 def _sweep_row(study) -> tuple:
     "(name, done/total, best, last activity) of a sweep's study, for `mlkit sweep ls`."
     trials = study.get_trials(deepcopy=False)
@@ -198,7 +218,6 @@ def list_sweeps(runs_dir:str|Path|None=None, # The runs folder; `mlkit.core.runs
         except KeyError: continue  # a journal without its study: not a sweep
     return rows
 
-
 # %% ../nbs/12e_sweep_report.ipynb #66c9e763
 PLOTS = {"history": "plot_optimization_history", "parallel": "plot_parallel_coordinate", "importance": "plot_param_importances"}
 
@@ -216,6 +235,7 @@ def _plots(study, complete:list, metrics:list[str]) -> list[tuple]:
         out.append(("intermediate", "plot_intermediate_values", {}))
     return out
 
+# %% ../nbs/12e_sweep_report.ipynb #73f3fb62
 def plot_sweep(study, # The sweep's study (`load_sweep`)
                folder:str|Path, # Where the PNG files go
               ) -> list[Path]:
@@ -244,6 +264,27 @@ def plot_sweep(study, # The sweep's study (`load_sweep`)
         written.append(path)
     return written
 
+# %% ../nbs/12e_sweep_report.ipynb #352ddc6a
+def sweep_outcome(r, # What `mlkit.sweep.sweep` returned, not interrupted
+                 ) -> tuple[str|None, int|None]:
+    "(the line `mlkit sweep SPEC` ends with on stderr, its exit status); None for the status: print the best trial."
+    if r.stopped:
+        return (f"mlkit sweep: {r.name} stopped (mlkit sweep stop) with {r.done} of {r.n_trials} trials done; "
+                "the same command resumes it"), 1
+    if r.missing or r.untried:
+        return (f"mlkit sweep: {r.name} {'reached its timeout' if r.timed_out else 'ended'} with {r.done} of {r.n_trials} "
+                f"grid points done; {'missing: ' if r.missing else ''}" +
+                ", ".join(map(point_text, r.missing[:20])) + (" ..." if len(r.missing) > 20 else "") +
+                (f"{' and ' if r.missing else ''}{r.untried} not yet tried" if r.untried else "") +
+                f" ('mlkit sweep status {r.name}' says why); the same command retries them"), 1
+    if r.timed_out:
+        finished = any(t.state.name == "COMPLETE" for t in r.study.get_trials(deepcopy=False))
+        return (f"mlkit sweep: {r.name} reached its timeout with {r.done} of {r.n_trials} trials done; no trial starts after "
+                "it (running ones finish); the same command continues it"), None if finished else 0
+    if r.done < r.n_trials:
+        return (f"mlkit sweep: {r.name} ended with {r.done} of {r.n_trials} trials done (the workers said why, above); "
+                f"'mlkit sweep status {r.name}' lists them"), 1
+    return None, None
 
 # %% ../nbs/12e_sweep_report.ipynb #6cb5d6c5
 DASHBOARD_EXTRA = "pip install 'mlkit[dashboard]'"
@@ -268,3 +309,17 @@ def dashboard_server(study, # The sweep's study (`load_sweep`)
     shown = "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
     server.url = f"http://{shown}:{server.server_port}/dashboard/studies/{study._study_id}"
     return server
+
+# %% ../nbs/12e_sweep_report.ipynb #427d2a70
+def serve_dashboard(study, # The sweep's study (`load_sweep`)
+                    spec:dict, # Its stored spec (`load_sweep`)
+                    host:str="127.0.0.1", port:int=8080):
+    "`mlkit sweep dashboard NAME`: optuna-dashboard on the sweep's storage until Ctrl-C (which ends it with status 0)."
+    server = dashboard_server(study, spec, host, port)
+    if host not in ("127.0.0.1", "localhost", "::1"):  # said before the URL, which a script may wait for
+        print(f"mlkit sweep: warning: the dashboard listens on {host} with no login; anyone who reaches it can read the "
+              "sweep and change its trials' notes", file=sys.stderr, flush=True)
+    print(f"optuna-dashboard of sweep {study.study_name}: {server.url}  (Ctrl-C stops it)", flush=True)
+    try: server.serve_forever()
+    except KeyboardInterrupt: print("mlkit sweep: dashboard stopped", file=sys.stderr)
+    finally: server.server_close()

@@ -15,6 +15,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from fastcore.basics import patch
+
 from .core import MlkitError
 from .sweep_storage import (DIED_ATTR, ERROR_ATTR, INTERRUPTED_ATTR, OVERHEAD_ATTR, RUN_ATTR, STOP_ATTR,
                                  TrialLost, WATCH_ATTR, WORKER_ATTR, _grid_marks, _key, _load_study, _point, _queue,
@@ -26,8 +28,9 @@ from .sweep_spec import (SpecError, SweepSpec, _in_project, _is_number, _sampler
 # %% auto #0
 __all__ = ['UNCLAIMED_S', 'STORAGE_ENV', 'POLL_S', 'WORKER_SIGNALS', 'SECRET_ENV', 'TrialFailed', 'SweepFailed', 'metric_value',
            'objective_value', 'fail_dead_workers', 'point_text', 'grid_points', 'done_count', 'retry_due', 'requeue',
-           'queue_next', 'missing_points', 'failure_reason', 'trial_state', 'trial_line', 'signals_held', 'is_secret',
-           'secret_env', 'given_secrets', 'hide_secrets', 'check_secrets', 'trial_command']
+           'queue_next', 'missing_points', 'failure_reason', 'pruned_text', 'trial_state', 'trial_line', 'signals_held',
+           'is_secret', 'secret_env', 'given_secrets', 'hide_secrets', 'check_secrets', 'trial_command', 'cli_text',
+           'str_params', 'secrets_off_argv']
 
 # %% ../nbs/12d_sweep_workers.ipynb #1cd30a3a
 class TrialFailed(Exception):
@@ -38,6 +41,7 @@ class TrialFailed(Exception):
 class SweepFailed(MlkitError):
     "Too many of a sweep's trials failed to go on."
 
+# %% ../nbs/12d_sweep_workers.ipynb #6df5c6fc
 def metric_value(run, # A finished `mlkit.runs.Run`
                  name:str) -> float:
     "The sweep metric's value for `run`: the value it recorded under `name`, else the last it logged."
@@ -48,12 +52,14 @@ def metric_value(run, # A finished `mlkit.runs.Run`
     if not _is_number(value): raise TrialFailed(f"run {run.id}: {name} is {value!r}, not a finite number")
     return float(value)
 
+# %% ../nbs/12d_sweep_workers.ipynb #036816d0
 def objective_value(run, # A finished `mlkit.runs.Run`
                     spec:SweepSpec) -> float|tuple:
     "What the trial tells Optuna: the metric's value, or a tuple of the metrics' values when the spec has several."
     values = tuple(metric_value(run, o["name"]) for o in spec.goals())
     return values[0] if len(values) == 1 else values
 
+# %% ../nbs/12d_sweep_workers.ipynb #56adb421
 def _started(pid:int) -> str|None:
     "When process `pid` started (clock ticks since boot, from /proc), so that a reused pid is not taken for it."
     try: return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
@@ -72,6 +78,7 @@ def _trial_run(sweep_name:str, number:int, runs_dir) -> str|None:
     except (MlkitError, OSError): return None
     return found[-1].id if found else None
 
+# %% ../nbs/12d_sweep_workers.ipynb #c64205c3
 def fail_dead_workers(study, storage,
                       runs_dir=None, # Where this host's runs are: a failed trial names its run when it has one
                      ) -> list[int]:
@@ -96,12 +103,12 @@ def fail_dead_workers(study, storage,
         dead.append(t.number)
     return dead
 
-
 # %% ../nbs/12d_sweep_workers.ipynb #a7e1c0de
 def point_text(params:dict) -> str:
     "'i=5 lr=0.01': a point of the search in one word per parameter."
     return " ".join(f"{k}={v}" for k, v in params.items())
 
+# %% ../nbs/12d_sweep_workers.ipynb #f469e9f4
 def grid_points(params:dict, # The spec's params (each with a grid: `grid_values`)
                 sampler=None, # The study's GridSampler: its (seeded) order; else the spec's order
                ) -> list[dict]:
@@ -111,6 +118,7 @@ def grid_points(params:dict, # The spec's params (each with a grid: `grid_values
         return [{k: dict(zip(sampler._param_names, g, strict=True))[k] for k in params} for g in sampler._all_grids]
     return [dict(zip(params, v, strict=True)) for v in itertools.product(*(grid_values(p) for p in params.values()))]
 
+# %% ../nbs/12d_sweep_workers.ipynb #e9ba743f
 def _done_keys(trials) -> set:
     return {_key(t.params) for t in trials if t.state.name in ("COMPLETE", "PRUNED")}
 
@@ -118,16 +126,19 @@ def done_count(trials, grid:bool=False) -> int:
     "How many of `trials` count towards n_trials: finished or pruned ones; for a grid, the distinct points they ran."
     return len(_done_keys(trials)) if grid else sum(t.state.name in ("COMPLETE", "PRUNED") for t in trials)
 
+# %% ../nbs/12d_sweep_workers.ipynb #2744e03d
 def retry_due(t, first:int) -> bool:
     "Whether failed trial `t` runs again now: twice in all in the session its point first ran in, once in each later one."
     chain = [*t.system_attrs.get("retry_history", []), t.number]  # its point's earlier tries, then itself
     return sum(n > first for n in chain) < (2 if chain[0] > first else 1)
 
+# %% ../nbs/12d_sweep_workers.ipynb #c9d115c1
 def requeue(study, t):
     "Queue failed trial `t` again: its parameters, marked as its retry as Optuna's `RetryFailedTrialCallback` marks one."
     history = [*t.system_attrs.get("retry_history", []), t.number]
     _queue(study, _point(t), failed_trial=t.system_attrs.get("failed_trial", t.number), retry_history=history)
 
+# %% ../nbs/12d_sweep_workers.ipynb #8f934d63
 def queue_next(study, spec, trials, first:int) -> bool:
     "Queue what runs next when it is not the sampler's to choose (a due retry; a grid's next point); False: nothing left."
     if waiting := [t for t in trials if t.state.name == "WAITING"]:
@@ -150,6 +161,7 @@ def queue_next(study, spec, trials, first:int) -> bool:
             return True
     return False
 
+# %% ../nbs/12d_sweep_workers.ipynb #87ed88f9
 def missing_points(trials, params:dict, sampler=None) -> tuple[list, list]:
     "A grid's points with no finished or pruned trial: (those that were tried, those never tried)."
     done, tried = _done_keys(trials), {_key(_point(t)) for t in trials if t.state.name != "WAITING"}  # queued: not run
@@ -157,7 +169,6 @@ def missing_points(trials, params:dict, sampler=None) -> tuple[list, list]:
     if not hasattr(sampler, "_all_grids"): points = [{k: to_optuna(params[k], v) for k, v in p.items()} for p in points]
     points = [p for p in points if _key(p) not in done]  # compared as Optuna keeps them (a list choice: its JSON text)
     return [p for p in points if _key(p) in tried], [p for p in points if _key(p) not in tried]
-
 
 # %% ../nbs/12d_sweep_workers.ipynb #c8dc3753
 STORAGE_ENV = "MLKIT_SWEEP_STORAGE"  # --storage's default; how workers get the URL (never on a command line)
@@ -171,6 +182,7 @@ def _derived_seed(*parts) -> int:
     import hashlib
     return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:4], "little")
 
+# %% ../nbs/12d_sweep_workers.ipynb #0305ebed
 def _seeded_by_trial(make, seed:int):
     "The sampler `make(seed)` makes, made afresh before each trial with a seed from (`seed`, the trial's number)."
     import optuna
@@ -186,6 +198,7 @@ def _seeded_by_trial(make, seed:int):
         def reseed_rng(self): self.inner.reseed_rng()
     return PerTrial()
 
+# %% ../nbs/12d_sweep_workers.ipynb #8e7e7b65
 def failure_reason(t) -> str|None:
     "Why trial `t` failed, in one line (the cell and error, a signal, a dead worker); None unless it failed."
     if t.state.name != "FAIL": return None
@@ -193,6 +206,7 @@ def failure_reason(t) -> str|None:
            t.system_attrs.get("fail_reason") or "its worker stopped during it, saying nothing (a signal, or a lost heartbeat)")
     return " ".join(str(why).split())
 
+# %% ../nbs/12d_sweep_workers.ipynb #3a678846
 class _Worker:
     "One worker process of a sweep: runs trials until the sweep has `n_trials` done (finished or pruned)."
     deadline = None  # when no trial may start any more (time.time()): `timeout` counted from the `mlkit sweep` command
@@ -219,135 +233,177 @@ class _Worker:
         if self.locked: fcntl.flock(self.lock, fcntl.LOCK_UN)
         self.locked = False
 
-    def go_on(self) -> bool:
-        "Whether to run another trial; if so, the lock stays held until the objective has the trial."
-        from optuna.trial import TrialState as S
-        while True:
-            self._lock()
-            fail_dead_workers(self.study, self.storage, self.runs_dir)
-            if self.url is not None: fail_stale_trials(self.study, self.storage)  # the heartbeat of other machines
-            if self.study.user_attrs.get(STOP_ATTR): break  # `mlkit sweep stop`: running trials finish, no new one starts
-            trials = self.study.get_trials(deepcopy=False)
-            states = [t.state for t in trials]
-            done = done_count(trials, self.spec.method == "grid")
-            if done >= self.spec.n_trials and S.WAITING not in states: break  # a queued trial (`mlkit sweep add`) runs
-            failed = [t for t in trials if t.number > self.first and ERROR_ATTR in t.user_attrs]
-            if len(failed) >= self.spec.n_trials or (len(failed) >= 3 and done == 0):
-                self._unlock()
-                raise SweepFailed(f"{len(failed)} trials failed{' and none finished' if not done else ''}; the last, "
-                                  f"trial {failed[-1].number}: {failed[-1].user_attrs[ERROR_ATTR]}")
-            if S.WAITING in states or done + states.count(S.RUNNING) < self.spec.n_trials:
-                if queue_next(self.study, self.spec, trials, self.first): return True  # a queued trial is taken first
-                if S.RUNNING not in states: break  # a grid whose missing points have had their tries
-            self._unlock()
-            time.sleep(POLL_S)  # the others' last trials are running, and may still fail
-            self.cycle = time.perf_counter()  # waiting is not bookkeeping
+# %% ../nbs/12d_sweep_workers.ipynb #f1b01384
+@patch
+def go_on(self:_Worker) -> bool:
+    "Whether to run another trial; if so, the lock stays held until the objective has the trial."
+    from optuna.trial import TrialState as S
+    while True:
+        self._lock()
+        fail_dead_workers(self.study, self.storage, self.runs_dir)
+        if self.url is not None: fail_stale_trials(self.study, self.storage)  # the heartbeat of other machines
+        if self.study.user_attrs.get(STOP_ATTR): break  # `mlkit sweep stop`: running trials finish, no new one starts
+        trials = self.study.get_trials(deepcopy=False)
+        states = [t.state for t in trials]
+        done = done_count(trials, self.spec.method == "grid")
+        if done >= self.spec.n_trials and S.WAITING not in states: break  # a queued trial (`mlkit sweep add`) runs
+        self._fail_if_hopeless(trials, done)
+        if S.WAITING in states or done + states.count(S.RUNNING) < self.spec.n_trials:
+            if queue_next(self.study, self.spec, trials, self.first): return True  # a queued trial is taken first
+            if S.RUNNING not in states: break  # a grid whose missing points have had their tries
         self._unlock()
-        return False
+        time.sleep(POLL_S)  # the others' last trials are running, and may still fail
+        self.cycle = time.perf_counter()  # waiting is not bookkeeping
+    self._unlock()
+    return False
 
-    def objective(self, trial) -> float:
-        from optuna import TrialPruned
-        from mlkit.runenv import TRIAL_ENV
-        from mlkit.execute import run_notebook
-        from mlkit.runs import META
-        from mlkit.core import write_json_atomic
-        trial.set_user_attr(WORKER_ATTR, self.me)  # whose it is, before the others may look at it
-        self._unlock()  # the trial exists: the other workers count it
-        params = suggest_params(trial, self.spec)
-        p = self.spec.pruner
-        link = {"study": self.spec.name, "trial_id": trial._trial_id, "number": trial.number, "storage": self.url,
-                "folder": str(self.folder), "pruner": p, "watch": p.get("metric"),
-                "sign": 1 if p.get("goal", self.spec.goal) == self.spec.goal else -1}
-        trial.set_user_attr(WATCH_ATTR, {"metric": link["watch"], "sign": link["sign"]})
-        t0 = time.perf_counter()
-        before = t0 - self.cycle  # telling the last trial's end, choosing and creating this one
-        try:
-            secrets = given_secrets()  # -p values and secret fixed ones: the kernel's environment holds them, nothing else
-            run = run_notebook(self.spec.notebook, params, name=f"{self.spec.name}-{trial.number}", gpus=self.gpus,
-                               runs_dir=self.runs_dir, out=self.log, env={TRIAL_ENV: json.dumps(link)}, secrets=secrets,
-                               meta={"sweep": self.spec.name, "trial": trial.number, "sweep_params": list(self.spec.params),
-                                     "command": trial_command(self.spec, params, secrets)},
-                               cell_timeout=self.spec.cell_timeout, nproc=self.spec.nproc)
-        except MlkitError as e:  # before a run began: the runs folder, the notebook, the GPUs ...
-            trial.set_user_attr(ERROR_ATTR, hide_secrets(str(e), secrets))
-            raise TrialFailed(hide_secrets(str(e), secrets)) from None
-        finally: t1 = time.perf_counter()
-        if why := self.url and lost_trial(self.storage, trial, run):  # paused past the heartbeat: failed under us
-            self.lost = f"trial {trial.number} failed: {why}  (run {run.id})"
-            raise TrialLost(why)
-        trial.set_user_attr(RUN_ATTR, run.id)
-        if run.status == "pruned": raise TrialPruned(f"pruned at step {run.meta.get('pruned_at_step')}")
-        if run.status == "interrupted":
-            trial.set_user_attr(INTERRUPTED_ATTR, str(run.meta.get("error")))
-            raise KeyboardInterrupt  # Optuna fails the trial; this worker stops
-        try:
-            if run.status != "finished":
-                if (error := run.meta.get("error")) != (hidden := hide_secrets(error, secrets)):  # quoted in an exception
-                    run.meta["error"] = hidden
-                    write_json_atomic(run.path/META, run.meta)
-                raise TrialFailed(f"run {run.id} {run.status}: {hidden}")
-            return objective_value(run, self.spec)
-        except TrialFailed as e:
-            e = TrialFailed(hide_secrets(str(e), secrets))
-            trial.set_user_attr(ERROR_ATTR, str(e))
-            raise e from None
-        finally:  # the sweep's bookkeeping around the run, for the benchmark (telling its end counts in the next trial's)
-            trial.set_user_attr(OVERHEAD_ATTR, round(before + time.perf_counter() - t1, 4))
-            self.cycle = time.perf_counter()
+# %% ../nbs/12d_sweep_workers.ipynb #a2b3cfcb
+@patch
+def _fail_if_hopeless(self:_Worker, trials, done:int):
+    "`SweepFailed` (the lock let go) when this session's failures reach n_trials, or three with none done."
+    failed = [t for t in trials if t.number > self.first and ERROR_ATTR in t.user_attrs]
+    if len(failed) >= self.spec.n_trials or (len(failed) >= 3 and done == 0):
+        self._unlock()
+        raise SweepFailed(f"{len(failed)} trials failed{' and none finished' if not done else ''}; the last, "
+                          f"trial {failed[-1].number}: {failed[-1].user_attrs[ERROR_ATTR]}")
 
-    def after_trial(self, study, t):
-        "Print the trial's line; decide (`go_on`) whether another follows."
-        print(trial_line(t, self.spec), flush=True)
+# %% ../nbs/12d_sweep_workers.ipynb #c7b5ebfd
+def _trial_link(spec:SweepSpec, trial, url:str|None, folder:Path) -> dict:
+    "What the trial's run finds in TRIAL_ENV: its study and trial, the storage, and the metric the pruner watches."
+    p = spec.pruner
+    return {"study": spec.name, "trial_id": trial._trial_id, "number": trial.number, "storage": url,
+            "folder": str(folder), "pruner": p, "watch": p.get("metric"),
+            "sign": 1 if p.get("goal", spec.goal) == spec.goal else -1}
+
+# %% ../nbs/12d_sweep_workers.ipynb #42798913
+@patch
+def objective(self:_Worker, trial) -> float:
+    "Optuna's objective: claim `trial`, run the notebook with its parameters, and give back the metric's value."
+    trial.set_user_attr(WORKER_ATTR, self.me)  # whose it is, before the others may look at it
+    self._unlock()  # the trial exists: the other workers count it
+    params = suggest_params(trial, self.spec)
+    link = _trial_link(self.spec, trial, self.url, self.folder)
+    trial.set_user_attr(WATCH_ATTR, {"metric": link["watch"], "sign": link["sign"]})
+    before = time.perf_counter() - self.cycle  # telling the last trial's end, choosing and creating this one
+    try: run, secrets = self._start_run(trial, params, link)
+    finally: t1 = time.perf_counter()
+    self._check_ending(trial, run)
+    try: return self._run_value(run, secrets)
+    except TrialFailed as e:
+        e = TrialFailed(hide_secrets(str(e), secrets))
+        trial.set_user_attr(ERROR_ATTR, str(e))
+        raise e from None
+    finally:  # the sweep's bookkeeping around the run, for the benchmark (telling its end counts in the next trial's)
+        trial.set_user_attr(OVERHEAD_ATTR, round(before + time.perf_counter() - t1, 4))
+        self.cycle = time.perf_counter()
+
+# %% ../nbs/12d_sweep_workers.ipynb #0a9d8e1a
+@patch
+def _start_run(self:_Worker, trial, params:dict, link:dict):
+    "(the trial's run, by `run_notebook`; the secrets its kernel got); `TrialFailed` when no run began."
+    from mlkit.runenv import TRIAL_ENV
+    from mlkit.execute import run_notebook
+    try:
+        secrets = given_secrets()  # -p values and secret fixed ones: the kernel's environment holds them, nothing else
+        run = run_notebook(self.spec.notebook, params, name=f"{self.spec.name}-{trial.number}", gpus=self.gpus,
+                           runs_dir=self.runs_dir, out=self.log, env={TRIAL_ENV: json.dumps(link)}, secrets=secrets,
+                           meta={"sweep": self.spec.name, "trial": trial.number, "sweep_params": list(self.spec.params),
+                                 "command": trial_command(self.spec, params, secrets)},
+                           cell_timeout=self.spec.cell_timeout, nproc=self.spec.nproc)
+    except MlkitError as e:  # before a run began: the runs folder, the notebook, the GPUs ...
+        trial.set_user_attr(ERROR_ATTR, hide_secrets(str(e), secrets))
+        raise TrialFailed(hide_secrets(str(e), secrets)) from None
+    return run, secrets
+
+# %% ../nbs/12d_sweep_workers.ipynb #d8ae72fa
+@patch
+def _check_ending(self:_Worker, trial, run):
+    "Note the trial's run; raise what a lost, pruned or interrupted run ends the trial with."
+    from optuna import TrialPruned
+    if why := self.url and lost_trial(self.storage, trial, run):  # paused past the heartbeat: failed under us
+        self.lost = f"trial {trial.number} failed: {why}  (run {run.id})"
+        raise TrialLost(why)
+    trial.set_user_attr(RUN_ATTR, run.id)
+    if run.status == "pruned": raise TrialPruned(f"pruned at step {run.meta.get('pruned_at_step')}")
+    if run.status == "interrupted":
+        trial.set_user_attr(INTERRUPTED_ATTR, str(run.meta.get("error")))
+        raise KeyboardInterrupt  # Optuna fails the trial; this worker stops
+
+# %% ../nbs/12d_sweep_workers.ipynb #6a16c3dc
+@patch
+def _run_value(self:_Worker, run, secrets:dict) -> float|tuple:
+    "The finished run's objective value; `TrialFailed` for a failed run (its error, secrets hidden, in its meta.json too)."
+    from mlkit.runs import META
+    from mlkit.core import write_json_atomic
+    if run.status != "finished":
+        if (error := run.meta.get("error")) != (hidden := hide_secrets(error, secrets)):  # quoted in an exception
+            run.meta["error"] = hidden
+            write_json_atomic(run.path/META, run.meta)
+        raise TrialFailed(f"run {run.id} {run.status}: {hidden}")
+    return objective_value(run, self.spec)
+
+# %% ../nbs/12d_sweep_workers.ipynb #3ab5d7d4
+@patch
+def after_trial(self:_Worker, study, t):
+    "Print the trial's line; decide (`go_on`) whether another follows."
+    print(trial_line(t, self.spec), flush=True)
+    self.more = self.go_on()
+
+# %% ../nbs/12d_sweep_workers.ipynb #a8346198
+@patch
+def run(self:_Worker) -> int:
+    "Run trials, one `optimize` call each, until `go_on` says no or the deadline passes; 130 when interrupted."
+    import optuna
+    from mlkit.execute import RunInterrupted
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # one line per trial is ours (a failed one says why)
+    try:
+        deadline = self.deadline or (None if self.spec.timeout is None else time.time() + self.spec.timeout)
         self.more = self.go_on()
+        while self.more:  # one trial at a time: GridSampler stops `optimize` when no point is unvisited, failed or not
+            self.more = False
+            if deadline is not None and time.time() >= deadline: break  # `timeout`: no trial starts after it
+            try: self.study.optimize(self.objective, n_trials=1, catch=(TrialFailed,), callbacks=[self.after_trial])
+            except ValueError:  # Optuna's "Cannot tell a FAIL trial": the one the heartbeat failed (lost_trial)
+                if self.lost is None: raise
+                print(self.lost, flush=True)
+                self.lost = None
+                self.more = self.go_on()
+    except (KeyboardInterrupt, RunInterrupted): return 130
+    finally: self._unlock()
+    return 0
 
-    def run(self) -> int:
-        import optuna
-        from mlkit.execute import RunInterrupted
-        optuna.logging.set_verbosity(optuna.logging.ERROR)  # one line per trial is ours (a failed one says why)
-        try:
-            deadline = self.deadline or (None if self.spec.timeout is None else time.time() + self.spec.timeout)
-            self.more = self.go_on()
-            while self.more:  # one trial at a time: GridSampler stops `optimize` when no point is unvisited, failed or not
-                self.more = False
-                if deadline is not None and time.time() >= deadline: break  # `timeout`: no trial starts after it
-                try: self.study.optimize(self.objective, n_trials=1, catch=(TrialFailed,), callbacks=[self.after_trial])
-                except ValueError:  # Optuna's "Cannot tell a FAIL trial": the one the heartbeat failed (lost_trial)
-                    if self.lost is None: raise
-                    print(self.lost, flush=True)
-                    self.lost = None
-                    self.more = self.go_on()
-        except (KeyboardInterrupt, RunInterrupted): return 130
-        finally: self._unlock()
-        return 0
-
+# %% ../nbs/12d_sweep_workers.ipynb #81511bc7
 def _params_text(params:dict) -> str:
     return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
 
-def _pruned_text(t) -> str:
+# %% ../nbs/12d_sweep_workers.ipynb #25918e14
+def pruned_text(t) -> str:
     "'at step 3 (valid_loss 0.41)': where a pruned trial stopped and its watched metric's value there."
     steps, watch = t.intermediate_values, t.user_attrs.get(WATCH_ATTR) or {}
     if not steps: return ""
     step = max(steps)
     return f"at step {step}" + (f" ({watch['metric']} {watch['sign'] * steps[step]:.4g})" if watch.get("metric") else "")
 
+# %% ../nbs/12d_sweep_workers.ipynb #0ec4fcc9
 def trial_state(t) -> str:
     "A trial's state in the words runs use: finished, pruned, failed, running, waiting."
     return t.state.name.lower().replace("complete", "finished").replace("fail", "failed")
 
+# %% ../nbs/12d_sweep_workers.ipynb #156538cb
 def trial_line(t, spec:SweepSpec) -> str:
     "One line on how trial `t` ended: its state, value, parameters and run."
     state = trial_state(t)
     value = ("".join(f" {o['name']} {v:.6g}" for o, v in zip(spec.goals(), t.values, strict=False))
              if t.values is not None and state == "finished" else "")
     why = failure_reason(t)
-    at = f" {_pruned_text(t)}" if state == "pruned" else ""
+    at = f" {pruned_text(t)}" if state == "pruned" else ""
     run = t.user_attrs.get(RUN_ATTR)
     return (f"trial {t.number} {state}{at}:{value}  {_params_text(trial_params(t, spec.params))}"
             + (f"  (run {run})" if run else "") + (f"  {why}" if state == "failed" and why else ""))
 
 # %% ../nbs/12d_sweep_workers.ipynb #f5f3ff8f
 def _worker_main():
-    "The entry of a worker process: `python -c 'from mlkit.sweep import _worker_main; _worker_main()' ARGS_FILE INDEX`."
+    "The entry of a worker process: `python -c 'from mlkit.sweep_workers import _worker_main; _worker_main()' ARGS_FILE INDEX`."
     def interrupt(signum, frame): raise KeyboardInterrupt(signal.Signals(signum).name)
     for s in (signal.SIGTERM, signal.SIGHUP):  # between runs as within them: end the trial, fail it, stop
         if s != signal.SIGHUP or signal.getsignal(s) != signal.SIG_IGN: signal.signal(s, interrupt)  # nohup: HUP ignored
@@ -371,6 +427,7 @@ def _worker_main():
         code = 1
     sys.exit(code)
 
+# %% ../nbs/12d_sweep_workers.ipynb #f657cd52
 def _end_with_parent(parent:int):
     "SIGTERM this worker when the `mlkit sweep` that started it dies, even by SIGKILL (Linux; elsewhere nothing)."
     if not sys.platform.startswith("linux"): return
@@ -386,6 +443,7 @@ def _hush_experimental():
     from optuna.exceptions import ExperimentalWarning
     warnings.filterwarnings("ignore", category=ExperimentalWarning)
 
+# %% ../nbs/12d_sweep_workers.ipynb #9a538a30
 def _write_args(folder:Path, args:dict) -> Path:
     "The workers' arguments in a file only this user can read, in the sweep's folder; its path."
     path = folder/f".worker-args-{socket.gethostname()}-{os.getpid()}.json"
@@ -423,6 +481,7 @@ def is_secret(name:str, value) -> bool:
 
 def _as_text(v) -> str: return v if isinstance(v, str) else json.dumps(v)
 
+# %% ../nbs/12d_sweep_workers.ipynb #77ec8c5d
 def secret_env(spec:SweepSpec, given:dict) -> tuple[SweepSpec, dict]:
     "(`spec` without its secret fixed values, the environment that carries them and the -p values `given`)."
     from dataclasses import replace
@@ -430,12 +489,14 @@ def secret_env(spec:SweepSpec, given:dict) -> tuple[SweepSpec, dict]:
     plain = replace(spec, fixed={k: v for k, v in spec.fixed.items() if k not in secret})
     return plain, {SECRET_ENV + k: _as_text(v) for k, v in {**secret, **given}.items()}
 
+# %% ../nbs/12d_sweep_workers.ipynb #14fe3a88
 def given_secrets(environ=None) -> dict:
     "The values that reach a trial's kernel only through the environment (-p, secret fixed values), as -p text, by name."
     from mlkit.params import CliText
     environ = os.environ if environ is None else environ
     return {k[len(SECRET_ENV):]: CliText(v) for k, v in environ.items() if k.startswith(SECRET_ENV) and k != SECRET_ENV}
 
+# %% ../nbs/12d_sweep_workers.ipynb #e48c1513
 def hide_secrets(text, secrets:dict):
     "`text` with the `secrets` values (as -p text: each, and the secret-named leaves inside a structured one) as `***`."
     from mlkit.params import parse_value
@@ -455,6 +516,7 @@ def hide_secrets(text, secrets:dict):
     for s in sorted((s for s in shown if len(s) >= 4), key=len, reverse=True): text = text.replace(s, REDACTED)
     return text
 
+# %% ../nbs/12d_sweep_workers.ipynb #7e4b7b53
 def check_secrets(spec:SweepSpec, given:dict) -> None:
     "A one-line `SpecError` for a -p name the notebook lacks, searched or fixed, a value that does not fit, a searched secret."
     from mlkit.params import ParameterError, convert, notebook_parameters, read_notebook
@@ -475,25 +537,46 @@ def check_secrets(spec:SweepSpec, given:dict) -> None:
         except ParameterError as e:  # its message quotes the value: not this one's
             raise SpecError(f"-p {k}: " + str(e).replace(repr(str(v)), "VALUE").replace(str(v), "VALUE")) from None
 
+# %% ../nbs/12d_sweep_workers.ipynb #3aa5b588
 def trial_command(spec:SweepSpec, # The worker's spec (its secret fixed values taken out)
                   params:dict, # The trial's values, fixed and searched
                   secrets=(), # The names whose values only the environment holds
                  ) -> list[str]:
     "The `mlkit run` command line that repeats a trial, from the project's root; secrets as `***`."
     from mlkit.runmeta import REDACTED
-    strs = _str_params(str(spec.notebook))
+    strs = str_params(str(spec.notebook))
     return ["mlkit", "run", _in_project(spec.notebook),
-            *[w for k, v in params.items() for w in ("-p", k, _cli_text(v, k in strs))],
+            *[w for k, v in params.items() for w in ("-p", k, cli_text(v, k in strs))],
             *[w for k in secrets for w in ("-p", k, REDACTED)]]
 
-def _cli_text(v, typed_str:bool=True) -> str:
+# %% ../nbs/12d_sweep_workers.ipynb #dde4fe88
+def cli_text(v, typed_str:bool=True) -> str:
     "`v` as `mlkit run -p` reads it back: as typed for a str parameter, else as YAML (floats in full, JSON-style)."
     from mlkit.params import parse_value
     if isinstance(v, str) and (typed_str or (parse_value(v) == v and v.strip() == v and v)): return v
     return json.dumps(v)
-def _str_params(notebook:str) -> set:
+def str_params(notebook:str) -> set:
     "The names of the notebook's str parameters (-p takes their values as typed); empty when it cannot be read."
     from mlkit.params import notebook_parameters, read_notebook
     try: return {k for k, p in (notebook_parameters(read_notebook(notebook, validate=False)) or {}).items() if p.type is str}
     except MlkitError: return set()
 
+# %% ../nbs/12d_sweep_workers.ipynb #3301f016
+def secrets_off_argv(params:list, # The (name, value) pairs of `mlkit sweep SPEC -p NAME VALUE`
+                     ) -> dict|None:
+    "`mlkit sweep -p`: this command again (exec: the same process) with the -p values in its environment, not its argv."
+    if not params: return None
+    names = [k for k, _ in params]
+    if bad := [k for k in names if not k.isidentifier()]: raise MlkitError(f"-p {bad[0]}: not a parameter name")
+    if twice := [k for i, k in enumerate(names) if k in names[:i]]: raise MlkitError(f"-p {twice[0]} is given twice")
+    argv, rest, taken, i = sys.argv[1:], [], [], 0
+    while i < len(argv):
+        if (argv[i] == "-p" or len(argv[i]) > 2 and "--param".startswith(argv[i])) and i + 2 < len(argv):  # --par: argparse's
+            taken.append([argv[i + 1], argv[i + 2]])
+            i += 3
+        else: rest, i = [*rest, argv[i]], i + 1
+    if taken != [list(p) for p in params] or not os.path.isfile(sys.argv[0]):  # called with another argv (tests): no exec
+        return dict(params)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, sys.argv[0], *rest], {**os.environ, **{SECRET_ENV + k: v for k, v in params}})

@@ -6,19 +6,24 @@
 from __future__ import annotations
 
 import json
+import time
 from .core import MlkitError
 
 
 # %% auto #0
-__all__ = ['gpus_table', 'runs_table']
+__all__ = ['table', 'gpus_table', 'fmt', 'duration', 'unknown', 'runs_table', 'summarizing_note', 'run_text', 'compare_text',
+           'params_table', 'params_help', 'sweeps_table', 'number_names', 'order_runs', 'outcome_text']
 
 # %% ../nbs/09a_tables.ipynb #45953f1d
-def _table(head:tuple, rows:list[tuple]) -> str:
+def table(head:tuple, # The column titles
+          rows:list[tuple], # The rows, each as long as `head`; values shown with `str`
+         ) -> str:
     "Left-aligned columns, two spaces apart."
     rows = [tuple(map(str, r)) for r in rows]
     widths = [max(len(x) for x in col) for col in zip(head, *rows, strict=True)]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in [head, *rows])
 
+# %% ../nbs/09a_tables.ipynb #a2f48dba
 def _gib(n:int|None) -> str: return "-" if n is None else f"{n / 2**30:.1f}"
 
 def _holder(h:dict|None) -> str:
@@ -26,26 +31,42 @@ def _holder(h:dict|None) -> str:
     return (f"{h.get('user', '?')} pid {h.get('pid', '?')}" + (f" run {h['run_id']}" if h.get("run_id") else "")
             + f" since {h.get('since', '?')}")
 
+# %% ../nbs/09a_tables.ipynb #905e4b47
 def gpus_table(rows:list[dict]) -> str:
     "The `mlkit gpus` table, from records of `gpus()` joined with their lock holders."
     if not rows: return "no GPUs visible (no NVIDIA driver, or CUDA_VISIBLE_DEVICES hides them)"
-    return _table(("GPU", "name", "memory used/total GiB", "util", "procs", "locked by"),
-                  [(r["physical_index"], r["name"], f"{_gib(r['total_memory'] - r['free_memory'])}/{_gib(r['total_memory'])}",
-                    "-" if r["utilization"] is None else f"{r['utilization']}%", len(r["processes"]), _holder(r["lock"]))
-                   for r in rows])
-
+    return table(("GPU", "name", "memory used/total GiB", "util", "procs", "locked by"),
+                 [(r["physical_index"], r["name"], f"{_gib(r['total_memory'] - r['free_memory'])}/{_gib(r['total_memory'])}",
+                   "-" if r["utilization"] is None else f"{r['utilization']}%", len(r["processes"]), _holder(r["lock"]))
+                  for r in rows])
 
 # %% ../nbs/09a_tables.ipynb #1d0045d7
-def _fmt(v, width:int|None=None) -> str:
+def fmt(v, width:int|None=None, # Longer text is cut to this many characters, ending with …
+       ) -> str:
+    "`v` for a table cell: '-' for None, floats to 4 significant digits, lists and dicts as JSON."
     if v is None: return "-"
     text = f"{v:.4g}" if isinstance(v, float) else json.dumps(v, default=str) if isinstance(v, (dict, list)) else str(v)
     return text if width is None or len(text) <= width else text[:width - 1] + "…"
 
-def _duration(seconds) -> str:
+# %% ../nbs/09a_tables.ipynb #e1ebaffb
+def duration(seconds:float|None) -> str:
+    "`seconds` as H:MM:SS; '-' for None."
     if seconds is None: return "-"
     s = int(seconds)
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
+# %% ../nbs/09a_tables.ipynb #51bb3509
+def unknown(name:str, # The name asked for
+            known:list[str], # The names the runs have
+           ) -> str:
+    "'no run has NAME ...; the runs have: closest first, then the rest'."
+    import difflib
+    close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
+    names = close + [k for k in known if k not in close]
+    listed = ", ".join(names[:12]) + (f" (and {len(names) - 12} more)" if len(names) > 12 else "")
+    return f"no run has a metric or recorded value '{name}'" + (f"; they have: {listed}" if names else "; they have none")
+
+# %% ../nbs/09a_tables.ipynb #179b392d
 def _key_params(runs) -> list[str]:
     "Every parameter whose value is not the same in all of `runs`."
     from mlkit.runs import flatten
@@ -53,6 +74,7 @@ def _key_params(runs) -> list[str]:
     keys = list(dict.fromkeys(k for f in flats for k in f))
     return [k for k in keys if len({json.dumps(f.get(k), sort_keys=True, default=str) for f in flats}) > 1]
 
+# %% ../nbs/09a_tables.ipynb #3001c343
 def _key_metrics(runs, sort:str|None, limit=3) -> list[str]:
     names = sorted(set().union(*(r.stats.keys() for r in runs if not r.error))) if runs else []
     preferred = [m for m in names if m.startswith("valid")] + [m for m in names if not m.startswith("valid")]
@@ -65,6 +87,32 @@ def _key_records(runs, sort:str|None, limit=4) -> list[str]:
     for r in runs: names.update(dict.fromkeys(r.records))
     return ([sort] if sort else []) + [k for k in names if k != sort][:limit]
 
+# %% ../nbs/09a_tables.ipynb #da6045ae
+def _chosen_columns(runs, columns:list[str]) -> tuple[list, list]:
+    "(parameters, values) among `columns`; an error naming the runs' names for one none of them has."
+    from mlkit.runs import flatten
+    flats = [flatten(r.params) for r in runs if not r.error]
+    params = [c for c in columns if any(c in f for f in flats)]
+    values = [c for c in columns if c not in params]
+    known = set().union(*(r.values() for r in runs if not r.error))
+    if missing := [c for c in values if c not in known]:
+        names = sorted(set().union(known, *flats))
+        raise MlkitError("--columns: " + unknown(missing[0], names).replace("a metric or recorded value",
+                                                                           "a parameter, metric or recorded value"))
+    return params, values
+
+# %% ../nbs/09a_tables.ipynb #e0fb889f
+def _run_row(r, params:list, values:list, width:int, trials:bool) -> tuple:
+    "One run's row of `runs_table`; a broken run's says why."
+    from mlkit.runs import flatten
+    if r.error: return (r.id, *["-"] * trials, f"({r.error})", "broken", "-", "-", *["-"] * (len(params) + len(values)))
+    flat, got = flatten(r.params), r.values()
+    start = (r.meta.get("start") or "-")[:16].replace("T", " ")
+    return (r.id, *[fmt(r.meta.get("trial"))] * trials, fmt(r.name, width), r.status, start,
+            duration(r.meta.get("duration_s")), *[fmt(flat.get(k, r.params.get(k)), width) for k in params],
+            *[fmt(got.get(k), width) for k in values])
+
+# %% ../nbs/09a_tables.ipynb #4a1d151c
 def runs_table(runs, sort:str|None=None, # The name the runs are sorted by: shown first after the parameters
                columns:list[str]|None=None, # Parameters, records and metrics to show, instead of the varying ones
                width:int=24, # Values longer than this are cut, with …
@@ -72,37 +120,129 @@ def runs_table(runs, sort:str|None=None, # The name the runs are sorted by: show
               ) -> str:
     "The `mlkit runs ls` table: every parameter that varies, recorded values, metrics' last values."
     if not runs: return "no runs"
-    from mlkit.runs import flatten
     if columns is None: params, values = _key_params(runs), _key_records(runs, sort) + _key_metrics(runs, sort)
-    else:
-        flats = [flatten(r.params) for r in runs if not r.error]
-        params = [c for c in columns if any(c in f for f in flats)]
-        values = [c for c in columns if c not in params]
-        known = set().union(*(r.values() for r in runs if not r.error))
-        if unknown := [c for c in values if c not in known]:
-            names = sorted(set().union(known, *flats))
-            raise MlkitError("--columns: " + _unknown(unknown[0], names).replace("a metric or recorded value",
-                                                                                "a parameter, metric or recorded value"))
+    else: params, values = _chosen_columns(runs, columns)
     if columns is None and trials:  # searched, even where every trial drew the same value
         searched = list(dict.fromkeys(k for r in runs if not r.error for k in r.meta.get("sweep_params") or []))
         params = searched + [k for k in params if k not in searched]
-    rows = []
-    for r in runs:
-        if r.error:
-            rows.append((r.id, *["-"] * trials, f"({r.error})", "broken", "-", "-", *["-"] * (len(params) + len(values))))
-            continue
-        flat, got = flatten(r.params), r.values()
-        start = (r.meta.get("start") or "-")[:16].replace("T", " ")
-        rows.append((r.id, *[_fmt(r.meta.get("trial"))] * trials, _fmt(r.name, width), r.status, start,
-                     _duration(r.meta.get("duration_s")), *[_fmt(flat.get(k, r.params.get(k)), width) for k in params],
-                     *[_fmt(got.get(k), width) for k in values]))
-    return _table(("id", *["trial"] * trials, "name", "status", "start", "duration", *params, *values), rows)
+    return table(("id", *["trial"] * trials, "name", "status", "start", "duration", *params, *values),
+                 [_run_row(r, params, values, width, trials) for r in runs])
 
-def _unknown(name:str, known:list[str]) -> str:
-    "'no run has NAME ...; the runs have: closest first, then the rest'."
-    import difflib
-    close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
-    names = close + [k for k in known if k not in close]
-    listed = ", ".join(names[:12]) + (f" (and {len(names) - 12} more)" if len(names) > 12 else "")
-    return f"no run has a metric or recorded value '{name}'" + (f"; they have: {listed}" if names else "; they have none")
+# %% ../nbs/09a_tables.ipynb #f8bc0296
+def summarizing_note(runs, at_least:int=20) -> str|None:
+    "The note for stderr when many runs have no summary yet: this listing reads their metric files, once."
+    import os
+    from mlkit.runs import SUMMARY
+    missing = sum(not os.path.exists(os.path.join(r.path, SUMMARY)) for r in runs if not r.error)
+    if missing < at_least: return None
+    import pandas  # noqa: F401 (imported, it parses every metrics file over 256 KB, several times faster)
+    return (f"mlkit runs: summarizing {missing} runs that have no summary.json yet (made by an older mlkit, or killed "
+            "early): this once, then they list fast")
 
+# %% ../nbs/09a_tables.ipynb #ae8f8758
+def _run_facts(r) -> list[tuple]:
+    "(name, value) of what `run_text` says about a run before its parameters; None or '' where the run has none."
+    m = r.meta
+    git = m.get("git") or {}
+    seen = r.heartbeat
+    return [("start", m.get("start")), ("end", m.get("end")), ("duration", duration(m.get("duration_s"))),
+            ("host", m.get("host") if r.status != "stale" else f"{m.get('host')} (pid {m.get('pid')}): last heard from "
+             + (f"{duration(time.time() - seen)} ago" if seen else "never (no heartbeat)") + "; it may have died there"),
+            ("command", " ".join(m.get("command") or []) or m.get("notebook")),
+            ("git", f"{git.get('commit', '-')[:12]} on {git.get('branch')}{' (dirty)' if git.get('dirty') else ''}"
+             if git else None),
+            ("python/torch/cuda", f"{m.get('python')} / {m.get('torch') or '-'} / {m.get('cuda') or '-'}"),
+            ("gpus", ", ".join(m.get("gpus") or []) or None), ("seed", m.get("seed")), ("error", m.get("error"))]
+
+# %% ../nbs/09a_tables.ipynb #8a8f4d12
+def run_text(r, # A run (`mlkit.runs.find_run`)
+             goals:dict|None=None, # {metric: "min" or "max"}, for metrics whose goal mlkit cannot tell
+            ) -> str:
+    "The `mlkit runs show` text: one run's metadata, parameters, recorded values, metrics and artifacts."
+    from mlkit.runs import flatten
+    lines = [f"run {r.id}" + (f" ({r.name})" if r.name else "") + f"  status {r.status}  {r.path}"]
+    if r.error: return "\n".join([*lines, f"broken: {r.error}"])
+    lines += [f"  {k:18s} {v}" for k, v in _run_facts(r) if v not in (None, "")]
+    lines += ["parameters", *(f"  {k:18s} {fmt(v)}" for k, v in flatten(r.params).items())]
+    if r.records: lines += ["recorded", *(f"  {k:18s} {fmt(v)}" for k, v in r.records.items())]
+    lines.append(table(("metric", "goal", "last", "best", "at step", "points"),
+                       [(k, fmt(s["goal"]), fmt(s["last"]), fmt(s["best"]), fmt(s["best_step"]), s["steps"])
+                        for k, s in r.summary(goals).items()]))
+    if r.artifacts: lines.append("artifacts\n" + "\n".join(f"  {p.relative_to(r.path)}" for p in r.artifacts))
+    return "\n".join(lines)
+
+# %% ../nbs/09a_tables.ipynb #c08a1f51
+def compare_text(runs, # The runs, in their columns' order
+                 c:dict, # `mlkit.runs.compare_runs(runs, goals)`
+                ) -> str:
+    "The `mlkit runs compare` text: the parameters that differ, recorded values and metrics side by side."
+    head = [r.label for r in runs]
+    out = [table(("parameter", *head), [(k, *map(fmt, vs)) for k, vs in c["differ"].items()]) if c["differ"]
+           else "parameters: all the same"]
+    if c["same"]: out.append(f"({len(c['same'])} parameters the same in all)")
+    if c["records"]: out.append(table(("recorded", *head), [(k, *map(fmt, vs)) for k, vs in c["records"].items()]))
+    out.append(table(("metric (last / best)", "goal", *head),
+                     [(k, fmt(c["goals"][k]), *[fmt(a) if c["goals"][k] is None else f"{fmt(a)} / {fmt(b)}" for a, b in vs])
+                      for k, vs in c["metrics"].items()]))
+    return "\n".join(out)
+
+# %% ../nbs/09a_tables.ipynb #9ce933e7
+def params_table(params:dict) -> str:
+    "The table `mlkit run NOTEBOOK --help` prints: name, type, default and help of each parameter."
+    return table(("parameter", "type", "default", "help"),
+                 [(p.name, p.type_name, repr(p.default) if p.literal else p.default, p.help) for p in params.values()])
+
+# %% ../nbs/09a_tables.ipynb #bd2f3065
+def params_help(notebook:str, # The notebook's path, as given
+                params:dict|None, # `mlkit.params.notebook_parameters`: None when no cell is tagged 'parameters'
+               ) -> str:
+    "What `mlkit run NOTEBOOK --help` prints after the options: the notebook's parameters, or why it has none."
+    return f"\n{notebook}: " + ("no parameters (no cell is tagged 'parameters')" if params is None else
+                                "no parameters in its 'parameters' cell" if not params else
+                                "parameters (-p NAME VALUE)\n" + params_table(params))
+
+# %% ../nbs/09a_tables.ipynb #16836337
+def sweeps_table(rows:list[tuple]) -> str:
+    "The `mlkit sweep ls` table: (name, done/total, best, last activity) of each sweep."
+    return table(("sweep", "done", "best", "last activity"), rows) if rows else "no sweeps"
+
+# %% ../nbs/09a_tables.ipynb #6cb1c266
+def number_names(runs) -> list[str]:
+    "The metrics and recorded numbers of `runs`, for the error about a name none of them has."
+    return sorted({k for r in runs if not r.error for k, v in r.values().items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)})
+
+def _sorted_by(runs, name:str, goal:str):
+    "Runs by `name`'s value (a recorded value, else the metric's last), best first; runs without a number last."
+    sign = 1 if goal == "min" else -1
+    def key(r):
+        v = None if r.error else r.values().get(name)
+        missing = not isinstance(v, (int, float)) or isinstance(v, bool) or v != v
+        return (missing, 0 if missing else sign * v)
+    return sorted(runs, key=key)
+
+# %% ../nbs/09a_tables.ipynb #850ac0b1
+def order_runs(runs, # Runs, oldest first (`mlkit.runs.list_runs`)
+               sort:tuple|None=None, # (name, "min" or "max"): best first by it
+               sweep:bool=False, # A sweep's runs: in trial order
+              ) -> list:
+    "`runs` best first by `sort`, in trial order for a sweep, else newest first."
+    if sort:
+        if runs and sort[0] not in (known := number_names(runs)):  # a name with no number anywhere (a text record) sorts nothing
+            if any(sort[0] in r.values() for r in runs if not r.error):
+                raise MlkitError(f"no run has a number for '{sort[0]}' to sort by (it is recorded as text, a flag or a list)"
+                                 + (f"; numbers: {', '.join(known[:12])}" if known else ""))
+            raise MlkitError(unknown(sort[0], known))
+        return _sorted_by(runs, *sort)
+    if sweep: return sorted(runs, key=lambda r: (not isinstance(r.meta.get("trial"), int), r.meta.get("trial") or 0))
+    return runs[::-1]  # newest first
+
+# %% ../nbs/09a_tables.ipynb #5f544d7a
+def outcome_text(r) -> str:
+    "How run `r` ended, as `mlkit run` prints it: a finished run's folder and recorded values, else its status and error."
+    if r.status == "finished":
+        return "\n".join([f"run {r.id} finished in {duration(r.meta.get('duration_s'))}: {r.path}",
+                          *(f"  {k:18s} {fmt(v)}" for k, v in r.records.items())])
+    if r.status == "prepared":  # --prepare-only, as papermill's: the parameterized notebook, not executed
+        return f"run {r.id} prepared, not executed: {r.path/'notebook.ipynb'}"
+    return f"mlkit run: run {r.id} {r.status}: {r.meta.get('error')}\n  the executed notebook: {r.path/'notebook.ipynb'}"
