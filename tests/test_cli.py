@@ -8,7 +8,7 @@ from unittest import mock
 
 import pytest
 
-COVERS = ("07_cli", "09_runs")  # the notebooks these tests cover: `make test NB=...` runs them
+COVERS = ("07_cli", "09_runs", "09a_tables")  # the notebooks these tests cover: `make test NB=...` runs them
 
 MLKIT = str(Path(sys.executable).parent/"mlkit")
 

@@ -15,7 +15,7 @@ from test_sweep import new_project, notebook
 
 from mlkit.runs import list_runs, open_run
 
-COVERS = ("07_cli", "10_track", "11_run", "12_sweep")  # the notebooks these tests cover: `make test NB=...` runs them
+COVERS = ("07_cli", "10_track", "11_run", "12_sweep", "12d_sweep_workers")  # make test NB=... runs them
 
 MLKIT = str(Path(sys.executable).parent/"mlkit")
 

@@ -15,7 +15,8 @@ import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 from optuna.trial import TrialState
 
-COVERS = ("07_cli", "12_sweep", "12a_sweep_spec", "12b_sweep_storage")  # the notebooks these tests cover (`make test NB=...`)
+COVERS = ("07_cli", "12_sweep", "12a_sweep_spec", "12b_sweep_storage", "12d_sweep_workers",
+          "12e_sweep_report")  # the notebooks these tests cover (`make test NB=...`)
 
 MLKIT = str(Path(sys.executable).parent/"mlkit")
 

@@ -12,7 +12,7 @@ import pytest
 import test_sweep
 from test_sweep import MLKIT, TOY, notebook, spec, study, sweep
 
-COVERS = ("07_cli", "12_sweep")
+COVERS = ("07_cli", "12_sweep", "12e_sweep_report")
 project = test_sweep.project  # the fixture: a project folder with its runs folder in MLKIT_RUNS_DIR
 CHROMIUM = shutil.which("chromium") or shutil.which("google-chrome")
 

@@ -17,7 +17,7 @@ from test_sweep import MLKIT, TOY, notebook, runs, spec, study, sweep
 
 project, postgres = test_sweep.project, test_sweep.postgres  # the fixtures: a project folder; a PostgreSQL server's URL
 
-COVERS = ("07_cli", "12_sweep")
+COVERS = ("07_cli", "12_sweep", "12d_sweep_workers", "12e_sweep_report")
 
 # a grid over i = 0..5 whose score is i (the optimum is i=5); point i=`flaky` raises the first `fails` times it runs
 FLAKY = ("i = 0\nnap = 0.0\nmarks = ''\nflaky = -1\nfails = 0", """

@@ -10,7 +10,7 @@ import pytest
 from optuna.trial import TrialState
 from test_sweep import TRAIN, new_project, notebook
 
-COVERS = ("07_cli", "12_sweep")  # the notebooks these tests cover: `make test NB=...` runs them
+COVERS = ("07_cli", "12_sweep", "12d_sweep_workers")  # the notebooks these tests cover: `make test NB=...` runs them
 
 MLKIT = str(Path(sys.executable).parent/"mlkit")
 

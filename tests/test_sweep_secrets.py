@@ -13,7 +13,7 @@ import pytest
 import test_sweep
 from test_sweep import MLKIT, notebook, runs, spec, study, sweep
 
-COVERS = ("07_cli", "11_run", "12_sweep")
+COVERS = ("07_cli", "11_run", "12_sweep", "12d_sweep_workers", "12e_sweep_report")
 project = test_sweep.project  # the fixture: a project folder with its runs folder in MLKIT_RUNS_DIR
 
 # A secret in the spec, one on the command line: each test process its own, so that a test scanning every process's
