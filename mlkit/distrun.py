@@ -48,7 +48,7 @@ def _script(nb, report_after:int|None=None, names:list|None=None) -> str:
     from IPython.core.inputtransformer2 import TransformerManager
     to_python = TransformerManager().transform_cell
     parts = ["# the notebook as `mlkit run --nproc` runs it: its code cells in order\n"
-             "from mlkit.run import _script_cell as _mlkit_cell, _script_shell as _mlkit_shell, _script_ran as _mlkit_ran\n"
+             "from mlkit.distrun import _script_cell as _mlkit_cell, _script_shell as _mlkit_shell, _script_ran as _mlkit_ran\n"
              "get_ipython = lambda: _mlkit_shell(globals())  # magics and !commands, as in a kernel\n"]
     for i, c in enumerate(nb.cells):
         if c.cell_type == "code": parts.append(f"\n# %% cell {i}\n_mlkit_cell({i})\n{to_python(c.source)}")
