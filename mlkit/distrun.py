@@ -24,12 +24,14 @@ class DistributedRunError(MlkitError):
     "The notebook's script failed under torchrun."
     cell_error: dict|None = None  # rank 0's exception and the cell it came from, when it raised one
 
+# %% ../nbs/11b_distrun.ipynb #7638752c
 _LEAVE_GROUP = """
 # added by mlkit run: leave the process group, or gloo may abort the process at exit
 import torch.distributed
 if torch.distributed.is_available() and torch.distributed.is_initialized(): torch.distributed.destroy_process_group()
 """
 
+# %% ../nbs/11b_distrun.ipynb #47c5f37b
 def _torchrun_args(nproc:int, nodes:dict|None) -> list[str]:
     "torchrun's options: one machine (--standalone), or several, ranked by node (static rendezvous at node 0's address)."
     if not nodes: return ["--standalone", f"--nproc_per_node={nproc}"]
@@ -43,6 +45,7 @@ def _torchrun_args(nproc:int, nodes:dict|None) -> list[str]:
     return [f"--nnodes={nnodes}", f"--node-rank={rank}", f"--nproc_per_node={nproc}", "--rdzv-backend=static",
             f"--master-addr={host.strip('[]')}", f"--master-port={port}"]
 
+# %% ../nbs/11b_distrun.ipynb #b66bd20e
 def _script(nb, report_after:int|None=None, names:list|None=None) -> str:
     "`nb`'s code cells as one Python script: IPython syntax made Python, each cell announcing itself to `_script_cell`."
     from IPython.core.inputtransformer2 import TransformerManager
@@ -55,15 +58,18 @@ def _script(nb, report_after:int|None=None, names:list|None=None) -> str:
         if i == report_after: parts.append(f"\n_mlkit_ran(globals(), {list(names or [])!r})  # rank 0 records what ran\n")
     return "".join(parts) + "\n_mlkit_cell(-1)  # the notebook ran to its end\n" + _LEAVE_GROUP
 
+# %% ../nbs/11b_distrun.ipynb #761ac354
 def _literal(path:Path) -> str:
     "`path` for papermill, which fills `{name}` in paths with parameters: braces escaped, so the path stays the path."
     return str(path).replace("{", "{{").replace("}", "}}")
 
+# %% ../nbs/11b_distrun.ipynb #d7cce6ac
 def _copy_lines(pipe, stream):
     "Copy a worker pipe's output to `stream` as it comes (a thread)."
     with pipe:
         for line in iter(pipe.readline, ""): stream.write(line); stream.flush()
 
+# %% ../nbs/11b_distrun.ipynb #a6166548
 def _run_distributed(ready, path:Path, saved:Path, cwd:Path, nproc:int, streams, nodes:dict|None, env:dict):
     "Write `ready` to `saved`, make it a script, run that under torchrun in `cwd` with `env`, its output to `streams`."
     import subprocess
@@ -88,12 +94,12 @@ def _run_distributed(ready, path:Path, saved:Path, cwd:Path, nproc:int, streams,
         for t in copies: t.join(5)
     if rc != 0: raise DistributedRunError(f"torchrun exited with status {rc}")
 
+# %% ../nbs/11b_distrun.ipynb #926be18d
 def _write_prepared(ready, saved:Path, path:Path):
     "The parameterized notebook, not executed (`prepare_only`), as papermill's --prepare-only writes it."
     import nbformat
     ready.metadata.papermill.update(input_path=str(path), output_path=str(saved))
     atomic_write(saved, lambda f: nbformat.write(ready, f), mode="w")
-
 
 # %% ../nbs/11b_distrun.ipynb #ec9780a7
 _CELLS_LOG = ".cells.jsonl"  # rank 0's cells, output and error, in the run folder while a --nproc run runs
@@ -107,6 +113,7 @@ class _Tee:
         return n
     def __getattr__(self, k): return getattr(self.stream, k)  # flush, fileno, isatty, encoding, ...
 
+# %% ../nbs/11b_distrun.ipynb #417f9bbf
 class _ScriptCells:
     "Rank 0's log of a `--nproc` script: which cell runs, its output and its uncaught exception, a JSON line each."
     def __init__(self, path:Path):
@@ -121,6 +128,7 @@ class _ScriptCells:
         self.cell = None  # the traceback printed next is in the error output already
         self.excepthook(kind, e, tb)
 
+# %% ../nbs/11b_distrun.ipynb #c5166d41
 _script_cells = None
 
 def _script_cell(index:int):
@@ -135,6 +143,7 @@ def _script_cell(index:int):
         _script_cells.cell = index
         _script_cells.log(cell=index)
 
+# %% ../nbs/11b_distrun.ipynb #281f060a
 _shell = None
 
 def _script_shell(namespace:dict):
@@ -147,6 +156,7 @@ def _script_shell(namespace:dict):
         _shell = ScriptShell.instance(user_ns=namespace)
     return _shell
 
+# %% ../nbs/11b_distrun.ipynb #f5671a18
 def _fold_script_log(saved:Path, log:Path) -> tuple[int|None, dict|None, bool]:
     "Put what rank 0 logged into `log` into the notebook `saved` as its cells' outputs; (last cell run, its error, done)."
     if not log.is_file() or not saved.is_file(): return None, None, False
@@ -174,6 +184,7 @@ def _fold_script_log(saved:Path, log:Path) -> tuple[int|None, dict|None, bool]:
     log.unlink()
     return last, error, done
 
+# %% ../nbs/11b_distrun.ipynb #53bcf073
 _RAN = ".ran.json"  # what rank 0 of a --nproc run reported: its parameters as they ran
 
 def _script_ran(namespace:dict, names:list):
@@ -183,10 +194,10 @@ def _script_ran(namespace:dict, names:list):
     if folder and os.environ.get("RANK", "0") == "0":
         atomic_write(Path(folder)/_RAN, lambda f: f.write(_ran_report(namespace, names)), mode="w")
 
+# %% ../nbs/11b_distrun.ipynb #0dae2f0b
 def _take_ran(folder:Path) -> dict|None:
     "What `_script_ran` left in `folder` (removed), or None."
     try: ran = json.loads((folder/_RAN).read_text())
     except (OSError, ValueError): return None
     (folder/_RAN).unlink(missing_ok=True)
     return ran
-
