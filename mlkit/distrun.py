@@ -12,12 +12,12 @@ import threading
 from pathlib import Path
 
 from .core import MlkitError, atomic_write
-from .params import INJECTED_TAG, PARAMETERS_TAG, _tags, notebook_parameters
-from .params import _ran_report
+from .params import INJECTED_TAG, PARAMETERS_TAG, cell_tags, notebook_parameters
+from .params import ran_report
 
 
 # %% auto #0
-__all__ = ['DistributedRunError']
+__all__ = ['CELLS_LOG', 'DistributedRunError', 'torchrun_args', 'literal_path', 'write_prepared', 'fold_script_log', 'take_ran']
 
 # %% ../nbs/11b_distrun.ipynb #29b88693
 class DistributedRunError(MlkitError):
@@ -32,7 +32,7 @@ if torch.distributed.is_available() and torch.distributed.is_initialized(): torc
 """
 
 # %% ../nbs/11b_distrun.ipynb #47c5f37b
-def _torchrun_args(nproc:int, nodes:dict|None) -> list[str]:
+def torchrun_args(nproc:int, nodes:dict|None) -> list[str]:
     "torchrun's options: one machine (--standalone), or several, ranked by node (static rendezvous at node 0's address)."
     if not nodes: return ["--standalone", f"--nproc_per_node={nproc}"]
     nnodes, rank, endpoint = nodes.get("nnodes"), nodes.get("node_rank"), nodes.get("rdzv_endpoint")
@@ -59,7 +59,7 @@ def _script(nb, report_after:int|None=None, names:list|None=None) -> str:
     return "".join(parts) + "\n_mlkit_cell(-1)  # the notebook ran to its end\n" + _LEAVE_GROUP
 
 # %% ../nbs/11b_distrun.ipynb #761ac354
-def _literal(path:Path) -> str:
+def literal_path(path:Path) -> str:
     "`path` for papermill, which fills `{name}` in paths with parameters: braces escaped, so the path stays the path."
     return str(path).replace("{", "{{").replace("}", "}}")
 
@@ -73,12 +73,12 @@ def _copy_lines(pipe, stream):
 def _run_distributed(ready, path:Path, saved:Path, cwd:Path, nproc:int, streams, nodes:dict|None, env:dict):
     "Write `ready` to `saved`, make it a script, run that under torchrun in `cwd` with `env`, its output to `streams`."
     import subprocess
-    _write_prepared(ready, saved, path)
+    write_prepared(ready, saved, path)
     names = list(notebook_parameters(ready) or {})
-    origin_last = [i for i, c in enumerate(ready.cells) if {PARAMETERS_TAG, INJECTED_TAG} & set(_tags(c))]
+    origin_last = [i for i, c in enumerate(ready.cells) if {PARAMETERS_TAG, INJECTED_TAG} & set(cell_tags(c))]
     script = saved.with_suffix(".py")
     script.write_text(_script(ready, max(origin_last, default=None), names))
-    cmd = [sys.executable, "-m", "torch.distributed.run", *_torchrun_args(nproc, nodes), str(script)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", *torchrun_args(nproc, nodes), str(script)]
     p = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          env={**os.environ, **env, "PYTHONUNBUFFERED": "1"})
     copies = [threading.Thread(target=_copy_lines, args=a, daemon=True)
@@ -95,14 +95,14 @@ def _run_distributed(ready, path:Path, saved:Path, cwd:Path, nproc:int, streams,
     if rc != 0: raise DistributedRunError(f"torchrun exited with status {rc}")
 
 # %% ../nbs/11b_distrun.ipynb #926be18d
-def _write_prepared(ready, saved:Path, path:Path):
+def write_prepared(ready, saved:Path, path:Path):
     "The parameterized notebook, not executed (`prepare_only`), as papermill's --prepare-only writes it."
     import nbformat
     ready.metadata.papermill.update(input_path=str(path), output_path=str(saved))
     atomic_write(saved, lambda f: nbformat.write(ready, f), mode="w")
 
 # %% ../nbs/11b_distrun.ipynb #ec9780a7
-_CELLS_LOG = ".cells.jsonl"  # rank 0's cells, output and error, in the run folder while a --nproc run runs
+CELLS_LOG = ".cells.jsonl"  # rank 0's cells, output and error, in the run folder while a --nproc run runs
 
 class _Tee:
     "A stream that writes through to `stream` and logs what it writes as output of the running cell."
@@ -137,7 +137,7 @@ def _script_cell(index:int):
     if _script_cells is None:
         from mlkit.core import RUN_DIR_ENV
         folder = os.environ.get(RUN_DIR_ENV)
-        _script_cells = _ScriptCells(Path(folder)/_CELLS_LOG) if folder and os.environ.get("RANK", "0") == "0" else False
+        _script_cells = _ScriptCells(Path(folder)/CELLS_LOG) if folder and os.environ.get("RANK", "0") == "0" else False
     if _script_cells and index < 0: _script_cells.log(done=True)
     elif _script_cells:
         _script_cells.cell = index
@@ -157,7 +157,7 @@ def _script_shell(namespace:dict):
     return _shell
 
 # %% ../nbs/11b_distrun.ipynb #f5671a18
-def _fold_script_log(saved:Path, log:Path) -> tuple[int|None, dict|None, bool]:
+def fold_script_log(saved:Path, log:Path) -> tuple[int|None, dict|None, bool]:
     "Put what rank 0 logged into `log` into the notebook `saved` as its cells' outputs; (last cell run, its error, done)."
     if not log.is_file() or not saved.is_file(): return None, None, False
     import nbformat
@@ -188,14 +188,14 @@ def _fold_script_log(saved:Path, log:Path) -> tuple[int|None, dict|None, bool]:
 _RAN = ".ran.json"  # what rank 0 of a --nproc run reported: its parameters as they ran
 
 def _script_ran(namespace:dict, names:list):
-    "Called by a --nproc script after its parameters cells: rank 0 leaves `_ran_report` in the run folder."
+    "Called by a --nproc script after its parameters cells: rank 0 leaves `ran_report` in the run folder."
     from mlkit.core import RUN_DIR_ENV
     folder = os.environ.get(RUN_DIR_ENV)
     if folder and os.environ.get("RANK", "0") == "0":
-        atomic_write(Path(folder)/_RAN, lambda f: f.write(_ran_report(namespace, names)), mode="w")
+        atomic_write(Path(folder)/_RAN, lambda f: f.write(ran_report(namespace, names)), mode="w")
 
 # %% ../nbs/11b_distrun.ipynb #0dae2f0b
-def _take_ran(folder:Path) -> dict|None:
+def take_ran(folder:Path) -> dict|None:
     "What `_script_ran` left in `folder` (removed), or None."
     try: ran = json.loads((folder/_RAN).read_text())
     except (OSError, ValueError): return None

@@ -20,13 +20,13 @@ from pathlib import Path
 from .core import TMP_PREFIX, MlkitError, atomic_write, runs_dir
 from .runmeta import REDACTED, redact
 from .runs import META, PACKAGES, PARAMS, Run, open_run
-from .distrun import (DistributedRunError, _CELLS_LOG, _fold_script_log, _literal, _run_distributed, _take_ran,
-                           _torchrun_args)
-from .params import (ERROR_MARKER_TAG, _source_number, _tags, notebook_parameters, parameterize,
+from .distrun import (DistributedRunError, CELLS_LOG, fold_script_log, literal_path, _run_distributed, take_ran,
+                           torchrun_args)
+from .params import (ERROR_MARKER_TAG, source_number, cell_tags, notebook_parameters, parameterize,
                           parameters_cell_index, read_notebook, resolve_params)
 from .runenv import PRUNED_MARK
-from .distrun import _write_prepared
-from .params import _report_code
+from .distrun import write_prepared
+from .params import report_code
 
 
 # %% auto #0
@@ -173,7 +173,7 @@ class _CellLog(logging.Handler):
         m = re.match(r"Executing Cell (\d+)", record.getMessage())
         if not m or record.thread != self.thread: return
         i = self.current = int(m.group(1)) - 1  # in the executed notebook
-        n = _source_number(i, self.origin)
+        n = source_number(i, self.origin)
         if n is not None and self.nb.cells[n - 1].cell_type == "code": self.streams.note(f"-- cell {n}/{len(self.nb.cells)}")
 
 # %% ../nbs/11c_execute.ipynb #ce193177
@@ -213,9 +213,9 @@ def _outcome(e:BaseException|None, running:int|None, origin:list, cell_timeout) 
               (running, e.cell_error["ename"], e.cell_error["evalue"])
               if isinstance(e, DistributedRunError) and e.cell_error and running is not None else None)
     if raised:
-        n, ename, evalue = _source_number(raised[0], origin), raised[1], " ".join(str(raised[2]).split())[:500]
+        n, ename, evalue = source_number(raised[0], origin), raised[1], " ".join(str(raised[2]).split())[:500]
         return "failed", f"{_cell_name(n)}: {ename}: {evalue}", {"cell": n, "ename": ename, "evalue": evalue}
-    n = _source_number(running, origin)
+    n = source_number(running, origin)
     where = _cell_name(n) if running is not None else "a cell"
     cell = {"cell": n} if running is not None else {}
     if isinstance(e, RunInterrupted): return "interrupted", f"{e.signame} in {where}", cell or None
@@ -230,7 +230,7 @@ def _outcome(e:BaseException|None, running:int|None, origin:list, cell_timeout) 
 
 # %% ../nbs/11c_execute.ipynb #754d6edc
 def _reporting_engine(after:int|None, names:list, on_report, input_path:str):
-    "A papermill engine whose kernel reports what ran (`_report_code`) to `on_report` once cell `after` ran."
+    "A papermill engine whose kernel reports what ran (`report_code`) to `on_report` once cell `after` ran."
     import ast as _ast
     from papermill.clientwrap import PapermillNotebookClient
     from papermill.engines import NBClientEngine
@@ -238,7 +238,7 @@ def _reporting_engine(after:int|None, names:list, on_report, input_path:str):
         def execute_cell(self, cell, cell_index, *args, **kw):
             done = super().execute_cell(cell, cell_index, *args, **kw)
             if cell_index == after:  # silent: no output, no execution count, no `_` or Out[] in the notebook
-                code, expression = _report_code(names)
+                code, expression = report_code(names)
                 msg_id = self.kc.execute(code, silent=True, store_history=False, user_expressions={"mlkit": expression})
                 reply = (self.wait_for_reply(msg_id) or {}).get("content", {})
                 got = (reply.get("user_expressions") or {}).get("mlkit", {})
@@ -267,7 +267,7 @@ def _checked_options(nproc, nodes, gpus, cell_timeout, start_timeout, output) ->
         if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
             raise MlkitError(f"--nproc takes a number of processes, 1 or more, got {nproc!r}")
         if cell_timeout is not None: raise MlkitError("--cell-timeout applies to cells, and --nproc runs a script")
-        _torchrun_args(nproc, nodes)
+        torchrun_args(nproc, nodes)
     elif nodes: raise MlkitError("--nnodes, --node-rank and --rdzv-endpoint go with --nproc")
     if gpus is not None:
         from mlkit.gpu import gpus as visible_gpus
@@ -320,7 +320,7 @@ def _execute(ready, path:Path, saved:Path, kernel:str, origin:list, on_report, c
     names = list(notebook_parameters(ready) or {})
     papermill_engines.register(engine, _reporting_engine(max(last, default=None), names, on_report, str(path)))
     try:
-        execute_notebook(ready, _literal(saved), engine_name=engine, kernel_name=kernel, language="python",
+        execute_notebook(ready, literal_path(saved), engine_name=engine, kernel_name=kernel, language="python",
                          execution_timeout=cell_timeout, start_timeout=math.ceil(start_timeout), progress_bar=False,
                          log_output=True, stdout_file=streams.stdout, stderr_file=streams.stderr,
                          kernel_manager_class=manager)
@@ -346,12 +346,12 @@ def _copy_output(saved:Path, output:Path):
 # %% ../nbs/11c_execute.ipynb #60751981
 def _fold_workers(tracker, error, cells, saved:Path, streams:_Streams):
     "A --nproc run's end: rank 0's cells folded into the notebook, its error and what ran recorded; the error to report."
-    last, cell_error, done = _fold_script_log(saved, tracker.path/_CELLS_LOG)
+    last, cell_error, done = fold_script_log(saved, tracker.path/CELLS_LOG)
     cells.current = last if last is not None else cells.current
     if isinstance(error, DistributedRunError) and done and cell_error is None:  # a worker died on its way out
         tracker.meta["exit_note"], error = f"{error} after the notebook ran to its end", None
     if isinstance(error, DistributedRunError): error.cell_error = cell_error
-    if (ran := _take_ran(tracker.path)) is not None: _record_ran(tracker, ran, streams)
+    if (ran := take_ran(tracker.path)) is not None: _record_ran(tracker, ran, streams)
     return error
 
 # %% ../nbs/11c_execute.ipynb #16933324
@@ -473,7 +473,7 @@ def _paths(path, cwd) -> tuple[Path, Path]:
 def _read_with_params(path:Path, params:dict|None, secrets:dict|None) -> tuple:
     "(the notebook, the values to inject, every final value, the secrets' values): `secrets` go to the kernel alone."
     nb = read_notebook(path)
-    nb.cells = [c for c in nb.cells if ERROR_MARKER_TAG not in _tags(c)]  # papermill's, not the notebook's: not counted
+    nb.cells = [c for c in nb.cells if ERROR_MARKER_TAG not in cell_tags(c)]  # papermill's, not the notebook's: not counted
     given, final = resolve_params(nb, {**(params or {}), **(secrets or {})}, where=str(path))
     hidden = {k: given.pop(k) for k in secrets or {}}  # never in the notebook, argv or a record: the kernel's environment
     return nb, given, final | dict.fromkeys(hidden, REDACTED), hidden
@@ -569,7 +569,7 @@ def run_notebook(path:str|Path, # The notebook to execute
         _record_start(tracker, final, hidden, output, meta, notebook=str(path), kernel=kernel, kernel_from=kernel_why,
                       kernel_cwd=str(cwd), cell_timeout=cell_timeout, nproc=nproc, gpus=gpus)
         log = open(tracker.path/KERNEL_LOG, "ab")
-        if prepare_only: _write_prepared(ready, saved, path)
+        if prepare_only: write_prepared(ready, saved, path)
         else: _run_held(tracker, ready, path, saved, kernel, origin, cwd, nproc, nodes, gpus, (cell_timeout, start_timeout),
                         streams, env, log, cells)
     except BaseException as e: error = e

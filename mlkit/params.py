@@ -20,8 +20,9 @@ from .core import MlkitError
 
 # %% auto #0
 __all__ = ['ANY', 'NONE', 'PATH', 'PARAMETERS_TAG', 'INJECTED_TAG', 'ERROR_MARKER_TAG', 'NotebookError', 'ParameterError',
-           'read_notebook', 'Hint', 'parse_annotation', 'Parameter', 'parameters_cell_index', 'notebook_parameters',
-           'CliText', 'parse_value', 'convert', 'read_params_file', 'resolve_params', 'parameterize']
+           'read_notebook', 'Hint', 'parse_annotation', 'Parameter', 'cell_tags', 'parameters_cell_index',
+           'notebook_parameters', 'CliText', 'parse_value', 'with_article', 'convert', 'read_params_file',
+           'resolve_params', 'source_number', 'parameterize', 'ran_report', 'report_code']
 
 # %% ../nbs/11a_params.ipynb #536c6234
 class NotebookError(MlkitError):
@@ -169,7 +170,9 @@ def _is_path_call(text:str) -> bool:
     return isinstance(node, ast.Call) and _dotted(node.func) in ("Path", "pathlib.Path")
 
 # %% ../nbs/11a_params.ipynb #83c54f93
-def _tags(cell) -> list: return cell.get("metadata", {}).get("tags", [])
+def cell_tags(cell) -> list:
+    "A cell's tags (its metadata's `tags`), from an nbformat node or a notebook's raw JSON alike."
+    return cell.get("metadata", {}).get("tags", [])
 def _source(cell) -> str: return "".join(cell.get("source", ""))  # a list of lines in a notebook's raw JSON
 
 # %% ../nbs/11a_params.ipynb #8b1210ba
@@ -192,7 +195,7 @@ def _assignments(source:str):
 # %% ../nbs/11a_params.ipynb #f07f6414
 def parameters_cell_index(nb) -> int|None:
     "The index of the first cell tagged `parameters`, or None."
-    return next((i for i, c in enumerate(nb["cells"]) if PARAMETERS_TAG in _tags(c)), None)
+    return next((i for i, c in enumerate(nb["cells"]) if PARAMETERS_TAG in cell_tags(c)), None)
 
 # %% ../nbs/11a_params.ipynb #ffb1b292
 def notebook_parameters(nb, # A notebook (`read_notebook`)
@@ -242,8 +245,10 @@ def parse_value(text:str) -> object:
     return value
 
 # %% ../nbs/11a_params.ipynb #63025c24
-def _a_name(name:str) -> str: return ("an " if name[0] in "aeiou" else "a ") + name
-def _a(t:type) -> str: return _a_name(t.__name__)
+def with_article(name:str) -> str:
+    "`name` after its article, as errors say it: 'an int', 'a list[int]'."
+    return ("an " if name[0] in "aeiou" else "a ") + name
+def _a(t:type) -> str: return with_article(t.__name__)
 
 def _number(text:str, kind:type):
     "`text` as Python reads an int or float (YAML 1.1 reads 1e-3 as a string and 010 as octal 8); None if it is not."
@@ -267,7 +272,7 @@ class _Misfit(Exception):
 def _what(h:Hint) -> str:
     "`h` in a sentence: 'an int', 'a list[int]', 'one of 'a' | 'b''."
     choices = h.kind == "literal" or h.kind == "union" and all(m.kind in ("literal", "none") for m in h.args)
-    return f"one of {h}" if choices else _a_name(str(h))
+    return f"one of {h}" if choices else with_article(str(h))
 
 # %% ../nbs/11a_params.ipynb #68d82735
 def _fit_items(h:Hint, value:list, loose:bool) -> list:
@@ -332,7 +337,7 @@ def _refused(p:Parameter, value, why:str="") -> ParameterError:
 def _only_plain(p:Parameter, value):
     "`value`, or a `ParameterError` when it holds what papermill cannot write as Python."
     if bad := _plain_kind(value):
-        raise ParameterError(f"parameter '{p.name}' got {value!r}, which holds {_a_name(bad)}: a notebook takes numbers, "
+        raise ParameterError(f"parameter '{p.name}' got {value!r}, which holds {with_article(bad)}: a notebook takes numbers, "
                              "strings, booleans, None, and lists and dicts (with string keys) of them")
     return value
 
@@ -412,7 +417,7 @@ def _value_source(p:Parameter|None, value, path:bool=False) -> str:
     return f"{maker[1]}({text})" if maker else text
 
 # %% ../nbs/11a_params.ipynb #b218e18e
-def _source_number(index:int|None, origin:list) -> int|None:
+def source_number(index:int|None, origin:list) -> int|None:
     "The 1-based number, in the source notebook, of cell `index` of the executed one; None for the injected cell."
     return origin[index] + 1 if index is not None and 0 <= index < len(origin) and origin[index] is not None else None
 
@@ -429,7 +434,7 @@ def parameterize(nb, # A notebook (`read_notebook`)
     from nbformat.v4 import new_code_cell
     nb, declared = copy.deepcopy(nb), notebook_parameters(nb) or {}
     origin = [i for i, c in enumerate(nb.cells)  # what ran before must not run again, nor papermill's error markers
-              if not {INJECTED_TAG, ERROR_MARKER_TAG} & set(_tags(c))]
+              if not {INJECTED_TAG, ERROR_MARKER_TAG} & set(cell_tags(c))]
     nb.cells = [nb.cells[i] for i in origin]
     if given or from_env:
         lines = [f"{k} = {_value_source(declared.get(k), v, k in paths)}" for k, v in given.items()]
@@ -447,7 +452,7 @@ def parameterize(nb, # A notebook (`read_notebook`)
 # %% ../nbs/11a_params.ipynb #b7b156fa
 _RAN_MAX = 64 * 1024  # bytes of JSON a parameter's value may take in the record; a bigger one is kept as its repr
 
-def _ran_report(namespace:dict, # The kernel's globals after the parameters (and injected) cells ran
+def ran_report(namespace:dict, # The kernel's globals after the parameters (and injected) cells ran
                 names:list, # The declared parameters
                ) -> str:
     "JSON the kernel sends back: each parameter's value as it ran (repr and type where JSON cannot hold it), its environment."
@@ -474,11 +479,11 @@ def _ran_report(namespace:dict, # The kernel's globals after the parameters (and
                       default=repr)
 
 # %% ../nbs/11a_params.ipynb #e3b635d2
-def _report_code(names:list) -> tuple[str, str]:
+def report_code(names:list) -> tuple[str, str]:
     "(code, user expression) a kernel runs silently to report what ran: no name left behind, no mlkit needed there."
     import inspect
     source = "".join(["from __future__ import annotations\nimport json, os, sys\n", f"_RAN_MAX = {_RAN_MAX}\n",
-                      inspect.getsource(_plain_kind), inspect.getsource(_ran_report),
-                      "sys._mlkit_ran = _ran_report(ns, names)\n"])
+                      inspect.getsource(_plain_kind), inspect.getsource(ran_report),
+                      "sys._mlkit_ran = ran_report(ns, names)\n"])
     code = f"exec({source!r}, {{'ns': __import__('sys')._getframe(0).f_globals, 'names': {list(names)!r}}})"
     return code, "__import__('sys').__dict__.pop('_mlkit_ran', '')"

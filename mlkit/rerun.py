@@ -14,7 +14,7 @@ from pathlib import Path
 from .core import MlkitError
 from .runmeta import REDACTED
 from .runs import PACKAGES, Run
-from .params import _a_name, notebook_parameters, read_notebook
+from .params import with_article, notebook_parameters, read_notebook
 from .execute import run_notebook
 
 
@@ -117,7 +117,7 @@ def _unusable(run:Run, recorded:dict, params:dict, itself=()) -> str|None:
                 f"give them again ({' '.join(f'-p {k} VALUE' for k in secret)})")
     reprs = {k: t for k, t in (run.meta.get("param_reprs") or {}).items() if k not in params and k not in itself}
     if reprs:
-        what = ", ".join(f"'{k}' only as its repr ({_a_name(str(t))})" for k, t in reprs.items())
+        what = ", ".join(f"'{k}' only as its repr ({with_article(str(t))})" for k, t in reprs.items())
         return (f"run {run.id} recorded parameter {what}: give {'it' if len(reprs) == 1 else 'them'} again with "
                 + " ".join(f"-p {k} VALUE" for k in reprs))
     return None
