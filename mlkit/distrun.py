@@ -12,25 +12,27 @@ import threading
 from pathlib import Path
 
 from .core import MlkitError, atomic_write
-from .params import INJECTED_TAG, PARAMETERS_TAG, _tags, notebook_parameters
-from .params import _ran_report
+from .params import INJECTED_TAG, PARAMETERS_TAG, cell_tags, notebook_parameters
+from .params import ran_report
 
 
 # %% auto #0
-__all__ = ['DistributedRunError']
+__all__ = ['CELLS_LOG', 'DistributedRunError', 'torchrun_args', 'literal_path', 'write_prepared', 'fold_script_log', 'take_ran']
 
 # %% ../nbs/11b_distrun.ipynb #29b88693
 class DistributedRunError(MlkitError):
     "The notebook's script failed under torchrun."
     cell_error: dict|None = None  # rank 0's exception and the cell it came from, when it raised one
 
+# %% ../nbs/11b_distrun.ipynb #7638752c
 _LEAVE_GROUP = """
 # added by mlkit run: leave the process group, or gloo may abort the process at exit
 import torch.distributed
 if torch.distributed.is_available() and torch.distributed.is_initialized(): torch.distributed.destroy_process_group()
 """
 
-def _torchrun_args(nproc:int, nodes:dict|None) -> list[str]:
+# %% ../nbs/11b_distrun.ipynb #47c5f37b
+def torchrun_args(nproc:int, nodes:dict|None) -> list[str]:
     "torchrun's options: one machine (--standalone), or several, ranked by node (static rendezvous at node 0's address)."
     if not nodes: return ["--standalone", f"--nproc_per_node={nproc}"]
     nnodes, rank, endpoint = nodes.get("nnodes"), nodes.get("node_rank"), nodes.get("rdzv_endpoint")
@@ -43,36 +45,40 @@ def _torchrun_args(nproc:int, nodes:dict|None) -> list[str]:
     return [f"--nnodes={nnodes}", f"--node-rank={rank}", f"--nproc_per_node={nproc}", "--rdzv-backend=static",
             f"--master-addr={host.strip('[]')}", f"--master-port={port}"]
 
+# %% ../nbs/11b_distrun.ipynb #b66bd20e
 def _script(nb, report_after:int|None=None, names:list|None=None) -> str:
     "`nb`'s code cells as one Python script: IPython syntax made Python, each cell announcing itself to `_script_cell`."
     from IPython.core.inputtransformer2 import TransformerManager
     to_python = TransformerManager().transform_cell
     parts = ["# the notebook as `mlkit run --nproc` runs it: its code cells in order\n"
-             "from mlkit.run import _script_cell as _mlkit_cell, _script_shell as _mlkit_shell, _script_ran as _mlkit_ran\n"
+             "from mlkit.distrun import _script_cell as _mlkit_cell, _script_shell as _mlkit_shell, _script_ran as _mlkit_ran\n"
              "get_ipython = lambda: _mlkit_shell(globals())  # magics and !commands, as in a kernel\n"]
     for i, c in enumerate(nb.cells):
         if c.cell_type == "code": parts.append(f"\n# %% cell {i}\n_mlkit_cell({i})\n{to_python(c.source)}")
         if i == report_after: parts.append(f"\n_mlkit_ran(globals(), {list(names or [])!r})  # rank 0 records what ran\n")
     return "".join(parts) + "\n_mlkit_cell(-1)  # the notebook ran to its end\n" + _LEAVE_GROUP
 
-def _literal(path:Path) -> str:
+# %% ../nbs/11b_distrun.ipynb #761ac354
+def literal_path(path:Path) -> str:
     "`path` for papermill, which fills `{name}` in paths with parameters: braces escaped, so the path stays the path."
     return str(path).replace("{", "{{").replace("}", "}}")
 
+# %% ../nbs/11b_distrun.ipynb #d7cce6ac
 def _copy_lines(pipe, stream):
     "Copy a worker pipe's output to `stream` as it comes (a thread)."
     with pipe:
         for line in iter(pipe.readline, ""): stream.write(line); stream.flush()
 
+# %% ../nbs/11b_distrun.ipynb #a6166548
 def _run_distributed(ready, path:Path, saved:Path, cwd:Path, nproc:int, streams, nodes:dict|None, env:dict):
     "Write `ready` to `saved`, make it a script, run that under torchrun in `cwd` with `env`, its output to `streams`."
     import subprocess
-    _write_prepared(ready, saved, path)
+    write_prepared(ready, saved, path)
     names = list(notebook_parameters(ready) or {})
-    origin_last = [i for i, c in enumerate(ready.cells) if {PARAMETERS_TAG, INJECTED_TAG} & set(_tags(c))]
+    origin_last = [i for i, c in enumerate(ready.cells) if {PARAMETERS_TAG, INJECTED_TAG} & set(cell_tags(c))]
     script = saved.with_suffix(".py")
     script.write_text(_script(ready, max(origin_last, default=None), names))
-    cmd = [sys.executable, "-m", "torch.distributed.run", *_torchrun_args(nproc, nodes), str(script)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", *torchrun_args(nproc, nodes), str(script)]
     p = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          env={**os.environ, **env, "PYTHONUNBUFFERED": "1"})
     copies = [threading.Thread(target=_copy_lines, args=a, daemon=True)
@@ -88,15 +94,15 @@ def _run_distributed(ready, path:Path, saved:Path, cwd:Path, nproc:int, streams,
         for t in copies: t.join(5)
     if rc != 0: raise DistributedRunError(f"torchrun exited with status {rc}")
 
-def _write_prepared(ready, saved:Path, path:Path):
+# %% ../nbs/11b_distrun.ipynb #926be18d
+def write_prepared(ready, saved:Path, path:Path):
     "The parameterized notebook, not executed (`prepare_only`), as papermill's --prepare-only writes it."
     import nbformat
     ready.metadata.papermill.update(input_path=str(path), output_path=str(saved))
     atomic_write(saved, lambda f: nbformat.write(ready, f), mode="w")
 
-
 # %% ../nbs/11b_distrun.ipynb #ec9780a7
-_CELLS_LOG = ".cells.jsonl"  # rank 0's cells, output and error, in the run folder while a --nproc run runs
+CELLS_LOG = ".cells.jsonl"  # rank 0's cells, output and error, in the run folder while a --nproc run runs
 
 class _Tee:
     "A stream that writes through to `stream` and logs what it writes as output of the running cell."
@@ -107,6 +113,7 @@ class _Tee:
         return n
     def __getattr__(self, k): return getattr(self.stream, k)  # flush, fileno, isatty, encoding, ...
 
+# %% ../nbs/11b_distrun.ipynb #417f9bbf
 class _ScriptCells:
     "Rank 0's log of a `--nproc` script: which cell runs, its output and its uncaught exception, a JSON line each."
     def __init__(self, path:Path):
@@ -121,6 +128,7 @@ class _ScriptCells:
         self.cell = None  # the traceback printed next is in the error output already
         self.excepthook(kind, e, tb)
 
+# %% ../nbs/11b_distrun.ipynb #c5166d41
 _script_cells = None
 
 def _script_cell(index:int):
@@ -129,12 +137,13 @@ def _script_cell(index:int):
     if _script_cells is None:
         from mlkit.core import RUN_DIR_ENV
         folder = os.environ.get(RUN_DIR_ENV)
-        _script_cells = _ScriptCells(Path(folder)/_CELLS_LOG) if folder and os.environ.get("RANK", "0") == "0" else False
+        _script_cells = _ScriptCells(Path(folder)/CELLS_LOG) if folder and os.environ.get("RANK", "0") == "0" else False
     if _script_cells and index < 0: _script_cells.log(done=True)
     elif _script_cells:
         _script_cells.cell = index
         _script_cells.log(cell=index)
 
+# %% ../nbs/11b_distrun.ipynb #281f060a
 _shell = None
 
 def _script_shell(namespace:dict):
@@ -147,7 +156,8 @@ def _script_shell(namespace:dict):
         _shell = ScriptShell.instance(user_ns=namespace)
     return _shell
 
-def _fold_script_log(saved:Path, log:Path) -> tuple[int|None, dict|None, bool]:
+# %% ../nbs/11b_distrun.ipynb #f5671a18
+def fold_script_log(saved:Path, log:Path) -> tuple[int|None, dict|None, bool]:
     "Put what rank 0 logged into `log` into the notebook `saved` as its cells' outputs; (last cell run, its error, done)."
     if not log.is_file() or not saved.is_file(): return None, None, False
     import nbformat
@@ -174,19 +184,20 @@ def _fold_script_log(saved:Path, log:Path) -> tuple[int|None, dict|None, bool]:
     log.unlink()
     return last, error, done
 
+# %% ../nbs/11b_distrun.ipynb #53bcf073
 _RAN = ".ran.json"  # what rank 0 of a --nproc run reported: its parameters as they ran
 
 def _script_ran(namespace:dict, names:list):
-    "Called by a --nproc script after its parameters cells: rank 0 leaves `_ran_report` in the run folder."
+    "Called by a --nproc script after its parameters cells: rank 0 leaves `ran_report` in the run folder."
     from mlkit.core import RUN_DIR_ENV
     folder = os.environ.get(RUN_DIR_ENV)
     if folder and os.environ.get("RANK", "0") == "0":
-        atomic_write(Path(folder)/_RAN, lambda f: f.write(_ran_report(namespace, names)), mode="w")
+        atomic_write(Path(folder)/_RAN, lambda f: f.write(ran_report(namespace, names)), mode="w")
 
-def _take_ran(folder:Path) -> dict|None:
+# %% ../nbs/11b_distrun.ipynb #0dae2f0b
+def take_ran(folder:Path) -> dict|None:
     "What `_script_ran` left in `folder` (removed), or None."
     try: ran = json.loads((folder/_RAN).read_text())
     except (OSError, ValueError): return None
     (folder/_RAN).unlink(missing_ok=True)
     return ran
-

@@ -20,18 +20,18 @@ from pathlib import Path
 from .core import TMP_PREFIX, MlkitError, atomic_write, runs_dir
 from .runmeta import REDACTED, redact
 from .runs import META, PACKAGES, PARAMS, Run, open_run
-from .distrun import (DistributedRunError, _CELLS_LOG, _fold_script_log, _literal, _run_distributed, _take_ran,
-                           _torchrun_args)
-from .params import (ERROR_MARKER_TAG, _source_number, _tags, notebook_parameters, parameterize,
+from .distrun import (DistributedRunError, CELLS_LOG, fold_script_log, literal_path, _run_distributed, take_ran,
+                           torchrun_args)
+from .params import (ERROR_MARKER_TAG, source_number, cell_tags, notebook_parameters, parameterize,
                           parameters_cell_index, read_notebook, resolve_params)
 from .runenv import PRUNED_MARK
-from .distrun import _write_prepared
-from .params import _report_code
+from .distrun import write_prepared
+from .params import report_code
 
 
 # %% auto #0
-__all__ = ['KERNEL_LOG', 'SECRET_PARAM_ENV', 'kernel_name', 'choose_kernel', 'RunInterrupted', 'run_notebook',
-           'disk_full_message']
+__all__ = ['KERNEL_LOG', 'SECRET_PARAM_ENV', 'kernel_name', 'choose_kernel', 'RunInterrupted', 'disk_full_message',
+           'run_notebook']
 
 # %% ../nbs/11c_execute.ipynb #c42e8d17
 def kernel_name() -> str:
@@ -39,6 +39,7 @@ def kernel_name() -> str:
     from jupyter_client.kernelspec import KernelSpecManager
     return "mlkit" if "mlkit" in KernelSpecManager().find_kernel_specs() else "python3"
 
+# %% ../nbs/11c_execute.ipynb #9d4340f9
 def choose_kernel(nb, # The notebook (`read_notebook`)
                   kernel:str|None=None, # The kernel asked for (`-k`); None: the notebook's own, if installed
                  ) -> tuple[str, str]:
@@ -53,6 +54,7 @@ def choose_kernel(nb, # The notebook (`read_notebook`)
     if own in specs: return own, "the notebook's kernelspec"
     return kernel_name(), "the project's kernel" + (f" (the notebook's {own!r} is not installed)" if own else "")
 
+# %% ../nbs/11c_execute.ipynb #e27ceb21
 def _writable_runs_folder(root:str|Path|None) -> Path:
     root = Path(root).expanduser() if root is not None else runs_dir()
     try: root.mkdir(parents=True, exist_ok=True)
@@ -80,6 +82,7 @@ class _Echo:
     def fileno(self) -> int: return self.stream.fileno()
     def __getattr__(self, k): return getattr(self.stream, k)  # encoding, buffer, ...
 
+# %% ../nbs/11c_execute.ipynb #ea1b037d
 _term_users, _term_lock, _term_before = [0], threading.Lock(), {}
 
 @contextmanager
@@ -96,6 +99,7 @@ def _guarded_terminal():
             _term_users[0] -= 1
             if _term_users[0] == 0: sys.stdout, sys.stderr = _term_before["stdout"], _term_before["stderr"]
 
+# %% ../nbs/11c_execute.ipynb #a466f1dc
 class _Streams:
     "Where a run's text goes: mlkit's notes, the cells' stdout and stderr, each safe from a reader that goes away."
     def __init__(self, out, stdout_file, stderr_file, quiet:bool):
@@ -114,12 +118,12 @@ class _Streams:
     def close(self):
         for f in self.opened: f.close()
 
-
 # %% ../nbs/11c_execute.ipynb #bf4df7e7
 class RunInterrupted(KeyboardInterrupt):
     "SIGINT, SIGTERM or SIGHUP arrived while a notebook ran."
     def __init__(self, signame:str): super().__init__(signame); self.signame = signame
 
+# %% ../nbs/11c_execute.ipynb #5eb08942
 @contextmanager
 def _signals_interrupt():
     "Inside: SIGINT, SIGTERM and SIGHUP raise RunInterrupted (main thread only); the handlers before are restored after."
@@ -134,6 +138,7 @@ def _signals_interrupt():
     finally:
         for s, h in before.items(): signal.signal(s, h)
 
+# %% ../nbs/11c_execute.ipynb #f4cfe0d5
 @contextmanager
 def _gpus_held(n:int|None, run_id:str, out):
     "Inside: `n` GPUs held with `gpu_lock` (their ids yielded); says so while it waits, and for whom."
@@ -148,6 +153,7 @@ def _gpus_held(n:int|None, run_id:str, out):
     except GPULockTimeout as e: print(f"mlkit run: waiting for {n} GPU(s): {e}", file=out, flush=True)
     with gpu_lock(n, run_id=run_id, set_env=False) as ids: yield ids
 
+# %% ../nbs/11c_execute.ipynb #f5813c23
 def _kernel_manager_class(env:dict, log, cwd:Path):
     "A kernel manager class whose kernels run in `cwd` with `env` over our environment and write their own log to `log`."
     from jupyter_client.manager import AsyncKernelManager
@@ -156,6 +162,7 @@ def _kernel_manager_class(env:dict, log, cwd:Path):
             return await super().start_kernel(**{**kw, "env": {**os.environ, **env}, "stderr": log, "cwd": str(cwd)})
     return RunKernelManager
 
+# %% ../nbs/11c_execute.ipynb #7c3e4580
 class _CellLog(logging.Handler):
     "Prints '-- cell 3/7' as papermill starts each code cell of the source notebook (in this thread's run only)."
     def __init__(self, nb, origin:list, streams):
@@ -166,9 +173,10 @@ class _CellLog(logging.Handler):
         m = re.match(r"Executing Cell (\d+)", record.getMessage())
         if not m or record.thread != self.thread: return
         i = self.current = int(m.group(1)) - 1  # in the executed notebook
-        n = _source_number(i, self.origin)
+        n = source_number(i, self.origin)
         if n is not None and self.nb.cells[n - 1].cell_type == "code": self.streams.note(f"-- cell {n}/{len(self.nb.cells)}")
 
+# %% ../nbs/11c_execute.ipynb #ce193177
 _log_users, _log_lock, _log_before = [0], threading.Lock(), {}
 
 def _unretrieved_dead_kernel(record:logging.LogRecord) -> bool:
@@ -176,6 +184,7 @@ def _unretrieved_dead_kernel(record:logging.LogRecord) -> bool:
     exc = record.exc_info[1] if record.exc_info else None
     return not (str(record.msg).startswith("Task exception was never retrieved") and type(exc).__name__ == "DeadKernelError")
 
+# %% ../nbs/11c_execute.ipynb #a4adb53d
 @contextmanager
 def _papermill_log(handler:logging.Handler):
     "Inside: papermill's log goes to `handler` only (its INFO lines included); restored when the last run using it ends."
@@ -192,7 +201,6 @@ def _papermill_log(handler:logging.Handler):
             _log_users[0] -= 1
             if _log_users[0] == 0: log.setLevel(_log_before["level"]); log.propagate = _log_before["propagate"]
 
-
 # %% ../nbs/11c_execute.ipynb #4187411c
 def _cell_name(n:int|None) -> str: return f"cell {n}" if n is not None else "the injected parameters cell"
 
@@ -205,9 +213,9 @@ def _outcome(e:BaseException|None, running:int|None, origin:list, cell_timeout) 
               (running, e.cell_error["ename"], e.cell_error["evalue"])
               if isinstance(e, DistributedRunError) and e.cell_error and running is not None else None)
     if raised:
-        n, ename, evalue = _source_number(raised[0], origin), raised[1], " ".join(str(raised[2]).split())[:500]
+        n, ename, evalue = source_number(raised[0], origin), raised[1], " ".join(str(raised[2]).split())[:500]
         return "failed", f"{_cell_name(n)}: {ename}: {evalue}", {"cell": n, "ename": ename, "evalue": evalue}
-    n = _source_number(running, origin)
+    n = source_number(running, origin)
     where = _cell_name(n) if running is not None else "a cell"
     cell = {"cell": n} if running is not None else {}
     if isinstance(e, RunInterrupted): return "interrupted", f"{e.signame} in {where}", cell or None
@@ -222,7 +230,7 @@ def _outcome(e:BaseException|None, running:int|None, origin:list, cell_timeout) 
 
 # %% ../nbs/11c_execute.ipynb #754d6edc
 def _reporting_engine(after:int|None, names:list, on_report, input_path:str):
-    "A papermill engine whose kernel reports what ran (`_report_code`) to `on_report` once cell `after` ran."
+    "A papermill engine whose kernel reports what ran (`report_code`) to `on_report` once cell `after` ran."
     import ast as _ast
     from papermill.clientwrap import PapermillNotebookClient
     from papermill.engines import NBClientEngine
@@ -230,7 +238,7 @@ def _reporting_engine(after:int|None, names:list, on_report, input_path:str):
         def execute_cell(self, cell, cell_index, *args, **kw):
             done = super().execute_cell(cell, cell_index, *args, **kw)
             if cell_index == after:  # silent: no output, no execution count, no `_` or Out[] in the notebook
-                code, expression = _report_code(names)
+                code, expression = report_code(names)
                 msg_id = self.kc.execute(code, silent=True, store_history=False, user_expressions={"mlkit": expression})
                 reply = (self.wait_for_reply(msg_id) or {}).get("content", {})
                 got = (reply.get("user_expressions") or {}).get("mlkit", {})
@@ -259,7 +267,7 @@ def _checked_options(nproc, nodes, gpus, cell_timeout, start_timeout, output) ->
         if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
             raise MlkitError(f"--nproc takes a number of processes, 1 or more, got {nproc!r}")
         if cell_timeout is not None: raise MlkitError("--cell-timeout applies to cells, and --nproc runs a script")
-        _torchrun_args(nproc, nodes)
+        torchrun_args(nproc, nodes)
     elif nodes: raise MlkitError("--nnodes, --node-rank and --rdzv-endpoint go with --nproc")
     if gpus is not None:
         from mlkit.gpu import gpus as visible_gpus
@@ -275,6 +283,7 @@ def _checked_options(nproc, nodes, gpus, cell_timeout, start_timeout, output) ->
         if not out.parent.is_dir(): raise MlkitError(f"the output notebook's folder {out.parent} does not exist")
     return math.ceil(cell_timeout) if cell_timeout is not None else None  # nbclient counts whole seconds
 
+# %% ../nbs/11c_execute.ipynb #b6b4d70e
 def _record_ran(tracker, ran:dict, streams:_Streams|None=None):
     "Record what the kernel reported: parameters as they ran (computed defaults too, redacted), its Python and packages."
     from mlkit.core import write_json_atomic
@@ -299,6 +308,7 @@ def _record_ran(tracker, ran:dict, streams:_Streams|None=None):
     write_json_atomic(tracker.path/PARAMS, tracker.params)
     write_json_atomic(tracker.path/META, tracker.meta)
 
+# %% ../nbs/11c_execute.ipynb #8b32d72e
 def _execute(ready, path:Path, saved:Path, kernel:str, origin:list, on_report, cell_timeout, start_timeout,
              streams:_Streams, manager):
     "Execute the parameterized notebook `ready` with papermill into `saved`; its kernel reports what ran to `on_report`."
@@ -310,12 +320,11 @@ def _execute(ready, path:Path, saved:Path, kernel:str, origin:list, on_report, c
     names = list(notebook_parameters(ready) or {})
     papermill_engines.register(engine, _reporting_engine(max(last, default=None), names, on_report, str(path)))
     try:
-        execute_notebook(ready, _literal(saved), engine_name=engine, kernel_name=kernel, language="python",
+        execute_notebook(ready, literal_path(saved), engine_name=engine, kernel_name=kernel, language="python",
                          execution_timeout=cell_timeout, start_timeout=math.ceil(start_timeout), progress_bar=False,
                          log_output=True, stdout_file=streams.stdout, stderr_file=streams.stderr,
                          kernel_manager_class=manager)
     finally: papermill_engines._engines.pop(engine, None)
-
 
 # %% ../nbs/11c_execute.ipynb #6fcd538e
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -326,6 +335,7 @@ def _traceback_text(e:BaseException|None) -> str|None:
     if not isinstance(e, PapermillExecutionError) or not e.traceback: return None
     return _ANSI.sub("", "\n".join(e.traceback)).rstrip() + "\n"
 
+# %% ../nbs/11c_execute.ipynb #91ff79d6
 def _copy_output(saved:Path, output:Path):
     "The executed notebook, also at `output` (papermill's output path, which its metadata names)."
     import nbformat
@@ -333,30 +343,41 @@ def _copy_output(saved:Path, output:Path):
     nb.metadata.setdefault("papermill", {})["output_path"] = str(output)
     atomic_write(output, lambda f: nbformat.write(nb, f), mode="w")
 
-def _settle(tracker, error, cells, origin:list, given:dict, saved:Path, log, streams:_Streams, nproc, name,
-            cell_timeout, status:str|None, output):
-    "End the run: its outcome, the failing cell's traceback, the kernel's marks, secrets out of the notebook, -o's copy."
+# %% ../nbs/11c_execute.ipynb #60751981
+def _fold_workers(tracker, error, cells, saved:Path, streams:_Streams):
+    "A --nproc run's end: rank 0's cells folded into the notebook, its error and what ran recorded; the error to report."
+    last, cell_error, done = fold_script_log(saved, tracker.path/CELLS_LOG)
+    cells.current = last if last is not None else cells.current
+    if isinstance(error, DistributedRunError) and done and cell_error is None:  # a worker died on its way out
+        tracker.meta["exit_note"], error = f"{error} after the notebook ran to its end", None
+    if isinstance(error, DistributedRunError): error.cell_error = cell_error
+    if (ran := take_ran(tracker.path)) is not None: _record_ran(tracker, ran, streams)
+    return error
+
+# %% ../nbs/11c_execute.ipynb #16933324
+def _take_marks(tracker, name:str|None, status:str) -> str:
+    "The marks the kernel left in the run folder (a name asked for, its seed, a sweep's pruning) into `tracker`; the status."
     from mlkit.local_tracker import take_name_mark, take_seed_mark
-    if (tb := _traceback_text(error)) is not None:
-        if log: log.write(tb.encode())
-        if not streams.quiet: streams.notes.write(tb)
-    if log: log.close()
-    if nproc is not None:
-        last, cell_error, done = _fold_script_log(saved, tracker.path/_CELLS_LOG)
-        cells.current = last if last is not None else cells.current
-        if isinstance(error, DistributedRunError) and done and cell_error is None:  # a worker died on its way out
-            tracker.meta["exit_note"], error = f"{error} after the notebook ran to its end", None
-        if isinstance(error, DistributedRunError): error.cell_error = cell_error
-        if (ran := _take_ran(tracker.path)) is not None: _record_ran(tracker, ran, streams)
-    outcome, message, cell = _outcome(error, cells.current, origin, cell_timeout)
-    status = status or outcome
-    if _disk_full(error): message = disk_full_message(error)
-    if cell: tracker.meta["failed_cell"] = cell
     if name is None and (asked := take_name_mark(tracker.path)):  # the notebook's LocalTracker(name=...)
         tracker.name = tracker.meta["name"] = asked
     if (seed := take_seed_mark(tracker.path)) is not None: tracker.meta["seed"] = seed  # the kernel's seed_everything
     if (pruned := _pruned_at(tracker.path)) is not None and status == "finished":
         status, tracker.meta["pruned_at_step"] = "pruned", pruned
+    return status
+
+# %% ../nbs/11c_execute.ipynb #4290a7d5
+def _settle(tracker, error, cells, origin:list, given:dict, saved:Path, log, streams:_Streams, nproc, name,
+            cell_timeout, status:str|None, output):
+    "End the run: its outcome, the failing cell's traceback, the kernel's marks, secrets out of the notebook, -o's copy."
+    if (tb := _traceback_text(error)) is not None:
+        if log: log.write(tb.encode())
+        if not streams.quiet: streams.notes.write(tb)
+    if log: log.close()
+    if nproc is not None: error = _fold_workers(tracker, error, cells, saved, streams)
+    outcome, message, cell = _outcome(error, cells.current, origin, cell_timeout)
+    if _disk_full(error): message = disk_full_message(error)
+    if cell: tracker.meta["failed_cell"] = cell
+    status = _take_marks(tracker, name, status or outcome)
     try:
         _redact_injected(saved, given)
         if output and saved.is_file(): _copy_output(saved, Path(output).expanduser())
@@ -367,11 +388,147 @@ def _settle(tracker, error, cells, origin:list, given:dict, saved:Path, log, str
     finally: streams.close()
     tracker.finish(status, message)
 
-
 # %% ../nbs/11c_execute.ipynb #4de51e59
 KERNEL_LOG = "kernel.log"  # the kernel's own messages (warnings, crashes), in the run folder
 SECRET_PARAM_ENV = "MLKIT_SECRET_PARAM_"  # + a name: `run_notebook(secrets=...)`'s values (JSON), for the kernel alone
 
+# %% ../nbs/11c_execute.ipynb #7769e2cb
+def _pruned_at(folder:Path) -> int|None:
+    "The step at which the sweep pruned the run's trial (the kernel's `report` left a mark), or None; the mark is removed."
+    mark = folder/PRUNED_MARK
+    try: step = json.loads(mark.read_text()).get("step")
+    except (OSError, ValueError, AttributeError): return None
+    mark.unlink(missing_ok=True)
+    return step
+
+# %% ../nbs/11c_execute.ipynb #81bee6c2
+def _run_other_node(ready, path:Path, cwd:Path, nproc:int, nodes:dict, streams, env:dict, gpus:int|None) -> None:
+    "Node 1 and up of a run over several machines: this machine's workers, no run folder (rank 0, on node 0, records)."
+    import tempfile
+    from mlkit.gpu import HELD_ENV
+    with (tempfile.TemporaryDirectory(prefix="mlkit-run-") as tmp, _signals_interrupt(),
+          _gpus_held(gpus, f"node {nodes['node_rank']} of a run", streams.notes) as ids):
+        if ids is not None: env["CUDA_VISIBLE_DEVICES"] = env[HELD_ENV] = ",".join(map(str, ids))
+        try: _run_distributed(ready, path, Path(tmp)/"notebook.ipynb", cwd, nproc, streams, nodes, env)
+        finally: streams.close()
+
+# %% ../nbs/11c_execute.ipynb #5810c73c
+def _redact_injected(saved:Path, given:dict):
+    "Secret-named parameters' values out of the executed notebook (its injected cell, papermill's metadata) and script."
+    hidden = {k: redact({k: v})[k] for k, v in given.items()}  # a secret name's value, or secrets nested in a value
+    secret = [k for k, v in given.items() if hidden[k] != v]
+    hide = lambda line: (f"{line.split(' = ')[0]} = {hidden[line.split(' = ')[0]]!r}"  # noqa: E731
+                         if line.split(" = ")[0] in secret else line)
+    script = saved.with_suffix(".py")  # --nproc's
+    if secret and script.is_file(): script.write_text("\n".join(map(hide, script.read_text().splitlines())) + "\n")
+    if not secret or not saved.is_file(): return
+    import nbformat
+    nb = nbformat.read(saved, as_version=4)
+    if "parameters" in nb.metadata.get("papermill", {}):
+        nb.metadata.papermill.parameters = redact(dict(nb.metadata.papermill.parameters))
+    for c in nb.cells:
+        if "injected-parameters" in c.metadata.get("tags", []):
+            c.source = "\n".join(map(hide, c.source.splitlines()))
+    atomic_write(saved, lambda f: nbformat.write(nb, f), mode="w")
+
+# %% ../nbs/11c_execute.ipynb #b4e3ceb7
+_atomic_registered: list = []
+
+def _atomic_notebook_writes():
+    "Make papermill write local notebooks atomically (temporary file, then rename): a reader never sees half of one."
+    if _atomic_registered: return
+    from papermill.iorw import LocalHandler, chdir, papermill_io
+    class AtomicLocalHandler(LocalHandler):
+        "papermill's local files, each notebook written whole or not at all (its 30-second saves and its last)."
+        def write(self, buf, path):
+            with chdir(self._cwd):
+                if (folder := os.path.dirname(path)) and not os.path.exists(folder):
+                    raise FileNotFoundError(f"output folder {folder} doesn't exist.")
+                atomic_write(os.path.abspath(path), lambda f: f.write(buf.encode("utf-8")))
+    papermill_io.register("/", AtomicLocalHandler())  # absolute paths, as run_notebook passes (the last "local" one wins)
+    _atomic_registered.append(True)
+
+# %% ../nbs/11c_execute.ipynb #e972f984
+def _disk_full(e:BaseException|None) -> bool:
+    "Whether `e` is a write that found no space: the disk full (ENOSPC) or the user's quota spent (EDQUOT)."
+    return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
+
+# %% ../nbs/11c_execute.ipynb #4f71fc45
+def disk_full_message(e:OSError) -> str:
+    "One line for a full disk: what could not be written (the file, not `atomic_write`'s temporary name)."
+    path = Path(str(e.filename)) if e.filename else None
+    if path and path.name.startswith(TMP_PREFIX): path = path.with_name(path.name[len(TMP_PREFIX):].rsplit(".", 2)[0])
+    what = "no space left on device" if e.errno == errno.ENOSPC else "disk quota exceeded"
+    return f"{what} writing {path}" if path else what
+
+# %% ../nbs/11c_execute.ipynb #273e46e0
+def _paths(path, cwd) -> tuple[Path, Path]:
+    "(the notebook's absolute path, the kernel's folder: `cwd`, else the notebook's); an `MlkitError` if it is no folder."
+    path = Path(path).expanduser().absolute()
+    cwd = Path(cwd).expanduser().absolute() if cwd is not None else path.parent
+    if not cwd.is_dir(): raise MlkitError(f"--cwd {cwd} is not a folder")
+    return path, cwd
+
+# %% ../nbs/11c_execute.ipynb #3f7f30e7
+def _read_with_params(path:Path, params:dict|None, secrets:dict|None) -> tuple:
+    "(the notebook, the values to inject, every final value, the secrets' values): `secrets` go to the kernel alone."
+    nb = read_notebook(path)
+    nb.cells = [c for c in nb.cells if ERROR_MARKER_TAG not in cell_tags(c)]  # papermill's, not the notebook's: not counted
+    given, final = resolve_params(nb, {**(params or {}), **(secrets or {})}, where=str(path))
+    hidden = {k: given.pop(k) for k in secrets or {}}  # never in the notebook, argv or a record: the kernel's environment
+    return nb, given, final | dict.fromkeys(hidden, REDACTED), hidden
+
+# %% ../nbs/11c_execute.ipynb #8a6a96d1
+def _kernel_env(env:dict|None, hidden:dict, path:Path) -> dict:
+    "The kernel's environment over ours: `env`, the secrets (JSON), plain progress lines, the notebook's path."
+    return {**(env or {}), **{SECRET_PARAM_ENV + k: json.dumps(v, default=str) for k, v in hidden.items()},
+            "MLKIT_PROGRESS": "lines", "MLKIT_NOTEBOOK": str(path)}
+
+# %% ../nbs/11c_execute.ipynb #759ddee4
+def _start_run(root:Path, name:str, streams:_Streams, env:dict):
+    "A `LocalTracker` for the run in `root`, said on `streams`; `env` gets its folder for the kernel."
+    from mlkit.core import RUN_DIR_ENV
+    from mlkit.local_tracker import LocalTracker
+    _atomic_notebook_writes()
+    tracker = LocalTracker(root, name=name, capture=True)
+    streams.note(f"mlkit run: run {tracker.id} ({tracker.name}) in {tracker.path}")
+    env[RUN_DIR_ENV] = str(tracker.path)
+    return tracker
+
+# %% ../nbs/11c_execute.ipynb #8b054e42
+def _record_start(tracker, final:dict, hidden:dict, output, meta:dict|None, **fields):
+    "What the run is, in `meta.json` (on disk from the start: a killed run still says it) and the values in `params.json`."
+    from mlkit.core import write_json_atomic
+    tracker.meta.update({"notebook": fields.pop("notebook"), "notebook_params": redact(final), "kernel": fields.pop("kernel"),
+                         **({"secret_params": sorted(hidden)} if hidden else {}), **fields,
+                         **({"output": str(Path(output).expanduser().absolute())} if output else {}), **(meta or {})})
+    tracker.log_params(final)
+    write_json_atomic(tracker.path/META, tracker.meta)
+
+# %% ../nbs/11c_execute.ipynb #1f1a570f
+def _run_held(tracker, ready, path:Path, saved:Path, kernel:str, origin:list, cwd:Path, nproc, nodes, gpus, timeouts:tuple,
+              streams:_Streams, env:dict, log, cells):
+    "Execute `ready` (under torchrun with `nproc`) with signals raising `RunInterrupted`, the terminal guarded, GPUs held."
+    from mlkit.gpu import HELD_ENV
+    with (_signals_interrupt(), _guarded_terminal(), _gpus_held(gpus, tracker.id, streams.notes) as ids,
+          _papermill_log(cells)):
+        if ids is not None:
+            tracker.meta["gpu_ids"] = ids
+            env["CUDA_VISIBLE_DEVICES"] = env[HELD_ENV] = ",".join(map(str, ids))
+        if nproc is not None: _run_distributed(ready, path, saved, cwd, nproc, streams, nodes, env)
+        else:  # the kernel's environment and folder go to its manager: os.environ and the cwd stay as they are
+            _execute(ready, path, saved, kernel, origin, lambda r: _record_ran(tracker, r, streams), *timeouts, streams,
+                     _kernel_manager_class(env, log, cwd))
+
+# %% ../nbs/11c_execute.ipynb #b5877b92
+def _reopened(tracker) -> Run:
+    "The run as its folder now says, with the outcome `tracker` holds if its end could not be written (disk full)."
+    run = open_run(tracker.path)
+    if run.meta.get("status") == "running" and tracker.meta.get("status", "running") != "running":
+        run.meta.update({k: tracker.meta.get(k) for k in ("status", "error")})
+    return run
+
+# %% ../nbs/11c_execute.ipynb #dc943b60
 def run_notebook(path:str|Path, # The notebook to execute
                  params:dict|None=None, # Parameter values by name (`CliText` values are read as YAML)
                  name:str|None=None, # A human name for the run; the notebook's name when None
@@ -396,121 +553,27 @@ def run_notebook(path:str|Path, # The notebook to execute
                 ) -> Run|None:
     "Execute the notebook at `path` with `params` as a tracked run; its `Run` record whatever the outcome (None on node 1+)."
     cell_timeout = _checked_options(nproc, nodes, gpus, cell_timeout, start_timeout, output)
-    path = Path(path).expanduser().absolute()
-    cwd = Path(cwd).expanduser().absolute() if cwd is not None else path.parent
-    if not cwd.is_dir(): raise MlkitError(f"--cwd {cwd} is not a folder")
-    nb = read_notebook(path)
-    nb.cells = [c for c in nb.cells if ERROR_MARKER_TAG not in _tags(c)]  # papermill's, not the notebook's: not counted
-    given, final = resolve_params(nb, {**(params or {}), **(secrets or {})}, where=str(path))
-    hidden = {k: given.pop(k) for k in secrets or {}}  # never in the notebook, argv or a record: the kernel's environment
-    final |= dict.fromkeys(hidden, REDACTED)
+    path, cwd = _paths(path, cwd)
+    nb, given, final, hidden = _read_with_params(path, params, secrets)
     kernel, kernel_why = choose_kernel(nb, kernel)
     ready, origin = parameterize(nb, given, report_mode, paths=(meta or {}).get("param_paths", ()),
                                  from_env={k: SECRET_PARAM_ENV + k for k in hidden})
-    env = {**(env or {}), **{SECRET_PARAM_ENV + k: json.dumps(v, default=str) for k, v in hidden.items()},
-           "MLKIT_PROGRESS": "lines", "MLKIT_NOTEBOOK": str(path)}
+    env = _kernel_env(env, hidden, path)
     if nodes and nodes["node_rank"] != 0:
         return _run_other_node(ready, path, cwd, nproc, nodes, _Streams(out, stdout_file, stderr_file, quiet), env, gpus)
     root = _writable_runs_folder(runs_dir)
     streams = _Streams(out, stdout_file, stderr_file, quiet)
-    from mlkit.gpu import HELD_ENV
-    from mlkit.core import RUN_DIR_ENV, write_json_atomic
-    from mlkit.local_tracker import LocalTracker
-    _atomic_notebook_writes()
-    tracker = LocalTracker(root, name=name or path.stem, capture=True)
-    streams.note(f"mlkit run: run {tracker.id} ({tracker.name}) in {tracker.path}")
-    saved, env[RUN_DIR_ENV] = tracker.path/"notebook.ipynb", str(tracker.path)
-    cells, error, log = _CellLog(nb, origin, streams), None, None
+    tracker = _start_run(root, name or path.stem, streams, env)
+    saved, cells, error, log = tracker.path/"notebook.ipynb", _CellLog(nb, origin, streams), None, None
     try:
-        tracker.meta.update({"notebook": str(path), "notebook_params": redact(final), "kernel": kernel,
-                             **({"secret_params": sorted(hidden)} if hidden else {}),
-                             "kernel_from": kernel_why, "kernel_cwd": str(cwd), "cell_timeout": cell_timeout, "nproc": nproc,
-                             "gpus": gpus, **({"output": str(Path(output).expanduser().absolute())} if output else {}),
-                             **(meta or {})})
-        tracker.log_params(final)
-        write_json_atomic(tracker.path/META, tracker.meta)  # on disk from the start: a killed run still says what it was
+        _record_start(tracker, final, hidden, output, meta, notebook=str(path), kernel=kernel, kernel_from=kernel_why,
+                      kernel_cwd=str(cwd), cell_timeout=cell_timeout, nproc=nproc, gpus=gpus)
         log = open(tracker.path/KERNEL_LOG, "ab")
-        if prepare_only: _write_prepared(ready, saved, path)
-        else:
-            with (_signals_interrupt(), _guarded_terminal(), _gpus_held(gpus, tracker.id, streams.notes) as ids,
-                  _papermill_log(cells)):
-                if ids is not None:
-                    tracker.meta["gpu_ids"] = ids
-                    env["CUDA_VISIBLE_DEVICES"] = env[HELD_ENV] = ",".join(map(str, ids))
-                if nproc is not None: _run_distributed(ready, path, saved, cwd, nproc, streams, nodes, env)
-                else:  # the kernel's environment and folder go to its manager: os.environ and the cwd stay as they are
-                    _execute(ready, path, saved, kernel, origin, lambda r: _record_ran(tracker, r, streams),
-                             cell_timeout, start_timeout, streams, _kernel_manager_class(env, log, cwd))
+        if prepare_only: write_prepared(ready, saved, path)
+        else: _run_held(tracker, ready, path, saved, kernel, origin, cwd, nproc, nodes, gpus, (cell_timeout, start_timeout),
+                        streams, env, log, cells)
     except BaseException as e: error = e
     finally:
         _settle(tracker, error, cells, origin, given, saved, log, streams, nproc, name, cell_timeout,
                 "prepared" if prepare_only and error is None else None, output)
-    run = open_run(tracker.path)
-    if run.meta.get("status") == "running" and tracker.meta.get("status", "running") != "running":
-        run.meta.update({k: tracker.meta.get(k) for k in ("status", "error")})  # its end could not be written: disk full
-    return run
-
-def _pruned_at(folder:Path) -> int|None:
-    "The step at which the sweep pruned the run's trial (the kernel's `report` left a mark), or None; the mark is removed."
-    mark = folder/PRUNED_MARK
-    try: step = json.loads(mark.read_text()).get("step")
-    except (OSError, ValueError, AttributeError): return None
-    mark.unlink(missing_ok=True)
-    return step
-
-def _run_other_node(ready, path:Path, cwd:Path, nproc:int, nodes:dict, streams, env:dict, gpus:int|None) -> None:
-    "Node 1 and up of a run over several machines: this machine's workers, no run folder (rank 0, on node 0, records)."
-    import tempfile
-    from mlkit.gpu import HELD_ENV
-    with (tempfile.TemporaryDirectory(prefix="mlkit-run-") as tmp, _signals_interrupt(),
-          _gpus_held(gpus, f"node {nodes['node_rank']} of a run", streams.notes) as ids):
-        if ids is not None: env["CUDA_VISIBLE_DEVICES"] = env[HELD_ENV] = ",".join(map(str, ids))
-        try: _run_distributed(ready, path, Path(tmp)/"notebook.ipynb", cwd, nproc, streams, nodes, env)
-        finally: streams.close()
-
-def _redact_injected(saved:Path, given:dict):
-    "Secret-named parameters' values out of the executed notebook (its injected cell, papermill's metadata) and script."
-    hidden = {k: redact({k: v})[k] for k, v in given.items()}  # a secret name's value, or secrets nested in a value
-    secret = [k for k, v in given.items() if hidden[k] != v]
-    hide = lambda line: (f"{line.split(' = ')[0]} = {hidden[line.split(' = ')[0]]!r}"  # noqa: E731
-                         if line.split(" = ")[0] in secret else line)
-    script = saved.with_suffix(".py")  # --nproc's
-    if secret and script.is_file(): script.write_text("\n".join(map(hide, script.read_text().splitlines())) + "\n")
-    if not secret or not saved.is_file(): return
-    import nbformat
-    nb = nbformat.read(saved, as_version=4)
-    if "parameters" in nb.metadata.get("papermill", {}):
-        nb.metadata.papermill.parameters = redact(dict(nb.metadata.papermill.parameters))
-    for c in nb.cells:
-        if "injected-parameters" in c.metadata.get("tags", []):
-            c.source = "\n".join(map(hide, c.source.splitlines()))
-    atomic_write(saved, lambda f: nbformat.write(nb, f), mode="w")
-
-
-# %% ../nbs/11c_execute.ipynb #b4e3ceb7
-_atomic_registered: list = []
-
-def _atomic_notebook_writes():
-    "Make papermill write local notebooks atomically (temporary file, then rename): a reader never sees half of one."
-    if _atomic_registered: return
-    from papermill.iorw import LocalHandler, chdir, papermill_io
-    class AtomicLocalHandler(LocalHandler):
-        "papermill's local files, each notebook written whole or not at all (its 30-second saves and its last)."
-        def write(self, buf, path):
-            with chdir(self._cwd):
-                if (folder := os.path.dirname(path)) and not os.path.exists(folder):
-                    raise FileNotFoundError(f"output folder {folder} doesn't exist.")
-                atomic_write(os.path.abspath(path), lambda f: f.write(buf.encode("utf-8")))
-    papermill_io.register("/", AtomicLocalHandler())  # absolute paths, as run_notebook passes (the last "local" one wins)
-    _atomic_registered.append(True)
-
-def _disk_full(e:BaseException|None) -> bool:
-    "Whether `e` is a write that found no space: the disk full (ENOSPC) or the user's quota spent (EDQUOT)."
-    return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
-
-def disk_full_message(e:OSError) -> str:
-    "One line for a full disk: what could not be written (the file, not `atomic_write`'s temporary name)."
-    path = Path(str(e.filename)) if e.filename else None
-    if path and path.name.startswith(TMP_PREFIX): path = path.with_name(path.name[len(TMP_PREFIX):].rsplit(".", 2)[0])
-    what = "no space left on device" if e.errno == errno.ENOSPC else "disk quota exceeded"
-    return f"{what} writing {path}" if path else what
+    return _reopened(tracker)

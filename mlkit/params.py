@@ -20,8 +20,9 @@ from .core import MlkitError
 
 # %% auto #0
 __all__ = ['ANY', 'NONE', 'PATH', 'PARAMETERS_TAG', 'INJECTED_TAG', 'ERROR_MARKER_TAG', 'NotebookError', 'ParameterError',
-           'read_notebook', 'Hint', 'parse_annotation', 'Parameter', 'parameters_cell_index', 'notebook_parameters',
-           'CliText', 'parse_value', 'convert', 'read_params_file', 'resolve_params', 'parameterize']
+           'read_notebook', 'Hint', 'parse_annotation', 'Parameter', 'cell_tags', 'parameters_cell_index',
+           'notebook_parameters', 'CliText', 'parse_value', 'with_article', 'convert', 'read_params_file',
+           'resolve_params', 'source_number', 'parameterize', 'ran_report', 'report_code']
 
 # %% ../nbs/11a_params.ipynb #536c6234
 class NotebookError(MlkitError):
@@ -67,23 +68,27 @@ class Hint:
         return {"path": "Path", "none": "None"}.get(k, k)
     def __repr__(self): return f"Hint({str(self)!r})"  # as the reader wrote it: `Hint("'a' | 'b'")`
 
+# %% ../nbs/11a_params.ipynb #5edc37e5
 ANY, NONE, PATH = Hint("any"), Hint("none"), Hint("path")
 _HINT_NAMES = {"int": "int", "float": "float", "bool": "bool", "str": "str", "list": "list", "List": "list",
                "dict": "dict", "Dict": "dict", "tuple": "tuple", "Tuple": "tuple", "Path": "path", "Any": "any"}
 _HINT_MODULES = ("", "typing", "typing_extensions", "pathlib")
 
+# %% ../nbs/11a_params.ipynb #c1e16058
 def _dotted(node) -> str|None:
     "`a.b.c` of a name or attribute node, or None."
     if isinstance(node, ast.Name): return node.id
     if isinstance(node, ast.Attribute) and (base := _dotted(node.value)): return f"{base}.{node.attr}"
     return None
 
+# %% ../nbs/11a_params.ipynb #b64db996
 def _union(hints) -> Hint:
     "One hint for a value that may fit any of `hints` (unions flattened, repeats dropped; any among them: any)."
     members = []
     for h in hints: members += [m for m in (h.args if h.kind == "union" else (h,)) if m not in members]
     return ANY if ANY in members else members[0] if len(members) == 1 else Hint("union", tuple(members))
 
+# %% ../nbs/11a_params.ipynb #23049f96
 def _hint(node:ast.expr) -> Hint:
     "The hint an annotation's syntax tree spells; `ANY` for one mlkit does not know."
     if isinstance(node, ast.Constant):
@@ -109,15 +114,17 @@ def _hint(node:ast.expr) -> Hint:
     if kind == "tuple": return Hint("tuple", tuple(map(_hint, args)))
     return ANY
 
-def parse_annotation(text:str) -> Hint:
-    "The `Hint` the annotation source `text` spells, parsed and never evaluated; `ANY` when mlkit does not know it."
-    try: return _hint(ast.parse(text.strip(), mode="eval").body)
-    except SyntaxError: return ANY
-
+# %% ../nbs/11a_params.ipynb #48a965dd
 def _takes_none(h:Hint) -> bool:
     "Whether `None` fits `h`."
     return h.kind in ("any", "none") or h.kind == "union" and any(map(_takes_none, h.args)) or (
         h.kind == "literal" and any(v is None for v in h.args))
+
+# %% ../nbs/11a_params.ipynb #772fc74f
+def parse_annotation(text:str) -> Hint:
+    "The `Hint` the annotation source `text` spells, parsed and never evaluated; `ANY` when mlkit does not know it."
+    try: return _hint(ast.parse(text.strip(), mode="eval").body)
+    except SyntaxError: return ANY
 
 # %% ../nbs/11a_params.ipynb #99454c0d
 PARAMETERS_TAG = "parameters"
@@ -146,6 +153,7 @@ class Parameter:
         h = self.hint
         return h == PATH or h.kind == "union" and PATH in h.args and all(m in (PATH, NONE) for m in h.args)
 
+# %% ../nbs/11a_params.ipynb #2dba8361
 def _base_type(h:Hint) -> type|None:
     "The one Python type the values of `h` have, None aside (a path's: str; a tuple's: list), or None."
     kinds = {"int": int, "float": float, "bool": bool, "str": str, "path": str, "list": list, "dict": dict, "tuple": list}
@@ -154,19 +162,20 @@ def _base_type(h:Hint) -> type|None:
         type(v) for m in members if m.kind == "literal" for v in m.args if v is not None}
     return types.pop() if len(types) == 1 else None
 
+# %% ../nbs/11a_params.ipynb #b4172007
 def _is_path_call(text:str) -> bool:
     "Whether the source `text` is a call of `Path` or `pathlib.Path`."
     try: node = ast.parse(text, mode="eval").body
     except SyntaxError: return False
     return isinstance(node, ast.Call) and _dotted(node.func) in ("Path", "pathlib.Path")
 
-def _tags(cell) -> list: return cell.get("metadata", {}).get("tags", [])
+# %% ../nbs/11a_params.ipynb #83c54f93
+def cell_tags(cell) -> list:
+    "A cell's tags (its metadata's `tags`), from an nbformat node or a notebook's raw JSON alike."
+    return cell.get("metadata", {}).get("tags", [])
 def _source(cell) -> str: return "".join(cell.get("source", ""))  # a list of lines in a notebook's raw JSON
 
-def parameters_cell_index(nb) -> int|None:
-    "The index of the first cell tagged `parameters`, or None."
-    return next((i for i, c in enumerate(nb["cells"]) if PARAMETERS_TAG in _tags(c)), None)
-
+# %% ../nbs/11a_params.ipynb #8b1210ba
 def _assignments(source:str):
     "(name, annotation source or None, value source, comment on its last line) of each `name = value` statement."
     try: tree = ast.parse(source := re.sub(r"(?m)^[ \t]*[%!].*$", "", cell := source))  # magics, shell lines
@@ -183,6 +192,12 @@ def _assignments(source:str):
         annotation = ast.get_source_segment(source, node.annotation) if isinstance(node, ast.AnnAssign) else None
         yield target.id, annotation, ast.get_source_segment(source, node.value), comments.get(node.end_lineno, "")
 
+# %% ../nbs/11a_params.ipynb #f07f6414
+def parameters_cell_index(nb) -> int|None:
+    "The index of the first cell tagged `parameters`, or None."
+    return next((i for i, c in enumerate(nb["cells"]) if PARAMETERS_TAG in cell_tags(c)), None)
+
+# %% ../nbs/11a_params.ipynb #ffb1b292
 def notebook_parameters(nb, # A notebook (`read_notebook`)
                        ) -> dict[str, Parameter]|None:
     "The notebook's parameters by name, in order; None when it has no `parameters` cell."
@@ -204,6 +219,7 @@ class CliText(str):
     def __init__(self, text:str): # The text after `-p NAME` (str.__new__ keeps it)
         super().__init__()
 
+# %% ../nbs/11a_params.ipynb #703bd063
 def _yaml(text:str):
     "`text` read by YAML's safe loader, except that dates stay text (a notebook takes no date objects) and 010 is ten."
     import yaml
@@ -216,6 +232,7 @@ def _yaml(text:str):
     Loader.add_constructor("tag:yaml.org,2002:int", decimal)
     return yaml.load(text, Loader=Loader)
 
+# %% ../nbs/11a_params.ipynb #bb167b4f
 def parse_value(text:str) -> object:
     "A command-line value as papermill then YAML read it: 'None' -> None, '1e-3' -> 0.001, '[16, 8]' -> [16, 8], 'x' -> 'x'."
     import yaml
@@ -227,14 +244,18 @@ def parse_value(text:str) -> object:
         value = _number(value, int) if _number(value, int) is not None else _number(value, float)  # 1e-3: YAML 1.1's string
     return value
 
-def _a_name(name:str) -> str: return ("an " if name[0] in "aeiou" else "a ") + name
-def _a(t:type) -> str: return _a_name(t.__name__)
+# %% ../nbs/11a_params.ipynb #63025c24
+def with_article(name:str) -> str:
+    "`name` after its article, as errors say it: 'an int', 'a list[int]'."
+    return ("an " if name[0] in "aeiou" else "a ") + name
+def _a(t:type) -> str: return with_article(t.__name__)
 
 def _number(text:str, kind:type):
     "`text` as Python reads an int or float (YAML 1.1 reads 1e-3 as a string and 010 as octal 8); None if it is not."
     try: return kind(text.strip().replace("_", "")) if text.strip() else None
     except ValueError: return None
 
+# %% ../nbs/11a_params.ipynb #7b5725d8
 def _plain_kind(value) -> str|None:
     "The name of the first type in `value` a notebook's parameters cannot hold (papermill writes them as text), or None."
     if value is None or isinstance(value, (bool, int, float, str)): return None
@@ -251,8 +272,9 @@ class _Misfit(Exception):
 def _what(h:Hint) -> str:
     "`h` in a sentence: 'an int', 'a list[int]', 'one of 'a' | 'b''."
     choices = h.kind == "literal" or h.kind == "union" and all(m.kind in ("literal", "none") for m in h.args)
-    return f"one of {h}" if choices else _a_name(str(h))
+    return f"one of {h}" if choices else with_article(str(h))
 
+# %% ../nbs/11a_params.ipynb #68d82735
 def _fit_items(h:Hint, value:list, loose:bool) -> list:
     "The items of the list `value` fitted to the list or tuple hint `h`."
     fixed = h.kind == "tuple" and h.args and h.args[-1] is not Ellipsis  # tuple[int, str]: a hint per item
@@ -264,6 +286,7 @@ def _fit_items(h:Hint, value:list, loose:bool) -> list:
         except _Misfit: raise _Misfit(f"item {i}, {x!r}, is not {_what(hx)}") from None
     return out
 
+# %% ../nbs/11a_params.ipynb #d5b75948
 def _fit_dict(h:Hint, value:dict, loose:bool) -> dict:
     "The dict `value` with its keys and values fitted to the dict hint `h`."
     kh, vh, out = *(h.args or (ANY, ANY)), {}
@@ -274,6 +297,7 @@ def _fit_dict(h:Hint, value:dict, loose:bool) -> dict:
         except _Misfit: raise _Misfit(f"the value of {k!r}, {x!r}, is not {_what(vh)}") from None
     return out
 
+# %% ../nbs/11a_params.ipynb #f56f64c7
 def _fit(h:Hint, value, loose:bool=False):
     "`value` fitted to `h` (an int made a float, a path its text), or a `_Misfit`; `loose`: text may be a number or None."
     k = h.kind
@@ -309,13 +333,15 @@ def _refused(p:Parameter, value, why:str="") -> ParameterError:
         return ParameterError(f"{said}; declare it `{p.name}: {declared} | None = {default}` to allow None")
     return ParameterError(f"{said} ({_a(type(value))})" + (f": {why}" if why else ""))
 
+# %% ../nbs/11a_params.ipynb #1f1ae256
 def _only_plain(p:Parameter, value):
     "`value`, or a `ParameterError` when it holds what papermill cannot write as Python."
     if bad := _plain_kind(value):
-        raise ParameterError(f"parameter '{p.name}' got {value!r}, which holds {_a_name(bad)}: a notebook takes numbers, "
+        raise ParameterError(f"parameter '{p.name}' got {value!r}, which holds {with_article(bad)}: a notebook takes numbers, "
                              "strings, booleans, None, and lists and dicts (with string keys) of them")
     return value
 
+# %% ../nbs/11a_params.ipynb #050b1a8e
 def _from_text(p:Parameter, text:str):
     "The command-line `text` for `p`: as typed for a string or path; else read (`parse_value`), or as typed if that fits."
     if p.hint.kind in ("str", "path"): return text  # a string parameter takes the text as typed
@@ -327,6 +353,7 @@ def _from_text(p:Parameter, text:str):
         if isinstance(e, ParameterError): raise
         raise _refused(p, value, str(e)) from None
 
+# %% ../nbs/11a_params.ipynb #2ba54b7b
 def convert(p:Parameter, value) -> object:
     "`value` checked against (and converted to) `p`'s type (`p.hint`); a `ParameterError` naming the type, default and value."
     if isinstance(value, CliText): return _from_text(p, str(value))
@@ -344,6 +371,7 @@ def _yaml_file(path:Path, what:str, error:type):
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise error(f"invalid YAML in {path}: {' '.join(str(e).split())[:200]}") from None
 
+# %% ../nbs/11a_params.ipynb #45e7d3b7
 def read_params_file(path:str|Path) -> dict:
     "The parameters in the YAML file `path` (a mapping of names to values)."
     path = Path(path)
@@ -353,6 +381,7 @@ def read_params_file(path:str|Path) -> dict:
         raise ParameterError(f"{path} must hold a mapping of parameter names to values, got {type(data).__name__}")
     return data
 
+# %% ../nbs/11a_params.ipynb #6f2f58c0
 def resolve_params(nb, # The notebook (`read_notebook`)
                    params:dict|None, # Values to set, by name
                    where:str="the notebook", # How errors name the notebook
@@ -376,6 +405,7 @@ def resolve_params(nb, # The notebook (`read_notebook`)
 INJECTED_TAG = "injected-parameters"  # papermill's tag for the cell of values it adds after the parameters cell
 ERROR_MARKER_TAG = "papermill-error-cell-tag"  # papermill's markdown cells around the cell it failed on
 
+# %% ../nbs/11a_params.ipynb #00c70fe8
 def _value_source(p:Parameter|None, value, path:bool=False) -> str:
     "`value` as Python source for the injected cell (papermill's translation); a path parameter's (or `path`) as `Path('...')`."
     from papermill.translators import PythonTranslator
@@ -386,6 +416,12 @@ def _value_source(p:Parameter|None, value, path:bool=False) -> str:
     if not maker and path: maker = re.search(r"(?<![\w.])([\w.]*Path)\b", str(p.default)) or [None, "__import__('pathlib').Path"]
     return f"{maker[1]}({text})" if maker else text
 
+# %% ../nbs/11a_params.ipynb #b218e18e
+def source_number(index:int|None, origin:list) -> int|None:
+    "The 1-based number, in the source notebook, of cell `index` of the executed one; None for the injected cell."
+    return origin[index] + 1 if index is not None and 0 <= index < len(origin) and origin[index] is not None else None
+
+# %% ../nbs/11a_params.ipynb #77520092
 def parameterize(nb, # A notebook (`read_notebook`)
                  given:dict, # Converted values by name (`resolve_params`)
                  report_mode:bool=False, # Hide the code cells' sources, as papermill's --report-mode does
@@ -398,7 +434,7 @@ def parameterize(nb, # A notebook (`read_notebook`)
     from nbformat.v4 import new_code_cell
     nb, declared = copy.deepcopy(nb), notebook_parameters(nb) or {}
     origin = [i for i, c in enumerate(nb.cells)  # what ran before must not run again, nor papermill's error markers
-              if not {INJECTED_TAG, ERROR_MARKER_TAG} & set(_tags(c))]
+              if not {INJECTED_TAG, ERROR_MARKER_TAG} & set(cell_tags(c))]
     nb.cells = [nb.cells[i] for i in origin]
     if given or from_env:
         lines = [f"{k} = {_value_source(declared.get(k), v, k in paths)}" for k, v in given.items()]
@@ -413,15 +449,10 @@ def parameterize(nb, # A notebook (`read_notebook`)
     nb.metadata["papermill"] = nbformat.from_dict({**nb.metadata.get("papermill", {}), "parameters": dict(given)})
     return nb, origin
 
-def _source_number(index:int|None, origin:list) -> int|None:
-    "The 1-based number, in the source notebook, of cell `index` of the executed one; None for the injected cell."
-    return origin[index] + 1 if index is not None and 0 <= index < len(origin) and origin[index] is not None else None
-
-
 # %% ../nbs/11a_params.ipynb #b7b156fa
 _RAN_MAX = 64 * 1024  # bytes of JSON a parameter's value may take in the record; a bigger one is kept as its repr
 
-def _ran_report(namespace:dict, # The kernel's globals after the parameters (and injected) cells ran
+def ran_report(namespace:dict, # The kernel's globals after the parameters (and injected) cells ran
                 names:list, # The declared parameters
                ) -> str:
     "JSON the kernel sends back: each parameter's value as it ran (repr and type where JSON cannot hold it), its environment."
@@ -447,12 +478,12 @@ def _ran_report(namespace:dict, # The kernel's globals after the parameters (and
                        "executable": sys.executable, "platform": platform.platform(), "distributions": dists},
                       default=repr)
 
-def _report_code(names:list) -> tuple[str, str]:
+# %% ../nbs/11a_params.ipynb #e3b635d2
+def report_code(names:list) -> tuple[str, str]:
     "(code, user expression) a kernel runs silently to report what ran: no name left behind, no mlkit needed there."
     import inspect
     source = "".join(["from __future__ import annotations\nimport json, os, sys\n", f"_RAN_MAX = {_RAN_MAX}\n",
-                      inspect.getsource(_plain_kind), inspect.getsource(_ran_report),
-                      "sys._mlkit_ran = _ran_report(ns, names)\n"])
+                      inspect.getsource(_plain_kind), inspect.getsource(ran_report),
+                      "sys._mlkit_ran = ran_report(ns, names)\n"])
     code = f"exec({source!r}, {{'ns': __import__('sys')._getframe(0).f_globals, 'names': {list(names)!r}}})"
     return code, "__import__('sys').__dict__.pop('_mlkit_ran', '')"
-

@@ -14,7 +14,7 @@ from pathlib import Path
 from .core import MlkitError
 from .runmeta import REDACTED
 from .runs import PACKAGES, Run
-from .params import _a_name, notebook_parameters, read_notebook
+from .params import with_article, notebook_parameters, read_notebook
 from .execute import run_notebook
 
 
@@ -38,6 +38,7 @@ def _package_changes(was:dict, now:dict) -> list[str]:
     if gone: lines.append(f"environment: removed since: {_capped(gone)}")
     return lines
 
+# %% ../nbs/11d_rerun.ipynb #522bb5c5
 def _git_changes(old:dict, now:dict) -> tuple[list[str], list[str]]:
     "(difference or unknown lines, what matched) between the git state recorded in `old` and the one in `now`."
     if "git" not in old: return ["code: unknown (the run recorded no git state)"], []
@@ -59,6 +60,7 @@ def _git_changes(old:dict, now:dict) -> tuple[list[str], list[str]]:
         lines.append(f"code: uncommitted changes differ ({some(was)} then, {some(is_)} now)")
     return lines, same
 
+# %% ../nbs/11d_rerun.ipynb #bcb78a3c
 def what_changed(old:dict, # The original run's meta.json
                  now:dict, # `run_metadata()` now
                  notebook_changed:bool, # Whether the notebook's code differs from the run's copy (or it is gone)
@@ -82,6 +84,7 @@ def what_changed(old:dict, # The original run's meta.json
     matched = [s for s in same if s != "the notebook's code"]
     return lines + (["same as then: " + ", ".join(matched)] if matched else [])
 
+# %% ../nbs/11d_rerun.ipynb #46d52a09
 _RERUN_SUFFIX = re.compile(r"-rerun(?:-(\d+))?$")
 
 def rerun_name(name:str, # The original run's name
@@ -93,6 +96,7 @@ def rerun_name(name:str, # The original run's name
     n = max(numbers, default=0) + 1
     return f"{root}-rerun" if n == 1 else f"{root}-rerun-{n}"
 
+# %% ../nbs/11d_rerun.ipynb #e4c1ed09
 def _recorded_git(run:Run) -> dict|None:
     "The git state `run` recorded, with its uncommitted diff and untracked files read back from its artifacts."
     git = run.meta.get("git")
@@ -105,6 +109,7 @@ def _recorded_git(run:Run) -> dict|None:
             untracked = {p.relative_to(folder).as_posix(): p.read_text() for p in sorted(folder.rglob("*")) if p.is_file()}
     return {**git, "diff": diff, "untracked": untracked}
 
+# %% ../nbs/11d_rerun.ipynb #2ffa819a
 def _unusable(run:Run, recorded:dict, params:dict, itself=()) -> str|None:
     "Why `run` cannot run again without some `params` (a secret kept as ***, a value kept as its repr), or None."
     if secret := [k for k, v in recorded.items() if REDACTED in json.dumps(v) and k not in params and k not in itself]:
@@ -112,68 +117,17 @@ def _unusable(run:Run, recorded:dict, params:dict, itself=()) -> str|None:
                 f"give them again ({' '.join(f'-p {k} VALUE' for k in secret)})")
     reprs = {k: t for k, t in (run.meta.get("param_reprs") or {}).items() if k not in params and k not in itself}
     if reprs:
-        what = ", ".join(f"'{k}' only as its repr ({_a_name(str(t))})" for k, t in reprs.items())
+        what = ", ".join(f"'{k}' only as its repr ({with_article(str(t))})" for k, t in reprs.items())
         return (f"run {run.id} recorded parameter {what}: give {'it' if len(reprs) == 1 else 'them'} again with "
                 + " ".join(f"-p {k} VALUE" for k in reprs))
     return None
-
-def rerun(ref:str, # The run: an id, a unique prefix, a name, or its folder
-          params:dict|None=None, # Parameters to change; the others are the recorded ones
-          name:str|None=None, # The new run's name; `NAME-rerun`, `NAME-rerun-2`… (`rerun_name`) when None
-          cell_timeout:float|None=None, # The original's when None
-          runs_dir:str|Path|None=None, # Where to look for the run (and put the new one); `runs_dir()` when None
-          out=None, # Where the notes and progress go; sys.stderr when None
-          **options, # More `run_notebook` options (cwd, kernel, output, report_mode, start_timeout, stdout_file, ...)
-         ) -> Run:
-    "Run the notebook of the recorded run `ref` again with its parameters (and `params`), as a new run; say what changed."
-    import tempfile
-    from mlkit.runmeta import run_metadata
-    from mlkit.runs import find_run, list_runs
-    old = find_run(ref, runs_dir)
-    if old.error: raise MlkitError(f"cannot rerun {old.id}: {old.error}")
-    notebook = old.meta.get("notebook")
-    if not notebook or not (old.path/"notebook.ipynb").exists():
-        raise MlkitError(f"run {old.id} was not made by mlkit run: no notebook to run again")
-    recorded = old.meta.get("notebook_params")
-    if recorded is None: raise MlkitError(f"run {old.id} recorded no notebook parameters to run again with")
-    ran = read_notebook(old.path/"notebook.ipynb")
-    declared = notebook_parameters(ran) or {}
-    itself = {k for k in old.meta.get("param_reprs") or {}  # `shape = (16, 8)`: the notebook makes it again
-              if k in declared and declared[k].literal and repr(declared[k].default) == recorded.get(k)}
-    given_then = (ran.metadata.get("papermill") or {}).get("parameters") or {}
-    computed = {k for k, v in recorded.items()  # `api_token = os.environ[...]`, `rng = Random(0)`: computed, not given
-                if k in declared and not declared[k].literal and k not in given_then and k not in (params or {})
-                and (REDACTED in json.dumps(v) or k in (old.meta.get("param_reprs") or {}))}
-    if why := _unusable(old, recorded, params or {}, itself | computed): raise MlkitError(why)
-    recorded = {k: v for k, v in recorded.items() if k not in itself | computed}
-    folder = Path(runs_dir) if runs_dir is not None else old.path.parent
-    name = name or rerun_name(old.name or Path(notebook).stem, {r.name for r in list_runs(folder)})
-    source = Path(notebook)
-    changed = not source.is_file() or _code(read_notebook(source)) != _code(read_notebook(old.path/"notebook.ipynb"))
-    say = lambda line: print(f"mlkit rerun: {line}", file=out or sys.stderr, flush=True)  # noqa: E731
-    recorded_meta = {**old.meta, **({"git": _recorded_git(old)} if "git" in old.meta else {}), **_recorded_packages(old)}
-    for line in what_changed(recorded_meta, run_metadata(), changed): say(line)
-    if computed: say(f"{', '.join(k for k in declared if k in computed)}: computed again by the notebook "
-                     "(the run kept no value to give it)")
-    with tempfile.TemporaryDirectory(prefix="mlkit-rerun-") as tmp:
-        as_ran = None
-        if changed:  # run it as it ran, from the run's own copy: in a temporary folder, never beside the notebook
-            as_ran = Path(tmp)/(source.name if source.suffix == ".ipynb" else "notebook.ipynb")
-            as_ran.write_bytes((old.path/"notebook.ipynb").read_bytes())
-            say(f"{source.name} has changed since run {old.id}: running the notebook as it ran then")
-        return run_notebook(as_ran or source, {**recorded, **(params or {})}, name=name,
-                            gpus=old.meta.get("gpus"), nproc=old.meta.get("nproc"),
-                            cell_timeout=cell_timeout if cell_timeout is not None else old.meta.get("cell_timeout"),
-                            runs_dir=folder, out=out, cwd=options.pop("cwd", None) or _rerun_cwd(old, source, tmp),
-                            kernel=options.pop("kernel", None) or _rerun_kernel(old), **options,
-                            meta={"rerun_of": old.id, "notebook": str(source), "param_paths": old.meta.get("param_paths") or [],
-                                  **({"notebook_as_ran_in": old.id} if as_ran else {})})
 
 def _recorded_packages(run:Run) -> dict:
     "{'distributions': the packages `run` started with} from its packages.json, or {} when it kept none."
     try: return {"distributions": json.loads((run.path/PACKAGES).read_text())}
     except (OSError, ValueError): return {}
 
+# %% ../nbs/11d_rerun.ipynb #1845b737
 def _rerun_cwd(old:Run, source:Path, tmp:str) -> Path:
     "The kernel's folder for a rerun: the original's (`--cwd`), else the notebook's, else a temporary one."
     was = Path(old.meta.get("kernel_cwd") or source.parent)
@@ -188,3 +142,78 @@ def _rerun_kernel(old:Run) -> str|None:
 def _code(nb) -> list[str]:
     "The sources of a notebook's code cells, without papermill's injected parameters: what decides what it does."
     return [c.source for c in nb.cells if c.cell_type == "code" and "injected-parameters" not in c.metadata.get("tags", [])]
+
+# %% ../nbs/11d_rerun.ipynb #f607543f
+def _rerunnable(ref:str, runs_dir) -> Run:
+    "The recorded run `ref`, or an `MlkitError` saying why it cannot run again (no notebook, no parameters recorded)."
+    from mlkit.runs import find_run
+    old = find_run(ref, runs_dir)
+    if old.error: raise MlkitError(f"cannot rerun {old.id}: {old.error}")
+    notebook = old.meta.get("notebook")
+    if not notebook or not (old.path/"notebook.ipynb").exists():
+        raise MlkitError(f"run {old.id} was not made by mlkit run: no notebook to run again")
+    if old.meta.get("notebook_params") is None:
+        raise MlkitError(f"run {old.id} recorded no notebook parameters to run again with")
+    return old
+
+# %% ../nbs/11d_rerun.ipynb #03702392
+def _rerun_params(old:Run, params:dict) -> tuple[dict, list]:
+    "(the recorded values to give again, the names the notebook computes again); an `MlkitError` for one to give."
+    recorded = old.meta["notebook_params"]
+    ran = read_notebook(old.path/"notebook.ipynb")
+    declared = notebook_parameters(ran) or {}
+    itself = {k for k in old.meta.get("param_reprs") or {}  # `shape = (16, 8)`: the notebook makes it again
+              if k in declared and declared[k].literal and repr(declared[k].default) == recorded.get(k)}
+    given_then = (ran.metadata.get("papermill") or {}).get("parameters") or {}
+    computed = {k for k, v in recorded.items()  # `api_token = os.environ[...]`, `rng = Random(0)`: computed, not given
+                if k in declared and not declared[k].literal and k not in given_then and k not in params
+                and (REDACTED in json.dumps(v) or k in (old.meta.get("param_reprs") or {}))}
+    if why := _unusable(old, recorded, params, itself | computed): raise MlkitError(why)
+    return {k: v for k, v in recorded.items() if k not in itself | computed}, [k for k in declared if k in computed]
+
+# %% ../nbs/11d_rerun.ipynb #612dff1d
+def _say_changes(old:Run, source:Path, computed:list, say) -> bool:
+    "`say` what changed since `old` ran (`what_changed`) and what the notebook computes again; whether its code changed."
+    from mlkit.runmeta import run_metadata
+    changed = not source.is_file() or _code(read_notebook(source)) != _code(read_notebook(old.path/"notebook.ipynb"))
+    recorded_meta = {**old.meta, **({"git": _recorded_git(old)} if "git" in old.meta else {}), **_recorded_packages(old)}
+    for line in what_changed(recorded_meta, run_metadata(), changed): say(line)
+    if computed: say(f"{', '.join(computed)}: computed again by the notebook (the run kept no value to give it)")
+    return changed
+
+# %% ../nbs/11d_rerun.ipynb #47909743
+def _run_again(old:Run, source:Path, changed:bool, values:dict, say, cell_timeout, options:dict, **run) -> Run:
+    "`run_notebook` on `source` with `values`, as `old` ran (GPUs, processes, timeout, kernel, folder); its copy if `changed`."
+    import tempfile
+    with tempfile.TemporaryDirectory(prefix="mlkit-rerun-") as tmp:
+        as_ran = None
+        if changed:  # run it as it ran, from the run's own copy: in a temporary folder, never beside the notebook
+            as_ran = Path(tmp)/(source.name if source.suffix == ".ipynb" else "notebook.ipynb")
+            as_ran.write_bytes((old.path/"notebook.ipynb").read_bytes())
+            say(f"{source.name} has changed since run {old.id}: running the notebook as it ran then")
+        return run_notebook(as_ran or source, values, gpus=old.meta.get("gpus"), nproc=old.meta.get("nproc"),
+                            cell_timeout=cell_timeout if cell_timeout is not None else old.meta.get("cell_timeout"),
+                            cwd=options.pop("cwd", None) or _rerun_cwd(old, source, tmp),
+                            kernel=options.pop("kernel", None) or _rerun_kernel(old), **options, **run,
+                            meta={"rerun_of": old.id, "notebook": str(source), "param_paths": old.meta.get("param_paths") or [],
+                                  **({"notebook_as_ran_in": old.id} if as_ran else {})})
+
+# %% ../nbs/11d_rerun.ipynb #c878fea8
+def rerun(ref:str, # The run: an id, a unique prefix, a name, or its folder
+          params:dict|None=None, # Parameters to change; the others are the recorded ones
+          name:str|None=None, # The new run's name; `NAME-rerun`, `NAME-rerun-2`… (`rerun_name`) when None
+          cell_timeout:float|None=None, # The original's when None
+          runs_dir:str|Path|None=None, # Where to look for the run (and put the new one); `runs_dir()` when None
+          out=None, # Where the notes and progress go; sys.stderr when None
+          **options, # More `run_notebook` options (cwd, kernel, output, report_mode, start_timeout, stdout_file, ...)
+         ) -> Run:
+    "Run the notebook of the recorded run `ref` again with its parameters (and `params`), as a new run; say what changed."
+    from mlkit.runs import list_runs
+    old, params = _rerunnable(ref, runs_dir), params or {}
+    values, computed = _rerun_params(old, params)
+    folder, source = Path(runs_dir) if runs_dir is not None else old.path.parent, Path(old.meta["notebook"])
+    name = name or rerun_name(old.name or source.stem, {r.name for r in list_runs(folder)})
+    say = lambda line: print(f"mlkit rerun: {line}", file=out or sys.stderr, flush=True)  # noqa: E731
+    changed = _say_changes(old, source, computed, say)
+    return _run_again(old, source, changed, {**values, **params}, say, cell_timeout, options, name=name,
+                      runs_dir=folder, out=out)

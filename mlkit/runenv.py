@@ -17,6 +17,11 @@ from .sweep_storage import open_storage
 # %% auto #0
 __all__ = ['TRIAL_ENV', 'PRUNED_MARK', 'TrialLink', 'trial_link', 'report']
 
+# %% ../nbs/12c_runenv.ipynb #d2a7c1ed
+TRIAL_ENV = "MLKIT_SWEEP_TRIAL"  # set by a sweep's worker for each trial's kernel: which trial, where, what it watches
+
+PRUNED_MARK = ".pruned.json"  # left in the run folder by `report` when the sweep's pruner stops the trial
+
 # %% ../nbs/12c_runenv.ipynb #4de0e0c1
 class TrialLink:
     "The sweep trial this kernel's run is (`$MLKIT_SWEEP_TRIAL`): reports the watched metric to it and asks its pruner."
@@ -33,7 +38,6 @@ class TrialLink:
 
     def report(self, step:int, value:float) -> bool:
         "Report `value` at `step`; True when the trial should stop (and from then on)."
-        pass
         from mlkit.core import RUN_DIR_ENV
         if self.pruned_at is not None: return True
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
@@ -48,25 +52,20 @@ class TrialLink:
             atomic_write(Path(folder)/PRUNED_MARK, lambda f: json.dump({"step": step, "value": value}, f), mode="w")
         return True
 
+# %% ../nbs/12c_runenv.ipynb #deace458
 _links: dict = {}
 
 def trial_link() -> TrialLink|None:
     "This process's sweep trial, or None outside a sweep."
-    pass
     text = os.environ.get(TRIAL_ENV)
     if not text: return None
     if text not in _links: _links[text] = TrialLink(json.loads(text))
     return _links[text]
 
 # %% ../nbs/12c_runenv.ipynb #f24d74ba
-TRIAL_ENV = "MLKIT_SWEEP_TRIAL"  # set by a sweep's worker for each trial's kernel: which trial, where, what it watches
-
-PRUNED_MARK = ".pruned.json"  # left in the run folder by `report` when the sweep's pruner stops the trial
-
 def report(step:int, # Where in training the value is: an epoch, say (counted the same way in every trial)
            value:float, # The watched metric's value at `step`
           ) -> bool:
     "Report `value` to the sweep trial this run is; True when the sweep's pruner says to stop. False outside a sweep."
-    pass
     link = trial_link()
     return link.report(step, value) if link else False

@@ -12,7 +12,7 @@ import pytest
 import test_run
 from test_run import meta, mlkit, notebook, runs
 
-COVERS = ("07_cli", "11_run")  # the notebooks these tests cover: `make test NB=...` runs them
+COVERS = ("07_cli", "11_run", "11a_params", "11c_execute")  # the notebooks these tests cover: `make test NB=...` runs them
 project = test_run.project  # the fixture: a project folder with its runs folder in MLKIT_RUNS_DIR
 
 REPO = Path(__file__).resolve().parents[1]

@@ -13,7 +13,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
-COVERS = ("08_runmeta", "11_run")  # the notebooks these tests cover: `make test NB=...` runs them
+COVERS = ("08_runmeta", "11_run", "11d_rerun")  # the notebooks these tests cover: `make test NB=...` runs them
 
 REPO = Path(__file__).resolve().parents[1]
 MLKIT = str(Path(sys.executable).parent/"mlkit")

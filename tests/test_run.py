@@ -13,7 +13,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
-COVERS = ("07_cli", "11_run")  # the notebooks these tests cover: `make test NB=...` runs them
+COVERS = ("07_cli", "11_run", "11a_params", "11b_distrun", "11c_execute")  # `make test NB=...` runs them
 
 MLKIT = str(Path(sys.executable).parent/"mlkit")
 

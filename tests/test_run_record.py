@@ -10,7 +10,7 @@ import test_run
 from nbformat.v4 import new_code_cell
 from test_run import MLKIT, meta, mlkit, notebook, runs
 
-COVERS = ("07_cli", "11_run")
+COVERS = ("07_cli", "11_run", "11a_params", "11b_distrun", "11c_execute")
 
 PAPERMILL = str(Path(sys.executable).parent/"papermill")
 
@@ -225,7 +225,7 @@ def test_quiet_shows_the_summary_only(project):
 
 @pytest.mark.slow
 def test_nproc_records_computed_defaults(project, monkeypatch):
-    "--nproc runs a script, not a kernel: rank 0 reports the parameters as they ran (`_script_ran`, `_take_ran`)."
+    "--nproc runs a script, not a kernel: rank 0 reports the parameters as they ran (`_script_ran`, `take_ran`)."
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setenv("SEED", "5")
     nb = notebook(project, "ddp.ipynb", "import os\nif os.environ['RANK'] == '0': print('seed', seed, 'scale', scale)",

@@ -11,7 +11,7 @@ import pytest
 import test_run
 from nbformat.v4 import new_code_cell, new_notebook
 
-COVERS = ("11_run",)  # notebook_parameters, convert: the annotations of the parameters cell
+COVERS = ("11_run", "11a_params")  # notebook_parameters, convert: the annotations of the parameters cell
 project = test_run.project  # the fixture: a project folder with its runs folder in MLKIT_RUNS_DIR
 
 MLKIT = str(Path(sys.executable).parent/"mlkit")
