@@ -5,6 +5,7 @@ import ast
 import json
 import re
 import statistics
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from test_docs import EXPORTING, _key, per_notebook
 COVERS = ("index",)
 
 PACKAGE = REPO/"mlkit"
-MODULES = sorted(p.stem for p in PACKAGE.glob("*.py") if not p.stem.startswith("_"))
+MODULES = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem not in ("__init__", "_modidx"))  # _modidx: nbdev's index
 MAX_MODULE_LINES = 600
 MAX_CELL_LINES, MEDIAN_CELL_LINES = 100, 20
 
@@ -36,8 +37,19 @@ def _index_markdown() -> str:
     return "\n\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
 
 
+IMPORTERS = ("import_module", "__import__")
+STRING_IMPORT = re.compile(r"\b(?:from|import)\s+mlkit\.(\w+)|\bfrom\s+mlkit\s+import\s+(\w+)")
+
+
+def _literal(node) -> str|None:
+    "A string the node is for sure (a constant), else None."
+    return node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None
+
+
 def imported_modules(source:str, package:str="mlkit") -> list[tuple[str, list[str], int]]:
-    "Every (module, names, line) of `package` that `source` imports, at any depth (lazy imports in functions too)."
+    """Every (module, names, line) of `package` that `source` imports, at any depth: import statements (lazy ones in
+    functions too), `importlib.import_module` and `__import__` calls, and code in strings (a `python -c` a module starts,
+    a script it writes). A call whose module name is not a literal is ('?', [], line): it cannot be checked."""
     out = []
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.ImportFrom):
@@ -49,11 +61,25 @@ def imported_modules(source:str, package:str="mlkit") -> list[tuple[str, list[st
                 out.append((node.module.split(".")[1], names, node.lineno))
         elif isinstance(node, ast.Import):
             out += [(a.name.split(".")[1], [], node.lineno) for a in node.names if a.name.startswith(package + ".")]
-        elif isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) == "import_module":
-            arg = node.args[0] if node.args else None
-            if isinstance(arg, ast.Constant) and str(arg.value).startswith(package + "."):
-                out.append((str(arg.value).split(".")[1], [], node.lineno))
+        elif isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) in IMPORTERS:
+            args = {**dict(enumerate(node.args)), **{k.arg: k.value for k in node.keywords}}
+            name, anchor = args.get(0, args.get("name")), args.get(1, args.get("package"))
+            text = _literal(name) if name is not None else None
+            if text is None: out.append(("?", [], node.lineno)); continue
+            if text.startswith(".") and _literal(anchor) == package: text = package + text
+            if text.startswith(package + "."): out.append((text.split(".")[1], [], node.lineno))
+            elif text == package:
+                fromlist = args.get(3, args.get("fromlist"))
+                if isinstance(fromlist, (ast.List, ast.Tuple)):
+                    out += [(_literal(e) or "?", [], node.lineno) for e in fromlist.elts]
+        elif (text := _literal(node)) is not None:
+            for m in STRING_IMPORT.finditer(text):
+                out.append((next(g for g in m.groups() if g), [], node.lineno))
     return out
+
+
+# Modules that import by a computed name, and why that is never an mlkit module.
+COMPUTED_IMPORTS = {"trackers": "`_require` imports the optional tracker packages by name (tensorboard, mlflow, wandb)"}
 
 
 def upward_imports(sources:dict, floor_of:dict) -> list[str]:
@@ -61,7 +87,9 @@ def upward_imports(sources:dict, floor_of:dict) -> list[str]:
     bad = []
     for mod, source in sources.items():
         for dep, _, line in imported_modules(source):
-            if dep == mod or dep not in floor_of: continue
+            if dep == "?" and mod not in COMPUTED_IMPORTS:
+                bad.append(f"{mod}.py:{line} imports a module whose name is computed: name it literally"); continue
+            if dep in (mod, "?") or dep not in floor_of: continue
             if floor_of[dep] >= floor_of[mod]:
                 bad.append(f"{mod}.py:{line} imports {dep} (floor {floor_of[mod]} -> {floor_of[dep]})")
     return bad
@@ -86,6 +114,12 @@ def test_the_floor_check_fails_on_an_upward_import_even_a_lazy_one():
         f"{low}.py:{len(lazy.splitlines()) - 1} imports {high} (floor {floor_of[low]} -> {floor_of[high]})"]
     relative = sources[low] + f"\nfrom .{high} import main\n"
     assert len(upward_imports({**sources, low: relative}, floor_of)) == 1
+    for spelling in (f"__import__('mlkit.{high}', fromlist=['main'])", f"importlib.import_module('.{high}', 'mlkit')",
+                     f"importlib.import_module(name='mlkit.{high}')", f"__import__('mlkit', fromlist=['{high}'])",
+                     f"subprocess.run([sys.executable, '-c', 'from mlkit.{high} import main; main()'])",
+                     "importlib.import_module(f'mlkit.{name}')"):
+        hidden = sources[low] + f"\n\ndef _later(name='x'):\n    return {spelling}\n"
+        assert len(upward_imports({**sources, low: hidden}, floor_of)) == 1, spelling
     # a module on the same floor is not below: two modules there may not import each other
     same = [m for m in floor_of if floor_of[m] == floor_of[high] and m != high]
     if same: assert upward_imports({**sources, same[0]: f"import mlkit.{high}\n"}, floor_of)
@@ -103,13 +137,35 @@ def test_no_module_is_over_600_lines(module):
     assert n <= MAX_MODULE_LINES, f"mlkit/{module}.py has {n} lines: split it along its notebook's sections"
 
 
-EXPORT = re.compile(r"^\s*#\s*\|\s*exporti?\s*$", re.M)  # exporti: exported, not public
+EXPORTS = ("export", "exports", "exporti")  # nbdev's: exporti exports a name that is not public
+
+
+def directives(source:str) -> dict:
+    "A cell's leading `#| name args` lines, as {name: args}."
+    out = {}
+    for line in source.splitlines():
+        if not (m := re.match(r"\s*#\s*\|\s*([\w-]+):?\s*(.*)$", line)): break
+        out[m[1]] = m[2].strip()
+    return out
 
 
 def _cells(nb:Path) -> list[dict]: return json.loads((REPO/"nbs"/nb).read_text())["cells"]
 def _src(cell:dict) -> str: return cell["source"] if isinstance(cell["source"], str) else "".join(cell["source"])
-def _exported(cell:dict) -> bool: return cell["cell_type"] == "code" and bool(EXPORT.match(_src(cell)))
-def _public(cell:dict) -> bool: return _exported(cell) and not re.match(r"\s*#\s*\|\s*exporti", _src(cell))
+def _exported(cell:dict) -> bool: return cell["cell_type"] == "code" and any(d in EXPORTS for d in directives(_src(cell)))
+def _public(cell:dict) -> bool: return _exported(cell) and "exporti" not in directives(_src(cell))
+
+
+def _code_only(source:str) -> str:
+    "A test cell's code as it runs: no comments, no strings, no import lines (naming a function there shows nothing)."
+    import io
+    import tokenize
+    try: tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
+    except (tokenize.TokenError, IndentationError, SyntaxError): return source
+    text = {tokenize.COMMENT, tokenize.STRING} | ({tokenize.FSTRING_START, tokenize.FSTRING_MIDDLE, tokenize.FSTRING_END}
+                                                   if sys.version_info >= (3, 12) else set())
+    kept = [t.string for t in tokens if t.type not in text]
+    code = " ".join(kept)
+    return "\n".join(line for line in code.split("\n") if not re.match(r"\s*(import|from)\s", line))
 def _lines(source:str) -> int: return len([line for line in source.splitlines() if not re.match(r"\s*#\s*\|", line)])
 
 
@@ -142,23 +198,26 @@ def public_definitions(source:str) -> list[str]:
 
 def undocumented(cells:list[dict]) -> list[str]:
     "Public names whose exported cell no prose follows, or that no later test or example cell uses."
+    code = [_code_only(re.sub(r"show_doc\([^)]*\)", "", _src(d)))
+            if d["cell_type"] == "code" and not _exported(d) and directives(_src(d)).get("eval") != "false" else ""
+            for d in cells]
     missing = []
     for i, c in enumerate(cells):
         if not _exported(c): continue
         nxt = next((j for j in range(i + 1, len(cells)) if _exported(cells[j])), len(cells))
         prose = any(cells[j]["cell_type"] == "markdown" for j in range(i + 1, nxt))
-        later = [re.sub(r"show_doc\([^)]*\)", "", _src(d)) for d in cells[i + 1:]
-                 if d["cell_type"] == "code" and not _exported(d)]
         for full in public_definitions(_src(c)) if _public(c) else []:
             name = full.split(".")[-1]
-            used = any(re.search(rf"(?<![\w]){re.escape(name)}\b", s) for s in later)
+            used = any(re.search(rf"(?<![\w]){re.escape(name)}\b", s) for s in code[i + 1:])
             if not prose: missing.append(f"{full} (no prose after it)")
             elif not used: missing.append(f"{full} (no example or assertion uses it)")
     return missing
 
 
 # Deliberate exceptions: public names documented and tested elsewhere, with the reason.
+_EVENT = "an event the Trainer calls: the notebook's fit with TrackingCallback runs it and asserts what it logged"
 SHOWN_ELSEWHERE = {
+    "10_track": {f"TrackingCallback.{e}": _EVENT for e in ("before_fit", "before_train", "after_epoch", "after_fit")},
 }
 
 
@@ -176,6 +235,11 @@ def test_the_prose_and_example_check_fails_on_a_bare_function():
     told[1], told[2] = told[2], told[1]
     assert undocumented(told) == ["shiny (no example or assertion uses it)"]
     assert undocumented(told + [{"cell_type": "code", "source": "test_eq(shiny(1), 1)"}]) == []
+    for pretend in ("# shiny is obvious", "print('shiny')", "from mlkit.core import shiny", "#| eval: false\nshiny(1)"):
+        missing = undocumented(told + [{"cell_type": "code", "source": pretend}])
+        assert missing == ["shiny (no example or assertion uses it)"], pretend
+    hidden = [{"cell_type": "code", "source": "#| hide\n#| export\ndef shy(x): return x\n"}]
+    assert undocumented(hidden) == ["shy (no prose after it)"]
     patched = [{"cell_type": "code", "source": "#| export\n@patch\ndef go(self:Thing, n): pass\n"},
                {"cell_type": "markdown", "source": "Go."}]
     assert undocumented(patched) == ["Thing.go (no example or assertion uses it)"]
