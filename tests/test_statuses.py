@@ -198,7 +198,8 @@ def _ten_records(args):
 def test_four_processes_recording_keep_every_value(runs_root, method):
     from mlkit.track import LocalTracker
     run = LocalTracker(runs_root, capture=False)
-    with multiprocessing.get_context(method).Pool(4) as pool: pool.map(_ten_records, [(str(run.path), k) for k in range(4)])
+    with multiprocessing.get_context(method).Pool(4) as pool:  # a worker killed from outside fails the test, never hangs it
+        pool.map_async(_ten_records, [(str(run.path), k) for k in range(4)]).get(timeout=120)
     run.finish()
     records = json.loads((run.path/"records.json").read_text())
     assert records == {f"p{k}-{i}": i for k in range(4) for i in range(10)}
