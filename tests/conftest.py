@@ -118,3 +118,17 @@ def run_job(script, *args, timeout=300):
 
 # `make test NB=05_train` (pytest's --nb option and the `covers` mark) comes from mlkit's pytest plugin,
 # mlkit/pytest_plugin.py (nbs/14_pytest_plugin.ipynb), which setup.py registers: every project with mlkit has it.
+
+
+@pytest.fixture(scope="session")
+def slurm(tmp_path_factory):
+    "A private single-node Slurm cluster (tests/slurm_cluster.py) for this pytest process; skipped, saying why, where none can run."
+    from slurm_cluster import SlurmCluster, missing
+    if (why := missing()) is not None: pytest.skip(f"no Slurm cluster: {why}")
+    # a short path: Slurm and munge refuse socket paths over ~100 characters, and pytest's tmp paths are long
+    import tempfile
+    folder = Path(tempfile.mkdtemp(prefix="mlkit-slurm-"))
+    cluster = SlurmCluster(folder).start()
+    yield cluster
+    cluster.stop()
+    shutil.rmtree(folder, ignore_errors=True)
