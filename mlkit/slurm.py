@@ -24,9 +24,9 @@ from .core import CONTINUATION_ENV, MlkitError, project_root, write_json_atomic
 from .runs import META, open_run
 
 # %% auto #0
-__all__ = ['NAMED_OPTIONS', 'MLKIT_KEYS', 'OWN_OPTIONS', 'SIGNAL', 'SECRET_ENV', 'ENDED', 'option_name', 'slurm_settings',
-           'sbatch_options', 'check_slurm', 'executor', 'submit', 'SlurmRun', 'job_id', 'run_job', 'submit_run',
-           'wait_run']
+__all__ = ['NAMED_OPTIONS', 'MLKIT_KEYS', 'OWN_OPTIONS', 'SIGNAL', 'SECRET_ENV', 'ENDED', 'ACTIVE', 'option_name',
+           'slurm_settings', 'sbatch_options', 'check_slurm', 'executor', 'submit', 'SlurmRun', 'job_id', 'run_job',
+           'submit_run', 'wait_run']
 
 # %% ../nbs/15_slurm.ipynb #d696c169
 NAMED_OPTIONS = ("partition", "time", "gpus-per-node", "cpus-per-task", "mem", "nodes", "account", "qos", "constraint")
@@ -183,7 +183,7 @@ _near_limit.hit = False
 
 def run_job(job:SlurmRun) -> str|None:
     "On the node: execute the queued run `job` into its folder, or carry it on after a requeue; the run's status."
-    from mlkit.execute import run_notebook
+    from mlkit.execute import RunInterrupted, run_notebook
     me, run_dir = job_id(), Path(job.run_dir)
     meta = _submitted_meta(run_dir, me)
     if meta is None: return None  # the run was deleted while queued: nothing to record into
@@ -193,11 +193,15 @@ def run_job(job:SlurmRun) -> str|None:
     secrets = {k: json.loads(os.environ[SECRET_ENV + k]) for k in job.secret_names if SECRET_ENV + k in os.environ}
     note = {"job_id": me, "restart": int(os.environ.get("SLURM_RESTART_COUNT") or 0)}
     signal.signal(signal.SIGUSR2, _near_limit)
-    r = run_notebook(job.notebook, job.params, secrets=secrets or None, into=run_dir, note=note,
-                     env={CONTINUATION_ENV: str(n)}, nodes=_nodes(job.options.get("nproc")), **job.options)
-    if r is None: return None  # a node other than the first: node 0 records the run
-    if _near_limit.hit: return _requeue(run_dir, me)
-    return r.status
+    try: r = run_notebook(job.notebook, job.params, secrets=secrets or None, into=run_dir, note=note,
+                          env={CONTINUATION_ENV: str(n)}, nodes=_nodes(job.options.get("nproc")), **job.options)
+    except RunInterrupted:  # SIGUSR2 as the notebook's kernel started or stopped: requeued all the same
+        if not _near_limit.hit: raise
+        r = None
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+    ended = r is not None and r.status in ENDED  # the signal came as the run finished: nothing to carry on
+    if _near_limit.hit and not ended and int(os.environ.get("SLURM_NODEID") or 0) == 0: return _requeue(run_dir, me)
+    return r.status if r is not None else None  # None: a node other than the first (node 0 records the run)
 
 # %% ../nbs/15_slurm.ipynb #611804b1
 def _requeue(run_dir:Path, job:str) -> str:
@@ -264,12 +268,16 @@ def _secrets_in_environment(secrets:dict):
     finally:
         for k in added: os.environ.pop(k, None)
 
-# %% ../nbs/15_slurm.ipynb #d5e12da5
-def _job_waiting(job:str) -> bool:
-    "Whether Slurm still has `job` pending, running or requeued (squeue lists it so)."
-    r = _slurm("squeue", "-h", "-j", job, "-o", "%T")
-    return r.returncode == 0 and any(s in r.stdout for s in ("PENDING", "RUNNING", "CONFIGURING", "REQUEUE", "SUSPENDED",
-                                                             "COMPLETING", "RESIZING", "SIGNALING", "STAGE_OUT"))
+# %% ../nbs/15_slurm.ipynb #64b666ad
+ACTIVE = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUE", "SUSPENDED", "RESIZING", "SIGNALING", "STAGE_OUT")
+
+def _job_waiting(job:str, pause:float=2.0) -> bool:
+    "Whether Slurm has `job` pending, running or requeued: asked twice, `pause` apart, before saying no."
+    for ask in range(2):  # a job being requeued is missing from squeue for a moment
+        if ask: time.sleep(pause)
+        r = _slurm("squeue", "-h", "-t", "all", "-j", job, "-o", "%T")
+        if r.returncode == 0 and any(s in r.stdout for s in ACTIVE): return True
+    return False
 
 def _follow(log:Path, at:int, out) -> int:
     "Write the lines `log` gained since byte `at` to `out`, but submitit's own INFO lines; the new position."
@@ -299,7 +307,7 @@ def wait_run(run, # A submitted run (`submit_run`)
         if status in ENDED: return now
         if time.monotonic() - asked > 5 * poll or status not in ("queued", "running"):
             asked = time.monotonic()
-            if not _job_waiting(job):
+            if not _job_waiting(job, pause=2 * poll):
                 time.sleep(poll)  # the job's last writes, then the last look
                 _follow(log, at, out)
                 return _ended_without_record(open_run(run.path))

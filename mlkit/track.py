@@ -81,6 +81,7 @@ class TrackingCallback(Callback):
 @patch
 def before_fit(self:TrackingCallback):
     "Find the run, continue the checkpoint's run on a resumed fit, log the configuration and hyperparameters."
+    from mlkit.core import continuation
     from mlkit.distributed import is_main_process
     from mlkit.runenv import TRIAL_ENV
     self._in_sweep, self._prune = bool(os.environ.get(TRIAL_ENV)), False  # the same on every rank
@@ -91,6 +92,8 @@ def before_fit(self:TrackingCallback):
     if self._resume and t.resumed_from is not None:
         self.run.resume_run(self._resume, step=t.step)  # the checkpoint's run goes on; later records are redone
         self._resume = None
+    elif continuation() and t.resumed_from is None and t.step == 0:  # a requeued job's run, no checkpoint yet:
+        self.run.resume_run(self.run.run_ids(), step=0)  # it starts over, without the records of the start before
     sched = type(t.scheduler).__name__ if t.scheduler is not None else None
     params = {**self.hparams, "trainer": {
         "model": type(t.module).__name__, "parameters": sum(p.numel() for p in t.module.parameters()),
