@@ -169,8 +169,10 @@ def _nodes(nproc:int|None) -> dict|None:
     if nproc is None or n < 2: return None
     import submitit
     first = submitit.JobEnvironment().hostnames[0]
+    addr = re.search(r"\bNodeAddr=(\S+)", _slurm("scontrol", "show", "node", "-o", first).stdout)  # the name may not resolve
     port = 20000 + int(re.sub(r"\D", "", os.environ.get("SLURM_JOB_ID", "0")) or 0) % 20000
-    return {"nnodes": n, "node_rank": int(os.environ.get("SLURM_NODEID") or 0), "rdzv_endpoint": f"{first}:{port}"}
+    return {"nnodes": n, "node_rank": int(os.environ.get("SLURM_NODEID") or 0),
+            "rdzv_endpoint": f"{addr[1] if addr else first}:{port}"}
 
 # %% ../nbs/15_slurm.ipynb #2b70265d
 ENDED = ("finished", "pruned", "prepared")  # a requeued job does not run these again

@@ -225,3 +225,27 @@ def test_secret_parameters_reach_the_job_and_no_file(slurm, tmp_path):
     leaks = [p for p in run.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
     assert not leaks, leaks
     assert secret not in r.stdout + r.stderr
+
+
+@pytest.mark.slow
+def test_two_nodes_by_one_process_record_one_run_from_rank_0(tmp_path):
+    "`--nodes 2 --nproc 1` on a two-node cluster: two slurmd on this host (`slurmd -N`), the nodes meet at node 0's NodeAddr."
+    from slurm_cluster import SlurmCluster, missing
+    if (why := missing()) is not None: pytest.skip(f"no Slurm cluster: {why}")
+    import tempfile
+    cluster = SlurmCluster(tempfile.mkdtemp(prefix="mlkit-slurm-"), nodes=2).start()
+    try:
+        env = {**os.environ, **cluster.env, "MLKIT_RUNS_DIR": str(tmp_path/"runs")}
+        r = mlkit("run", DIGITS, "--slurm", "--wait", "--nodes", "2", "--nproc", "1", "-p", "epochs", "3", env=env)
+        assert r.returncode == 0, r.stderr[-3000:]
+        run = only_run(tmp_path/"runs")  # node 1 wrote no run folder
+        m = meta(run)
+        assert (m["status"], m["nproc"], m["slurm"]["options"]["nodes"]) == ("finished", 1, "2"), m
+        job = m["slurm"]["job_id"]
+        assert "NumNodes=2" in cluster.run("scontrol", "show", "job", job).stdout
+        node1 = (run/"slurm"/f"{job}_1_log.out").read_text()  # the second node's rank, in the same DDP job, records nothing
+        accuracy = json.loads((run/"records.json").read_text())["test_accuracy"]
+        assert f"test accuracy {accuracy:.4f}  (run None: None)" in node1, node1
+    finally:
+        cluster.stop()
+        shutil.rmtree(cluster.folder, ignore_errors=True)
