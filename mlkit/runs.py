@@ -37,7 +37,7 @@ _all_ = ['METRICS', 'SUMMARY', 'METRICS_HEADER', 'read_metrics', 'MetricsSummary
 META, PARAMS, ARTIFACTS = "meta.json", "params.json", "artifacts"
 RECORDS = "records.json"  # summary values a notebook stored with mlkit.run.record
 PACKAGES = "packages.json"  # the installed distributions at the start, {name: version}: written once, kept out of meta.json
-STATUSES = ("running", "finished", "failed", "interrupted", "pruned", "prepared")
+STATUSES = ("queued", "running", "finished", "failed", "interrupted", "pruned", "prepared")
 HEARTBEAT_S = 30  # how often a running run's process rewrites its heartbeat
 STALE_AFTER_S = 600  # a running run not heard from for this long, whose process this machine cannot see, is "stale"
 

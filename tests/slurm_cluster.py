@@ -115,7 +115,7 @@ class SlurmCluster:
         states = dict(line.split() for line in r.stdout.splitlines() if line.strip())
         return r.returncode == 0 and all(states.get(n, "").startswith(("idle", "mix")) for n in self.node_names)
 
-    def start(self) -> "SlurmCluster":
+    def start(self) -> SlurmCluster:
         self._write_conf()
         self._munge()
         self._spawn([_daemon("slurmctld"), "-D", "-i", "-f", str(self.conf)])

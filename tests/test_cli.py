@@ -125,7 +125,7 @@ def test_runs_ls_unknown_status_is_an_error(tmp_path):
     r = run("runs", "ls", "--root", str(fake_runs(tmp_path/"runs", 2)), "--status", "bogus")
     assert (r.returncode, r.stdout) == (1, "")
     assert r.stderr == ("mlkit runs: error: unknown status 'bogus'; "
-                        "a run is running, finished, failed, interrupted, pruned, prepared, stale or broken\n")
+                        "a run is queued, running, finished, failed, interrupted, pruned, prepared, stale or broken\n")
 
 
 @pytest.mark.parametrize("args, message", [
