@@ -124,12 +124,13 @@ def cmd_runs_plot(args):
     print(out)
     if args.show and (why := _open_file(out)): print(f"mlkit runs plot: not opened: {why}", file=sys.stderr)
 
-# %% ../nbs/07b_cli_runs.ipynb #83964d06
+# %% ../nbs/07b_cli_runs.ipynb #ad973b4a
 def cmd_runs_cancel(args):
     "`mlkit runs cancel RUN`: the run's Slurm job cancelled (scancel), waited for, and the run ended `interrupted`."
     from mlkit.runs import find_run
-    from mlkit.slurm_jobs import ACTIVE, cancel_run
-    run = _refreshed([find_run(args.run, args.runs_dir)])[0]
+    from mlkit.slurm_jobs import ACTIVE, cancel_run, job_states, refresh_runs
+    run = find_run(args.run, args.runs_dir)
+    if jid := (run.meta.get("slurm") or {}).get("job_id"): refresh_runs([run], job_states([jid]))  # Slurm not answering: one line
     js = cancel_run(run)
     still = f"; Slurm still says {js.state}" if js.state in ACTIVE else f" ({js.state})"
     print(f"run {run.id}: Slurm job {js.job_id} cancelled{still}; the run is {run.meta.get('status')}")

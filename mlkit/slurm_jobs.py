@@ -111,7 +111,7 @@ def _failed(r:subprocess.CompletedProcess, what:str) -> MlkitError:
     lines = [line.strip() for line in (r.stderr or r.stdout or "").splitlines() if line.strip()]
     return MlkitError(f"Slurm does not answer: {what}: {lines[-1] if lines else f'exit status {r.returncode}'}")
 
-# %% ../nbs/15a_slurm_jobs.ipynb #84ec1a69
+# %% ../nbs/15a_slurm_jobs.ipynb #4042f7fd
 def _squeue(ids:list[str]) -> dict[str, JobState]:
     "squeue's answer for `ids`, every state (-t all), array tasks one a line (-r); ids it does not know are left out."
     r = _slurm("squeue", "-h", "-r", "-t", "all", "-j", ",".join(ids), "-o", SQUEUE_FORMAT)
@@ -125,10 +125,10 @@ def _forgotten(ids:list[str]) -> dict[str, JobState]:
     r = _slurm("sacct", "-n", "-P", "-X", "-j", ",".join(ids), "-o", "JobID,State,NodeList,ElapsedRaw,ExitCode") \
         if shutil.which("sacct") else None
     found = {k: v for k, v in _parse_sacct(r.stdout).items() if k in ids} if r is not None and r.returncode == 0 else {}
-    for jid in ids:
-        if jid in found: continue
-        s = _slurm("scontrol", "show", "job", "-o", jid)
-        if s.returncode == 0: found.update({k: v for k, v in _parse_scontrol(s.stdout).items() if k == jid})
+    rest = [j for j in ids if j not in found]
+    for ask in ([[j] for j in rest] if len(rest) <= 8 else [[]]):  # a few one by one; many in one listing of every job
+        s = _slurm("scontrol", "show", "job", "-o", *ask)
+        if s.returncode == 0: found.update({k: v for k, v in _parse_scontrol(s.stdout).items() if k in rest})
     return {jid: found.get(jid) or JobState(jid, "GONE") for jid in ids}
 
 def job_states(job_ids) -> dict[str, JobState]:
