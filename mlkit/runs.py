@@ -175,7 +175,7 @@ def stats(self:Run) -> dict[str, dict]:
     "Each metric's last, min and max (with steps) and count, from summary.json brought up to date with metrics.csv."
     if self._stats is None:
         if self._summary_doc is None: self._summary_doc = _read_summary_file(self.path)
-        try: self._stats = summarize(self.path, self._summary_doc, keep=self.status not in ("running", "broken"))
+        try: self._stats = summarize(self.path, self._summary_doc, keep=self.status not in ("queued", "running", "broken"))
         except OSError as e:
             self._stats, self.error = MetricsSummary(), self.error or _unreadable(METRICS, e)
     return self._stats.metrics

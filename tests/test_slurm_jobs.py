@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 COVERS = ("15a_slurm_jobs", "07b_cli_runs")  # the notebooks these tests cover: `make test NB=...` runs them
 
 MLKIT = str(Path(sys.executable).parent/"mlkit")
@@ -74,6 +76,16 @@ def test_a_job_that_fails_before_its_run_starts_leaves_the_run_failed_with_its_s
     assert m["error"] == f"Slurm job {jid} ended FAILED before the run recorded its end: boom", m["error"]
     assert m["end"]
     assert mlkit("runs", "ls", "--root", str(root), "--status", "queued", env=slurm.env).stdout.count("\n") == 1
+    # runs show brings its run up to date too
+    other = slurm_run(root, "oom", None)
+    jid = sbatch(slurm, "-e", str(other/"slurm"/"%j_0_log.err"), "--wrap", "echo 'Killed: out of memory' >&2; exit 137")
+    m = meta(other)
+    m["slurm"] = {"job_id": jid, "folder": str(other/"slurm")}
+    (other/"meta.json").write_text(json.dumps(m))
+    wait_state(slurm, jid, ("FAILED",))
+    r = mlkit("runs", "show", "oom", "--root", str(root), env=slurm.env)
+    assert "status failed" in r.stdout and "Killed: out of memory" in r.stdout, r.stdout + r.stderr
+    assert meta(other)["status"] == "failed"
 
 
 def test_runs_cancel_ends_a_held_job_and_a_running_one(slurm, tmp_path):
@@ -217,3 +229,24 @@ time.sleep(300)
     assert r.returncode == 0, r.stderr
     assert (meta(run)["status"], meta(run)["error"]) == ("interrupted", "SIGTERM (the job said so)")
     assert not in_squeue(slurm, jid)
+
+
+@pytest.mark.slow
+def test_runs_ls_with_the_real_controller_down_shows_records_as_recorded(tmp_path):
+    "On a cluster of its own (the session's is shared): slurmctld stopped, `runs ls` still lists, saying why in one line."
+    import tempfile
+
+    from slurm_cluster import SlurmCluster, missing
+    if (why := missing()) is not None: pytest.skip(f"no Slurm cluster: {why}")
+    cluster = SlurmCluster(tempfile.mkdtemp(prefix="mlkit-slurm-")).start()
+    try:
+        root = tmp_path/"runs"
+        jid = cluster.run("sbatch", "--parsable", "--hold", "--wrap", "sleep 300").stdout.strip()
+        run = slurm_run(root, "held", jid, "queued")
+        cluster.stop_controller()
+        r = mlkit("runs", "ls", "--root", str(root), env=cluster.env)
+        assert r.returncode == 0 and rows(r.stdout)[run.name][2] == "queued", r.stdout + r.stderr
+        assert r.stderr.startswith("mlkit: Slurm does not answer: squeue: ") and r.stderr.endswith(
+            ": the states of runs with Slurm jobs are as recorded\n") and r.stderr.count("\n") == 1, r.stderr
+        assert meta(run)["status"] == "queued"
+    finally: cluster.stop()
