@@ -30,8 +30,9 @@ import errno
 import json
 from dataclasses import asdict
 
-from .core import MlkitError
 from .cli_runs import jobs_parser, runs_parser
+from .cli_slurm import slurm_defaults_text, slurm_options, submit_run_args, wants_slurm
+from .core import MlkitError
 from .tables import outcome_text, params_help, sweeps_table
 
 # %% ../nbs/07_cli.ipynb #f59ce637
@@ -52,6 +53,7 @@ _SIGNAL_STATUS = {"SIGINT": 130, "SIGHUP": 129, "SIGTERM": 143}  # 128 + the sig
 def _run_help(args, parser) -> None:
     "`mlkit run [NOTEBOOK] --help`: the options, then the notebook's parameters."
     parser.print_help()
+    print(f"\n{slurm_defaults_text()}")
     if not args.notebook: return
     from mlkit.params import notebook_parameters, read_notebook
     print(params_help(args.notebook, notebook_parameters(read_notebook(args.notebook, validate=False))))
@@ -112,6 +114,8 @@ def cmd_run(args) -> int:
         if args.output is not None and args.output != args.output_path:
             raise MlkitError(f"two output notebooks: {args.output_path} and -o {args.output}; give one")
         args.output = args.output_path
+    if wants_slurm(args): return _run_outcome(r) if (r := submit_run_args(args, _params_args(args),
+                                                                          _papermill_kwargs(args))) else 0
     from mlkit.execute import run_notebook
     nodes = {"nnodes": args.nnodes, "node_rank": args.node_rank, "rdzv_endpoint": args.rdzv_endpoint}
     r = run_notebook(args.notebook, _params_args(args), name=args.name, gpus=args.gpus, nproc=args.nproc,
@@ -317,6 +321,7 @@ def _run_parser(sub):
     run.add_argument("--nnodes", type=int, metavar="N", help="with --nproc: the number of machines (torchrun's)")
     run.add_argument("--node-rank", type=int, metavar="R", help="with --nproc: this machine's rank, 0 to N-1")
     run.add_argument("--rdzv-endpoint", metavar="HOST:PORT", help="with --nproc: where the machines meet (node 0's)")
+    slurm_options(run, "the run")
     _papermill_options(run, run=True)
     run.set_defaults(func=cmd_run, run_parser=run)
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 
 # %% auto #0
-__all__ = ['ROOT_MARKERS', 'MAX_SEED', 'RUN_DIR_ENV', 'SEED_MARK', 'TMP_PREFIX', 'MlkitError', 'ProjectNotFoundError',
-           'project_root', 'runs_dir', 'seed_everything', 'last_seed', 'atomic_write', 'link_or_copy',
-           'write_json_atomic']
+__all__ = ['ROOT_MARKERS', 'MAX_SEED', 'RUN_DIR_ENV', 'SEED_MARK', 'TMP_PREFIX', 'CONTINUATION_ENV', 'MlkitError',
+           'ProjectNotFoundError', 'project_root', 'runs_dir', 'seed_everything', 'last_seed', 'atomic_write',
+           'link_or_copy', 'continuation', 'write_json_atomic']
 
 # %% ../nbs/00_core.ipynb #d446f051
 class MlkitError(Exception):
@@ -139,6 +139,14 @@ def link_or_copy(src:str|Path, dst:str|Path) -> Path:
     except OSError: shutil.copy2(src, tmp)
     os.replace(tmp, dst)
     return dst
+
+# %% ../nbs/00_core.ipynb #56945747
+CONTINUATION_ENV = "MLKIT_CONTINUATION"  # set by a Slurm job for the kernel of the run it executes: how many starts before
+
+def continuation() -> int:
+    "How many times this run started before, its job requeued since (`mlkit run --slurm`); 0 on a run's first start."
+    try: return max(0, int(os.environ.get(CONTINUATION_ENV) or 0))
+    except ValueError: return 0
 
 # %% ../nbs/00_core.ipynb #c0e1a001
 def write_json_atomic(path:Path, obj):

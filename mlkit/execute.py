@@ -357,10 +357,12 @@ def _fold_workers(tracker, error, cells, saved:Path, streams:_Streams):
 # %% ../nbs/11c_execute.ipynb #16933324
 def _take_marks(tracker, name:str|None, status:str) -> str:
     "The marks the kernel left in the run folder (a name asked for, its seed, a sweep's pruning) into `tracker`; the status."
-    from mlkit.local_tracker import take_name_mark, take_seed_mark
+    from mlkit.local_tracker import take_name_mark, take_resume_mark, take_seed_mark
     if name is None and (asked := take_name_mark(tracker.path)):  # the notebook's LocalTracker(name=...)
         tracker.name = tracker.meta["name"] = asked
     if (seed := take_seed_mark(tracker.path)) is not None: tracker.meta["seed"] = seed  # the kernel's seed_everything
+    if (step := take_resume_mark(tracker.path)) is not None and tracker.meta.get("resumes"):  # a requeued job's fit
+        tracker.meta["resumes"][-1]["after_step"] = step
     if (pruned := _pruned_at(tracker.path)) is not None and status == "finished":
         status, tracker.meta["pruned_at_step"] = "pruned", pruned
     return status
@@ -485,12 +487,13 @@ def _kernel_env(env:dict|None, hidden:dict, path:Path) -> dict:
             "MLKIT_PROGRESS": "lines", "MLKIT_NOTEBOOK": str(path)}
 
 # %% ../nbs/11c_execute.ipynb #759ddee4
-def _start_run(root:Path, name:str, streams:_Streams, env:dict):
-    "A `LocalTracker` for the run in `root`, said on `streams`; `env` gets its folder for the kernel."
+def _start_run(root:Path, name:str, streams:_Streams, env:dict, into:Path|None=None, note:dict|None=None):
+    "A `LocalTracker` for a new run in `root` (or the queued run `into`), said on `streams`; `env` gets its folder."
     from mlkit.core import RUN_DIR_ENV
     from mlkit.local_tracker import LocalTracker
     _atomic_notebook_writes()
-    tracker = LocalTracker(root, name=name, capture=True)
+    tracker = (LocalTracker(root, name=name, capture=True) if into is None else
+               LocalTracker(into.parent, resume=into.name, capture=True, note=note))
     streams.note(f"mlkit run: run {tracker.id} ({tracker.name}) in {tracker.path}")
     env[RUN_DIR_ENV] = str(tracker.path)
     return tracker
@@ -550,6 +553,8 @@ def run_notebook(path:str|Path, # The notebook to execute
                  stdout_file=None, # The cells' standard output goes here (a path or a file) instead of the terminal
                  stderr_file=None, # The cells' standard error goes here instead of the terminal
                  quiet:bool=False, # No cell output, progress or traceback in the terminal: the summary only
+                 into:str|Path|None=None, # A queued run's folder to execute into, instead of a new run (`mlkit.slurm`)
+                 note:dict|None=None, # With `into`: the job's fields for meta.json ({"job_id", "restart"})
                 ) -> Run|None:
     "Execute the notebook at `path` with `params` as a tracked run; its `Run` record whatever the outcome (None on node 1+)."
     cell_timeout = _checked_options(nproc, nodes, gpus, cell_timeout, start_timeout, output)
@@ -561,9 +566,10 @@ def run_notebook(path:str|Path, # The notebook to execute
     env = _kernel_env(env, hidden, path)
     if nodes and nodes["node_rank"] != 0:
         return _run_other_node(ready, path, cwd, nproc, nodes, _Streams(out, stdout_file, stderr_file, quiet), env, gpus)
-    root = _writable_runs_folder(runs_dir)
+    into = Path(into).absolute() if into is not None else None
+    root = _writable_runs_folder(runs_dir if into is None else into.parent)
     streams = _Streams(out, stdout_file, stderr_file, quiet)
-    tracker = _start_run(root, name or path.stem, streams, env)
+    tracker = _start_run(root, name or path.stem, streams, env, into, note)
     saved, cells, error, log = tracker.path/"notebook.ipynb", _CellLog(nb, origin, streams), None, None
     try:
         _record_start(tracker, final, hidden, output, meta, notebook=str(path), kernel=kernel, kernel_from=kernel_why,

@@ -28,7 +28,8 @@ from .core import write_json_atomic
 
 
 # %% auto #0
-__all__ = ['NAME_MARK', 'new_run_id', 'LocalTracker', 'merge_params', 'take_seed_mark', 'take_name_mark', 'load_runs']
+__all__ = ['NAME_MARK', 'RESUME_MARK', 'new_run_id', 'LocalTracker', 'merge_params', 'take_seed_mark', 'take_name_mark',
+           'take_resume_mark', 'load_runs']
 
 # %% ../nbs/10c_local_tracker.ipynb #e509fd71
 def new_run_id() -> str:
@@ -44,6 +45,7 @@ def _now() -> str: return datetime.now(UTC).astimezone().isoformat(timespec="mil
 
 # %% ../nbs/10c_local_tracker.ipynb #b6356d15
 NAME_MARK = ".name.json"  # left in a run folder by a `LocalTracker(name=...)` attached to it, for the owner to take
+RESUME_MARK = ".resume.json"  # left there by an attached tracker whose fit resumed the run itself: the step it went on from
 
 def _run_of_mlkit_run(root:str|Path|None) -> Path|None:
     "The run folder `mlkit run` made for this process ($MLKIT_RUN_DIR), if a LocalTracker on `root` belongs in it."
@@ -60,6 +62,7 @@ class LocalTracker(Tracker):
                  capture:bool=True, # Capture git state, code, versions, host, command and seed in meta.json
                  flush_every:float=1.0, # Seconds between background writes of buffered metrics
                  resume:str|None=None, # Continue this run (an id, unique prefix or name) instead of starting one
+                 note:dict|None=None, # With `resume`: more fields for its entry in meta.json (a Slurm job's id)
                 ):
         "Under `mlkit run` ($MLKIT_RUN_DIR), attach to its run (`attach`) unless `resume` or another `root` is given."
         super().__init__(name, flush_every)
@@ -72,7 +75,7 @@ class LocalTracker(Tracker):
         self.root = Path(root) if root is not None else runs_dir()
         self.root.mkdir(parents=True, exist_ok=True)
         self._secrets = secret_env_values()
-        if resume is not None: self._open(find_run(resume, self.root), step=None, capture=capture)
+        if resume is not None: self._open(find_run(resume, self.root), step=None, capture=capture, note=note)
         else: self._create(capture)
         self._start()
 
@@ -312,8 +315,8 @@ def take_name_mark(path:str|Path, # A run folder
 
 # %% ../nbs/10c_local_tracker.ipynb #7da52fe0
 @patch
-def _open(self:LocalTracker, run:Run, step:int|None, capture:bool):
-    "Make `run`'s folder this tracker's again: status running, a note of the resume, metrics after `step` dropped."
+def _open(self:LocalTracker, run:Run, step:int|None, capture:bool, note:dict|None=None):
+    "Make `run`'s folder this tracker's again: status running, a note of the resume (or of a queued run's start)."
     if run.error: raise MlkitError(f"cannot continue run {run.id}: {run.error}")
     if run.status == "running" and run.meta.get("host") == socket.gethostname():
         mine = [t for t in list(open_trackers) if isinstance(t, LocalTracker) and t.path == run.path]
@@ -325,14 +328,16 @@ def _open(self:LocalTracker, run:Run, step:int|None, capture:bool):
               file=sys.stderr)
     self.id, self.path, self.meta, self.params = run.id, run.path, run.meta, run.params
     self.name = self.name or run.name
-    resumes = self.meta.setdefault("resumes", [])
-    note = {"at": _now(), "after_step": step, "host": socket.gethostname(), "pid": os.getpid()}
+    first = run.meta.get("status") == "queued" and "started" not in run.meta  # submitted, now starting: no resume
+    resumes = self.meta.get("resumes") or []
+    note = {"at": _now(), "after_step": step, "host": socket.gethostname(), "pid": os.getpid(), **(note or {})}
+    if first: self.meta["started"], capture = {k: v for k, v in note.items() if k != "after_step"}, False  # no resume
     if capture:  # the code may have changed since: keep what this process runs next to the original
         meta = run_metadata()
         meta.pop("distributions", None)  # the run's packages.json keeps those it started with
         self._write_code(self.path/ARTIFACTS/f"resume-{len(resumes) + 1}", meta.get("git"), meta.get("project"))
         note["git"] = meta.get("git")
-    resumes.append(note)
+    if not first: self.meta["resumes"] = [*resumes, note]
     self.meta.update(status="running", host=note["host"], pid=note["pid"], end=None, error=None)
     self._t0 = time.time() - (self.meta.get("duration_s") or 0)  # durations add up over the pieces
     self._truncate(step)
@@ -362,6 +367,7 @@ def resume_run(self:LocalTracker, ids:dict, step:int|None=None):
             self._file.close()
             self._truncate(step)
             self._file = open(self.path/METRICS, "ab")
+        if not self._owner: write_json_atomic(self.path/RESUME_MARK, {"step": step})  # for the owner's resumes entry
         return
     if not self._owner:
         print(f"mlkit: this run's folder belongs to the process that made it; run {run_id} is not continued "
@@ -382,3 +388,10 @@ def resume_run(self:LocalTracker, ids:dict, step:int|None=None):
             write_json_atomic(self.path/META, self.meta)
         if self.params: write_json_atomic(self.path/PARAMS, self.params)
         shutil.rmtree(fresh, ignore_errors=True)
+
+# %% ../nbs/10c_local_tracker.ipynb #e5bee05e
+def take_resume_mark(path:str|Path, # A run folder
+                    ) -> int|None:
+    "The step an attached tracker's resumed fit went on from in the run at `path` (`RESUME_MARK`), or None; removed."
+    step = _take_mark(Path(path)/RESUME_MARK, "step")
+    return step if isinstance(step, int) and not isinstance(step, bool) else None

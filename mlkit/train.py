@@ -19,7 +19,7 @@ from torch import nn
 from .callbacks import ProgressBar  # callbacks need only mlkit.events: the dependency runs one way
 from .checkpoint import (CheckpointError, latest_checkpoint, load_checkpoint, load_model_state, rng_states,
                               set_rng_states)
-from .core import MlkitError
+from .core import MlkitError, continuation
 from .data import resumable_loader
 from .distributed import all_reduce_sum, broadcast_int, data_parallel, init_distributed
 from .events import EVENTS, Callback, CallbackError, CancelBatch, CancelEpoch, CancelFit
@@ -309,12 +309,14 @@ def predict(self:Trainer, dl) -> torch.Tensor:
 # %% ../nbs/05_train.ipynb #61ba4870
 @patch
 def fit(self:Trainer, epochs:int, # Train until this many epochs are done (counting those of a resumed run)
-        resume:str|None=None, # A checkpoint file, or "latest" in the Checkpoint callback's folder
+        resume:str|None=None, # A checkpoint file, or "latest" in the Checkpoint callback's folder (a requeued job's: by itself)
        ):
     "Train for `epochs` epochs, optionally resuming exactly where a checkpoint left off."
     if not isinstance(epochs, int) or epochs < 1: raise MlkitError(f"epochs must be an integer >= 1, got {epochs!r}")
     self._plan_fit(epochs)
     self.epoch, self._start_batch, self.resumed_from = 0, 0, None
+    if resume is None and continuation() and any(getattr(cb, "checkpoint_dir", None) for cb in self.cbs):
+        resume = "latest"  # a Slurm job started again: its run carries on from its latest checkpoint
     if resume is not None: self._load_resume(resume)
     with data_parallel(self): self._with_events(self._fit_epochs, "fit", CancelFit)
     return self

@@ -122,7 +122,7 @@ def run_job(script, *args, timeout=300):
 
 @pytest.fixture(scope="session")
 def slurm(tmp_path_factory):
-    "A private single-node Slurm cluster (tests/slurm_cluster.py) for this pytest process; skipped, saying why, where none runs."
+    "A private single-node Slurm cluster (tests/slurm_cluster.py) for this pytest process; skipped, saying why, if none can run."
     from slurm_cluster import SlurmCluster, missing
     if (why := missing()) is not None: pytest.skip(f"no Slurm cluster: {why}")
     # a short path: Slurm and munge refuse socket paths over ~100 characters, and pytest's tmp paths are long
