@@ -139,7 +139,7 @@ def job_states(job_ids) -> dict[str, JobState]:
     if missing := [j for j in ids if j not in states]: states.update(_forgotten(missing))
     return states
 
-# %% ../nbs/15a_slurm_jobs.ipynb #9d72a559
+# %% ../nbs/15a_slurm_jobs.ipynb #1476db12
 def _log_tail(meta:dict, job_id:str, limit:int=300) -> str:
     "The end of the job's stderr log (submitit's `<folder>/<job_id>_0_log.err`): its last non-empty lines, one line."
     folder = (meta.get("slurm") or {}).get("folder")
@@ -148,6 +148,7 @@ def _log_tail(meta:dict, job_id:str, limit:int=300) -> str:
     try: lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
     except OSError as e: return f"no stderr log ({path}: {e.strerror or e})"
     if not lines: return f"{path} is empty"
+    lines = [line for line in lines if not line.startswith(("srun: ", "submitit "))] or lines  # the job's own words first
     text = " | ".join(lines[-5:])
     return text if len(text) <= limit else "..." + text[-(limit - 3):]
 

@@ -250,3 +250,34 @@ def test_runs_ls_with_the_real_controller_down_shows_records_as_recorded(tmp_pat
             ": the states of runs with Slurm jobs are as recorded\n") and r.stderr.count("\n") == 1, r.stderr
         assert meta(run)["status"] == "queued"
     finally: cluster.stop()
+
+
+@pytest.mark.slow
+def test_jobs_and_runs_cancel_on_a_run_submitted_with_mlkit_run_slurm(slurm, tmp_path):
+    "The whole way: `mlkit run --slurm` queues a notebook that runs long; `mlkit jobs` shows it; `mlkit runs cancel` ends it."
+    nb = tmp_path/"long.ipynb"
+    nb.write_text(json.dumps({"cells": [{"cell_type": "code", "execution_count": None, "id": "a1", "metadata": {},
+                                         "outputs": [], "source": ["import time\n", "time.sleep(600)"]}],
+                              "metadata": {"kernelspec": {"display_name": "mlkit", "language": "python", "name": "mlkit"}},
+                              "nbformat": 4, "nbformat_minor": 5}))
+    root = tmp_path/"runs"
+    env = {**slurm.env, "MLKIT_RUNS_DIR": str(root)}
+    repo = Path(__file__).resolve().parents[1]
+    r = subprocess.run([MLKIT, "run", str(nb), "--slurm", "--name", "long"], capture_output=True, text=True, timeout=300,
+                       cwd=repo, env={**os.environ, **env})
+    assert r.returncode == 0, r.stderr[-3000:]
+    [run] = [p for p in root.iterdir() if (p/"meta.json").is_file()]
+    jid = meta(run)["slurm"]["job_id"]
+    deadline = time.monotonic() + 180
+    while meta(run)["status"] != "running":
+        assert time.monotonic() < deadline and meta(run)["status"] == "queued", meta(run)
+        time.sleep(0.5)
+    time.sleep(3)  # the kernel is in its cell
+    got = rows(mlkit("jobs", env=env).stdout)
+    assert got[run.name][1:5] == ["long", jid, "RUNNING", slurm.host] and got[run.name][-1] == "running", got
+    r = mlkit("runs", "cancel", "long", env=env)
+    assert r.returncode == 0, r.stderr
+    m = meta(run)
+    assert m["status"] == "interrupted" and m["end"], m
+    assert m["error"].startswith("SIGTERM"), m["error"]  # the job's own process said so: the command waited for it
+    assert not in_squeue(slurm, jid)
