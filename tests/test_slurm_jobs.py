@@ -2,6 +2,7 @@
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -238,7 +239,8 @@ def test_runs_ls_with_the_real_controller_down_shows_records_as_recorded(tmp_pat
 
     from slurm_cluster import SlurmCluster, missing
     if (why := missing()) is not None: pytest.skip(f"no Slurm cluster: {why}")
-    cluster = SlurmCluster(tempfile.mkdtemp(prefix="mlkit-slurm-")).start()
+    folder = tempfile.mkdtemp(prefix="mlkit-slurm-")
+    cluster = SlurmCluster(folder).start()
     try:
         root = tmp_path/"runs"
         jid = cluster.run("sbatch", "--parsable", "--hold", "--wrap", "sleep 300").stdout.strip()
@@ -249,7 +251,9 @@ def test_runs_ls_with_the_real_controller_down_shows_records_as_recorded(tmp_pat
         assert r.stderr.startswith("mlkit: Slurm does not answer: squeue: ") and r.stderr.endswith(
             ": the states of runs with Slurm jobs are as recorded\n") and r.stderr.count("\n") == 1, r.stderr
         assert meta(run)["status"] == "queued"
-    finally: cluster.stop()
+    finally:
+        cluster.stop()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.mark.slow
