@@ -10,8 +10,8 @@ import signal
 import sys
 
 # %% auto #0
-__all__ = ['cmd_gpus', 'cmd_runs_ls', 'cmd_runs_show', 'cmd_runs_compare', 'cmd_runs_plot', 'cmd_run', 'cmd_rerun', 'cmd_sweep',
-           'cmd_new', 'parser', 'main', 'gpus_table', 'runs_table', 'params_table']
+__all__ = ['cmd_gpus', 'cmd_run', 'cmd_rerun', 'cmd_sweep', 'cmd_new', 'parser', 'main', 'gpus_table', 'runs_table',
+           'params_table']
 
 # %% ../nbs/07_cli.ipynb #c7a1e001
 def _interrupted_starting(signum, frame):
@@ -30,10 +30,10 @@ import errno
 import json
 from dataclasses import asdict
 
+from .cli_runs import jobs_parser, runs_parser
 from .cli_slurm import slurm_defaults_text, slurm_options, submit_run_args, wants_slurm
 from .core import MlkitError
-from .tables import (compare_text, number_names, order_runs, outcome_text, params_help, run_text, summarizing_note,
-                          sweeps_table, unknown)
+from .tables import outcome_text, params_help, sweeps_table
 
 # %% ../nbs/07_cli.ipynb #f59ce637
 from .tables import gpus_table, params_table, runs_table
@@ -46,107 +46,6 @@ def cmd_gpus(args):
     from mlkit.gpu import gpus, lock_holder
     rows = [{**asdict(g), "lock": lock_holder(g)} for g in gpus()]
     print(json.dumps(rows, indent=1) if args.json else gpus_table(rows))
-
-# %% ../nbs/07_cli.ipynb #cb9a8aa9
-def _metric_arg(text:str, option:str) -> tuple[str, str|None]:
-    "'valid_acc:max' -> ('valid_acc', 'max'); 'valid_acc' -> ('valid_acc', None)."
-    name, sep, goal = text.rpartition(":") if ":" in text else (text, "", None)
-    if not name or (sep and goal not in ("min", "max")):
-        raise MlkitError(f"{option} takes NAME, NAME:min or NAME:max, got {text!r}")
-    return name, goal
-
-def _sort_arg(text:str) -> tuple[str, str]:
-    "The name and goal of --sort: as written, or metric_goal's; a one-line error when neither says."
-    from mlkit.runs import metric_goal
-    name, goal = _metric_arg(text, "--sort")
-    goal = goal or metric_goal(name)
-    if goal is None:
-        raise MlkitError(f"is a lower or a higher '{name}' better? say which: --sort {name}:min or --sort {name}:max")
-    return name, goal
-
-def _goals_arg(texts:list[str]|None) -> dict:
-    "The --goal options as {metric: goal}."
-    goals = {}
-    for text in texts or []:
-        name, goal = _metric_arg(text, "--goal")
-        if goal is None: raise MlkitError(f"--goal takes METRIC:min or METRIC:max, got {text!r}")
-        goals[name] = goal
-    return goals
-
-def _params_filter(pairs:list[str]) -> dict:
-    out = {}
-    for p in pairs or []:
-        k, sep, v = p.partition("=")
-        if not (k and sep): raise MlkitError(f"--param takes NAME=VALUE, got {p!r}")
-        out[k] = v
-    return out
-
-# %% ../nbs/07_cli.ipynb #4c648ed3
-def cmd_runs_ls(args):
-    "`mlkit runs ls`: one line per run, newest first, or best first by --sort; filtered."
-    from mlkit.runs import filter_runs, list_runs, parse_where
-    sort, params = _sort_arg(args.sort) if args.sort else None, _params_filter(args.param)
-    where = [parse_where(w) for w in args.where or []]
-    if args.limit is not None and args.limit < 1: raise MlkitError(f"--limit takes a number of runs, 1 or more, got {args.limit}")
-    columns = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns is not None else None
-    if columns == []: raise MlkitError("--columns takes names separated by commas, e.g. lr,width,test_accuracy")
-    runs = filter_runs(list_runs(args.runs_dir), status=args.status, name=args.name, params=params, sweep=args.sweep)
-    if note := summarizing_note(runs): print(note, file=sys.stderr, flush=True)
-    if where:
-        if runs and (missing := [k for k, _, _ in where if k not in set().union(*(r.values() for r in runs if not r.error))]):
-            raise MlkitError("--where: " + unknown(missing[0], number_names(runs)))
-        runs = filter_runs(runs, where=where)
-    runs = order_runs(runs, sort, bool(args.sweep))
-    if args.limit: runs = runs[:args.limit]
-    print(runs_table(runs, sort[0] if sort else None, columns, trials=bool(args.sweep)))
-
-# %% ../nbs/07_cli.ipynb #845a1c3c
-def cmd_runs_show(args):
-    "`mlkit runs show RUN`: one run's metadata, parameters, recorded values and metrics."
-    from mlkit.runs import find_run
-    goals = _goals_arg(args.goal)
-    print(run_text(find_run(args.run, args.runs_dir), goals))
-
-def cmd_runs_compare(args):
-    "`mlkit runs compare RUN RUN...`: the parameters that differ, recorded values and metrics side by side."
-    from mlkit.runs import compare_runs, find_run
-    if len(args.runs) < 2: raise MlkitError("compare needs at least two runs")
-    goals = _goals_arg(args.goal)
-    runs = [find_run(ref, args.runs_dir) for ref in args.runs]
-    print(compare_text(runs, compare_runs(runs, goals)))
-
-# %% ../nbs/07_cli.ipynb #b5dd17d1
-def _open_file(path) -> str|None:
-    "Open `path` in the desktop's viewer; why not, when there is no display."
-    import shutil
-    import subprocess
-    opener = "open" if sys.platform == "darwin" else "xdg-open"
-    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
-        return "no display here (DISPLAY is not set)"
-    if not shutil.which(opener): return f"no {opener} here"
-    subprocess.Popen([opener, str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    return None
-
-def cmd_runs_plot(args):
-    "`mlkit runs plot RUN... --metric M`: the runs' learning curves of one metric, to a PNG under the runs folder."
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from mlkit.runs import find_run, plot_runs
-    runs = [find_run(ref, args.runs_dir) for ref in args.runs]
-    ax = plot_runs(runs, args.metric)
-    out = args.output  # default: runs/_plots/valid_loss-3fa9c1-a7b2e0.png (valid/loss -> valid_loss, not a folder)
-    if out is None:
-        from pathlib import Path
-        name = f"{args.metric.replace('/', '_')}-{'-'.join(r.short_id for r in runs)}"[:120]
-        out = Path(runs[0].path.parent)/"_plots"/f"{name}.png"
-        out.parent.mkdir(exist_ok=True)
-    try: ax.figure.savefig(out, dpi=120, bbox_inches="tight")
-    except OSError as e: raise MlkitError(f"cannot write {out}: {e.strerror or e}") from e
-    except ValueError as e: raise MlkitError(f"cannot write {out}: {e}") from e  # matplotlib: an unknown format
-    finally: plt.close(ax.figure)
-    print(out)
-    if args.show and (why := _open_file(out)): print(f"mlkit runs plot: not opened: {why}", file=sys.stderr)
 
 # %% ../nbs/07_cli.ipynb #b8d4f2e1
 _SIGNAL_STATUS = {"SIGINT": 130, "SIGHUP": 129, "SIGTERM": 143}  # 128 + the signal's number, as a shell reports
@@ -397,53 +296,6 @@ def _refused_options(p:argparse.ArgumentParser):
         r.add_argument(*flags, dest="refused", action=_Refused, nargs=None if metavar else 0, metavar=metavar, help=how)
     p.set_defaults(refused=None)
 
-# %% ../nbs/07_cli.ipynb #5f6487fe
-def _runs_parser(sub):
-    "`mlkit runs ls|show|compare|plot`."
-    runs = sub.add_parser("runs", help="list, show, compare and plot tracked runs",
-                          description="Runs recorded by mlkit.track.LocalTracker under the runs folder.")
-    rsub = runs.add_subparsers(dest="runs_command", metavar="SUBCOMMAND", required=True)
-    root = argparse.ArgumentParser(add_help=False)
-    root.add_argument("--runs-dir", "--root", dest="runs_dir", metavar="DIR",
-                      help="the runs folder (default: runs/ at the project root, or $MLKIT_RUNS_DIR); --root is the same")
-    goal = argparse.ArgumentParser(add_help=False)
-    goal.add_argument("--goal", action="append", metavar="METRIC:min|max",
-                      help="whether a lower (min) or higher (max) METRIC is best, for metrics mlkit cannot tell (repeatable)")
-    _runs_ls_parser(rsub, root)
-    show = rsub.add_parser("show", parents=[root, goal], help="one run: metadata, parameters, metrics, artifacts")
-    show.add_argument("run", help="run id, unique prefix, or name")
-    show.set_defaults(func=cmd_runs_show)
-    cmp = rsub.add_parser("compare", parents=[root, goal], help="parameters that differ and metrics side by side")
-    cmp.add_argument("runs", nargs="+", metavar="RUN")
-    cmp.set_defaults(func=cmd_runs_compare)
-    plot = rsub.add_parser("plot", parents=[root], help="learning curves of a metric to a PNG")
-    plot.add_argument("runs", nargs="+", metavar="RUN")
-    plot.add_argument("--metric", required=True, help="the metric to plot, e.g. valid_loss")
-    plot.add_argument("-o", "--output", help="the PNG to write (default: _plots/METRIC-SHORTIDS.png in the runs folder)")
-    plot.add_argument("--show", action="store_true", help="also open the PNG in the desktop's viewer, where there is a display")
-    plot.set_defaults(func=cmd_runs_plot)
-
-# %% ../nbs/07_cli.ipynb #21f9f186
-def _runs_ls_parser(rsub, root):
-    "`mlkit runs ls`: its filters, sort, limit and columns."
-    ls = rsub.add_parser("ls", parents=[root], help="a table of runs")
-    ls.add_argument("--status", help="only runs with this status (running, finished, failed, interrupted, pruned, prepared, "
-                                     "stale, broken)")
-    ls.add_argument("--name", help="only runs whose name matches this glob")
-    ls.add_argument("--param", action="append", metavar="NAME=VALUE", help="only runs with this parameter value (repeatable)")
-    ls.add_argument("--sweep", metavar="NAME", help="only the trials of this sweep (mlkit sweep)")
-    ls.add_argument("--where", action="append", metavar="NAME<VALUE",
-                    help="only runs whose recorded value or last metric value NAME meets this (<, <=, >, >=, =, !=; repeatable)")
-    ls.add_argument("--sort", metavar="NAME[:min|max]",
-                    help="sort best first by NAME: a value the notebook recorded (mlkit.run.record) or a metric's last value; "
-                         "a recorded value wins over a metric of the same name; :min or :max says which is best where mlkit "
-                         "cannot tell. Without --sort, newest first")
-    ls.add_argument("--limit", type=int, help="show at most this many runs (the newest, or the best with --sort)")
-    ls.add_argument("--columns", metavar="NAME,...",
-                    help="the parameters, recorded values and metrics to show (default: every parameter that varies, "
-                         "the recorded values, three metrics)")
-    ls.set_defaults(func=cmd_runs_ls)
-
 # %% ../nbs/07_cli.ipynb #4dfdadff
 def _run_parser(sub):
     "`mlkit run NOTEBOOK`: mlkit's options, then papermill's."
@@ -559,7 +411,7 @@ def parser() -> argparse.ArgumentParser:
                                    "each mlkit GPU lock (MLKIT_LOCK_DIR).")
     g.add_argument("--json", action="store_true", help="print JSON records instead of a table")
     g.set_defaults(func=cmd_gpus)
-    for add in (_runs_parser, _run_parser, _rerun_parser, _sweep_parser, _new_parser): add(sub)
+    for add in (runs_parser, jobs_parser, _run_parser, _rerun_parser, _sweep_parser, _new_parser): add(sub)
     return p
 
 # %% ../nbs/07_cli.ipynb #e4e3da12

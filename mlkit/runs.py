@@ -37,7 +37,7 @@ _all_ = ['METRICS', 'SUMMARY', 'METRICS_HEADER', 'read_metrics', 'MetricsSummary
 META, PARAMS, ARTIFACTS = "meta.json", "params.json", "artifacts"
 RECORDS = "records.json"  # summary values a notebook stored with mlkit.run.record
 PACKAGES = "packages.json"  # the installed distributions at the start, {name: version}: written once, kept out of meta.json
-STATUSES = ("running", "finished", "failed", "interrupted", "pruned", "prepared")
+STATUSES = ("queued", "running", "finished", "failed", "interrupted", "pruned", "prepared")
 HEARTBEAT_S = 30  # how often a running run's process rewrites its heartbeat
 STALE_AFTER_S = 600  # a running run not heard from for this long, whose process this machine cannot see, is "stale"
 
@@ -175,7 +175,7 @@ def stats(self:Run) -> dict[str, dict]:
     "Each metric's last, min and max (with steps) and count, from summary.json brought up to date with metrics.csv."
     if self._stats is None:
         if self._summary_doc is None: self._summary_doc = _read_summary_file(self.path)
-        try: self._stats = summarize(self.path, self._summary_doc, keep=self.status not in ("running", "broken"))
+        try: self._stats = summarize(self.path, self._summary_doc, keep=self.status not in ("queued", "running", "broken"))
         except OSError as e:
             self._stats, self.error = MetricsSummary(), self.error or _unreadable(METRICS, e)
     return self._stats.metrics

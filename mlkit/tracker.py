@@ -273,7 +273,8 @@ def finish(self:Tracker, status:str="finished", error:str|None=None):
 
 def check_status(status:str):
     "Refuse `status` unless a run can end with it: finished, failed, interrupted or pruned."
-    if status not in STATUSES[1:]: raise MlkitError(f"a run ends as one of {', '.join(STATUSES[1:])}; got {status!r}")
+    ends = STATUSES[2:]  # not queued, not running
+    if status not in ends: raise MlkitError(f"a run ends as one of {', '.join(ends)}; got {status!r}")
 
 # %% ../nbs/10b_tracker.ipynb #dac42dac
 _current: list = []  # the run `current_run()` returns (mlkit.track); forgotten in a forked child

@@ -62,7 +62,7 @@ BUFFERED = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # s
 
 
 def test_runs_ls_into_a_pipe_closed_early_is_quiet(tmp_path):
-    root = fake_runs(tmp_path/"runs", 300, name_width=200)  # about 90 kB of table: more than a pipe holds
+    root = fake_runs(tmp_path/"runs", 1000, name_width=200)  # about 117 kB of table: more than a pipe (64 kB) holds
     subprocess.run([MLKIT, "runs", "ls", "--root", str(root)], capture_output=True, check=True)  # summaries cached: no note
     p = subprocess.Popen([MLKIT, "runs", "ls", "--root", str(root)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=BUFFERED)
     assert p.stdout.readline().startswith(b"id ")
@@ -125,7 +125,7 @@ def test_runs_ls_unknown_status_is_an_error(tmp_path):
     r = run("runs", "ls", "--root", str(fake_runs(tmp_path/"runs", 2)), "--status", "bogus")
     assert (r.returncode, r.stdout) == (1, "")
     assert r.stderr == ("mlkit runs: error: unknown status 'bogus'; "
-                        "a run is running, finished, failed, interrupted, pruned, prepared, stale or broken\n")
+                        "a run is queued, running, finished, failed, interrupted, pruned, prepared, stale or broken\n")
 
 
 @pytest.mark.parametrize("args, message", [
