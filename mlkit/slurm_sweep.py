@@ -66,10 +66,11 @@ class SweepTask:
 # %% ../nbs/15b_slurm_sweep.ipynb #97b70982
 def run_task(task:SweepTask, index:int=0) -> int:
     "On the node: the sweep's worker loop as array task `index`, its trials claimed with its job id; the worker's exit code."
+    from mlkit.execute import RunInterrupted
     near = []
-    def stop(signum, frame):
+    def stop(signum, frame):  # a run records the signal's name: "SIGUSR2 in cell 3"
         if signum == signal.SIGUSR2: near.append(signum)
-        raise KeyboardInterrupt(signal.Signals(signum).name)
+        raise RunInterrupted(signal.Signals(signum).name)
     for s in (signal.SIGTERM, signal.SIGUSR2): signal.signal(s, stop)
     _hush_experimental()
     spec = SweepSpec(**{**task.spec, "notebook": Path(task.spec["notebook"])})

@@ -89,13 +89,7 @@ def test_an_array_task_cancelled_mid_trial_has_its_trial_run_again_by_the_other(
     assert r.returncode == 0, r.stderr
     job = array_job(r.stdout)
     victim = f"{job}_1"
-    def running():  # its trial's run executing the notebook (its nap), not still starting
-        from mlkit.runs import list_runs
-        try: mine = {f"s-{t.number}" for t in study().get_trials() if t.state.name == "RUNNING"
-                     and (t.user_attrs.get("mlkit.worker") or {}).get("job_id") == victim}
-        except Exception: return []
-        return [r for r in list_runs(os.environ["MLKIT_RUNS_DIR"]) if r.name in mine and r.status == "running"]
-    wait_for(running, 120, what=f"task {victim} running a trial")
+    wait_for(running_trial_of(victim), 120, what=f"task {victim} running a trial")
     time.sleep(2)
     slurm.run("scancel", victim)
     wait_for(lambda: not slurm.run("squeue", "-h", "-j", job, check=False).stdout.strip(), 240, 1, what="the array's end")
@@ -108,6 +102,63 @@ def test_an_array_task_cancelled_mid_trial_has_its_trial_run_again_by_the_other(
     again = [t for t in trials if lost[0].number in t.system_attrs.get("retry_history", [])]
     assert again and again[0].state.name == "COMPLETE" and again[0].params == lost[0].params, again
     assert again[0].user_attrs["mlkit.worker"]["job_id"] == f"{job}_0"
+
+
+def running_trial_of(task: str):
+    "A waiter: the runs of `task`'s running trials once they execute the notebook (not while they start)."
+    def runs():
+        from mlkit.runs import list_runs
+        try: mine = {f"s-{t.number}" for t in study().get_trials() if t.state.name == "RUNNING"
+                     and (t.user_attrs.get("mlkit.worker") or {}).get("job_id") == task}
+        except Exception: return []
+        return [r for r in list_runs(os.environ["MLKIT_RUNS_DIR"]) if r.name in mine and r.status == "running"]
+    return runs
+
+
+@pytest.mark.slow
+def test_an_array_task_requeued_mid_trial_carries_on_and_its_trial_runs_again(project, slurm):
+    r = mlkit("sweep", spec(project, fixed={"nap": 8.0}, n_trials=4), "--slurm", "--workers", "2")
+    assert r.returncode == 0, r.stderr
+    job = array_job(r.stdout)
+    victim = f"{job}_1"
+    wait_for(running_trial_of(victim), 120, what=f"task {victim} running a trial")
+    time.sleep(2)
+    slurm.run("scontrol", "requeue", victim)
+    wait_for(lambda: slurm.run("squeue", "-h", "-j", victim, "-o", "%T %r", check=False).stdout.split()[:2]
+             == ["PENDING", "BeginTime"], 120, what=f"{victim} pending after its requeue")
+    slurm.run("scontrol", "update", f"JobId={victim}", "StartTime=now")
+    wait_for(lambda: not slurm.run("squeue", "-h", "-j", job, check=False).stdout.strip(), 300, 1, what="the array's end")
+    trials = study().get_trials()
+    assert sum(t.state.name == "COMPLETE" for t in trials) == 4, [(t.number, t.state, t.user_attrs) for t in trials]
+    lost = [t for t in trials if t.state.name == "FAIL"]
+    assert len(lost) == 1 and lost[0].user_attrs["mlkit.worker"]["job_id"] == victim, [t.user_attrs for t in lost]
+    assert any(lost[0].number in t.system_attrs.get("retry_history", []) and t.state.name == "COMPLETE" for t in trials)
+    log = (Path(os.environ["MLKIT_RUNS_DIR"])/"sweeps"/"s"/"slurm"/f"{victim}_0_log.out").read_text()
+    assert log.count("Starting with JobEnvironment") == 2, log  # it ran again after its requeue
+
+
+@pytest.mark.slow
+def test_a_task_near_its_time_limit_requeues_itself_and_the_sweep_finishes(project, slurm):
+    # one minute, and SIGUSR2 50 s before it: Slurm checks time limits every ~30 s, so the signal comes 10-40 s in
+    waiting = subprocess.Popen([MLKIT, "sweep", spec(project, fixed={"nap": 6.0}, n_trials=5), "--slurm", "--wait",
+                                "--time", "1", "--slurm-opt", "signal=USR2@50"], text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    log = Path(os.environ["MLKIT_RUNS_DIR"])/"sweeps"/"s"/"slurm"
+    job = wait_for(lambda: next((p.name.split("_")[0] for p in log.glob("*_submission.sh")), None), 60, what="the job")
+    for _ in range(5):  # each start goes on with the sweep; each near its limit requeues itself
+        def pending_or_ended():
+            state = slurm.run("squeue", "-h", "-j", job, "-o", "%T %r", check=False).stdout.split()[:2]
+            return waiting.poll() is not None or state == ["PENDING", "BeginTime"]
+        wait_for(pending_or_ended, 200, what="a requeue or the end")
+        if waiting.poll() is not None: break
+        slurm.run("scontrol", "update", f"JobId={job}", "StartTime=now")
+    out, err = waiting.communicate(timeout=300)
+    assert waiting.returncode == 0, out + err[-3000:]
+    trials = study().get_trials()
+    assert sum(t.state.name == "COMPLETE" for t in trials) == 5, [(t.number, t.state, t.user_attrs) for t in trials]
+    lost = [t for t in trials if t.state.name == "FAIL"]
+    assert lost and all("SIGUSR2" in t.user_attrs.get("mlkit.interrupted", "") for t in lost), [t.user_attrs for t in lost]
+    assert (log/f"{job}_0_log.out").read_text().count("Starting with JobEnvironment") >= 2  # it ran again
 
 
 def test_a_worker_whose_slurm_job_is_gone_is_judged_dead_on_any_host(project, slurm):
