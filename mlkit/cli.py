@@ -31,7 +31,8 @@ import json
 from dataclasses import asdict
 
 from .cli_runs import jobs_parser, runs_parser
-from .cli_slurm import slurm_defaults_text, slurm_options, submit_run_args, wants_slurm
+from .cli_slurm import (slurm_defaults_text, slurm_options, submit_run_args, submit_sweep_args, sweep_jobs_text,
+                             wants_slurm)
 from .core import MlkitError
 from .tables import outcome_text, params_help, sweeps_table
 
@@ -151,7 +152,7 @@ def _sweep_view(args) -> int:
     from mlkit.sweep_workers import point_text
     from mlkit.sweep_storage import sweep_folder
     study, spec = load_sweep(args.sweep_name, args.storage, args.runs_dir)
-    if args.target == "status": print(status_table(study, spec))
+    if args.target == "status": print(status_table(study, spec) + sweep_jobs_text(study))
     elif args.target == "best": print(best_text(study, spec))
     elif args.target == "add":
         print(f"sweep {study.study_name}: queued a trial with {point_text(add_trial(study, spec, args.param or []))}; "
@@ -178,9 +179,10 @@ def cmd_sweep(args) -> int:
     from mlkit.sweep_report import best_text, sweep_outcome
     from mlkit.sweep_workers import secrets_off_argv
     given = secrets_off_argv(args.param or [])
-    r = sweep(args.target, workers=args.workers, gpus_per_trial=args.gpus_per_trial, storage=args.storage,
-              n_trials=args.n_trials, runs_dir=args.runs_dir, params=given, timeout=args.timeout,
-              cell_timeout=args.cell_timeout, nproc=args.nproc)
+    r = submit_sweep_args(args, given) if wants_slurm(args) else sweep(
+        args.target, workers=args.workers, gpus_per_trial=args.gpus_per_trial, storage=args.storage, n_trials=args.n_trials,
+        runs_dir=args.runs_dir, params=given, timeout=args.timeout, cell_timeout=args.cell_timeout, nproc=args.nproc)
+    if r is None: return 0  # --slurm without --wait: the array is queued
     if r.interrupted:
         print(f"mlkit sweep: {r.name} interrupted ({r.interrupted}) with {r.done} of {r.n_trials} trials done; "
               "the same command continues it", file=sys.stderr)
@@ -345,7 +347,7 @@ def _sweep_parser(sub):
     sw = sub.add_parser("sweep", help="search a notebook's parameters with Optuna: run, status, best, plot, add, stop, ls, "
                         "dashboard",
                         usage="mlkit sweep SPEC.yaml [--workers N] [--gpus-per-trial K] [--storage URL] [--n-trials N]\n"
-                              "       [--timeout S] [--cell-timeout S] [-p NAME VALUE]\n"
+                              "       [--timeout S] [--cell-timeout S] [-p NAME VALUE] [--slurm [--wait] [sbatch options]]\n"
                               "       mlkit sweep {status,best,plot,stop,dashboard} NAME [--storage URL]\n"
                               "       mlkit sweep add NAME -p NAME VALUE [-p NAME VALUE ...]\n"
                               "       mlkit sweep ls [--storage URL]",
@@ -375,6 +377,7 @@ def _sweep_parser(sub):
     sw.add_argument("-o", "--output", metavar="DIR", help="with plot: the folder for the PNGs (default: the sweep's folder)")
     sw.add_argument("--host", default="127.0.0.1", help="with dashboard: where to listen (default 127.0.0.1, this machine only)")
     sw.add_argument("--port", type=int, default=8080, help="with dashboard: the port (default 8080; 0: any free port)")
+    slurm_options(sw, "the sweep's workers, as one job array")
     sw.set_defaults(func=cmd_sweep)
 
 # %% ../nbs/07_cli.ipynb #0ccaf1e4

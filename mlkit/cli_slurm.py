@@ -10,7 +10,8 @@ import argparse
 from .core import MlkitError
 
 # %% auto #0
-__all__ = ['SLURM_FLAGS', 'LOCAL_ONLY', 'slurm_options', 'slurm_given', 'wants_slurm', 'slurm_defaults_text', 'submit_run_args']
+__all__ = ['SLURM_FLAGS', 'LOCAL_ONLY', 'slurm_options', 'slurm_given', 'wants_slurm', 'slurm_defaults_text', 'submit_run_args',
+           'submit_sweep_args', 'sweep_jobs_text']
 
 # %% ../nbs/07c_cli_slurm.ipynb #6cb6c25b
 SLURM_FLAGS = (  # (option, metavar, help): sbatch's options that mlkit names, each meaning what sbatch's manual says
@@ -86,3 +87,23 @@ def submit_run_args(args, # `mlkit run`'s parsed arguments, with --slurm
     slurm = run.meta["slurm"]
     print(f"mlkit run: run {run.id} ({run.name}) is Slurm job {slurm['job_id']} on {slurm['cluster']}, queued", flush=True)
     return wait_run(run) if args.wait else None
+
+# %% ../nbs/07c_cli_slurm.ipynb #936ecf7e
+def submit_sweep_args(args, # `mlkit sweep`'s parsed arguments, with --slurm
+                      given:dict|None, # The -p values (`secrets_off_argv`); None: they are in $MLKIT_SWEEP_SECRET_*
+                     ):
+    "Submit `mlkit sweep SPEC --slurm`; the sweep's result with --wait, else None once its array is queued."
+    from mlkit.slurm import sbatch_options
+    from mlkit.slurm_sweep import submit_sweep, wait_sweep
+    named, extra = slurm_given(args)
+    study, spec, job = submit_sweep(args.target, args.workers, args.gpus_per_trial, args.storage,
+                                    sbatch_options(named, extra), args.runs_dir, given, args.n_trials, args.nproc,
+                                    args.timeout, args.cell_timeout)
+    print(f"mlkit sweep: sweep {spec.name}: {args.workers} worker(s) are Slurm array job {job['job_id']} on "
+          f"{job['cluster']} ({', '.join(job['tasks'])}), queued; 'mlkit sweep status {spec.name}' shows them", flush=True)
+    return wait_sweep(study, spec, job) if args.wait else None
+
+def sweep_jobs_text(study) -> str:
+    "The Slurm array tasks of a sweep and their states, for `mlkit sweep status`; '' for a sweep with none."
+    from mlkit.slurm_sweep import jobs_text
+    return jobs_text(study)

@@ -69,6 +69,8 @@ def _worker_alive(w:dict) -> bool:
     from mlkit.runs import _pid_alive
     return _pid_alive(w.get("pid")) and (w.get("started") is None or _started(w["pid"]) in (None, w["started"]))
 
+def _job_text(w:dict) -> str: return f", Slurm job {w['job_id']}" if w.get("job_id") else ""
+
 UNCLAIMED_S = 60  # a running trial no worker has claimed for this long is one whose worker died as it began
 
 def _trial_run(sweep_name:str, number:int, runs_dir) -> str|None:
@@ -81,6 +83,7 @@ def _trial_run(sweep_name:str, number:int, runs_dir) -> str|None:
 # %% ../nbs/12d_sweep_workers.ipynb #c64205c3
 def fail_dead_workers(study, storage,
                       runs_dir=None, # Where this host's runs are: a failed trial names its run when it has one
+                      alive=None, # A worker record's judge: True/False, None (not its to say); Slurm's job state (slurm_sweep)
                      ) -> list[int]:
     "Fail the running trials whose worker on this host is gone (or that none claimed); `queue_next` retries them."
     from optuna.exceptions import UpdateFinishedTrialError
@@ -91,10 +94,12 @@ def fail_dead_workers(study, storage,
         w = t.user_attrs.get(WORKER_ATTR) or {}
         if not w:  # a worker marks its trial at once; one that died in between leaves it with no owner
             if t.datetime_start is None or (datetime.now() - t.datetime_start).total_seconds() < UNCLAIMED_S: continue
+        elif (judged := alive(w) if alive else None) is not None:
+            if judged: continue
         elif w.get("host") != host or _worker_alive(w): continue
         who = f"worker {w['index']} " if "index" in w else "worker "
         try:
-            storage.set_trial_user_attr(t._trial_id, DIED_ATTR, f"its {who}(pid {w.get('pid')}) died" if w else
+            storage.set_trial_user_attr(t._trial_id, DIED_ATTR, f"its {who}(pid {w.get('pid')}{_job_text(w)}) died" if w else
                                         f"no worker claimed it in {UNCLAIMED_S} s (its worker died as it began)")
             if RUN_ATTR not in t.user_attrs and (run := _trial_run(study.study_name, t.number, runs_dir)):
                 storage.set_trial_user_attr(t._trial_id, RUN_ATTR, run)
@@ -211,6 +216,7 @@ class _Worker:
     "One worker process of a sweep: runs trials until the sweep has `n_trials` done (finished or pruned)."
     deadline = None  # when no trial may start any more (time.time()): `timeout` counted from the `mlkit sweep` command
     lost = None  # the line saying why its last trial was failed under it (`lost_trial`)
+    alive = None  # fail_dead_workers' judge of other workers' records, set on the instance (a Slurm array's task: its job)
     def __init__(self, spec:SweepSpec, storage:str|None, folder:Path, runs_dir:str|None, gpus:int|None, index:int,
                  first:int|None=None): # The last trial before this session (the sweep's; counted here when None)
         self.spec, self.url, self.folder, self.runs_dir, self.gpus, self.index = spec, storage, folder, runs_dir, gpus, index
@@ -240,7 +246,7 @@ def go_on(self:_Worker) -> bool:
     from optuna.trial import TrialState as S
     while True:
         self._lock()
-        fail_dead_workers(self.study, self.storage, self.runs_dir)
+        fail_dead_workers(self.study, self.storage, self.runs_dir, self.alive)
         if self.url is not None: fail_stale_trials(self.study, self.storage)  # the heartbeat of other machines
         if self.study.user_attrs.get(STOP_ATTR): break  # `mlkit sweep stop`: running trials finish, no new one starts
         trials = self.study.get_trials(deepcopy=False)
