@@ -70,3 +70,18 @@ def test_activating_the_environment_puts_mlkit_on_path(tmp_path):
                            capture_output=True, text=True, cwd=tmp_path)
     assert not before.stdout.startswith(sys.prefix)
     assert after.returncode == 0, after.stderr
+
+
+def test_many_machines_shows_slurm_first_and_each_of_its_commands_parses():
+    "Slurm (run, sweep, preemption) first, then torchrun and PostgreSQL by hand; tests/test_slurm*.py run these commands."
+    section = README.split("## Many machines")[1].split("\n## ")[0]
+    order = [section.index(s) for s in ("**Slurm first.**", "**Preemption, requeues and time limits.**",
+                                        "**DDP across machines by hand.**", "**Sweeps on many machines by hand.**")]
+    assert order == sorted(order), order
+    import shlex
+    lines = [line.split("  #")[0].strip() for block in re.findall(r"```bash\n(.*?)```", section, re.S)
+             for line in block.splitlines() if line.startswith("mlkit ")]
+    assert sum("--slurm" in line for line in lines) >= 3 and any(line.startswith("mlkit jobs") for line in lines), lines
+    for line in lines:
+        args = parser().parse_args(shlex.split(line)[1:])  # an option mlkit does not have exits 2 here
+        assert args.func is not None, line
