@@ -436,8 +436,8 @@ def main(argv:list[str]|None=None) -> int:
     except MlkitError as e:
         print(f"mlkit {args.command}: error: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(f"mlkit {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:  # with what goes on, where a command says (mlkit run --slurm --wait)
+        print(f"mlkit {args.command}: interrupted" + (f": {e}" if str(e) else ""), file=sys.stderr)
         return 130
     except OSError as e:  # a full disk ends any command with one line, not a traceback
         if e.errno not in (errno.ENOSPC, errno.EDQUOT): raise

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 
 from .core import MlkitError
 
@@ -63,6 +64,13 @@ def slurm_defaults_text() -> str:
     if not settings: return "Slurm defaults: none (settings.ini has no [slurm] section)"
     return "Slurm defaults (settings.ini [slurm]): " + ", ".join(f"{k}={v}" for k, v in settings.items())
 
+# %% ../nbs/07c_cli_slurm.ipynb #0c097ad8
+@contextlib.contextmanager
+def _going_on(what:str):
+    "Inside, a Ctrl-C (KeyboardInterrupt) says `what` in the command's one `interrupted` line."
+    try: yield
+    except KeyboardInterrupt: raise KeyboardInterrupt(f"stopped waiting; {what}") from None
+
 # %% ../nbs/07c_cli_slurm.ipynb #c2a24662
 LOCAL_ONLY = {"gpus": ("--gpus", "ask Slurm for them with --gpus-per-node"),
               "nnodes": ("--nnodes", "--nodes N --nproc M places torchrun on the allocation's nodes"),
@@ -86,7 +94,8 @@ def submit_run_args(args, # `mlkit run`'s parsed arguments, with --slurm
                      cell_timeout=args.cell_timeout, **papermill)
     slurm = run.meta["slurm"]
     print(f"mlkit run: run {run.id} ({run.name}) is Slurm job {slurm['job_id']} on {slurm['cluster']}, queued", flush=True)
-    return wait_run(run) if args.wait else None
+    if not args.wait: return None
+    with _going_on(f"Slurm job {slurm['job_id']} goes on ('mlkit runs cancel {run.id}' ends it)"): return wait_run(run)
 
 # %% ../nbs/07c_cli_slurm.ipynb #936ecf7e
 def submit_sweep_args(args, # `mlkit sweep`'s parsed arguments, with --slurm
@@ -101,7 +110,9 @@ def submit_sweep_args(args, # `mlkit sweep`'s parsed arguments, with --slurm
                                     args.timeout, args.cell_timeout)
     print(f"mlkit sweep: sweep {spec.name}: {args.workers} worker(s) are Slurm array job {job['job_id']} on "
           f"{job['cluster']} ({', '.join(job['tasks'])}), queued; 'mlkit sweep status {spec.name}' shows them", flush=True)
-    return wait_sweep(study, spec, job) if args.wait else None
+    if not args.wait: return None
+    with _going_on(f"Slurm array job {job['job_id']} goes on ('scancel {job['job_id']}' ends it)"):
+        return wait_sweep(study, spec, job)
 
 def sweep_jobs_text(study) -> str:
     "The Slurm array tasks of a sweep and their states, for `mlkit sweep status`; '' for a sweep with none."

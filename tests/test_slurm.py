@@ -249,3 +249,27 @@ def test_two_nodes_by_one_process_record_one_run_from_rank_0(tmp_path):
     finally:
         cluster.stop()
         shutil.rmtree(cluster.folder, ignore_errors=True)
+
+
+def test_ctrl_c_while_waiting_leaves_the_job_running_and_says_so(slurm, tmp_path):
+    "A terminal's Ctrl-C signals the whole process group: --wait stops, the job goes on, one line says how to end it."
+    import signal
+    nb = tmp_path/"sleepy.ipynb"
+    nb.write_text(json.dumps({"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": [
+        {"cell_type": "code", "id": "s", "metadata": {}, "execution_count": None, "outputs": [],
+         "source": "import time\ntime.sleep(120)"}]}))
+    env = {**os.environ, **slurm.env, "MLKIT_RUNS_DIR": str(tmp_path/"runs")}
+    waiting = subprocess.Popen([MLKIT, "run", nb, "--slurm", "--wait"], cwd=tmp_path, env=env, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    run = wait_for(lambda: the_run(tmp_path/"runs"), 60, what="the run folder")
+    wait_for(lambda: meta(run)["status"] == "running", 120, what="the run running on its node")
+    os.killpg(waiting.pid, signal.SIGINT)
+    out, err = waiting.communicate(timeout=60)
+    job = meta(run)["slurm"]["job_id"]
+    assert waiting.returncode == 130 and err.strip().splitlines()[-1] == (
+        f"mlkit run: interrupted: stopped waiting; Slurm job {job} goes on ('mlkit runs cancel {run.name}' ends it)"), err
+    assert slurm.run("squeue", "-h", "-j", job, "-o", "%T").stdout.strip() == "RUNNING"
+    r = mlkit("runs", "cancel", run.name, env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    m = meta(run)
+    assert m["status"] == "interrupted" and not slurm.run("squeue", "-h", "-j", job).stdout.strip(), m
