@@ -5,6 +5,7 @@
 # %% ../nbs/15a_slurm_jobs.ipynb #3c0d90db
 from __future__ import annotations
 
+import errno
 import json
 import re
 import shutil
@@ -177,7 +178,10 @@ def _settle(r:Run, js:JobState) -> Run:
     why = f"Slurm job {js.job_id} ended {js.state}" if js.state != "GONE" else f"Slurm job {js.job_id} is gone from Slurm"
     meta.update(status=status, end=_now(), error=f"{why} before the run recorded its end: {_log_tail(meta, js.job_id)}")
     meta["slurm"] = {**meta.get("slurm", {}), "state": js.state}
-    write_json_atomic(r.path/META, meta)
+    try: write_json_atomic(r.path/META, meta)
+    except OSError as e:  # a full disk: the listing still shows what Slurm says, and writes it another time
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT): raise
+        _note(f"no space left on the disk of {r.path.parent}: ended runs are shown as Slurm says, not yet recorded")
     r.meta = meta
     return r
 
