@@ -36,8 +36,9 @@ def meta(path:Path) -> dict: return json.loads((path/"meta.json").read_text())
 
 
 def sbatch(slurm, *args:str) -> str:
-    "Submit a job to the test cluster; its id."
-    return slurm.run("sbatch", "--parsable", *args).stdout.strip().split(";")[0]
+    "Submit a job to the test cluster; its id. Its output goes to /dev/null unless -o says where (not slurm-N.out here)."
+    out = () if "-o" in args else ("-o", os.devnull)
+    return slurm.run("sbatch", "--parsable", *out, *args).stdout.strip().split(";")[0]
 
 
 def wait_state(slurm, job_id:str, states:tuple, timeout:float=60) -> str:
