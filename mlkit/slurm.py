@@ -65,6 +65,10 @@ def sbatch_options(given:dict|None=None, # The named options (--partition ...), 
     def put(key, value):
         name = option_name(key)
         if name == "no-requeue": options.pop("requeue", None)
+        if name == "nodes" and not re.fullmatch(r"[1-9][0-9]*", str(value)):
+            raise MlkitError(f"--nodes must be a whole number of nodes (1, 2, ...), got {value!r}")
+        if name == "export" and not str(value).startswith("ALL"):  # secrets and settings travel in the environment
+            raise MlkitError(f"--export={value} would keep mlkit's environment from the job; --export=ALL,NAME=VALUE adds to it")
         options[name] = True if value in ("", True) else str(value)
     for k, v in settings.items():
         if k not in MLKIT_KEYS: put(k, v)

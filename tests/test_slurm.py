@@ -167,7 +167,10 @@ def test_bad_input_is_one_line_and_leaves_no_run_folder(slurm, tmp_path):
              ((), {**env, "SLURM_CONF": str(tmp_path/"none.conf")}, f"SLURM_CONF={tmp_path/'none.conf'} cannot be read"),
              (("--gpus", "1"), env, "--gpus does not go with --slurm: ask Slurm for them with --gpus-per-node"),
              (("--nodes", "2"), env, "--nodes N needs --nproc M"),
-             (("--slurm-opt", "output=x.log"), env, "--output is mlkit's to set")]
+             (("--slurm-opt", "output=x.log"), env, "--output is mlkit's to set"),
+             (("--nodes", "x"), env, "--nodes must be a whole number of nodes (1, 2, ...), got 'x'"),
+             (("--slurm-opt", "nodes=1-2"), env, "--nodes must be a whole number of nodes (1, 2, ...), got '1-2'"),
+             (("--slurm-opt", "export=NONE"), env, "--export=NONE would keep mlkit's environment from the job")]
     for args, e, message in cases:
         r = mlkit("run", nb, "--slurm", *args, env=e)
         assert r.returncode == 1 and r.stderr.startswith(f"mlkit run: error: {message}"), (args, r.stderr)
@@ -188,7 +191,8 @@ def test_no_controller_is_one_line(tmp_path):
         env = {**os.environ, **cluster.env, "MLKIT_RUNS_DIR": str(tmp_path/"runs")}
         r = mlkit("run", REPO/"tests"/"notebooks"/"train_tiny.ipynb", "--slurm", env=env)
         assert r.returncode == 1 and r.stderr.strip().startswith("mlkit run: error: Slurm's controller does not answer"), r.stderr
-        assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path/"runs").exists() or not any((tmp_path/"runs").iterdir())
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert not (tmp_path/"runs").exists() or not any((tmp_path/"runs").iterdir())
     finally:
         cluster.stop()
         shutil.rmtree(cluster.folder, ignore_errors=True)
@@ -260,7 +264,8 @@ def test_ctrl_c_while_waiting_leaves_the_job_running_and_says_so(slurm, tmp_path
          "source": "import time\ntime.sleep(120)"}]}))
     env = {**os.environ, **slurm.env, "MLKIT_RUNS_DIR": str(tmp_path/"runs")}
     waiting = subprocess.Popen([MLKIT, "run", nb, "--slurm", "--wait"], cwd=tmp_path, env=env, text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as a terminal's job
     run = wait_for(lambda: the_run(tmp_path/"runs"), 60, what="the run folder")
     wait_for(lambda: meta(run)["status"] == "running", 120, what="the run running on its node")
     os.killpg(waiting.pid, signal.SIGINT)
