@@ -278,11 +278,13 @@ def _secrets_in_environment(secrets:dict):
 ACTIVE = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUE", "SUSPENDED", "RESIZING", "SIGNALING", "STAGE_OUT")
 
 def _job_waiting(job:str, pause:float=2.0) -> bool:
-    "Whether Slurm has `job` pending, running or requeued: asked twice, `pause` apart, before saying no."
-    for ask in range(2):  # a job being requeued is missing from squeue for a moment
+    "Whether Slurm has `job` pending, running or requeued (squeue, then scontrol): asked 3 times, `pause` apart, before no."
+    for ask in range(3):  # a job being requeued is missing from squeue for a moment, longer on a busy controller
         if ask: time.sleep(pause)
         r = _slurm("squeue", "-h", "-t", "all", "-j", job, "-o", "%T")
         if r.returncode == 0 and any(s in r.stdout for s in ACTIVE): return True
+        r = _slurm("scontrol", "-o", "show", "job", job)  # the controller's own record holds the job through its requeue
+        if r.returncode == 0 and any(f"JobState={s}" in r.stdout for s in ACTIVE): return True
     return False
 
 def _follow(log:Path, at:int, out) -> int:
