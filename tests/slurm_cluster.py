@@ -40,6 +40,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_for(ok, timeout: float = 180, every: float = 0.3, what: str = "the condition"):
+    "`ok()`'s first true value, asked every `every` seconds; an AssertionError naming `what` after `timeout` seconds."
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if (got := ok()): return got
+        time.sleep(every)
+    raise AssertionError(f"{what} did not happen within {timeout} s")
+
+
 class SlurmCluster:
     "A Slurm cluster of one controller and `nodes` slurmd on this host, all under `folder`."
 

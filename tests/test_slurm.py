@@ -5,10 +5,10 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from slurm_cluster import wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 MLKIT = str(Path(sys.executable).with_name("mlkit"))
@@ -18,14 +18,6 @@ CURVES = ("train_loss_step", "lr", "train_loss", "valid_loss", "accuracy")  # no
 
 def mlkit(*args, env=None, cwd=REPO, timeout=600, **kw):
     return subprocess.run([MLKIT, *map(str, args)], capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout, **kw)
-
-
-def wait_for(ok, timeout=180, every=0.3, what="the condition"):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if (got := ok()): return got
-        time.sleep(every)
-    raise AssertionError(f"{what} did not happen within {timeout} s")
 
 
 def only_run(runs: Path) -> Path:

@@ -11,6 +11,7 @@ import nbformat
 import optuna
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
+from slurm_cluster import wait_for
 
 COVERS = ("15b_slurm_sweep", "07c_cli_slurm", "12d_sweep_workers")  # the notebooks these tests cover
 
@@ -53,14 +54,6 @@ def study(name="s"):
     from optuna.storages.journal import JournalFileBackend
     path = Path(os.environ["MLKIT_RUNS_DIR"])/"sweeps"/name/"journal.log"
     return optuna.load_study(study_name=name, storage=JournalStorage(JournalFileBackend(str(path))))
-
-
-def wait_for(ok, timeout=180, every=0.3, what="the condition"):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if (got := ok()): return got
-        time.sleep(every)
-    raise AssertionError(f"{what} did not happen within {timeout} s")
 
 
 def array_job(out: str) -> str:
