@@ -270,3 +270,21 @@ def test_ctrl_c_while_waiting_leaves_the_job_running_and_says_so(slurm, tmp_path
     assert r.returncode == 0, r.stderr
     m = meta(run)
     assert m["status"] == "interrupted" and not slurm.run("squeue", "-h", "-j", job).stdout.strip(), m
+
+
+def test_run_help_shows_the_project_s_slurm_defaults_and_submission_uses_them(slurm, tmp_path):
+    "The README: a [slurm] section holds the project's defaults, shown by `mlkit run --help`; `setup` runs first on the node."
+    project = tmp_path/"project"
+    (project/"nbs").mkdir(parents=True)
+    (project/"settings.ini").write_text("[DEFAULT]\nlib_name = demo\n\n[slurm]\npartition = debug\n"
+                                        "setup = echo set-up-ran >&2\n")
+    shutil.copy(REPO/"tests"/"notebooks"/"train_tiny.ipynb", project/"nbs")
+    env = {**os.environ, **slurm.env, "MLKIT_RUNS_DIR": str(tmp_path/"runs")}
+    r = mlkit("run", "--help", env=env, cwd=project)
+    assert "Slurm defaults (settings.ini [slurm]): partition=debug, setup=echo set-up-ran >&2" in r.stdout, r.stdout
+    r = mlkit("run", "nbs/train_tiny.ipynb", "--slurm", "--wait", env=env, cwd=project, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    run = only_run(tmp_path/"runs")
+    m = meta(run)
+    assert m["slurm"]["options"]["partition"] == "debug", m["slurm"]
+    assert "set-up-ran" in (run/"slurm"/f"{m['slurm']['job_id']}_0_log.err").read_text()
